@@ -1,0 +1,1 @@
+"""Pigeon client_sdk package."""

@@ -1,0 +1,1 @@
+"""Pigeon relay package."""
