@@ -1,0 +1,628 @@
+"""File chunks: a random key per file, fixed-size chunks under AES-256-GCM.
+
+Theory of operation (spec: "File chunks", docs/protocol.md)
+    A file of ``true_size`` bytes is padded with zero bytes to
+    ``padded_size = padded_file_size(true_size)`` (powers of 1.05, see
+    :mod:`pigeon_crypto.padding`) and cut into ``chunk_count`` chunks of
+    ``chunk_size`` plaintext bytes (the last one shorter). Chunk ``i`` is::
+
+        ciphertext_i = AES-256-GCM(key, nonce = u96be(i), plaintext_i,
+                                   AD = 0x01 || file_id || u64be(i) || final)
+
+    with ``final = 0x01`` for the last chunk and ``0x00`` otherwise. The key is
+    32 random bytes drawn for this file only, so the counter nonce never
+    repeats under a key. The AD makes every chunk authenticate its position,
+    its file and whether it ends the file:
+
+    * reordering or swapping chunks between files fails authentication
+      (:class:`ChunkAuthenticationError`);
+    * dropping the tail leaves the final chunk unseen (:class:`TruncatedFile`);
+    * anything after the final chunk is :class:`ExtraChunk`;
+    * a chunk of the wrong length for its index is :class:`ChunkLengthError`.
+
+    Padding zeros live at the end of the padded plaintext, possibly across
+    several trailing chunks. The true size travels in the :class:`FileManifest`
+    (inside an end-to-end encrypted message), so a decryptor can drop padding
+    from any chunk it decrypts, and can start at any chunk (resumed downloads)
+    because every chunk's nonce and AD depend only on its index. Padding bytes
+    are checked to be zero (:class:`FilePaddingError`).
+
+    Memory is O(chunk): the encryptor holds back at most one chunk (it cannot
+    know whether a chunk is final until more data or the end arrives) and
+    generates padding chunks lazily; the decryptor works chunk by chunk.
+
+Why 64 KiB chunks: the per-chunk cost (a Python call, 16-byte tag, one relay
+blob / HTTP range) is amortized to a few percent of AES-GCM's own cost while
+a chunk stays far below the relay's blob limit and keeps buffers small; a
+resumed download loses at most one chunk.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ._codec import Reader, check_version, u32, u64, var16
+from .errors import DecodeError, DecryptionError, InvalidKey
+from .padding import FileTooLarge, padded_file_size
+from .rng import Rng
+
+__all__ = [
+    "CHUNK_FORMAT_VERSION",
+    "CHUNK_SIZE",
+    "FILE_ID_SIZE",
+    "FILE_KEY_SIZE",
+    "MANIFEST_VERSION",
+    "MAX_CHUNK_COUNT",
+    "MAX_CHUNK_SIZE",
+    "MIN_CHUNK_SIZE",
+    "TAG_SIZE",
+    "ChunkAuthenticationError",
+    "ChunkLengthError",
+    "ExtraChunk",
+    "FileDecryptor",
+    "FileEncryptor",
+    "FileIntegrityError",
+    "FileLayout",
+    "FileManifest",
+    "FilePaddingError",
+    "InvalidManifest",
+    "TruncatedFile",
+    "chunk_ad",
+    "decrypt_chunk",
+    "encrypt_chunk",
+    "encrypt_stream",
+]
+
+#: Default plaintext bytes per chunk (see the module docstring for why).
+CHUNK_SIZE = 64 * 1024
+#: Chunk sizes accepted in a manifest (small ones exist for tests).
+MIN_CHUNK_SIZE = 16
+MAX_CHUNK_SIZE = 16 * 1024 * 1024
+#: The manifest stores the count as u32.
+MAX_CHUNK_COUNT = 0xFFFFFFFF
+CHUNK_FORMAT_VERSION = 1
+MANIFEST_VERSION = 1
+FILE_KEY_SIZE = 32
+FILE_ID_SIZE = 16
+TAG_SIZE = 16
+#: Manifest field limits (bytes).
+MAX_NAME_SIZE = 1024
+MAX_MEDIA_TYPE_SIZE = 255
+MAX_CHUNK_ID_SIZE = 255
+
+_VERSION_BYTE = bytes([CHUNK_FORMAT_VERSION])
+_INDEX_FLAG = struct.Struct(">QB")
+
+
+class FileIntegrityError(DecryptionError):
+    """Base of every chunk-level rejection. ``index`` is the chunk position concerned."""
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+class ChunkAuthenticationError(FileIntegrityError):
+    """The chunk does not authenticate at this index of this file (tampered,
+    reordered, from another file, or final flag mismatch)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"chunk {index} failed authentication", index)
+
+
+class ChunkLengthError(FileIntegrityError):
+    """The chunk ciphertext has the wrong length for its index."""
+
+    def __init__(self, index: int, got: int, expected: int) -> None:
+        super().__init__(f"chunk {index} has {got} bytes, expected {expected}", index)
+        self.got = got
+        self.expected = expected
+
+
+class TruncatedFile(FileIntegrityError):
+    """The stream ended before the final chunk. ``index`` is the first missing chunk."""
+
+    def __init__(self, index: int, chunk_count: int) -> None:
+        super().__init__(f"file truncated: chunk {index} of {chunk_count} missing", index)
+        self.chunk_count = chunk_count
+
+
+class ExtraChunk(FileIntegrityError):
+    """A chunk at or beyond ``chunk_count`` (after the final chunk)."""
+
+    def __init__(self, index: int, chunk_count: int) -> None:
+        super().__init__(f"chunk {index} beyond the final chunk ({chunk_count} chunks)", index)
+        self.chunk_count = chunk_count
+
+
+class FilePaddingError(FileIntegrityError):
+    """Bytes after the true end of the file are not zero."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"non-zero padding in chunk {index}", index)
+
+
+class InvalidManifest(DecodeError):
+    """A manifest whose fields are inconsistent or out of range."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("FileManifest", reason)
+
+
+def _check_key(key: bytes, file_id: bytes) -> None:
+    if len(key) != FILE_KEY_SIZE:
+        raise InvalidKey(f"file key must be {FILE_KEY_SIZE} bytes")
+    if len(file_id) != FILE_ID_SIZE:
+        raise InvalidKey(f"file id must be {FILE_ID_SIZE} bytes")
+
+
+def chunk_ad(file_id: bytes, index: int, final: bool) -> bytes:
+    """The AD of chunk *index*: ``0x01 || file_id (16) || u64be(index) || final (u8)``."""
+    return _VERSION_BYTE + file_id + _INDEX_FLAG.pack(index, 1 if final else 0)
+
+
+def _nonce(index: int) -> bytes:
+    return index.to_bytes(12, "big")
+
+
+@dataclass(frozen=True, slots=True)
+class FileLayout:
+    """Sizes derived from a file's true size and chunk size.
+
+    Attributes:
+        true_size: bytes of file content.
+        chunk_size: plaintext bytes per chunk (all but the last chunk).
+        padded_size: ``padded_file_size(true_size)``.
+        chunk_count: ``ceil(padded_size / chunk_size)`` (at least 1).
+    """
+
+    true_size: int
+    chunk_size: int = CHUNK_SIZE
+    padded_size: int = field(init=False)
+    chunk_count: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not MIN_CHUNK_SIZE <= self.chunk_size <= MAX_CHUNK_SIZE:
+            raise InvalidManifest(f"chunk size {self.chunk_size} out of range")
+        padded = padded_file_size(self.true_size)
+        count = -(-padded // self.chunk_size)
+        if count > MAX_CHUNK_COUNT:
+            raise InvalidManifest(f"{count} chunks exceed {MAX_CHUNK_COUNT}")
+        object.__setattr__(self, "padded_size", padded)
+        object.__setattr__(self, "chunk_count", count)
+
+    def plaintext_length(self, index: int) -> int:
+        """Padded plaintext bytes in chunk *index* (``chunk_size`` except the last)."""
+        if not 0 <= index < self.chunk_count:
+            raise ExtraChunk(index, self.chunk_count)
+        return min(self.chunk_size, self.padded_size - index * self.chunk_size)
+
+    def ciphertext_length(self, index: int) -> int:
+        """Ciphertext bytes of chunk *index* (plaintext length + 16-byte tag)."""
+        return self.plaintext_length(index) + TAG_SIZE
+
+    def data_length(self, index: int) -> int:
+        """File-content bytes in chunk *index* (the rest is zero padding)."""
+        start = index * self.chunk_size
+        return max(0, min(self.plaintext_length(index), self.true_size - start))
+
+    @property
+    def ciphertext_size(self) -> int:
+        """Total bytes the relay stores: ``padded_size + 16 * chunk_count``."""
+        return self.padded_size + TAG_SIZE * self.chunk_count
+
+
+def encrypt_chunk(
+    key: bytes, file_id: bytes, index: int, total_chunks: int, plaintext: bytes
+) -> bytes:
+    """Encrypt one padded-plaintext chunk at *index* of a file of *total_chunks* chunks.
+
+    Raises:
+        ExtraChunk: ``index`` is not below ``total_chunks``.
+        InvalidKey: wrong key or file id size.
+    """
+    _check_key(key, file_id)
+    if not 0 <= index < total_chunks:
+        raise ExtraChunk(index, total_chunks)
+    ad = chunk_ad(file_id, index, index == total_chunks - 1)
+    return AESGCM(key).encrypt(_nonce(index), plaintext, ad)
+
+
+def decrypt_chunk(
+    key: bytes, file_id: bytes, index: int, total_chunks: int, ciphertext: bytes
+) -> bytes:
+    """Decrypt chunk *index* on its own (usable from any index).
+
+    Returns the chunk's padded plaintext; use :meth:`FileLayout.data_length`
+    (or :class:`FileDecryptor`) to drop padding.
+
+    Raises:
+        ExtraChunk: ``index >= total_chunks``.
+        ChunkAuthenticationError: wrong key, file, index, final flag or tampered bytes.
+        InvalidKey: wrong key or file id size.
+    """
+    _check_key(key, file_id)
+    if not 0 <= index < total_chunks:
+        raise ExtraChunk(index, total_chunks)
+    ad = chunk_ad(file_id, index, index == total_chunks - 1)
+    try:
+        return AESGCM(key).decrypt(_nonce(index), ciphertext, ad)
+    except InvalidTag as exc:
+        raise ChunkAuthenticationError(index) from exc
+
+
+class FileEncryptor:
+    """Streaming encryptor: feed plaintext pieces, collect chunk ciphertexts.
+
+    The total size need not be known in advance. :meth:`update` returns the
+    chunks that are complete and known not to be final; :meth:`finalize`
+    yields the rest, padding included, the last one flagged final. Memory
+    beyond the caller's piece is one chunk.
+
+    Example::
+
+        enc = FileEncryptor.create(rng)
+        for piece in pieces:
+            for chunk in enc.update(piece):
+                upload(chunk)
+        for chunk in enc.finalize():
+            upload(chunk)
+        manifest = enc.manifest(name="a.jpg", media_type="image/jpeg")
+    """
+
+    __slots__ = (
+        "_aead", "_buf", "_chunk_size", "_file_id", "_finished", "_index", "_key", "_prefix",
+        "_size", "_state",
+    )
+
+    def __init__(self, *, key: bytes, file_id: bytes, chunk_size: int = CHUNK_SIZE) -> None:
+        _check_key(key, file_id)
+        if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+            raise InvalidManifest(f"chunk size {chunk_size} out of range")
+        self._key = bytes(key)
+        self._file_id = bytes(file_id)
+        self._chunk_size = chunk_size
+        self._aead = AESGCM(self._key)
+        self._prefix = _VERSION_BYTE + self._file_id
+        self._buf = bytearray()
+        self._index = 0
+        self._size = 0
+        self._state = "open"  # "open" -> "finalizing" -> "done"
+        self._finished: FileLayout | None = None
+
+    @classmethod
+    def create(cls, rng: Rng, *, chunk_size: int = CHUNK_SIZE) -> FileEncryptor:
+        """A new encryptor with a fresh random key and file id drawn from *rng*."""
+        return cls(key=rng(FILE_KEY_SIZE), file_id=rng(FILE_ID_SIZE), chunk_size=chunk_size)
+
+    @property
+    def file_id(self) -> bytes:
+        return self._file_id
+
+    @property
+    def chunk_size(self) -> int:
+        return self._chunk_size
+
+    @property
+    def bytes_in(self) -> int:
+        """File bytes accepted so far."""
+        return self._size
+
+    def __repr__(self) -> str:
+        return f"FileEncryptor(file_id={self._file_id.hex()}, bytes_in={self._size})"
+
+    def _seal(self, plaintext: bytes | bytearray | memoryview, final: bool) -> bytes:
+        i = self._index
+        self._index = i + 1
+        ad = self._prefix + _INDEX_FLAG.pack(i, final)
+        return self._aead.encrypt(i.to_bytes(12, "big"), plaintext, ad)
+
+    def update(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """Accept more file bytes; return the chunk ciphertexts now complete.
+
+        Raises:
+            FileTooLarge: the total would exceed ``MAX_FILE_SIZE`` (at finalize).
+            RuntimeError: called after :meth:`finalize`.
+        """
+        if self._state != "open":
+            raise RuntimeError("FileEncryptor already finalized")
+        mv = memoryview(data).cast("B")
+        n = len(mv)
+        if not n:
+            return []
+        self._size += n
+        cs = self._chunk_size
+        buf = self._buf
+        out: list[bytes] = []
+        pos = 0
+        if buf:
+            pos = min(cs - len(buf), n)
+            buf += mv[:pos]
+            if pos == n:  # everything buffered; a full buffer may still be final
+                return out
+            out.append(self._seal(buf, False))
+            buf.clear()
+        # Hold back the last (possibly full) chunk: only later data proves it non-final.
+        while n - pos > cs:
+            out.append(self._seal(mv[pos : pos + cs], False))
+            pos += cs
+        buf += mv[pos:]
+        return out
+
+    def finalize(self) -> Iterator[bytes]:
+        """Yield the remaining chunks: held-back data, then zero padding; the last is final.
+
+        Iterate it to the end before calling :meth:`manifest`.
+
+        Raises:
+            FileTooLarge: the file exceeds ``MAX_FILE_SIZE``.
+        """
+        if self._state != "open":
+            raise RuntimeError("FileEncryptor already finalized")
+        layout = FileLayout(self._size, self._chunk_size)
+        self._state = "finalizing"
+        return self._tail(layout)
+
+    def _tail(self, layout: FileLayout) -> Iterator[bytes]:
+        cs = self._chunk_size
+        held = bytes(self._buf)
+        self._buf = bytearray()
+        remaining = len(held) + layout.padded_size - self._size
+        zeros = bytes(cs)
+        while remaining:
+            take = min(cs, remaining)
+            remaining -= take
+            if held:
+                piece = held[:take]
+                held = held[take:]
+                if len(piece) < take:
+                    piece += zeros[: take - len(piece)]
+                yield self._seal(piece, remaining == 0)
+            else:
+                yield self._seal(zeros[:take] if take < cs else zeros, remaining == 0)
+        assert self._index == layout.chunk_count
+        self._finished = layout
+        self._state = "done"
+
+    @property
+    def layout(self) -> FileLayout:
+        """The file's layout, once :meth:`finalize` has been fully iterated."""
+        if self._finished is None:
+            raise RuntimeError("FileEncryptor not finalized")
+        return self._finished
+
+    def manifest(
+        self, *, name: str = "", media_type: str = "application/octet-stream",
+        chunk_ids: Iterable[bytes] = (),
+    ) -> FileManifest:
+        """The manifest of the finished file (chunk ids may be added later)."""
+        layout = self.layout
+        return FileManifest(
+            key=self._key, file_id=self._file_id, chunk_size=layout.chunk_size,
+            true_size=layout.true_size, padded_size=layout.padded_size,
+            chunk_count=layout.chunk_count, chunk_ids=tuple(chunk_ids), name=name,
+            media_type=media_type,
+        )
+
+
+def encrypt_stream(
+    pieces: Iterable[bytes | bytearray | memoryview], encryptor: FileEncryptor
+) -> Iterator[bytes]:
+    """Yield every chunk ciphertext of *pieces*, finalizing *encryptor* at the end.
+
+    Large pieces are fed one chunk at a time, so at most about one chunk of
+    ciphertext is pending regardless of piece size.
+    """
+    step = encryptor.chunk_size
+    for piece in pieces:
+        mv = memoryview(piece).cast("B")
+        for off in range(0, len(mv), step):
+            yield from encryptor.update(mv[off : off + step])
+    yield from encryptor.finalize()
+
+
+class FileDecryptor:
+    """Streaming decryptor: feed chunk ciphertexts in order from ``start_index``.
+
+    :meth:`update` returns the file bytes of each chunk (padding removed);
+    :meth:`finalize` checks that the final chunk was reached.
+    """
+
+    __slots__ = ("_aead", "_layout", "_next", "_prefix", "_tail_from")
+
+    def __init__(
+        self, *, key: bytes, file_id: bytes, layout: FileLayout, start_index: int = 0
+    ) -> None:
+        _check_key(key, file_id)
+        if not 0 <= start_index < layout.chunk_count:
+            raise ExtraChunk(start_index, layout.chunk_count)
+        self._aead = AESGCM(bytes(key))
+        self._prefix = _VERSION_BYTE + bytes(file_id)
+        self._layout = layout
+        self._next = start_index
+        # Chunks before this index are full-size and hold only file bytes: fast path.
+        self._tail_from = min(layout.true_size // layout.chunk_size, layout.chunk_count - 1)
+
+    @classmethod
+    def from_manifest(cls, manifest: FileManifest, *, start_index: int = 0) -> FileDecryptor:
+        return cls(
+            key=manifest.key, file_id=manifest.file_id, layout=manifest.layout,
+            start_index=start_index,
+        )
+
+    @property
+    def next_index(self) -> int:
+        """The index the next :meth:`update` expects."""
+        return self._next
+
+    @property
+    def done(self) -> bool:
+        return self._next >= self._layout.chunk_count
+
+    def __repr__(self) -> str:
+        return f"FileDecryptor(next_index={self._next}, chunks={self._layout.chunk_count})"
+
+    def update(self, ciphertext: bytes | bytearray | memoryview) -> bytes:
+        """Decrypt the next chunk; return its file bytes (possibly empty).
+
+        Raises:
+            ExtraChunk: the final chunk was already processed.
+            ChunkLengthError: wrong ciphertext length for this index.
+            ChunkAuthenticationError: tampered, reordered or foreign chunk.
+            FilePaddingError: padding bytes are not zero.
+        """
+        i = self._next
+        layout = self._layout
+        if i < self._tail_from:
+            if len(ciphertext) != layout.chunk_size + TAG_SIZE:
+                raise ChunkLengthError(i, len(ciphertext), layout.chunk_size + TAG_SIZE)
+            ad = self._prefix + _INDEX_FLAG.pack(i, 0)
+            try:
+                out = self._aead.decrypt(i.to_bytes(12, "big"), ciphertext, ad)
+            except InvalidTag as exc:
+                raise ChunkAuthenticationError(i) from exc
+            self._next = i + 1
+            return out
+        count = layout.chunk_count
+        if i >= count:
+            raise ExtraChunk(i, count)
+        expected = layout.ciphertext_length(i)
+        if len(ciphertext) != expected:
+            raise ChunkLengthError(i, len(ciphertext), expected)
+        ad = self._prefix + _INDEX_FLAG.pack(i, i == count - 1)
+        try:
+            plain = self._aead.decrypt(i.to_bytes(12, "big"), ciphertext, ad)
+        except InvalidTag as exc:
+            raise ChunkAuthenticationError(i) from exc
+        keep = layout.data_length(i)
+        if plain.count(0, keep) != len(plain) - keep:
+            raise FilePaddingError(i)
+        self._next = i + 1
+        return plain[:keep] if keep < len(plain) else plain
+
+    def finalize(self) -> None:
+        """Raise :class:`TruncatedFile` unless the final chunk was processed."""
+        if self._next < self._layout.chunk_count:
+            raise TruncatedFile(self._next, self._layout.chunk_count)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileManifest:
+    """What a recipient needs to fetch and decrypt a file; sent inside an E2E message.
+
+    Serialized layout (version 1, all integers big-endian)::
+
+        | field        | size          | notes                                     |
+        |--------------|---------------|-------------------------------------------|
+        | version      | 1             | 0x01                                      |
+        | key          | 32            | AES-256-GCM file key                      |
+        | file_id      | 16            | random, bound in every chunk's AD         |
+        | chunk_size   | u32           | MIN_CHUNK_SIZE..MAX_CHUNK_SIZE            |
+        | true_size    | u64           | <= MAX_FILE_SIZE                          |
+        | padded_size  | u64           | == padded_file_size(true_size)            |
+        | chunk_count  | u32           | == ceil(padded_size / chunk_size)         |
+        | n_chunk_ids  | u32           | 0 (not uploaded yet) or chunk_count       |
+        | chunk_ids    | n * var16     | opaque relay blob ids, 1..255 bytes each  |
+        | name         | var16         | UTF-8, <= 1024 bytes                      |
+        | media_type   | var16         | UTF-8, <= 255 bytes                       |
+
+    The redundant size fields are checked against each other on decode
+    (:class:`InvalidManifest`). The repr shows only the file id and sizes.
+    """
+
+    key: bytes = field(repr=False)
+    file_id: bytes
+    chunk_size: int
+    true_size: int
+    padded_size: int
+    chunk_count: int
+    chunk_ids: tuple[bytes, ...] = field(default=(), repr=False)
+    name: str = field(default="", repr=False)
+    media_type: str = field(default="application/octet-stream", repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.key) != FILE_KEY_SIZE or len(self.file_id) != FILE_ID_SIZE:
+            raise InvalidManifest("wrong key or file id size")
+        layout = self.layout
+        if (self.padded_size, self.chunk_count) != (layout.padded_size, layout.chunk_count):
+            raise InvalidManifest("sizes inconsistent with true_size and chunk_size")
+        if self.chunk_ids and len(self.chunk_ids) != self.chunk_count:
+            raise InvalidManifest("chunk id count differs from chunk count")
+        if any(not 1 <= len(c) <= MAX_CHUNK_ID_SIZE for c in self.chunk_ids):
+            raise InvalidManifest("chunk id size out of range")
+        if len(self.name.encode("utf-8")) > MAX_NAME_SIZE:
+            raise InvalidManifest("name too long")
+        if len(self.media_type.encode("utf-8")) > MAX_MEDIA_TYPE_SIZE:
+            raise InvalidManifest("media type too long")
+
+    @property
+    def layout(self) -> FileLayout:
+        try:
+            return FileLayout(self.true_size, self.chunk_size)
+        except FileTooLarge as exc:
+            raise InvalidManifest("true_size out of range") from exc
+
+    def __repr__(self) -> str:
+        return (
+            f"FileManifest(file_id={self.file_id.hex()}, true_size={self.true_size}, "
+            f"padded_size={self.padded_size}, chunk_size={self.chunk_size}, "
+            f"chunk_count={self.chunk_count}, chunk_ids={len(self.chunk_ids)})"
+        )
+
+    def with_chunk_ids(self, chunk_ids: Iterable[bytes]) -> FileManifest:
+        """A copy naming the relay blob ids assigned at upload."""
+        return FileManifest(
+            key=self.key, file_id=self.file_id, chunk_size=self.chunk_size,
+            true_size=self.true_size, padded_size=self.padded_size,
+            chunk_count=self.chunk_count, chunk_ids=tuple(chunk_ids), name=self.name,
+            media_type=self.media_type,
+        )
+
+    def to_bytes(self) -> bytes:
+        parts = [
+            bytes([MANIFEST_VERSION]), self.key, self.file_id, u32(self.chunk_size),
+            u64(self.true_size), u64(self.padded_size), u32(self.chunk_count),
+            u32(len(self.chunk_ids)),
+        ]
+        parts.extend(var16(c) for c in self.chunk_ids)
+        parts.append(var16(self.name.encode("utf-8")))
+        parts.append(var16(self.media_type.encode("utf-8")))
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> FileManifest:
+        """Decode a manifest.
+
+        Raises:
+            DecodeError: truncated, trailing bytes or bad UTF-8.
+            InvalidManifest: inconsistent or out-of-range fields.
+            UnknownVersion / VersionTooOld: unsupported version byte.
+        """
+        r = Reader(data, "FileManifest")
+        check_version("FileManifest", r.u8(), MANIFEST_VERSION)
+        key = r.take(FILE_KEY_SIZE)
+        file_id = r.take(FILE_ID_SIZE)
+        chunk_size, true_size, padded_size = r.u32(), r.u64(), r.u64()
+        chunk_count, n_ids = r.u32(), r.u32()
+        if n_ids not in (0, chunk_count):
+            raise InvalidManifest("chunk id count differs from chunk count")
+        # Bounded by the input length: each id takes at least 2 bytes.
+        if n_ids * 2 > r.remaining:
+            raise DecodeError("FileManifest", "truncated chunk ids")
+        ids = tuple(r.var16(MAX_CHUNK_ID_SIZE) for _ in range(n_ids))
+        try:
+            name = r.var16(MAX_NAME_SIZE).decode("utf-8")
+            media_type = r.var16(MAX_MEDIA_TYPE_SIZE).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError("FileManifest", "invalid UTF-8") from exc
+        r.finish()
+        return cls(
+            key=key, file_id=file_id, chunk_size=chunk_size, true_size=true_size,
+            padded_size=padded_size, chunk_count=chunk_count, chunk_ids=ids, name=name,
+            media_type=media_type,
+        )
