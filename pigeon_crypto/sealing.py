@@ -162,7 +162,7 @@ class WrappedKey:
         | salt         | 16   | random per wrap                              |
         | nonce        | 24   | XChaCha20-Poly1305 nonce, random per wrap    |
         | wrapped_key  | 48   | XChaCha20-Poly1305(KEK, nonce, data key,     |
-        |              |      |   AD = the 37 header bytes above)            |
+        |              |      |   AD = the 29 header bytes above)            |
     """
 
     params: Argon2Params
