@@ -1,0 +1,379 @@
+"""Group commit for SQLite: one writer thread, a small pool of reader threads.
+
+Theory of operation (docs/_drafts/50-relay-store.md, "Group commit"):
+
+* Async callers never touch SQLite on the event loop. A write is a plain function
+  ``fn(conn) -> T``; :meth:`SqliteEngine.write` puts it on a queue with a future of the
+  caller's loop and awaits that future.
+* The writer thread blocks on the queue. When woken it takes **everything queued** (up to
+  ``max_batch`` ops), runs them in ONE transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``),
+  each op inside its own ``SAVEPOINT`` so that one op's failure (a uniqueness conflict,
+  say) rolls back that op only, then resolves all the futures, one
+  ``loop.call_soon_threadsafe`` per event loop per batch.
+* There is no timer. A lone op is committed as soon as the writer is free; ops batch only
+  because they arrived while the previous commit (its fsync) was running. So the batch
+  size adapts to load and the idle latency is one commit.
+* A caller learns its result only after COMMIT returned, i.e. after the data is durable at
+  the configured ``synchronous`` level. If COMMIT fails, every op of the batch fails.
+* Cancelling the awaiting coroutine does not cancel the op: it may still commit (the
+  result is discarded). Writes that must not repeat are idempotent by design
+  (``client_msg_id``).
+* Reads run on reader connections (WAL: they see the last committed state and never block
+  the writer), each call in its own read transaction for a consistent snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from pigeon_crypto.errors import StoreError
+
+from .ports import NullObserver, StoreObserver
+
+__all__ = ["Migration", "SqliteEngine", "Synchronous"]
+
+T = TypeVar("T")
+
+DEFAULT_MAX_BATCH = 1024
+"""Upper bound on ops per transaction: bounds one commit's latency and the WAL growth."""
+DEFAULT_READERS = 2
+"""Reader threads; more than the cores (2 here) buys nothing with the GIL."""
+DEFAULT_BUSY_TIMEOUT_MS = 5_000
+"""How long a connection waits for a lock held by another process (the admin CLI)."""
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+"""Truncate the WAL file back to this after checkpoints so a burst does not pin disk."""
+
+
+class Synchronous(Enum):
+    """``PRAGMA synchronous`` in WAL mode, with what a *returned* commit survives.
+
+    FULL:   the WAL is fsynced at every commit: survives process crash, OS crash and power
+            loss. The default; group commit amortises the fsync over a batch.
+    NORMAL: fsync only at checkpoints: survives a process crash (SIGKILL, OOM); an OS crash
+            or power loss may roll back the last commits (the file stays consistent).
+    OFF:    no fsync at all: survives a process crash only; an OS crash or power loss may
+            lose recent commits or corrupt the file. For tests and benchmarks.
+    """
+
+    FULL = "FULL"
+    NORMAL = "NORMAL"
+    OFF = "OFF"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """Schema step to ``version``; ``apply`` runs inside the migration transaction."""
+
+    version: int
+    apply: Callable[[sqlite3.Connection], None]
+
+
+@dataclass(slots=True)
+class _Op(Generic[T]):
+    name: str
+    fn: Callable[[sqlite3.Connection], T]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[T]
+
+
+_STOP = object()
+_Outcome = tuple["asyncio.Future[Any]", bool, Any]
+
+
+def _resolve(outcomes: list[_Outcome]) -> None:
+    for fut, ok, value in outcomes:
+        if fut.done():  # the caller was cancelled; the op ran anyway
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+def _wrap(exc: BaseException, what: str) -> BaseException:
+    if isinstance(exc, sqlite3.Error):
+        err = StoreError(f"{what} failed: {type(exc).__name__}")
+        err.__cause__ = exc
+        return err
+    return exc
+
+
+class SqliteEngine:
+    """Owns the connections and threads; knows nothing about the relay's tables."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: Synchronous,
+        max_batch: int,
+        readers: int,
+        busy_timeout_ms: int,
+        observer: StoreObserver,
+    ) -> None:
+        if max_batch < 1 or readers < 1:
+            raise ValueError("max_batch and readers must be positive")
+        self._path = path
+        self._sync = synchronous
+        self._max_batch = max_batch
+        self._busy_ms = busy_timeout_ms
+        self._observer = observer
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # orders "not closed" checks against the stop marker
+        self._closed = False
+        self._writer_conn: sqlite3.Connection | None = None
+        self._writer: threading.Thread | None = None
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._local = threading.local()
+        self._readers = ThreadPoolExecutor(
+            max_workers=readers, thread_name_prefix="pigeon-store-read"
+        )
+        self._pending = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | Path,
+        migrations: Sequence[Migration],
+        *,
+        synchronous: Synchronous = Synchronous.FULL,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        readers: int = DEFAULT_READERS,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        observer: StoreObserver | None = None,
+    ) -> SqliteEngine:
+        """Open (creating if needed) and migrate the database, then start the writer."""
+        engine = cls(
+            Path(path),
+            synchronous=synchronous,
+            max_batch=max_batch,
+            readers=readers,
+            busy_timeout_ms=busy_timeout_ms,
+            observer=observer or NullObserver(),
+        )
+        try:
+            engine._writer_conn = await asyncio.to_thread(engine._open_writer, migrations)
+        except BaseException:
+            engine._readers.shutdown(wait=False)
+            raise
+        engine._writer = threading.Thread(
+            target=engine._run, name="pigeon-store-writer", daemon=True
+        )
+        engine._writer.start()
+        return engine
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves. check_same_thread=False only
+        # so that close() may run elsewhere; each connection is used by one thread at a time.
+        conn = sqlite3.connect(
+            self._path, isolation_level=None, check_same_thread=False, timeout=self._busy_ms / 1000
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_ms)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA secure_delete = ON")
+        conn.execute(f"PRAGMA synchronous = {self._sync.value}")
+        return conn
+
+    def _open_writer(self, migrations: Sequence[Migration]) -> sqlite3.Connection:
+        try:
+            conn = self._connect()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store: {type(exc).__name__}") from exc
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"cannot enable WAL (journal_mode={mode})")
+            conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+            _migrate(conn, migrations)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot open store: {type(exc).__name__}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def close(self) -> None:
+        """Run what is queued, stop the writer, close every connection. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.join)
+        await asyncio.to_thread(self._readers.shutdown, True)
+        for conn in [*self._reader_conns, self._writer_conn]:
+            if conn is not None:
+                conn.close()
+        self._reader_conns.clear()
+
+    @property
+    def pending_writes(self) -> int:
+        """Writes queued or running: the server pauses reading sockets when this is high."""
+        return self._pending
+
+    # ------------------------------------------------------------------ calls
+
+    async def write(self, name: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run *fn* in the next group-committed transaction; return after COMMIT."""
+        loop = asyncio.get_running_loop()
+        op: _Op[T] = _Op(name, fn, loop, loop.create_future())
+        start = time.perf_counter()
+        with self._lock:
+            if self._closed:
+                raise StoreError("store is closed")
+            self._pending += 1
+            self._queue.put(op)
+        ok = False
+        try:
+            result = await op.future
+            ok = True
+            return result
+        finally:
+            self._observer.on_operation(name=name, seconds=time.perf_counter() - start, ok=ok)
+
+    async def read(self, name: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run *fn* in a read transaction on a reader thread."""
+        if self._closed:
+            raise StoreError("store is closed")
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        ok = False
+        try:
+            result = await loop.run_in_executor(self._readers, self._read_in_thread, name, fn)
+            ok = True
+            return result
+        finally:
+            self._observer.on_operation(name=name, seconds=time.perf_counter() - start, ok=ok)
+
+    def _read_in_thread(self, name: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        try:
+            if conn is None:
+                conn = self._connect()
+                conn.execute("PRAGMA query_only = ON")
+                self._local.conn = conn
+                with self._lock:
+                    self._reader_conns.append(conn)
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{name} failed: {type(exc).__name__}") from exc
+
+    # ------------------------------------------------------------------ writer thread
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch: list[_Op[Any]] = []
+            stop = item is _STOP
+            if not stop:
+                batch.append(item)  # type: ignore[arg-type]
+                while len(batch) < self._max_batch:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                        break
+                    batch.append(item)  # type: ignore[arg-type]
+            if batch:
+                self._run_batch(batch)
+            if stop:
+                return
+
+    def _run_batch(self, batch: list[_Op[Any]]) -> None:
+        conn = self._writer_conn
+        assert conn is not None
+        start = time.perf_counter()
+        outcomes: list[tuple[_Op[Any], bool, Any]] = []
+        single = len(batch) == 1
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                if single:
+                    # No savepoint needed: if the only op fails we roll the whole thing back.
+                    try:
+                        outcomes.append((op, True, op.fn(conn)))
+                    except Exception as exc:
+                        outcomes.append((op, False, _wrap(exc, op.name)))
+                        conn.execute("ROLLBACK")
+                    continue
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = op.fn(conn)
+                except Exception as exc:
+                    # If SQLite already rolled back the whole transaction (e.g. disk full),
+                    # ROLLBACK TO raises and the outer handler fails the batch.
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((op, False, _wrap(exc, op.name)))
+                else:
+                    conn.execute("RELEASE op")
+                    outcomes.append((op, True, value))
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+            committed = True
+        except Exception as exc:
+            committed = False
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            err = _wrap(exc, "commit")
+            outcomes = [(op, False, err) for op in batch]
+        self._observer.on_commit(
+            ops=len(batch), seconds=time.perf_counter() - start, ok=committed
+        )
+        with self._lock:
+            self._pending -= len(batch)
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+        for op, ok, value in outcomes:
+            by_loop.setdefault(op.loop, []).append((op.future, ok, value))
+        for loop, items in by_loop.items():
+            # A closed loop means its callers are gone; nothing left to tell them.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, items)
+
+
+def _migrate(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> None:
+    """Apply the ordered *migrations* above the stored version, in one transaction."""
+    versions = [m.version for m in migrations]
+    if versions != sorted(set(versions)) or (versions and versions[0] < 1):
+        raise ValueError("migrations must have strictly increasing versions >= 1")
+    latest = versions[-1] if versions else 0
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        current = int(row[0]) if row and row[0] is not None else 0
+        if current > latest:
+            raise StoreError(
+                f"database schema version {current} is newer than this code ({latest})"
+            )
+        for m in migrations:
+            if m.version > current:
+                m.apply(conn)
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (m.version,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise

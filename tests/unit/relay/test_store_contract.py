@@ -1,0 +1,558 @@
+"""Contract suite for :class:`relay.ports.Store`: every adapter must pass all of it.
+
+To add an adapter (PostgreSQL, say), write a factory ``def _postgres(tmp_path) ->
+StoreFactory`` (skip with ``pytest.skip`` when its server is not configured) and add it to
+``FACTORIES``. Tests that need persistence across close/reopen are skipped for factories
+with ``persistent=False``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pigeon_crypto.errors import StoreError
+from relay.ports import (
+    InviteRejected,
+    MailboxKind,
+    NotFound,
+    OneTimePrekey,
+    Recipient,
+    Store,
+    StoreConflict,
+    invite_code_hash,
+)
+from relay.store_memory import MemoryStore
+from relay.store_sqlite import SqliteStore
+
+DAY_MS = 86_400_000
+T0 = 1_700_000_000_000
+
+
+@dataclass(frozen=True)
+class StoreFactory:
+    """How the suite gets a store. ``open`` may be called again after ``close`` (reopen)."""
+
+    name: str
+    open: Callable[[], Awaitable[Store]]
+    persistent: bool
+    raw_blob_rows: Callable[[], int] | None = None
+    """Counts physical blob rows, for adapters where that is observable."""
+
+
+def _memory(tmp_path: Path) -> StoreFactory:
+    async def open_() -> Store:
+        return MemoryStore()
+
+    return StoreFactory(name="memory", open=open_, persistent=False)
+
+
+def _sqlite(tmp_path: Path) -> StoreFactory:
+    path = tmp_path / "relay.db"
+
+    async def open_() -> Store:
+        return await SqliteStore.open(path)
+
+    def raw_blob_rows() -> int:
+        conn = sqlite3.connect(path)
+        try:
+            return int(conn.execute("SELECT count(*) FROM blobs").fetchone()[0])
+        finally:
+            conn.close()
+
+    return StoreFactory(name="sqlite", open=open_, persistent=True, raw_blob_rows=raw_blob_rows)
+
+
+FACTORIES: dict[str, Callable[[Path], StoreFactory]] = {"memory": _memory, "sqlite": _sqlite}
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    return FACTORIES[request.param](tmp_path)
+
+
+@pytest.fixture
+async def store(store_factory: StoreFactory) -> AsyncIterator[Store]:
+    s = await store_factory.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def aid(n: int) -> bytes:
+    return n.to_bytes(16, "big")
+
+
+def mid(n: int) -> bytes:
+    return (0xB0 << 120 | n).to_bytes(16, "big")
+
+
+def cap(n: int) -> bytes:
+    return hashlib.sha256(b"cap%d" % n).digest()
+
+
+def cmid(n: int) -> bytes:
+    return (0xC0 << 120 | n).to_bytes(16, "big")
+
+
+def rcpt(n: int) -> Recipient:
+    return Recipient(mailbox_id=mid(n), capability_hash=cap(n))
+
+
+async def account(store: Store, n: int, *mailboxes: int) -> None:
+    await store.create_account(account_id=aid(n), identity_key=b"ik%d" % n, now_ms=T0)
+    for m in mailboxes:
+        await store.create_mailbox(
+            account_id=aid(n), mailbox_id=mid(m), capability_hash=cap(m),
+            kind=MailboxKind.PAIRWISE, now_ms=T0 + m,
+        )
+
+
+async def send(store: Store, n: int, *mailboxes: int, now_ms: int = T0, ttl_ms: int = DAY_MS):
+    return await store.append(
+        recipients=[rcpt(m) for m in mailboxes], client_msg_id=cmid(n), blob=b"blob%d" % n,
+        now_ms=now_ms, ttl_ms=ttl_ms,
+    )
+
+
+# --------------------------------------------------------------------------- accounts
+
+
+async def test_account_lifecycle(store: Store) -> None:
+    rec = await store.create_account(account_id=aid(1), identity_key=b"ik", now_ms=T0)
+    assert (rec.account_id, rec.identity_key, rec.created_at_ms) == (aid(1), b"ik", T0)
+    assert await store.get_account(aid(1)) == rec
+    assert await store.get_account(aid(2)) is None
+    with pytest.raises(StoreConflict):
+        await store.create_account(account_id=aid(1), identity_key=b"other", now_ms=T0)
+    rotated = await store.rotate_identity(account_id=aid(1), identity_key=b"ik2", now_ms=T0 + 5)
+    assert (rotated.identity_key, rotated.created_at_ms, rotated.identity_updated_at_ms) == (
+        b"ik2", T0, T0 + 5,
+    )
+    assert await store.get_account(aid(1)) == rotated
+    with pytest.raises(NotFound):
+        await store.rotate_identity(account_id=aid(9), identity_key=b"x", now_ms=T0)
+    with pytest.raises(ValueError):
+        await store.create_account(account_id=b"short", identity_key=b"x", now_ms=T0)
+
+
+async def test_list_accounts_paginates_with_mailbox_counts(store: Store) -> None:
+    await account(store, 3, 30, 31)
+    await account(store, 1)
+    await account(store, 2, 20)
+    page = await store.list_accounts(limit=2)
+    assert [(a.account_id, a.mailbox_count) for a in page] == [(aid(1), 0), (aid(2), 1)]
+    rest = await store.list_accounts(after=page[-1].account_id, limit=2)
+    assert [(a.account_id, a.mailbox_count, a.created_at_ms) for a in rest] == [(aid(3), 2, T0)]
+
+
+async def test_invites_are_single_use(store: Store) -> None:
+    h1, h2, h3 = (invite_code_hash(c) for c in ("one", "two", "three"))
+    await store.create_invite(code_hash=h1, now_ms=T0)
+    await store.create_invite(code_hash=h2, now_ms=T0 + 1, expires_at_ms=T0 + 100)
+    await store.create_invite(code_hash=h3, now_ms=T0 + 2)
+    with pytest.raises(StoreConflict):
+        await store.create_invite(code_hash=h1, now_ms=T0)
+    # Registration consumes the invite in the same transaction ...
+    await store.create_account(account_id=aid(1), identity_key=b"k", now_ms=T0, invite_code_hash=h1)
+    with pytest.raises(InviteRejected):
+        await store.create_account(
+            account_id=aid(2), identity_key=b"k", now_ms=T0, invite_code_hash=h1
+        )
+    assert await store.get_account(aid(2)) is None
+    # ... but not when the account id is taken.
+    with pytest.raises(StoreConflict):
+        await store.create_account(
+            account_id=aid(1), identity_key=b"k", now_ms=T0, invite_code_hash=h3
+        )
+    assert await store.consume_invite(code_hash=h3, now_ms=T0) is True
+    assert await store.consume_invite(code_hash=h3, now_ms=T0) is False
+    # Expired, revoked and unknown codes are rejected alike.
+    assert await store.consume_invite(code_hash=h2, now_ms=T0 + 100) is False
+    assert await store.revoke_invite(h2) is True
+    assert await store.revoke_invite(h2) is False
+    assert await store.consume_invite(code_hash=invite_code_hash("nope"), now_ms=T0) is False
+    listed = await store.list_invites()
+    assert [(i.code_hash, i.used_at_ms) for i in listed] == [(h1, T0), (h3, T0)]
+
+
+async def test_concurrent_registrations_share_one_invite(store: Store) -> None:
+    h = invite_code_hash("only-once")
+    await store.create_invite(code_hash=h, now_ms=T0)
+    results = await asyncio.gather(
+        *(
+            store.create_account(account_id=aid(i), identity_key=b"k", now_ms=T0,
+                                 invite_code_hash=h)
+            for i in range(1, 21)
+        ),
+        return_exceptions=True,
+    )
+    assert sum(not isinstance(r, BaseException) for r in results) == 1
+    assert all(isinstance(r, InviteRejected) for r in results if isinstance(r, BaseException))
+
+
+# --------------------------------------------------------------------------- mailboxes
+
+
+async def test_mailbox_ownership_and_capabilities(store: Store) -> None:
+    await account(store, 1, 10, 11)
+    await account(store, 2, 20)
+    with pytest.raises(NotFound):
+        await store.create_mailbox(account_id=aid(9), mailbox_id=mid(90), capability_hash=cap(90),
+                                   kind=MailboxKind.CONTACT, now_ms=T0)
+    with pytest.raises(StoreConflict):
+        await store.create_mailbox(account_id=aid(2), mailbox_id=mid(10), capability_hash=cap(1),
+                                   kind=MailboxKind.CONTACT, now_ms=T0)
+    mb = await store.get_mailbox(mid(10))
+    assert mb is not None
+    assert (mb.account_id, mb.kind, mb.last_seq, mb.push_url) == (
+        aid(1), MailboxKind.PAIRWISE, 0, None,
+    )
+    assert [m.mailbox_id for m in await store.list_mailboxes(aid(1))] == [mid(10), mid(11)]
+    assert await store.check_capabilities([rcpt(10), rcpt(20), rcpt(99)]) == {mid(10), mid(20)}
+    wrong = Recipient(mailbox_id=mid(10), capability_hash=cap(11))
+    assert await store.check_capabilities([wrong]) == frozenset()
+
+    with pytest.raises(NotFound):  # not the owner
+        await store.replace_capability(account_id=aid(2), mailbox_id=mid(10),
+                                       capability_hash=cap(77))
+    await store.replace_capability(account_id=aid(1), mailbox_id=mid(10), capability_hash=cap(77))
+    assert await store.check_capabilities([rcpt(10)]) == frozenset()
+    assert await store.check_capabilities(
+        [Recipient(mailbox_id=mid(10), capability_hash=cap(77))]
+    ) == {mid(10)}
+
+    with pytest.raises(NotFound):
+        await store.set_push_url(account_id=aid(2), mailbox_id=mid(10), push_url="https://p")
+    await store.set_push_url(account_id=aid(1), mailbox_id=mid(10), push_url="https://push/x")
+    mb = await store.get_mailbox(mid(10))
+    assert mb is not None and mb.push_url == "https://push/x"
+    await store.set_push_url(account_id=aid(1), mailbox_id=mid(10), push_url=None)
+    mb = await store.get_mailbox(mid(10))
+    assert mb is not None and mb.push_url is None
+
+    assert await store.delete_mailbox(account_id=aid(2), mailbox_id=mid(10)) is False
+    assert await store.delete_mailbox(account_id=aid(1), mailbox_id=mid(10)) is True
+    assert await store.get_mailbox(mid(10)) is None
+    assert await store.delete_mailbox(account_id=aid(1), mailbox_id=mid(10)) is False
+
+
+# --------------------------------------------------------------------------- append / fetch
+
+
+async def test_append_assigns_dense_per_mailbox_seqs(store: Store) -> None:
+    await account(store, 1, 10, 11)
+    for n in range(1, 6):
+        r = await send(store, n, 10)
+        assert [(a.mailbox_id, a.seq, a.duplicate) for a in r.accepted] == [(mid(10), n, False)]
+        assert (r.received_at_ms, r.expires_at_ms, r.rejected) == (T0, T0 + DAY_MS, ())
+    r = await send(store, 100, 11)
+    assert r.seq_for(mid(11)) == 1  # each mailbox has its own counter
+    msgs = await store.fetch(mid(10), now_ms=T0)
+    assert [(m.seq, m.blob) for m in msgs] == [(n, b"blob%d" % n) for n in range(1, 6)]
+    assert [m.seq for m in await store.fetch(mid(10), after_seq=2, limit=2, now_ms=T0)] == [3, 4]
+    mb = await store.get_mailbox(mid(10))
+    assert mb is not None and mb.last_seq == 5
+    assert await store.pending_count(mid(10)) == 5
+
+
+async def test_append_is_idempotent_per_client_msg_id(store: Store) -> None:
+    await account(store, 1, 10, 11)
+    first = await send(store, 1, 10, 11, now_ms=T0)
+    again = await send(store, 1, 10, 11, now_ms=T0 + 500)
+    assert again.duplicate and not first.duplicate
+    assert [(a.mailbox_id, a.seq) for a in again.accepted] == [(mid(10), 1), (mid(11), 1)]
+    assert (again.received_at_ms, again.expires_at_ms) == (first.received_at_ms,
+                                                           first.expires_at_ms)
+    assert await store.pending_count(mid(10)) == 1
+    # Still a duplicate after the recipient acked: a late retry must not re-queue.
+    await store.ack(mid(10), up_to_seq=1)
+    late = await send(store, 1, 10, now_ms=T0 + 1000)
+    assert late.duplicate and late.seq_for(mid(10)) == 1
+    assert await store.pending_count(mid(10)) == 0
+    # The same client_msg_id to another mailbox set: only the new mailbox gets a copy.
+    await account(store, 2, 20)
+    mixed = await send(store, 1, 11, 20, now_ms=T0 + 2000)
+    assert not mixed.duplicate
+    assert [(a.mailbox_id, a.seq, a.duplicate) for a in mixed.accepted] == [
+        (mid(11), 1, True), (mid(20), 1, False),
+    ]
+    assert mixed.received_at_ms == T0 + 2000
+
+
+async def test_append_rejects_bad_capabilities_alike(store: Store) -> None:
+    await account(store, 1, 10, 11)
+    wrong = Recipient(mailbox_id=mid(11), capability_hash=cap(10))
+    r = await store.append(recipients=[rcpt(10), wrong, rcpt(99), rcpt(10)], client_msg_id=cmid(1),
+                           blob=b"x", now_ms=T0, ttl_ms=DAY_MS)
+    assert [a.mailbox_id for a in r.accepted] == [mid(10)]
+    assert r.rejected == (mid(11), mid(99))
+    assert await store.pending_count(mid(11)) == 0
+    none = await store.append(recipients=[rcpt(99)], client_msg_id=cmid(2), blob=b"x",
+                              now_ms=T0, ttl_ms=DAY_MS)
+    assert none.accepted == () and not none.duplicate
+    assert (await store.queue_sizes()).total_blobs == 1
+
+
+async def test_fan_out_stores_the_blob_once(
+    store: Store, store_factory: StoreFactory
+) -> None:
+    await account(store, 1, 10)
+    await account(store, 2, 20, 21)
+    r = await send(store, 1, 10, 20, 21)
+    assert [a.seq for a in r.accepted] == [1, 1, 1]
+    sizes = await store.queue_sizes()
+    assert (sizes.total_messages, sizes.total_blobs, sizes.total_blob_bytes) == (3, 1, 5)
+    if store_factory.raw_blob_rows is not None:
+        assert store_factory.raw_blob_rows() == 1
+    for m in (10, 20, 21):
+        assert [x.blob for x in await store.fetch(mid(m), now_ms=T0)] == [b"blob1"]
+
+
+async def test_ack_cumulative_selective_and_blob_gc(
+    store: Store, store_factory: StoreFactory
+) -> None:
+    await account(store, 1, 10, 11)
+    for n in range(1, 7):
+        await send(store, n, 10)
+    await send(store, 7, 10, 11)  # shared blob: seq 7 in 10, seq 1 in 11
+    assert await store.ack(mid(10), up_to_seq=2) == 2
+    assert await store.ack(mid(10), seqs=[4, 6, 6, 99]) == 2
+    assert await store.ack(mid(10)) == 0
+    assert [m.seq for m in await store.fetch(mid(10), now_ms=T0)] == [3, 5, 7]
+    assert await store.ack(mid(10), up_to_seq=3, seqs=[3, 5]) == 2  # overlap counted once
+    assert (await store.queue_sizes()).total_blobs == 1
+    assert await store.ack(mid(10), up_to_seq=10) == 1
+    # Blob 7 survives: mailbox 11 still references it.
+    assert [m.blob for m in await store.fetch(mid(11), now_ms=T0)] == [b"blob7"]
+    sizes = await store.queue_sizes()
+    assert (sizes.total_messages, sizes.total_blobs) == (1, 1)
+    await store.ack(mid(11), seqs=[1])
+    assert (await store.queue_sizes()).total_blobs == 0
+    if store_factory.raw_blob_rows is not None:
+        assert store_factory.raw_blob_rows() == 0
+    # Seqs keep counting after the queue empties.
+    assert (await send(store, 8, 10)).seq_for(mid(10)) == 8
+
+
+# --------------------------------------------------------------------------- expiry
+
+
+async def test_expiry_is_reported_to_the_owner(store: Store) -> None:
+    await account(store, 1, 10, 11)
+    await send(store, 1, 10, now_ms=T0, ttl_ms=100)
+    await send(store, 2, 10, now_ms=T0 + 10, ttl_ms=100)
+    await send(store, 3, 10, 11, now_ms=T0 + 20, ttl_ms=1000)
+    assert [m.seq for m in await store.fetch(mid(10), now_ms=T0 + 105)] == [2, 3]  # unswept
+    report = await store.expire(now_ms=T0 + 110)
+    assert [(n.mailbox_id, n.count, n.up_to_seq) for n in report.notices] == [(mid(10), 2, 2)]
+    assert (report.messages_removed, report.dedup_removed, report.more) == (2, 2, False)
+    assert [m.seq for m in await store.fetch(mid(10), now_ms=T0 + 110)] == [3]
+    assert (await store.queue_sizes()).total_blobs == 1
+    notice = await store.get_expiry_notice(mid(10))
+    assert notice is not None and (notice.count, notice.up_to_seq) == (2, 2)
+    assert await store.get_expiry_notice(mid(11)) is None
+
+    # An expiry recorded after the notice was read survives its clearing.
+    late = await store.expire(now_ms=T0 + 5000)
+    assert {(n.mailbox_id, n.count, n.up_to_seq) for n in late.notices} == {
+        (mid(10), 1, 3), (mid(11), 1, 1),
+    }
+    await store.clear_expiry_notice(notice)
+    rest = await store.get_expiry_notice(mid(10))
+    assert rest is not None and (rest.count, rest.up_to_seq) == (1, 3)
+    await store.clear_expiry_notice(rest)
+    assert await store.get_expiry_notice(mid(10)) is None
+    # The dedup records expired too: the same client_msg_id is now a new message.
+    assert not (await send(store, 1, 10, now_ms=T0 + 6000)).duplicate
+
+
+async def test_expiry_sweep_is_batched(store: Store) -> None:
+    await account(store, 1, 10)
+    for n in range(1, 6):
+        await send(store, n, 10, ttl_ms=10)
+    first = await store.expire(now_ms=T0 + 10, limit=3)
+    assert (first.messages_removed, first.more) == (3, True)
+    assert first.notices[0].up_to_seq == 3
+    second = await store.expire(now_ms=T0 + 10, limit=3)
+    assert second.messages_removed == 2
+    notice = await store.get_expiry_notice(mid(10))
+    assert notice is not None and (notice.count, notice.up_to_seq) == (5, 5)
+
+
+# --------------------------------------------------------------------------- prekeys
+
+
+def otks(*ids: int) -> list[OneTimePrekey]:
+    return [OneTimePrekey(key_id=i, data=b"otk%d" % i) for i in ids]
+
+
+def kems(*ids: int) -> list[OneTimePrekey]:
+    return [OneTimePrekey(key_id=i, data=b"kem%d" % i) for i in ids]
+
+
+async def test_prekey_bundle_consumes_one_time_keys(store: Store) -> None:
+    await account(store, 1)
+    assert await store.fetch_prekey_bundle(aid(1)) is None  # nothing uploaded
+    assert await store.fetch_prekey_bundle(aid(9)) is None
+    with pytest.raises(NotFound):
+        await store.upload_prekeys(account_id=aid(9), signed_prekey=b"spk")
+    counts = await store.upload_prekeys(account_id=aid(1), one_time_x25519=otks(5, 3),
+                                        one_time_kem=kems(7))
+    assert (counts.one_time_x25519, counts.one_time_kem, counts.has_signed_prekey) == (2, 1, False)
+    assert await store.fetch_prekey_bundle(aid(1)) is None  # no signed prekey: consume nothing
+    await store.upload_prekeys(account_id=aid(1), signed_prekey=b"spk", last_resort_kem=b"lr")
+    b1 = await store.fetch_prekey_bundle(aid(1))
+    assert b1 is not None
+    assert (b1.identity_key, b1.signed_prekey) == (b"ik1", b"spk")
+    assert b1.one_time_x25519 == OneTimePrekey(key_id=3, data=b"otk3")  # lowest id first
+    assert b1.one_time_kem == OneTimePrekey(key_id=7, data=b"kem7")
+    assert b1.last_resort_kem is None and not b1.uses_last_resort
+    assert (b1.remaining.one_time_x25519, b1.remaining.one_time_kem) == (1, 0)
+    b2 = await store.fetch_prekey_bundle(aid(1))
+    assert b2 is not None and b2.uses_last_resort and b2.last_resort_kem == b"lr"
+    assert b2.one_time_x25519 is not None and b2.one_time_x25519.key_id == 5
+    b3 = await store.fetch_prekey_bundle(aid(1))
+    assert b3 is not None and b3.one_time_x25519 is None and b3.last_resort_kem == b"lr"
+    # Replacing signed / last resort, overwriting an id, replacing the one-time sets.
+    await store.upload_prekeys(account_id=aid(1), signed_prekey=b"spk2", one_time_x25519=otks(1))
+    await store.upload_prekeys(
+        account_id=aid(1), one_time_x25519=[OneTimePrekey(key_id=1, data=b"new")]
+    )
+    counts = await store.upload_prekeys(account_id=aid(1), one_time_kem=kems(2, 4),
+                                        replace_one_time=True)
+    assert counts == await store.prekey_counts(aid(1))
+    assert (counts.one_time_x25519, counts.one_time_kem, counts.has_last_resort_kem) == (0, 2, True)
+    b4 = await store.fetch_prekey_bundle(aid(1))
+    assert b4 is not None and b4.signed_prekey == b"spk2" and b4.one_time_kem is not None
+    with pytest.raises(NotFound):
+        await store.prekey_counts(aid(9))
+
+
+async def test_prekey_bundle_without_any_kem_is_refused(store: Store) -> None:
+    await account(store, 1)
+    await store.upload_prekeys(account_id=aid(1), signed_prekey=b"spk", one_time_x25519=otks(1))
+    assert await store.fetch_prekey_bundle(aid(1)) is None
+    assert (await store.prekey_counts(aid(1))).one_time_x25519 == 1  # not consumed
+
+
+async def test_concurrent_bundle_fetches_never_share_a_one_time_key(store: Store) -> None:
+    await account(store, 1)
+    await store.upload_prekeys(account_id=aid(1), signed_prekey=b"spk", last_resort_kem=b"lr",
+                               one_time_x25519=otks(*range(30)), one_time_kem=kems(*range(20)))
+    bundles = await asyncio.gather(*(store.fetch_prekey_bundle(aid(1)) for _ in range(50)))
+    assert all(b is not None for b in bundles)
+    x = [b.one_time_x25519.key_id for b in bundles if b and b.one_time_x25519]
+    k = [b.one_time_kem.key_id for b in bundles if b and b.one_time_kem]
+    assert sorted(x) == list(range(30)) and sorted(k) == list(range(20))
+    assert sum(1 for b in bundles if b and b.uses_last_resort) == 30
+    counts = await store.prekey_counts(aid(1))
+    assert (counts.one_time_x25519, counts.one_time_kem) == (0, 0)
+
+
+# --------------------------------------------------------------------------- usernames
+
+
+async def test_usernames_are_unique_and_exact(store: Store) -> None:
+    await account(store, 1)
+    await account(store, 2)
+    with pytest.raises(NotFound):
+        await store.claim_username(account_id=aid(9), username="x", binding=b"b", now_ms=T0)
+    rec = await store.claim_username(account_id=aid(1), username="alice", binding=b"b1", now_ms=T0)
+    assert await store.lookup_username("alice") == rec
+    with pytest.raises(StoreConflict):
+        await store.claim_username(account_id=aid(2), username="alice", binding=b"b", now_ms=T0)
+    for miss in ("Alice", "alic", "alice ", ""):
+        assert await store.lookup_username(miss) is None
+    # Re-claiming replaces the account's previous name; the old one becomes free.
+    await store.claim_username(account_id=aid(1), username="alice2", binding=b"b2", now_ms=T0 + 1)
+    assert await store.lookup_username("alice") is None
+    await store.claim_username(account_id=aid(2), username="alice", binding=b"b3", now_ms=T0 + 2)
+    found = await store.lookup_username("alice")
+    assert found is not None and (found.account_id, found.binding) == (aid(2), b"b3")
+    assert await store.release_username(aid(2)) is True
+    assert await store.release_username(aid(2)) is False
+    assert await store.lookup_username("alice") is None
+
+
+# --------------------------------------------------------------------------- deletion, admin
+
+
+async def test_account_deletion_removes_everything_it_owns(
+    store: Store, store_factory: StoreFactory
+) -> None:
+    await account(store, 1, 10, 11)
+    await account(store, 2, 20)
+    await store.upload_prekeys(account_id=aid(1), signed_prekey=b"s", last_resort_kem=b"l",
+                               one_time_x25519=otks(1, 2), one_time_kem=kems(1))
+    await store.claim_username(account_id=aid(1), username="doomed", binding=b"b", now_ms=T0)
+    await send(store, 1, 10, 11)
+    await send(store, 2, 10, 20)  # blob shared with the surviving account
+    await send(store, 3, 20)
+    assert await store.delete_account(aid(1)) is True
+    assert await store.delete_account(aid(1)) is False
+    assert await store.get_account(aid(1)) is None
+    assert await store.get_mailbox(mid(10)) is None and await store.get_mailbox(mid(11)) is None
+    assert await store.list_mailboxes(aid(1)) == []
+    assert await store.lookup_username("doomed") is None
+    assert await store.fetch_prekey_bundle(aid(1)) is None
+    assert await store.fetch(mid(10), now_ms=T0) == []
+    sizes = await store.queue_sizes()
+    assert (sizes.total_messages, sizes.total_blobs) == (2, 2)
+    if store_factory.raw_blob_rows is not None:
+        assert store_factory.raw_blob_rows() == 2
+    assert [m.blob for m in await store.fetch(mid(20), now_ms=T0)] == [b"blob2", b"blob3"]
+    # The ids are free again (nothing dangling): re-creating works from scratch.
+    await account(store, 1, 10)
+    assert not (await send(store, 1, 10)).duplicate
+
+
+async def test_queue_sizes_lists_largest_first(store: Store) -> None:
+    await account(store, 1, 10, 11, 12)
+    for n in range(3):
+        await send(store, n, 10, now_ms=T0 + n)
+    await send(store, 9, 11, 10, now_ms=T0 + 50)
+    sizes = await store.queue_sizes(limit=5)
+    assert [(q.mailbox_id, q.pending, q.oldest_received_at_ms, q.account_id)
+            for q in sizes.mailboxes] == [(mid(10), 4, T0, aid(1)), (mid(11), 1, T0 + 50, aid(1))]
+    assert (sizes.total_messages, sizes.total_blobs) == (5, 4)
+    assert len((await store.queue_sizes(limit=1)).mailboxes) == 1
+
+
+# --------------------------------------------------------------------------- persistence
+
+
+async def test_committed_data_survives_reopen(store_factory: StoreFactory) -> None:
+    if not store_factory.persistent:
+        pytest.skip(f"{store_factory.name} is not persistent")
+    s = await store_factory.open()
+    await account(s, 1, 10)
+    await store_factory_fill(s)
+    await s.close()
+    with pytest.raises(StoreError):
+        await s.get_account(aid(1))
+    s2 = await store_factory.open()
+    try:
+        assert [m.seq for m in await s2.fetch(mid(10), now_ms=T0)] == list(range(1, 11))
+        assert (await send(s2, 1, 10)).duplicate
+        assert (await send(s2, 11, 10)).seq_for(mid(10)) == 11
+        assert (await s2.prekey_counts(aid(1))).one_time_x25519 == 3
+        assert await s2.lookup_username("kept") is not None
+    finally:
+        await s2.close()
+
+
+async def store_factory_fill(s: Store) -> None:
+    await asyncio.gather(*(send(s, n, 10) for n in range(1, 11)))
+    await s.upload_prekeys(account_id=aid(1), one_time_x25519=otks(1, 2, 3))
+    await s.claim_username(account_id=aid(1), username="kept", binding=b"b", now_ms=T0)
