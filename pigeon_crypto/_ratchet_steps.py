@@ -256,17 +256,20 @@ def decrypt_dh_step(
     old_gap = pn - receiving.n if receiving is not None else 0
     _check_gap(old_gap)
     _check_gap(n)
-    _check_now(now_ms)
+    if old_gap > 0 or n > 0:
+        _check_now(now_ms)
     peer_public = header[:KEY_SIZE]
     root_key, chain_key, next_header_key_recv = kdf_rk(root.root_key, dh(root.dhs, peer_public))
     new_entries, chain_key = _skip_keys(chain_key, 0, n)
     plaintext = open_body(hmac_digest(chain_key, MK_CONSTANT, "sha256"), associated_data, message)
 
-    skipped = skipped.purged(now_ms)
+    if skipped:
+        skipped = skipped.purged(now_ms)
     if receiving is not None and old_gap > 0:
         old_entries, _ = _skip_keys(receiving.chain_key, receiving.n, pn)
         skipped = skipped.with_added(receiving.header_key, old_entries, now_ms)
-    skipped = skipped.with_added(root.next_header_key_recv, new_entries, now_ms)
+    if new_entries:
+        skipped = skipped.with_added(root.next_header_key_recv, new_entries, now_ms)
     new_root = Root(
         root_key=root_key,
         dhs=None,  # used up; the next encrypt generates DHs (second half of the step)

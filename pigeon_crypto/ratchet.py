@@ -258,34 +258,24 @@ class RatchetState:
         sending = self._sending
         if type(sending) is not SendingChain:
             root, sending = activate_sending(root, sending, rng)
-        n = sending.n
+        header_key, chain_key, n, pn, prefix = sending
         if n > MAX_CHAIN_INDEX:
             raise SendingUnavailable("chain-exhausted")
-        chain_key = sending.chain_key
         nonce = rng(HEADER_NONCE_SIZE)
         if len(nonce) != HEADER_NONCE_SIZE:
             raise InvalidKey(f"rng returned {len(nonce)} bytes for the header nonce")
-        head = (
-            VERSION_BYTE
-            + nonce
-            + xchacha_seal(sending.prefix + pack_u32(n), VERSION_BYTE, nonce, sending.header_key)
+        enc_header = xchacha_seal(prefix + pack_u32(n), VERSION_BYTE, nonce, header_key)
+        head = VERSION_BYTE + nonce + enc_header
+        ad = self.associated_data
+        body = AESGCM(hmac_digest(chain_key, MK_CONSTANT, "sha256")).encrypt(
+            BODY_NONCE, plaintext, ad + head
         )
-        message_key = hmac_digest(chain_key, MK_CONSTANT, "sha256")
-        body = AESGCM(message_key).encrypt(BODY_NONCE, plaintext, self.associated_data + head)
-        successor = RatchetState(
-            associated_data=self.associated_data,
-            _root=root,
-            _sending=SendingChain(
-                header_key=sending.header_key,
-                chain_key=hmac_digest(chain_key, CK_CONSTANT, "sha256"),
-                n=n + 1,
-                pn=sending.pn,
-                prefix=sending.prefix,
-            ),
-            _receiving=self._receiving,
-            _skipped=self._skipped,
+        next_sending = SendingChain(
+            header_key, hmac_digest(chain_key, CK_CONSTANT, "sha256"), n + 1, pn, prefix
         )
-        return Encrypted(state=successor, message=head + body)
+        return _encrypted(
+            _state(ad, root, next_sending, self._receiving, self._skipped), head + body
+        )
 
     # -- decrypt (spec 4.3 RatchetDecryptHE) ------------------------------------------------------
 
@@ -344,18 +334,12 @@ class RatchetState:
                     raise MessageDecryptionError("message body failed authentication") from None
                 if skipped is not EMPTY:
                     skipped = skipped.purged(now_ms)
-                successor = RatchetState(
-                    associated_data=ad,
-                    _root=root,
-                    _sending=self._sending,
-                    _receiving=ReceivingChain(
-                        header_key=receiving.header_key,
-                        chain_key=hmac_digest(chain_key, CK_CONSTANT, "sha256"),
-                        n=n + 1,
-                    ),
-                    _skipped=skipped,
+                next_receiving = ReceivingChain(
+                    receiving.header_key, hmac_digest(chain_key, CK_CONSTANT, "sha256"), n + 1
                 )
-                return Decrypted(state=successor, plaintext=plaintext)
+                return _decrypted(
+                    _state(ad, root, self._sending, next_receiving, skipped), plaintext
+                )
 
         # (3) NHKr: a DH ratchet step. Not tried while sending is pending: the peer
         # cannot have seen our next ratchet key yet, so no honest message uses NHKr.
@@ -369,14 +353,8 @@ class RatchetState:
 
     def _successor(self, parts: Parts) -> Decrypted:
         root, sending, receiving, skipped, plaintext = parts
-        state = RatchetState(
-            associated_data=self.associated_data,
-            _root=root,
-            _sending=sending,
-            _receiving=receiving,
-            _skipped=skipped,
-        )
-        return Decrypted(state=state, plaintext=plaintext)
+        state = _state(self.associated_data, root, sending, receiving, skipped)
+        return _decrypted(state, plaintext)
 
     # -- snapshot -----------------------------------------------------------------------------
 
@@ -402,6 +380,54 @@ class RatchetState:
             _receiving=receiving,
             _skipped=skipped,
         )
+
+
+# Fast constructors for the three frozen result types. The hot path builds one
+# RatchetState and one Encrypted/Decrypted per message; the generated __init__
+# of a frozen dataclass sets each field through object.__setattr__ with keyword
+# arguments (~1.5 us for RatchetState here), while filling the slots through
+# their descriptors is ~3x cheaper. The result is the same object: every slot is
+# set exactly once, and the instance is frozen from then on.
+_new = object.__new__
+_set_ad = RatchetState.__dict__["associated_data"].__set__
+_set_root = RatchetState.__dict__["_root"].__set__
+_set_sending = RatchetState.__dict__["_sending"].__set__
+_set_receiving = RatchetState.__dict__["_receiving"].__set__
+_set_skipped = RatchetState.__dict__["_skipped"].__set__
+_set_enc_state = Encrypted.__dict__["state"].__set__
+_set_enc_message = Encrypted.__dict__["message"].__set__
+_set_dec_state = Decrypted.__dict__["state"].__set__
+_set_dec_plaintext = Decrypted.__dict__["plaintext"].__set__
+
+
+def _state(
+    associated_data: bytes,
+    root: Root,
+    sending: Sending,
+    receiving: ReceivingChain | None,
+    skipped: SkippedKeys,
+) -> RatchetState:
+    state: RatchetState = _new(RatchetState)
+    _set_ad(state, associated_data)
+    _set_root(state, root)
+    _set_sending(state, sending)
+    _set_receiving(state, receiving)
+    _set_skipped(state, skipped)
+    return state
+
+
+def _encrypted(state: RatchetState, message: bytes) -> Encrypted:
+    out: Encrypted = _new(Encrypted)
+    _set_enc_state(out, state)
+    _set_enc_message(out, message)
+    return out
+
+
+def _decrypted(state: RatchetState, plaintext: bytes) -> Decrypted:
+    out: Decrypted = _new(Decrypted)
+    _set_dec_state(out, state)
+    _set_dec_plaintext(out, plaintext)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
