@@ -674,9 +674,11 @@ def unpack(data: bytes, limits: Limits) -> object:
         raise MalformedFrame(limits.what, "invalid UTF-8 in a string") from None
     except ValueError as exc:
         text = str(exc)
+        if "max_ext_len" in text:
+            raise MalformedFrame(limits.what, "msgpack ext types are not used") from None
         if " exceeds max_" in text:
             # "N exceeds max_bin_len(M)": the parser refused a length prefix up front.
-            raise LimitExceeded(limits.what, "*", text) from None
+            raise LimitExceeded(limits.what, "(length prefix)", text) from None
         if "incomplete input" in text:
             raise MalformedFrame(limits.what, "truncated") from None
         raise MalformedFrame(limits.what, text or type(exc).__name__) from None
