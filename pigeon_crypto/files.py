@@ -41,41 +41,22 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ._codec import Reader, check_version, u32, u64, var16
 from .errors import DecodeError, DecryptionError, InvalidKey
-from .padding import FileTooLarge, padded_file_size
+from .padding import MAX_FILE_SIZE, FileTooLarge, padded_file_size
 from .rng import Rng
 
 __all__ = [
-    "CHUNK_FORMAT_VERSION",
-    "CHUNK_SIZE",
-    "FILE_ID_SIZE",
-    "FILE_KEY_SIZE",
-    "MANIFEST_VERSION",
-    "MAX_CHUNK_COUNT",
-    "MAX_CHUNK_SIZE",
-    "MIN_CHUNK_SIZE",
-    "TAG_SIZE",
-    "ChunkAuthenticationError",
-    "ChunkLengthError",
-    "ExtraChunk",
-    "FileDecryptor",
-    "FileEncryptor",
-    "FileIntegrityError",
-    "FileLayout",
-    "FileManifest",
-    "FilePaddingError",
-    "InvalidManifest",
-    "TruncatedFile",
-    "chunk_ad",
-    "decrypt_chunk",
-    "encrypt_chunk",
-    "encrypt_stream",
+    "CHUNK_FORMAT_VERSION", "CHUNK_SIZE", "FILE_ID_SIZE", "FILE_KEY_SIZE", "MANIFEST_VERSION",
+    "MAX_CHUNK_COUNT", "MAX_CHUNK_SIZE", "MIN_CHUNK_SIZE", "TAG_SIZE", "ChunkAuthenticationError",
+    "ChunkLengthError", "ExtraChunk", "FileDecryptor", "FileEncryptor", "FileIntegrityError",
+    "FileLayout", "FileManifest", "FilePaddingError", "InvalidManifest", "TruncatedFile",
+    "chunk_ad", "decrypt_chunk", "encrypt_chunk", "encrypt_stream",
 ]
 
 #: Default plaintext bytes per chunk (see the module docstring for why).
@@ -108,8 +89,7 @@ class FileIntegrityError(DecryptionError):
 
 
 class ChunkAuthenticationError(FileIntegrityError):
-    """The chunk does not authenticate at this index of this file (tampered,
-    reordered, from another file, or final flag mismatch)."""
+    """Not the authentic chunk at this index of this file (tampered, moved, foreign)."""
 
     def __init__(self, index: int) -> None:
         super().__init__(f"chunk {index} failed authentication", index)
@@ -166,8 +146,11 @@ def chunk_ad(file_id: bytes, index: int, final: bool) -> bytes:
     return _VERSION_BYTE + file_id + _INDEX_FLAG.pack(index, 1 if final else 0)
 
 
-def _nonce(index: int) -> bytes:
-    return index.to_bytes(12, "big")
+def _nonce_and_ad(key: bytes, file_id: bytes, index: int, total: int) -> tuple[bytes, bytes]:
+    _check_key(key, file_id)
+    if not 0 <= index < total:
+        raise ExtraChunk(index, total)
+    return index.to_bytes(12, "big"), chunk_ad(file_id, index, index == total - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +172,10 @@ class FileLayout:
     def __post_init__(self) -> None:
         if not MIN_CHUNK_SIZE <= self.chunk_size <= MAX_CHUNK_SIZE:
             raise InvalidManifest(f"chunk size {self.chunk_size} out of range")
-        padded = padded_file_size(self.true_size)
+        try:
+            padded = padded_file_size(self.true_size)
+        except FileTooLarge as exc:
+            raise InvalidManifest("true_size out of range") from exc
         count = -(-padded // self.chunk_size)
         if count > MAX_CHUNK_COUNT:
             raise InvalidManifest(f"{count} chunks exceed {MAX_CHUNK_COUNT}")
@@ -220,17 +206,9 @@ class FileLayout:
 def encrypt_chunk(
     key: bytes, file_id: bytes, index: int, total_chunks: int, plaintext: bytes
 ) -> bytes:
-    """Encrypt one padded-plaintext chunk at *index* of a file of *total_chunks* chunks.
-
-    Raises:
-        ExtraChunk: ``index`` is not below ``total_chunks``.
-        InvalidKey: wrong key or file id size.
-    """
-    _check_key(key, file_id)
-    if not 0 <= index < total_chunks:
-        raise ExtraChunk(index, total_chunks)
-    ad = chunk_ad(file_id, index, index == total_chunks - 1)
-    return AESGCM(key).encrypt(_nonce(index), plaintext, ad)
+    """Encrypt one padded-plaintext chunk (ExtraChunk if ``index >= total_chunks``)."""
+    nonce, ad = _nonce_and_ad(key, file_id, index, total_chunks)
+    return AESGCM(key).encrypt(nonce, plaintext, ad)
 
 
 def decrypt_chunk(
@@ -246,12 +224,9 @@ def decrypt_chunk(
         ChunkAuthenticationError: wrong key, file, index, final flag or tampered bytes.
         InvalidKey: wrong key or file id size.
     """
-    _check_key(key, file_id)
-    if not 0 <= index < total_chunks:
-        raise ExtraChunk(index, total_chunks)
-    ad = chunk_ad(file_id, index, index == total_chunks - 1)
+    nonce, ad = _nonce_and_ad(key, file_id, index, total_chunks)
     try:
-        return AESGCM(key).decrypt(_nonce(index), ciphertext, ad)
+        return AESGCM(key).decrypt(nonce, ciphertext, ad)
     except InvalidTag as exc:
         raise ChunkAuthenticationError(index) from exc
 
@@ -264,15 +239,8 @@ class FileEncryptor:
     yields the rest, padding included, the last one flagged final. Memory
     beyond the caller's piece is one chunk.
 
-    Example::
-
-        enc = FileEncryptor.create(rng)
-        for piece in pieces:
-            for chunk in enc.update(piece):
-                upload(chunk)
-        for chunk in enc.finalize():
-            upload(chunk)
-        manifest = enc.manifest(name="a.jpg", media_type="image/jpeg")
+    Usage: ``enc.update(piece)`` for each piece (upload what it returns), then
+    iterate ``enc.finalize()``, then ``enc.manifest(name=..., media_type=...)``.
     """
 
     __slots__ = (
@@ -326,7 +294,7 @@ class FileEncryptor:
         """Accept more file bytes; return the chunk ciphertexts now complete.
 
         Raises:
-            FileTooLarge: the total would exceed ``MAX_FILE_SIZE`` (at finalize).
+            FileTooLarge: the total would exceed ``MAX_FILE_SIZE``.
             RuntimeError: called after :meth:`finalize`.
         """
         if self._state != "open":
@@ -335,6 +303,8 @@ class FileEncryptor:
         n = len(mv)
         if not n:
             return []
+        if self._size + n > MAX_FILE_SIZE:
+            raise FileTooLarge(self._size + n)
         self._size += n
         cs = self._chunk_size
         buf = self._buf
@@ -358,9 +328,6 @@ class FileEncryptor:
         """Yield the remaining chunks: held-back data, then zero padding; the last is final.
 
         Iterate it to the end before calling :meth:`manifest`.
-
-        Raises:
-            FileTooLarge: the file exceeds ``MAX_FILE_SIZE``.
         """
         if self._state != "open":
             raise RuntimeError("FileEncryptor already finalized")
@@ -369,22 +336,19 @@ class FileEncryptor:
         return self._tail(layout)
 
     def _tail(self, layout: FileLayout) -> Iterator[bytes]:
-        cs = self._chunk_size
-        held = bytes(self._buf)
-        self._buf = bytearray()
-        remaining = len(held) + layout.padded_size - self._size
+        cs, buf = self._chunk_size, self._buf
+        # held data (<= one chunk) + padding; padded_size >= 541 so at least one chunk
+        remaining = len(buf) + layout.padded_size - self._size
+        first = min(cs, remaining)
+        buf.extend(bytes(first - len(buf)))
+        remaining -= first
+        yield self._seal(buf, remaining == 0)
         zeros = bytes(cs)
         while remaining:
             take = min(cs, remaining)
             remaining -= take
-            if held:
-                piece = held[:take]
-                held = held[take:]
-                if len(piece) < take:
-                    piece += zeros[: take - len(piece)]
-                yield self._seal(piece, remaining == 0)
-            else:
-                yield self._seal(zeros[:take] if take < cs else zeros, remaining == 0)
+            yield self._seal(zeros if take == cs else zeros[:take], remaining == 0)
+        buf.clear()
         assert self._index == layout.chunk_count
         self._finished = layout
         self._state = "done"
@@ -562,10 +526,7 @@ class FileManifest:
 
     @property
     def layout(self) -> FileLayout:
-        try:
-            return FileLayout(self.true_size, self.chunk_size)
-        except FileTooLarge as exc:
-            raise InvalidManifest("true_size out of range") from exc
+        return FileLayout(self.true_size, self.chunk_size)
 
     def __repr__(self) -> str:
         return (
@@ -576,12 +537,7 @@ class FileManifest:
 
     def with_chunk_ids(self, chunk_ids: Iterable[bytes]) -> FileManifest:
         """A copy naming the relay blob ids assigned at upload."""
-        return FileManifest(
-            key=self.key, file_id=self.file_id, chunk_size=self.chunk_size,
-            true_size=self.true_size, padded_size=self.padded_size,
-            chunk_count=self.chunk_count, chunk_ids=tuple(chunk_ids), name=self.name,
-            media_type=self.media_type,
-        )
+        return replace(self, chunk_ids=tuple(chunk_ids))
 
     def to_bytes(self) -> bytes:
         parts = [

@@ -40,25 +40,10 @@ from .errors import CryptoError, DecodeError, DecryptionError, InvalidKey, Wrong
 from .rng import Rng
 
 __all__ = [
-    "DATA_KEY_SIZE",
-    "DEFAULT_PARAMS",
-    "NONCE_SIZE",
-    "SALT_SIZE",
-    "SEALED_VERSION",
-    "WRAPPED_KEY_SIZE",
-    "WRAPPED_VERSION",
-    "Argon2Params",
-    "DataKey",
-    "InvalidKdfParameters",
-    "UnsealError",
-    "WrappedKey",
-    "create_data_key",
-    "needs_rewrap",
-    "rewrap",
-    "seal",
-    "unlock",
-    "unseal",
-    "wrap_data_key",
+    "DATA_KEY_SIZE", "DEFAULT_PARAMS", "NONCE_SIZE", "SALT_SIZE", "SEALED_VERSION",
+    "WRAPPED_KEY_SIZE", "WRAPPED_VERSION", "Argon2Params", "DataKey", "InvalidKdfParameters",
+    "UnsealError", "WrappedKey", "create_data_key", "needs_rewrap", "rewrap", "seal", "unlock",
+    "unseal", "wrap_data_key",
 ]
 
 DATA_KEY_SIZE = 32

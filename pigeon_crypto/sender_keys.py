@@ -62,21 +62,10 @@ from .rng import Rng
 from .signing import PUBLIC_KEY_SIZE, SEED_SIZE, SIGNATURE_SIZE, Purpose, SigningKey, verify
 
 __all__ = [
-    "CHAIN_KEY_SIZE",
-    "MAX_CHAINS_PER_SENDER",
-    "MAX_ITERATION",
-    "MAX_SENDER_KEY_GAP",
-    "MAX_SKIPPED_KEYS",
-    "SENDER_KEY_VERSION",
-    "DuplicateSenderKeyMessage",
-    "InboundSenderKey",
-    "OutboundSenderKey",
-    "SenderChainConflict",
-    "SenderChainExhausted",
-    "SenderKeyDistribution",
-    "SenderKeyMessage",
-    "SenderKeyRecord",
-    "UnknownSenderChain",
+    "CHAIN_KEY_SIZE", "MAX_CHAINS_PER_SENDER", "MAX_ITERATION", "MAX_SENDER_KEY_GAP",
+    "MAX_SKIPPED_KEYS", "SENDER_KEY_VERSION", "DuplicateSenderKeyMessage", "InboundSenderKey",
+    "OutboundSenderKey", "SenderChainConflict", "SenderChainExhausted", "SenderKeyDistribution",
+    "SenderKeyMessage", "SenderKeyRecord", "UnknownSenderChain",
 ]
 
 #: Version byte of messages, distributions and states.

@@ -21,7 +21,7 @@ from pigeon_crypto.files import (
     encrypt_chunk,
     encrypt_stream,
 )
-from pigeon_crypto.padding import padded_file_size
+from pigeon_crypto.padding import MAX_FILE_SIZE, FileTooLarge, padded_file_size
 from pigeon_crypto.rng import SeededRng
 
 CS = 64  # small chunks keep the tests fast; the format is the same
@@ -272,3 +272,12 @@ def test_manifest_rejects() -> None:
     with pytest.raises(InvalidManifest):
         FileManifest(key=m.key, file_id=m.file_id, chunk_size=64, true_size=1000,
                      padded_size=1020, chunk_count=16, name="x" * 1025)
+
+
+def test_encryptor_refuses_files_beyond_the_maximum() -> None:
+    enc = FileEncryptor(key=bytes(32), file_id=bytes(16), chunk_size=CS)
+    enc.update(b"x" * 10)
+    enc._size = MAX_FILE_SIZE - 5  # pretend a terabyte went through
+    with pytest.raises(FileTooLarge) as info:
+        enc.update(b"y" * 6)
+    assert info.value.size == MAX_FILE_SIZE + 1
