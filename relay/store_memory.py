@@ -34,6 +34,7 @@ from .ports import (
     QueueSizes,
     Recipient,
     RecipientSeq,
+    Store,
     StoreConflict,
     StoredMessage,
     UsernameRecord,
@@ -548,3 +549,7 @@ class MemoryStore:
             total_blob_bytes=sum(len(b) for b in self._blobs.values()),
             mailboxes=tuple(queues[:limit]),
         )
+
+
+def _conforms(store: MemoryStore) -> Store:  # pragma: no cover - checked by mypy
+    return store

@@ -51,6 +51,7 @@ from .ports import (
     PrekeyCounts,
     QueueSizes,
     Recipient,
+    Store,
     StoredMessage,
     StoreObserver,
     UsernameRecord,
@@ -392,3 +393,7 @@ class SqliteStore:
         return await self._engine.read(
             "queue_sizes", functools.partial(ops.queue_sizes, limit=limit)
         )
+
+
+def _conforms(store: SqliteStore) -> Store:  # pragma: no cover - checked by mypy
+    return store
