@@ -24,7 +24,7 @@ File size padding (spec: "File chunks")
     ``floor(1.05 ** k)`` that is ``>= max(n, 541)`` (as Signal's attachment
     padding), computed with exact integers (``21**k // 20**k``) so that every
     implementation agrees to the byte. Overhead is below 5%; the relay learns
-    only which of ~24 buckets per doubling the file falls in.
+    only which of ~14 buckets per doubling the file falls in.
 """
 
 from __future__ import annotations
