@@ -1,40 +1,30 @@
 """File chunks: a random key per file, fixed-size chunks under AES-256-GCM.
 
-Theory of operation (spec: "File chunks", docs/protocol.md)
-    A file of ``true_size`` bytes is padded with zero bytes to
-    ``padded_size = padded_file_size(true_size)`` (powers of 1.05, see
-    :mod:`pigeon_crypto.padding`) and cut into ``chunk_count`` chunks of
-    ``chunk_size`` plaintext bytes (the last one shorter). Chunk ``i`` is::
+Theory of operation (spec: docs/protocol.md §8.1)
+    A file of ``true_size`` bytes is zero-padded to ``padded_file_size(true_size)``
+    (powers of 1.05, :mod:`pigeon_crypto.padding`) and cut into ``chunk_count``
+    chunks of ``chunk_size`` bytes (the last one shorter). Chunk ``i`` is::
 
-        ciphertext_i = AES-256-GCM(key, nonce = u96be(i), plaintext_i,
-                                   AD = 0x01 || file_id || u64be(i) || final)
+        AES-256-GCM(key, nonce = u96be(i), plaintext_i,
+                    AD = 0x01 || file_id || u64be(i) || final)   # final: 0x01 on the last chunk
 
-    with ``final = 0x01`` for the last chunk and ``0x00`` otherwise. The key is
-    32 random bytes drawn for this file only, so the counter nonce never
-    repeats under a key. The AD makes every chunk authenticate its position,
-    its file and whether it ends the file:
+    The key is drawn for this file only, so counter nonces never repeat under
+    it. Through the AD every chunk authenticates its position, its file and
+    whether it ends the file: reordering or swapping chunks between files is
+    :class:`ChunkAuthenticationError`; a missing tail is :class:`TruncatedFile`;
+    anything after the final chunk is :class:`ExtraChunk`; a chunk of the wrong
+    length is :class:`ChunkLengthError`.
 
-    * reordering or swapping chunks between files fails authentication
-      (:class:`ChunkAuthenticationError`);
-    * dropping the tail leaves the final chunk unseen (:class:`TruncatedFile`);
-    * anything after the final chunk is :class:`ExtraChunk`;
-    * a chunk of the wrong length for its index is :class:`ChunkLengthError`.
+    The true size travels in the :class:`FileManifest` (inside an E2E message),
+    so a decryptor drops padding (checked to be zero, :class:`FilePaddingError`)
+    from any chunk and can start at any index (resumed downloads). Memory is
+    O(chunk): the encryptor holds back one chunk (only later data or the end
+    proves it non-final) and makes padding chunks lazily.
 
-    Padding zeros live at the end of the padded plaintext, possibly across
-    several trailing chunks. The true size travels in the :class:`FileManifest`
-    (inside an end-to-end encrypted message), so a decryptor can drop padding
-    from any chunk it decrypts, and can start at any chunk (resumed downloads)
-    because every chunk's nonce and AD depend only on its index. Padding bytes
-    are checked to be zero (:class:`FilePaddingError`).
-
-    Memory is O(chunk): the encryptor holds back at most one chunk (it cannot
-    know whether a chunk is final until more data or the end arrives) and
-    generates padding chunks lazily; the decryptor works chunk by chunk.
-
-Why 64 KiB chunks: the per-chunk cost (a Python call, 16-byte tag, one relay
-blob / HTTP range) is amortized to a few percent of AES-GCM's own cost while
-a chunk stays far below the relay's blob limit and keeps buffers small; a
-resumed download loses at most one chunk.
+Why 64 KiB chunks: per-chunk costs (a Python call, a 16-byte tag, one relay
+blob / HTTP range) shrink to a few percent of AES-GCM's own cost, while a chunk
+stays far below the relay's blob limit, buffers stay small, and a resumed
+download loses at most one chunk.
 """
 
 from __future__ import annotations
