@@ -12,16 +12,16 @@ in this process), with a 100-byte plaintext and header encryption on.
 The **primitive floor** is the raw ``cryptography``/PyNaCl calls a message of
 that kind needs, on precomputed inputs, and nothing else:
 
-* one-way: ``os.urandom(24)`` (header nonce); sender: 2 × ``hmac.digest``
+* one-way: ``os.urandom(24)`` (header nonce); sender: 2 x ``hmac.digest``
   (message key, next chain key), XChaCha20-Poly1305 encrypt of the 40-byte
   header; ``AESGCM(key)`` constructed **once** and used for the encrypt and the
   decrypt (a real receiver must construct its own: the floor is stricter than
-  any two-party implementation can reach); receiver: 2 × ``hmac.digest``,
+  any two-party implementation can reach); receiver: 2 x ``hmac.digest``,
   XChaCha20-Poly1305 decrypt.
 * ping-pong adds, per message: ``os.urandom(32)`` +
   ``X25519PrivateKey.from_private_bytes`` + ``public_key().public_bytes_raw()``
-  (sender's new ratchet key), 2 × (``X25519PublicKey.from_public_bytes`` +
-  ``exchange``) (sender's DH and receiver's DH), 2 × HKDF-SHA-256 construct +
+  (sender's new ratchet key), 2 x (``X25519PublicKey.from_public_bytes`` +
+  ``exchange``) (sender's DH and receiver's DH), 2 x HKDF-SHA-256 construct +
   ``derive(96)`` (one root KDF per side).
 
 Not in the floor, but in Pigeon's ping-pong: the spec's decrypt order tries the
@@ -35,8 +35,9 @@ Other implementations, in the same run when installed:
   header encryption);
 * ``vodozemac`` (Rust, Python bindings; Olm session; no header encryption).
 
-Ratios are measured in the same run (the machine is shared); each figure is
-the best of ``repeats`` runs.
+All variants of a kind run interleaved, in chunks, for ``ROUNDS`` rounds, and
+each figure is its best chunk: the machine is shared, and interleaving makes
+the ratios robust to load that comes and goes.
 """
 
 from __future__ import annotations
@@ -63,19 +64,30 @@ from pigeon_crypto.rng import system_rng
 PLAINTEXT = bytes(range(100))
 AD = bytes(64)  # two 32-byte identity keys, as PQXDH's AD
 NOW_MS = 1_790_000_000_000
-ONE_WAY_N = 20_000
-PING_PONG_N = 3_000
+ONE_WAY_CHUNK = 2_000  # messages per timed chunk
+PING_PONG_CHUNK = 300
+ROUNDS = 15  # interleaved rounds; each figure is its best chunk
 
 Row = dict[str, Any]
 
 
-def _rate(n: int, fn: Callable[[int], None], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(n)
-        best = min(best, time.perf_counter() - t0)
-    return n / best
+Chunks = dict[str, tuple[Callable[[int], None], int]]
+
+
+def _interleaved(fns: Chunks, rounds: int) -> dict[str, float]:
+    """Messages per second of each function: the best chunk over *rounds* interleaved rounds.
+
+    Every round runs each function once on its chunk size, in turn, so that load
+    from other processes on this shared machine hits all of them alike; the
+    best round is the least disturbed one.
+    """
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, (fn, n) in fns.items():
+            t0 = time.perf_counter()
+            fn(n)
+            best[name] = min(best[name], (time.perf_counter() - t0) / n)
+    return {name: 1 / seconds for name, seconds in best.items()}
 
 
 # --- Pigeon ---------------------------------------------------------------------------------
@@ -169,7 +181,7 @@ def floor_ping_pong(n: int) -> None:
 
 
 def _doubleratchet_impl() -> Any:
-    from doubleratchet import DoubleRatchet
+    from doubleratchet import DoubleRatchet, Header
     from doubleratchet.recommended import (
         HashFunction,
         aead_aes_hmac,
@@ -203,11 +215,12 @@ def _doubleratchet_impl() -> Any:
 
     class Ratchet(DoubleRatchet):
         @staticmethod
-        def _build_associated_data(associated_data: bytes, header: Any) -> bytes:
-            return (associated_data + header.ratchet_pub + header.sending_chain_length.to_bytes(8, "big")
+        def _build_associated_data(associated_data: bytes, header: Header) -> bytes:
+            return (associated_data + header.ratchet_pub
+                    + header.sending_chain_length.to_bytes(8, "big")
                     + header.previous_sending_chain_length.to_bytes(8, "big"))
 
-    common = {
+    common: dict[str, Any] = {
         "diffie_hellman_ratchet_class": diffie_hellman_ratchet_curve25519.DiffieHellmanRatchet,
         "root_chain_kdf": RootKdf,
         "message_chain_kdf": ChainKdf,
@@ -269,7 +282,9 @@ def _vodozemac_pair() -> tuple[Any, Any]:
     one_time_key = next(iter(bob_account.one_time_keys.values()))
     alice = alice_account.create_outbound_session(bob_account.curve25519_key, one_time_key)
     first = alice.encrypt(PLAINTEXT)
-    bob, _ = bob_account.create_inbound_session(alice_account.curve25519_key, first.to_pre_key())
+    pre_key = first.to_pre_key()
+    assert pre_key is not None
+    bob, _ = bob_account.create_inbound_session(alice_account.curve25519_key, pre_key)
     # Bob replies so that Alice's messages are normal (not pre-key) messages.
     alice.decrypt(bob.encrypt(PLAINTEXT))
     return alice, bob
@@ -300,36 +315,37 @@ def _available(module: str) -> str | None:
     return None
 
 
-def run(repeats: int = 3, one_way_n: int = ONE_WAY_N, ping_pong_n: int = PING_PONG_N) -> list[Row]:
+def run(rounds: int = ROUNDS) -> list[Row]:
     """Measure every variant; returns one row per (implementation, kind).
 
     Each row: ``name``, ``kind``, ``messages_per_s``, ``floor_per_s`` (Pigeon's
-    floor for that kind, measured in this run), ``ratio`` (messages_per_s /
-    floor_per_s) and, for the other implementations, ``vs_pigeon`` (their rate
-    over Pigeon's); a skipped implementation gets a ``note`` instead.
+    primitive floor for that kind, measured in this run), ``ratio``
+    (messages_per_s / floor_per_s) and, for the other implementations,
+    ``vs_pigeon`` (their rate over Pigeon's). A skipped implementation gets a
+    ``note`` instead of figures.
     """
     rows: list[Row] = []
-    kinds = [
-        ("one-way", one_way_n, floor_one_way, pigeon_one_way),
-        ("ping-pong", ping_pong_n, floor_ping_pong, pigeon_ping_pong),
-    ]
-    others = [
-        ("doubleratchet", doubleratchet_one_way, doubleratchet_ping_pong),
-        ("vodozemac", vodozemac_one_way, vodozemac_ping_pong),
-    ]
-    notes = {name: _available(name) for name, _, _ in others}
-    for kind, n, floor_fn, pigeon_fn in kinds:
-        floor = _rate(n, floor_fn, repeats)
-        pigeon = _rate(n, pigeon_fn, repeats)
+    others = {"doubleratchet": (doubleratchet_one_way, doubleratchet_ping_pong),
+              "vodozemac": (vodozemac_one_way, vodozemac_ping_pong)}
+    notes = {name: _available(name) for name in others}
+    for kind, chunk, floor_fn, pigeon_fn in [
+        ("one-way", ONE_WAY_CHUNK, floor_one_way, pigeon_one_way),
+        ("ping-pong", PING_PONG_CHUNK, floor_ping_pong, pigeon_ping_pong),
+    ]:
+        fns: Chunks = {"floor": (floor_fn, chunk), "pigeon": (pigeon_fn, chunk)}
+        for name, (one_way_fn, ping_pong_fn) in others.items():
+            if notes[name] is None:
+                fn = one_way_fn if kind == "one-way" else ping_pong_fn
+                fns[name] = (fn, chunk // 4 if name == "doubleratchet" else chunk)
+        rates = _interleaved(fns, rounds)
+        floor, pigeon = rates["floor"], rates["pigeon"]
         rows.append({"name": "pigeon", "kind": kind, "messages_per_s": pigeon,
                      "floor_per_s": floor, "ratio": pigeon / floor})
-        for name, one_way_fn, ping_pong_fn in others:
+        for name in others:
             if notes[name] is not None:
                 rows.append({"name": name, "kind": kind, "note": notes[name]})
                 continue
-            fn = one_way_fn if kind == "one-way" else ping_pong_fn
-            count = max(n // 5, 500) if name == "doubleratchet" else n
-            rate = _rate(count, fn, repeats)
+            rate = rates[name]
             rows.append({"name": name, "kind": kind, "messages_per_s": rate,
                          "floor_per_s": floor, "ratio": rate / floor,
                          "vs_pigeon": rate / pigeon})
