@@ -174,7 +174,9 @@ def bench_x3dh(n: int) -> float | None:
         return None
 
     class _State(x3dh.BaseState):
-        pass
+        @staticmethod
+        def _encode_public_key(key_format: Any, pub: bytes) -> bytes:
+            return b"\x05" + pub
 
     alice = _State.create(x3dh.IdentityKeyFormat.CURVE_25519, x3dh.HashFunction.SHA_256,
                           b"bench")

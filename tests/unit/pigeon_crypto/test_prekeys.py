@@ -18,7 +18,8 @@ from tests.helpers import NOW_MS, make_responder
 def test_private_prekeys_roundtrip() -> None:
     bob = make_responder()
     assert SignedPreKeyPair.from_bytes(bob.spk.to_bytes()) == bob.spk
-    assert KemPreKeyPair.from_bytes(bob.kem_last_resort.to_bytes()).public == bob.kem_last_resort.public
+    kem = bob.kem_last_resort
+    assert KemPreKeyPair.from_bytes(kem.to_bytes()).public == kem.public
     assert OneTimePreKeyPair.from_bytes(bob.one_time[0].to_bytes()) == bob.one_time[0]
 
 
