@@ -324,6 +324,12 @@ class PreKeyBundle:
             return
         try:
             self.identity.check()
+        except InvalidSignature as exc:
+            raise InvalidBundle("bundle identity is not self-signed") from exc
+        self._check_prekeys()
+
+    def _check_prekeys(self) -> None:
+        try:
             self.signed_prekey.check(self.identity)
             self.kem_prekey.check(self.identity)
         except InvalidSignature as exc:
@@ -362,5 +368,5 @@ class PreKeyBundle:
         otk = OneTimePreKey.from_bytes(r.take(OneTimePreKey.SIZE)) if flag else None
         r.finish()
         bundle = cls(identity=identity, signed_prekey=spk, kem_prekey=kem, one_time_prekey=otk)
-        bundle.check()
+        bundle._check_prekeys()  # the identity was verified by its own parser
         return bundle
