@@ -59,6 +59,7 @@ from .limits import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 __all__ = [
     "SUPPORTED_VERSIONS",
     "Bool",
+    "Buffer",
     "Bytes",
     "Code",
     "EnumKind",
@@ -423,6 +424,8 @@ class FieldSpec(NamedTuple):
 
 
 R = TypeVar("R", bound="Record")
+Buffer: TypeAlias = bytes | bytearray | memoryview
+"""Decoders accept any of these (non-``bytes`` inputs are copied once)."""
 _Check: TypeAlias = Callable[[object], None]
 _Conv: TypeAlias = Callable[[object], object]
 _Setter: TypeAlias = Callable[[object, object], None]
@@ -627,7 +630,7 @@ class Limits(NamedTuple):
     max_map_len: int
 
 
-def unpack(data: bytes, limits: Limits) -> object:
+def unpack(data: Buffer, limits: Limits) -> object:
     """Parse *data* as exactly one msgpack object, strictly.
 
     Args:

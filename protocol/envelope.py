@@ -31,7 +31,7 @@ from typing import Final, Self
 
 from . import limits as L
 from ._kinds import BLOB, DEDUP_HASH, MAILBOX_ID, SEQ, TIME_MS
-from ._wire import Limits, Problem, Record, finalize, pack, unpack, version_error, wire
+from ._wire import Buffer, Limits, Problem, Record, finalize, pack, unpack, version_error, wire
 from .errors import ErrorCode, MalformedFrame
 from .frames import Delivery
 
@@ -70,7 +70,7 @@ class Envelope(Record):
         return pack((L.PROTOCOL_VERSION, self._body()))
 
     @classmethod
-    def decode(cls, data: bytes) -> Self:
+    def decode(cls, data: Buffer) -> Self:
         """Decode strictly.
 
         Raises:

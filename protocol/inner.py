@@ -27,6 +27,7 @@ from typing import ClassVar, Final, Self
 from . import limits as L
 from ._kinds import BOOL, CAPABILITY, MAILBOX_ID, MESSAGE_ID, TIME_MS
 from ._wire import (
+    Buffer,
     Bytes,
     EnumKind,
     Limits,
@@ -134,7 +135,7 @@ class InnerMessage(Record):
         return out
 
     @classmethod
-    def decode(cls, data: bytes) -> Self:
+    def decode(cls, data: Buffer) -> Self:
         """Decode as this kind (``InnerMessage.decode`` accepts any kind).
 
         Raises:
@@ -156,7 +157,7 @@ def _kind(cls: type[InnerMessage]) -> type[InnerMessage]:
     return cls
 
 
-def decode_inner(data: bytes) -> InnerMessage:
+def decode_inner(data: Buffer) -> InnerMessage:
     """Decode any inner message strictly.
 
     Raises:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Final, Self, TypeVar
 
 from .. import limits as L
-from .._wire import Limits, Record, UInt, finalize, pack, unpack, version_error, wire
+from .._wire import Buffer, Limits, Record, UInt, finalize, pack, unpack, version_error, wire
 from ..errors import (
     InvalidFieldValue,
     LocalProtocolError,
@@ -97,7 +97,7 @@ class Frame(Record):
         return out
 
     @classmethod
-    def decode(cls, data: bytes) -> Self:
+    def decode(cls, data: Buffer) -> Self:
         """Decode *data* as a frame of this class (``Frame.decode`` accepts any type).
 
         Raises:
@@ -147,7 +147,7 @@ def register(cls: type[F]) -> type[F]:
     return cls
 
 
-def decode_frame(data: bytes, *, direction: Direction | None = None) -> Frame:
+def decode_frame(data: Buffer, *, direction: Direction | None = None) -> Frame:
     """Decode one frame strictly.
 
     Args:
