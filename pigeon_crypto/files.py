@@ -234,7 +234,7 @@ class FileEncryptor:
     """
 
     __slots__ = (
-        "_aead", "_buf", "_chunk_size", "_file_id", "_finished", "_index", "_key", "_prefix",
+        "_aead", "_chunk_size", "_file_id", "_finished", "_held", "_index", "_key", "_prefix",
         "_size", "_state",
     )
 
@@ -247,7 +247,7 @@ class FileEncryptor:
         self._chunk_size = chunk_size
         self._aead = AESGCM(self._key)
         self._prefix = _VERSION_BYTE + self._file_id
-        self._buf = bytearray()
+        self._held: bytes | bytearray | memoryview = b""
         self._index = 0
         self._size = 0
         self._state = "open"  # "open" -> "finalizing" -> "done"
@@ -297,21 +297,27 @@ class FileEncryptor:
             raise FileTooLarge(self._size + n)
         self._size += n
         cs = self._chunk_size
-        buf = self._buf
+        held = self._held
         out: list[bytes] = []
         pos = 0
-        if buf:
-            pos = min(cs - len(buf), n)
-            buf += mv[:pos]
-            if pos == n:  # everything buffered; a full buffer may still be final
+        if len(held) == cs:  # more data arrived: the held chunk is not final
+            out.append(self._seal(held, False))
+        elif held:
+            pos = min(cs - len(held), n)
+            filled = held if isinstance(held, bytearray) else bytearray(held)
+            filled += mv[:pos]
+            if pos == n:  # everything held; a full chunk may still be the final one
+                self._held = filled
                 return out
-            out.append(self._seal(buf, False))
-            buf.clear()
+            out.append(self._seal(filled, False))
         # Hold back the last (possibly full) chunk: only later data proves it non-final.
         while n - pos > cs:
             out.append(self._seal(mv[pos : pos + cs], False))
             pos += cs
-        buf += mv[pos:]
+        rest = mv[pos:]
+        # Immutable input can be held by reference; anything else is copied, since the
+        # caller may reuse its buffer (readinto) after this call.
+        self._held = rest if isinstance(rest.obj, bytes) else bytearray(rest)
         return out
 
     def finalize(self) -> Iterator[bytes]:
@@ -326,7 +332,7 @@ class FileEncryptor:
         return self._tail(layout)
 
     def _tail(self, layout: FileLayout) -> Iterator[bytes]:
-        cs, buf = self._chunk_size, self._buf
+        cs, buf = self._chunk_size, bytearray(self._held)
         # held data (<= one chunk) + padding; padded_size >= 541 so at least one chunk
         remaining = len(buf) + layout.padded_size - self._size
         first = min(cs, remaining)
@@ -338,7 +344,7 @@ class FileEncryptor:
             take = min(cs, remaining)
             remaining -= take
             yield self._seal(zeros if take == cs else zeros[:take], remaining == 0)
-        buf.clear()
+        self._held = b""
         assert self._index == layout.chunk_count
         self._finished = layout
         self._state = "done"

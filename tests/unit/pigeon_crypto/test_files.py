@@ -281,3 +281,23 @@ def test_encryptor_refuses_files_beyond_the_maximum() -> None:
     with pytest.raises(FileTooLarge) as info:
         enc.update(b"y" * 6)
     assert info.value.size == MAX_FILE_SIZE + 1
+
+
+def test_reused_mutable_buffer_does_not_leak_into_held_chunk() -> None:
+    data, chunks, _ = make_file(1000)
+    for step in (10, 64, 100):
+        enc = FileEncryptor.create(SeededRng(b"file"), chunk_size=CS)
+        buf = bytearray(step)
+        out: list[bytes] = []
+        for off in range(0, len(data), step):
+            piece = data[off : off + step]
+            buf[: len(piece)] = piece
+            out.extend(enc.update(memoryview(buf)[: len(piece)]))
+            buf[:] = b"\xee" * step  # the caller reuses its read buffer
+        out.extend(enc.finalize())
+        assert out == chunks
+    # immutable input (bytes, views of bytes) is held by reference: same bytes out
+    enc = FileEncryptor.create(SeededRng(b"file"), chunk_size=CS)
+    view = memoryview(data)
+    out = [c for off in range(0, 1000, 64) for c in enc.update(view[off : off + 64])]
+    assert [*out, *enc.finalize()] == chunks
