@@ -1,6 +1,7 @@
 """The bounded, expiring store of skipped message keys (internal).
 
-Signal spec section 3.5 (``MKSKIPPED``) and 4.3 (``TrySkippedMessageKeysHE``):
+Signal spec sections 2.6 and 3.5 (``MKSKIPPED``), 4.6 (``TrySkippedMessageKeysHE``)
+and 6.4 (deletion of skipped message keys: bounded and expiring here):
 keys of messages that have not arrived yet are kept so that late, out-of-order
 messages still decrypt. With header encryption the store is indexed by the
 *header key* of the chain the message was sent on, so a receiver trial-decrypts

@@ -7,7 +7,7 @@ build than frozen dataclasses (one is built per message); their reprs are
 overridden so that no secret ever appears in one.
 
 =================  ======================================================  =====================
-part               spec variables (section 4.2)                            changes
+part               spec variables (section 4.3)                            changes
 =================  ======================================================  =====================
 :class:`Root`      RK, DHs, DHr, NHKs, NHKr                                at DH ratchet steps
 ``sending``        HKs, CKs, Ns, PN — :class:`SendingChain`,               every sent message

@@ -7,9 +7,9 @@ takes the parts of a state (see ``_ratchet_state``) and returns new parts plus
 the plaintext; none mutates its inputs, and none returns before the message
 body has authenticated (commit after verification).
 
-Spec references are to the Signal Double Ratchet specification, revision 4:
-3.5 (out-of-order messages, MAX_SKIP), 4.3 (header-encrypted algorithm), 4.4
-(initialisation).
+Spec references are to Signal's "The Double Ratchet Algorithm", revision 1:
+2.6 and 3.5 (out-of-order messages, MAX_SKIP), 4.6 (decrypting with header
+encryption), 6.4 (deleting skipped keys), 6.5 (deferred key generation).
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The Double Ratchet with header encryption (Signal spec, revision 4, section 4).
+"""The Double Ratchet with header encryption (Signal spec section 4).
+
+Section numbers refer to Signal's "The Double Ratchet Algorithm", revision 1
+(2016-11-20): 4 "Double Ratchet with header encryption", 5.2 "Recommended
+cryptographic algorithms", 6.4/6.5 (skipped keys, deferred key generation).
 
 Theory of operation
 -------------------
@@ -32,19 +36,20 @@ Message layout (version 1)::
     body AD           = associated_data || message[0:81]   (spec: CONCAT(AD, enc_header))
 
 Nonces. A header key serves a whole sending chain (spec 4.1), so header nonces
-are drawn at random; XChaCha20's 192-bit nonces make a collision negligible
-(2^-96 after 2^48 messages under one key; a chain holds at most 2^32 - 1).
+are drawn at random; with XChaCha20's 192-bit nonces a repetition among the
+at most 2^32 - 1 messages of one chain has probability below 2^-129.
 A message key encrypts exactly one message, which is what makes the constant
 body nonce safe (spec 3.1 and 5.2); the API guarantees it by construction
 (each ``encrypt`` returns a state with the next key).
 
-Decrypt order (spec 4.3, ``RatchetDecryptHE``): (1) the skipped-key store,
+Decrypt order (spec 4.6, ``RatchetDecryptHE``): (1) the skipped-key store,
 one trial header decryption per *distinct* stored header key other than the
 current receiving header key; (2) HKr, the current receiving chain (a number
 below Nr is looked up in the store under HKr, otherwise it is a replay);
 (3) NHKr, the next receiving chain, which triggers a DH ratchet step.
 
-Deviation from the spec's pseudocode, same keys and bytes: ``decrypt`` takes no
+Deviation from the spec's pseudocode, same keys and bytes (spec 6.5, "Deferring
+new ratchet key generation", allows it): ``decrypt`` takes no
 ``rng``, so the second half of ``DHRatchetHE`` (new DHs, second KDF_RK) runs at
 the next ``encrypt`` (state :class:`~._ratchet_state.PendingSending`). Between
 the two halves no DH step can legitimately arrive (the peer has not seen our
@@ -164,7 +169,7 @@ class Decrypted:
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class RatchetState:
-    """One side of a Double Ratchet session (spec 4.2 state variables), immutable.
+    """One side of a Double Ratchet session (spec 4.3 state variables), immutable.
 
     Build with :func:`init_initiator`, :func:`init_responder` or
     :meth:`from_bytes`; never construct directly. States compare by identity
@@ -234,7 +239,7 @@ class RatchetState:
             f"skipped={len(self._skipped)})"
         )
 
-    # -- encrypt (spec 4.3 RatchetEncryptHE) ------------------------------------------------------
+    # -- encrypt (spec 4.5 RatchetEncryptHE) ------------------------------------------------------
 
     def encrypt(self, plaintext: bytes, *, rng: Rng) -> Encrypted:
         """Encrypt one message with the next message key of the sending chain.
@@ -277,7 +282,7 @@ class RatchetState:
             _state(ad, root, next_sending, self._receiving, self._skipped), head + body
         )
 
-    # -- decrypt (spec 4.3 RatchetDecryptHE) ------------------------------------------------------
+    # -- decrypt (spec 4.6 RatchetDecryptHE) ------------------------------------------------------
 
     def decrypt(self, message: bytes, *, now_ms: int) -> Decrypted:
         """Authenticate and decrypt one message; return the successor state.
