@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final, NamedTuple, TypeAlias, TypeVar
@@ -530,6 +531,13 @@ def finalize(cls: type[R]) -> type[R]:
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         default = None if required else f.default
         specs.append(FieldSpec(f.name, w.key, w.kind, required, default, not f.repr))
+    body = [(s.key, s.required) for s in specs if s.key is not None]
+    if body != sorted(body, key=lambda kr: kr[0]) or any(
+        later > earlier for (_, earlier), (_, later) in itertools.pairwise(body)
+    ):
+        # The encoder writes required then optional fields in declaration order; this
+        # keeps the body's keys ascending, which the vectors and docs promise.
+        raise TypeError(f"{cls.__name__}: declare body fields by ascending key, required first")
     cls.SPECS = tuple(specs)
     cls._CHECKS = tuple(
         (s.name, _nullable(s.kind.check) if s.default is None and not s.required else s.kind.check)
