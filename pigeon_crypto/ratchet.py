@@ -275,9 +275,9 @@ class RatchetState:
         body = AESGCM(hmac_digest(chain_key, MK_CONSTANT, "sha256")).encrypt(
             BODY_NONCE, plaintext, ad + head
         )
-        next_sending = SendingChain(
+        next_sending = _new_tuple(SendingChain, (
             header_key, hmac_digest(chain_key, CK_CONSTANT, "sha256"), n + 1, pn, prefix
-        )
+        ))
         return _encrypted(
             _state(ad, root, next_sending, self._receiving, self._skipped), head + body
         )
@@ -339,9 +339,9 @@ class RatchetState:
                     raise MessageDecryptionError("message body failed authentication") from None
                 if skipped is not EMPTY:
                     skipped = skipped.purged(now_ms)
-                next_receiving = ReceivingChain(
+                next_receiving = _new_tuple(ReceivingChain, (
                     receiving.header_key, hmac_digest(chain_key, CK_CONSTANT, "sha256"), n + 1
-                )
+                ))
                 return _decrypted(
                     _state(ad, root, self._sending, next_receiving, skipped), plaintext
                 )
@@ -394,6 +394,7 @@ class RatchetState:
 # their descriptors is ~3x cheaper. The result is the same object: every slot is
 # set exactly once, and the instance is frozen from then on.
 _new = object.__new__
+_new_tuple = tuple.__new__  # NamedTuple(...) without its Python-level __new__ (half the cost)
 _set_ad = RatchetState.__dict__["associated_data"].__set__
 _set_root = RatchetState.__dict__["_root"].__set__
 _set_sending = RatchetState.__dict__["_sending"].__set__
