@@ -312,5 +312,5 @@ def _check_gap(gap: int) -> None:
 
 def _check_now(now_ms: int) -> None:
     """Skipped keys keep ``now_ms`` as a u64 in the snapshot: reject a nonsensical clock."""
-    if not 0 <= now_ms <= 0xFFFF_FFFF_FFFF_FFFF:
+    if not isinstance(now_ms, int) or not 0 <= now_ms <= 0xFFFF_FFFF_FFFF_FFFF:
         raise ValueError("now_ms must be a non-negative Unix time in milliseconds")

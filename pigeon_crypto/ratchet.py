@@ -300,6 +300,8 @@ class RatchetState:
             MessageDecryptionError, ReplayError, SkippedKeyExpired,
             TooManySkipped, InvalidKey: see the module docstring. On any error
             no state changes.
+            ValueError: ``now_ms`` is not a non-negative integer (checked when
+                skipped keys would be stored with it).
         """
         if type(message) is not bytes:
             message = _as_bytes(message)

@@ -451,6 +451,15 @@ def test_exhausted_sending_chain() -> None:
     assert info.value.reason == "chain-exhausted"
 
 
+@pytest.mark.parametrize("now_ms", [-1, 1.5, 2**64])
+def test_bad_clock_is_rejected_when_keys_would_be_stored(now_ms: int) -> None:
+    p = Pair()
+    p.send("alice", b"skipped")
+    late = p.send("alice", b"late")
+    with pytest.raises(ValueError, match="now_ms"):
+        p.bob.decrypt(late, now_ms=now_ms)
+
+
 def test_errors_never_echo_secrets_or_plaintext() -> None:
     p = Pair()
     plaintext = b"SECRET-PLAINTEXT"
