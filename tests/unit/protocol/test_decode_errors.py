@@ -8,7 +8,7 @@ from typing import Any
 import msgpack
 import pytest
 
-import protocol._wire as wire_module
+import protocol._msgpack as msgpack_module
 from protocol import (
     Auth,
     Delivery,
@@ -218,7 +218,7 @@ def test_unsupported_versions_are_distinguished() -> None:
 
 def test_too_old_versus_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
     # No version is too old yet (v1 is the first); check the classification itself.
-    monkeypatch.setattr(wire_module, "MIN_PROTOCOL_VERSION", 3)
+    monkeypatch.setattr(msgpack_module, "MIN_PROTOCOL_VERSION", 3)
     assert isinstance(version_error("frame", 2), ProtocolVersionTooOld)
     assert isinstance(version_error("frame", 0), UnknownProtocolVersion)
     assert isinstance(version_error("frame", 9), UnknownProtocolVersion)
