@@ -1,18 +1,16 @@
-"""Strict msgpack parsing and the shared packer.
+"""Strict msgpack parsing, and packing with a per-thread packer.
 
 :func:`unpack` checks the input size before parsing, gives the parser a limit for
 every container and string length (so a hostile length prefix is refused before
 anything is allocated), admits only integer map keys without duplicates, and turns
 every parser exception into a typed :class:`~protocol.errors.RemoteProtocolError`.
 
-The packer is a module-level :class:`msgpack.Packer` (3x cheaper than ``packb``). It
-is shared safely: it has no ``default`` hook and the values packed are builtins (or
-``int`` subclasses), so ``pack`` runs no Python code and is atomic under the GIL.
+:func:`pack` reuses one :class:`msgpack.Packer` per thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
 from typing import Final, NamedTuple, TypeAlias
 
 import msgpack
@@ -34,8 +32,19 @@ __all__ = ["SUPPORTED_VERSIONS", "Buffer", "Limits", "pack", "unpack", "version_
 Buffer: TypeAlias = bytes | bytearray | memoryview
 """Decoders accept any of these (non-``bytes`` inputs are copied once)."""
 
-_packer: Final = msgpack.Packer(use_bin_type=True, autoreset=True)
-pack: Final[Callable[[object], bytes]] = _packer.pack
+_local: Final = threading.local()
+
+
+def pack(obj: object) -> bytes:
+    """msgpack bytes of *obj* (``bin`` for bytes, ``str`` for text), with a per-thread
+    :class:`msgpack.Packer`: 3x cheaper than ``packb``, which builds a packer (and a
+    256 KiB buffer) per call, and never shared between threads."""
+    try:
+        packer = _local.pack
+    except AttributeError:
+        packer = _local.pack = msgpack.Packer(use_bin_type=True, autoreset=True, buf_size=4096).pack
+    out: bytes = packer(obj)
+    return out
 
 
 def _map_pairs(pairs: list[tuple[object, object]]) -> dict[object, object]:

@@ -4,6 +4,7 @@ validation, canonical encoding, and the request id carried by decode errors."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any
 
 import msgpack
@@ -287,3 +288,22 @@ def test_reprs_are_pinned_and_redact_secrets() -> None:
         text = repr(frame)
         assert CAPABILITY.hex() not in text
         assert "PIGEON-1234" not in text
+
+
+def test_encoding_from_many_threads_is_safe() -> None:
+    frames = frame_examples()
+    expected = [f.encode() for f in frames]
+    errors: list[str] = []
+
+    def work() -> None:
+        for _ in range(200):
+            for frame, wire in zip(frames, expected, strict=True):
+                if frame.encode() != wire:
+                    errors.append(type(frame).__name__)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
