@@ -25,6 +25,11 @@ _X25519 = 1
 """``one_time_prekeys.kind`` of a one-time X25519 prekey."""
 _KEM = 2
 """``one_time_prekeys.kind`` of a one-time ML-KEM prekey."""
+_ACCOUNT_COLS = (
+    "identity_key, created_at_ms, identity_updated_at_ms, contact_mailbox_id,"
+    " contact_capability, (SELECT count(*) FROM identity_rotations r WHERE r.account_id = a.id)"
+)
+
 
 def account_exists(conn: sqlite3.Connection, account_id: bytes) -> bool:
     return conn.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is not None
@@ -58,17 +63,14 @@ def create_account(
         " VALUES (?, ?, ?, ?)",
         (account_id, identity_key, now_ms, now_ms),
     )
-    return AccountRecord(
-        account_id=account_id,
-        identity_key=identity_key,
-        created_at_ms=now_ms,
-        identity_updated_at_ms=now_ms,
-    )
+    record = get_account(conn, account_id)
+    assert record is not None
+    return record
 
 
 def get_account(conn: sqlite3.Connection, account_id: bytes) -> AccountRecord | None:
     row = conn.execute(
-        "SELECT identity_key, created_at_ms, identity_updated_at_ms FROM accounts WHERE id = ?",
+        f"SELECT {_ACCOUNT_COLS} FROM accounts a WHERE id = ?",  # noqa: S608 - constant
         (account_id,),
     ).fetchone()
     if row is None:
@@ -78,11 +80,14 @@ def get_account(conn: sqlite3.Connection, account_id: bytes) -> AccountRecord | 
         identity_key=bytes(row[0]),
         created_at_ms=row[1],
         identity_updated_at_ms=row[2],
+        contact_mailbox_id=None if row[3] is None else bytes(row[3]),
+        contact_capability=None if row[4] is None else bytes(row[4]),
+        rotation_count=row[5],
     )
 
 
 def rotate_identity(
-    conn: sqlite3.Connection, account_id: bytes, identity_key: bytes, now_ms: int
+    conn: sqlite3.Connection, account_id: bytes, identity_key: bytes, rotation: bytes, now_ms: int
 ) -> AccountRecord:
     cur = conn.execute(
         "UPDATE accounts SET identity_key = ?, identity_updated_at_ms = ? WHERE id = ?",
@@ -90,6 +95,11 @@ def rotate_identity(
     )
     if cur.rowcount != 1:
         raise NotFound("account")
+    conn.execute(
+        "INSERT INTO identity_rotations (account_id, idx, record) VALUES (?,"
+        " (SELECT count(*) FROM identity_rotations WHERE account_id = ?), ?)",
+        (account_id, account_id, rotation),
+    )
     record = get_account(conn, account_id)
     assert record is not None
     return record
@@ -97,7 +107,8 @@ def rotate_identity(
 
 def delete_account(conn: sqlite3.Connection, account_id: bytes) -> bool:
     # ON DELETE CASCADE: mailboxes -> deliveries (trigger drops orphan blobs), dedup;
-    # one_time_prekeys; usernames. Signed / last-resort prekeys live in the row itself.
+    # identity_rotations; one_time_prekeys; usernames. Signed / last-resort prekeys and
+    # the contact mailbox live in the row itself.
     return conn.execute("DELETE FROM accounts WHERE id = ?", (account_id,)).rowcount == 1
 
 
@@ -180,22 +191,31 @@ def _take_one_time(conn: sqlite3.Connection, account_id: bytes, kind: int) -> On
 
 def fetch_prekey_bundle(conn: sqlite3.Connection, account_id: bytes) -> PrekeyBundleRecord | None:
     row = conn.execute(
-        "SELECT identity_key, signed_prekey, last_resort_kem,"
+        "SELECT identity_key, signed_prekey, last_resort_kem, contact_mailbox_id,"
+        " contact_capability,"
         " EXISTS (SELECT 1 FROM one_time_prekeys WHERE account_id = a.id AND kind = 2)"
         " FROM accounts a WHERE id = ?",
         (account_id,),
     ).fetchone()
-    if row is None or row[1] is None or (row[2] is None and not row[3]):
+    if row is None:
+        raise NotFound("account")
+    if row[1] is None or (row[2] is None and not row[5]):
         return None  # no usable bundle: consume nothing
     otk = _take_one_time(conn, account_id, _X25519)
     kem = _take_one_time(conn, account_id, _KEM)
+    rotations = conn.execute(
+        "SELECT record FROM identity_rotations WHERE account_id = ? ORDER BY idx", (account_id,)
+    ).fetchall()
     return PrekeyBundleRecord(
         account_id=account_id,
         identity_key=bytes(row[0]),
+        rotations=tuple(bytes(r[0]) for r in rotations),
         signed_prekey=bytes(row[1]),
         one_time_x25519=otk,
         one_time_kem=kem,
         last_resort_kem=None if kem is not None else bytes(row[2]),
+        contact_mailbox_id=None if row[3] is None else bytes(row[3]),
+        contact_capability=None if row[4] is None else bytes(row[4]),
         remaining=prekey_counts(conn, account_id),
     )
 

@@ -7,9 +7,12 @@ Theory of operation (docs/_drafts/50-relay-store.md, "Group commit"):
   caller's loop and awaits that future.
 * The writer thread blocks on the queue. When woken it takes **everything queued** (up to
   ``max_batch`` ops), runs them in ONE transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``),
-  each op inside its own ``SAVEPOINT`` so that one op's failure (a uniqueness conflict,
-  say) rolls back that op only, then resolves all the futures, one
-  ``loop.call_soon_threadsafe`` per event loop per batch.
+  then resolves all the futures, one ``loop.call_soon_threadsafe`` per event loop per
+  batch. One op's failure (a uniqueness conflict, say) must not spoil the others: when an
+  op raises, the transaction is rolled back and the batch re-run with a ``SAVEPOINT`` per
+  op, so only the failing op is undone. (Savepoints cost two statements per op, so the
+  common, failure-free path goes without.) Ops are therefore pure functions of the
+  connection: running one twice must be harmless.
 * There is no timer. A lone op is committed as soon as the writer is free; ops batch only
   because they arrived while the previous commit (its fsync) was running. So the batch
   size adapts to load and the idle latency is one commit.
@@ -304,33 +307,15 @@ class SqliteEngine:
         conn = self._writer_conn
         assert conn is not None
         start = time.perf_counter()
-        outcomes: list[tuple[_Op[Any], bool, Any]] = []
-        single = len(batch) == 1
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op in batch:
-                if single:
-                    # No savepoint needed: if the only op fails we roll the whole thing back.
-                    try:
-                        outcomes.append((op, True, op.fn(conn)))
-                    except Exception as exc:
-                        outcomes.append((op, False, _wrap(exc, op.name)))
-                        conn.execute("ROLLBACK")
-                    continue
-                conn.execute("SAVEPOINT op")
-                try:
-                    value = op.fn(conn)
-                except Exception as exc:
-                    # If SQLite already rolled back the whole transaction (e.g. disk full),
-                    # ROLLBACK TO raises and the outer handler fails the batch.
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((op, False, _wrap(exc, op.name)))
-                else:
-                    conn.execute("RELEASE op")
-                    outcomes.append((op, True, value))
-            if conn.in_transaction:
-                conn.execute("COMMIT")
+            # Fast path without per-op savepoints (two statements per op saved). If an op
+            # fails, everything is rolled back and the batch re-run with savepoints, so the
+            # failure stays confined to its op. Ops are pure functions of the connection,
+            # so running one twice is harmless; the re-run meets the same state.
+            outcomes = self._attempt(conn, batch, savepoints=False)
+            if outcomes is None:
+                outcomes = self._attempt(conn, batch, savepoints=True)
+                assert outcomes is not None
             committed = True
         except Exception as exc:
             committed = False
@@ -351,6 +336,38 @@ class SqliteEngine:
             # A closed loop means its callers are gone; nothing left to tell them.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, items)
+
+    @staticmethod
+    def _attempt(
+        conn: sqlite3.Connection, batch: list[_Op[Any]], *, savepoints: bool
+    ) -> list[tuple[_Op[Any], bool, Any]] | None:
+        """One transaction over *batch*. Without savepoints, returns None as soon as an op
+        of a multi-op batch fails (after rolling back). Raises if SQLite itself fails."""
+        outcomes: list[tuple[_Op[Any], bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        for op in batch:
+            if savepoints:
+                conn.execute("SAVEPOINT op")
+            try:
+                value = op.fn(conn)
+            except Exception as exc:
+                if not savepoints:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    if len(batch) == 1:
+                        return [(op, False, _wrap(exc, op.name))]
+                    return None
+                # If SQLite already rolled back the whole transaction (disk full, say),
+                # ROLLBACK TO raises and the caller fails the batch.
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                outcomes.append((op, False, _wrap(exc, op.name)))
+            else:
+                if savepoints:
+                    conn.execute("RELEASE op")
+                outcomes.append((op, True, value))
+        conn.execute("COMMIT")
+        return outcomes
 
 
 def _migrate(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> None:

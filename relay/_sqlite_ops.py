@@ -1,45 +1,56 @@
 """The SQL behind :class:`relay.store_sqlite.SqliteStore`: mailboxes, messages, queues.
 
 Each function takes a connection that is already inside a transaction (the writer's
-group-commit batch, under a savepoint, or a reader's snapshot) and must not commit. Write
-functions raise the ``relay.ports`` errors for expected refusals; the engine wraps anything
-raised by sqlite3 into ``StoreError``. Accounts, prekeys, usernames and invites are in
-``_sqlite_accounts``.
+group-commit batch, or a reader's snapshot) and never commits. Write functions raise the
+``relay.ports`` errors for expected refusals and must be pure functions of the connection
+(the engine may run one twice); the engine wraps anything raised by sqlite3 into
+``StoreError``. Accounts, prekeys, usernames and invites are in ``_sqlite_accounts``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
+
+from protocol import dedup_input
 
 from ._sqlite_accounts import account_exists
 from .ports import (
     AppendResult,
     ExpiryNotice,
     ExpiryReport,
-    MailboxKind,
     MailboxQueue,
     MailboxRecord,
     NotFound,
     QueueSizes,
     Recipient,
     RecipientSeq,
+    RejectReason,
     StoreConflict,
     StoredMessage,
+    WrongCapability,
 )
 
-_MAILBOX_COLS = "id, account_id, kind, created_at_ms, last_seq, push_url"
+_MAILBOX_COLS = "id, account_id, created_at_ms, last_seq, pending, retire_at_ms, push_url"
+
+
+def dedup_hash(mailbox_id: bytes, client_msg_id: bytes) -> bytes:
+    """What the store keeps for idempotency (docs/protocol.md: ``dedup_input``)."""
+    return hashlib.sha256(dedup_input(mailbox_id, client_msg_id)).digest()
+
 
 def _mailbox(row: Any) -> MailboxRecord:
     return MailboxRecord(
         mailbox_id=bytes(row[0]),
         account_id=bytes(row[1]),
-        kind=MailboxKind(row[2]),
-        created_at_ms=int(row[3]),
-        last_seq=int(row[4]),
-        push_url=row[5],
+        created_at_ms=row[2],
+        last_seq=row[3],
+        pending=row[4],
+        retire_at_ms=row[5],
+        push_url=row[6],
     )
 
 
@@ -51,25 +62,26 @@ def create_mailbox(
     account_id: bytes,
     mailbox_id: bytes,
     capability_hash: bytes,
-    kind: MailboxKind,
     now_ms: int,
+    push_url: str | None = None,
 ) -> MailboxRecord:
     if not account_exists(conn, account_id):
         raise NotFound("account")
     if conn.execute("SELECT 1 FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone():
         raise StoreConflict("mailbox")
     conn.execute(
-        "INSERT INTO mailboxes (id, account_id, capability_hash, kind, created_at_ms)"
+        "INSERT INTO mailboxes (id, account_id, capability_hash, created_at_ms, push_url)"
         " VALUES (?, ?, ?, ?, ?)",
-        (mailbox_id, account_id, capability_hash, int(kind), now_ms),
+        (mailbox_id, account_id, capability_hash, now_ms, push_url),
     )
     return MailboxRecord(
         mailbox_id=mailbox_id,
         account_id=account_id,
-        kind=kind,
         created_at_ms=now_ms,
         last_seq=0,
-        push_url=None,
+        pending=0,
+        retire_at_ms=None,
+        push_url=push_url,
     )
 
 
@@ -90,17 +102,63 @@ def list_mailboxes(conn: sqlite3.Connection, account_id: bytes) -> list[MailboxR
     return [_mailbox(r) for r in rows]
 
 
-def update_owned_mailbox(
-    conn: sqlite3.Connection, account_id: bytes, mailbox_id: bytes, column: str, value: object
+def rotate_mailbox(
+    conn: sqlite3.Connection,
+    account_id: bytes,
+    mailbox_id: bytes,
+    new_mailbox_id: bytes,
+    capability_hash: bytes,
+    retire_at_ms: int,
+    now_ms: int,
+) -> MailboxRecord:
+    old = get_mailbox(conn, mailbox_id)
+    if old is None or old.account_id != account_id or old.retire_at_ms is not None:
+        raise NotFound("mailbox")
+    new = create_mailbox(
+        conn, account_id, new_mailbox_id, capability_hash, now_ms, push_url=old.push_url
+    )
+    conn.execute("UPDATE mailboxes SET retire_at_ms = ? WHERE id = ?", (retire_at_ms, mailbox_id))
+    return new
+
+
+def replace_capability(
+    conn: sqlite3.Connection, account_id: bytes, mailbox_id: bytes, capability_hash: bytes
 ) -> None:
-    if column not in ("capability_hash", "push_url"):
-        raise ValueError("not an updatable mailbox column")
     cur = conn.execute(
-        f"UPDATE mailboxes SET {column} = ? WHERE id = ? AND account_id = ?",  # noqa: S608
-        (value, mailbox_id, account_id),
+        "UPDATE mailboxes SET capability_hash = ? WHERE id = ? AND account_id = ?",
+        (capability_hash, mailbox_id, account_id),
     )
     if cur.rowcount != 1:
         raise NotFound("mailbox")
+
+
+def set_contact_mailbox(
+    conn: sqlite3.Connection, account_id: bytes, mailbox_id: bytes, capability: bytes
+) -> None:
+    row = conn.execute(
+        "SELECT capability_hash FROM mailboxes WHERE id = ? AND account_id = ?",
+        (mailbox_id, account_id),
+    ).fetchone()
+    if row is None:
+        raise NotFound("mailbox")
+    if not hmac.compare_digest(bytes(row[0]), hashlib.sha256(capability).digest()):
+        raise WrongCapability()
+    conn.execute(
+        "UPDATE accounts SET contact_mailbox_id = ?, contact_capability = ? WHERE id = ?",
+        (mailbox_id, capability, account_id),
+    )
+
+
+def set_push_url(
+    conn: sqlite3.Connection, account_id: bytes, mailbox_ids: Sequence[bytes], push_url: str | None
+) -> None:
+    for mailbox_id in mailbox_ids:
+        cur = conn.execute(
+            "UPDATE mailboxes SET push_url = ? WHERE id = ? AND account_id = ?",
+            (push_url, mailbox_id, account_id),
+        )
+        if cur.rowcount != 1:
+            raise NotFound("mailbox")  # the engine rolls back the ones already set
 
 
 def delete_mailbox(conn: sqlite3.Connection, account_id: bytes, mailbox_id: bytes) -> bool:
@@ -110,17 +168,26 @@ def delete_mailbox(conn: sqlite3.Connection, account_id: bytes, mailbox_id: byte
     return cur.rowcount == 1
 
 
-def _capability_ok(conn: sqlite3.Connection, r: Recipient) -> bool:
-    row = conn.execute(
-        "SELECT capability_hash FROM mailboxes WHERE id = ?", (r.mailbox_id,)
-    ).fetchone()
-    return row is not None and hmac.compare_digest(bytes(row[0]), r.capability_hash)
+def _accepts(row: Any, r: Recipient, now_ms: int) -> bool:
+    """*row* starts with (capability_hash, retire_at_ms)."""
+    return (
+        row is not None
+        and hmac.compare_digest(bytes(row[0]), r.capability_hash)
+        and (row[1] is None or row[1] > now_ms)
+    )
 
 
 def check_capabilities(
-    conn: sqlite3.Connection, recipients: Sequence[Recipient]
+    conn: sqlite3.Connection, recipients: Sequence[Recipient], now_ms: int
 ) -> frozenset[bytes]:
-    return frozenset(r.mailbox_id for r in recipients if _capability_ok(conn, r))
+    ok: set[bytes] = set()
+    for r in recipients:
+        row = conn.execute(
+            "SELECT capability_hash, retire_at_ms FROM mailboxes WHERE id = ?", (r.mailbox_id,)
+        ).fetchone()
+        if _accepts(row, r, now_ms):
+            ok.add(r.mailbox_id)
+    return frozenset(ok)
 
 
 # --------------------------------------------------------------------------- messages
@@ -133,39 +200,46 @@ def append(
     blob: bytes,
     now_ms: int,
     ttl_ms: int,
+    max_pending: int | None,
 ) -> AppendResult:
     expires = now_ms + ttl_ms
     accepted: list[RecipientSeq] = []
-    rejected: list[bytes] = []
-    fresh: list[int] = []  # indexes into accepted still to be stored
+    rejected: list[tuple[bytes, RejectReason]] = []
+    fresh: list[tuple[int, bytes]] = []  # (index into accepted, dedup hash) still to store
     original: tuple[int, int] | None = None
     seen: set[bytes] = set()
     for r in recipients:
         if r.mailbox_id in seen:
             continue
         seen.add(r.mailbox_id)
-        if not _capability_ok(conn, r):
-            rejected.append(r.mailbox_id)
-            continue
+        key = dedup_hash(r.mailbox_id, client_msg_id)
+        # One statement for the capability check, the quota and the idempotency lookup.
         row = conn.execute(
-            "SELECT seq, received_at_ms, expires_at_ms FROM dedup"
-            " WHERE mailbox_id = ? AND client_msg_id = ?",
-            (r.mailbox_id, client_msg_id),
+            "SELECT m.capability_hash, m.retire_at_ms, m.pending,"
+            " d.seq, d.received_at_ms, d.expires_at_ms"
+            " FROM mailboxes m LEFT JOIN dedup d ON d.mailbox_id = m.id AND d.dedup_hash = ?"
+            " WHERE m.id = ?",
+            (key, r.mailbox_id),
         ).fetchone()
-        if row is not None:
-            accepted.append(RecipientSeq(mailbox_id=r.mailbox_id, seq=row[0], duplicate=True))
-            original = original or (row[1], row[2])
+        if not _accepts(row, r, now_ms):
+            rejected.append((r.mailbox_id, RejectReason.WRONG_CAPABILITY))
+        elif row[3] is not None:
+            accepted.append(RecipientSeq(mailbox_id=r.mailbox_id, seq=row[3], duplicate=True))
+            original = original or (row[4], row[5])
+        elif max_pending is not None and row[2] >= max_pending:
+            rejected.append((r.mailbox_id, RejectReason.QUOTA_EXCEEDED))
         else:
-            fresh.append(len(accepted))
+            fresh.append((len(accepted), key))
             accepted.append(RecipientSeq(mailbox_id=r.mailbox_id, seq=0, duplicate=False))
     if fresh:
         blob_id = conn.execute(
             "INSERT INTO blobs (size, data) VALUES (?, ?)", (len(blob), blob)
         ).lastrowid
-        for i in fresh:
+        for i, key in fresh:
             mailbox_id = accepted[i].mailbox_id
             seq = conn.execute(
-                "UPDATE mailboxes SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq",
+                "UPDATE mailboxes SET last_seq = last_seq + 1, pending = pending + 1"
+                " WHERE id = ? RETURNING last_seq",
                 (mailbox_id,),
             ).fetchone()[0]
             conn.execute(
@@ -174,9 +248,9 @@ def append(
                 (mailbox_id, seq, blob_id, now_ms, expires),
             )
             conn.execute(
-                "INSERT INTO dedup (mailbox_id, client_msg_id, seq, received_at_ms, expires_at_ms)"
+                "INSERT INTO dedup (mailbox_id, dedup_hash, seq, received_at_ms, expires_at_ms)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (mailbox_id, client_msg_id, seq, now_ms, expires),
+                (mailbox_id, key, seq, now_ms, expires),
             )
             accepted[i] = RecipientSeq(mailbox_id=mailbox_id, seq=seq, duplicate=False)
     received, expires_at = (now_ms, expires) if fresh or original is None else original
@@ -226,10 +300,8 @@ def ack(
 
 
 def pending_count(conn: sqlite3.Connection, mailbox_id: bytes) -> int:
-    row = conn.execute(
-        "SELECT count(*) FROM deliveries WHERE mailbox_id = ?", (mailbox_id,)
-    ).fetchone()
-    return int(row[0])
+    row = conn.execute("SELECT pending FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def expire(conn: sqlite3.Connection, now_ms: int, limit: int) -> ExpiryReport:
@@ -250,19 +322,24 @@ def expire(conn: sqlite3.Connection, now_ms: int, limit: int) -> ExpiryReport:
             (count, top, mailbox_id),
         )
     dedup = conn.execute(
-        "DELETE FROM dedup WHERE (mailbox_id, client_msg_id) IN ("
-        " SELECT mailbox_id, client_msg_id FROM dedup WHERE expires_at_ms <= ? LIMIT ?)",
+        "DELETE FROM dedup WHERE (mailbox_id, dedup_hash) IN ("
+        " SELECT mailbox_id, dedup_hash FROM dedup WHERE expires_at_ms <= ? LIMIT ?)",
         (now_ms, limit),
     ).rowcount
-    notices = tuple(
-        ExpiryNotice(mailbox_id=m, count=c, up_to_seq=s)
-        for m, (c, s) in sorted(per_mailbox.items())
-    )
+    retired = conn.execute(
+        "DELETE FROM mailboxes WHERE id IN (SELECT id FROM mailboxes"
+        " WHERE retire_at_ms <= ? AND pending = 0 ORDER BY retire_at_ms LIMIT ?) RETURNING id",
+        (now_ms, limit),
+    ).fetchall()
     return ExpiryReport(
-        notices=notices,
+        notices=tuple(
+            ExpiryNotice(mailbox_id=m, count=c, up_to_seq=s)
+            for m, (c, s) in sorted(per_mailbox.items())
+        ),
         messages_removed=len(rows),
         dedup_removed=dedup,
-        more=len(rows) >= limit or dedup >= limit,
+        retired=tuple(sorted(bytes(r[0]) for r in retired)),
+        more=max(len(rows), dedup, len(retired)) >= limit,
     )
 
 
@@ -294,9 +371,9 @@ def queue_sizes(conn: sqlite3.Connection, limit: int) -> QueueSizes:
         "SELECT count(*), coalesce(sum(size), 0) FROM blobs"
     ).fetchone()
     rows = conn.execute(
-        "SELECT d.mailbox_id, m.account_id, count(*) AS n, min(d.received_at_ms)"
-        " FROM deliveries d JOIN mailboxes m ON m.id = d.mailbox_id"
-        " GROUP BY d.mailbox_id ORDER BY n DESC, d.mailbox_id LIMIT ?",
+        "SELECT m.id, m.account_id, m.pending,"
+        " (SELECT min(received_at_ms) FROM deliveries d WHERE d.mailbox_id = m.id)"
+        " FROM mailboxes m WHERE m.pending > 0 ORDER BY m.pending DESC, m.id LIMIT ?",
         (limit,),
     ).fetchall()
     return QueueSizes(

@@ -4,10 +4,11 @@ Append a new ``Migration(version=N + 1, ...)`` for every change; never edit a sh
 Each runs inside the migration transaction, so statements are executed one by one
 (``executescript`` would commit).
 
-What is stored, and what is not: accounts (id, identity key, opaque prekey blobs), mailboxes
-(owner, capability *hash*, seq counter, expiry notice, push URL), message blobs and their
-per-mailbox delivery rows, per-mailbox idempotency records, usernames, invite code
-*hashes*. No table has a column for a sender.
+What is stored, and what is not: accounts (id, identity key and its rotation chain, opaque
+prekey records, the public contact mailbox), mailboxes (owner, capability *hash*, seq
+counter, pending count, expiry notice, retirement time, push URL), message blobs and their
+per-mailbox delivery rows, per-mailbox idempotency hashes, usernames with their signed
+bindings, invite code *hashes*. No table has a column for a sender.
 """
 
 from __future__ import annotations
@@ -26,7 +27,20 @@ _V1 = [
         created_at_ms          INTEGER NOT NULL,
         identity_updated_at_ms INTEGER NOT NULL,
         signed_prekey          BLOB,
-        last_resort_kem        BLOB
+        last_resort_kem        BLOB,
+        -- The public contact mailbox and its capability (published with the bundle).
+        -- Cleared by the mailboxes_contact_gone trigger, not a foreign key (no cycle).
+        contact_mailbox_id     BLOB,
+        contact_capability     BLOB
+    ) WITHOUT ROWID
+    """,
+    # The identity-rotation chain (opaque, verified records), oldest first.
+    """
+    CREATE TABLE identity_rotations (
+        account_id BLOB NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+        idx        INTEGER NOT NULL,
+        record     BLOB NOT NULL,
+        PRIMARY KEY (account_id, idx)
     ) WITHOUT ROWID
     """,
     """
@@ -34,15 +48,24 @@ _V1 = [
         id                BLOB PRIMARY KEY CHECK (length(id) = 16),
         account_id        BLOB NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
         capability_hash   BLOB NOT NULL CHECK (length(capability_hash) = 32),
-        kind              INTEGER NOT NULL,
         created_at_ms     INTEGER NOT NULL,
-        last_seq          INTEGER NOT NULL DEFAULT 0,
-        expired_count     INTEGER NOT NULL DEFAULT 0,
+        last_seq          INTEGER NOT NULL DEFAULT 0,  -- per-mailbox seq counter
+        pending           INTEGER NOT NULL DEFAULT 0,  -- delivery rows, kept by triggers
+        expired_count     INTEGER NOT NULL DEFAULT 0,  -- unreported expiry notice
         expired_up_to_seq INTEGER NOT NULL DEFAULT 0,
+        retire_at_ms      INTEGER,                     -- set by a rotation
         push_url          TEXT
     ) WITHOUT ROWID
     """,
     "CREATE INDEX mailboxes_by_account ON mailboxes (account_id, created_at_ms)",
+    "CREATE INDEX mailboxes_retiring ON mailboxes (retire_at_ms) WHERE retire_at_ms IS NOT NULL",
+    """
+    CREATE TRIGGER mailboxes_contact_gone AFTER DELETE ON mailboxes
+    BEGIN
+        UPDATE accounts SET contact_mailbox_id = NULL, contact_capability = NULL
+            WHERE id = OLD.account_id AND contact_mailbox_id = OLD.id;
+    END
+    """,
     # One row per stored blob, however many mailboxes it was sent to.
     """
     CREATE TABLE blobs (
@@ -64,25 +87,28 @@ _V1 = [
     """,
     "CREATE INDEX deliveries_by_blob ON deliveries (blob_id)",
     "CREATE INDEX deliveries_by_expiry ON deliveries (expires_at_ms)",
-    # Blob GC: whatever removes a delivery (ack, expiry, cascade from a mailbox or account
-    # deletion; SQLite fires triggers for FK cascades) drops the blob with its last reference.
+    # Whatever removes a delivery (ack, expiry, cascade from a mailbox or account deletion;
+    # SQLite fires triggers for FK cascades) keeps the pending count and drops the blob
+    # with its last reference. (The append op increments pending itself.)
     """
-    CREATE TRIGGER deliveries_blob_gc AFTER DELETE ON deliveries
+    CREATE TRIGGER deliveries_gone AFTER DELETE ON deliveries
     BEGIN
+        UPDATE mailboxes SET pending = pending - 1 WHERE id = OLD.mailbox_id;
         DELETE FROM blobs WHERE id = OLD.blob_id
             AND NOT EXISTS (SELECT 1 FROM deliveries WHERE blob_id = OLD.blob_id);
     END
     """,
-    # Idempotency: the sender's client_msg_id scoped by recipient mailbox. Outlives the
-    # delivery row (a retry after the ack must not re-queue) until the message's expiry.
+    # Idempotency per recipient mailbox: SHA-256(protocol.dedup_input(mailbox, client_msg_id)).
+    # Outlives the delivery row (a retry after the ack must not re-queue) until the
+    # message's expiry. Names the recipient mailbox only, never the sender.
     """
     CREATE TABLE dedup (
         mailbox_id     BLOB NOT NULL REFERENCES mailboxes (id) ON DELETE CASCADE,
-        client_msg_id  BLOB NOT NULL,
+        dedup_hash     BLOB NOT NULL CHECK (length(dedup_hash) = 32),
         seq            INTEGER NOT NULL,
         received_at_ms INTEGER NOT NULL,
         expires_at_ms  INTEGER NOT NULL,
-        PRIMARY KEY (mailbox_id, client_msg_id)
+        PRIMARY KEY (mailbox_id, dedup_hash)
     ) WITHOUT ROWID
     """,
     "CREATE INDEX dedup_by_expiry ON dedup (expires_at_ms)",

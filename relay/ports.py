@@ -7,9 +7,10 @@ Theory of operation (DESIGN.md "Addresses", "Relay pipeline"; docs/_drafts/50-re
   capability, of which only ``SHA-256(capability)`` is stored), and opaque message blobs.
   **No record names a sender**: a stored message knows its mailbox, its per-mailbox
   sequence number, two timestamps and its bytes.
-* Every identifier is plain ``bytes`` of a fixed length (constants below). Hashes
-  (capability, invite code) are computed by callers; the store compares capability hashes
-  with :func:`hmac.compare_digest`.
+* Every identifier is plain ``bytes`` of a fixed length (constants below). Capability
+  hashes are computed by the SDK (protocol: ``CreateMailbox.capability_hash``); the store
+  compares them with :func:`hmac.compare_digest`. The one capability the relay sees in
+  clear is a contact mailbox's, which is public (published with the bundle).
 * Time is passed in as ``now_ms`` (Unix milliseconds) so that tests control the clock.
 * Adapters raise :class:`~pigeon_crypto.errors.StoreError` or one of the subclasses below;
   a foreign exception (``sqlite3.Error``, ``OSError``...) is wrapped ``from`` the original.
@@ -44,7 +45,6 @@ __all__ = [
     "AppendResult",
     "BlobConflict",
     "BlobNotFound",
-    "BlobRangeError",
     "BlobReader",
     "BlobStatus",
     "BlobStore",
@@ -55,7 +55,6 @@ __all__ = [
     "InviteRecord",
     "InviteRejected",
     "InviteStore",
-    "MailboxKind",
     "MailboxQueue",
     "MailboxRecord",
     "MailboxStore",
@@ -72,6 +71,7 @@ __all__ = [
     "Recipient",
     "RecipientSeq",
     "RecordingObserver",
+    "RejectReason",
     "Store",
     "StoreConflict",
     "StoreObserver",
@@ -79,6 +79,7 @@ __all__ = [
     "Subscription",
     "UsernameRecord",
     "UsernameStore",
+    "WrongCapability",
     "check_id",
     "invite_code_hash",
 ]
@@ -145,15 +146,22 @@ class InviteRejected(StoreError):
         super().__init__("invite code rejected")
 
 
-class BlobNotFound(NotFound):
-    """No complete blob with that id (never uploaded, unfinished, expired or deleted)."""
+class WrongCapability(StoreError):
+    """A capability does not match the mailbox's stored capability hash."""
 
     def __init__(self) -> None:
-        super().__init__("blob")
+        super().__init__("capability does not match the mailbox")
+
+
+class BlobNotFound(NotFound):
+    """No such blob or chunk (never reserved or uploaded, expired or deleted)."""
+
+    def __init__(self, what: str = "blob") -> None:
+        super().__init__(what)
 
 
 class BlobTooLarge(StoreError):
-    """An upload exceeds the blob's declared size or the store's limit.
+    """An upload exceeds the blob's reserved size, the chunk size limit or the store's limit.
 
     Attributes:
         limit: the size in bytes that may not be exceeded.
@@ -164,20 +172,8 @@ class BlobTooLarge(StoreError):
         self.limit = limit
 
 
-class BlobRangeError(StoreError):
-    """An upload starts beyond the bytes received so far (it would leave a hole).
-
-    Attributes:
-        received: how many bytes the store holds; resume from there.
-    """
-
-    def __init__(self, received: int) -> None:
-        super().__init__(f"upload must resume at or before byte {received}")
-        self.received = received
-
-
 class BlobConflict(StoreError):
-    """Re-uploaded bytes or a declared size differ from what the store already holds."""
+    """A re-uploaded chunk differs from the stored one, or a reservation from the first."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"blob conflict: {reason}")
@@ -186,13 +182,14 @@ class BlobConflict(StoreError):
 
 # --------------------------------------------------------------------------- records
 
-class MailboxKind(enum.IntEnum):
-    """What a mailbox is for. Stored as an integer; informational for the relay."""
+class RejectReason(enum.IntEnum):
+    """Why one recipient of a send was refused (the server maps it to a wire error code)."""
 
-    CONTACT = 1
-    """The account's public mailbox for first contact (PQXDH initiations)."""
-    PAIRWISE = 2
-    """A private mailbox handed to one contact inside the encrypted session."""
+    WRONG_CAPABILITY = 1
+    """Unknown mailbox, retired mailbox or capability mismatch: one answer for all, so a
+    sender cannot probe which mailbox ids exist."""
+    QUOTA_EXCEEDED = 2
+    """The mailbox already holds ``max_pending`` undelivered messages."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -240,14 +237,13 @@ class AppendResult:
             the original was stored.
         expires_at_ms: when that copy expires.
         accepted: one entry per accepted recipient, in request order.
-        rejected: recipients whose mailbox is unknown or whose capability did not match
-            (one answer for both, so a sender cannot probe for mailbox ids).
+        rejected: ``(mailbox_id, reason)`` for each refused recipient, in request order.
     """
 
     received_at_ms: int
     expires_at_ms: int
     accepted: tuple[RecipientSeq, ...]
-    rejected: tuple[bytes, ...]
+    rejected: tuple[tuple[bytes, RejectReason], ...]
 
     @property
     def duplicate(self) -> bool:
@@ -264,10 +260,19 @@ class AppendResult:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AccountRecord:
+    """An account: its current identity key and its public contact mailbox, if set.
+
+    ``rotation_count`` is the length of the identity-rotation chain the store keeps
+    (handed out with every bundle, so contacts can follow rotations).
+    """
+
     account_id: bytes
     identity_key: bytes = field(repr=False)
     created_at_ms: int
     identity_updated_at_ms: int
+    rotation_count: int
+    contact_mailbox_id: bytes | None
+    contact_capability: bytes | None = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -281,14 +286,22 @@ class AccountSummary:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MailboxRecord:
-    """A mailbox as its owner (and the relay) sees it. The capability hash is never exposed."""
+    """A mailbox as its owner (and the relay) sees it. The capability hash is never exposed.
+
+    Attributes:
+        last_seq: the highest seq ever assigned here (seqs are dense: 1, 2, 3...).
+        pending: messages stored and not yet acked or expired.
+        retire_at_ms: set by a rotation: sends are refused from then on, and the mailbox
+            is deleted once ``pending`` is 0.
+        push_url: the content-free wake-up endpoint, if registered.
+    """
 
     mailbox_id: bytes
     account_id: bytes
-    kind: MailboxKind
     created_at_ms: int
     last_seq: int
-    """The highest seq ever assigned in this mailbox (seqs are dense: 1, 2, 3...)."""
+    pending: int
+    retire_at_ms: int | None
     push_url: str | None = field(repr=False)
 
 
@@ -310,12 +323,14 @@ class ExpiryReport:
             store until :meth:`MessageStore.clear_expiry_notice`).
         messages_removed: delivery rows removed.
         dedup_removed: idempotency records removed.
+        retired: rotated-away mailboxes deleted (retirement time passed, queue empty).
         more: the limit was hit; call again.
     """
 
     notices: tuple[ExpiryNotice, ...]
     messages_removed: int
     dedup_removed: int
+    retired: tuple[bytes, ...]
     more: bool
 
 
@@ -344,15 +359,19 @@ class PrekeyBundleRecord:
     """What a bundle fetch hands out. One-time prekeys in it are already deleted.
 
     Exactly one of ``one_time_kem`` and ``last_resort_kem`` is set. ``remaining`` counts
-    what is left after this fetch, for prekeys-low notices.
+    what is left after this fetch, for prekeys-low notices. ``rotations`` is the identity
+    rotation chain, oldest first.
     """
 
     account_id: bytes
     identity_key: bytes = field(repr=False)
+    rotations: tuple[bytes, ...] = field(repr=False)
     signed_prekey: bytes = field(repr=False)
     one_time_x25519: OneTimePrekey | None
     one_time_kem: OneTimePrekey | None
     last_resort_kem: bytes | None = field(repr=False)
+    contact_mailbox_id: bytes | None
+    contact_capability: bytes | None = field(repr=False)
     remaining: PrekeyCounts
 
     @property
@@ -476,9 +495,10 @@ class AccountStore(Protocol):
     async def get_account(self, account_id: bytes) -> AccountRecord | None: ...
 
     async def rotate_identity(
-        self, *, account_id: bytes, identity_key: bytes, now_ms: int
+        self, *, account_id: bytes, identity_key: bytes, rotation: bytes, now_ms: int
     ) -> AccountRecord:
-        """Replace the identity key (the caller verified the old key's signature).
+        """Replace the identity key and append *rotation* (the opaque, already verified
+        ``IdentityRotation`` record) to the account's rotation chain.
 
         Raises:
             NotFound: no such account.
@@ -499,13 +519,7 @@ class AccountStore(Protocol):
 
 class MailboxStore(Protocol):
     async def create_mailbox(
-        self,
-        *,
-        account_id: bytes,
-        mailbox_id: bytes,
-        capability_hash: bytes,
-        kind: MailboxKind,
-        now_ms: int,
+        self, *, account_id: bytes, mailbox_id: bytes, capability_hash: bytes, now_ms: int
     ) -> MailboxRecord:
         """Raises NotFound (no such account) or StoreConflict (mailbox id taken)."""
         ...
@@ -516,24 +530,61 @@ class MailboxStore(Protocol):
         """The account's mailboxes, ordered by creation time then id."""
         ...
 
+    async def rotate_mailbox(
+        self,
+        *,
+        account_id: bytes,
+        mailbox_id: bytes,
+        new_mailbox_id: bytes,
+        capability_hash: bytes,
+        retire_at_ms: int,
+        now_ms: int,
+    ) -> MailboxRecord:
+        """Create *new_mailbox_id* (inheriting the push URL) and retire *mailbox_id* at
+        *retire_at_ms*: it accepts sends until then and is deleted by :meth:`expire` once
+        its queue is empty. Returns the new mailbox. A contact-mailbox designation stays
+        with the old mailbox (its new capability is unknown here) until it is deleted.
+
+        Raises:
+            NotFound: the old mailbox is absent, not owned or already retired.
+            StoreConflict: the new id is taken.
+        """
+        ...
+
     async def replace_capability(
         self, *, account_id: bytes, mailbox_id: bytes, capability_hash: bytes
     ) -> None:
         """Rotate the send capability in place. Raises NotFound unless *account_id* owns it."""
         ...
 
-    async def set_push_url(
-        self, *, account_id: bytes, mailbox_id: bytes, push_url: str | None
+    async def set_contact_mailbox(
+        self, *, account_id: bytes, mailbox_id: bytes, capability: bytes
     ) -> None:
-        """Set or clear the content-free push hook. Raises NotFound unless owned."""
+        """Publish an owned mailbox as the account's contact mailbox, with its (public)
+        capability, which must hash to the stored capability hash.
+
+        Raises:
+            NotFound: not an owned mailbox.
+            WrongCapability: ``SHA-256(capability)`` differs from the stored hash.
+        """
+        ...
+
+    async def set_push_url(
+        self, *, account_id: bytes, mailbox_ids: Sequence[bytes], push_url: str | None
+    ) -> None:
+        """Set or clear the content-free push hook of owned mailboxes, all or none.
+        Raises NotFound if any of them is not owned."""
         ...
 
     async def delete_mailbox(self, *, account_id: bytes, mailbox_id: bytes) -> bool:
         """Delete an owned mailbox with its queue. False if absent or not owned."""
         ...
 
-    async def check_capabilities(self, recipients: Sequence[Recipient]) -> frozenset[bytes]:
-        """The mailbox ids whose stored capability hash equals the one given (constant-time)."""
+    async def check_capabilities(
+        self, recipients: Sequence[Recipient], *, now_ms: int
+    ) -> frozenset[bytes]:
+        """The mailbox ids that would accept a send: the stored capability hash matches
+        (constant-time) and the mailbox is not retired."""
         ...
 
 
@@ -546,14 +597,16 @@ class MessageStore(Protocol):
         blob: bytes,
         now_ms: int,
         ttl_ms: int,
+        max_pending: int | None = None,
     ) -> AppendResult:
-        """Durably queue *blob* for every recipient whose capability matches.
+        """Durably queue *blob* for every recipient that accepts it.
 
         One transaction: the blob is stored once, with one delivery row per new recipient
         mailbox, each getting that mailbox's next seq. Idempotent per
         ``(client_msg_id, mailbox)``: a recipient that already has this client_msg_id gets
-        its original seq back (``duplicate=True``) and nothing new. When this returns, the
-        write is committed at the configured durability.
+        its original seq back (``duplicate=True``) and nothing new. Refused: a wrong
+        capability or retired mailbox, and a mailbox already holding *max_pending*
+        messages. When this returns, the write is committed at the configured durability.
         """
         ...
 
@@ -607,7 +660,8 @@ class PrekeyStore(Protocol):
     async def fetch_prekey_bundle(self, account_id: bytes) -> PrekeyBundleRecord | None:
         """Atomically hand out a bundle, consuming the lowest-id one-time X25519 and KEM
         prekeys; falls back to the last-resort KEM prekey. None (and nothing consumed) if
-        the account is unknown or lacks a signed prekey or any KEM prekey."""
+        the account lacks a signed prekey or any KEM prekey. Raises NotFound for an
+        unknown account."""
         ...
 
     async def prekey_counts(self, account_id: bytes) -> PrekeyCounts:
@@ -744,23 +798,25 @@ class Bus(Protocol):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BlobStatus:
-    """Upload state of a blob (a file chunk): ``received`` of ``size`` bytes so far."""
+    """A file blob: reserved ``size`` bytes in ``chunk_count`` chunks, and what arrived."""
 
     blob_id: bytes
     size: int
-    received: int
+    chunk_count: int
+    chunks_received: int
+    bytes_received: int
     expires_at_ms: int
 
     @property
     def complete(self) -> bool:
-        return self.received == self.size
+        return self.chunks_received == self.chunk_count
 
 
 class BlobReader(Protocol):
-    """An open, complete blob: iterate for its bytes in pieces, then close."""
+    """One open chunk: iterate for its bytes in pieces (then it closes), or close early."""
 
     @property
-    def status(self) -> BlobStatus: ...
+    def size(self) -> int: ...
 
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
@@ -768,28 +824,46 @@ class BlobReader(Protocol):
 
 
 class BlobStore(Protocol):
-    async def write(
-        self,
-        blob_id: bytes,
-        data: AsyncIterable[bytes],
-        *,
-        offset: int,
-        size: int,
-        expires_at_ms: int,
+    """Encrypted file blobs, uploaded and downloaded chunk by chunk (protocol:
+    ``RequestBlobUpload(size, chunk_count)``, then ``PUT/GET {url_path}/{index}``)."""
+
+    async def reserve(
+        self, blob_id: bytes, *, size: int, chunk_count: int, expires_at_ms: int
     ) -> BlobStatus:
-        """Stream *data* into the blob at *offset* (``<=`` bytes received so far: uploads
-        resume, and re-sending a range is idempotent). The blob becomes readable once
-        ``size`` bytes arrived. Raises BlobTooLarge, BlobRangeError, BlobConflict."""
+        """Create the blob. Repeating the same reservation is harmless.
+
+        Raises:
+            BlobTooLarge: *size* exceeds the store's limit.
+            BlobConflict: the blob exists with another size or chunk count.
+        """
+        ...
+
+    async def write_chunk(
+        self, blob_id: bytes, index: int, data: AsyncIterable[bytes]
+    ) -> BlobStatus:
+        """Stream chunk *index* to durable storage. Re-uploading a stored chunk is
+        idempotent (identical bytes are accepted, different ones refused); an interrupted
+        upload leaves nothing, so the client resumes by sending the missing chunks.
+
+        Raises:
+            BlobNotFound: no reservation. ValueError: *index* out of range.
+            BlobTooLarge: the chunk, or all chunks together, exceed the limits.
+            BlobConflict: a stored chunk differs from the re-sent one.
+        """
         ...
 
     async def status(self, blob_id: bytes) -> BlobStatus | None: ...
 
-    async def open(self, blob_id: bytes, *, offset: int = 0) -> BlobReader:
-        """Open a complete blob for streaming. Raises BlobNotFound."""
+    async def chunk_size(self, blob_id: bytes, index: int) -> int | None:
+        """Size of a stored chunk, None if it has not arrived (for resuming)."""
+        ...
+
+    async def open_chunk(self, blob_id: bytes, index: int) -> BlobReader:
+        """Open a stored chunk for streaming. Raises BlobNotFound."""
         ...
 
     async def delete(self, blob_id: bytes) -> bool: ...
 
     async def sweep(self, *, now_ms: int) -> int:
-        """Delete blobs (complete or partial) whose ``expires_at_ms <= now_ms``."""
+        """Delete blobs (complete or not) whose ``expires_at_ms <= now_ms``."""
         ...

@@ -8,9 +8,12 @@ SQLite adapter. Not thread-safe: use it from one event loop.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from protocol import dedup_input
 
 from .ports import (
     ACCOUNT_ID_LEN,
@@ -24,7 +27,6 @@ from .ports import (
     ExpiryReport,
     InviteRecord,
     InviteRejected,
-    MailboxKind,
     MailboxQueue,
     MailboxRecord,
     NotFound,
@@ -34,10 +36,12 @@ from .ports import (
     QueueSizes,
     Recipient,
     RecipientSeq,
+    RejectReason,
     Store,
     StoreConflict,
     StoredMessage,
     UsernameRecord,
+    WrongCapability,
     check_id,
 )
 
@@ -53,20 +57,26 @@ class _Account:
     last_resort_kem: bytes | None = None
     one_time_x25519: dict[int, bytes] = field(default_factory=dict)
     one_time_kem: dict[int, bytes] = field(default_factory=dict)
+    rotations: list[bytes] = field(default_factory=list)
+    contact: tuple[bytes, bytes] | None = None  # (mailbox id, capability)
 
 
 @dataclass(slots=True)
 class _Mailbox:
     account_id: bytes
     capability_hash: bytes
-    kind: MailboxKind
     created_at_ms: int
     last_seq: int = 0
     expired_count: int = 0
     expired_up_to_seq: int = 0
+    retire_at_ms: int | None = None
     push_url: str | None = None
     # seq -> (blob id, received_at_ms, expires_at_ms); seqs only grow, so dict order is seq order
     queue: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+
+
+def _dedup_hash(mailbox_id: bytes, client_msg_id: bytes) -> bytes:
+    return hashlib.sha256(dedup_input(mailbox_id, client_msg_id)).digest()
 
 
 def _positive(what: str, value: int) -> int:
@@ -84,7 +94,7 @@ class MemoryStore:
         self._blobs: dict[int, bytes] = {}
         self._blob_refs: dict[int, int] = {}
         self._next_blob = 1
-        # (mailbox_id, client_msg_id) -> (seq, received_at_ms, expires_at_ms)
+        # (mailbox_id, dedup hash) -> (seq, received_at_ms, expires_at_ms)
         self._dedup: dict[tuple[bytes, bytes], tuple[int, int, int]] = {}
         self._usernames: dict[str, tuple[bytes, bytes, int]] = {}
         self._invites: dict[bytes, InviteRecord] = {}
@@ -124,12 +134,9 @@ class MemoryStore:
         if invite_code_hash is not None and not self._consume_invite(invite_code_hash, now_ms):
             raise InviteRejected()
         self._accounts[account_id] = _Account(bytes(identity_key), now_ms, now_ms)
-        return AccountRecord(
-            account_id=account_id,
-            identity_key=bytes(identity_key),
-            created_at_ms=now_ms,
-            identity_updated_at_ms=now_ms,
-        )
+        record = await self.get_account(account_id)
+        assert record is not None
+        return record
 
     async def get_account(self, account_id: bytes) -> AccountRecord | None:
         a = self._accounts.get(account_id)
@@ -140,10 +147,13 @@ class MemoryStore:
             identity_key=a.identity_key,
             created_at_ms=a.created_at_ms,
             identity_updated_at_ms=a.identity_updated_at_ms,
+            rotation_count=len(a.rotations),
+            contact_mailbox_id=a.contact[0] if a.contact else None,
+            contact_capability=a.contact[1] if a.contact else None,
         )
 
     async def rotate_identity(
-        self, *, account_id: bytes, identity_key: bytes, now_ms: int
+        self, *, account_id: bytes, identity_key: bytes, rotation: bytes, now_ms: int
     ) -> AccountRecord:
         check_id("account_id", account_id, ACCOUNT_ID_LEN)
         a = self._accounts.get(account_id)
@@ -151,6 +161,7 @@ class MemoryStore:
             raise NotFound("account")
         a.identity_key = bytes(identity_key)
         a.identity_updated_at_ms = now_ms
+        a.rotations.append(bytes(rotation))
         record = await self.get_account(account_id)
         assert record is not None
         return record
@@ -187,9 +198,10 @@ class MemoryStore:
         return MailboxRecord(
             mailbox_id=mailbox_id,
             account_id=mb.account_id,
-            kind=mb.kind,
             created_at_ms=mb.created_at_ms,
             last_seq=mb.last_seq,
+            pending=len(mb.queue),
+            retire_at_ms=mb.retire_at_ms,
             push_url=mb.push_url,
         )
 
@@ -201,6 +213,9 @@ class MemoryStore:
 
     def _drop_mailbox(self, mailbox_id: bytes) -> None:
         mb = self._mailboxes.pop(mailbox_id)
+        owner = self._accounts.get(mb.account_id)
+        if owner is not None and owner.contact and owner.contact[0] == mailbox_id:
+            owner.contact = None
         for seq in list(mb.queue):
             self._remove_delivery(mb, seq)
         for key in [k for k in self._dedup if k[0] == mailbox_id]:
@@ -218,13 +233,7 @@ class MemoryStore:
         return True
 
     async def create_mailbox(
-        self,
-        *,
-        account_id: bytes,
-        mailbox_id: bytes,
-        capability_hash: bytes,
-        kind: MailboxKind,
-        now_ms: int,
+        self, *, account_id: bytes, mailbox_id: bytes, capability_hash: bytes, now_ms: int
     ) -> MailboxRecord:
         check_id("account_id", account_id, ACCOUNT_ID_LEN)
         check_id("mailbox_id", mailbox_id, MAILBOX_ID_LEN)
@@ -233,7 +242,7 @@ class MemoryStore:
             raise NotFound("account")
         if mailbox_id in self._mailboxes:
             raise StoreConflict("mailbox")
-        mb = _Mailbox(account_id, capability_hash, MailboxKind(kind), now_ms)
+        mb = _Mailbox(account_id, capability_hash, now_ms)
         self._mailboxes[mailbox_id] = mb
         return self._record(mailbox_id, mb)
 
@@ -246,16 +255,48 @@ class MemoryStore:
                  if mb.account_id == account_id]
         return [self._record(m, self._mailboxes[m]) for _, m in sorted(owned)]
 
+    async def rotate_mailbox(
+        self,
+        *,
+        account_id: bytes,
+        mailbox_id: bytes,
+        new_mailbox_id: bytes,
+        capability_hash: bytes,
+        retire_at_ms: int,
+        now_ms: int,
+    ) -> MailboxRecord:
+        old = self._owned(account_id, mailbox_id)
+        if old.retire_at_ms is not None:
+            raise NotFound("mailbox")
+        new = await self.create_mailbox(account_id=account_id, mailbox_id=new_mailbox_id,
+                                        capability_hash=capability_hash, now_ms=now_ms)
+        self._mailboxes[new_mailbox_id].push_url = old.push_url
+        old.retire_at_ms = retire_at_ms
+        return MailboxRecord(
+            mailbox_id=new.mailbox_id, account_id=account_id, created_at_ms=now_ms, last_seq=0,
+            pending=0, retire_at_ms=None, push_url=old.push_url,
+        )
+
     async def replace_capability(
         self, *, account_id: bytes, mailbox_id: bytes, capability_hash: bytes
     ) -> None:
         check_id("capability_hash", capability_hash, CAPABILITY_HASH_LEN)
         self._owned(account_id, mailbox_id).capability_hash = capability_hash
 
-    async def set_push_url(
-        self, *, account_id: bytes, mailbox_id: bytes, push_url: str | None
+    async def set_contact_mailbox(
+        self, *, account_id: bytes, mailbox_id: bytes, capability: bytes
     ) -> None:
-        self._owned(account_id, mailbox_id).push_url = push_url
+        mb = self._owned(account_id, mailbox_id)
+        if not hmac.compare_digest(mb.capability_hash, hashlib.sha256(capability).digest()):
+            raise WrongCapability()
+        self._accounts[account_id].contact = (mailbox_id, bytes(capability))
+
+    async def set_push_url(
+        self, *, account_id: bytes, mailbox_ids: Sequence[bytes], push_url: str | None
+    ) -> None:
+        boxes = [self._owned(account_id, m) for m in mailbox_ids]  # all or none
+        for mb in boxes:
+            mb.push_url = push_url
 
     async def delete_mailbox(self, *, account_id: bytes, mailbox_id: bytes) -> bool:
         try:
@@ -265,12 +306,18 @@ class MemoryStore:
         self._drop_mailbox(mailbox_id)
         return True
 
-    def _capability_ok(self, r: Recipient) -> bool:
+    def _accepts(self, r: Recipient, now_ms: int) -> bool:
         mb = self._mailboxes.get(r.mailbox_id)
-        return mb is not None and hmac.compare_digest(mb.capability_hash, r.capability_hash)
+        return (
+            mb is not None
+            and hmac.compare_digest(mb.capability_hash, r.capability_hash)
+            and (mb.retire_at_ms is None or mb.retire_at_ms > now_ms)
+        )
 
-    async def check_capabilities(self, recipients: Sequence[Recipient]) -> frozenset[bytes]:
-        return frozenset(r.mailbox_id for r in recipients if self._capability_ok(r))
+    async def check_capabilities(
+        self, recipients: Sequence[Recipient], *, now_ms: int
+    ) -> frozenset[bytes]:
+        return frozenset(r.mailbox_id for r in recipients if self._accepts(r, now_ms))
 
     # ------------------------------------------------------------------ messages
 
@@ -282,12 +329,13 @@ class MemoryStore:
         blob: bytes,
         now_ms: int,
         ttl_ms: int,
+        max_pending: int | None = None,
     ) -> AppendResult:
         check_id("client_msg_id", client_msg_id, CLIENT_MSG_ID_LEN)
         _positive("ttl_ms", ttl_ms)
         expires = now_ms + ttl_ms
         accepted: list[RecipientSeq] = []
-        rejected: list[bytes] = []
+        rejected: list[tuple[bytes, RejectReason]] = []
         original: tuple[int, int] | None = None
         fresh: list[int] = []
         seen: set[bytes] = set()
@@ -295,13 +343,16 @@ class MemoryStore:
             if r.mailbox_id in seen:
                 continue
             seen.add(r.mailbox_id)
-            if not self._capability_ok(r):
-                rejected.append(r.mailbox_id)
+            if not self._accepts(r, now_ms):
+                rejected.append((r.mailbox_id, RejectReason.WRONG_CAPABILITY))
                 continue
-            prior = self._dedup.get((r.mailbox_id, client_msg_id))
+            prior = self._dedup.get((r.mailbox_id, _dedup_hash(r.mailbox_id, client_msg_id)))
+            pending = len(self._mailboxes[r.mailbox_id].queue)
             if prior is not None:
                 accepted.append(RecipientSeq(mailbox_id=r.mailbox_id, seq=prior[0], duplicate=True))
                 original = original or (prior[1], prior[2])
+            elif max_pending is not None and pending >= max_pending:
+                rejected.append((r.mailbox_id, RejectReason.QUOTA_EXCEEDED))
             else:
                 fresh.append(len(accepted))
                 accepted.append(RecipientSeq(mailbox_id=r.mailbox_id, seq=0, duplicate=False))
@@ -315,7 +366,8 @@ class MemoryStore:
                 mb = self._mailboxes[mailbox_id]
                 mb.last_seq += 1
                 mb.queue[mb.last_seq] = (blob_id, now_ms, expires)
-                self._dedup[(mailbox_id, client_msg_id)] = (mb.last_seq, now_ms, expires)
+                key = (mailbox_id, _dedup_hash(mailbox_id, client_msg_id))
+                self._dedup[key] = (mb.last_seq, now_ms, expires)
                 accepted[i] = RecipientSeq(mailbox_id=mailbox_id, seq=mb.last_seq, duplicate=False)
         received, expires_at = (now_ms, expires) if fresh or original is None else original
         return AppendResult(
@@ -384,6 +436,12 @@ class MemoryStore:
         stale = [k for k, v in self._dedup.items() if v[2] <= now_ms][:limit]
         for key in stale:
             del self._dedup[key]
+        retired = sorted(
+            (mb.retire_at_ms, m) for m, mb in self._mailboxes.items()
+            if mb.retire_at_ms is not None and mb.retire_at_ms <= now_ms and not mb.queue
+        )[:limit]
+        for _, mailbox_id in retired:
+            self._drop_mailbox(mailbox_id)
         return ExpiryReport(
             notices=tuple(
                 ExpiryNotice(mailbox_id=m, count=c, up_to_seq=s)
@@ -391,7 +449,8 @@ class MemoryStore:
             ),
             messages_removed=len(due),
             dedup_removed=len(stale),
-            more=len(due) >= limit or len(stale) >= limit,
+            retired=tuple(sorted(m for _, m in retired)),
+            more=max(len(due), len(stale), len(retired)) >= limit,
         )
 
     async def get_expiry_notice(self, mailbox_id: bytes) -> ExpiryNotice | None:
@@ -446,7 +505,9 @@ class MemoryStore:
 
     async def fetch_prekey_bundle(self, account_id: bytes) -> PrekeyBundleRecord | None:
         a = self._accounts.get(account_id)
-        if a is None or a.signed_prekey is None:
+        if a is None:
+            raise NotFound("account")
+        if a.signed_prekey is None:
             return None
         if a.last_resort_kem is None and not a.one_time_kem:
             return None
@@ -462,10 +523,13 @@ class MemoryStore:
         return PrekeyBundleRecord(
             account_id=account_id,
             identity_key=a.identity_key,
+            rotations=tuple(a.rotations),
             signed_prekey=a.signed_prekey,
             one_time_x25519=otk,
             one_time_kem=kem,
             last_resort_kem=None if kem is not None else a.last_resort_kem,
+            contact_mailbox_id=a.contact[0] if a.contact else None,
+            contact_capability=a.contact[1] if a.contact else None,
             remaining=self._counts(a),
         )
 

@@ -44,7 +44,6 @@ from .ports import (
     ExpiryNotice,
     ExpiryReport,
     InviteRecord,
-    MailboxKind,
     MailboxRecord,
     OneTimePrekey,
     PrekeyBundleRecord,
@@ -144,14 +143,14 @@ class SqliteStore:
         )
 
     async def rotate_identity(
-        self, *, account_id: bytes, identity_key: bytes, now_ms: int
+        self, *, account_id: bytes, identity_key: bytes, rotation: bytes, now_ms: int
     ) -> AccountRecord:
         check_id("account_id", account_id, ACCOUNT_ID_LEN)
         return await self._engine.write(
             "rotate_identity",
             functools.partial(
                 accounts.rotate_identity, account_id=account_id, identity_key=identity_key,
-                now_ms=now_ms,
+                rotation=bytes(rotation), now_ms=now_ms,
             ),
         )
 
@@ -171,13 +170,7 @@ class SqliteStore:
     # ------------------------------------------------------------------ mailboxes
 
     async def create_mailbox(
-        self,
-        *,
-        account_id: bytes,
-        mailbox_id: bytes,
-        capability_hash: bytes,
-        kind: MailboxKind,
-        now_ms: int,
+        self, *, account_id: bytes, mailbox_id: bytes, capability_hash: bytes, now_ms: int
     ) -> MailboxRecord:
         check_id("account_id", account_id, ACCOUNT_ID_LEN)
         check_id("mailbox_id", mailbox_id, MAILBOX_ID_LEN)
@@ -186,7 +179,7 @@ class SqliteStore:
             "create_mailbox",
             functools.partial(
                 ops.create_mailbox, account_id=account_id, mailbox_id=mailbox_id,
-                capability_hash=capability_hash, kind=MailboxKind(kind), now_ms=now_ms,
+                capability_hash=capability_hash, now_ms=now_ms,
             ),
         )
 
@@ -200,6 +193,27 @@ class SqliteStore:
             "list_mailboxes", functools.partial(ops.list_mailboxes, account_id=account_id)
         )
 
+    async def rotate_mailbox(
+        self,
+        *,
+        account_id: bytes,
+        mailbox_id: bytes,
+        new_mailbox_id: bytes,
+        capability_hash: bytes,
+        retire_at_ms: int,
+        now_ms: int,
+    ) -> MailboxRecord:
+        check_id("new_mailbox_id", new_mailbox_id, MAILBOX_ID_LEN)
+        check_id("capability_hash", capability_hash, CAPABILITY_HASH_LEN)
+        return await self._engine.write(
+            "rotate_mailbox",
+            functools.partial(
+                ops.rotate_mailbox, account_id=account_id, mailbox_id=mailbox_id,
+                new_mailbox_id=new_mailbox_id, capability_hash=capability_hash,
+                retire_at_ms=retire_at_ms, now_ms=now_ms,
+            ),
+        )
+
     async def replace_capability(
         self, *, account_id: bytes, mailbox_id: bytes, capability_hash: bytes
     ) -> None:
@@ -207,19 +221,30 @@ class SqliteStore:
         await self._engine.write(
             "replace_capability",
             functools.partial(
-                ops.update_owned_mailbox, account_id=account_id, mailbox_id=mailbox_id,
-                column="capability_hash", value=capability_hash,
+                ops.replace_capability, account_id=account_id, mailbox_id=mailbox_id,
+                capability_hash=capability_hash,
+            ),
+        )
+
+    async def set_contact_mailbox(
+        self, *, account_id: bytes, mailbox_id: bytes, capability: bytes
+    ) -> None:
+        await self._engine.write(
+            "set_contact_mailbox",
+            functools.partial(
+                ops.set_contact_mailbox, account_id=account_id, mailbox_id=mailbox_id,
+                capability=bytes(capability),
             ),
         )
 
     async def set_push_url(
-        self, *, account_id: bytes, mailbox_id: bytes, push_url: str | None
+        self, *, account_id: bytes, mailbox_ids: Sequence[bytes], push_url: str | None
     ) -> None:
         await self._engine.write(
             "set_push_url",
             functools.partial(
-                ops.update_owned_mailbox, account_id=account_id, mailbox_id=mailbox_id,
-                column="push_url", value=push_url,
+                ops.set_push_url, account_id=account_id, mailbox_ids=tuple(mailbox_ids),
+                push_url=push_url,
             ),
         )
 
@@ -229,10 +254,14 @@ class SqliteStore:
             functools.partial(ops.delete_mailbox, account_id=account_id, mailbox_id=mailbox_id),
         )
 
-    async def check_capabilities(self, recipients: Sequence[Recipient]) -> frozenset[bytes]:
+    async def check_capabilities(
+        self, recipients: Sequence[Recipient], *, now_ms: int
+    ) -> frozenset[bytes]:
         return await self._engine.read(
             "check_capabilities",
-            functools.partial(ops.check_capabilities, recipients=tuple(recipients)),
+            functools.partial(
+                ops.check_capabilities, recipients=tuple(recipients), now_ms=now_ms
+            ),
         )
 
     # ------------------------------------------------------------------ messages
@@ -245,6 +274,7 @@ class SqliteStore:
         blob: bytes,
         now_ms: int,
         ttl_ms: int,
+        max_pending: int | None = None,
     ) -> AppendResult:
         check_id("client_msg_id", client_msg_id, CLIENT_MSG_ID_LEN)
         _positive("ttl_ms", ttl_ms)
@@ -252,7 +282,7 @@ class SqliteStore:
             "append",
             functools.partial(
                 ops.append, recipients=tuple(recipients), client_msg_id=client_msg_id,
-                blob=bytes(blob), now_ms=now_ms, ttl_ms=ttl_ms,
+                blob=bytes(blob), now_ms=now_ms, ttl_ms=ttl_ms, max_pending=max_pending,
             ),
         )
 

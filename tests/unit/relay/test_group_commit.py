@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from pigeon_crypto.errors import StoreError
-from relay.ports import MailboxKind, Recipient, RecordingObserver, StoreConflict
+from protocol import dedup_input
+from relay.ports import Recipient, RecordingObserver, StoreConflict
 from relay.store_sqlite import SCHEMA_VERSION, SqliteStore, Synchronous
 
 REPO = Path(__file__).resolve().parents[3]
@@ -33,7 +34,7 @@ RCPT = Recipient(mailbox_id=MAILBOX, capability_hash=CAP)
 async def _setup(store: SqliteStore) -> None:
     await store.create_account(account_id=ACCOUNT, identity_key=b"ik", now_ms=T0)
     await store.create_mailbox(account_id=ACCOUNT, mailbox_id=MAILBOX, capability_hash=CAP,
-                               kind=MailboxKind.CONTACT, now_ms=T0)
+                               now_ms=T0)
 
 
 def _cmid(n: int) -> bytes:
@@ -185,6 +186,30 @@ async def test_closed_store_refuses_calls(tmp_path: Path) -> None:
         await _append(s, 1)
     with pytest.raises(StoreError, match="closed"):
         await s.pending_count(MAILBOX)
+
+
+async def test_the_file_holds_no_client_msg_id_and_no_sender(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    cmid = b"\xc1" * 16
+    await store.append(recipients=[RCPT], client_msg_id=cmid, blob=b"m", now_ms=T0, ttl_ms=DAY_MS)
+    conn = sqlite3.connect(tmp_path / "relay.db")
+    try:
+        rows = conn.execute("SELECT mailbox_id, dedup_hash, seq FROM dedup").fetchall()
+        assert rows == [(MAILBOX, hashlib.sha256(dedup_input(MAILBOX, cmid)).digest(), 1)]
+        columns = {
+            (t, c[1])
+            for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            for c in conn.execute(f"PRAGMA table_info({t})")
+        }
+        assert not [c for c in columns if "sender" in c[1] or "client_msg" in c[1]]
+        for table, column in columns:
+            hits = conn.execute(
+                f"SELECT count(*) FROM {table} WHERE instr({column}, ?) > 0", (cmid,)
+            ).fetchone()[0]
+            assert hits == 0, (table, column)
+    finally:
+        conn.close()
 
 
 async def test_unreadable_file_is_a_store_error(tmp_path: Path) -> None:

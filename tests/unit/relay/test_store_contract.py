@@ -20,12 +20,13 @@ import pytest
 from pigeon_crypto.errors import StoreError
 from relay.ports import (
     InviteRejected,
-    MailboxKind,
     NotFound,
     OneTimePrekey,
     Recipient,
+    RejectReason,
     Store,
     StoreConflict,
+    WrongCapability,
     invite_code_hash,
 )
 from relay.store_memory import MemoryStore
@@ -97,8 +98,13 @@ def mid(n: int) -> bytes:
     return (0xB0 << 120 | n).to_bytes(16, "big")
 
 
+def capability(n: int) -> bytes:
+    return hashlib.sha256(b"capability %d" % n).digest()
+
+
 def cap(n: int) -> bytes:
-    return hashlib.sha256(b"cap%d" % n).digest()
+    """The stored form: SHA-256 of the capability."""
+    return hashlib.sha256(capability(n)).digest()
 
 
 def cmid(n: int) -> bytes:
@@ -113,8 +119,7 @@ async def account(store: Store, n: int, *mailboxes: int) -> None:
     await store.create_account(account_id=aid(n), identity_key=b"ik%d" % n, now_ms=T0)
     for m in mailboxes:
         await store.create_mailbox(
-            account_id=aid(n), mailbox_id=mid(m), capability_hash=cap(m),
-            kind=MailboxKind.PAIRWISE, now_ms=T0 + m,
+            account_id=aid(n), mailbox_id=mid(m), capability_hash=cap(m), now_ms=T0 + m
         )
 
 
@@ -135,13 +140,18 @@ async def test_account_lifecycle(store: Store) -> None:
     assert await store.get_account(aid(2)) is None
     with pytest.raises(StoreConflict):
         await store.create_account(account_id=aid(1), identity_key=b"other", now_ms=T0)
-    rotated = await store.rotate_identity(account_id=aid(1), identity_key=b"ik2", now_ms=T0 + 5)
-    assert (rotated.identity_key, rotated.created_at_ms, rotated.identity_updated_at_ms) == (
-        b"ik2", T0, T0 + 5,
-    )
+    assert (rec.rotation_count, rec.contact_mailbox_id, rec.contact_capability) == (0, None, None)
+    rotated = await store.rotate_identity(account_id=aid(1), identity_key=b"ik2", rotation=b"r1",
+                                          now_ms=T0 + 5)
+    assert (rotated.identity_key, rotated.created_at_ms, rotated.identity_updated_at_ms,
+            rotated.rotation_count) == (b"ik2", T0, T0 + 5, 1)
     assert await store.get_account(aid(1)) == rotated
+    again = await store.rotate_identity(account_id=aid(1), identity_key=b"ik3", rotation=b"r2",
+                                        now_ms=T0 + 6)
+    assert again.rotation_count == 2
     with pytest.raises(NotFound):
-        await store.rotate_identity(account_id=aid(9), identity_key=b"x", now_ms=T0)
+        await store.rotate_identity(account_id=aid(9), identity_key=b"x", rotation=b"r",
+                                    now_ms=T0)
     with pytest.raises(ValueError):
         await store.create_account(account_id=b"short", identity_key=b"x", now_ms=T0)
 
@@ -209,35 +219,40 @@ async def test_mailbox_ownership_and_capabilities(store: Store) -> None:
     await account(store, 2, 20)
     with pytest.raises(NotFound):
         await store.create_mailbox(account_id=aid(9), mailbox_id=mid(90), capability_hash=cap(90),
-                                   kind=MailboxKind.CONTACT, now_ms=T0)
+                                   now_ms=T0)
     with pytest.raises(StoreConflict):
         await store.create_mailbox(account_id=aid(2), mailbox_id=mid(10), capability_hash=cap(1),
-                                   kind=MailboxKind.CONTACT, now_ms=T0)
+                                   now_ms=T0)
     mb = await store.get_mailbox(mid(10))
     assert mb is not None
-    assert (mb.account_id, mb.kind, mb.last_seq, mb.push_url) == (
-        aid(1), MailboxKind.PAIRWISE, 0, None,
-    )
+    assert (mb.account_id, mb.created_at_ms, mb.last_seq, mb.pending, mb.retire_at_ms,
+            mb.push_url) == (aid(1), T0 + 10, 0, 0, None, None)
     assert [m.mailbox_id for m in await store.list_mailboxes(aid(1))] == [mid(10), mid(11)]
-    assert await store.check_capabilities([rcpt(10), rcpt(20), rcpt(99)]) == {mid(10), mid(20)}
+    assert await store.check_capabilities([rcpt(10), rcpt(20), rcpt(99)], now_ms=T0) == {
+        mid(10), mid(20),
+    }
     wrong = Recipient(mailbox_id=mid(10), capability_hash=cap(11))
-    assert await store.check_capabilities([wrong]) == frozenset()
+    assert await store.check_capabilities([wrong], now_ms=T0) == frozenset()
 
     with pytest.raises(NotFound):  # not the owner
         await store.replace_capability(account_id=aid(2), mailbox_id=mid(10),
                                        capability_hash=cap(77))
     await store.replace_capability(account_id=aid(1), mailbox_id=mid(10), capability_hash=cap(77))
-    assert await store.check_capabilities([rcpt(10)]) == frozenset()
+    assert await store.check_capabilities([rcpt(10)], now_ms=T0) == frozenset()
     assert await store.check_capabilities(
-        [Recipient(mailbox_id=mid(10), capability_hash=cap(77))]
+        [Recipient(mailbox_id=mid(10), capability_hash=cap(77))], now_ms=T0
     ) == {mid(10)}
 
+    # Push URLs: all of the named mailboxes or none.
     with pytest.raises(NotFound):
-        await store.set_push_url(account_id=aid(2), mailbox_id=mid(10), push_url="https://p")
-    await store.set_push_url(account_id=aid(1), mailbox_id=mid(10), push_url="https://push/x")
-    mb = await store.get_mailbox(mid(10))
-    assert mb is not None and mb.push_url == "https://push/x"
-    await store.set_push_url(account_id=aid(1), mailbox_id=mid(10), push_url=None)
+        await store.set_push_url(account_id=aid(1), mailbox_ids=[mid(11), mid(20)],
+                                 push_url="https://p")
+    mb = await store.get_mailbox(mid(11))
+    assert mb is not None and mb.push_url is None
+    await store.set_push_url(account_id=aid(1), mailbox_ids=[mid(10), mid(11)],
+                             push_url="https://push/x")
+    assert [m.push_url for m in await store.list_mailboxes(aid(1))] == ["https://push/x"] * 2
+    await store.set_push_url(account_id=aid(1), mailbox_ids=[mid(10)], push_url=None)
     mb = await store.get_mailbox(mid(10))
     assert mb is not None and mb.push_url is None
 
@@ -296,7 +311,8 @@ async def test_append_rejects_bad_capabilities_alike(store: Store) -> None:
     r = await store.append(recipients=[rcpt(10), wrong, rcpt(99), rcpt(10)], client_msg_id=cmid(1),
                            blob=b"x", now_ms=T0, ttl_ms=DAY_MS)
     assert [a.mailbox_id for a in r.accepted] == [mid(10)]
-    assert r.rejected == (mid(11), mid(99))
+    assert r.rejected == ((mid(11), RejectReason.WRONG_CAPABILITY),
+                          (mid(99), RejectReason.WRONG_CAPABILITY))
     assert await store.pending_count(mid(11)) == 0
     none = await store.append(recipients=[rcpt(99)], client_msg_id=cmid(2), blob=b"x",
                               now_ms=T0, ttl_ms=DAY_MS)
@@ -345,6 +361,95 @@ async def test_ack_cumulative_selective_and_blob_gc(
     assert (await send(store, 8, 10)).seq_for(mid(10)) == 8
 
 
+async def test_mailbox_quota(store: Store) -> None:
+    await account(store, 1, 10, 11)
+    for n in range(3):
+        r = await store.append(recipients=[rcpt(10)], client_msg_id=cmid(n), blob=b"x",
+                               now_ms=T0, ttl_ms=DAY_MS, max_pending=3)
+        assert r.rejected == ()
+    full = await store.append(recipients=[rcpt(10), rcpt(11)], client_msg_id=cmid(9), blob=b"x",
+                              now_ms=T0, ttl_ms=DAY_MS, max_pending=3)
+    assert full.rejected == ((mid(10), RejectReason.QUOTA_EXCEEDED),)
+    assert [a.mailbox_id for a in full.accepted] == [mid(11)]
+    # A retry of a stored message is still answered (dedup comes before the quota).
+    retry = await store.append(recipients=[rcpt(10)], client_msg_id=cmid(0), blob=b"x",
+                               now_ms=T0, ttl_ms=DAY_MS, max_pending=3)
+    assert retry.duplicate and retry.rejected == ()
+    await store.ack(mid(10), up_to_seq=1)
+    mb = await store.get_mailbox(mid(10))
+    assert mb is not None and mb.pending == 2
+    again = await store.append(recipients=[rcpt(10)], client_msg_id=cmid(9), blob=b"x",
+                               now_ms=T0, ttl_ms=DAY_MS, max_pending=3)
+    assert again.seq_for(mid(10)) == 4
+
+
+async def test_rotated_mailbox_retires(store: Store) -> None:
+    await account(store, 1, 10)
+    await account(store, 2)
+    await store.set_push_url(account_id=aid(1), mailbox_ids=[mid(10)], push_url="https://w")
+    with pytest.raises(NotFound):
+        await store.rotate_mailbox(account_id=aid(2), mailbox_id=mid(10), new_mailbox_id=mid(12),
+                                   capability_hash=cap(12), retire_at_ms=T0 + 100, now_ms=T0)
+    new = await store.rotate_mailbox(account_id=aid(1), mailbox_id=mid(10),
+                                     new_mailbox_id=mid(12), capability_hash=cap(12),
+                                     retire_at_ms=T0 + 100, now_ms=T0)
+    assert (new.mailbox_id, new.push_url, new.retire_at_ms) == (mid(12), "https://w", None)
+    old = await store.get_mailbox(mid(10))
+    assert old is not None and old.retire_at_ms == T0 + 100
+    with pytest.raises(NotFound):  # a retiring mailbox is not rotated twice
+        await store.rotate_mailbox(account_id=aid(1), mailbox_id=mid(10), new_mailbox_id=mid(13),
+                                   capability_hash=cap(13), retire_at_ms=T0, now_ms=T0)
+    # Until retirement the old mailbox accepts sends (messages in flight still arrive) ...
+    assert (await send(store, 1, 10, now_ms=T0 + 99)).seq_for(mid(10)) == 1
+    # ... then refuses them, and goes away once its queue is empty.
+    late = await send(store, 2, 10, 12, now_ms=T0 + 100)
+    assert late.rejected == ((mid(10), RejectReason.WRONG_CAPABILITY),)
+    assert await store.check_capabilities([rcpt(10), rcpt(12)], now_ms=T0 + 100) == {mid(12)}
+    assert (await store.expire(now_ms=T0 + 200)).retired == ()  # still holds seq 1
+    assert [m.seq for m in await store.fetch(mid(10), now_ms=T0 + 200)] == [1]
+    await store.ack(mid(10), up_to_seq=1)
+    report = await store.expire(now_ms=T0 + 200)
+    assert report.retired == (mid(10),)
+    assert await store.get_mailbox(mid(10)) is None
+    assert [m.mailbox_id for m in await store.list_mailboxes(aid(1))] == [mid(12)]
+
+
+async def test_contact_mailbox_is_published_with_the_bundle(store: Store) -> None:
+    await account(store, 1, 10, 11)
+    await account(store, 2, 20)
+    await store.upload_prekeys(account_id=aid(1), signed_prekey=b"spk", last_resort_kem=b"lr")
+    with pytest.raises(WrongCapability):
+        await store.set_contact_mailbox(account_id=aid(1), mailbox_id=mid(10),
+                                        capability=capability(11))
+    with pytest.raises(NotFound):
+        await store.set_contact_mailbox(account_id=aid(1), mailbox_id=mid(20),
+                                        capability=capability(20))
+    await store.set_contact_mailbox(account_id=aid(1), mailbox_id=mid(10),
+                                    capability=capability(10))
+    acct = await store.get_account(aid(1))
+    assert acct is not None
+    assert (acct.contact_mailbox_id, acct.contact_capability) == (mid(10), capability(10))
+    await store.rotate_identity(account_id=aid(1), identity_key=b"k2", rotation=b"rot1",
+                                now_ms=T0)
+    await store.rotate_identity(account_id=aid(1), identity_key=b"k3", rotation=b"rot2",
+                                now_ms=T0)
+    bundle = await store.fetch_prekey_bundle(aid(1))
+    assert bundle is not None
+    assert (bundle.identity_key, bundle.rotations) == (b"k3", (b"rot1", b"rot2"))
+    assert (bundle.contact_mailbox_id, bundle.contact_capability) == (mid(10), capability(10))
+    # Moving it, then deleting the mailbox, clears the designation.
+    await store.set_contact_mailbox(account_id=aid(1), mailbox_id=mid(11),
+                                    capability=capability(11))
+    await store.delete_mailbox(account_id=aid(1), mailbox_id=mid(10))
+    acct = await store.get_account(aid(1))
+    assert acct is not None and acct.contact_mailbox_id == mid(11)
+    await store.delete_mailbox(account_id=aid(1), mailbox_id=mid(11))
+    bundle = await store.fetch_prekey_bundle(aid(1))
+    assert bundle is not None and (bundle.contact_mailbox_id, bundle.contact_capability) == (
+        None, None,
+    )
+
+
 # --------------------------------------------------------------------------- expiry
 
 
@@ -356,7 +461,9 @@ async def test_expiry_is_reported_to_the_owner(store: Store) -> None:
     assert [m.seq for m in await store.fetch(mid(10), now_ms=T0 + 105)] == [2, 3]  # unswept
     report = await store.expire(now_ms=T0 + 110)
     assert [(n.mailbox_id, n.count, n.up_to_seq) for n in report.notices] == [(mid(10), 2, 2)]
-    assert (report.messages_removed, report.dedup_removed, report.more) == (2, 2, False)
+    assert (report.messages_removed, report.dedup_removed, report.retired, report.more) == (
+        2, 2, (), False,
+    )
     assert [m.seq for m in await store.fetch(mid(10), now_ms=T0 + 110)] == [3]
     assert (await store.queue_sizes()).total_blobs == 1
     notice = await store.get_expiry_notice(mid(10))
@@ -404,7 +511,8 @@ def kems(*ids: int) -> list[OneTimePrekey]:
 async def test_prekey_bundle_consumes_one_time_keys(store: Store) -> None:
     await account(store, 1)
     assert await store.fetch_prekey_bundle(aid(1)) is None  # nothing uploaded
-    assert await store.fetch_prekey_bundle(aid(9)) is None
+    with pytest.raises(NotFound):
+        await store.fetch_prekey_bundle(aid(9))
     with pytest.raises(NotFound):
         await store.upload_prekeys(account_id=aid(9), signed_prekey=b"spk")
     counts = await store.upload_prekeys(account_id=aid(1), one_time_x25519=otks(5, 3),
@@ -418,6 +526,7 @@ async def test_prekey_bundle_consumes_one_time_keys(store: Store) -> None:
     assert b1.one_time_x25519 == OneTimePrekey(key_id=3, data=b"otk3")  # lowest id first
     assert b1.one_time_kem == OneTimePrekey(key_id=7, data=b"kem7")
     assert b1.last_resort_kem is None and not b1.uses_last_resort
+    assert (b1.rotations, b1.contact_mailbox_id, b1.contact_capability) == ((), None, None)
     assert (b1.remaining.one_time_x25519, b1.remaining.one_time_kem) == (1, 0)
     b2 = await store.fetch_prekey_bundle(aid(1))
     assert b2 is not None and b2.uses_last_resort and b2.last_resort_kem == b"lr"
@@ -496,6 +605,9 @@ async def test_account_deletion_removes_everything_it_owns(
     await store.upload_prekeys(account_id=aid(1), signed_prekey=b"s", last_resort_kem=b"l",
                                one_time_x25519=otks(1, 2), one_time_kem=kems(1))
     await store.claim_username(account_id=aid(1), username="doomed", binding=b"b", now_ms=T0)
+    await store.rotate_identity(account_id=aid(1), identity_key=b"k2", rotation=b"r", now_ms=T0)
+    await store.set_contact_mailbox(account_id=aid(1), mailbox_id=mid(10),
+                                    capability=capability(10))
     await send(store, 1, 10, 11)
     await send(store, 2, 10, 20)  # blob shared with the surviving account
     await send(store, 3, 20)
@@ -505,7 +617,8 @@ async def test_account_deletion_removes_everything_it_owns(
     assert await store.get_mailbox(mid(10)) is None and await store.get_mailbox(mid(11)) is None
     assert await store.list_mailboxes(aid(1)) == []
     assert await store.lookup_username("doomed") is None
-    assert await store.fetch_prekey_bundle(aid(1)) is None
+    with pytest.raises(NotFound):
+        await store.fetch_prekey_bundle(aid(1))
     assert await store.fetch(mid(10), now_ms=T0) == []
     sizes = await store.queue_sizes()
     assert (sizes.total_messages, sizes.total_blobs) == (2, 2)
@@ -515,6 +628,8 @@ async def test_account_deletion_removes_everything_it_owns(
     # The ids are free again (nothing dangling): re-creating works from scratch.
     await account(store, 1, 10)
     assert not (await send(store, 1, 10)).duplicate
+    fresh = await store.get_account(aid(1))
+    assert fresh is not None and (fresh.rotation_count, fresh.contact_mailbox_id) == (0, None)
 
 
 async def test_queue_sizes_lists_largest_first(store: Store) -> None:
