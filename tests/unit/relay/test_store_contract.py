@@ -19,6 +19,7 @@ import pytest
 
 from pigeon_crypto.errors import StoreError
 from relay.ports import (
+    AppendResult,
     InviteRejected,
     NotFound,
     OneTimePrekey,
@@ -123,7 +124,9 @@ async def account(store: Store, n: int, *mailboxes: int) -> None:
         )
 
 
-async def send(store: Store, n: int, *mailboxes: int, now_ms: int = T0, ttl_ms: int = DAY_MS):
+async def send(
+    store: Store, n: int, *mailboxes: int, now_ms: int = T0, ttl_ms: int = DAY_MS
+) -> AppendResult:
     return await store.append(
         recipients=[rcpt(m) for m in mailboxes], client_msg_id=cmid(n), blob=b"blob%d" % n,
         now_ms=now_ms, ttl_ms=ttl_ms,
