@@ -201,8 +201,10 @@ def append(
     now_ms: int,
     ttl_ms: int,
     max_pending: int | None,
+    dedup_ttl_ms: int | None,
 ) -> AppendResult:
     expires = now_ms + ttl_ms
+    keep_until = now_ms + max(ttl_ms, dedup_ttl_ms or 0)
     accepted: list[RecipientSeq] = []
     rejected: list[tuple[bytes, RejectReason]] = []
     fresh: list[tuple[int, bytes]] = []  # (index into accepted, dedup hash) still to store
@@ -248,9 +250,10 @@ def append(
                 (mailbox_id, seq, blob_id, now_ms, expires),
             )
             conn.execute(
-                "INSERT INTO dedup (mailbox_id, dedup_hash, seq, received_at_ms, expires_at_ms)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (mailbox_id, key, seq, now_ms, expires),
+                "INSERT INTO dedup"
+                " (mailbox_id, dedup_hash, seq, received_at_ms, expires_at_ms, keep_until_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (mailbox_id, key, seq, now_ms, expires, keep_until),
             )
             accepted[i] = RecipientSeq(mailbox_id=mailbox_id, seq=seq, duplicate=False)
     received, expires_at = (now_ms, expires) if fresh or original is None else original
@@ -323,7 +326,7 @@ def expire(conn: sqlite3.Connection, now_ms: int, limit: int) -> ExpiryReport:
         )
     dedup = conn.execute(
         "DELETE FROM dedup WHERE (mailbox_id, dedup_hash) IN ("
-        " SELECT mailbox_id, dedup_hash FROM dedup WHERE expires_at_ms <= ? LIMIT ?)",
+        " SELECT mailbox_id, dedup_hash FROM dedup WHERE keep_until_ms <= ? LIMIT ?)",
         (now_ms, limit),
     ).rowcount
     retired = conn.execute(

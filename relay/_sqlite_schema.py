@@ -99,8 +99,9 @@ _V1 = [
     END
     """,
     # Idempotency per recipient mailbox: SHA-256(protocol.dedup_input(mailbox, client_msg_id)).
-    # Outlives the delivery row (a retry after the ack must not re-queue) until the
-    # message's expiry. Names the recipient mailbox only, never the sender.
+    # Outlives the delivery row (a retry after the ack must not re-queue) until
+    # keep_until_ms (the relay's maximum TTL after receipt). expires_at_ms is the message's,
+    # returned to a retry. Names the recipient mailbox only, never the sender.
     """
     CREATE TABLE dedup (
         mailbox_id     BLOB NOT NULL REFERENCES mailboxes (id) ON DELETE CASCADE,
@@ -108,10 +109,11 @@ _V1 = [
         seq            INTEGER NOT NULL,
         received_at_ms INTEGER NOT NULL,
         expires_at_ms  INTEGER NOT NULL,
+        keep_until_ms  INTEGER NOT NULL,
         PRIMARY KEY (mailbox_id, dedup_hash)
     ) WITHOUT ROWID
     """,
-    "CREATE INDEX dedup_by_expiry ON dedup (expires_at_ms)",
+    "CREATE INDEX dedup_by_expiry ON dedup (keep_until_ms)",
     """
     CREATE TABLE one_time_prekeys (
         account_id BLOB NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,

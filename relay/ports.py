@@ -299,15 +299,18 @@ class MessageStore(Protocol):
         now_ms: int,
         ttl_ms: int,
         max_pending: int | None = None,
+        dedup_ttl_ms: int | None = None,
     ) -> AppendResult:
         """Durably queue *blob* for every recipient that accepts it.
 
         One transaction: the blob is stored once, with one delivery row per new recipient
-        mailbox, each getting that mailbox's next seq. Idempotent per
-        ``(client_msg_id, mailbox)``: a recipient that already has this client_msg_id gets
-        its original seq back (``duplicate=True``) and nothing new. Refused: a wrong
-        capability or retired mailbox, and a mailbox already holding *max_pending*
-        messages. When this returns, the write is committed at the configured durability.
+        mailbox, each getting that mailbox's next seq; it expires at ``now_ms + ttl_ms``.
+        Idempotent per ``(client_msg_id, mailbox)``: a recipient that already has this
+        client_msg_id gets its original seq back (``duplicate=True``) and nothing new; the
+        idempotency record is kept ``max(ttl_ms, dedup_ttl_ms)`` (the relay passes its
+        maximum TTL), even after the ack. Refused: a wrong capability or retired mailbox,
+        and a mailbox already holding *max_pending* messages. When this returns, the write
+        is committed at the configured durability.
         """
         ...
 

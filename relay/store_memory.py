@@ -75,8 +75,8 @@ class MemoryStore(MemoryAccounts):
         self._blobs: dict[int, bytes] = {}
         self._blob_refs: dict[int, int] = {}
         self._next_blob = 1
-        # (mailbox_id, dedup hash) -> (seq, received_at_ms, expires_at_ms)
-        self._dedup: dict[tuple[bytes, bytes], tuple[int, int, int]] = {}
+        # (mailbox_id, dedup hash) -> (seq, received_at_ms, expires_at_ms, keep_until_ms)
+        self._dedup: dict[tuple[bytes, bytes], tuple[int, int, int, int]] = {}
 
     async def close(self) -> None:
         """Nothing to release; the data stays with the object."""
@@ -247,10 +247,12 @@ class MemoryStore(MemoryAccounts):
         now_ms: int,
         ttl_ms: int,
         max_pending: int | None = None,
+        dedup_ttl_ms: int | None = None,
     ) -> AppendResult:
         check_id("client_msg_id", client_msg_id, CLIENT_MSG_ID_LEN)
         _positive("ttl_ms", ttl_ms)
         expires = now_ms + ttl_ms
+        keep_until = now_ms + max(ttl_ms, dedup_ttl_ms or 0)
         accepted: list[RecipientSeq] = []
         rejected: list[tuple[bytes, RejectReason]] = []
         original: tuple[int, int] | None = None
@@ -284,7 +286,7 @@ class MemoryStore(MemoryAccounts):
                 mb.last_seq += 1
                 mb.queue[mb.last_seq] = (blob_id, now_ms, expires)
                 key = (mailbox_id, _dedup_hash(mailbox_id, client_msg_id))
-                self._dedup[key] = (mb.last_seq, now_ms, expires)
+                self._dedup[key] = (mb.last_seq, now_ms, expires, keep_until)
                 accepted[i] = RecipientSeq(mailbox_id=mailbox_id, seq=mb.last_seq, duplicate=False)
         received, expires_at = (now_ms, expires) if fresh or original is None else original
         return AppendResult(
@@ -350,7 +352,7 @@ class MemoryStore(MemoryAccounts):
             mb = self._mailboxes[mailbox_id]
             mb.expired_count += count
             mb.expired_up_to_seq = max(mb.expired_up_to_seq, top)
-        stale = [k for k, v in self._dedup.items() if v[2] <= now_ms][:limit]
+        stale = [k for k, v in self._dedup.items() if v[3] <= now_ms][:limit]
         for key in stale:
             del self._dedup[key]
         retired = sorted(

@@ -275,6 +275,7 @@ class SqliteStore:
         now_ms: int,
         ttl_ms: int,
         max_pending: int | None = None,
+        dedup_ttl_ms: int | None = None,
     ) -> AppendResult:
         check_id("client_msg_id", client_msg_id, CLIENT_MSG_ID_LEN)
         _positive("ttl_ms", ttl_ms)
@@ -283,6 +284,7 @@ class SqliteStore:
             functools.partial(
                 ops.append, recipients=tuple(recipients), client_msg_id=client_msg_id,
                 blob=bytes(blob), now_ms=now_ms, ttl_ms=ttl_ms, max_pending=max_pending,
+                dedup_ttl_ms=dedup_ttl_ms,
             ),
         )
 

@@ -487,6 +487,23 @@ async def test_expiry_is_reported_to_the_owner(store: Store) -> None:
     assert not (await send(store, 1, 10, now_ms=T0 + 6000)).duplicate
 
 
+async def test_dedup_records_outlive_a_short_ttl(store: Store) -> None:
+    await account(store, 1, 10)
+
+    async def send_short(now_ms: int) -> bool:
+        r = await store.append(recipients=[rcpt(10)], client_msg_id=cmid(1), blob=b"x",
+                               now_ms=now_ms, ttl_ms=100, dedup_ttl_ms=10_000)
+        return r.duplicate
+
+    assert not await send_short(T0)
+    report = await store.expire(now_ms=T0 + 200)
+    assert (report.messages_removed, report.dedup_removed) == (1, 0)
+    assert await send_short(T0 + 300)  # a late retry is still recognised, not re-queued
+    assert await store.pending_count(mid(10)) == 0
+    assert (await store.expire(now_ms=T0 + 10_000)).dedup_removed == 1
+    assert not await send_short(T0 + 10_001)
+
+
 async def test_expiry_sweep_is_batched(store: Store) -> None:
     await account(store, 1, 10)
     for n in range(1, 6):
