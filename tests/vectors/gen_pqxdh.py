@@ -15,7 +15,13 @@ from typing import Any
 from pigeon_crypto import x25519
 from pigeon_crypto.identity import IdentityKeyPair, account_id_for
 from pigeon_crypto.kdf import hkdf_sha256
-from pigeon_crypto.pqxdh import INFO_SEAL, INFO_SK, accept, initiate_with_encapsulation
+from pigeon_crypto.pqxdh import (
+    INFO_SEAL,
+    INFO_SK,
+    MemoryResponderKeys,
+    accept,
+    initiate_with_encapsulation,
+)
 from pigeon_crypto.prekeys import (
     KemKind,
     KemPreKeyPair,
@@ -23,7 +29,6 @@ from pigeon_crypto.prekeys import (
     PreKeyBundle,
     SignedPreKeyPair,
 )
-from pigeon_crypto.pqxdh import MemoryResponderKeys
 from pigeon_crypto.rng import SeededRng
 
 FILENAME = "pqxdh.json"
