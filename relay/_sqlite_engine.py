@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import sqlite3
 import threading
@@ -47,6 +48,7 @@ from .ports import NullObserver, StoreObserver
 __all__ = ["Migration", "SqliteEngine", "Synchronous"]
 
 T = TypeVar("T")
+_log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 1024
 """Upper bound on ops per transaction: bounds one commit's latency and the WAL growth."""
@@ -102,6 +104,15 @@ def _resolve(outcomes: list[_Outcome]) -> None:
             fut.set_result(value)
         else:
             fut.set_exception(value)
+
+
+def _observe(call: Callable[..., None], **fields: Any) -> None:
+    """Metrics must never break the store: a failing observer is logged, not propagated
+    (on the writer thread it would otherwise kill the thread and strand every caller)."""
+    try:
+        call(**fields)
+    except Exception:
+        _log.exception("store observer failed")
 
 
 def _wrap(exc: BaseException, what: str) -> BaseException:
@@ -247,7 +258,8 @@ class SqliteEngine:
             ok = True
             return result
         finally:
-            self._observer.on_operation(name=name, seconds=time.perf_counter() - start, ok=ok)
+            _observe(self._observer.on_operation, name=name,
+                     seconds=time.perf_counter() - start, ok=ok)
 
     async def read(self, name: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run *fn* in a read transaction on a reader thread."""
@@ -261,7 +273,8 @@ class SqliteEngine:
             ok = True
             return result
         finally:
-            self._observer.on_operation(name=name, seconds=time.perf_counter() - start, ok=ok)
+            _observe(self._observer.on_operation, name=name,
+                     seconds=time.perf_counter() - start, ok=ok)
 
     def _read_in_thread(self, name: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -324,9 +337,8 @@ class SqliteEngine:
                     conn.execute("ROLLBACK")
             err = _wrap(exc, "commit")
             outcomes = [(op, False, err) for op in batch]
-        self._observer.on_commit(
-            ops=len(batch), seconds=time.perf_counter() - start, ok=committed
-        )
+        _observe(self._observer.on_commit, ops=len(batch),
+                 seconds=time.perf_counter() - start, ok=committed)
         with self._lock:
             self._pending -= len(batch)
         by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}

@@ -119,6 +119,26 @@ async def test_a_failing_write_spoils_nothing_else_in_its_batch(
     assert await store.pending_count(MAILBOX) == 40
 
 
+async def test_a_failing_observer_breaks_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(RecordingObserver):
+        def on_commit(self, *, ops: int, seconds: float, ok: bool) -> None:
+            raise RuntimeError("metrics backend down")
+
+        def on_operation(self, *, name: str, seconds: float, ok: bool) -> None:
+            raise RuntimeError("metrics backend down")
+
+    s = await SqliteStore.open(tmp_path / "o.db", observer=Broken())
+    try:
+        await _setup(s)
+        assert await asyncio.gather(*(_append(s, n) for n in range(10))) != []
+        assert await s.pending_count(MAILBOX) == 10
+    finally:
+        await s.close()
+    assert "store observer failed" in caplog.text
+
+
 async def test_sqlite_errors_are_wrapped(store: SqliteStore) -> None:
     def bad(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO no_such_table VALUES (1)")
