@@ -1,0 +1,294 @@
+"""The relay's aiohttp application: :func:`create_app` for production and tests.
+
+Theory of operation (STYLE.md section 6):
+
+* ``create_app(config)`` only wires: it sets the plain values (config, metrics, clocks,
+  registries) and registers one ``cleanup_ctx`` generator per resource, in dependency
+  order. aiohttp runs them at startup (so a relay that prints "listening" has its store
+  open) and unwinds them in reverse at shutdown:
+
+  1. identity: relay id and blob-token key (created beside the database on first start);
+  2. store: :class:`relay.store_sqlite.SqliteStore` (WAL, group commit), with the metrics
+     facade as its observer (commit batch sizes, latencies);
+  3. blobs: :class:`relay.blobs.FolderBlobStore`;
+  4. bus: :class:`relay.bus.InProcessBus`;
+  5. push: :class:`relay.push.PushNotifier` (its pending wake-ups are cancelled and
+     awaited on the way out);
+  6. background: the expiry sweeper (messages, retired mailboxes, blobs, idle credit
+     buckets), cancelled and awaited on the way out.
+
+  ``on_shutdown`` closes every open WebSocket (1001) before any of that unwinds, so the
+  store is closed only once nothing can use it.
+* Routes: ``GET /health``, ``GET /metrics``, ``GET /openapi.json``, the blob endpoints of
+  :mod:`relay.blob_http` and the WebSocket at ``GET /v1/ws`` (:mod:`relay.ws`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from importlib import metadata
+from typing import Any, Final
+
+from aiohttp import WSCloseCode, web
+
+from pigeon_crypto.errors import StoreError
+
+from .blob_http import add_blob_routes
+from .blobs import FolderBlobStore
+from .bus import InProcessBus
+from .config import RelayConfig, load_or_create_identity
+from .credits import BucketMap
+from .metrics import create_metrics
+from .openapi import openapi_document
+from .ports import Notification, NotificationKind, Store
+from .push import PushNotifier
+from .store_sqlite import SqliteStore, Synchronous
+from .typedefs import (
+    BACKGROUND_TASKS,
+    BLOB_STORE,
+    BUS,
+    CLOCK_MS,
+    CONFIG,
+    FOLDER_BLOB_STORE,
+    IDENTITY,
+    MAILBOX_CREDITS,
+    METRICS,
+    MONOTONIC,
+    PUSH,
+    STORE,
+    WEBSOCKETS,
+)
+from .ws import websocket_handler
+
+__all__ = ["HEALTH_TIMEOUT_S", "create_app", "relay_version", "sweep_once"]
+
+_log = logging.getLogger("pigeon.relay")
+
+HEALTH_TIMEOUT_S: Final = 2.0
+"""A store that does not answer a primary-key read within this is reported unavailable."""
+_EXPIRE_BATCH: Final = 10_000
+_PROBE_ACCOUNT: Final = bytes(16)
+
+
+def relay_version() -> str:
+    try:
+        return metadata.version("pigeon-messenger")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a checkout
+        return "0+unknown"
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def create_app(
+    config: RelayConfig,
+    *,
+    store: Store | None = None,
+    clock_ms: Callable[[], int] | None = None,
+    monotonic: Callable[[], float] | None = None,
+) -> web.Application:
+    """Build the relay application for *config*.
+
+    Args:
+        config: everything the relay needs.
+        store: use this store instead of opening the SQLite file (tests: ``MemoryStore``);
+            the caller keeps ownership and closes it.
+        clock_ms: wall clock in Unix milliseconds (default: the system clock).
+        monotonic: monotonic seconds for credits (default: :func:`time.monotonic`).
+    """
+    app = web.Application()
+    version = relay_version()
+    app[CONFIG] = config
+    app[METRICS] = create_metrics(enabled=config.metrics, version=version)
+    app[CLOCK_MS] = clock_ms if clock_ms is not None else _wall_ms
+    app[MONOTONIC] = monotonic if monotonic is not None else time.monotonic
+    app[WEBSOCKETS] = set()
+    app[BACKGROUND_TASKS] = {}
+    app[MAILBOX_CREDITS] = BucketMap(
+        config.mailbox_credit_capacity, config.mailbox_credit_refill_per_s,
+        max_buckets=config.mailbox_credit_buckets,
+    )
+    app.cleanup_ctx.append(_identity_ctx)
+    app.cleanup_ctx.append(_store_ctx if store is None else _given_store_ctx(store))
+    app.cleanup_ctx.append(_blobs_ctx)
+    app.cleanup_ctx.append(_bus_ctx)
+    app.cleanup_ctx.append(_push_ctx)
+    app.cleanup_ctx.append(_background_ctx)
+    app.on_shutdown.append(_close_websockets)
+
+    document = openapi_document(version)
+    app.router.add_get("/health", health, name="health")
+    app.router.add_get("/metrics", metrics_handler, name="metrics")
+    app.router.add_get("/openapi.json", lambda _: _openapi(document), name="openapi")
+    app.router.add_get("/v1/ws", websocket_handler, name="ws")
+    add_blob_routes(app)
+    return app
+
+
+async def _openapi(document: dict[str, Any]) -> web.Response:
+    return web.json_response(document)
+
+
+# --------------------------------------------------------------------------- resources
+
+
+async def _identity_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[IDENTITY] = await asyncio.to_thread(load_or_create_identity, app[CONFIG])
+    yield
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    store = await SqliteStore.open(
+        config.database, synchronous=Synchronous(config.synchronous.value),
+        observer=app[METRICS],
+    )
+    app[STORE] = store
+    app[METRICS].add_probe("store_writes", lambda: store.pending_writes)
+    try:
+        yield
+    finally:
+        await store.close()
+
+
+def _given_store_ctx(store: Store) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        app[STORE] = store
+        yield
+
+    return ctx
+
+
+async def _blobs_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    blobs = await FolderBlobStore.create(
+        config.blobs, max_blob_size=config.blob_max_size,
+        max_chunk_size=config.blob_max_chunk_size,
+    )
+    app[BLOB_STORE] = blobs
+    app[FOLDER_BLOB_STORE] = blobs
+    yield
+
+
+async def _bus_ctx(app: web.Application) -> AsyncIterator[None]:
+    bus = InProcessBus()
+    app[BUS] = bus
+    try:
+        yield
+    finally:
+        await bus.close()
+
+
+async def _push_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    push = PushNotifier(
+        timeout_s=config.push_timeout_ms / 1000, concurrency=config.push_concurrency,
+        allow_insecure=config.push_allow_http, metrics=app[METRICS],
+    )
+    app[PUSH] = push
+    app[METRICS].add_probe("push_pending", lambda: push.pending)
+    try:
+        yield
+    finally:
+        await push.close()
+
+
+async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
+    tasks = app[BACKGROUND_TASKS]
+    tasks["sweeper"] = asyncio.create_task(_sweeper(app), name="pigeon-relay-sweeper")
+    try:
+        yield
+    finally:
+        for task in tasks.values():
+            task.cancel()
+        for task in tasks.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        tasks.clear()
+
+
+async def _close_websockets(app: web.Application) -> None:
+    sockets = app[WEBSOCKETS]
+    for ws in list(sockets):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"relay shutting down")
+
+
+# --------------------------------------------------------------------------- sweeper
+
+
+async def sweep_once(app: web.Application) -> tuple[int, int]:
+    """Delete expired envelopes, retired mailboxes and expired blobs; prune idle credit
+    buckets. Returns ``(messages removed, blobs removed)``.
+
+    Retired mailboxes get a CLOSED notification on the bus so live subscriptions drop
+    them. Expiry notices stay in the store for the frame pipeline to deliver
+    (``MessagesExpired``).
+    """
+    now = app[CLOCK_MS]()
+    store, bus, metrics = app[STORE], app[BUS], app[METRICS]
+    messages = 0
+    while True:
+        report = await store.expire(now_ms=now, limit=_EXPIRE_BATCH)
+        messages += report.messages_removed
+        for mailbox_id in report.retired:
+            await bus.publish(mailbox_id, Notification(kind=NotificationKind.CLOSED))
+        if not report.more:
+            break
+    blobs = await app[BLOB_STORE].sweep(now_ms=now)
+    app[MAILBOX_CREDITS].prune(app[MONOTONIC]())
+    metrics.expired("messages", messages)
+    metrics.expired("blobs", blobs)
+    if messages or blobs:
+        _log.info("expiry sweep removed %d envelopes and %d blobs", messages, blobs)
+    return messages, blobs
+
+
+async def _sweeper(app: web.Application) -> None:
+    interval = app[CONFIG].sweep_interval_ms / 1000
+    while True:
+        try:
+            await sweep_once(app)
+        except StoreError as exc:
+            _log.warning("expiry sweep failed: %s", exc)
+        except Exception:  # the sweeper must outlive a bug in one pass; it is logged
+            _log.exception("expiry sweep crashed")
+        await asyncio.sleep(interval)
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+async def health(request: web.Request) -> web.Response:
+    """``GET /health``: 200 when the store answers a read and the blob folder exists."""
+    app = request.app
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT_S):
+            await app[STORE].get_account(_PROBE_ACCOUNT)
+        store_ok = True
+    except (StoreError, TimeoutError) as exc:
+        _log.warning("health: store unavailable: %s", type(exc).__name__)
+        store_ok = False
+    blobs_ok = await asyncio.to_thread(app[CONFIG].blobs.is_dir)
+    ok = store_ok and blobs_ok
+    body = {
+        "status": "ok" if ok else "unavailable",
+        "store": "ok" if store_ok else "unavailable",
+        "blobs": "ok" if blobs_ok else "unavailable",
+    }
+    return web.json_response(body, status=200 if ok else 503,
+                             headers={"Cache-Control": "no-store"})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """``GET /metrics``: Prometheus exposition, or 501 when metrics are unavailable."""
+    metrics = request.app[METRICS]
+    body = metrics.render()
+    if body is None:
+        reason = getattr(metrics, "reason", "metrics are unavailable")
+        return web.Response(status=501, text=f"{reason}\n")
+    return web.Response(body=body, headers={"Content-Type": metrics.content_type})
