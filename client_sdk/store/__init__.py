@@ -1,0 +1,81 @@
+"""The client SDK's local persistence: ports, records, memory and SQLite stores, profiles.
+
+See :mod:`client_sdk.store.protocols` for the calling convention (synchronous,
+thread-safe, one transaction per call) and docs/_drafts/70-sdk-store.md for the schema,
+what is sealed and why, and the threat model.
+"""
+
+from .memory import MemoryStore
+from .profile import Durability, Profile
+from .protocols import (
+    ClientStore,
+    ContactStore,
+    HistoryStore,
+    IdentityStore,
+    InboxStore,
+    OutboxStore,
+    PreKeyStore,
+    SenderKeyStore,
+    SessionStore,
+    SettingsStore,
+)
+from .records import (
+    Contact,
+    ContactState,
+    EnvelopeRef,
+    Incoming,
+    LocalIdentity,
+    MailboxDirection,
+    OutboundSenderKeyUpdate,
+    OutboxEntry,
+    OutboxItem,
+    Outgoing,
+    PairwiseMailbox,
+    PrekeyKind,
+    PrekeyStatus,
+    PrekeyUpload,
+    ReceiveOutcome,
+    ReceiveResult,
+    Recipient,
+    SenderKeyRecordUpdate,
+    SessionUpdate,
+    retry_delay_ms,
+)
+from .sqlite import SqliteStore
+
+__all__ = [
+    "ClientStore",
+    "Contact",
+    "ContactState",
+    "ContactStore",
+    "Durability",
+    "EnvelopeRef",
+    "HistoryStore",
+    "IdentityStore",
+    "InboxStore",
+    "Incoming",
+    "LocalIdentity",
+    "MailboxDirection",
+    "MemoryStore",
+    "OutboundSenderKeyUpdate",
+    "OutboxEntry",
+    "OutboxItem",
+    "OutboxStore",
+    "Outgoing",
+    "PairwiseMailbox",
+    "PreKeyStore",
+    "PrekeyKind",
+    "PrekeyStatus",
+    "PrekeyUpload",
+    "Profile",
+    "ReceiveOutcome",
+    "ReceiveResult",
+    "Recipient",
+    "SenderKeyRecordUpdate",
+    "SenderKeyStore",
+    "SessionStore",
+    "SessionUpdate",
+    "SettingsStore",
+    "SqliteStore",
+    "retry_delay_ms",
+]
