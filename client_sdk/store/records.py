@@ -237,7 +237,8 @@ class Contact:
         identity: their current identity key (None until known, e.g. INVITED).
         rotation_chain: their identity-rotation records, opaque bytes as received.
         avatar_manifest: a file manifest (holds the avatar's file key: sealed at rest).
-        mailboxes: current and retiring pairwise mailboxes, both directions.
+        mailboxes: current and retiring pairwise mailboxes, both directions, kept
+            oldest first (by ``created_at_ms``, then id).
         identity_changed: their identity changed without a rotation chain and the
             user has not acknowledged it yet.
     """
@@ -259,6 +260,9 @@ class Contact:
         ids = [m.mailbox_id for m in self.mailboxes]
         if len(set(ids)) != len(ids):
             raise ValueError("a mailbox is listed twice")
+        # One canonical order (oldest first), as every store returns them.
+        ordered = tuple(sorted(self.mailboxes, key=lambda m: (m.created_at_ms, m.mailbox_id)))
+        object.__setattr__(self, "mailboxes", ordered)
 
     def _current(self, direction: MailboxDirection) -> PairwiseMailbox | None:
         live = [m for m in self.mailboxes if m.direction is direction and m.retired_at_ms is None]

@@ -1,0 +1,1 @@
+"""Tests of the client SDK (store, history, profiles)."""
