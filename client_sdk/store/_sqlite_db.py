@@ -159,4 +159,8 @@ class Db:
     def _require(self) -> sqlite3.Connection:
         if self._conn is None:
             raise StoreClosed()
+        if self._conn.in_transaction:
+            # Same thread (the lock is re-entrant): an iterable given to the store, say,
+            # called back into it. One call is one transaction; they do not nest.
+            raise StoreError("store calls cannot be nested inside another store call")
         return self._conn

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from client_sdk.history import NewMessage
+from client_sdk.store import OutboxEntry, Recipient
 from pigeon_crypto import x25519
 from pigeon_crypto.ratchet import RatchetState, init_initiator, init_responder
 from pigeon_crypto.rng import SeededRng
 from pigeon_crypto.sealing import Argon2Params
-
-from client_sdk.history import NewMessage
-from client_sdk.store import OutboxEntry, Recipient
 
 FAST = Argon2Params(time_cost=1, memory_kib=8, parallelism=1)
 """Argon2id at its cheapest: tests measure logic, not the KDF."""

@@ -29,9 +29,10 @@ from client_sdk.store import (
     ReceiveOutcome,
     SenderKeyRecordUpdate,
     SessionUpdate,
+    _memory_history,
+    _sqlite_history,
     retry_delay_ms,
 )
-from client_sdk.store import _memory_history, _sqlite_history
 from pigeon_crypto.errors import PrekeyNotFound, ReplayError
 from pigeon_crypto.identity import IdentityKeyPair, IdentityRotation, account_id_for
 from pigeon_crypto.pqxdh import Accepted, accept, initiate
