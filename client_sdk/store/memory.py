@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 
-from pigeon_crypto.errors import PrekeyNotFound, ReplayError
 from pigeon_crypto.pqxdh import Accepted
 from pigeon_crypto.prekeys import (
-    KemKind,
     KemPreKeyPair,
     OneTimePreKeyPair,
     SignedPreKeyPair,
@@ -42,6 +39,7 @@ from ..history import (
     StoredMessage,
 )
 from ._memory_history import HistoryTables
+from ._memory_keys import PrekeyRow, PrekeyTables
 from .records import (
     Contact,
     ContactState,
@@ -61,18 +59,6 @@ from .records import (
 
 __all__ = ["MemoryStore"]
 
-MAX_KEY_ID = 0xFFFFFFFF
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Prekey:
-    private: bytes  # the serialized key pair
-    created_ms: int
-    published_at_ms: int | None = None
-    retired_at_ms: int | None = None
-    kem_kind: KemKind | None = None
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class _OutRow:
     seq: int
@@ -86,10 +72,7 @@ class _OutRow:
 @dataclasses.dataclass
 class _Tables:
     identity: LocalIdentity | None = None
-    prekeys: dict[PrekeyKind, dict[int, _Prekey]] = dataclasses.field(
-        default_factory=lambda: {k: {} for k in PrekeyKind})
-    counters: dict[PrekeyKind, int] = dataclasses.field(default_factory=dict)
-    replays: dict[bytes, int] = dataclasses.field(default_factory=dict)
+    keys: PrekeyTables = dataclasses.field(default_factory=PrekeyTables)
     sessions: dict[bytes, bytes] = dataclasses.field(default_factory=dict)
     outbound: dict[bytes, tuple[int, bytes]] = dataclasses.field(default_factory=dict)
     records: dict[tuple[bytes, bytes], bytes] = dataclasses.field(default_factory=dict)
@@ -103,9 +86,7 @@ class _Tables:
 
     def copy(self) -> _Tables:
         return dataclasses.replace(
-            self, prekeys={k: dict(v) for k, v in self.prekeys.items()},
-            counters=dict(self.counters), replays=dict(self.replays),
-            sessions=dict(self.sessions), outbound=dict(self.outbound),
+            self, keys=self.keys.copy(), sessions=dict(self.sessions), outbound=dict(self.outbound),
             records=dict(self.records), contacts=dict(self.contacts),
             settings=dict(self.settings), outbox=dict(self.outbox),
             envelopes=dict(self.envelopes), history=self.history.copy(),
@@ -151,167 +132,70 @@ class MemoryStore:
     # --- prekeys ------------------------------------------------------------------------
 
     def signed_prekey(self, key_id: int) -> SignedPreKeyPair | None:
-        row = self._t.prekeys[PrekeyKind.SIGNED].get(key_id)
-        return None if row is None else SignedPreKeyPair.from_bytes(row.private)
+        raw = self._t.keys.private(PrekeyKind.SIGNED, key_id)
+        return None if raw is None else SignedPreKeyPair.from_bytes(raw)
 
     def kem_prekey(self, key_id: int) -> KemPreKeyPair | None:
-        row = self._t.prekeys[PrekeyKind.KEM].get(key_id)
-        return None if row is None else KemPreKeyPair.from_bytes(row.private)
+        raw = self._t.keys.private(PrekeyKind.KEM, key_id)
+        return None if raw is None else KemPreKeyPair.from_bytes(raw)
 
     def one_time_prekey(self, key_id: int) -> OneTimePreKeyPair | None:
-        row = self._t.prekeys[PrekeyKind.ONE_TIME].get(key_id)
-        return None if row is None else OneTimePreKeyPair.from_bytes(row.private)
+        raw = self._t.keys.private(PrekeyKind.ONE_TIME, key_id)
+        return None if raw is None else OneTimePreKeyPair.from_bytes(raw)
 
     def seen_initiation(self, replay_key: bytes) -> bool:
-        return hashlib.sha256(replay_key).digest() in self._t.replays
-
-    def _add_prekey(self, t: _Tables, kind: PrekeyKind, key_id: int, public: bytes,
-                    row: _Prekey) -> None:
-        table = t.prekeys[kind]
-        old = table.get(key_id)
-        if old is not None:
-            if self._public(kind, old) == public:
-                return
-            raise StoreConflict(f"{kind.name.lower()} prekey id {key_id} is taken")
-        table[key_id] = row
-
-    @staticmethod
-    def _public(kind: PrekeyKind, row: _Prekey) -> bytes:
-        match kind:
-            case PrekeyKind.SIGNED:
-                return SignedPreKeyPair.from_bytes(row.private).public.to_bytes()
-            case PrekeyKind.KEM:
-                return KemPreKeyPair.from_bytes(row.private).public.to_bytes()
-            case PrekeyKind.ONE_TIME:
-                return OneTimePreKeyPair.from_bytes(row.private).public.to_bytes()
+        return self._t.keys.seen(replay_key)
 
     def save_signed_prekey(self, key: SignedPreKeyPair) -> None:
         with self._atomic() as t:
-            self._add_prekey(t, PrekeyKind.SIGNED, key.key_id, key.public.to_bytes(),
-                             _Prekey(key.to_bytes(), key.public.created_ms))
+            t.keys.add(PrekeyKind.SIGNED, key.key_id, key.public.to_bytes(),
+                       PrekeyRow(key.to_bytes(), key.public.created_ms))
 
     def save_kem_prekeys(self, keys: Sequence[KemPreKeyPair]) -> None:
         with self._atomic() as t:
             for key in keys:
-                self._add_prekey(t, PrekeyKind.KEM, key.key_id, key.public.to_bytes(),
-                                 _Prekey(key.to_bytes(), key.public.created_ms,
-                                         kem_kind=key.public.kind))
+                t.keys.add(PrekeyKind.KEM, key.key_id, key.public.to_bytes(),
+                           PrekeyRow(key.to_bytes(), key.public.created_ms,
+                                     kem_kind=key.public.kind))
 
     def save_one_time_prekeys(self, keys: Sequence[OneTimePreKeyPair]) -> None:
         with self._atomic() as t:
             for key in keys:
-                self._add_prekey(t, PrekeyKind.ONE_TIME, key.key_id, key.public.to_bytes(),
-                                 _Prekey(key.to_bytes(), 0))
+                t.keys.add(PrekeyKind.ONE_TIME, key.key_id, key.public.to_bytes(),
+                           PrekeyRow(key.to_bytes(), 0))
 
     def allocate_prekey_ids(self, kind: PrekeyKind, count: int) -> list[int]:
-        if not 0 <= count <= 10_000:
-            raise ValueError("count must be 0..10000")
         with self._atomic() as t:
-            candidate = t.counters.get(kind, 1)
-            out: list[int] = []
-            while len(out) < count:
-                if candidate not in t.prekeys[kind]:
-                    out.append(candidate)
-                candidate = 1 if candidate >= MAX_KEY_ID else candidate + 1
-            t.counters[kind] = candidate
-            return out
+            return t.keys.allocate(kind, count)
 
     def unpublished_prekeys(self) -> PrekeyUpload:
         with self._lock:
-            p = self._t.prekeys
-
-            def pending(kind: PrekeyKind) -> list[bytes]:
-                return [r.private for _, r in sorted(p[kind].items())
-                        if r.published_at_ms is None and r.retired_at_ms is None]
-
-            return PrekeyUpload(
-                signed=tuple(SignedPreKeyPair.from_bytes(b).public
-                             for b in pending(PrekeyKind.SIGNED)),
-                kem=tuple(KemPreKeyPair.from_bytes(b).public for b in pending(PrekeyKind.KEM)),
-                one_time=tuple(OneTimePreKeyPair.from_bytes(b).public
-                               for b in pending(PrekeyKind.ONE_TIME)),
-            )
+            return self._t.keys.unpublished()
 
     def mark_published(self, kind: PrekeyKind, key_ids: Iterable[int], *, now_ms: int) -> None:
         with self._atomic() as t:
-            table = t.prekeys[kind]
-            for key_id in key_ids:
-                row = table.get(key_id)
-                if row is not None and row.published_at_ms is None:
-                    table[key_id] = dataclasses.replace(row, published_at_ms=now_ms)
-
-    def _current_signed(self) -> tuple[int, _Prekey] | None:
-        live = [(r.created_ms, k, r) for k, r in self._t.prekeys[PrekeyKind.SIGNED].items()
-                if r.retired_at_ms is None]
-        if not live:
-            return None
-        _, key_id, row = max(live, key=lambda x: (x[0], x[1]))
-        return key_id, row
+            t.keys.mark_published(kind, key_ids, now_ms)
 
     def current_signed_prekey(self) -> SignedPreKeyPair | None:
         with self._lock:
-            found = self._current_signed()
+            found = self._t.keys.current_signed()
             return None if found is None else SignedPreKeyPair.from_bytes(found[1].private)
 
     def retire_signed_prekey(self, key_id: int, *, now_ms: int) -> None:
         with self._atomic() as t:
-            row = t.prekeys[PrekeyKind.SIGNED].get(key_id)
-            if row is None:
-                raise RecordNotFound("signed prekey", key_id)
-            if row.retired_at_ms is None:
-                t.prekeys[PrekeyKind.SIGNED][key_id] = dataclasses.replace(
-                    row, retired_at_ms=now_ms)
+            t.keys.retire(key_id, now_ms)
 
     def delete_retired_signed_prekeys(self, *, retired_before_ms: int) -> list[int]:
         with self._atomic() as t:
-            table = t.prekeys[PrekeyKind.SIGNED]
-            ids = sorted(k for k, r in table.items()
-                         if r.retired_at_ms is not None and r.retired_at_ms < retired_before_ms)
-            for k in ids:
-                del table[k]
-            t.replays = {h: spk for h, spk in t.replays.items() if spk not in ids}
-            return ids
+            return t.keys.delete_retired(retired_before_ms)
 
     def prekey_status(self) -> PrekeyStatus:
         with self._lock:
-            p = self._t.prekeys
-            current = self._current_signed()
-            last_resort = [(r.created_ms, k) for k, r in p[PrekeyKind.KEM].items()
-                           if r.kem_kind is KemKind.LAST_RESORT]
-            one = p[PrekeyKind.ONE_TIME].values()
-            return PrekeyStatus(
-                signed_prekey_id=None if current is None else current[0],
-                signed_prekey_created_ms=None if current is None else current[1].created_ms,
-                retiring_signed_prekey_ids=tuple(sorted(
-                    k for k, r in p[PrekeyKind.SIGNED].items() if r.retired_at_ms is not None)),
-                last_resort_kem_id=max(last_resort)[1] if last_resort else None,
-                one_time_available=len(one),
-                one_time_unpublished=sum(1 for r in one if r.published_at_ms is None),
-                kem_one_time_available=sum(1 for r in p[PrekeyKind.KEM].values()
-                                           if r.kem_kind is KemKind.ONE_TIME),
-                kem_unpublished=sum(1 for r in p[PrekeyKind.KEM].values()
-                                    if r.published_at_ms is None),
-            )
-
-    def _consume(self, t: _Tables, accepted: Accepted) -> None:
-        digest = hashlib.sha256(accepted.replay_key).digest()
-        if digest in t.replays:
-            raise ReplayError("initiation already accepted")
-        if accepted.signed_prekey_id not in t.prekeys[PrekeyKind.SIGNED]:
-            raise PrekeyNotFound("signed", accepted.signed_prekey_id)
-        otk = accepted.one_time_prekey_id
-        if otk is not None and t.prekeys[PrekeyKind.ONE_TIME].pop(otk, None) is None:
-            raise PrekeyNotFound("one-time", otk)
-        if accepted.kem_prekey_kind is KemKind.ONE_TIME:
-            row = t.prekeys[PrekeyKind.KEM].get(accepted.kem_prekey_id)
-            if row is None or row.kem_kind is not KemKind.ONE_TIME:
-                raise PrekeyNotFound("kem", accepted.kem_prekey_id)
-            del t.prekeys[PrekeyKind.KEM][accepted.kem_prekey_id]
-        t.replays[digest] = accepted.signed_prekey_id
+            return self._t.keys.status()
 
     def consume_initiation(self, accepted: Accepted, *, now_ms: int) -> None:
         with self._atomic() as t:
-            self._consume(t, accepted)
+            t.keys.consume(accepted)
 
     # --- sessions and sender keys -------------------------------------------------------
 
@@ -515,7 +399,7 @@ class MemoryStore:
             if key in t.envelopes:
                 return ReceiveResult(outcome=ReceiveOutcome.DUPLICATE_ENVELOPE)
             if incoming.accepted is not None:
-                self._consume(t, incoming.accepted)
+                t.keys.consume(incoming.accepted)
             if incoming.contact is not None:
                 self._save_contact(t, incoming.contact)
             if incoming.session is not None:
