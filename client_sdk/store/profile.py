@@ -227,6 +227,10 @@ class Profile:
                 os.link(temp, target)  # atomic, and fails rather than overwrite
             except FileExistsError:
                 raise ProfileExists(target) from None
+            except OSError:  # no hard links here (FAT, some sandboxes): rename instead
+                if target.exists():
+                    raise ProfileExists(target) from None
+                os.rename(temp, target)
         finally:
             for leftover in (temp, temp.with_name(temp.name + "-wal")):
                 leftover.unlink(missing_ok=True)
