@@ -64,6 +64,7 @@ __all__ = [
     "TargetFacts",
     "UpdateStatus",
     "advance_status",
+    "check_peer",
     "decide_delete",
     "decide_edit",
     "decide_reaction",
@@ -146,6 +147,14 @@ def _check_sender(what: str, value: bytes | None) -> None:
 
 
 # --- conversations ----------------------------------------------------------------------
+
+
+def check_peer(kind: ConversationKind, peer: bytes) -> None:
+    """A DIRECT peer is a 16-byte account id; a GROUP peer a 1..64-byte group id."""
+    if kind is ConversationKind.DIRECT:
+        _check_id("a direct conversation's peer", peer, ACCOUNT_ID_SIZE)
+    elif not isinstance(peer, bytes) or not 1 <= len(peer) <= MAX_PEER_ID_SIZE:
+        raise ValueError(f"a group id must be 1..{MAX_PEER_ID_SIZE} bytes")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

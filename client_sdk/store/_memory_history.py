@@ -36,6 +36,7 @@ from ..history import (
     StoredMessage,
     TargetFacts,
     UpdateStatus,
+    check_peer,
     decide_delete,
     decide_edit,
     decide_reaction,
@@ -80,6 +81,7 @@ class HistoryTables:
 
     def ensure_conversation(self, kind: ConversationKind, peer: bytes, now_ms: int,
                             title: str | None) -> Conversation:
+        check_peer(kind, peer)
         cid = self.conversation_keys.get((kind, peer))
         if cid is not None:
             return self.conversations[cid]

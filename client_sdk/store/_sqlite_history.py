@@ -43,6 +43,7 @@ from ..history import (
     StoredMessage,
     TargetFacts,
     UpdateStatus,
+    check_peer,
     decide_delete,
     decide_edit,
     decide_reaction,
@@ -96,6 +97,7 @@ def _conversation(row: Any) -> Conversation:
 
 def ensure_conversation(tx: Tx, kind: ConversationKind, peer: bytes, now_ms: int,
                         title: str | None) -> Conversation:
+    check_peer(kind, peer)
     tx.conn.execute(
         "INSERT INTO conversations (kind, peer, title, created_at_ms) VALUES (?, ?, ?, ?) "
         "ON CONFLICT (kind, peer) DO NOTHING", (int(kind), peer, title, now_ms),

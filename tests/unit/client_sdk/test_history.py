@@ -58,6 +58,10 @@ def test_conversations(store: ClientStore) -> None:
     assert store.find_conversation(ConversationKind.GROUP, b"group-id") == g
     assert store.find_conversation(ConversationKind.GROUP, BOB) is None
     assert store.get_conversation(a.id) == a and store.get_conversation(999) is None
+    with pytest.raises(ValueError):
+        store.ensure_conversation(ConversationKind.DIRECT, b"short", now_ms=NOW)
+    with pytest.raises(ValueError):
+        store.ensure_conversation(ConversationKind.GROUP, b"", now_ms=NOW)
     assert [c.id for c in store.list_conversations()] == [g.id, a.id]
     store.apply(text(a.id, 1, sent_at=NOW + 5), now_ms=NOW)
     assert [c.id for c in store.list_conversations()] == [a.id, g.id]
