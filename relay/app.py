@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from importlib import metadata
-from typing import Any, Final
+from typing import Final
 
 from aiohttp import WSCloseCode, web
 
@@ -122,16 +122,16 @@ def create_app(
     app.on_shutdown.append(_close_websockets)
 
     document = openapi_document(version)
-    app.router.add_get("/health", health, name="health")
-    app.router.add_get("/metrics", metrics_handler, name="metrics")
-    app.router.add_get("/openapi.json", lambda _: _openapi(document), name="openapi")
-    app.router.add_get("/v1/ws", websocket_handler, name="ws")
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(document)
+
+    app.router.add_get("/health", health, name="health", allow_head=False)
+    app.router.add_get("/metrics", metrics_handler, name="metrics", allow_head=False)
+    app.router.add_get("/openapi.json", openapi, name="openapi", allow_head=False)
+    app.router.add_get("/v1/ws", websocket_handler, name="ws", allow_head=False)
     add_blob_routes(app)
     return app
-
-
-async def _openapi(document: dict[str, Any]) -> web.Response:
-    return web.json_response(document)
 
 
 # --------------------------------------------------------------------------- resources

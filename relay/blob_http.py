@@ -72,7 +72,7 @@ _PIECE: Final = 64 * 1024
 """Bytes read from the request body per iteration."""
 _MAX_TIME_MS: Final = 2**63 - 1
 _BEARER = re.compile(r"^\s*Bearer\s+([0-9A-Fa-f]{64})\s*$", re.IGNORECASE)
-_ROUTE_BLOB = r"{blob_id:[0-9a-f]{32}}/{expires:[0-9]{1,19}}"
+_ROUTE_BLOB = r"{blob_id:[0-9a-f]{32}}/{expires_at_ms:[0-9]{1,19}}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -157,7 +157,7 @@ class _Target:
 def _authorize(request: web.Request, *ops: BlobOp) -> _Target | web.Response:
     """Check the URL and bearer token for one of *ops*; a Response is the refusal."""
     blob_id = bytes.fromhex(request.match_info["blob_id"])
-    expires = int(request.match_info["expires"])
+    expires = int(request.match_info["expires_at_ms"])
     if expires > _MAX_TIME_MS:
         return _error(404, "no such blob")
     m = _BEARER.match(request.headers.get(aiohttp.hdrs.AUTHORIZATION, ""))

@@ -115,8 +115,8 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = _timestamp(record)
         parts = [f"{ts} {record.levelname} {record.name}: {record.getMessage()}"]
-        for k, v in _extras(record).items():
-            parts.append(f"{k}={_safe(v)}")
+        if record.name != "aiohttp.access":  # its extras repeat the access line
+            parts += [f"{k}={_safe(v)}" for k, v in _extras(record).items()]
         line = " ".join(parts)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
