@@ -18,11 +18,11 @@ that kind needs, on precomputed inputs, and nothing else:
   decrypt (a real receiver must construct its own: the floor is stricter than
   any two-party implementation can reach); receiver: 2 x ``hmac.digest``,
   XChaCha20-Poly1305 decrypt.
-* ping-pong adds, per message: ``os.urandom(32)`` +
-  ``X25519PrivateKey.from_private_bytes`` + ``public_key().public_bytes_raw()``
-  (sender's new ratchet key), 2 x (``X25519PublicKey.from_public_bytes`` +
-  ``exchange``) (sender's DH and receiver's DH), 2 x HKDF-SHA-256 construct +
-  ``derive(96)`` (one root KDF per side).
+* ping-pong adds, per message: ``os.urandom(32)`` + libsodium
+  ``crypto_scalarmult_base`` (sender's new ratchet key), 2 x libsodium
+  ``crypto_scalarmult`` (sender's DH and receiver's DH), 2 x HKDF-SHA-256
+  construct + ``derive(96)`` (one root KDF per side). X25519 is libsodium's
+  here as in Pigeon (``pigeon_crypto.x25519``).
 
 Not in the floor, but in Pigeon's ping-pong: the spec's decrypt order tries the
 current receiving header key (HKr) before NHKr, so each DH-step message costs
@@ -43,7 +43,8 @@ Hot calls (cProfile), one-way: ``hmac.digest`` (4 per message), PyNaCl's
 XChaCha20-Poly1305 wrappers (about half their time is PyNaCl's Python-level
 argument checks), ``AESGCM`` construction + one-shot encrypt/decrypt, then the
 ratchet's own glue (two frozen results and one state per operation).
-Ping-pong: X25519 ``exchange`` (2 per message) and ``from_private_bytes`` (key
+Ping-pong: X25519 (libsodium ``crypto_scalarmult``, 2 per message, plus one base-point
+multiplication for the new key
 generation computes the public key), HKDF, and one failed header trial (HKr
 before NHKr, spec order).
 """
@@ -57,8 +58,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import nacl.bindings as _sodium
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from nacl.bindings import (
@@ -172,21 +174,21 @@ def floor_one_way(n: int) -> float:
     return time.perf_counter() - t0
 
 
-def _floor_dh_step(root_key: bytes, peer_private: X25519PrivateKey, peer_public: bytes) -> None:
+def _floor_dh_step(root_key: bytes, peer_private: bytes, peer_public: bytes) -> None:
     # sender: new ratchet key, DH with the peer's key, root KDF
-    ours = X25519PrivateKey.from_private_bytes(os.urandom(32))
-    our_public = ours.public_key().public_bytes_raw()
-    dh1 = ours.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    ours = os.urandom(32)
+    our_public = _sodium.crypto_scalarmult_base(ours)
+    dh1 = _sodium.crypto_scalarmult(ours, peer_public)
     HKDF(hashes.SHA256(), 96, root_key, _ROOT_INFO).derive(dh1)
     # receiver: DH with the new key, root KDF
-    dh2 = peer_private.exchange(X25519PublicKey.from_public_bytes(our_public))
+    dh2 = _sodium.crypto_scalarmult(peer_private, our_public)
     HKDF(hashes.SHA256(), 96, root_key, _ROOT_INFO).derive(dh2)
 
 
 def floor_ping_pong(n: int) -> float:
     root_key = os.urandom(32)
-    peer = X25519PrivateKey.generate()
-    peer_public = peer.public_key().public_bytes_raw()
+    peer = os.urandom(32)
+    peer_public = _sodium.crypto_scalarmult_base(peer)
     t0 = time.perf_counter()
     for _ in range(n):
         _floor_dh_step(root_key, peer, peer_public)

@@ -17,9 +17,9 @@ import struct
 
 import nacl.bindings as _sodium
 import nacl.exceptions
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from . import x25519
 from ._codec import check_version
 from .errors import InvalidKey
 from .kdf import ZERO_SALT, hkdf_sha256
@@ -42,7 +42,6 @@ __all__ = [
     "ROOT_INFO",
     "TAG_SIZE",
     "VERSION_BYTE",
-    "X25519PrivateKey",
     "check_message_version",
     "dh",
     "generate_dh",
@@ -101,7 +100,6 @@ pack_u32 = struct.Struct(">I").pack
 unpack_counters = struct.Struct(">II").unpack_from
 """``(PN, N) = unpack_counters(header, 32)``."""
 
-_ZERO_DH = bytes(KEY_SIZE)
 
 
 def check_message_version(version: int) -> None:
@@ -127,40 +125,33 @@ def kdf_rk(root_key: bytes, dh_out: bytes) -> tuple[bytes, bytes, bytes]:
     return okm[:32], okm[32:64], okm[64:]
 
 
-def generate_dh(rng: Rng) -> tuple[X25519PrivateKey, bytes]:
+def generate_dh(rng: Rng) -> tuple[bytes, bytes]:
     """GENERATE_DH (spec 5.2): a fresh X25519 key pair from 32 bytes of ``rng``.
 
-    Returns the private key object (kept, because re-loading costs a scalar
-    multiplication) and the 32 raw public bytes.
+    Returns the raw private scalar and the 32 raw public bytes (libsodium,
+    through :mod:`pigeon_crypto.x25519`).
     """
     raw = rng(KEY_SIZE)
     if len(raw) != KEY_SIZE:
         raise InvalidKey(f"rng returned {len(raw)} bytes for an X25519 key, expected {KEY_SIZE}")
-    private = X25519PrivateKey.from_private_bytes(raw)
-    return private, private.public_key().public_bytes_raw()
+    return raw, x25519.public_from_private(raw)
 
 
-def load_private(raw: bytes) -> tuple[X25519PrivateKey, bytes]:
-    """Load 32 raw X25519 private bytes; returns (key, public bytes)."""
+def load_private(raw: bytes) -> tuple[bytes, bytes]:
+    """Check 32 raw X25519 private bytes; returns (private, public bytes)."""
     if len(raw) != KEY_SIZE:
         raise InvalidKey(f"X25519 private key must be {KEY_SIZE} bytes")
-    private = X25519PrivateKey.from_private_bytes(bytes(raw))
-    return private, private.public_key().public_bytes_raw()
+    raw = bytes(raw)
+    return raw, x25519.public_from_private(raw)
 
 
-def dh(private: X25519PrivateKey, peer_public: bytes) -> bytes:
+def dh(private: bytes, peer_public: bytes) -> bytes:
     """DH (spec 5.2): X25519, rejecting a low-order peer key (all-zero output).
 
     Raises:
         InvalidKey: ``peer_public`` is not 32 bytes or yields the all-zero secret.
     """
-    try:
-        out = private.exchange(X25519PublicKey.from_public_bytes(peer_public))
-    except ValueError as exc:  # wrong length, or OpenSSL's all-zero check
-        raise InvalidKey("X25519 peer ratchet key rejected (low order or malformed)") from exc
-    if hmac.compare_digest(out, _ZERO_DH):  # defence in depth; OpenSSL already refuses it
-        raise InvalidKey("X25519 peer ratchet key rejected (all-zero shared secret)")
-    return out
+    return x25519.dh(private, peer_public)
 
 
 def open_header(header_key: bytes, nonce: bytes, enc_header: bytes) -> bytes | None:

@@ -60,8 +60,9 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
+from . import x25519
 from ._codec import Reader, check_version, u16, u32, u64, var16
-from ._ratchet_primitives import KEY_SIZE, X25519PrivateKey
+from ._ratchet_primitives import KEY_SIZE
 from ._ratchet_skipped import (
     MAX_SKIPPED_CHAINS,
     MAX_SKIPPED_KEYS,
@@ -92,7 +93,7 @@ class Root(NamedTuple):
     """Root-chain and DH-ratchet values (RK, DHs, DHr, NHKs, NHKr)."""
 
     root_key: bytes
-    dhs: X25519PrivateKey | None
+    dhs: bytes | None
     """Our ratchet private key; ``None`` while sending is pending (already used, deleted)."""
     dhs_public: bytes | None
     dhr: bytes | None
@@ -167,7 +168,7 @@ def encode_snapshot(
     if root.dhs is None:
         out.append(b"\x00")
     else:
-        out += [b"\x01", root.dhs.private_bytes_raw()]
+        out += [b"\x01", root.dhs]
     out += [b"\x00"] if root.dhr is None else [b"\x01", root.dhr]
     out += [root.next_header_key_send, root.next_header_key_recv]
     match sending:
@@ -245,14 +246,11 @@ def decode_snapshot(
     if kind == 0 and dhr is not None:
         raise DecodeError(_WHAT, "no sending chain although the peer's ratchet key is known")
 
-    dhs: X25519PrivateKey | None = None
+    dhs: bytes | None = None
     dhs_public: bytes | None = None
     if dhs_raw is not None:
-        try:
-            dhs = X25519PrivateKey.from_private_bytes(dhs_raw)
-        except ValueError as exc:  # pragma: no cover - any 32 bytes are a valid X25519 scalar
-            raise DecodeError(_WHAT, "invalid ratchet private key") from exc
-        dhs_public = dhs.public_key().public_bytes_raw()
+        dhs = dhs_raw
+        dhs_public = x25519.public_from_private(dhs_raw)
     root = Root(
         root_key=root_key, dhs=dhs, dhs_public=dhs_public, dhr=dhr,
         next_header_key_send=nhks, next_header_key_recv=nhkr,

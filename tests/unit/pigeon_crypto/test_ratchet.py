@@ -588,7 +588,7 @@ def test_repr_is_pinned_and_shows_no_secret() -> None:
         p.bob._root.next_header_key_recv, bob_sending.header_key,
         bob_receiving.chain_key, bob_receiving.header_key,
         p.alice._root.root_key, alice_sending.chain_key, alice_sending.header_key,
-        alice_dhs.private_bytes_raw(),
+        alice_dhs,
     ]
     for secret in secrets:
         assert secret.hex()[:8] not in text
