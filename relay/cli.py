@@ -43,14 +43,12 @@ import signal
 import ssl
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
 
-from aiohttp import web
-
 from pigeon_crypto.errors import PigeonError
 
-from .app import create_app, relay_version
 from .config import (
     OPTIONS,
     ConfigError,
@@ -70,7 +68,14 @@ _log = logging.getLogger("pigeon.relay")
 
 LISTENING_PREFIX: Final = "pigeon-relay listening on "
 ACCESS_LOG_FORMAT: Final = '%a "%r" %s %b %Tf'
-_COMMANDS: Final = ("serve", "admin", "fingerprint")
+
+
+def relay_version() -> str:
+    # Not relay.app's: importing aiohttp and the app costs ~0.3 s that admin commands skip.
+    try:
+        return metadata.version("pigeon-messenger")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a checkout
+        return "0+unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,6 +148,9 @@ async def serve(config: RelayConfig, *, ready: Callable[[str], None] | None = No
     Raises:
         _StartupError: the relay could not start (the message says why).
     """
+    from aiohttp import web
+
+    from .app import create_app
     ssl_context: ssl.SSLContext | None = None
     if config.tls_cert is not None and config.tls_key is not None:
         try:
