@@ -15,11 +15,9 @@ Every figure is printed next to a baseline measured in the same run:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hmac
 import os
-import platform
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import mlkem
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from bench import _report
 from pigeon_crypto.identity import IdentityKeyPair
 from pigeon_crypto.pqxdh import MemoryResponderKeys, accept, initiate
 from pigeon_crypto.prekeys import (
@@ -220,23 +219,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-def _print(rows: list[dict[str, Any]]) -> None:
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-          f"{platform.python_version()}, {platform.platform()}")
-    for row in rows:
-        parts = [row["name"]]
-        for key, value in row.items():
-            if key == "name":
-                continue
-            parts.append(f"{key}={value:,.2f}" if isinstance(value, float) else f"{key}={value}")
-        print("  " + " | ".join(parts))
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer iterations")
-    args = parser.parse_args()
-    _print(run(quick=args.quick))
+    _report.main(run, __doc__, "fewer iterations")
 
 
 if __name__ == "__main__":

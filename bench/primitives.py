@@ -20,10 +20,8 @@ Every figure is printed next to a baseline measured in the same run:
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -32,6 +30,7 @@ from typing import Any
 import nacl.bindings as sodium
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from bench import _report
 from pigeon_crypto.files import CHUNK_SIZE, FileDecryptor, FileEncryptor, encrypt_stream
 from pigeon_crypto.rng import system_rng
 from pigeon_crypto.sealing import DEFAULT_PARAMS, create_data_key, unlock
@@ -224,23 +223,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-def _print(rows: list[dict[str, Any]]) -> None:
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-          f"{platform.python_version()}, {platform.platform()}")
-    for row in rows:
-        parts = [row["name"]]
-        for key, value in row.items():
-            if key == "name":
-                continue
-            parts.append(f"{key}={value:,.2f}" if isinstance(value, float) else f"{key}={value}")
-        print("  " + " | ".join(parts))
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="smaller file, fewer messages")
-    args = parser.parse_args()
-    _print(run(quick=args.quick))
+    _report.main(run, __doc__, "smaller file, fewer messages")
 
 
 if __name__ == "__main__":

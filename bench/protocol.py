@@ -17,15 +17,14 @@ group fan-out ``Send`` with 100 recipients.
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import time
 from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
+from bench import _report
 from protocol import Delivery, Frame, Send, decode_frame
 
 TARGET_PER_S = 150_000
@@ -107,26 +106,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-def _print(rows: list[dict[str, Any]]) -> None:
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}, msgpack {'.'.join(map(str, msgpack.version))}, "
-        f"{platform.platform()}"
-    )
-    for row in rows:
-        parts = [row["name"]]
-        for key, value in row.items():
-            if key == "name":
-                continue
-            parts.append(f"{key}={value:,.2f}" if isinstance(value, float) else f"{key}={value}")
-        print("  " + " | ".join(parts))
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer iterations")
-    args = parser.parse_args()
-    _print(run(quick=args.quick))
+    _report.main(run, __doc__, "fewer iterations",
+                 extra=f"msgpack {'.'.join(map(str, msgpack.version))}")
 
 
 if __name__ == "__main__":
