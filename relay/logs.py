@@ -13,7 +13,8 @@ Theory of operation:
     is replaced by ``<N bytes>``: frame payloads are bytes, so they cannot reach a log;
   - an ``extra`` field whose name suggests a secret (token, secret, key, capability,
     password, authorization, payload, blob, frame, cookie) is replaced by ``[redacted]``;
-  - in the finished line, runs of 32 or more hex digits and of 40 or more base64url
+  - in the finished line, bytes literals (``b'...'``, e.g. in an exception message), runs
+    of 32 or more hex digits and of 40 or more base64url
     characters mixing digits and both cases are replaced by ``[redacted]``. This also hides
     mailbox and blob ids (32 hex digits) from access logs, which is intended: ids are
     metadata the operator does not need. A TLS fingerprint logged on purpose is written
@@ -49,6 +50,7 @@ REDACTED: Final = "[redacted]"
 
 _HEX_RUN = re.compile(r"(?<![0-9A-Za-z])[0-9A-Fa-f]{32,}(?![0-9A-Za-z])")
 _B64_RUN = re.compile(r"(?<![A-Za-z0-9_\-])[A-Za-z0-9_\-]{40,}={0,2}")
+_BYTES_LITERAL = re.compile(r"""\bb(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")""")
 _SECRET_NAME = re.compile(
     r"token|secret|key|capab|passw|authoriz|payload|blob|frame|cookie|nonce|signature",
     re.IGNORECASE,
@@ -65,7 +67,9 @@ def _looks_random(run: str) -> bool:
 
 
 def redact_text(text: str) -> str:
-    """Replace long hex runs and random-looking base64url runs by ``[redacted]``."""
+    """Replace bytes literals (``b'...'``, as in an exception message), long hex runs and
+    random-looking base64url runs by ``[redacted]``."""
+    text = _BYTES_LITERAL.sub("b'" + REDACTED + "'", text)
     text = _HEX_RUN.sub(REDACTED, text)
     return _B64_RUN.sub(lambda m: REDACTED if _looks_random(m.group(0)) else m.group(0), text)
 
@@ -133,15 +137,17 @@ class JsonFormatter(logging.Formatter):
             "ts": _timestamp(record),
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact_text(record.getMessage()),
         }
         for k, v in _extras(record).items():
-            obj.setdefault(k, _jsonable(v))
+            value = _jsonable(v)
+            obj.setdefault(k, redact_text(value) if isinstance(value, str) else value)
         if record.exc_info:
-            obj["exc"] = self.formatException(record.exc_info)
+            obj["exc"] = redact_text(self.formatException(record.exc_info))
         if record.stack_info:
-            obj["stack"] = self.formatStack(record.stack_info)
-        # Redact after encoding: the JSON escaping does not split hex or base64url runs.
+            obj["stack"] = redact_text(self.formatStack(record.stack_info))
+        # Strings are redacted before encoding (JSON escaping would hide a bytes literal)
+        # and the line again after (nested values; escaping does not split hex runs).
         return redact_text(json.dumps(obj, separators=(",", ":")))
 
 
