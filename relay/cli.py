@@ -124,8 +124,7 @@ def _serve_main(argv: Sequence[str]) -> int:
     try:
         asyncio.run(serve(config))
     except _StartupError as exc:
-        _log.error("relay failed to start: %s", exc)
-        print(f"pigeon-relay: error: {exc}", file=sys.stderr)
+        _log.error("relay failed to start: %s", exc)  # stderr, in the chosen log format
         return 1
     return 0
 

@@ -282,6 +282,24 @@ async def test_blob_past_its_expiry_is_gone(shared: RelayProcess,
         assert resp.status == 404
 
 
+async def test_sweeper_removes_expired_blobs(relay_factory: RelayFactory) -> None:
+    rp = relay_factory(["--sweep-interval", "100ms"])
+    blob = await Blob.reserve(rp, size=10, chunks=1, expires_in_ms=300)
+    up, auth = blob.grant(BlobOp.UPLOAD)
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+        async with http.put(f"{up}/0", data=b"0123456789", headers=auth) as resp:
+            assert resp.status == 200
+        folder = rp.data_dir / "pigeon-relay-blobs" / blob.blob_id.hex()[:2] / blob.blob_id.hex()
+        for _ in range(100):
+            if not folder.exists():
+                break
+            await asyncio.sleep(0.05)
+        assert not folder.exists()
+        async with http.get(rp.url + "/metrics") as resp:
+            text = await resp.text()
+    assert re.search(r'pigeon_relay_expired_total\{what="blobs"\} [1-9]', text)
+
+
 # --------------------------------------------------------------------------- metrics after use
 
 

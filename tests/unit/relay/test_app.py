@@ -1,0 +1,114 @@
+"""The app in-process on 127.0.0.1: the blob grants the frame pipeline will call, the
+expiry sweeper with a controlled clock, health failures, and orderly cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from pigeon_crypto.errors import StoreError
+from relay.app import create_app, sweep_once
+from relay.blob_http import grant_download, reserve_upload
+from relay.config import RelayConfig, SyncMode
+from relay.ports import BlobTooLarge
+from relay.store_memory import MemoryStore
+from relay.typedefs import BACKGROUND_TASKS, PUSH, STORE
+
+NOW = 1_790_000_000_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.ms = NOW
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+def config(tmp_path: Path, **kw: object) -> RelayConfig:
+    return RelayConfig(data_dir=tmp_path, synchronous=SyncMode.OFF,
+                       sweep_interval_ms=3_600_000, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[tuple[TestClient[web.Request, web.Application],
+                                                        Clock]]:
+    clock = Clock()
+    app = create_app(config(tmp_path, blob_max_size=1000), clock_ms=clock)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as c:
+        yield c, clock
+
+
+async def test_upload_and_download_grants(
+    client: tuple[TestClient[web.Request, web.Application], Clock],
+) -> None:
+    c, clock = client
+    app = c.server.app
+    up = await reserve_upload(app, size=6, chunk_count=2)
+    assert up.url_path == f"/v1/blobs/{up.blob_id.hex()}/{up.expires_at_ms}"
+    assert len(up.token) == 32 and up.expires_at_ms == NOW + 24 * 3_600_000
+    auth = {"Authorization": f"Bearer {up.token.hex()}"}
+    for i, data in enumerate((b"abc", b"def")):
+        resp = await c.put(f"{up.url_path}/{i}", data=data, headers=auth)
+        assert resp.status == 200
+    down = await grant_download(app, up.blob_id)
+    assert down is not None and down.token != up.token
+    resp = await c.get(f"{down.url_path}/1",
+                       headers={"Authorization": f"Bearer {down.token.hex()}"})
+    assert resp.status == 200 and await resp.read() == b"def"
+    assert await grant_download(app, os.urandom(16)) is None
+    with pytest.raises(BlobTooLarge):
+        await reserve_upload(app, size=1001, chunk_count=1)
+    # Tokens stop at their time; the blob itself at its own.
+    clock.ms = up.expires_at_ms
+    resp = await c.put(f"{up.url_path}/0", data=b"abc", headers=auth)
+    assert resp.status == 401
+    clock.ms = NOW + 31 * 24 * 3_600_000
+    assert await grant_download(app, up.blob_id) is None
+
+
+async def test_sweep_once_expires_blobs_on_the_app_clock(
+    client: tuple[TestClient[web.Request, web.Application], Clock],
+) -> None:
+    c, clock = client
+    app = c.server.app
+    up = await reserve_upload(app, size=1, chunk_count=1)
+    assert await sweep_once(app) == (0, 0)
+    clock.ms = NOW + 30 * 24 * 3_600_000
+    assert await sweep_once(app) == (0, 1)
+    assert await grant_download(app, up.blob_id) is None
+
+
+class BrokenStore(MemoryStore):
+    async def get_account(self, account_id: bytes) -> None:  # type: ignore[override]
+        raise StoreError("disk on fire")
+
+
+async def test_health_reports_an_unavailable_store(tmp_path: Path) -> None:
+    store = BrokenStore()
+    app = create_app(config(tmp_path), store=store)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as c:
+        assert c.server.app[STORE] is store
+        resp = await c.get("/health")
+        assert resp.status == 503
+        assert await resp.json() == {"status": "unavailable", "store": "unavailable",
+                                     "blobs": "ok"}
+
+
+async def test_cleanup_cancels_background_tasks_and_push(tmp_path: Path) -> None:
+    app = create_app(config(tmp_path))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as c:
+        tasks = dict(c.server.app[BACKGROUND_TASKS])
+        assert set(tasks) == {"sweeper"}
+        push = c.server.app[PUSH]
+        async with c.ws_connect("/v1/ws") as ws:
+            await ws.receive()
+    await asyncio.sleep(0)
+    assert all(t.done() for t in tasks.values())
+    assert push.wake("https://push.example/x") is False  # closed
