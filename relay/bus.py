@@ -105,6 +105,13 @@ class InProcessSubscription:
         self._resync.pop(mailbox_id, None)
         self._bus._unindex(self, mailbox_id)
 
+    def resync(self, mailbox_id: bytes) -> None:
+        """See :meth:`relay.ports.Subscription.resync` (not counted as coalesced)."""
+        if self._closed or mailbox_id not in self._ids:
+            return
+        self._resync[mailbox_id] = None
+        self._wake.set()
+
     def _offer(self, mailbox_id: bytes, n: Notification) -> bool:
         """Called by the bus; never blocks. Returns False if *n* was dropped."""
         if self._closed:

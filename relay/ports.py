@@ -449,6 +449,14 @@ class Subscription(Protocol):
 
     async def remove(self, mailbox_id: bytes) -> None: ...
 
+    def resync(self, mailbox_id: bytes) -> None:
+        """Make :meth:`get` yield ``RESYNC`` for *mailbox_id* before anything else, as if
+        its hints had been coalesced. Local to this subscription (nothing is published): the
+        consumer's way to schedule a fetch from the store on its own loop (a new
+        subscription's backlog, a delivery window that reopened). No-op for a mailbox this
+        subscription does not follow, or once closed."""
+        ...
+
     async def get(self) -> tuple[bytes, Notification]:
         """Wait for the next notification. Raises StopAsyncIteration once closed."""
         ...

@@ -133,3 +133,27 @@ def test_notification_codec_round_trips_and_rejects_junk() -> None:
     with pytest.raises(DecodeError):
         decode_notification(data[:1] + b"\x09" + data[2:])
     assert repr(n) == "Notification(kind=<NotificationKind.MESSAGE: 1>, seq=1099511627776)"
+
+
+async def test_resync_request_is_local_and_comes_first() -> None:
+    bus = InProcessBus()
+    sub = await bus.subscribe([A, B])
+    other = await bus.subscribe([A])
+    await bus.publish(A, msg(1))
+    await bus.publish(B, msg(7))
+    sub.resync(A)
+    sub.resync(C)  # not followed: ignored
+    waiter = asyncio.create_task(other.get())
+    assert await sub.get() == (A, Notification(kind=NotificationKind.RESYNC))
+    assert await sub.get() == (B, msg(7))  # A's stale hint was discarded
+    assert sub.queued == 0 and sub.coalesced == 0
+    assert await asyncio.wait_for(waiter, 5) == (A, msg(1))  # the other one is untouched
+    assert other.queued == 0
+    # A consumer blocked in get() wakes up for a resync request.
+    blocked = asyncio.create_task(sub.get())
+    await asyncio.sleep(0)
+    sub.resync(B)
+    assert await asyncio.wait_for(blocked, 5) == (B, Notification(kind=NotificationKind.RESYNC))
+    await sub.close()
+    sub.resync(A)  # closed: no-op
+    await bus.close()
