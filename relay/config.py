@@ -146,6 +146,20 @@ class RelayConfig:
     """Per-mailbox buckets kept in memory (least recently used evicted first)."""
     misbehaviour_threshold: int = 5
     """Malformed or oversize frames tolerated on one connection before it is closed."""
+    lookup_credit_capacity: float = 20.0
+    """Burst of ``FetchBundle`` and ``LookupUsername`` requests, per connection and per
+    client address (each consumes prekeys or probes the directory)."""
+    lookup_credit_refill_per_s: float = 0.5
+    challenge_window_ms: int = 60_000
+    """How long after ``Challenge`` an ``Auth`` or ``Register`` is accepted."""
+    delivery_window: int = 1000
+    """Unacked deliveries per mailbox and connection; more follow as acks arrive."""
+    max_pending_writes: int = 4096
+    """Queued store writes above which the relay stops reading sockets (backpressure)."""
+    prekeys_low_threshold: int = 10
+    """One-time prekeys of either kind below which the owner gets ``PrekeysLow``."""
+    rotation_grace_ms: int = 7 * _DAY_MS
+    """How long a rotated-away mailbox keeps accepting sends unless the owner says."""
 
     sweep_interval_ms: int = 60_000
     push_timeout_ms: int = 5_000
@@ -173,6 +187,9 @@ class RelayConfig:
             "blob_max_chunk_size", "blob_ttl_ms", "blob_token_ttl_ms", "conn_credit_capacity",
             "conn_credit_refill_per_s", "mailbox_credit_capacity",
             "mailbox_credit_refill_per_s", "mailbox_credit_buckets", "misbehaviour_threshold",
+            "lookup_credit_capacity", "lookup_credit_refill_per_s", "challenge_window_ms",
+            "delivery_window", "max_pending_writes", "prekeys_low_threshold",
+            "rotation_grace_ms",
             "sweep_interval_ms", "push_timeout_ms", "push_concurrency", "shutdown_timeout_ms",
         )
         for name in positive:
@@ -393,6 +410,20 @@ OPTIONS: Final[tuple[Option, ...]] = (
        "per-mailbox buckets kept in memory", "N"),
     _o("misbehaviour_threshold", "--misbehaviour-threshold", _parse_int,
        "bad frames tolerated before a connection is closed", "N"),
+    _o("lookup_credit_capacity", "--lookup-credit-capacity", _parse_float,
+       "burst of bundle fetches and username lookups per connection and per address", "N"),
+    _o("lookup_credit_refill_per_s", "--lookup-credit-refill", _parse_float,
+       "sustained bundle fetches and username lookups per second", "N"),
+    _o("challenge_window_ms", "--challenge-window", parse_duration,
+       "how long a login challenge may be answered", "DURATION"),
+    _o("delivery_window", "--delivery-window", _parse_int,
+       "unacked deliveries per mailbox and connection", "N"),
+    _o("max_pending_writes", "--max-pending-writes", _parse_int,
+       "queued store writes above which the relay stops reading sockets", "N"),
+    _o("prekeys_low_threshold", "--prekeys-low", _parse_int,
+       "one-time prekeys left below which the owner is told", "N"),
+    _o("rotation_grace_ms", "--rotation-grace", parse_duration,
+       "how long a rotated-away mailbox still accepts sends", "DURATION"),
     _o("sweep_interval_ms", "--sweep-interval", parse_duration,
        "how often expired envelopes and blobs are deleted", "DURATION"),
     _o("push_timeout_ms", "--push-timeout", parse_duration, "timeout of one push wake-up",
