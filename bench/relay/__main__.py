@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import harness
 from .flows import check_templates
 from .harness import LoadResult, MemoryResult, run_load, run_memory
 from .worker import raise_fd_limit
@@ -56,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--open-pairs", type=int, default=1000, help="open-loop pairs")
     p.add_argument("--conns", type=int, help="memory: idle connections (default 5000)")
     p.add_argument("--pingpong-duration", type=float, help="default: --duration")
+    p.add_argument("--relay-arg", action="append", default=[], metavar="ARG",
+                   help="extra pigeon-relay argument (repeat), e.g. --relay-arg=--synchronous"
+                        " --relay-arg=NORMAL")
+    p.add_argument("--fake-relay", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--workdir", type=Path, help="where servers keep data (default: a tmp dir)")
     return p
 
@@ -128,7 +133,8 @@ def _problems(r: LoadResult | None) -> str:
 def _describe(r: LoadResult) -> str:
     extra = (f"sent {r.sent:,}, received {r.received:,}, lost {r.lost}, dup {r.dups}, "
              f"unanswered {r.unanswered}, send errors {r.send_errors}, machine CPU "
-             f"{_fmt_cpu(r.machine_cpu)}, setup {r.setup_s:.1f}s")
+             f"{_fmt_cpu(r.machine_cpu)} (other processes "
+             f"{_fmt_cpu(r.machine_cpu - r.server_cpu - r.gen_cpu)}), setup {r.setup_s:.1f}s")
     if r.mode == "open":
         extra += f", schedule lag p99 {_fmt_ms(r.lag_p99_ms)}"
     if r.mode == "closed":
@@ -155,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-relay-"))
     workdir.mkdir(parents=True, exist_ok=True)
     check_templates()
+    if args.fake_relay:
+        harness.FAKE_RELAY = True
 
     cmd = "python -m bench.relay " + " ".join(shlex.quote(a) for a in
                                               (argv if argv is not None else sys.argv[1:]))
@@ -169,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     def both(**kw: object) -> dict[str, LoadResult]:
         out: dict[str, LoadResult] = {}
         for t in targets:
-            r = run_load(target=t, procs=procs, workdir=workdir, **kw)  # type: ignore[arg-type]
+            r = run_load(target=t, procs=procs, workdir=workdir,  # type: ignore[arg-type]
+                         relay_extra=args.relay_arg, **kw)
             print("   · " + _describe(r), flush=True)
             rep.notes.append(_describe(r))
             out[t] = r

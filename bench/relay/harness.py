@@ -12,6 +12,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ from .worker import WorkerArgs, worker_main
 __all__ = ["LoadResult", "MemoryResult", "run_load", "run_memory", "split"]
 
 _ctx = mp.get_context("spawn")
+
+FAKE_RELAY = False
+"""Self-check only: run the relay phases against :mod:`.fake_relay` instead."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -98,7 +102,9 @@ class _Server:
     def __init__(self, target: str, workdir: Path, extra: list[str] | None = None) -> None:
         self.target = target
         self.dir = Path(tempfile.mkdtemp(prefix=f"{target}-", dir=workdir))
-        if target == "relay":
+        if target == "relay" and FAKE_RELAY:
+            cmd = [sys.executable, "-m", "bench.relay.fake_relay", "--port", "0"]
+        elif target == "relay":
             cmd = relay_command(self.dir / "data", extra=extra or [])
             (self.dir / "data").mkdir()
         else:
