@@ -89,6 +89,8 @@ def enqueue(tx: Tx, outgoing: Outgoing) -> OutboxItem:
     if tx.conn.execute("SELECT 1 FROM outbox WHERE client_msg_id = ?",
                        (entry.client_msg_id,)).fetchone():
         raise StoreConflict("client_msg_id is already queued")
+    if outgoing.contact is not None:
+        contacts.save_contact(tx, outgoing.contact)
     if outgoing.session is not None:
         keys.store_session(tx, outgoing.session.peer, outgoing.session.state)
     if outgoing.sender_key is not None:
@@ -98,6 +100,13 @@ def enqueue(tx: Tx, outgoing: Outgoing) -> OutboxItem:
         outcome, link = history.apply(tx, op)
         if isinstance(op, NewMessage) and outcome is not ApplyOutcome.APPLIED:
             raise StoreConflict(f"the message id is already in history ({outcome.value})")
+    _insert(tx, entry, link)
+    item = get_outbox(tx, entry.client_msg_id)
+    assert item is not None
+    return item
+
+
+def _insert(tx: Tx, entry: OutboxEntry, link: int | None) -> None:
     sealed = tx.seal("outbox", "recipients", entry.client_msg_id,
                      encode_recipients(entry.recipients))
     tx.conn.execute(
@@ -106,9 +115,6 @@ def enqueue(tx: Tx, outgoing: Outgoing) -> OutboxItem:
         (entry.client_msg_id, sealed, entry.blob, entry.created_at_ms, entry.created_at_ms,
          link),
     )
-    item = get_outbox(tx, entry.client_msg_id)
-    assert item is not None
-    return item
 
 
 def due_outbox(tx: Tx, now_ms: int, limit: int) -> list[OutboxItem]:
@@ -176,6 +182,11 @@ def commit_receive(tx: Tx, incoming: Incoming) -> ReceiveResult:
     outcome = None
     if incoming.history is not None:
         outcome, _ = history.apply(tx, incoming.history)
+    if incoming.reply is not None:
+        if tx.conn.execute("SELECT 1 FROM outbox WHERE client_msg_id = ?",
+                           (incoming.reply.client_msg_id,)).fetchone():
+            raise StoreConflict("client_msg_id is already queued")
+        _insert(tx, incoming.reply, None)
     tx.conn.execute(
         "INSERT INTO processed_envelopes (mailbox_id, seq, received_at_ms) VALUES (?, ?, ?)",
         (incoming.envelope.mailbox_id, incoming.envelope.seq, incoming.received_at_ms),

@@ -320,29 +320,42 @@ class MemoryStore:
         return outcome, inserted
 
     def enqueue(self, outgoing: Outgoing) -> OutboxItem:
+        with self._atomic() as t:
+            return self._enqueue(t, outgoing)
+
+    def enqueue_many(self, outgoing: Sequence[Outgoing]) -> list[OutboxItem]:
+        with self._atomic() as t:
+            return [self._enqueue(t, o) for o in outgoing]
+
+    def _enqueue(self, t: _Tables, outgoing: Outgoing) -> OutboxItem:
         entry, op = outgoing.entry, outgoing.history
         if isinstance(op, NewMessage) and (
             op.sender is not None or op.initial_status is not MessageStatus.PENDING
         ):
             raise ValueError("an outgoing NewMessage must be ours (sender=None) and PENDING")
-        with self._atomic() as t:
-            if entry.client_msg_id in t.outbox:
-                raise StoreConflict("client_msg_id is already queued")
-            if outgoing.session is not None:
-                t.sessions[outgoing.session.peer] = outgoing.session.state.to_bytes()
-            if outgoing.sender_key is not None:
-                self._store_outbound(t, outgoing.sender_key.group_id, outgoing.sender_key.key)
-            link = None
-            if op is not None:
-                outcome, link = self._apply(t, op)
-                if isinstance(op, NewMessage) and outcome is not ApplyOutcome.APPLIED:
-                    raise StoreConflict(f"the message id is already in history ({outcome.value})")
-            row = _OutRow(seq=t.next_seq, entry=entry, attempts=0,
-                          next_attempt_at_ms=entry.created_at_ms, last_error=None,
-                          message_rowid=link)
-            t.next_seq += 1
-            t.outbox[entry.client_msg_id] = row
-            return self._item(t, row)
+        if entry.client_msg_id in t.outbox:
+            raise StoreConflict("client_msg_id is already queued")
+        if outgoing.contact is not None:
+            self._save_contact(t, outgoing.contact)
+        if outgoing.session is not None:
+            t.sessions[outgoing.session.peer] = outgoing.session.state.to_bytes()
+        if outgoing.sender_key is not None:
+            self._store_outbound(t, outgoing.sender_key.group_id, outgoing.sender_key.key)
+        link = None
+        if op is not None:
+            outcome, link = self._apply(t, op)
+            if isinstance(op, NewMessage) and outcome is not ApplyOutcome.APPLIED:
+                raise StoreConflict(f"the message id is already in history ({outcome.value})")
+        return self._item(t, self._insert(t, entry, link))
+
+    @staticmethod
+    def _insert(t: _Tables, entry: OutboxEntry, link: int | None) -> _OutRow:
+        row = _OutRow(seq=t.next_seq, entry=entry, attempts=0,
+                      next_attempt_at_ms=entry.created_at_ms, last_error=None,
+                      message_rowid=link)
+        t.next_seq += 1
+        t.outbox[entry.client_msg_id] = row
+        return row
 
     def get_outbox(self, client_msg_id: bytes) -> OutboxItem | None:
         with self._lock:
@@ -375,17 +388,26 @@ class MemoryStore:
             t.outbox[client_msg_id] = row
             return self._item(t, row)
 
+    @staticmethod
+    def _finish_in(t: _Tables, client_msg_id: bytes, status: MessageStatus,
+                   reason: str | None) -> bool:
+        row = t.outbox.pop(client_msg_id, None)
+        if row is None:
+            return False
+        if row.message_rowid is not None:
+            t.history.set_outgoing_status(row.message_rowid, status, reason)
+        return True
+
     def _finish(self, client_msg_id: bytes, status: MessageStatus, reason: str | None) -> bool:
         with self._atomic() as t:
-            row = t.outbox.pop(client_msg_id, None)
-            if row is None:
-                return False
-            if row.message_rowid is not None:
-                t.history.set_outgoing_status(row.message_rowid, status, reason)
-            return True
+            return self._finish_in(t, client_msg_id, status, reason)
 
     def mark_sent(self, client_msg_id: bytes, *, now_ms: int) -> bool:
         return self._finish(client_msg_id, MessageStatus.SENT, None)
+
+    def mark_sent_many(self, client_msg_ids: Sequence[bytes], *, now_ms: int) -> list[bool]:
+        with self._atomic() as t:
+            return [self._finish_in(t, c, MessageStatus.SENT, None) for c in client_msg_ids]
 
     def mark_failed(self, client_msg_id: bytes, *, reason: str, now_ms: int) -> bool:
         return self._finish(client_msg_id, MessageStatus.FAILED, reason)
@@ -394,24 +416,35 @@ class MemoryStore:
         return (envelope.mailbox_id, envelope.seq) in self._t.envelopes
 
     def commit_receive(self, incoming: Incoming) -> ReceiveResult:
-        key = (incoming.envelope.mailbox_id, incoming.envelope.seq)
         with self._atomic() as t:
-            if key in t.envelopes:
-                return ReceiveResult(outcome=ReceiveOutcome.DUPLICATE_ENVELOPE)
-            if incoming.accepted is not None:
-                t.keys.consume(incoming.accepted)
-            if incoming.contact is not None:
-                self._save_contact(t, incoming.contact)
-            if incoming.session is not None:
-                t.sessions[incoming.session.peer] = incoming.session.state.to_bytes()
-            if incoming.sender_key is not None:
-                u = incoming.sender_key
-                t.records[(u.group_id, u.sender)] = u.record.to_bytes()
-            outcome = None
-            if incoming.history is not None:
-                outcome, _ = self._apply(t, incoming.history)
-            t.envelopes[key] = incoming.received_at_ms
-            return ReceiveResult(outcome=ReceiveOutcome.PROCESSED, history=outcome)
+            return self._commit_receive(t, incoming)
+
+    def commit_receive_many(self, incoming: Sequence[Incoming]) -> list[ReceiveResult]:
+        with self._atomic() as t:
+            return [self._commit_receive(t, i) for i in incoming]
+
+    def _commit_receive(self, t: _Tables, incoming: Incoming) -> ReceiveResult:
+        key = (incoming.envelope.mailbox_id, incoming.envelope.seq)
+        if key in t.envelopes:
+            return ReceiveResult(outcome=ReceiveOutcome.DUPLICATE_ENVELOPE)
+        if incoming.accepted is not None:
+            t.keys.consume(incoming.accepted)
+        if incoming.contact is not None:
+            self._save_contact(t, incoming.contact)
+        if incoming.session is not None:
+            t.sessions[incoming.session.peer] = incoming.session.state.to_bytes()
+        if incoming.sender_key is not None:
+            u = incoming.sender_key
+            t.records[(u.group_id, u.sender)] = u.record.to_bytes()
+        outcome = None
+        if incoming.history is not None:
+            outcome, _ = self._apply(t, incoming.history)
+        if incoming.reply is not None:
+            if incoming.reply.client_msg_id in t.outbox:
+                raise StoreConflict("client_msg_id is already queued")
+            self._insert(t, incoming.reply, None)
+        t.envelopes[key] = incoming.received_at_ms
+        return ReceiveResult(outcome=ReceiveOutcome.PROCESSED, history=outcome)
 
     def purge_envelope_records(self, *, received_before_ms: int) -> int:
         with self._atomic() as t:

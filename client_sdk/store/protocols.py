@@ -252,15 +252,21 @@ class OutboxStore(Protocol):
     relay answers ``sent`` (or a permanent error)."""
 
     def enqueue(self, outgoing: Outgoing) -> OutboxItem:
-        """In ONE transaction: store ``outgoing.session`` / ``outgoing.sender_key``,
-        insert the outbox row, apply ``outgoing.history`` (a NewMessage is linked to the
-        row and starts PENDING). Due immediately.
+        """In ONE transaction: save ``outgoing.contact``, store ``outgoing.session`` /
+        ``outgoing.sender_key``, insert the outbox row, apply ``outgoing.history`` (a
+        NewMessage is linked to the row and starts PENDING). Due immediately.
 
         Raises:
             StoreConflict: ``client_msg_id`` is already queued (nothing is written).
             RecordNotFound: the history op names an unknown conversation (nothing is
                 written).
         """
+        ...
+
+    def enqueue_many(self, outgoing: Sequence[Outgoing]) -> list[OutboxItem]:
+        """:meth:`enqueue` each of *outgoing*, in order, in ONE transaction (a client's
+        group commit: a burst of sends costs one commit). All or nothing: if one raises,
+        nothing of the batch is written."""
         ...
 
     def get_outbox(self, client_msg_id: bytes) -> OutboxItem | None: ...
@@ -291,6 +297,10 @@ class OutboxStore(Protocol):
         SENT, in one transaction. Returns False if there was no such row (idempotent)."""
         ...
 
+    def mark_sent_many(self, client_msg_ids: Sequence[bytes], *, now_ms: int) -> list[bool]:
+        """:meth:`mark_sent` for each id, in ONE transaction; one result per id."""
+        ...
+
     def mark_failed(self, client_msg_id: bytes, *, reason: str, now_ms: int) -> bool:
         """Give up (permanent relay error): delete the row and mark the linked message
         FAILED with *reason*. Returns False if there was no such row."""
@@ -306,13 +316,20 @@ class InboxStore(Protocol):
 
     def commit_receive(self, incoming: Incoming) -> ReceiveResult:
         """In ONE transaction: if the envelope is new, consume the PQXDH prekeys, save
-        the contact, the ratchet state or sender-key record, apply the history op and
-        record the envelope. A duplicate envelope writes nothing.
+        the contact, the ratchet state or sender-key record, apply the history op, queue
+        ``incoming.reply`` (if any) and record the envelope. A duplicate envelope writes
+        nothing.
 
         Raises:
             ReplayError / PrekeyNotFound: see :meth:`PreKeyStore.consume_initiation`.
             RecordNotFound: the history op names an unknown conversation.
         """
+        ...
+
+    def commit_receive_many(self, incoming: Sequence[Incoming]) -> list[ReceiveResult]:
+        """:meth:`commit_receive` each of *incoming*, in order, in ONE transaction (one
+        commit for a burst of deliveries). All or nothing: if one raises, nothing of the
+        batch is written."""
         ...
 
     def purge_envelope_records(self, *, received_before_ms: int) -> int:

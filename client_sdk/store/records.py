@@ -331,12 +331,19 @@ class Outgoing:
     """Everything a send changes, stored in ONE transaction by ``OutboxStore.enqueue``:
     the new ratchet state (or sender-key chain) that produced ``entry.blob``, the outbox
     row, and the history change the user sees (a NewMessage becomes PENDING and is
-    linked to the outbox row)."""
+    linked to the outbox row).
+
+    Attributes:
+        contact: a contact to create or replace in the same transaction (a first
+            contact with its new inbound mailbox, an acceptance, a mailbox rotation:
+            the mailbox and the message announcing it are stored together).
+    """
 
     entry: OutboxEntry
     session: SessionUpdate | None = None
     sender_key: OutboundSenderKeyUpdate | None = None
     history: HistoryOp | None = None
+    contact: Contact | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -361,6 +368,10 @@ class Incoming:
         accepted: a PQXDH initiation we accepted: its one-time prekeys are deleted and
             its replay record kept, in the same transaction as the new session.
         contact: a contact to create or replace (first contact, profile, mailbox change).
+        reply: an outbox row to queue in the same transaction (a message the receipt
+            obliges us to send, e.g. announcing our mailbox when a simultaneous
+            initiation is resolved in the peer's favour); ``session`` is then the state
+            after encrypting it. Not linked to history.
     """
 
     envelope: EnvelopeRef
@@ -370,6 +381,7 @@ class Incoming:
     accepted: Accepted | None = field(default=None, repr=False)
     contact: Contact | None = None
     history: HistoryOp | None = None
+    reply: OutboxEntry | None = None
 
 
 class ReceiveOutcome(enum.Enum):

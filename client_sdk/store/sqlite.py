@@ -228,6 +228,10 @@ class SqliteStore:
         with self._db.write("enqueue") as tx:
             return outbox.enqueue(tx, outgoing)
 
+    def enqueue_many(self, outgoing: Sequence[Outgoing]) -> list[OutboxItem]:
+        with self._db.write("enqueue_many") as tx:
+            return [outbox.enqueue(tx, o) for o in outgoing]
+
     def get_outbox(self, client_msg_id: bytes) -> OutboxItem | None:
         with self._db.read("get_outbox") as tx:
             return outbox.get_outbox(tx, client_msg_id)
@@ -254,6 +258,10 @@ class SqliteStore:
         with self._db.write("mark_sent") as tx:
             return outbox.finish(tx, client_msg_id, MessageStatus.SENT, None)
 
+    def mark_sent_many(self, client_msg_ids: Sequence[bytes], *, now_ms: int) -> list[bool]:
+        with self._db.write("mark_sent_many") as tx:
+            return [outbox.finish(tx, c, MessageStatus.SENT, None) for c in client_msg_ids]
+
     def mark_failed(self, client_msg_id: bytes, *, reason: str, now_ms: int) -> bool:
         with self._db.write("mark_failed") as tx:
             return outbox.finish(tx, client_msg_id, MessageStatus.FAILED, reason)
@@ -265,6 +273,10 @@ class SqliteStore:
     def commit_receive(self, incoming: Incoming) -> ReceiveResult:
         with self._db.write("commit_receive") as tx:
             return outbox.commit_receive(tx, incoming)
+
+    def commit_receive_many(self, incoming: Sequence[Incoming]) -> list[ReceiveResult]:
+        with self._db.write("commit_receive_many") as tx:
+            return [outbox.commit_receive(tx, i) for i in incoming]
 
     def purge_envelope_records(self, *, received_before_ms: int) -> int:
         with self._db.write("purge_envelope_records") as tx:

@@ -1,0 +1,106 @@
+"""Contract tests for the store additions the networked client uses: a contact saved
+with a send (``Outgoing.contact``), a reply queued with a receipt (``Incoming.reply``),
+and the batched calls (``enqueue_many``, ``commit_receive_many``, ``mark_sent_many``).
+Both stores run every test (the ``store`` fixture)."""
+
+from __future__ import annotations
+
+import pytest
+
+from client_sdk.errors import StoreConflict
+from client_sdk.history import ConversationKind, MessageStatus
+from client_sdk.store import (
+    ClientStore,
+    Contact,
+    ContactState,
+    EnvelopeRef,
+    Incoming,
+    MailboxDirection,
+    Outgoing,
+    PairwiseMailbox,
+    ReceiveOutcome,
+    SessionUpdate,
+)
+
+from .support import NOW, account, capability, entry, mailbox, session_pair, text
+
+
+def _contact(n: int, state: ContactState = ContactState.INVITED) -> Contact:
+    box = PairwiseMailbox(mailbox_id=mailbox(n), direction=MailboxDirection.INBOUND,
+                          capability=capability(n), created_at_ms=NOW)
+    return Contact(account_id=account(n), state=state, mailboxes=(box,), created_at_ms=NOW,
+                   updated_at_ms=NOW)
+
+
+def _conversation(store: ClientStore) -> int:
+    return store.ensure_conversation(ConversationKind.DIRECT, account(1), now_ms=NOW).id
+
+
+def test_enqueue_saves_the_contact_in_the_same_transaction(store: ClientStore) -> None:
+    alice, _, rng = session_pair(b"contact")
+    sent = alice.encrypt(b"x", rng=rng)
+    store.enqueue(Outgoing(entry=entry(1, blob=sent.message), contact=_contact(1),
+                           session=SessionUpdate(peer=account(1), state=sent.state)))
+    assert store.get_contact(account(1)) == _contact(1)
+    assert store.contact_for_mailbox(mailbox(1)) == _contact(1)
+    # A conflict on the outbox row leaves the contact change unwritten.
+    with pytest.raises(StoreConflict):
+        store.enqueue(Outgoing(entry=entry(1), contact=_contact(1, ContactState.ACCEPTED)))
+    assert store.get_contact(account(1)) == _contact(1)
+
+
+def test_commit_receive_queues_a_reply(store: ClientStore) -> None:
+    envelope = EnvelopeRef(mailbox_id=mailbox(9), seq=1)
+    result = store.commit_receive(Incoming(envelope=envelope, received_at_ms=NOW,
+                                           contact=_contact(1), reply=entry(5)))
+    assert result.outcome is ReceiveOutcome.PROCESSED
+    item = store.get_outbox(entry(5).client_msg_id)
+    assert item is not None and item.entry == entry(5) and item.message is None
+    # A duplicate envelope queues nothing; a reply id already queued writes nothing.
+    again = store.commit_receive(Incoming(envelope=envelope, received_at_ms=NOW,
+                                          reply=entry(6)))
+    assert again.outcome is ReceiveOutcome.DUPLICATE_ENVELOPE
+    assert store.get_outbox(entry(6).client_msg_id) is None
+    other = EnvelopeRef(mailbox_id=mailbox(9), seq=2)
+    with pytest.raises(StoreConflict):
+        store.commit_receive(Incoming(envelope=other, received_at_ms=NOW, reply=entry(5)))
+    assert not store.envelope_seen(other)
+
+
+def test_enqueue_many_is_one_all_or_nothing_transaction(store: ClientStore) -> None:
+    cid = _conversation(store)
+    items = store.enqueue_many([Outgoing(entry=entry(n), history=text(cid, n))
+                                for n in range(1, 4)])
+    assert [i.client_msg_id for i in items] == [entry(n).client_msg_id for n in range(1, 4)]
+    assert store.outbox_size() == 3
+    with pytest.raises(StoreConflict):
+        store.enqueue_many([Outgoing(entry=entry(4), history=text(cid, 4)),
+                            Outgoing(entry=entry(1))])
+    assert store.outbox_size() == 3 and store.get_message(cid, text(cid, 4).message_id) is None
+    assert store.mark_sent_many([entry(1).client_msg_id, entry(9).client_msg_id,
+                                 entry(2).client_msg_id], now_ms=NOW) == [True, False, True]
+    assert store.outbox_size() == 1
+    for n, status in ((1, MessageStatus.SENT), (2, MessageStatus.SENT),
+                      (3, MessageStatus.PENDING)):
+        msg = store.get_message(cid, text(cid, n).message_id)
+        assert msg is not None and msg.status is status
+
+
+def test_commit_receive_many(store: ClientStore) -> None:
+    cid = _conversation(store)
+    alice, bob, rng = session_pair(b"many")
+    states = []
+    for n in range(3):
+        got = bob.decrypt(alice.encrypt(b"m%d" % n, rng=rng).message, now_ms=NOW)
+        alice_next = alice.encrypt(b"", rng=rng)  # keep Alice's chain moving
+        alice, bob = alice_next.state, got.state
+        states.append(got.state)
+    incoming = [Incoming(envelope=EnvelopeRef(mailbox_id=mailbox(1), seq=n + 1),
+                         received_at_ms=NOW, session=SessionUpdate(peer=account(1), state=s),
+                         history=text(cid, n + 1, sender=account(1)))
+                for n, s in enumerate(states)]
+    results = store.commit_receive_many([*incoming, incoming[0]])
+    assert [r.outcome for r in results] == [ReceiveOutcome.PROCESSED] * 3 + [
+        ReceiveOutcome.DUPLICATE_ENVELOPE]
+    assert store.message_count(cid) == 3
+    assert store.load_session(account(1)).to_bytes() == states[-1].to_bytes()  # type: ignore[union-attr]
