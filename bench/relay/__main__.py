@@ -22,6 +22,7 @@ from pathlib import Path
 from . import harness
 from .flows import check_templates
 from .harness import LoadResult, MemoryResult, run_load, run_memory
+from .profiling import summarize
 from .worker import raise_fd_limit
 
 PHASES = ("forwarder", "throughput", "pingpong", "openloop", "memory")
@@ -60,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--relay-arg", action="append", default=[], metavar="ARG",
                    help="extra pigeon-relay argument (repeat), e.g. --relay-arg=--synchronous"
                         " --relay-arg=NORMAL")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="record each relay run with py-spy into DIR and print the hot calls "
+                        "(separate from figure runs: the sampler costs CPU)")
     p.add_argument("--fake-relay", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--workdir", type=Path, help="where servers keep data (default: a tmp dir)")
     return p
@@ -173,12 +177,20 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     t_start = time.monotonic()
     rep = Report()
+    profiles: list[tuple[Path, str]] = []
 
     def both(**kw: object) -> dict[str, LoadResult]:
         out: dict[str, LoadResult] = {}
         for t in targets:
+            prof = None
+            if args.profile is not None and t == "relay":
+                args.profile.mkdir(parents=True, exist_ok=True)
+                prof = args.profile / (f"relay-{kw['mode']}-{kw['pairs']}-w{kw.get('window', 1)}"
+                                       f"-r{int(float(kw.get('rate', 0)))}.txt")  # type: ignore[arg-type]
             r = run_load(target=t, procs=procs, workdir=workdir,  # type: ignore[arg-type]
-                         relay_extra=args.relay_arg, **kw)
+                         relay_extra=args.relay_arg, profile_out=prof, **kw)
+            if prof is not None:
+                profiles.append((prof, _describe(r)))
             print("   · " + _describe(r), flush=True)
             rep.notes.append(_describe(r))
             out[t] = r
@@ -284,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\nRuns:")
     for n in rep.notes:
         print(f"- {n}")
+    for path, what in profiles:
+        print(f"\n## Profile: {what}\n({path})\n")
+        print(summarize(path))
     return 0
 
 

@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from .profiling import PySpy
 from .servers import (
     ServerProcess,
     forwarder_command,
@@ -200,7 +201,8 @@ def run_load(*, target: str, mode: str, pairs: int, procs: int, duration_s: floa
              warmup_s: float, workdir: Path, window: int = 1, rate: float = 0.0,
              ack_every: int = 32, ack_interval_ms: float = 5.0, flush_each: bool = False,
              setup_cap_s: float = 300.0, drain_s: float = 5.0,
-             relay_extra: list[str] | None = None) -> LoadResult:
+             relay_extra: list[str] | None = None,
+             profile_out: Path | None = None) -> LoadResult:
     res = LoadResult(target=target, mode=mode, pairs=pairs, window=window, offered=rate,
                      duration_s=duration_s)
     try:
@@ -231,7 +233,9 @@ def run_load(*, target: str, mode: str, pairs: int, procs: int, duration_s: floa
                 _sleep_until(m_from)
                 s0, g0, b0 = _cpu([server.pid]), _cpu(wpids), machine_busy()
                 w0 = time.monotonic_ns()
-                _sleep_until(m_to)
+                with (PySpy(server.pid, duration_s, profile_out) if profile_out is not None
+                      else contextlib.nullcontext()):
+                    _sleep_until(m_to)
                 s1, g1, b1 = _cpu([server.pid]), _cpu(wpids), machine_busy()
                 wall = (time.monotonic_ns() - w0) / 1e9
                 ncpu = os.cpu_count() or 1
