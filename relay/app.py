@@ -249,15 +249,17 @@ async def sweep_once(app: web.Application) -> tuple[int, int]:
 
 
 async def _sweeper(app: web.Application) -> None:
+    # The first pass waits one interval too: startup stays light, and nothing depends on
+    # the sweep for correctness (reads and the blob endpoints ignore expired objects).
     interval = app[CONFIG].sweep_interval_ms / 1000
     while True:
+        await asyncio.sleep(interval)
         try:
             await sweep_once(app)
         except StoreError as exc:
             _log.warning("expiry sweep failed: %s", exc)
         except Exception:  # the sweeper must outlive a bug in one pass; it is logged
             _log.exception("expiry sweep crashed")
-        await asyncio.sleep(interval)
 
 
 # --------------------------------------------------------------------------- handlers

@@ -282,21 +282,25 @@ async def test_blob_past_its_expiry_is_gone(shared: RelayProcess,
         assert resp.status == 404
 
 
-async def test_sweeper_removes_expired_blobs(relay_factory: RelayFactory) -> None:
-    rp = relay_factory(["--sweep-interval", "100ms"])
-    blob = await Blob.reserve(rp, size=10, chunks=1, expires_in_ms=300)
-    up, auth = blob.grant(BlobOp.UPLOAD)
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
-        async with http.put(f"{up}/0", data=b"0123456789", headers=auth) as resp:
-            assert resp.status == 200
-        folder = rp.data_dir / "pigeon-relay-blobs" / blob.blob_id.hex()[:2] / blob.blob_id.hex()
-        for _ in range(100):
-            if not folder.exists():
-                break
-            await asyncio.sleep(0.05)
-        assert not folder.exists()
-        async with http.get(rp.url + "/metrics") as resp:
-            text = await resp.text()
+async def test_sweeper_removes_expired_blobs(relay_factory: RelayFactory,
+                                            tmp_path: Path) -> None:
+    # Reserved before the relay starts: a reservation written by another process while
+    # the sweeper runs could be mistaken for debris (the relay owns its folder).
+    folder = tmp_path / "data"
+    store = await FolderBlobStore.create(folder / "pigeon-relay-blobs")
+    blob_id = os.urandom(16)
+    await store.reserve(blob_id, size=10, chunk_count=1, expires_at_ms=now_ms() - 1)
+    blob_dir = folder / "pigeon-relay-blobs" / blob_id.hex()[:2] / blob_id.hex()
+    assert blob_dir.is_dir()
+    rp = relay_factory(["--sweep-interval", "100ms"], cwd=folder)
+    for _ in range(100):
+        if not blob_dir.exists():
+            break
+        await asyncio.sleep(0.05)
+    assert not blob_dir.exists()
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as http, \
+            http.get(rp.url + "/metrics") as resp:
+        text = await resp.text()
     assert re.search(r'pigeon_relay_expired_total\{what="blobs"\} [1-9]', text)
 
 
