@@ -31,9 +31,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pigeon_crypto.errors import StoreError, WrongPassphrase
+from pigeon_crypto.errors import PigeonError, StoreError, TransportError, WrongPassphrase
+from protocol.errors import ErrorCode
 
 __all__ = [
+    "CertificatePinMismatch",
+    "ClientError",
+    "ConnectionLost",
+    "ContactBlocked",
+    "ContactNotReady",
+    "IdentityChangeUnacknowledged",
+    "IdentityMismatch",
+    "InvalidContactLink",
+    "NotRegistered",
     "ProfileCorrupt",
     "ProfileError",
     "ProfileExists",
@@ -41,9 +51,11 @@ __all__ = [
     "ProfileNotFound",
     "ProfileTooNew",
     "RecordNotFound",
+    "RelayError",
     "StoreClosed",
     "StoreConflict",
     "StoreError",
+    "UnknownContact",
     "WrongPassphrase",
 ]
 
@@ -147,3 +159,138 @@ class StoreConflict(StoreError):
     def __init__(self, what: str) -> None:
         super().__init__(f"conflict: {what}")
         self.what = what
+
+
+# --- the networked client -----------------------------------------------------------------
+#
+#     PigeonError
+#     ├── ClientError                  the client refuses an intent (nothing was sent)
+#     │   ├── NotRegistered            no account in this profile yet (register first)
+#     │   ├── UnknownContact           no such contact
+#     │   ├── ContactNotReady          not accepted yet (state says which side)
+#     │   ├── ContactBlocked           we blocked this contact
+#     │   ├── IdentityChangeUnacknowledged
+#     │   │                            their identity changed; acknowledge it first
+#     │   ├── InvalidContactLink       a contact link that does not parse
+#     │   └── IdentityMismatch         a bundle that is not the identity we were told
+#     └── TransportError (pigeon_crypto)
+#         ├── RelayError               the relay answered Error(code)
+#         ├── ConnectionLost           the connection closed before the answer
+#         └── CertificatePinMismatch   the relay's TLS certificate is not the pinned one
+
+
+class ClientError(PigeonError):
+    """The client refused an intent of the application; nothing was sent."""
+
+
+class NotRegistered(ClientError):
+    """The profile has no account yet: call ``AsyncClient.register`` first."""
+
+    def __init__(self) -> None:
+        super().__init__("this profile has no account yet: register first")
+
+
+class UnknownContact(ClientError):
+    """No contact with this account id.
+
+    Attributes:
+        account_id: the account asked for.
+    """
+
+    def __init__(self, account_id: bytes) -> None:
+        super().__init__(f"no contact {account_id.hex()}")
+        self.account_id = account_id
+
+
+class ContactNotReady(ClientError):
+    """The contact cannot receive messages yet.
+
+    ``state`` INVITED: we invited them and wait for their acceptance (their mailbox is
+    announced then); PENDING: they invited us, ``accept`` first.
+
+    Attributes:
+        account_id: the contact.
+        state: its ``ContactState`` name.
+    """
+
+    def __init__(self, account_id: bytes, state: str) -> None:
+        super().__init__(f"contact {account_id.hex()} is {state.lower()}, not accepted yet")
+        self.account_id = account_id
+        self.state = state
+
+
+class ContactBlocked(ClientError):
+    """We blocked this contact: unblock it to write to it again."""
+
+    def __init__(self, account_id: bytes) -> None:
+        super().__init__(f"contact {account_id.hex()} is blocked")
+        self.account_id = account_id
+
+
+class IdentityChangeUnacknowledged(ClientError):
+    """The contact's identity changed without a signed rotation; the user must
+    acknowledge it (``acknowledge_identity_change``) before anything is sent to them."""
+
+    def __init__(self, account_id: bytes) -> None:
+        super().__init__(f"the identity of {account_id.hex()} changed; acknowledge it first")
+        self.account_id = account_id
+
+
+class InvalidContactLink(ClientError):
+    """A contact link (or QR payload) that does not parse.
+
+    Attributes:
+        reason: what is wrong (safe to show).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"invalid contact link: {reason}")
+        self.reason = reason
+
+
+class IdentityMismatch(ClientError):
+    """The relay handed out an identity that is not the one expected (a contact link's
+    fingerprint, or a username binding that the account's identity did not sign)."""
+
+    def __init__(self, account_id: bytes, what: str) -> None:
+        super().__init__(f"identity of {account_id.hex()} does not match the {what}")
+        self.account_id = account_id
+        self.what = what
+
+
+class RelayError(TransportError):
+    """The relay answered a request with ``Error``.
+
+    Attributes:
+        code: the wire code (``protocol.ErrorCode`` when known, else the plain int).
+        retry_after_ms: when the relay said to retry (rate limits, overload), else None.
+    """
+
+    def __init__(self, code: int, message: str | None = None,
+                 retry_after_ms: int | None = None) -> None:
+        try:
+            name = ErrorCode(code).name
+        except ValueError:
+            name = str(code)
+        super().__init__(f"relay error {name}" + (f": {message}" if message else ""))
+        self.code = code
+        self.retry_after_ms = retry_after_ms
+
+
+class ConnectionLost(TransportError):
+    """The connection to the relay closed (or never opened) before an answer came.
+
+    Attributes:
+        close_code: the WebSocket close code, when there was one.
+    """
+
+    def __init__(self, reason: str, close_code: int | None = None) -> None:
+        super().__init__(reason)
+        self.close_code = close_code
+
+
+class CertificatePinMismatch(TransportError):
+    """The relay's TLS certificate does not have the pinned SHA-256 fingerprint."""
+
+    def __init__(self) -> None:
+        super().__init__("the relay's TLS certificate does not match the pinned fingerprint")
