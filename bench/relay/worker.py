@@ -35,6 +35,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import gc
 import os
 import resource
 import time
@@ -466,6 +467,11 @@ async def _main(args: WorkerArgs, conn: Connection) -> None:
     t0 = time.monotonic()
     try:
         await driver.setup()
+        # The generator's garbage is acyclic (bytes, msgpack lists and dicts): refcounting
+        # frees it. Keep the cyclic collector from pausing the generator mid-run.
+        gc.collect()
+        gc.freeze()
+        gc.disable()
         conn.send(("ready", {"pairs": len(driver.pairs), "setup_s": time.monotonic() - t0,
                              "setup_failures": driver.setup_failures, "pid": os.getpid()}))
         msg = await asyncio.to_thread(conn.recv)
