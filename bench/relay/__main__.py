@@ -124,7 +124,7 @@ def _problems(r: LoadResult | None) -> str:
     if r.failure:
         bits.append(f"FAILED: {r.failure}")
     if r.lost:
-        bits.append(f"{r.lost} lost")
+        bits.append(f"{r.lost} accepted but undelivered after the drain")
     if r.dups:
         bits.append(f"{r.dups} duplicated")
     if r.unanswered:
@@ -136,8 +136,9 @@ def _problems(r: LoadResult | None) -> str:
 
 
 def _describe(r: LoadResult) -> str:
-    extra = (f"sent {r.sent:,}, received {r.received:,}, lost {r.lost}, dup {r.dups}, "
-             f"unanswered {r.unanswered}, send errors {r.send_errors}, machine CPU "
+    extra = (f"sent {r.sent:,}, received {r.received:,}, undelivered {r.lost}, dup {r.dups}, "
+             f"unanswered {r.unanswered} (after a {r.drain_s:.1f}s drain), "
+             f"send errors {r.send_errors}, machine CPU "
              f"{_fmt_cpu(r.machine_cpu)} (other processes "
              f"{_fmt_cpu(r.machine_cpu - r.server_cpu - r.gen_cpu)}), setup {r.setup_s:.1f}s")
     if r.mode == "open":

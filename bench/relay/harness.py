@@ -65,6 +65,7 @@ class LoadResult:
     send_errors: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     setup_s: float = 0.0
+    drain_s: float = 0.0
     failure: str | None = None
 
     @property
@@ -200,7 +201,7 @@ def _cpu(pids: list[int]) -> float:
 def run_load(*, target: str, mode: str, pairs: int, procs: int, duration_s: float,
              warmup_s: float, workdir: Path, window: int = 1, rate: float = 0.0,
              ack_every: int = 32, ack_interval_ms: float = 5.0, flush_each: bool = False,
-             setup_cap_s: float = 300.0, drain_s: float = 5.0,
+             setup_cap_s: float = 300.0, drain_s: float = 30.0,
              relay_extra: list[str] | None = None,
              profile_out: Path | None = None) -> LoadResult:
     res = LoadResult(target=target, mode=mode, pairs=pairs, window=window, offered=rate,
@@ -261,6 +262,7 @@ def run_load(*, target: str, mode: str, pairs: int, procs: int, duration_s: floa
         res.dups += r["dups"]
         res.unanswered += r["unanswered"]
         res.send_errors += r["send_errors"]
+        res.drain_s = max(res.drain_s, r["drain_s"])
         for k, v in r["errors"].items():
             res.errors[k] = res.errors.get(k, 0) + v
         a = array.array("q")

@@ -11,8 +11,9 @@ harness and the workers talk over a ``multiprocessing`` pipe:
    ``measure_to_ns``. Sending starts at ``start_ns`` and stops at ``measure_to_ns``;
    only receipts inside ``[measure_from_ns, measure_to_ns)`` count for rates and
    latencies (the rest is warm-up);
-3. the worker drains (waits until every accepted message has been received, bounded by
-   ``drain_s``), checks per pair that nothing was lost or duplicated, and sends
+3. the worker drains (waits until every accepted message has been received and every
+   send answered; at most ``drain_s``, and no more than 3 s without progress), checks
+   per pair that nothing was lost or duplicated, and sends
    ``("result", stats)``.
 
 Modes:
@@ -43,6 +44,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
+
+from protocol import FRAME_TYPES
 
 from .flows import (
     AckTemplate,
@@ -76,9 +79,15 @@ class WorkerArgs:
     flush_each: bool = False
     setup_concurrency: int = 64
     setup_timeout_s: float = 300.0
-    drain_s: float = 5.0
+    drain_s: float = 30.0
+    """Cap on the drain; it also ends after 3 s without progress."""
     keep_latencies: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _name(frame_type: int) -> str:
+    cls = FRAME_TYPES.get(frame_type)
+    return f"{cls.__name__} ({frame_type})" if cls is not None else f"frame type {frame_type}"
 
 
 def raise_fd_limit() -> tuple[int, int]:
@@ -142,6 +151,7 @@ class Driver:
         self.lag = array.array("q")
         self.dirty: set[Pair] = set()
         self.closed_conns = 0
+        self.drain_s = 0.0
         self.setup_failures: dict[str, int] = {}
         self.loop = asyncio.get_running_loop()
         self.done_event = asyncio.Event()
@@ -247,7 +257,7 @@ class Driver:
                 p.error(f"Send -> Error {f[3].get(1)}")
                 self._lost_in_flight(p)
             else:
-                p.error(f"sender got frame type {t}")
+                p.error(f"sender got {_name(t)}")
 
         return on_message
 
@@ -274,7 +284,7 @@ class Driver:
                     if t == T_ERROR:
                         p.error(f"Ack -> Error {f[3].get(1)}")
                     else:
-                        p.error(f"receiver got frame type {t}")
+                        p.error(f"receiver got {_name(t)}")
                     return
                 body = f[3]
                 blob = body[4]
@@ -288,7 +298,7 @@ class Driver:
                         dirty.add(p)
             else:
                 if t != T_SEND:
-                    p.error(f"receiver got frame type {t}")
+                    p.error(f"receiver got {_name(t)}")
                     return
                 blob = f[3][2]
             _pair, c, t_ns = parse_blob(blob)
@@ -362,10 +372,19 @@ class Driver:
                 await self.open_loop(int(plan["start_ns"]))
             self.sending = False
             deadline = _monotonic_ns() + int(self.args.drain_s * 1e9)
+            progress = (-1, -1)
+            stalled_since = _monotonic_ns()
             while _monotonic_ns() < deadline:
                 if all(self._settled(p) for p in self.pairs):
                     break
+                now_progress = (sum(p.received for p in self.pairs),
+                                sum(p.sent_ok + p.send_errors for p in self.pairs))
+                if now_progress != progress:
+                    progress, stalled_since = now_progress, _monotonic_ns()
+                elif _monotonic_ns() - stalled_since > 3_000_000_000:
+                    break
                 await asyncio.sleep(0.01)
+            self.drain_s = (_monotonic_ns() - self.measure_to) / 1e9
             if self.relay:  # final acks, so the relay can drop what was delivered
                 for p in self.pairs:
                     if p.last_seq > p.acked_seq and not p.receiver.closed:
@@ -452,6 +471,7 @@ class Driver:
             "lat": self.lat.tobytes(),
             "lag": self.lag.tobytes(),
             "cpu_s": t.user + t.system,
+            "drain_s": self.drain_s,
         }
 
     def close_all(self) -> None:
