@@ -145,6 +145,8 @@ def _describe(r: LoadResult) -> str:
         extra += f", schedule lag p99 {_fmt_ms(r.lag_p99_ms)}"
     if r.mode == "closed":
         extra += f", latency p50 {_fmt_ms(r.p50_ms)} p99 {_fmt_ms(r.p99_ms)}"
+    if r.server_view:
+        extra += f"; relay /metrics: {r.server_view}"
     prob = _problems(r)
     return f"{r.target} {r.mode} N={r.pairs} W={r.window}: {extra}" + (
         f" — {prob}" if prob else "")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .profiling import PySpy
+from .relay_metrics import scrape, summarize_delta
 from .servers import (
     ServerProcess,
     forwarder_command,
@@ -66,6 +67,8 @@ class LoadResult:
     errors: dict[str, int] = field(default_factory=dict)
     setup_s: float = 0.0
     drain_s: float = 0.0
+    server_view: str = ""
+    """The relay's /metrics over the window (commits, batch sizes, store latencies)."""
     failure: str | None = None
 
     @property
@@ -231,6 +234,8 @@ def run_load(*, target: str, mode: str, pairs: int, procs: int, duration_s: floa
                 workers.send(("go", {"start_ns": start, "measure_from_ns": m_from,
                                      "measure_to_ns": m_to}))
                 wpids = workers.pids()
+                _sleep_until(m_from - 30_000_000)
+                scrape0 = scrape(server.port) if target == "relay" else {}
                 _sleep_until(m_from)
                 s0, g0, b0 = _cpu([server.pid]), _cpu(wpids), machine_busy()
                 w0 = time.monotonic_ns()
@@ -239,6 +244,8 @@ def run_load(*, target: str, mode: str, pairs: int, procs: int, duration_s: floa
                     _sleep_until(m_to)
                 s1, g1, b1 = _cpu([server.pid]), _cpu(wpids), machine_busy()
                 wall = (time.monotonic_ns() - w0) / 1e9
+                if target == "relay":
+                    res.server_view = summarize_delta(scrape0, scrape(server.port), wall)
                 ncpu = os.cpu_count() or 1
                 res.server_cpu = (s1 - s0) / wall
                 res.gen_cpu = (g1 - g0) / wall
