@@ -1,1 +1,106 @@
-"""Pigeon client_sdk package."""
+"""Pigeon's client SDK: an asyncio client over a sans-I/O core.
+
+Quickstart (docs/_drafts/75-sdk.md)::
+
+    from client_sdk import AsyncClient, MessageReceived
+
+    async with AsyncClient.open("alice.pigeon", passphrase, relay_url=url) as alice:
+        await alice.register()
+        await alice.add_contact_by_link(bob_link)
+        async for event in alice.events():
+            if isinstance(event, ContactAccepted):
+                await alice.send_text(event.peer, "hi Bob")
+
+Layers (STYLE.md §1): :mod:`client_sdk.frames` (pure frame builders and checkers),
+:class:`~client_sdk.core.ClientCore` (the no-I/O client that absorbs results; it runs
+its store calls on the thread it is called from), :class:`~client_sdk.AsyncClient`
+(sockets, reconnects, retries, the worker thread). Persistence: :mod:`client_sdk.store`.
+"""
+
+from .client import AsyncClient
+from .core import ClientCore, CoreConfig
+from .errors import (
+    CertificatePinMismatch,
+    ClientError,
+    ConnectionLost,
+    ContactBlocked,
+    ContactNotReady,
+    IdentityChangeUnacknowledged,
+    IdentityMismatch,
+    InvalidContactLink,
+    NotRegistered,
+    ProfileCorrupt,
+    ProfileLocked,
+    ProfileNotFound,
+    RelayError,
+    UnknownContact,
+    WrongPassphrase,
+)
+from .events import (
+    ContactAccepted,
+    Disconnected,
+    Event,
+    IdentityChanged,
+    InvitationReceived,
+    MailboxRotated,
+    MessageDeleted,
+    MessageEdited,
+    MessageReceived,
+    MessageRef,
+    MessagesLost,
+    MessageStatusChanged,
+    PresenceChanged,
+    ProfileChanged,
+    ReactionChanged,
+    ReceiptReceived,
+    Reconnected,
+    TypingChanged,
+)
+from .history import MessageKind, MessageStatus
+from .payloads import ContactLink
+from .store import Contact, ContactState, Durability
+
+__all__ = [
+    "AsyncClient",
+    "CertificatePinMismatch",
+    "ClientCore",
+    "ClientError",
+    "ConnectionLost",
+    "Contact",
+    "ContactAccepted",
+    "ContactBlocked",
+    "ContactLink",
+    "ContactNotReady",
+    "ContactState",
+    "CoreConfig",
+    "Disconnected",
+    "Durability",
+    "Event",
+    "IdentityChangeUnacknowledged",
+    "IdentityChanged",
+    "IdentityMismatch",
+    "InvalidContactLink",
+    "InvitationReceived",
+    "MailboxRotated",
+    "MessageDeleted",
+    "MessageEdited",
+    "MessageKind",
+    "MessageReceived",
+    "MessageRef",
+    "MessageStatus",
+    "MessageStatusChanged",
+    "MessagesLost",
+    "NotRegistered",
+    "PresenceChanged",
+    "ProfileChanged",
+    "ProfileCorrupt",
+    "ProfileLocked",
+    "ProfileNotFound",
+    "ReactionChanged",
+    "ReceiptReceived",
+    "Reconnected",
+    "RelayError",
+    "TypingChanged",
+    "UnknownContact",
+    "WrongPassphrase",
+]

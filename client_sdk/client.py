@@ -1,0 +1,834 @@
+"""Layer 3 of the SDK: :class:`AsyncClient`, which owns the socket, retries and store.
+
+Theory of operation (docs/_drafts/75-sdk.md)
+    ``AsyncClient.open(path, passphrase, relay_url=...)`` gives a client to use as
+    ``async with``. Entering opens (or creates) the profile and, once the profile is
+    registered, starts the **connection loop**: connect (aiohttp WebSocket, certificate
+    pinned when a fingerprint is given), ``Connect``/``Challenge``, ``Auth`` (or
+    ``Register``), then the *post-login sync* (prekeys due for upload or rotation, the
+    contact mailbox, ``Subscribe`` to every mailbox we own), then the outbox pump
+    resumes. When the connection drops, every pending request fails with
+    ``ConnectionLost``, ``Disconnected`` is emitted, and the loop reconnects with
+    exponential backoff and jitter (``retry_delay_ms``, capped by
+    ``reconnect_cap_ms``); ``Reconnected`` follows, and the relay redelivers whatever
+    was not acked.
+
+    All protocol logic is in :class:`~client_sdk.core.ClientCore`, which runs on one
+    worker thread (a single-thread executor: the store is synchronous, calls stay in
+    FIFO order and never block the event loop). Sends are **group-committed**: intents
+    that arrive while the worker is busy are encrypted and stored in one transaction.
+    Deliveries are processed in batches (one transaction), acked after the commit,
+    then their events are emitted; delivery receipts are sent once a burst is done.
+
+    Events reach ``async for event in client.events()`` iterators and handlers
+    registered with ``client.on(EventType, handler)`` (sync functions or coroutines),
+    in order. Events emitted before the first ``events()`` call are kept (up to
+    ``EVENT_BACKLOG``) for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+import aiohttp
+
+from pigeon_crypto.errors import PigeonError
+from pigeon_crypto.rng import Rng, system_rng
+from pigeon_crypto.sealing import DEFAULT_PARAMS, Argon2Params
+from pigeon_crypto.signing import Purpose
+from protocol import limits as L
+from protocol.errors import ErrorCode
+from protocol.frames import (
+    Bundle,
+    Challenge,
+    ClaimUsername,
+    Connect,
+    CreateMailbox,
+    DeleteAccount,
+    Delivery,
+    EphemeralDelivery,
+    FetchBundle,
+    Frame,
+    LookupUsername,
+    MailboxCreated,
+    MessagesExpired,
+    Overloaded,
+    PrekeysLow,
+    RotateIdentity,
+    RotateMailbox,
+    SendEphemeral,
+    SetContactMailbox,
+    Subscribe,
+    Subscribed,
+    UsernameFound,
+)
+from protocol.inner import PresenceState, ReceiptKind
+from protocol.payloads import challenge_payload, normalize_username, username_binding_payload
+
+from . import _sending
+from ._client_api import ClientApiMixin
+from ._connection import RelayConnection, parse_fingerprint, websocket_url
+from ._pump import OutboxPump
+from .core import SETTING_RELAY, ClientCore, CoreConfig
+from .errors import (
+    CertificatePinMismatch,
+    ClientError,
+    ConnectionLost,
+    NotRegistered,
+    RelayError,
+)
+from .events import Disconnected, Event, MessageRef, Reconnected
+from .frames import ack_frames, auth_frame, register_frame
+from .store.profile import Durability, Profile
+from .store.records import retry_delay_ms
+
+__all__ = ["EVENT_BACKLOG", "AsyncClient"]
+
+_log = logging.getLogger("pigeon.sdk")
+
+EVENT_BACKLOG: Final = 10_000
+"""Events kept for the first ``events()`` iterator; older ones are dropped (logged)."""
+RECEIVE_BATCH: Final = 512
+"""Deliveries processed in one transaction."""
+SEND_BATCH: Final = 512
+"""Intents encrypted and stored in one transaction."""
+
+E = TypeVar("E", bound=Event)
+Handler = Callable[[Any], object]
+
+
+class AsyncClient(ClientApiMixin):
+    """The networked client of one profile (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike[str], passphrase: str | bytes, *,
+                 relay_url: str | None = None, tls_fingerprint: str | bytes | None = None,
+                 create: bool = True, params: Argon2Params = DEFAULT_PARAMS,
+                 durability: Durability = Durability.FULL, config: CoreConfig | None = None,
+                 reconnect_cap_ms: int = 30_000, rng: Rng = system_rng) -> None:
+        """Use :meth:`open`. Arguments as there."""
+        self.path = Path(path)
+        self._passphrase = passphrase
+        self._relay_url = relay_url
+        self._pin = None if tls_fingerprint is None else parse_fingerprint(tls_fingerprint)
+        self._create = create
+        self._params = params
+        self._durability = durability
+        self._config = config
+        self._reconnect_cap_ms = reconnect_cap_ms
+        self._rng = rng
+        self._profile: Profile | None = None
+        self._core: ClientCore | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._conn: RelayConnection | None = None
+        self._connected = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._fatal: BaseException | None = None
+        self._invite: str | None = None
+        self._registering = False
+        self._challenge: Challenge | None = None
+        self._register_waiter: asyncio.Future[None] | None = None
+        self._handlers: list[tuple[type[Event], Handler]] = []
+        self._subscribers: list[asyncio.Queue[Event | None]] = []
+        self._backlog: deque[Event] | None = deque()
+        self._rx: deque[Frame] = deque()
+        self._rx_wake = asyncio.Event()
+        self._tx: list[tuple[_sending.Intent, asyncio.Future[MessageRef | None]]] = []
+        self._tx_wake = asyncio.Event()
+        self._pump = OutboxPump(self._run_core, self._emit, self._now_ms)
+        self.dropped_envelopes = 0
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], passphrase: str | bytes, *,
+             relay_url: str | None = None, tls_fingerprint: str | bytes | None = None,
+             create: bool = True, params: Argon2Params = DEFAULT_PARAMS,
+             durability: Durability = Durability.FULL, config: CoreConfig | None = None,
+             reconnect_cap_ms: int = 30_000, rng: Rng = system_rng) -> AsyncClient:
+        """A client for the profile at *path*; use ``async with`` (or :meth:`start`
+        and :meth:`close`).
+
+        Args:
+            relay_url: the relay (``https://host:port`` or ``wss://…``; plain ``http``
+                and ``ws`` on loopback only). Remembered in the profile at
+                registration; required then.
+            tls_fingerprint: pin the relay's certificate (SHA-256 of its DER bytes;
+                hex, ``AA:BB:…`` or bytes).
+            create: create the profile if there is none at *path*.
+            params: Argon2id cost for a new profile (tests pass cheap ones).
+
+        Raises (on entering):
+            WrongPassphrase, ProfileCorrupt, ProfileLocked, ProfileTooNew,
+            ProfileNotFound (``create=False``).
+        """
+        return cls(path, passphrase, relay_url=relay_url, tls_fingerprint=tls_fingerprint,
+                   create=create, params=params, durability=durability, config=config,
+                   reconnect_cap_ms=reconnect_cap_ms, rng=rng)
+
+    def __repr__(self) -> str:
+        who = self._core.identity.account_id.hex() if self._core and self._core.has_identity \
+            else "-"
+        state = "connected" if self._connected.is_set() else "offline"
+        return f"AsyncClient({str(self.path)!r}, account={who}, {state})"
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the profile; connect if it is registered."""
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pigeon-core")
+        loop = asyncio.get_running_loop()
+
+        def open_profile() -> Profile:
+            if self.path.exists() or not self._create:
+                return Profile.open(self.path, self._passphrase, durability=self._durability,
+                                    rng=self._rng)
+            return Profile.create(self.path, self._passphrase, params=self._params,
+                                  durability=self._durability, rng=self._rng)
+
+        try:
+            self._profile = await loop.run_in_executor(self._executor, open_profile)
+            self._core = await loop.run_in_executor(
+                self._executor, lambda: ClientCore(self._profile.store,  # type: ignore[union-attr]
+                                                   rng=self._rng, config=self._config))
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
+        self._passphrase = b""  # not kept longer than needed
+        if self._relay_url is None:
+            stored = await self._run(lambda c: c.store.get_setting(SETTING_RELAY))
+            self._relay_url = None if stored is None else stored.decode()
+        self._spawn(self._receiver())
+        self._spawn(self._sender())
+        self._spawn(self._pump.run())
+        self._spawn(self._maintenance())
+        if self._core is not None and self._core.registered:
+            self._start_loop()
+
+    async def close(self) -> None:
+        """Stop the connection and background work; close the profile. Idempotent."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *(t for t in [self._loop_task] if t),
+                             return_exceptions=True)
+        if self._conn is not None:
+            await self._conn.close()
+        if self._session is not None:
+            await self._session.close()
+        for queue in self._subscribers:
+            queue.put_nowait(None)
+        if self._executor is not None:
+            profile = self._profile
+            if profile is not None:
+                await asyncio.get_running_loop().run_in_executor(self._executor, profile.close)
+            self._executor.shutdown(wait=True)
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("background task failed", exc_info=task.exception())
+
+    @property
+    def core(self) -> ClientCore:
+        if self._core is None:
+            raise RuntimeError("the client is not started (use `async with`)")
+        return self._core
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout_s: float | None = None) -> None:
+        """Wait until the client is connected and authenticated.
+
+        Raises:
+            TimeoutError; or the error that stopped the connection loop for good.
+        """
+        async with asyncio.timeout(timeout_s):
+            while not self._connected.is_set():
+                if self._fatal is not None:
+                    raise self._fatal
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.05):
+                        await self._connected.wait()
+
+    # --- the worker ---------------------------------------------------------------------
+
+    T = TypeVar("T")
+
+    async def _run(self, fn: Callable[[ClientCore], T]) -> T:
+        """Run *fn(core)* on the core's worker thread."""
+        core = self.core
+        assert self._executor is not None
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, core)
+
+    async def _run_core(self, name: str, *args: Any, **kwargs: Any) -> object:
+        return await self._run(lambda c: getattr(c, name)(*args, **kwargs))
+
+    @staticmethod
+    def _now_ms() -> int:
+        return time.time_ns() // 1_000_000
+
+    # --- events ---------------------------------------------------------------------------
+
+    def on(self, event_type: type[E], handler: Callable[[E], object]) -> Callable[[], None]:
+        """Call *handler* for every event of *event_type* (subclasses included; ``Event``
+        for all). Coroutine handlers are awaited in order. Returns an unsubscribe."""
+        entry = (event_type, handler)
+        self._handlers.append(entry)
+        return lambda: self._handlers.remove(entry) if entry in self._handlers else None
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event from now on (the first iterator also gets those emitted since the
+        client started). Ends when the client closes."""
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        if self._backlog is not None:
+            for old in self._backlog:
+                queue.put_nowait(old)
+            self._backlog = None
+        self._subscribers.append(queue)
+        try:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    return
+                yield event
+        finally:
+            self._subscribers.remove(queue)
+
+    def _emit(self, events: Sequence[Event]) -> None:
+        for event in events:
+            for event_type, handler in list(self._handlers):
+                if isinstance(event, event_type):
+                    try:
+                        result = handler(event)
+                        if inspect.isawaitable(result):
+                            self._spawn(result)
+                    except Exception:
+                        _log.exception("event handler failed")
+            if self._backlog is not None:
+                if len(self._backlog) >= EVENT_BACKLOG:
+                    self._backlog.popleft()
+                    _log.warning("event backlog full: dropping the oldest event")
+                self._backlog.append(event)
+            for queue in self._subscribers:
+                queue.put_nowait(event)
+
+    # --- connection loop ------------------------------------------------------------------
+
+    def _start_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._fatal = None
+            self._loop_task = asyncio.ensure_future(self._connection_loop())
+
+    async def _connection_loop(self) -> None:
+        if self._relay_url is None:
+            raise ClientError("no relay URL: pass relay_url to AsyncClient.open")
+        url = websocket_url(self._relay_url)
+        ssl: aiohttp.Fingerprint | bool = True
+        if self._pin is not None:
+            ssl = aiohttp.Fingerprint(self._pin)
+        self._session = aiohttp.ClientSession()
+        failures = 0
+        while not self._closing.is_set():
+            try:
+                async with self._session.ws_connect(
+                        url, ssl=ssl if url.startswith("wss") else False,
+                        max_msg_size=L.MAX_FRAME_SIZE, heartbeat=30.0,
+                        receive_timeout=None) as ws:
+                    conn = RelayConnection(ws, self._on_frame)
+                    reader = asyncio.ensure_future(conn.read_loop())
+                    try:
+                        await self._login(conn)
+                        await self._after_login(conn)
+                        self._conn = conn
+                        self._connected.set()
+                        stored = await self._run(lambda c: c.due_outbox(now_ms=2**62))
+                        self._pump.attach(conn, stored)
+                        self._emit([Reconnected(attempt=failures)])
+                        failures = 0
+                        await reader
+                    finally:
+                        reader.cancel()
+                        self._connected.clear()
+                        self._conn = None
+                        self._pump.detach()
+                    reason = f"closed with code {conn.close_code}"
+            except aiohttp.ServerFingerprintMismatch:
+                self._fail(CertificatePinMismatch())
+                return
+            except RelayError as exc:
+                if exc.code in (ErrorCode.AUTH_FAILED, ErrorCode.UNKNOWN_ACCOUNT,
+                                ErrorCode.INVITE_REQUIRED, ErrorCode.INVITE_INVALID,
+                                ErrorCode.ACCOUNT_EXISTS):
+                    self._fail(exc)
+                    return
+                reason = str(exc)
+            except ConnectionLost as exc:
+                if exc.close_code == 4501 or (self._register_waiter is not None):
+                    self._fail(exc)
+                    return
+                reason = str(exc)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                if self._register_waiter is not None:
+                    self._fail(ConnectionLost(f"cannot reach the relay: {exc}"))
+                    return
+                reason = f"{type(exc).__name__}: {exc}"
+            self._emit([Disconnected(reason=reason)])
+            failures += 1
+            delay = min(retry_delay_ms(failures, self._rng), self._reconnect_cap_ms)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay / 1000):
+                    await self._closing.wait()
+
+    def _fail(self, exc: BaseException) -> None:
+        self._fatal = exc
+        if self._register_waiter is not None and not self._register_waiter.done():
+            self._register_waiter.set_exception(exc)
+
+    async def _login(self, conn: RelayConnection) -> None:
+        challenge = await conn.request(lambda rid: Connect(request_id=rid))
+        assert isinstance(challenge, Challenge)
+        core = self.core
+        if self._registering or not core.registered:
+            await conn.request(lambda rid: register_frame(core.identity, challenge, rid,
+                                                          self._invite))
+            relay_url = self._relay_url or ""
+            await self._run(lambda c: c.mark_registered(relay_url))
+            self._registering = False
+            self._invite = None
+        else:
+            await conn.request(lambda rid: auth_frame(core.identity, challenge, rid))
+        self._challenge = challenge
+
+    async def _after_login(self, conn: RelayConnection, notice: PrekeysLow | None = None,
+                           ) -> None:
+        now = self._now_ms()
+        pieces = await self._run(lambda c: c.prekeys_to_upload(now_ms=now, notice=notice))
+        for piece in pieces:
+            await conn.request(functools.partial(ClientCore.upload_frame, piece))
+            await self._run(functools.partial(_uploaded, piece=piece, now_ms=self._now_ms()))
+        if notice is not None:
+            return
+        if self.core.contact_mailbox is None:
+            capability, digest = await self._run(lambda c: c.new_capability())
+            created = await conn.request(lambda rid: CreateMailbox(request_id=rid,
+                                                                   capability_hash=digest))
+            assert isinstance(created, MailboxCreated)
+            await conn.request(lambda rid: SetContactMailbox(
+                request_id=rid, mailbox_id=created.mailbox_id, capability=capability))
+            await self._run(lambda c: c.set_contact_mailbox(created.mailbox_id, capability))
+        await self._subscribe(conn, self.core.subscriptions())
+        if self._register_waiter is not None and not self._register_waiter.done():
+            self._register_waiter.set_result(None)
+
+    async def _subscribe(self, conn: RelayConnection, mailbox_ids: Sequence[bytes]) -> None:
+        for i in range(0, len(mailbox_ids), L.MAX_MAILBOXES_PER_SUBSCRIBE):
+            chunk = tuple(mailbox_ids[i:i + L.MAX_MAILBOXES_PER_SUBSCRIBE])
+            answer = await conn.request(functools.partial(_subscribe_frame, chunk))
+            assert isinstance(answer, Subscribed)
+            if answer.rejected:
+                await self._run(functools.partial(_drop, rejected=answer.rejected,
+                                                  now_ms=self._now_ms()))
+
+    async def _connection(self, timeout_s: float = 30.0) -> RelayConnection:
+        """The live connection, waiting for one (raises the loop's fatal error)."""
+        if self._core is None or not self.core.registered:
+            raise NotRegistered()
+        await self.wait_connected(timeout_s)
+        conn = self._conn
+        if conn is None:
+            raise ConnectionLost("not connected")
+        return conn
+
+    async def _request(self, build: Callable[[int], Any], timeout_s: float = 30.0) -> Frame:
+        conn = await self._connection(timeout_s)
+        return await conn.request(build)
+
+    # --- frames from the relay ------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        if isinstance(frame, Delivery | EphemeralDelivery | MessagesExpired):
+            self._rx.append(frame)
+            self._rx_wake.set()
+        elif isinstance(frame, PrekeysLow):
+            self._spawn(self._replenish(frame))
+        elif isinstance(frame, Overloaded):
+            _log.warning("relay overloaded; it asks to wait %d ms", frame.retry_after_ms)
+        else:
+            _log.debug("ignored frame %s", type(frame).__name__)
+
+    async def _replenish(self, notice: PrekeysLow) -> None:
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(PigeonError):
+                await self._after_login(conn, notice)
+
+    async def _receiver(self) -> None:
+        """Process deliveries in batches, ack after commit, then emit."""
+        while True:
+            await self._rx_wake.wait()
+            self._rx_wake.clear()
+            while self._rx:
+                frame = self._rx.popleft()
+                now = self._now_ms()
+                if isinstance(frame, Delivery):
+                    batch = [frame]
+                    while self._rx and isinstance(self._rx[0], Delivery) \
+                            and len(batch) < RECEIVE_BATCH:
+                        batch.append(self._rx.popleft())  # type: ignore[arg-type]
+                    received = await self._run(functools.partial(_receive, batch=batch,
+                                                                 now_ms=now))
+                    self.dropped_envelopes += received.dropped
+                    self._ack(received.acks)
+                    self._pump.add(received.items)
+                    self._emit(received.events)
+                elif isinstance(frame, EphemeralDelivery):
+                    events = await self._run(functools.partial(_ephemeral, frame=frame,
+                                                               now_ms=now))
+                    self._emit(events)
+                elif isinstance(frame, MessagesExpired):
+                    events = await self._run(functools.partial(_expired, frame=frame))
+                    self._emit(events)
+            if self.core.pending_receipts:
+                done = await self._run(lambda c: c.flush_receipts(now_ms=self._now_ms()))
+                self._pump.add(done.items)
+
+    def _ack(self, acks: dict[bytes, list[int]]) -> None:
+        conn = self._conn
+        if conn is None or conn.closed:
+            return  # unacked envelopes come again; envelope_seen acks them then
+        with contextlib.suppress(ConnectionLost):
+            for mailbox_id, seqs in acks.items():
+                for frame in ack_frames(mailbox_id, seqs, iter(conn.next_id, 0)):
+                    conn.send_frame(frame)
+
+    async def _sender(self) -> None:
+        """Group commit of send intents: one core call per burst."""
+        while True:
+            await self._tx_wake.wait()
+            self._tx_wake.clear()
+            while self._tx:
+                batch, self._tx = self._tx[:SEND_BATCH], self._tx[SEND_BATCH:]
+                now = self._now_ms()
+                intents = [i for i, _ in batch]
+                try:
+                    done = await self._run(functools.partial(_submit, intents=intents,
+                                                             now_ms=now))
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                self._pump.add(done.items)
+                self._emit(done.events)
+                for (_, future), result in zip(batch, done.results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+
+    async def _submit(self, intent: _sending.Intent) -> MessageRef | None:
+        if self._core is None or not self._core.has_identity:
+            raise NotRegistered()
+        future: asyncio.Future[MessageRef | None] = asyncio.get_running_loop().create_future()
+        self._tx.append((intent, future))
+        self._tx_wake.set()
+        return await future
+
+    async def _maintenance(self) -> None:
+        """Hourly: rotate the signed prekey when due, purge disappearing messages."""
+        while True:
+            await asyncio.sleep(3600)
+            conn = self._conn
+            await self._run(functools.partial(_purge, now_ms=self._now_ms()))
+            if conn is not None:
+                with contextlib.suppress(PigeonError, TimeoutError):
+                    await self._after_login(conn, PrekeysLow(one_time_prekeys=10**6,
+                                                              one_time_kem_prekeys=10**6))
+
+    # --- account -----------------------------------------------------------------------------
+
+    async def register(self, *, invite_code: str | None = None,
+                       timeout_s: float = 60.0) -> bytes:
+        """Create the account on the relay (or confirm it: registering again is
+        harmless), upload prekeys, create and publish the contact mailbox, subscribe.
+        Returns the account id.
+
+        Raises:
+            RelayError: e.g. ``INVITE_REQUIRED``/``INVITE_INVALID``.
+            ConnectionLost: the relay could not be reached (or closed the connection,
+                e.g. with 4501 if it has no frame pipeline).
+        """
+        await self._run(lambda c: c.create_identity())
+        if self.core.registered and self.connected:
+            return self.core.account_id
+        self._invite = invite_code
+        self._registering = True
+        self._register_waiter = asyncio.get_running_loop().create_future()
+        try:
+            if self._loop_task is not None and not self._loop_task.done():
+                self._loop_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._loop_task
+            self._start_loop()
+            async with asyncio.timeout(timeout_s):
+                await self._register_waiter
+        finally:
+            self._register_waiter = None
+        return self.core.account_id
+
+    async def delete_account(self) -> None:
+        """Delete the account on the relay (its mailboxes, prekeys and username go with
+        it). History stays in the profile; the connection stops."""
+        await self._request(lambda rid: DeleteAccount(request_id=rid))
+        await self._run(lambda c: c.forget_registration())
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+
+    async def rotate_identity(self) -> None:
+        """Replace our identity key, signed by the old one; contacts see a signed
+        rotation (no acknowledgement needed). New prekeys are uploaded."""
+        identity, rotation = await self._run(lambda c: c.rotate_identity())
+        conn = await self._connection()
+        challenge = self._challenge
+        assert challenge is not None
+        payload = challenge_payload(challenge.relay_id, challenge.nonce,
+                                    challenge.server_time_ms, identity.account_id)
+        signature = identity.key_pair.sign(Purpose.RELAY_CHALLENGE, payload)
+        await conn.request(lambda rid: RotateIdentity(request_id=rid,
+                                                      rotation=rotation.to_bytes(),
+                                                      signature=signature))
+        await self._run(lambda c: c.commit_identity(identity, now_ms=self._now_ms()))
+        await self._after_login(conn, PrekeysLow(one_time_prekeys=10**6,
+                                                 one_time_kem_prekeys=10**6))
+
+    async def claim_username(self, username: str) -> str:
+        """Make the account discoverable by *username* (normalized; returned)."""
+        name = normalize_username(username)
+        core = self.core
+        signature = core.identity.key_pair.sign(
+            Purpose.USERNAME_BINDING, username_binding_payload(name, core.account_id))
+        await self._request(lambda rid: ClaimUsername(request_id=rid, username=name,
+                                                      account_id=core.account_id,
+                                                      signature=signature))
+        return name
+
+    # --- contacts --------------------------------------------------------------------------
+
+    async def _fetch_bundle(self, account_id: bytes, fingerprint: bytes | None = None) -> Any:
+        frame = await self._request(lambda rid: FetchBundle(request_id=rid,
+                                                            account_id=account_id))
+        assert isinstance(frame, Bundle)
+        return await self._run(lambda c: c.verify_bundle(frame,
+                                                         expected_fingerprint=fingerprint))
+
+    async def _new_mailbox(self) -> tuple[MailboxCreated, bytes]:
+        capability, digest = await self._run(lambda c: c.new_capability())
+        created = await self._request(lambda rid: CreateMailbox(request_id=rid,
+                                                                capability_hash=digest))
+        assert isinstance(created, MailboxCreated)
+        return created, capability
+
+    async def _invite_verified(self, verified: Any) -> None:
+        created, capability = await self._new_mailbox()
+        now = self._now_ms()
+        items, events = await self._run(lambda c: c.start_contact(
+            verified, created, capability, relay_url=self._public_relay_url(), now_ms=now))
+        await self._subscribe(await self._connection(), [created.mailbox_id])
+        self._pump.add(items)
+        self._emit(events)
+
+    def _public_relay_url(self) -> str | None:
+        return self._relay_url
+
+    async def add_contact(self, account_id: bytes, *,
+                          fingerprint: bytes | None = None) -> None:
+        """Invite an account (the contact is INVITED until it accepts; then
+        ``ContactAccepted``). Adding someone who invited us accepts them.
+
+        Raises:
+            InvalidBundle / IdentityMismatch: the relay's bundle does not verify (or
+                is not the identity *fingerprint* names); RelayError(UNKNOWN_ACCOUNT).
+        """
+        from .store.records import ContactState
+        contact = self.core.contact(account_id)
+        if contact is not None and contact.state is ContactState.PENDING:
+            await self.accept(account_id)
+            return
+        if contact is not None and contact.state is ContactState.ACCEPTED:
+            return
+        verified = await self._fetch_bundle(account_id, fingerprint)
+        await self._invite_verified(verified)
+
+    async def add_contact_by_username(self, username: str) -> bytes:
+        """Look a username up (exact match), verify its binding, invite the account."""
+        name = normalize_username(username)
+        found = await self._request(lambda rid: LookupUsername(request_id=rid, username=name))
+        assert isinstance(found, UsernameFound)
+        verified = await self._fetch_bundle(found.account_id)
+        from .frames import verify_username
+        verify_username(found, verified)
+        await self._invite_verified(verified)
+        return found.account_id
+
+    async def add_contact_by_link(self, link: str) -> bytes:
+        """Add the account a contact link (or scanned QR payload) names, checking the
+        identity fingerprint it carries. The link's relay must be this client's."""
+        from .payloads import ContactLink
+        parsed = ContactLink.parse(link)
+        await self.add_contact(parsed.account_id, fingerprint=parsed.fingerprint)
+        return parsed.account_id
+
+    async def accept(self, peer: bytes) -> None:
+        """Accept a PENDING invitation: create our pairwise mailbox for the contact and
+        announce it (with our profile) inside the session."""
+        created, capability = await self._new_mailbox()
+        items, events = await self._run(lambda c: c.accept(peer, created, capability,
+                                                           now_ms=self._now_ms()))
+        await self._subscribe(await self._connection(), [created.mailbox_id])
+        self._pump.add(items)
+        self._emit(events)
+
+    async def rotate_mailbox(self, peer: bytes) -> None:
+        """Move the contact to a new pairwise mailbox of ours (new id and capability),
+        announced inside the session; the old one keeps working for the relay's grace
+        period so messages in flight arrive."""
+        contact = self.core.require_sendable(peer)
+        assert contact.inbound is not None
+        old = contact.inbound.mailbox_id
+        capability, digest = await self._run(lambda c: c.new_capability())
+        created = await self._request(lambda rid: RotateMailbox(
+            request_id=rid, mailbox_id=old, capability_hash=digest))
+        assert isinstance(created, MailboxCreated)
+        items = await self._run(lambda c: c.rotate_mailbox(peer, created, capability,
+                                                           now_ms=self._now_ms()))
+        self._pump.add(items)
+
+    async def refresh_contact(self, peer: bytes) -> None:
+        """Fetch the contact's bundle and compare its identity (see ``IdentityChanged``)."""
+        verified = await self._fetch_bundle(peer)
+        events = await self._run(lambda c: c.refresh_identity(verified,
+                                                              now_ms=self._now_ms()))
+        self._emit(events)
+
+    # --- ephemeral ---------------------------------------------------------------------------
+
+    async def _ephemeral(self, peer: bytes, **what: Any) -> bool:
+        signal = await self._run(lambda c: c.ephemeral(peer, now_ms=self._now_ms(), **what))
+        conn = self._conn
+        if signal is None or conn is None:
+            return False
+        cmid, blob, recipient = signal
+        with contextlib.suppress(ConnectionLost):
+            conn.send(lambda rid: SendEphemeral(request_id=rid, client_msg_id=cmid, blob=blob,
+                                                recipients=(recipient,)))
+            return True
+        return False
+
+    async def send_typing(self, peer: bytes, active: bool = True) -> bool:
+        """Tell *peer* we are (not) typing: ephemeral, end to end, dropped if they are
+        offline. Returns whether it was sent."""
+        return await self._ephemeral(peer, typing=active)
+
+    async def set_presence(self, state: PresenceState) -> int:
+        """Share our presence with every accepted contact, if presence is enabled
+        (``enable_presence``; off by default). Returns how many were sent."""
+        if await self._run(lambda c: c.store.get_setting("presence_enabled")) is None:
+            return 0
+        from .store.records import ContactState
+        sent = 0
+        for contact in self.core.contacts(ContactState.ACCEPTED):
+            sent += await self._ephemeral(contact.account_id, presence=state)
+        return sent
+
+    async def enable_presence(self, enabled: bool = True) -> None:
+        """Opt in (or out) of sharing presence with contacts."""
+        if enabled:
+            await self._run(lambda c: c.store.put_setting("presence_enabled", b"1"))
+        else:
+            await self._run(lambda c: c.store.delete_setting("presence_enabled"))
+
+    # --- messages ---------------------------------------------------------------------------
+
+    async def send_text(self, peer: bytes, text: str, *,
+                        reply_to: bytes | None = None) -> MessageRef:
+        """Encrypt, store (PENDING) and queue a text message; returns once it is stored
+        (the status then moves by ``MessageStatusChanged`` events)."""
+        ref = await self._submit(_sending.SendText(peer=peer, text=text, reply_to=reply_to))
+        assert ref is not None
+        return ref
+
+    async def mark_read(self, peer: bytes, message_ids: Sequence[bytes]) -> None:
+        """Mark incoming messages READ and send the peer a read receipt."""
+        await self._submit(_sending.SendReceipt(peer=peer, kind=ReceiptKind.READ,
+                                                message_ids=tuple(message_ids)))
+
+
+# Worker-side helpers (module functions, so that the calls type-check without lambdas).
+
+
+def _uploaded(core: ClientCore, *, piece: Any, now_ms: int) -> None:
+    core.prekeys_uploaded(piece, now_ms=now_ms)
+
+
+def _subscribe_frame(mailbox_ids: tuple[bytes, ...], request_id: int) -> Subscribe:
+    return Subscribe(request_id=request_id, mailbox_ids=mailbox_ids)
+
+
+def _drop(core: ClientCore, *, rejected: Sequence[bytes], now_ms: int) -> None:
+    core.drop_mailboxes(rejected, now_ms=now_ms)
+
+
+def _receive(core: ClientCore, *, batch: list[Delivery], now_ms: int) -> Any:
+    return core.receive(batch, now_ms=now_ms)
+
+
+def _ephemeral(core: ClientCore, *, frame: EphemeralDelivery, now_ms: int) -> list[Event]:
+    return core.receive_ephemeral(frame.mailbox_id, frame.blob, now_ms=now_ms)
+
+
+def _expired(core: ClientCore, *, frame: MessagesExpired) -> list[Event]:
+    return core.messages_expired(frame.mailbox_id, frame.count, frame.up_to_seq)
+
+
+def _submit(core: ClientCore, *, intents: list[_sending.Intent], now_ms: int,
+            ) -> _sending.Submitted:
+    return core.submit(intents, now_ms=now_ms)
+
+
+def _purge(core: ClientCore, *, now_ms: int) -> int:
+    return core.store.purge_expired(now_ms=now_ms)

@@ -1,0 +1,291 @@
+"""The AsyncClient over a real WebSocket, against the frame-level fake relay of
+test_core.py served by aiohttp in this process (the real relay process is exercised by
+tests/e2e/test_sdk_*.py). Covers the connection loop, request correlation, the outbox
+pump, batching, acks, reconnect and the event API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import WSMsgType, web
+
+from client_sdk import (
+    AsyncClient,
+    ContactAccepted,
+    Event,
+    InvitationReceived,
+    MessageReceived,
+    MessageStatus,
+    MessageStatusChanged,
+    Reconnected,
+    TypingChanged,
+    WrongPassphrase,
+)
+from client_sdk.store import Durability
+from pigeon_crypto.identity import IdentityPublicKey
+from pigeon_crypto.signing import Purpose
+from protocol import ErrorCode
+from protocol.frames import (
+    Ack,
+    Auth,
+    Connect,
+    CreateMailbox,
+    Delivery,
+    Direction,
+    EphemeralDelivery,
+    Error,
+    FetchBundle,
+    Ok,
+    Register,
+    RotateMailbox,
+    Send,
+    SendEphemeral,
+    SetContactMailbox,
+    Subscribe,
+    Subscribed,
+    UploadPrekeys,
+    Welcome,
+    decode_frame,
+)
+from protocol.payloads import challenge_payload
+
+from .support import FAST
+from .test_core import FakeRelay
+
+
+class WsFakeRelay:
+    """FakeRelay behind ``GET /v1/ws``; pushes deliveries to subscribed sockets."""
+
+    def __init__(self) -> None:
+        self.relay = FakeRelay()
+        self.subscribers: dict[bytes, web.WebSocketResponse] = {}
+        self.sockets: set[web.WebSocketResponse] = set()
+        self.sent_frames = 0
+
+    async def handler(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.sockets.add(ws)
+        account: bytes | None = None
+        challenge = None
+        try:
+            async for msg in ws:
+                if msg.type is not WSMsgType.BINARY:
+                    continue
+                f = decode_frame(msg.data, direction=Direction.TO_RELAY)
+                rid = getattr(f, "request_id", 0)
+                answer: Any = None
+                if isinstance(f, Connect):
+                    challenge = self.relay.challenge()
+                    answer = challenge.__class__(request_id=rid, relay_id=challenge.relay_id,
+                                                 nonce=challenge.nonce,
+                                                 server_time_ms=challenge.server_time_ms)
+                elif isinstance(f, Register | Auth):
+                    assert challenge is not None
+                    key = (f.identity_key if isinstance(f, Register)
+                           else self.relay.identities[f.account_id])
+                    IdentityPublicKey.from_bytes(key).verify(
+                        Purpose.RELAY_CHALLENGE,
+                        challenge_payload(challenge.relay_id, challenge.nonce,
+                                          challenge.server_time_ms, f.account_id), f.signature)
+                    account = f.account_id
+                    if isinstance(f, Register) and account not in self.relay.identities:
+                        self.relay.identities[account] = f.identity_key
+                        self.relay.rotations[account] = []
+                        self.relay.prekeys[account] = {"otk": [], "kem": []}
+                    answer = Welcome(request_id=rid, account_id=account, server_time_ms=0)
+                elif isinstance(f, UploadPrekeys):
+                    assert account is not None
+                    self.relay.upload(account, f)
+                    answer = Ok(request_id=rid)
+                elif isinstance(f, CreateMailbox):
+                    assert account is not None
+                    created = self.relay.create_mailbox(account, f.capability_hash)
+                    answer = created.__class__(request_id=rid, mailbox_id=created.mailbox_id)
+                elif isinstance(f, RotateMailbox):
+                    assert account is not None
+                    created = self.relay.rotate(account, f.mailbox_id, f.capability_hash)
+                    self.subscribers[created.mailbox_id] = ws
+                    answer = created.__class__(request_id=rid, mailbox_id=created.mailbox_id)
+                elif isinstance(f, SetContactMailbox):
+                    assert account is not None
+                    self.relay.contact[account] = (f.mailbox_id, f.capability)
+                    answer = Ok(request_id=rid)
+                elif isinstance(f, Subscribe):
+                    for m in f.mailbox_ids:
+                        self.subscribers[m] = ws
+                    await ws.send_bytes(Subscribed(request_id=rid).encode())
+                    for d in self.relay.deliveries(list(f.mailbox_ids)):
+                        await ws.send_bytes(d.encode())
+                    continue
+                elif isinstance(f, FetchBundle):
+                    if f.account_id not in self.relay.identities:
+                        answer = Error(request_id=rid, code=ErrorCode.UNKNOWN_ACCOUNT)
+                    else:
+                        b = self.relay.bundle(f.account_id)
+                        answer = b.__class__(**{**_fields(b), "request_id": rid})
+                elif isinstance(f, Send):
+                    before = {m: self.relay.mailboxes[m]["seq"] for m, _ in f.recipients
+                              if m in self.relay.mailboxes}
+                    answer = self.relay.send(f)
+                    self.sent_frames += 1
+                    await ws.send_bytes(answer.encode())
+                    for m, seq in before.items():
+                        box = self.relay.mailboxes[m]
+                        target = self.subscribers.get(m)
+                        if box["seq"] > seq and target is not None and not target.closed:
+                            await target.send_bytes(Delivery(
+                                mailbox_id=m, seq=box["seq"], received_at_ms=0,
+                                blob=box["queue"][box["seq"]]).encode())
+                    continue
+                elif isinstance(f, SendEphemeral):
+                    for m, _ in f.recipients:
+                        target = self.subscribers.get(m)
+                        if target is not None and not target.closed:
+                            await target.send_bytes(EphemeralDelivery(
+                                mailbox_id=m, received_at_ms=0, blob=f.blob).encode())
+                    continue
+                elif isinstance(f, Ack):
+                    self.relay.ack(f)
+                    continue
+                if answer is not None:
+                    await ws.send_bytes(answer.encode())
+        finally:
+            self.sockets.discard(ws)
+        return ws
+
+    async def drop_connections(self) -> None:
+        for ws in list(self.sockets):
+            await ws.close()
+
+
+def _fields(frame: Any) -> dict[str, Any]:
+    import dataclasses
+    return {f.name: getattr(frame, f.name) for f in dataclasses.fields(frame)}
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[tuple[WsFakeRelay, str]]:
+    relay = WsFakeRelay()
+    app = web.Application()
+    app.router.add_get("/v1/ws", relay.handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield relay, f"http://127.0.0.1:{port}"
+    finally:
+        await relay.drop_connections()
+        await runner.cleanup()
+
+
+def _open(tmp_path: Path, name: str, url: str, **kw: Any) -> AsyncClient:
+    return AsyncClient.open(tmp_path / f"{name}.pigeon", "pass " + name, relay_url=url,
+                            params=FAST, durability=Durability.OFF,
+                            reconnect_cap_ms=300, **kw)
+
+
+async def _next(client: AsyncClient, kind: type[Event], *, timeout: float = 10.0,
+                **match: Any) -> Any:
+    async with asyncio.timeout(timeout):
+        async for event in client.events():
+            if isinstance(event, kind) and all(getattr(event, k) == v
+                                               for k, v in match.items()):
+                return event
+    raise AssertionError("events ended")
+
+
+class Inbox:
+    """Collects a client's events from the start."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.events: list[Event] = []
+        self.changed = asyncio.Event()
+        client.on(Event, self._add)
+
+    def _add(self, event: Event) -> None:
+        self.events.append(event)
+        self.changed.set()
+
+    async def wait(self, kind: type[Event], count: int = 1, timeout: float = 15.0,
+                   **match: Any) -> list[Any]:
+        async with asyncio.timeout(timeout):
+            while True:
+                got = [e for e in self.events if isinstance(e, kind)
+                       and all(getattr(e, k) == v for k, v in match.items())]
+                if len(got) >= count:
+                    return got
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def test_two_clients_over_websocket(fake: tuple[WsFakeRelay, str],
+                                          tmp_path: Path) -> None:
+    relay, url = fake
+    async with _open(tmp_path, "alice", url) as alice, _open(tmp_path, "bob", url) as bob:
+        a_in, b_in = Inbox(alice), Inbox(bob)
+        await alice.register()
+        await bob.register()
+        await alice.set_profile("Alice")
+        await bob.set_profile("Bob")
+        await alice.add_contact_by_link(bob.contact_link())
+        [invite] = await b_in.wait(InvitationReceived)
+        assert invite.peer == alice.account_id and invite.profile_name == "Alice"
+        await bob.accept(alice.account_id)
+        await a_in.wait(ContactAccepted, by_peer=True)
+        ref = await alice.send_text(bob.account_id, "hello")
+        [got] = await b_in.wait(MessageReceived)
+        assert got.text == "hello" and got.message_id == ref.message_id
+        await a_in.wait(MessageStatusChanged, status=MessageStatus.DELIVERED)
+        await bob.mark_read(alice.account_id, [ref.message_id])
+        await a_in.wait(MessageStatusChanged, status=MessageStatus.READ)
+        assert await bob.send_typing(alice.account_id)
+        await a_in.wait(TypingChanged, active=True)
+        # A burst: group commit on the way out, batches on the way in.
+        refs = await alice.send_many(bob.account_id, [f"m{i}" for i in range(300)])
+        assert len(refs) == 300
+        await b_in.wait(MessageReceived, count=301)
+        await a_in.wait(MessageStatusChanged, count=301, status=MessageStatus.SENT)
+        assert await alice.outbox_size() == 0
+        page = await bob.history(alice.account_id, limit=5)
+        assert [m.body for m in page.messages] == ["m295", "m296", "m297", "m298", "m299"]
+        assert (await alice.conversation(bob.account_id)).title == "Bob"
+        assert alice.safety_number(bob.account_id) == bob.safety_number(alice.account_id)
+
+
+async def test_reconnect_and_offline_outbox(fake: tuple[WsFakeRelay, str],
+                                            tmp_path: Path) -> None:
+    relay, url = fake
+    async with _open(tmp_path, "alice", url) as alice, _open(tmp_path, "bob", url) as bob:
+        a_in, b_in = Inbox(alice), Inbox(bob)
+        await alice.register()
+        await bob.register()
+        await alice.add_contact(bob.account_id)
+        await b_in.wait(InvitationReceived)
+        await bob.accept(alice.account_id)
+        await a_in.wait(ContactAccepted)
+        await relay.drop_connections()
+        ref = await alice.send_text(bob.account_id, "while reconnecting")
+        await a_in.wait(Reconnected, count=2)
+        await b_in.wait(MessageReceived, message_id=ref.message_id)
+    # Reopen: same account, no re-registration, history kept.
+    async with _open(tmp_path, "alice", url) as alice:
+        await alice.wait_connected(10)
+        assert alice.contact(bob.account_id) is not None
+        page = await alice.history(bob.account_id)
+        assert [m.body for m in page.messages] == ["while reconnecting"]
+
+
+async def test_wrong_passphrase(tmp_path: Path, fake: tuple[WsFakeRelay, str]) -> None:
+    _, url = fake
+    async with _open(tmp_path, "carol", url):
+        pass
+    with pytest.raises(WrongPassphrase):
+        async with AsyncClient.open(tmp_path / "carol.pigeon", "nope", relay_url=url):
+            pass
