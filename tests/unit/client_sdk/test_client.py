@@ -191,9 +191,9 @@ def _open(tmp_path: Path, name: str, url: str, **kw: Any) -> AsyncClient:
                             reconnect_cap_ms=300, **kw)
 
 
-async def _next(client: AsyncClient, kind: type[Event], *, timeout: float = 10.0,
+async def _next(client: AsyncClient, kind: type[Event], *, timeout_s: float = 10.0,
                 **match: Any) -> Any:
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(timeout_s):
         async for event in client.events():
             if isinstance(event, kind) and all(getattr(event, k) == v
                                                for k, v in match.items()):
@@ -213,9 +213,9 @@ class Inbox:
         self.events.append(event)
         self.changed.set()
 
-    async def wait(self, kind: type[Event], count: int = 1, timeout: float = 15.0,
+    async def wait(self, kind: type[Event], count: int = 1, timeout_s: float = 15.0,
                    **match: Any) -> list[Any]:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout_s):
             while True:
                 got = [e for e in self.events if isinstance(e, kind)
                        and all(getattr(e, k) == v for k, v in match.items())]
@@ -227,7 +227,7 @@ class Inbox:
 
 async def test_two_clients_over_websocket(fake: tuple[WsFakeRelay, str],
                                           tmp_path: Path) -> None:
-    relay, url = fake
+    _, url = fake
     async with _open(tmp_path, "alice", url) as alice, _open(tmp_path, "bob", url) as bob:
         a_in, b_in = Inbox(alice), Inbox(bob)
         await alice.register()
