@@ -390,7 +390,7 @@ class ClientCore:
     def verify_scanned(self, peer: bytes, scanned: bytes, *, now_ms: int) -> bool:
         """Compare a scanned QR payload; on a match mark the contact verified."""
         ours, theirs = self._identities(peer)
-        ok = safety.verify_scanned(scanned, self.account_id, ours, peer, theirs)
+        ok = safety.verify_scanned(self.account_id, ours, peer, theirs, scanned)
         if ok:
             self.set_verified(peer, True, now_ms=now_ms)
         return ok
