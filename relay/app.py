@@ -15,7 +15,8 @@ Theory of operation (STYLE.md section 6):
   5. push: :class:`relay.push.PushNotifier` (its pending wake-ups are cancelled and
      awaited on the way out);
   6. background: the expiry sweeper (messages, retired mailboxes, blobs, idle credit
-     buckets), cancelled and awaited on the way out.
+     buckets), cancelled and awaited on the way out;
+  7. node: the frame pipeline's shared state (:func:`relay.node.install_pipeline`).
 
   ``on_shutdown`` closes every open WebSocket (1001) before any of that unwinds, so the
   store is closed only once nothing can use it.
@@ -43,6 +44,7 @@ from .bus import InProcessBus
 from .config import RelayConfig, load_or_create_identity
 from .credits import BucketMap
 from .metrics import create_metrics
+from .node import install_pipeline
 from .openapi import openapi_document
 from .ports import Notification, NotificationKind, Store
 from .push import PushNotifier
@@ -119,6 +121,7 @@ def create_app(
     app.cleanup_ctx.append(_bus_ctx)
     app.cleanup_ctx.append(_push_ctx)
     app.cleanup_ctx.append(_background_ctx)
+    install_pipeline(app)
     app.on_shutdown.append(_close_websockets)
 
     document = openapi_document(version)
@@ -226,8 +229,9 @@ async def sweep_once(app: web.Application) -> tuple[int, int]:
     buckets. Returns ``(messages removed, blobs removed)``.
 
     Retired mailboxes get a CLOSED notification on the bus so live subscriptions drop
-    them. Expiry notices stay in the store for the frame pipeline to deliver
-    (``MessagesExpired``).
+    them. Expiry notices stay in the store until the frame pipeline delivered them
+    (``MessagesExpired``); a mailbox with a new notice gets RESYNC, so a live subscriber
+    reads it now rather than at its next subscription.
     """
     now = app[CLOCK_MS]()
     store, bus, metrics = app[STORE], app[BUS], app[METRICS]
@@ -237,6 +241,8 @@ async def sweep_once(app: web.Application) -> tuple[int, int]:
         messages += report.messages_removed
         for mailbox_id in report.retired:
             await bus.publish(mailbox_id, Notification(kind=NotificationKind.CLOSED))
+        for notice in report.notices:  # a live subscriber re-reads: MessagesExpired first
+            await bus.publish(notice.mailbox_id, Notification(kind=NotificationKind.RESYNC))
         if not report.more:
             break
     blobs = await app[BLOB_STORE].sweep(now_ms=now)

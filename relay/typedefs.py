@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
@@ -18,6 +18,9 @@ from .credits import BucketMap
 from .metrics import Metrics
 from .ports import BlobStore, Bus, Store
 from .push import PushNotifier
+
+if TYPE_CHECKING:
+    from .node import Node
 
 __all__ = [
     "BACKGROUND_TASKS",
@@ -30,6 +33,7 @@ __all__ = [
     "MAILBOX_CREDITS",
     "METRICS",
     "MONOTONIC",
+    "NODE",
     "PUSH",
     "STORE",
     "WEBSOCKETS",
@@ -55,3 +59,5 @@ WEBSOCKETS: Final = web.AppKey("websockets", set[web.WebSocketResponse])
 """Open WebSocket connections; closed with GOING_AWAY on shutdown."""
 BACKGROUND_TASKS: Final = web.AppKey("background_tasks", dict[str, asyncio.Task[None]])
 """Named long-running tasks (expiry sweeps...), cancelled and awaited on shutdown."""
+NODE: Final[web.AppKey[Node]] = web.AppKey("node")
+"""The frame pipeline's per-process state (:class:`relay.node.Node`), set at startup."""

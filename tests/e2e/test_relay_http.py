@@ -27,12 +27,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
+from protocol import Challenge, Connect, decode_frame
 from relay.app import create_app
 from relay.blob_http import blob_url_path
 from relay.blobs import BlobOp, FolderBlobStore, blob_token
 from relay.config import RelayConfig
 from relay.openapi import openapi_document
-from relay.ws import CLOSE_NOT_IMPLEMENTED
 
 from .conftest import RelayFactory, RelayProcess, launch_relay, run_cli
 
@@ -134,13 +134,15 @@ async def test_openapi_document_describes_every_route(shared: RelayProcess,
     assert routes == documented
 
 
-async def test_websocket_placeholder_closes_clearly(shared: RelayProcess,
-                                                    http: aiohttp.ClientSession) -> None:
+async def test_websocket_answers_connect_with_a_challenge(shared: RelayProcess,
+                                                          http: aiohttp.ClientSession) -> None:
+    # The frame pipeline itself is covered by tests/e2e/test_relay_ws_*.py.
     async with http.ws_connect(shared.url + "/v1/ws") as ws:
+        await ws.send_bytes(Connect(request_id=1).encode())
         msg = await ws.receive(timeout=5)
-        assert msg.type is aiohttp.WSMsgType.CLOSE
-        assert ws.close_code == CLOSE_NOT_IMPLEMENTED
-        assert "not implemented" in msg.extra
+        assert msg.type is aiohttp.WSMsgType.BINARY
+        challenge = decode_frame(msg.data)
+        assert isinstance(challenge, Challenge) and challenge.request_id == 1
 
 
 # --------------------------------------------------------------------------- blobs

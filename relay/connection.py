@@ -1,0 +1,256 @@
+"""Per-connection state of the frame pipeline: :class:`Connection`.
+
+Theory of operation:
+
+* One :class:`Connection` per WebSocket, created by :mod:`relay.ws` after the upgrade. It
+  holds the session (challenge, account), the connection's credit buckets and
+  misbehaviour counter, a cache of the mailboxes its account owns, its delivery pump
+  (:mod:`relay.delivery`, created by the first ``Subscribe``), the forked tasks in flight
+  and the ack coalescer.
+* :meth:`Connection.send` writes one frame. aiohttp writes without suspending unless the
+  peer stopped reading (then it waits for the socket to drain): a slow peer slows only
+  the coroutine writing to it. A write to a closed socket is dropped silently (the peer
+  is gone; its requests have an unknown outcome, protocol §9.1).
+* :meth:`Connection.fork` runs the forked part of a route in a task, at most
+  :data:`~relay.pipeline.MAX_INFLIGHT` at once; the reader waits for a slot.
+* Acks (:class:`AckCoalescer`) are finalized through the store's group commit without
+  holding up the reader: the first ack starts a flush task; acks arriving while it runs
+  are merged per mailbox (cumulative maximum, selective union) into the next flush.
+* :meth:`Connection.finish` unwinds: drops the subscriptions, lets forked sends and the
+  last ack flush complete (a send already accepted still gets routed to its recipients),
+  and forgets the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Final
+
+from aiohttp import web
+
+from pigeon_crypto.errors import StoreError
+from protocol import CreditsLow, ErrorCode
+
+from .credits import Misbehaviour, TokenBucket
+from .pipeline import MAX_INFLIGHT, FrameCtx, Halt, Refuse, Route, error_bytes
+
+if TYPE_CHECKING:
+    from .delivery import DeliveryPump
+    from .node import Node
+
+__all__ = ["AckCoalescer", "Connection"]
+
+_log = logging.getLogger("pigeon.relay.ws")
+
+_CREDITS_LOW_FRACTION: Final = 0.1
+"""``CreditsLow`` is sent when a connection's bucket falls under this fraction of its burst."""
+_FINISH_TIMEOUT_S: Final = 10.0
+"""How long a closing connection waits for its forked sends and last acks to complete."""
+_RETRY_STORE_MS: Final = 1000
+"""``retry_after_ms`` of an ``UNAVAILABLE`` answer (the store failed; nothing was stored)."""
+
+
+class AckCoalescer:
+    """Merges a connection's acks per mailbox while the previous flush is committing."""
+
+    __slots__ = ("_conn", "_pending", "_task")
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._pending: dict[bytes, tuple[int, set[int] | None, int]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, mailbox_id: bytes, up_to_seq: int, seqs: tuple[int, ...], request_id: int
+            ) -> None:
+        """Queue an ack (``up_to_seq`` 0: none cumulative); flushed by the group commit."""
+        old = self._pending.get(mailbox_id)
+        if old is None:
+            self._pending[mailbox_id] = (up_to_seq, set(seqs) if seqs else None, request_id)
+        else:
+            merged = old[1]
+            if seqs:
+                merged = (merged or set()) | set(seqs)
+            self._pending[mailbox_id] = (max(old[0], up_to_seq), merged, request_id)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, {}
+                if len(batch) == 1:
+                    (mailbox_id, ack), = batch.items()
+                    await self._one(mailbox_id, *ack)
+                else:
+                    await asyncio.gather(*(self._one(m, *a) for m, a in batch.items()))
+        finally:
+            self._task = None
+
+    async def _one(self, mailbox_id: bytes, up_to: int, seqs: set[int] | None, rid: int
+                   ) -> None:
+        selective = sorted(s for s in seqs if s > up_to) if seqs else ()
+        try:
+            await self._conn.node.store.ack(mailbox_id, up_to_seq=up_to or None, seqs=selective)
+        except StoreError as exc:
+            _log.warning("ack failed: %s", type(exc).__name__)
+            await self._conn.send(error_bytes(rid, ErrorCode.UNAVAILABLE,
+                                              retry_after_ms=_RETRY_STORE_MS))
+
+    async def drain(self) -> None:
+        while self._task is not None:
+            await asyncio.shield(self._task)
+
+
+class Connection:
+    """One client WebSocket and its session (see the module docstring)."""
+
+    __slots__ = (
+        "_slot_free", "account_id", "acks", "challenge", "challenge_used", "connected",
+        "credits", "credits_low_sent", "inflight", "lookups", "misbehaviour", "node", "owned",
+        "owned_loaded", "pump", "remote", "tasks", "ws",
+    )
+
+    def __init__(self, node: Node, ws: web.WebSocketResponse, remote: str) -> None:
+        config = node.config
+        now = node.monotonic()
+        self.node = node
+        self.ws = ws
+        self.remote = remote
+        """The peer's address: a key of the per-address lookup credits; never stored."""
+        self.credits = TokenBucket(config.conn_credit_capacity,
+                                   config.conn_credit_refill_per_s, now=now)
+        self.lookups = TokenBucket(config.lookup_credit_capacity,
+                                   config.lookup_credit_refill_per_s, now=now)
+        self.misbehaviour = Misbehaviour(config.misbehaviour_threshold)
+        self.connected = False
+        """``Connect`` was received (and answered with ``Challenge``)."""
+        self.challenge: tuple[bytes, int] | None = None
+        """``(nonce, server_time_ms)`` of this connection's challenge."""
+        self.challenge_used = False
+        self.account_id: bytes | None = None
+        self.owned: set[bytes] = set()
+        """Mailboxes known to belong to ``account_id`` (confirmed by the store)."""
+        self.owned_loaded = False
+        self.pump: DeliveryPump | None = None
+        self.inflight: set[int] = set()
+        """Request ids of forked requests not answered yet (``DUPLICATE`` protection)."""
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._slot_free: asyncio.Future[None] | None = None
+        self.acks = AckCoalescer(self)
+        self.credits_low_sent = False
+
+    # ------------------------------------------------------------------ output
+
+    async def send(self, data: bytes) -> None:
+        """Write one frame; dropped if the socket is already closed."""
+        ws = self.ws
+        if ws.closed:
+            return
+        # Closed under us: the reader loop sees the close and unwinds.
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_bytes(data)
+
+    def check_credits_low(self, now: float) -> Awaitable[None] | None:
+        """Send ``CreditsLow`` once each time the bucket drops under its low mark."""
+        bucket = self.credits
+        remaining = bucket.tokens(now)
+        if remaining >= bucket.capacity * _CREDITS_LOW_FRACTION:
+            self.credits_low_sent = False
+            return None
+        if self.credits_low_sent:
+            return None
+        self.credits_low_sent = True
+        refill_ms = int(1000 / bucket.refill_per_s) + 1
+        frame = CreditsLow(remaining=int(remaining), refill_in_ms=min(refill_ms, 2**32 - 1))
+        return self.send(frame.encode())
+
+    # ------------------------------------------------------------------ session
+
+    def authenticate(self, account_id: bytes) -> None:
+        self.account_id = account_id
+        self.node.add_session(account_id, self)
+
+    async def load_owned(self) -> None:
+        """Fill :attr:`owned` from the store (once per connection)."""
+        if self.owned_loaded or self.account_id is None:
+            return
+        records = await self.node.store.list_mailboxes(self.account_id)
+        self.owned.update(r.mailbox_id for r in records)
+        self.owned_loaded = True
+
+    async def require_owner(self, mailbox_id: bytes) -> None:
+        """Raise ``Refuse(NO_SUCH_MAILBOX | FORBIDDEN)`` unless the account owns *mailbox_id*."""
+        if mailbox_id in self.owned:
+            return
+        record = await self.node.store.get_mailbox(mailbox_id)
+        if record is None:
+            raise Refuse(ErrorCode.NO_SUCH_MAILBOX)
+        if record.account_id != self.account_id:
+            raise Refuse(ErrorCode.FORBIDDEN)
+        self.owned.add(mailbox_id)
+
+    # ------------------------------------------------------------------ forked stages
+
+    async def fork(self, route: Route, ctx: FrameCtx[Any]) -> None:
+        """Run ``route.forked`` for *ctx* in a task; wait while ``MAX_INFLIGHT`` are running."""
+        while len(self.tasks) >= MAX_INFLIGHT:
+            waiter = self._slot_free
+            if waiter is None:
+                waiter = self._slot_free = asyncio.get_running_loop().create_future()
+            await waiter
+        self.inflight.add(ctx.request_id)
+        task = asyncio.get_running_loop().create_task(self._run_forked(route, ctx))
+        self.tasks.add(task)
+        task.add_done_callback(self._forked_done)
+
+    def _forked_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        waiter = self._slot_free
+        if waiter is not None and not waiter.done():
+            self._slot_free = None
+            waiter.set_result(None)
+
+    async def _run_forked(self, route: Route, ctx: FrameCtx[Any]) -> None:
+        try:
+            for stage in route.forked:
+                pending = stage(ctx)
+                if pending is not None:
+                    await pending
+        except Refuse as refusal:
+            await self.send(error_bytes(ctx.request_id, refusal.code,
+                                        retry_after_ms=refusal.retry_after_ms,
+                                        message=refusal.message))
+        except Halt:
+            pass
+        except StoreError as exc:
+            _log.warning("%s: store failed: %s", route.name, type(exc).__name__)
+            await self.send(error_bytes(ctx.request_id, ErrorCode.UNAVAILABLE,
+                                        retry_after_ms=_RETRY_STORE_MS))
+        except Exception:
+            _log.exception("%s failed", route.name)
+            await self.send(error_bytes(ctx.request_id, ErrorCode.INTERNAL))
+        finally:
+            self.inflight.discard(ctx.request_id)
+
+    # ------------------------------------------------------------------ teardown
+
+    async def finish(self) -> None:
+        """Unwind after the socket closed (see the module docstring)."""
+        node = self.node
+        if self.pump is not None:
+            for mailbox_id in self.pump.mailbox_ids():
+                if node.subscribers.get(mailbox_id) is self:
+                    del node.subscribers[mailbox_id]
+            await self.pump.close()
+        pending = [*self.tasks]
+        if pending:
+            await asyncio.wait(pending, timeout=_FINISH_TIMEOUT_S)
+        try:
+            await asyncio.wait_for(self.acks.drain(), _FINISH_TIMEOUT_S)
+        except TimeoutError:
+            _log.warning("acks of a closed connection still pending")
+        if self.account_id is not None:
+            node.remove_session(self.account_id, self)

@@ -1,0 +1,46 @@
+"""Blob token stages: ``RequestBlobUpload`` and ``RequestBlobDownload`` -> ``BlobToken``.
+
+Theory of operation (protocol §9.4 "Blobs and notices"; :mod:`relay.blob_http`): file
+chunks never travel in frames. An authenticated account reserves a blob
+(``RequestBlobUpload(size, chunk_count)``) and gets a bearer token for ``PUT``; anyone who
+learned a blob id from a file manifest (inside an end-to-end message) may ask for a
+download token, **without an account**: the id is 16 random bytes (unguessable) and the
+chunks are AEAD ciphertext, so an anonymous downloader learns sizes only, and requiring
+an account would link the downloader's account to the file's recipients. The relay
+refuses files above ``config.blob_max_size`` with ``TOO_LARGE``.
+"""
+
+from __future__ import annotations
+
+from protocol import BlobToken, ErrorCode, RequestBlobDownload, RequestBlobUpload
+
+from .blob_http import BlobTransfer, grant_download, reserve_upload
+from .pipeline import FrameCtx, Refuse
+from .ports import BlobTooLarge
+
+__all__ = ["request_download", "request_upload"]
+
+
+def _token(request_id: int, transfer: BlobTransfer) -> bytes:
+    return BlobToken(request_id=request_id, blob_id=transfer.blob_id, token=transfer.token,
+                     url_path=transfer.url_path, expires_at_ms=transfer.expires_at_ms).encode()
+
+
+async def request_upload(ctx: FrameCtx[RequestBlobUpload]) -> None:
+    conn, frame = ctx.conn, ctx.frame
+    try:
+        transfer = await reserve_upload(conn.node.app, size=frame.size,
+                                        chunk_count=frame.chunk_count)
+    except BlobTooLarge:
+        raise Refuse(ErrorCode.TOO_LARGE, message="file above this relay's limit") from None
+    except ValueError:
+        raise Refuse(ErrorCode.INVALID_FIELD, message="chunk_count") from None
+    await conn.send(_token(ctx.request_id, transfer))
+
+
+async def request_download(ctx: FrameCtx[RequestBlobDownload]) -> None:
+    conn, frame = ctx.conn, ctx.frame
+    transfer = await grant_download(conn.node.app, frame.blob_id)
+    if transfer is None:
+        raise Refuse(ErrorCode.NOT_FOUND)
+    await conn.send(_token(ctx.request_id, transfer))

@@ -1,0 +1,296 @@
+"""What every connection of one relay process shares: :class:`Node`, and its small caches.
+
+Theory of operation:
+
+* :func:`install_pipeline` (called by ``create_app``) registers a ``cleanup_ctx`` that builds
+  the :class:`Node` once the store, bus and push notifier exist, and puts it at
+  ``app[NODE]``. Handlers reach everything through ``conn.node``: config, clock, store,
+  bus, push, metrics, the relay id, and the node-wide state below.
+* **Capability cache** (:class:`CapabilityCache`): mailbox id -> the capability hash the
+  store confirmed (and the retirement time when this node rotated it). A send to a
+  cached mailbox passes the capability stage without a store read; a hash that differs
+  from the cached one is refused at once (mailbox ids are never reused and capabilities
+  only change by rotation, which makes a new mailbox). ``append`` checks again inside its
+  transaction, so a stale entry costs at most a credit, never a wrong delivery; a
+  rejection there evicts the entry. It holds only what the store holds (hashes).
+* **Subscriptions**: ``subscribers`` maps a mailbox to the connection of this node that
+  receives it, so that subscribing elsewhere *moves* the subscription (protocol §9.1);
+  ``sessions`` maps an account to its authenticated connections (``PrekeysLow`` notices,
+  closing them when the account is deleted).
+* **Ephemeral dedup window** (:class:`DedupWindow`): ``client_msg_id`` values of recent
+  ephemeral sends, in memory only, forgotten after ``EPHEMERAL_DEDUP_MS``.
+* **Push URLs**: mailbox id -> registered push URL (or None), loaded from the store the
+  first time a mailbox without a live subscription receives an envelope.
+* **Backpressure**: :meth:`Node.store_lagging` is true while the store's queue of writes
+  is above ``config.max_pending_writes``; readers then wait in
+  :meth:`Node.wait_for_store` (one poller per node, not per connection) until it is back
+  under half of it. Nothing is dropped: frames stay in the sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
+
+from aiohttp import web
+
+from .config import RelayConfig
+from .credits import BucketMap
+from .metrics import Metrics
+from .ports import Bus, Notification, NotificationKind, Store
+from .push import PushNotifier
+from .typedefs import (
+    BUS,
+    CLOCK_MS,
+    CONFIG,
+    IDENTITY,
+    MAILBOX_CREDITS,
+    METRICS,
+    MONOTONIC,
+    NODE,
+    PUSH,
+    STORE,
+)
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+__all__ = [
+    "EPHEMERAL_DEDUP_MS",
+    "CapabilityCache",
+    "DedupWindow",
+    "Node",
+    "install_pipeline",
+]
+
+_log = logging.getLogger("pigeon.relay.node")
+
+EPHEMERAL_DEDUP_MS: Final = 60_000
+"""A repeated ephemeral ``client_msg_id`` within this window is dropped (retries of a
+typing signal or an SDP offer are useless after a minute anyway)."""
+_CACHE_ENTRIES: Final = 100_000
+"""Bound of each node-wide cache (oldest entries evicted first)."""
+_PRESSURE_POLL_S: Final = 0.002
+"""How often a stalled node looks at the store's queue again."""
+
+
+@runtime_checkable
+class _Queued(Protocol):
+    """A store with a write queue (``SqliteStore``); the memory store has none."""
+
+    @property
+    def pending_writes(self) -> int: ...
+
+
+class CapabilityCache:
+    """Mailbox id -> confirmed capability hash and known retirement time (FIFO-bounded)."""
+
+    __slots__ = ("_entries", "_max")
+
+    def __init__(self, max_entries: int = _CACHE_ENTRIES) -> None:
+        self._entries: dict[bytes, tuple[bytes, int | None]] = {}
+        self._max = max_entries
+
+    def check(self, mailbox_id: bytes, capability_hash: bytes, now_ms: int) -> bool | None:
+        """True: known good; False: known wrong (or retired); None: ask the store."""
+        entry = self._entries.get(mailbox_id)
+        if entry is None:
+            return None
+        good, retire_at = entry
+        if retire_at is not None and retire_at <= now_ms:
+            return False
+        return hmac.compare_digest(good, capability_hash)
+
+    def put(self, mailbox_id: bytes, capability_hash: bytes, retire_at_ms: int | None = None
+            ) -> None:
+        entries = self._entries
+        if mailbox_id not in entries and len(entries) >= self._max:
+            del entries[next(iter(entries))]
+        entries[mailbox_id] = (capability_hash, retire_at_ms)
+
+    def retire(self, mailbox_id: bytes, retire_at_ms: int) -> None:
+        entry = self._entries.get(mailbox_id)
+        if entry is not None:
+            self._entries[mailbox_id] = (entry[0], retire_at_ms)
+
+    def forget(self, mailbox_id: bytes) -> None:
+        self._entries.pop(mailbox_id, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class DedupWindow:
+    """Keys seen within the last *window_ms* (insertion order is time order)."""
+
+    __slots__ = ("_max", "_seen", "_window")
+
+    def __init__(self, window_ms: int, max_entries: int = _CACHE_ENTRIES) -> None:
+        self._seen: dict[bytes, int] = {}
+        self._window = window_ms
+        self._max = max_entries
+
+    def first_time(self, key: bytes, now_ms: int) -> bool:
+        """Record *key*; False if it was already seen within the window."""
+        seen = self._seen
+        while seen:  # expire from the oldest end; amortised O(1)
+            oldest = next(iter(seen))
+            if seen[oldest] > now_ms - self._window and len(seen) < self._max:
+                break
+            del seen[oldest]
+        if key in seen:
+            return False
+        seen[key] = now_ms
+        return True
+
+
+class Node:
+    """Per-process relay state shared by all connections (see the module docstring)."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        config: RelayConfig,
+        relay_id: bytes,
+        store: Store,
+        bus: Bus,
+        push: PushNotifier,
+        metrics: Metrics,
+        clock_ms: Callable[[], int],
+        monotonic: Callable[[], float],
+        mailbox_credits: BucketMap[bytes],
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.relay_id = relay_id
+        self.store = store
+        self.bus = bus
+        self.push = push
+        self.metrics = metrics
+        self.clock_ms = clock_ms
+        self.monotonic = monotonic
+        self.mailbox_credits = mailbox_credits
+        self.lookup_credits: BucketMap[str] = BucketMap(
+            config.lookup_credit_capacity, config.lookup_credit_refill_per_s,
+            max_buckets=_CACHE_ENTRIES)
+        self.capabilities = CapabilityCache()
+        self.ephemeral = DedupWindow(EPHEMERAL_DEDUP_MS)
+        self.subscribers: dict[bytes, Connection] = {}
+        self.sessions: dict[bytes, set[Connection]] = {}
+        self._push_urls: dict[bytes, str | None] = {}
+        self._pending_writes: Callable[[], int] | None = None
+        if isinstance(store, _Queued):
+            queued: _Queued = store
+            self._pending_writes = lambda: queued.pending_writes
+        self._high_water = config.max_pending_writes
+        self._unstalled = asyncio.Event()
+        self._unstalled.set()
+        self._poller: asyncio.Task[None] | None = None
+        self.stalls = 0
+
+    # ------------------------------------------------------------------ mailboxes
+
+    def forget_mailbox(self, mailbox_id: bytes) -> None:
+        """Drop everything cached about a deleted mailbox."""
+        self.capabilities.forget(mailbox_id)
+        self._push_urls.pop(mailbox_id, None)
+
+    async def close_mailbox(self, mailbox_id: bytes) -> None:
+        """A mailbox is gone: forget it and tell whoever receives it (bus ``CLOSED``)."""
+        self.forget_mailbox(mailbox_id)
+        holder = self.subscribers.pop(mailbox_id, None)
+        if holder is not None and holder.pump is not None:
+            await holder.pump.drop(mailbox_id)
+        await self.bus.publish(mailbox_id, Notification(kind=NotificationKind.CLOSED))
+
+    def set_push_url(self, mailbox_id: bytes, url: str | None) -> None:
+        urls = self._push_urls
+        if mailbox_id not in urls and len(urls) >= _CACHE_ENTRIES:
+            del urls[next(iter(urls))]
+        urls[mailbox_id] = url
+
+    async def wake(self, mailbox_id: bytes) -> None:
+        """An envelope arrived for a mailbox nobody receives live: POST its push URL, if any."""
+        try:
+            url = self._push_urls[mailbox_id]
+        except KeyError:
+            record = await self.store.get_mailbox(mailbox_id)
+            url = record.push_url if record is not None else None
+            self.set_push_url(mailbox_id, url)
+        if url is not None:
+            self.push.wake(url)
+
+    # ------------------------------------------------------------------ sessions
+
+    def add_session(self, account_id: bytes, conn: Connection) -> None:
+        self.sessions.setdefault(account_id, set()).add(conn)
+
+    def remove_session(self, account_id: bytes, conn: Connection) -> None:
+        conns = self.sessions.get(account_id)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.sessions[account_id]
+
+    # ------------------------------------------------------------------ backpressure
+
+    def store_lagging(self) -> bool:
+        """True while the store's write queue is above the high-water mark."""
+        if not self._unstalled.is_set():
+            return True
+        probe = self._pending_writes
+        if probe is None or probe() <= self._high_water:
+            return False
+        self._unstalled.clear()
+        self.stalls += 1
+        _log.warning("store lagging: %d writes queued; pausing socket reads", probe())
+        self._poller = asyncio.get_running_loop().create_task(self._poll(probe))
+        return True
+
+    async def _poll(self, probe: Callable[[], int]) -> None:
+        try:
+            # The queue is counted on the store's writer thread: nothing to wait on here.
+            while probe() > self._high_water // 2:  # noqa: ASYNC110
+                await asyncio.sleep(_PRESSURE_POLL_S)
+        finally:
+            self._unstalled.set()
+            self._poller = None
+
+    async def wait_for_store(self) -> None:
+        await self._unstalled.wait()
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+
+
+async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
+    node = Node(
+        app,
+        config=app[CONFIG],
+        relay_id=app[IDENTITY].relay_id,
+        store=app[STORE],
+        bus=app[BUS],
+        push=app[PUSH],
+        metrics=app[METRICS],
+        clock_ms=app[CLOCK_MS],
+        monotonic=app[MONOTONIC],
+        mailbox_credits=app[MAILBOX_CREDITS],
+    )
+    app[NODE] = node
+    try:
+        yield
+    finally:
+        await node.close()
+
+
+def install_pipeline(app: web.Application) -> None:
+    """Register the node's ``cleanup_ctx`` (after the store, bus and push resources)."""
+    app.cleanup_ctx.append(_node_ctx)
