@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from pigeon_crypto.errors import StoreError
+from protocol import Connect
 from relay.app import create_app, sweep_once
 from relay.blob_http import grant_download, reserve_upload
 from relay.config import RelayConfig, SyncMode
@@ -108,7 +109,8 @@ async def test_cleanup_cancels_background_tasks_and_push(tmp_path: Path) -> None
         assert set(tasks) == {"sweeper"}
         push = c.server.app[PUSH]
         async with c.ws_connect("/v1/ws") as ws:
-            await ws.receive()
+            await ws.send_bytes(Connect(request_id=1).encode())
+            await ws.receive()  # the Challenge
     await asyncio.sleep(0)
     assert all(t.done() for t in tasks.values())
     assert push.wake("https://push.example/x") is False  # closed
