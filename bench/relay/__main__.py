@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="record each relay run with py-spy into DIR and print the hot calls "
                         "(separate from figure runs: the sampler costs CPU)")
+    p.add_argument("--relay-switch-interval", type=float, metavar="SECONDS",
+                   help="experiment: start the relay with sys.setswitchinterval(SECONDS) "
+                        "(default: untouched, 0.005)")
     p.add_argument("--fake-relay", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--workdir", type=Path, help="where servers keep data (default: a tmp dir)")
     return p
@@ -171,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     check_templates()
     if args.fake_relay:
         harness.FAKE_RELAY = True
+    harness.SWITCH_INTERVAL_S = args.relay_switch_interval
 
     cmd = "python -m bench.relay " + " ".join(shlex.quote(a) for a in
                                               (argv if argv is not None else sys.argv[1:]))

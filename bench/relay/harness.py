@@ -36,6 +36,8 @@ __all__ = ["LoadResult", "MemoryResult", "run_load", "run_memory", "split"]
 
 _ctx = mp.get_context("spawn")
 
+SWITCH_INTERVAL_S: float | None = None
+"""Experiment: the relay's ``sys.setswitchinterval`` (None: Python's default, 5 ms)."""
 FAKE_RELAY = False
 """Self-check only: run the relay phases against :mod:`.fake_relay` instead."""
 
@@ -110,7 +112,8 @@ class _Server:
         if target == "relay" and FAKE_RELAY:
             cmd = [sys.executable, "-m", "bench.relay.fake_relay", "--port", "0"]
         elif target == "relay":
-            cmd = relay_command(self.dir / "data", extra=extra or [])
+            cmd = relay_command(self.dir / "data", extra=extra or [],
+                                switch_interval_s=SWITCH_INTERVAL_S)
             (self.dir / "data").mkdir()
         else:
             cmd = forwarder_command()
