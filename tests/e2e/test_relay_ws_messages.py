@@ -1,0 +1,320 @@
+"""Messages through the real relay: capabilities, offline and live delivery, acks and
+redelivery, idempotent resends, ordering, expiry notices, fan-out stored once, a slow
+subscriber, ephemeral signals, credits."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+
+from pigeon_crypto.signing import Purpose
+from protocol import (
+    Challenge,
+    Connect,
+    CreateMailbox,
+    CreditsLow,
+    Error,
+    ErrorCode,
+    MailboxCreated,
+    MessagesExpired,
+    Register,
+    SendEphemeral,
+    Sent,
+    Subscribe,
+    Subscribed,
+    Welcome,
+    challenge_payload,
+    decode_frame,
+)
+
+from ._relay_fixtures import db_rows, metric_value
+from .conftest import RelayProcess, launch_relay
+from .wsclient import Identity, Mailbox, RelayClient, anonymous, connect_user, new_id
+
+GENEROUS = ["--conn-credit-capacity", "100000", "--conn-credit-refill", "100000",
+            "--mailbox-credit-capacity", "100000", "--mailbox-credit-refill", "100000"]
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    rp = launch_relay(tmp_path_factory.mktemp("ws-messages"),
+                      [*GENEROUS, "--sweep-interval", "200ms"])
+    yield rp
+    rp.kill()
+
+
+async def owner_with_mailbox(url: str) -> tuple[RelayClient, Mailbox]:
+    client = await connect_user(url)
+    return client, await client.create_mailbox()
+
+
+async def test_offline_then_live_delivery_acks_and_redelivery(relay: RelayProcess) -> None:
+    bob, box = await owner_with_mailbox(relay.url)
+    me = bob.identity
+    assert me is not None
+    alice = await anonymous(relay.url)  # senders need no account
+    for i in range(3):  # bob is not subscribed yet: queued
+        assert isinstance(await alice.send([box], b"offline %d" % i), Sent)
+    await bob.subscribe(box)
+    got = await bob.deliveries_of(3)
+    assert [(d.seq, d.blob) for d in got] == [(1, b"offline 0"), (2, b"offline 1"),
+                                             (3, b"offline 2")]
+    assert all(d.mailbox_id == box.mailbox_id for d in got)
+    for i in range(3, 6):  # now live
+        assert isinstance(await alice.send([box], b"live %d" % i), Sent)
+    got = await bob.deliveries_of(3)
+    assert [d.seq for d in got] == [4, 5, 6]
+    await bob.ack(box, up_to_seq=2, seqs=[4, 6])  # cumulative and selective
+    await bob.no_delivery(0.2)
+    await bob.close()
+    # Reconnect: exactly the unacked envelopes come again, in order.
+    bob = await RelayClient.open(relay.url)
+    await bob.auth(me)
+    await bob.subscribe(box)
+    got = await bob.deliveries_of(2)
+    assert [(d.seq, d.blob) for d in got] == [(3, b"offline 2"), (5, b"live 4")]
+    await bob.no_delivery(0.2)
+    await bob.ack(box, up_to_seq=5)
+    await asyncio.sleep(0.2)
+    assert db_rows(relay, "SELECT count(*) FROM deliveries WHERE mailbox_id = ?",
+                   box.mailbox_id) == [(0,)]
+    await bob.close()
+    await alice.close()
+
+
+async def test_wrong_or_missing_capability_is_one_answer(relay: RelayProcess) -> None:
+    bob, box = await owner_with_mailbox(relay.url)
+    other_box = await bob.create_mailbox()
+    await bob.subscribe(box, other_box)
+    alice = await anonymous(relay.url)
+    wrong = (other_box.mailbox_id, os.urandom(32))
+    missing = (os.urandom(16), os.urandom(32))
+    for recipients in ([wrong], [missing]):
+        answer = await alice.send(recipients, b"x")
+        assert isinstance(answer, Error) and answer.code == ErrorCode.WRONG_CAPABILITY
+    # Some good, some not: durable where accepted, the others listed by index.
+    answer = await alice.send([wrong, box, missing], b"partly")
+    assert isinstance(answer, Sent)
+    assert answer.rejected == ((0, ErrorCode.WRONG_CAPABILITY), (2, ErrorCode.WRONG_CAPABILITY))
+    assert (await bob.next_delivery()).blob == b"partly"
+    # After a cached success the wrong capability is still refused.
+    answer = await alice.send([wrong], b"x")
+    assert isinstance(answer, Error) and answer.code == ErrorCode.WRONG_CAPABILITY
+    await bob.no_delivery(0.2)
+    await bob.close()
+    await alice.close()
+
+
+async def test_idempotent_resend(relay: RelayProcess) -> None:
+    bob, box = await owner_with_mailbox(relay.url)
+    await bob.subscribe(box)
+    alice = await anonymous(relay.url)
+    cmid = new_id()
+    assert isinstance(await alice.send([box], b"once", client_msg_id=cmid), Sent)
+    assert isinstance(await alice.send([box], b"once", client_msg_id=cmid), Sent)
+    first = await bob.next_delivery()
+    await bob.no_delivery(0.3)
+    await bob.ack(box, up_to_seq=first.seq)
+    await asyncio.sleep(0.1)
+    # A late retry after the ack is still answered Sent and not queued again.
+    other = await anonymous(relay.url)  # from another connection, too
+    assert isinstance(await other.send([box], b"once", client_msg_id=cmid), Sent)
+    await bob.no_delivery(0.3)
+    assert db_rows(relay, "SELECT count(*) FROM dedup WHERE mailbox_id = ?",
+                   box.mailbox_id) == [(1,)]
+    for c in (bob, alice, other):
+        await c.close()
+
+
+async def test_relay_sequence_order(relay: RelayProcess) -> None:
+    bob, box = await owner_with_mailbox(relay.url)
+    await bob.subscribe(box)
+    senders = [await anonymous(relay.url) for _ in range(3)]
+    # One connection pipelines 100 sends: they are stored in the order they arrived.
+    answers = await asyncio.gather(*(senders[0].send([box], b"%03d" % i) for i in range(100)))
+    assert all(isinstance(a, Sent) for a in answers)
+    got = await bob.deliveries_of(100)
+    assert [d.seq for d in got] == list(range(1, 101))
+    assert [d.blob for d in got] == [b"%03d" % i for i in range(100)]
+    # Several senders at once: still one dense, increasing sequence.
+    await asyncio.gather(*(s.send([box], b"x") for s in senders for _ in range(20)))
+    got = await bob.deliveries_of(60)
+    assert [d.seq for d in got] == list(range(101, 161))
+    for c in (bob, *senders):
+        await c.close()
+
+
+async def test_expired_messages_are_reported(relay: RelayProcess) -> None:
+    bob, box = await owner_with_mailbox(relay.url)
+    alice = await anonymous(relay.url)
+    for i in range(3):
+        assert isinstance(await alice.send([box], b"short %d" % i, ttl_ms=200), Sent)
+    assert isinstance(await alice.send([box], b"long"), Sent)
+    await asyncio.sleep(0.8)  # the sweeper (every 200 ms) deletes the three
+    await bob.subscribe(box)
+    notice = await bob.next_notice(MessagesExpired)
+    assert (notice.mailbox_id, notice.count, notice.up_to_seq) == (box.mailbox_id, 3, 3)
+    got = await bob.next_delivery()
+    assert (got.seq, got.blob) == (4, b"long")
+    await bob.ack(box, up_to_seq=4)
+    # Live: delivered, not acked, expired while subscribed: told at once.
+    assert isinstance(await alice.send([box], b"soon gone", ttl_ms=200), Sent)
+    assert (await bob.next_delivery()).seq == 5
+    notice = await bob.next_notice(MessagesExpired, wait_s=5)
+    assert (notice.count, notice.up_to_seq) == (1, 5)
+    # Reported once: a new subscription hears nothing more.
+    await bob.close()
+    me = bob.identity
+    assert me is not None
+    bob = await RelayClient.open(relay.url)
+    await bob.auth(me)
+    await bob.subscribe(box)
+    await bob.no_delivery(0.3)
+    seen = [bob.notices.get_nowait() for _ in range(bob.notices.qsize())]
+    assert not any(isinstance(n, MessagesExpired) for n in seen)
+    await bob.close()
+    await alice.close()
+
+
+async def test_fan_out_stores_the_blob_once(relay: RelayProcess) -> None:
+    owners = [await owner_with_mailbox(relay.url) for _ in range(3)]
+    for client, box in owners:
+        await client.subscribe(box)
+    alice = await anonymous(relay.url)
+    blob = os.urandom(700)
+    answer = await alice.send([box for _, box in owners], blob)
+    assert isinstance(answer, Sent) and answer.rejected == ()
+    for client, box in owners:
+        got = await client.next_delivery()
+        assert (got.mailbox_id, got.blob) == (box.mailbox_id, blob)
+    rows = db_rows(relay, "SELECT id FROM blobs WHERE data = ?", blob)
+    assert len(rows) == 1  # one blob row...
+    assert db_rows(relay, "SELECT count(*) FROM deliveries WHERE blob_id = ?",
+                   rows[0][0]) == [(3,)]  # ...three deliveries pointing at it
+    for client, box in owners:
+        await client.ack(box, up_to_seq=1)
+    await asyncio.sleep(0.3)
+    assert db_rows(relay, "SELECT count(*) FROM blobs WHERE data = ?", blob) == [(0,)]
+    for client, _ in owners:
+        await client.close()
+    await alice.close()
+
+
+async def raw_subscriber(url: str, session: aiohttp.ClientSession
+                         ) -> tuple[aiohttp.ClientWebSocketResponse, Mailbox]:
+    """A subscriber driven by hand, so that the test can stop reading its socket."""
+    ws = await session.ws_connect(url + "/v1/ws", max_msg_size=1 << 22)
+    me = Identity()
+    await ws.send_bytes(Connect(request_id=1).encode())
+    challenge = decode_frame((await ws.receive()).data)
+    assert isinstance(challenge, Challenge)
+    sig = me.keys.sign(Purpose.RELAY_CHALLENGE, challenge_payload(
+        challenge.relay_id, challenge.nonce, challenge.server_time_ms, me.account_id))
+    await ws.send_bytes(Register(request_id=2, account_id=me.account_id,
+                                 identity_key=me.public, signature=sig).encode())
+    assert isinstance(decode_frame((await ws.receive()).data), Welcome)
+    cap = os.urandom(32)
+    await ws.send_bytes(CreateMailbox(request_id=3,
+                                      capability_hash=hashlib.sha256(cap).digest()).encode())
+    created = decode_frame((await ws.receive()).data)
+    assert isinstance(created, MailboxCreated)
+    await ws.send_bytes(Subscribe(request_id=4, mailbox_ids=(created.mailbox_id,)).encode())
+    assert isinstance(decode_frame((await ws.receive()).data), Subscribed)
+    return ws, Mailbox(created.mailbox_id, cap)
+
+
+async def test_slow_subscriber_delays_nobody(relay: RelayProcess) -> None:
+    async with aiohttp.ClientSession() as session:
+        slow_ws, slow_box = await raw_subscriber(relay.url, session)
+        # From now on the slow subscriber reads nothing: its socket fills up.
+        flooder = await anonymous(relay.url)
+        big = os.urandom(60_000)
+        n_slow = 200  # 12 MB for a reader that does not read
+        flood = asyncio.gather(*(flooder.send([slow_box], big) for _ in range(n_slow)))
+        carol, carol_box = await owner_with_mailbox(relay.url)
+        await carol.subscribe(carol_box)
+        alice = await anonymous(relay.url)
+        worst = 0.0
+        for i in range(40):
+            start = time.perf_counter()
+            assert isinstance(await alice.send([carol_box], b"ping %d" % i), Sent)
+            got = await carol.next_delivery(wait_s=5)
+            worst = max(worst, time.perf_counter() - start)
+            assert got.blob == b"ping %d" % i
+        answers = await asyncio.wait_for(flood, 30)
+        assert all(isinstance(a, Sent) for a in answers)  # every envelope is durable
+        assert worst < 1.0, f"a fast pair waited {worst:.3f}s behind a slow subscriber"
+        # When the slow one reads again, it catches up from the store, in order.
+        seqs: list[int] = []
+        while len(seqs) < n_slow:
+            msg = await slow_ws.receive(timeout=15)
+            frame = decode_frame(msg.data)
+            if hasattr(frame, "seq") and hasattr(frame, "blob"):
+                seqs.append(frame.seq)
+        assert seqs == list(range(1, n_slow + 1))
+        await slow_ws.close()
+        for c in (flooder, carol, alice):
+            await c.close()
+
+
+async def test_ephemeral_signals(relay: RelayProcess) -> None:
+    bob, box = await owner_with_mailbox(relay.url)
+    alice = await anonymous(relay.url)
+    dropped = await metric_value(relay.url, "pigeon_relay_ephemeral_dropped_total")
+    await alice.send_ephemeral([box], b"typing (nobody listens)")
+    await asyncio.sleep(0.2)
+    assert await metric_value(relay.url, "pigeon_relay_ephemeral_dropped_total") == dropped + 1
+    await bob.subscribe(box)
+    cmid = new_id()
+    await alice.send_ephemeral([box], b"typing", client_msg_id=cmid)
+    await alice.send_ephemeral([box], b"typing", client_msg_id=cmid)  # within the window
+    got = await asyncio.wait_for(bob.ephemeral.get(), 5)
+    assert (got.mailbox_id, got.blob) == (box.mailbox_id, b"typing")
+    await asyncio.sleep(0.3)
+    assert bob.ephemeral.empty()  # the repeat was dropped
+    await bob.no_delivery(0.1)  # never stored, never delivered as an envelope
+    assert db_rows(relay, "SELECT count(*) FROM deliveries WHERE mailbox_id = ?",
+                   box.mailbox_id) == [(0,)]
+    # A wrong capability is refused like a durable send.
+    alice_err = await alice.error(lambda rid: SendEphemeral(
+        request_id=rid, client_msg_id=new_id(), blob=b"x",
+        recipients=((box.mailbox_id, os.urandom(32)),)))
+    assert alice_err.code == ErrorCode.WRONG_CAPABILITY
+    await bob.close()
+    await alice.close()
+
+
+async def test_credits_refuse_with_retry_after_and_notice(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    rp = launch_relay(tmp_path_factory.mktemp("ws-credits"),
+                      ["--conn-credit-capacity", "10", "--conn-credit-refill", "1",
+                       "--mailbox-credit-capacity", "15", "--mailbox-credit-refill", "1"])
+    try:
+        bob, box = await owner_with_mailbox(rp.url)
+        alice = await anonymous(rp.url)
+        answers = [await alice.send([box], b"%d" % i) for i in range(11)]
+        assert all(isinstance(a, Sent) for a in answers[:10])
+        refused = answers[10]
+        assert isinstance(refused, Error) and refused.code == ErrorCode.RATE_LIMITED
+        assert refused.retry_after_ms is not None and 0 < refused.retry_after_ms <= 2000
+        low = await alice.next_notice(CreditsLow)
+        assert low.remaining < 10 and low.refill_in_ms > 0
+        # The mailbox's bucket is shared by all senders: a fresh connection hits it too.
+        other = await anonymous(rp.url)
+        results = [await other.send([box], b"more") for _ in range(8)]
+        codes = [r.code if isinstance(r, Error) else 0 for r in results]
+        assert ErrorCode.RATE_LIMITED in codes and codes[0] == 0
+        assert await metric_value(rp.url, "pigeon_relay_credit_refusals_total",
+                                  {"scope": "mailbox"}) >= 1
+        assert await metric_value(rp.url, "pigeon_relay_credit_refusals_total",
+                                  {"scope": "connection"}) >= 1
+        for c in (bob, alice, other):
+            await c.close()
+    finally:
+        rp.kill()
