@@ -65,9 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="record each relay run with py-spy into DIR and print the hot calls "
                         "(separate from figure runs: the sampler costs CPU)")
-    p.add_argument("--relay-switch-interval", type=float, metavar="SECONDS",
-                   help="experiment: start the relay with sys.setswitchinterval(SECONDS) "
-                        "(default: untouched, 0.005)")
+    p.add_argument("--relay-prelude", metavar="CODE",
+                   help="experiment, never for figures: Python run in the relay's process "
+                        "before it starts, e.g. 'import gc; gc.disable()'")
     p.add_argument("--fake-relay", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--workdir", type=Path, help="where servers keep data (default: a tmp dir)")
     return p
@@ -174,12 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     check_templates()
     if args.fake_relay:
         harness.FAKE_RELAY = True
-    harness.SWITCH_INTERVAL_S = args.relay_switch_interval
+    harness.RELAY_PRELUDE = args.relay_prelude
 
     cmd = "python -m bench.relay " + " ".join(shlex.quote(a) for a in
                                               (argv if argv is not None else sys.argv[1:]))
     machine = (f"{platform.machine()}, {ncpu} CPUs, {platform.system()} {platform.release()}, "
                f"Python {platform.python_version()}")
+    if args.relay_prelude:
+        print(f"# EXPERIMENT: relay started after: {args.relay_prelude}")
     print(f"# bench.relay: {cmd.strip()}\n# machine: {machine}\n# generator: {procs} "
           f"process(es), lean asyncio WebSocket client; fd limit {fd[0]}; workdir {workdir}",
           flush=True)

@@ -36,8 +36,8 @@ __all__ = ["LoadResult", "MemoryResult", "run_load", "run_memory", "split"]
 
 _ctx = mp.get_context("spawn")
 
-SWITCH_INTERVAL_S: float | None = None
-"""Experiment: the relay's ``sys.setswitchinterval`` (None: Python's default, 5 ms)."""
+RELAY_PRELUDE: str | None = None
+"""Experiment: Python statements run in the relay's process before it starts."""
 FAKE_RELAY = False
 """Self-check only: run the relay phases against :mod:`.fake_relay` instead."""
 
@@ -113,7 +113,7 @@ class _Server:
             cmd = [sys.executable, "-m", "bench.relay.fake_relay", "--port", "0"]
         elif target == "relay":
             cmd = relay_command(self.dir / "data", extra=extra or [],
-                                switch_interval_s=SWITCH_INTERVAL_S)
+                                prelude=RELAY_PRELUDE)
             (self.dir / "data").mkdir()
         else:
             cmd = forwarder_command()

@@ -80,16 +80,16 @@ def _script(name: str) -> str | None:
 
 
 def relay_command(data_dir: Path, *, synchronous: str = "FULL",
-                  extra: Sequence[str] = (), switch_interval_s: float | None = None
-                  ) -> list[str]:
-    """The relay's command line. *switch_interval_s* (an experiment, not the default):
-    run the same ``relay.cli.main`` after ``sys.setswitchinterval`` in the same process."""
+                  extra: Sequence[str] = (), prelude: str | None = None) -> list[str]:
+    """The relay's command line. *prelude* (an experiment, never the default): Python
+    statements run in the relay's process before the same ``relay.cli.main``, e.g.
+    ``import gc; gc.disable()`` to measure what the cyclic GC costs."""
     exe = _script("pigeon-relay")
     base = [exe] if exe else [sys.executable, "-m", "relay"]
-    if switch_interval_s is not None:
+    if prelude:
         base = [sys.executable, "-c",
-                f"import sys; sys.setswitchinterval({float(switch_interval_s)!r}); "
-                "from relay.cli import main; raise SystemExit(main(sys.argv[1:]))"]
+                f"{prelude}\nimport sys\nfrom relay.cli import main\n"
+                "raise SystemExit(main(sys.argv[1:]))"]
     return [*base, "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data_dir),
             "--synchronous", synchronous,
             "--conn-credit-capacity", HUGE, "--conn-credit-refill", HUGE,
