@@ -29,9 +29,13 @@ from .conftest import RelayProcess, run_cli
 
 __all__ = [
     "admin_json",
+    "bearer",
     "client_ssl_context",
     "db_rows",
+    "get_chunk",
+    "head_chunk",
     "metric_value",
+    "put_chunk",
     "self_signed",
 ]
 
@@ -100,3 +104,28 @@ def client_ssl_context(cert: Path) -> ssl.SSLContext:
 def files_under(folder: Path) -> Iterator[Path]:
     """Every regular file below *folder*."""
     yield from (p for p in folder.rglob("*") if p.is_file())
+
+
+def bearer(token: bytes) -> dict[str, str]:
+    return {"Authorization": "Bearer " + token.hex()}
+
+
+async def put_chunk(http: aiohttp.ClientSession, url: str, grant: Any, index: int,
+                    data: bytes, *, ssl_context: ssl.SSLContext | None = None) -> int:
+    """``PUT {url_path}/{index}`` with the grant's bearer token; returns the status."""
+    async with http.put(f"{url}{grant.url_path}/{index}", data=data,
+                        headers=bearer(grant.token), ssl=ssl_context or True) as resp:
+        return resp.status
+
+
+async def get_chunk(http: aiohttp.ClientSession, url: str, grant: Any, index: int, *,
+                    ssl_context: ssl.SSLContext | None = None) -> bytes:
+    async with http.get(f"{url}{grant.url_path}/{index}", headers=bearer(grant.token),
+                        ssl=ssl_context or True) as resp:
+        assert resp.status == 200, resp.status
+        return await resp.read()
+
+
+async def head_chunk(http: aiohttp.ClientSession, url: str, grant: Any, index: int) -> int:
+    async with http.head(f"{url}{grant.url_path}/{index}", headers=bearer(grant.token)) as r:
+        return r.status

@@ -121,8 +121,13 @@ class RelayClient:
                    max_msg_size: int = 4 * 1024 * 1024) -> RelayClient:
         own = session is None
         sess = session or aiohttp.ClientSession()
-        ws = await sess.ws_connect(url.rstrip("/") + "/v1/ws", ssl=ssl_context or True,
-                                   max_msg_size=max_msg_size, autoping=True)
+        try:
+            ws = await sess.ws_connect(url.rstrip("/") + "/v1/ws", ssl=ssl_context or True,
+                                       max_msg_size=max_msg_size, autoping=True)
+        except BaseException:
+            if own:
+                await sess.close()
+            raise
         return cls(sess, ws, own_session=own)
 
     async def _read(self) -> None:
