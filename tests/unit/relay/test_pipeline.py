@@ -1,0 +1,126 @@
+"""The pipeline's pure parts: hot-path encoders, the resolver table, routes, node caches."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from protocol import (
+    FRAME_TYPES,
+    Ack,
+    Delivery,
+    Direction,
+    EphemeralDelivery,
+    Error,
+    ErrorCode,
+    Pong,
+    Send,
+    SendEphemeral,
+    Sent,
+    decode_frame,
+)
+from relay.handlers_auth import require_auth
+from relay.handlers_message import (
+    check_capability,
+    persist,
+    reply_sent,
+    route_durable,
+    take_credits,
+    validate_send,
+)
+from relay.node import CapabilityCache, DedupWindow
+from relay.pipeline import (
+    FORK,
+    Route,
+    delivery_bytes,
+    ephemeral_delivery_bytes,
+    error_bytes,
+    sent_bytes,
+)
+from relay.resolver import ANONYMOUS, RESOLVER
+
+
+@pytest.mark.parametrize("rid", [1, 127, 128, 65535, 2**32 - 1])
+def test_sent_bytes_are_the_canonical_encoding(rid: int) -> None:
+    assert sent_bytes(rid) == Sent(request_id=rid).encode()
+
+
+@pytest.mark.parametrize("seq", [1, 2**31, 2**63 - 1])
+@pytest.mark.parametrize("size", [1, 255, 256, 65536])
+def test_delivery_bytes_are_the_canonical_encoding(seq: int, size: int) -> None:
+    mailbox, blob, received = os.urandom(16), os.urandom(size), 1_700_000_000_123
+    data = delivery_bytes(mailbox, seq, received, blob)
+    assert data == Delivery(mailbox_id=mailbox, seq=seq, received_at_ms=received,
+                            blob=blob).encode()
+    assert decode_frame(data, direction=Direction.TO_CLIENT) == Delivery(
+        mailbox_id=mailbox, seq=seq, received_at_ms=received, blob=blob)
+
+
+def test_ephemeral_and_error_bytes() -> None:
+    mailbox, blob = os.urandom(16), os.urandom(300)
+    assert ephemeral_delivery_bytes(mailbox, 5, blob) == EphemeralDelivery(
+        mailbox_id=mailbox, received_at_ms=5, blob=blob).encode()
+    long = "é" * 300  # cut to the protocol's 256 bytes without splitting a character
+    err = decode_frame(error_bytes(7, ErrorCode.RATE_LIMITED, retry_after_ms=9, message=long))
+    assert isinstance(err, Error) and err.code == ErrorCode.RATE_LIMITED
+    assert err.retry_after_ms == 9 and err.message is not None
+    assert len(err.message.encode()) <= 256
+
+
+def test_every_frame_a_client_may_send_has_a_route() -> None:
+    to_relay = {cls for cls in FRAME_TYPES.values()
+                if cls.DIRECTION in (Direction.TO_RELAY, Direction.BOTH)}
+    assert to_relay == set(RESOLVER)
+    for cls, route in RESOLVER.items():
+        assert route.name == cls.__name__ and route.inline + route.forked
+
+
+def test_the_durable_send_route_follows_the_design() -> None:
+    route = RESOLVER[Send]
+    assert route.stages == (validate_send, check_capability, take_credits, FORK,
+                            persist, reply_sent, route_durable)
+    assert not RESOLVER[SendEphemeral].forked  # never persisted: nothing to fork
+    assert require_auth in RESOLVER[Ack].inline
+
+
+def test_anonymous_frames_are_exactly_the_protocols_list() -> None:
+    names = {cls.__name__ for cls in ANONYMOUS}
+    assert names == {"Connect", "Auth", "Register", "Ping", "Pong", "Error", "Send",
+                     "SendEphemeral", "FetchBundle", "LookupUsername", "RequestBlobDownload"}
+    assert Pong in ANONYMOUS  # answers to our pings (we send none) are ignored
+
+
+def test_route_construction_rules() -> None:
+    with pytest.raises(ValueError, match="more than one FORK"):
+        Route.of("x", validate_send, FORK, persist, FORK, reply_sent)
+    with pytest.raises(ValueError, match="no stages"):
+        Route.of("x")
+    route = Route.of("x", validate_send, FORK, persist)
+    assert (route.inline, route.forked) == ((validate_send,), (persist,))
+
+
+def test_capability_cache() -> None:
+    cache = CapabilityCache(max_entries=2)
+    a, b, c, h = os.urandom(16), os.urandom(16), os.urandom(16), os.urandom(32)
+    assert cache.check(a, h, 0) is None
+    cache.put(a, h)
+    assert cache.check(a, h, 0) is True
+    assert cache.check(a, os.urandom(32), 0) is False
+    cache.retire(a, 100)
+    assert cache.check(a, h, 99) is True and cache.check(a, h, 100) is False
+    cache.put(b, h)
+    cache.put(c, h)  # evicts the oldest
+    assert len(cache) == 2 and cache.check(a, h, 0) is None
+    cache.forget(b)
+    assert cache.check(b, h, 0) is None
+
+
+def test_dedup_window() -> None:
+    window = DedupWindow(1000, max_entries=3)
+    k = [os.urandom(16) for _ in range(5)]
+    assert window.first_time(k[0], 0) and not window.first_time(k[0], 999)
+    assert window.first_time(k[0], 1000)  # the window passed
+    for key in k[1:4]:
+        assert window.first_time(key, 1001)
+    assert window.first_time(k[0], 1002)  # evicted by the bound, not by time
