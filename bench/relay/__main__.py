@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="load-generator processes (default: CPU count - 1, at least 1)")
     p.add_argument("--window",
                    help="closed loop: messages in flight per pair, or a comma list (the best "
-                        "of each server is reported) (default 2048/N, 2..256)")
+                        "of each server is reported) (default: 1600/N and 6400/N, 1..1024)")
     p.add_argument("--ack-every", type=int, default=32,
                    help="receiver acks once this many deliveries are unacked (default 32)")
     p.add_argument("--ack-interval-ms", type=float, default=5.0,
@@ -73,8 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _window(n: int) -> int:
-    return max(2, min(256, math.ceil(2048 / n)))
+def _windows(n: int) -> list[int]:
+    """Default closed-loop windows for N pairs: ~1,600 and ~6,400 messages in flight in
+    all (clamped to 1..1024 per pair); the best of the two is the peak."""
+    return sorted({max(1, min(1024, math.ceil(total / n))) for total in (1600, 6400)})
 
 
 def _fmt_rate(x: float) -> str:
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in pairs_list:
             f_best: LoadResult | None = None
             r_best: LoadResult | None = None
-            for w in (_ints(args.window) if args.window else [_window(n)]):
+            for w in (_ints(args.window) if args.window else _windows(n)):
                 res = both(mode="closed", pairs=n, duration_s=duration, warmup_s=warmup,
                            window=w, ack_every=args.ack_every,
                            ack_interval_ms=args.ack_interval_ms)
