@@ -195,8 +195,17 @@ def receive(core: ClientCore, deliveries: Sequence[DeliveryLike], *, now_ms: int
         refs.append(key)
     if not pending:
         return out
+    # One transaction: only each peer's last state needs writing.
+    last: dict[bytes, int] = {}
+    for i, p in enumerate(pending):
+        if p.incoming.session is not None:
+            last[p.incoming.session.peer] = i
+    keep = set(last.values())
+    incoming = [p.incoming if p.incoming.session is None or i in keep
+                else dataclasses.replace(p.incoming, session=None)
+                for i, p in enumerate(pending)]
     try:
-        results = core.store.commit_receive_many([p.incoming for p in pending])
+        results = core.store.commit_receive_many(incoming)
     except Exception:
         if len(deliveries) == 1:
             _log.exception("could not store an envelope; it stays unacked")

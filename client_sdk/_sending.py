@@ -165,6 +165,15 @@ class _Batch:
                            blob=blob, created_at_ms=now_ms)
 
     def commit(self, outgoing: list[Outgoing]) -> list[OutboxItem]:
+        # One transaction: only each peer's last state needs writing (the earlier ones
+        # of the batch are never visible on their own).
+        last: dict[bytes, int] = {}
+        for i, o in enumerate(outgoing):
+            if o.session is not None:
+                last[o.session.peer] = i
+        keep = set(last.values())
+        outgoing = [o if o.session is None or i in keep else dataclasses.replace(o, session=None)
+                    for i, o in enumerate(outgoing)]
         items = self.core.store.enqueue_many(outgoing) if outgoing else []
         for peer, state in self.states.items():
             self.core.cache_session(peer, state)
@@ -184,8 +193,7 @@ def _target_ours(core: ClientCore, cid: int, peer: bytes, target: bytes, *,
 
 def _prepare(core: ClientCore, batch: _Batch, intent: Intent, now_ms: int,
              ) -> tuple[Outgoing, MessageRef | None, list[Event]]:
-    contact = core.require_sendable(intent.peer)
-    assert contact.outbound is not None
+    _, outbound = core.sendable(intent.peer)
     peer = intent.peer
     mid = core.rng(16)
     cid = core.conversation_id(peer, now_ms=now_ms)
@@ -224,7 +232,7 @@ def _prepare(core: ClientCore, batch: _Batch, intent: Intent, now_ms: int,
             inner = Profile(message_id=mid, sent_at_ms=now_ms, display_name=name,
                             avatar_manifest=avatar)
     blob, state = batch.encrypt(peer, inner)
-    entry = batch.entry(contact.outbound, blob, now_ms)
+    entry = batch.entry(outbound, blob, now_ms)
     outgoing = Outgoing(entry=entry, session=SessionUpdate(peer=peer, state=state), history=op)
     ref = MessageRef(peer=peer, conversation_id=cid, message_id=mid,
                      client_msg_id=entry.client_msg_id)
@@ -399,10 +407,10 @@ def _status_event(core: ClientCore, item: OutboxItem, status: MessageStatus,
     if item.message is None:
         return None
     cid, mid = item.message
-    conversation = core.store.get_conversation(cid)
-    if conversation is None:
+    peer = core.conversation_peer(cid)
+    if peer is None:
         return None
-    return MessageStatusChanged(peer=conversation.peer, conversation_id=cid, message_id=mid,
+    return MessageStatusChanged(peer=peer, conversation_id=cid, message_id=mid,
                                 status=status, reason=reason)
 
 

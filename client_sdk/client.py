@@ -145,6 +145,7 @@ class AsyncClient(ClientApiMixin):
         self._handlers: list[tuple[type[Event], Handler]] = []
         self._subscribers: list[asyncio.Queue[Event | None]] = []
         self._backlog: deque[Event] | None = deque()
+        self._backlog_warned = False
         self._rx: deque[Frame] = deque()
         self._rx_wake = asyncio.Event()
         self._tx: list[tuple[_sending.Intent, asyncio.Future[MessageRef | None]]] = []
@@ -340,7 +341,10 @@ class AsyncClient(ClientApiMixin):
             if self._backlog is not None:
                 if len(self._backlog) >= EVENT_BACKLOG:
                     self._backlog.popleft()
-                    _log.warning("event backlog full: dropping the oldest event")
+                    if not self._backlog_warned:
+                        self._backlog_warned = True
+                        _log.warning("no events() iterator yet and %d events kept: dropping "
+                                     "the oldest ones", EVENT_BACKLOG)
                 self._backlog.append(event)
             for queue in self._subscribers:
                 queue.put_nowait(event)

@@ -58,6 +58,7 @@ from .store.records import (
     LocalIdentity,
     MailboxDirection,
     OutboxItem,
+    PairwiseMailbox,
     PrekeyUpload,
 )
 
@@ -95,6 +96,8 @@ class ClientCore:
             self._index(contact)
         self._sessions: dict[bytes, RatchetState] = {}
         self._conversations: dict[bytes, int] = {}
+        self._conversation_peers: dict[int, bytes] = {}
+        self._sendable: dict[bytes, tuple[Contact, PairwiseMailbox]] = {}
         raw = store.get_setting(SETTING_CONTACT_MAILBOX)
         self._contact_mailbox = None if raw is None else (raw[:16], raw[16:])
         self.pending_receipts: dict[bytes, list[bytes]] = {}
@@ -226,6 +229,7 @@ class ClientCore:
 
     def cache_contact(self, contact: Contact) -> None:
         """Record a contact the store has just saved."""
+        self._sendable.pop(contact.account_id, None)
         old = self._contacts.get(contact.account_id)
         if old is not None:
             for m in old.mailboxes:
@@ -247,6 +251,21 @@ class ClientCore:
     def contact_for_mailbox(self, mailbox_id: bytes) -> Contact | None:
         peer = self._by_mailbox.get(mailbox_id)
         return None if peer is None else self._contacts.get(peer)
+
+    def sendable(self, peer: bytes) -> tuple[Contact, PairwiseMailbox]:
+        """The contact and the mailbox to write to, if we may send to it now (cached:
+        this runs once per message).
+
+        Raises:
+            UnknownContact, ContactBlocked, ContactNotReady, IdentityChangeUnacknowledged.
+        """
+        hit = self._sendable.get(peer)
+        if hit is not None:
+            return hit
+        contact = self.require_sendable(peer)
+        assert contact.outbound is not None
+        self._sendable[peer] = (contact, contact.outbound)
+        return self._sendable[peer]
 
     def require_sendable(self, peer: bytes) -> Contact:
         """The contact, if we may send to it now.
@@ -285,7 +304,18 @@ class ClientCore:
             cid = self.store.ensure_conversation(ConversationKind.DIRECT, peer, now_ms=now_ms,
                                                  title=title).id
             self._conversations[peer] = cid
+            self._conversation_peers[cid] = peer
         return cid
+
+    def conversation_peer(self, conversation_id: int) -> bytes | None:
+        """The peer of a direct conversation (cached)."""
+        peer = self._conversation_peers.get(conversation_id)
+        if peer is None:
+            conversation = self.store.get_conversation(conversation_id)
+            if conversation is None:
+                return None
+            peer = self._conversation_peers[conversation_id] = conversation.peer
+        return peer
 
     def display_name(self) -> str | None:
         raw = self.store.get_setting(SETTING_DISPLAY_NAME)

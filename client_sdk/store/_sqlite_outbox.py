@@ -100,21 +100,24 @@ def enqueue(tx: Tx, outgoing: Outgoing) -> OutboxItem:
         outcome, link = history.apply(tx, op)
         if isinstance(op, NewMessage) and outcome is not ApplyOutcome.APPLIED:
             raise StoreConflict(f"the message id is already in history ({outcome.value})")
-    _insert(tx, entry, link)
-    item = get_outbox(tx, entry.client_msg_id)
-    assert item is not None
-    return item
+    seq = _insert(tx, entry, link)
+    message = (op.conversation_id, op.message_id) if (
+        link is not None and isinstance(op, NewMessage)) else None
+    return OutboxItem(seq=seq, entry=entry, attempts=0, next_attempt_at_ms=entry.created_at_ms,
+                      last_error=None, message=message)
 
 
-def _insert(tx: Tx, entry: OutboxEntry, link: int | None) -> None:
+def _insert(tx: Tx, entry: OutboxEntry, link: int | None) -> int:
     sealed = tx.seal("outbox", "recipients", entry.client_msg_id,
                      encode_recipients(entry.recipients))
-    tx.conn.execute(
+    cur = tx.conn.execute(
         "INSERT INTO outbox (client_msg_id, recipients, blob, created_at_ms, "
         "next_attempt_at_ms, message_rowid) VALUES (?, ?, ?, ?, ?, ?)",
         (entry.client_msg_id, sealed, entry.blob, entry.created_at_ms, entry.created_at_ms,
          link),
     )
+    assert cur.lastrowid is not None
+    return int(cur.lastrowid)
 
 
 def due_outbox(tx: Tx, now_ms: int, limit: int) -> list[OutboxItem]:
