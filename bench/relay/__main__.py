@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="...and every this many ms anything unacked (default 5)")
     p.add_argument("--rates", default="10000,1000", help="open-loop offered rates, msgs/s")
     p.add_argument("--open-pairs", type=int, default=1000, help="open-loop pairs")
+    p.add_argument("--drain", type=float, default=30.0,
+                   help="after sending stops, wait at most this long for stragglers (s)")
+    p.add_argument("--stall", type=float, default=5.0,
+                   help="...and stop waiting after this long without progress (s)")
     p.add_argument("--conns", type=int, help="memory: idle connections (default 5000)")
     p.add_argument("--pingpong-duration", type=float, help="default: --duration")
     p.add_argument("--relay-arg", action="append", default=[], metavar="ARG",
@@ -142,7 +146,8 @@ def _problems(r: LoadResult | None) -> str:
 
 def _describe(r: LoadResult) -> str:
     extra = (f"sent {r.sent:,}, received {r.received:,}, undelivered {r.lost}, dup {r.dups}, "
-             f"unanswered {r.unanswered} (after a {r.drain_s:.1f}s drain), "
+             f"unanswered {r.unanswered} (after a {r.drain_s:.1f}s drain, longest pause "
+             f"{r.max_stall_s:.1f}s), "
              f"send errors {r.send_errors}, machine CPU "
              f"{_fmt_cpu(r.machine_cpu)} (other processes "
              f"{_fmt_cpu(r.machine_cpu - r.server_cpu - r.gen_cpu)}), setup {r.setup_s:.1f}s")
@@ -200,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                 prof = args.profile / (f"relay-{kw['mode']}-{kw['pairs']}-w{kw.get('window', 1)}"
                                        f"-r{int(float(kw.get('rate', 0)))}.txt")  # type: ignore[arg-type]
             r = run_load(target=t, procs=procs, workdir=workdir,  # type: ignore[arg-type]
-                         relay_extra=args.relay_arg, profile_out=prof, **kw)
+                         relay_extra=args.relay_arg, profile_out=prof, drain_s=args.drain,
+                         stall_s=args.stall, **kw)
             if prof is not None:
                 profiles.append((prof, _describe(r)))
             print("   · " + _describe(r), flush=True)

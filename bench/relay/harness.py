@@ -69,6 +69,8 @@ class LoadResult:
     errors: dict[str, int] = field(default_factory=dict)
     setup_s: float = 0.0
     drain_s: float = 0.0
+    max_stall_s: float = 0.0
+    """Longest time without any receipt or answer during the drain."""
     server_view: str = ""
     """The relay's /metrics over the window (commits, batch sizes, store latencies)."""
     failure: str | None = None
@@ -207,7 +209,7 @@ def _cpu(pids: list[int]) -> float:
 def run_load(*, target: str, mode: str, pairs: int, procs: int, duration_s: float,
              warmup_s: float, workdir: Path, window: int = 1, rate: float = 0.0,
              ack_every: int = 32, ack_interval_ms: float = 5.0, flush_each: bool = False,
-             setup_cap_s: float = 300.0, drain_s: float = 30.0,
+             setup_cap_s: float = 300.0, drain_s: float = 30.0, stall_s: float = 5.0,
              relay_extra: list[str] | None = None,
              profile_out: Path | None = None) -> LoadResult:
     res = LoadResult(target=target, mode=mode, pairs=pairs, window=window, offered=rate,
@@ -219,7 +221,7 @@ def run_load(*, target: str, mode: str, pairs: int, procs: int, duration_s: floa
                                window=window, rate=rate * len(part) / pairs,
                                ack_every=ack_every, ack_interval_ms=ack_interval_ms,
                                flush_each=flush_each, setup_timeout_s=setup_cap_s,
-                               drain_s=drain_s) for part in parts]
+                               drain_s=drain_s, stall_s=stall_s) for part in parts]
             workers = _Workers(args)
             try:
                 t0 = time.monotonic()
@@ -273,6 +275,7 @@ def run_load(*, target: str, mode: str, pairs: int, procs: int, duration_s: floa
         res.unanswered += r["unanswered"]
         res.send_errors += r["send_errors"]
         res.drain_s = max(res.drain_s, r["drain_s"])
+        res.max_stall_s = max(res.max_stall_s, r["max_stall_s"])
         for k, v in r["errors"].items():
             res.errors[k] = res.errors.get(k, 0) + v
         a = array.array("q")

@@ -12,7 +12,7 @@ harness and the workers talk over a ``multiprocessing`` pipe:
    only receipts inside ``[measure_from_ns, measure_to_ns)`` count for rates and
    latencies (the rest is warm-up);
 3. the worker drains (waits until every accepted message has been received and every
-   send answered; at most ``drain_s``, and no more than 3 s without progress), checks
+   send answered; at most ``drain_s``, and no more than ``stall_s`` without progress), checks
    per pair that nothing was lost or duplicated, and sends
    ``("result", stats)``.
 
@@ -80,7 +80,8 @@ class WorkerArgs:
     setup_concurrency: int = 64
     setup_timeout_s: float = 300.0
     drain_s: float = 30.0
-    """Cap on the drain; it also ends after 3 s without progress."""
+    """Cap on the drain; it also ends after ``stall_s`` without progress."""
+    stall_s: float = 5.0
     keep_latencies: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -152,6 +153,7 @@ class Driver:
         self.dirty: set[Pair] = set()
         self.closed_conns = 0
         self.drain_s = 0.0
+        self.max_stall_s = 0.0
         self.setup_failures: dict[str, int] = {}
         self.loop = asyncio.get_running_loop()
         self.done_event = asyncio.Event()
@@ -380,10 +382,13 @@ class Driver:
                 now_progress = (sum(p.received for p in self.pairs),
                                 sum(p.sent_ok + p.send_errors for p in self.pairs))
                 if now_progress != progress:
+                    self.max_stall_s = max(self.max_stall_s,
+                                           (_monotonic_ns() - stalled_since) / 1e9)
                     progress, stalled_since = now_progress, _monotonic_ns()
-                elif _monotonic_ns() - stalled_since > 3_000_000_000:
+                elif _monotonic_ns() - stalled_since > self.args.stall_s * 1e9:
                     break
                 await asyncio.sleep(0.01)
+            self.max_stall_s = max(self.max_stall_s, (_monotonic_ns() - stalled_since) / 1e9)
             self.drain_s = (_monotonic_ns() - self.measure_to) / 1e9
             if self.relay:  # final acks, so the relay can drop what was delivered
                 for p in self.pairs:
@@ -472,6 +477,7 @@ class Driver:
             "lag": self.lag.tobytes(),
             "cpu_s": t.user + t.system,
             "drain_s": self.drain_s,
+            "max_stall_s": self.max_stall_s,
         }
 
     def close_all(self) -> None:
