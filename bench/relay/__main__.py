@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="...and every this many ms anything unacked (default 5)")
     p.add_argument("--rates", default="10000,1000", help="open-loop offered rates, msgs/s")
     p.add_argument("--open-pairs", type=int, default=1000, help="open-loop pairs")
+    p.add_argument("--quiet-wait", type=float, default=20.0,
+                   help="before each run, wait up to this long (s) for the machine's other "
+                        "load to fall under 0.3 cores (shared machines)")
     p.add_argument("--drain", type=float, default=30.0,
                    help="after sending stops, wait at most this long for stragglers (s)")
     p.add_argument("--stall", type=float, default=5.0,
@@ -150,7 +153,8 @@ def _describe(r: LoadResult) -> str:
              f"{r.max_stall_s:.1f}s), "
              f"send errors {r.send_errors}, machine CPU "
              f"{_fmt_cpu(r.machine_cpu)} (other processes "
-             f"{_fmt_cpu(r.machine_cpu - r.server_cpu - r.gen_cpu)}), setup {r.setup_s:.1f}s")
+             f"{_fmt_cpu(r.machine_cpu - r.server_cpu - r.gen_cpu)}, {_fmt_cpu(r.load_before)} "
+             f"just before), setup {r.setup_s:.1f}s")
     if r.mode == "open":
         extra += f", schedule lag p99 {_fmt_ms(r.lag_p99_ms)}"
     if r.mode == "closed":
@@ -182,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fake_relay:
         harness.FAKE_RELAY = True
     harness.RELAY_PRELUDE = args.relay_prelude
+    harness.QUIET_WAIT_S = args.quiet_wait
 
     cmd = "python -m bench.relay " + " ".join(shlex.quote(a) for a in
                                               (argv if argv is not None else sys.argv[1:]))

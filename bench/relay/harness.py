@@ -69,6 +69,8 @@ class LoadResult:
     errors: dict[str, int] = field(default_factory=dict)
     setup_s: float = 0.0
     drain_s: float = 0.0
+    load_before: float = float("nan")
+    """Other processes' load (cores) just before the run (see :func:`wait_for_quiet`)."""
     max_stall_s: float = 0.0
     """Longest time without any receipt or answer during the drain."""
     server_view: str = ""
@@ -192,6 +194,24 @@ class _Workers:
             c.close()
 
 
+QUIET_WAIT_S = 20.0
+"""Before each run, wait up to this long for other processes to use < 0.3 cores."""
+
+
+def wait_for_quiet(max_wait_s: float | None = None, threshold: float = 0.3) -> float:
+    """Wait (bounded) until the machine's other load is low; return the load last seen
+    (cores busy over one second, measured while this harness runs nothing)."""
+    ncpu = os.cpu_count() or 1
+    deadline = time.monotonic() + (QUIET_WAIT_S if max_wait_s is None else max_wait_s)
+    while True:
+        b0 = machine_busy()
+        time.sleep(1.0)
+        b1 = machine_busy()
+        load = (b1[0] - b0[0]) / max(1.0, b1[1] - b0[1]) * ncpu
+        if load < threshold or time.monotonic() >= deadline:
+            return load
+
+
 def _sleep_until(t_ns: int) -> None:
     delay = (t_ns - time.monotonic_ns()) / 1e9
     if delay > 0:
@@ -214,6 +234,7 @@ def run_load(*, target: str, mode: str, pairs: int, procs: int, duration_s: floa
              profile_out: Path | None = None) -> LoadResult:
     res = LoadResult(target=target, mode=mode, pairs=pairs, window=window, offered=rate,
                      duration_s=duration_s)
+    res.load_before = wait_for_quiet()
     try:
         with _Server(target, workdir, relay_extra) as server:
             parts = split(list(range(pairs)), procs)
@@ -302,6 +323,7 @@ def run_memory(*, target: str, conns: int, procs: int, workdir: Path, warm_conns
     from .worker import raise_fd_limit
 
     res = MemoryResult(target=target, conns=conns, fd_limit=raise_fd_limit())
+    wait_for_quiet()
     try:
         with _Server(target, workdir) as server:
             warm = _Workers([WorkerArgs(target=target, port=server.port,
