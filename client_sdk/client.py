@@ -44,41 +44,26 @@ from typing import Any, Final, TypeVar
 
 import aiohttp
 
-from pigeon_crypto.errors import PigeonError
 from pigeon_crypto.rng import Rng, system_rng
 from pigeon_crypto.sealing import DEFAULT_PARAMS, Argon2Params
-from pigeon_crypto.signing import Purpose
 from protocol import limits as L
 from protocol.errors import ErrorCode
 from protocol.frames import (
-    Bundle,
     Challenge,
-    ClaimUsername,
     Connect,
     CreateMailbox,
-    DeleteAccount,
-    Delivery,
-    EphemeralDelivery,
-    FetchBundle,
     Frame,
-    LookupUsername,
     MailboxCreated,
-    MessagesExpired,
-    Overloaded,
     PrekeysLow,
-    RotateIdentity,
-    RotateMailbox,
-    SendEphemeral,
     SetContactMailbox,
     Subscribe,
     Subscribed,
-    UsernameFound,
 )
-from protocol.inner import PresenceState, ReceiptKind
-from protocol.payloads import challenge_payload, normalize_username, username_binding_payload
 
 from . import _sending
 from ._client_api import ClientApiMixin
+from ._client_background import BackgroundMixin
+from ._client_relay import RelayApiMixin
 from ._connection import RelayConnection, parse_fingerprint, websocket_url
 from ._pump import OutboxPump
 from .core import SETTING_RELAY, ClientCore, CoreConfig
@@ -90,7 +75,7 @@ from .errors import (
     RelayError,
 )
 from .events import Disconnected, Event, MessageRef, Reconnected
-from .frames import ack_frames, auth_frame, register_frame
+from .frames import auth_frame, register_frame
 from .store.profile import Durability, Profile
 from .store.records import retry_delay_ms
 
@@ -100,16 +85,12 @@ _log = logging.getLogger("pigeon.sdk")
 
 EVENT_BACKLOG: Final = 10_000
 """Events kept for the first ``events()`` iterator; older ones are dropped (logged)."""
-RECEIVE_BATCH: Final = 512
-"""Deliveries processed in one transaction."""
-SEND_BATCH: Final = 512
-"""Intents encrypted and stored in one transaction."""
 
 E = TypeVar("E", bound=Event)
 Handler = Callable[[Any], object]
 
 
-class AsyncClient(ClientApiMixin):
+class AsyncClient(BackgroundMixin, RelayApiMixin, ClientApiMixin):
     """The networked client of one profile (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike[str], passphrase: str | bytes, *,
@@ -480,110 +461,6 @@ class AsyncClient(ClientApiMixin):
         conn = await self._connection(timeout_s)
         return await conn.request(build)
 
-    # --- frames from the relay ------------------------------------------------------------
-
-    def _on_frame(self, frame: Frame) -> None:
-        if isinstance(frame, Delivery | EphemeralDelivery | MessagesExpired):
-            self._rx.append(frame)
-            self._rx_wake.set()
-        elif isinstance(frame, PrekeysLow):
-            self._spawn(self._replenish(frame))
-        elif isinstance(frame, Overloaded):
-            _log.warning("relay overloaded; it asks to wait %d ms", frame.retry_after_ms)
-        else:
-            _log.debug("ignored frame %s", type(frame).__name__)
-
-    async def _replenish(self, notice: PrekeysLow) -> None:
-        conn = self._conn
-        if conn is not None:
-            with contextlib.suppress(PigeonError):
-                await self._after_login(conn, notice)
-
-    async def _receiver(self) -> None:
-        """Process deliveries in batches, ack after commit, then emit."""
-        while True:
-            await self._rx_wake.wait()
-            self._rx_wake.clear()
-            while self._rx:
-                frame = self._rx.popleft()
-                now = self._now_ms()
-                if isinstance(frame, Delivery):
-                    batch = [frame]
-                    while self._rx and isinstance(self._rx[0], Delivery) \
-                            and len(batch) < RECEIVE_BATCH:
-                        batch.append(self._rx.popleft())  # type: ignore[arg-type]
-                    received = await self._run(functools.partial(_receive, batch=batch,
-                                                                 now_ms=now))
-                    self.dropped_envelopes += received.dropped
-                    self._ack(received.acks)
-                    self._pump.add(received.items)
-                    self._emit(received.events)
-                elif isinstance(frame, EphemeralDelivery):
-                    events = await self._run(functools.partial(_ephemeral, frame=frame,
-                                                               now_ms=now))
-                    self._emit(events)
-                elif isinstance(frame, MessagesExpired):
-                    events = await self._run(functools.partial(_expired, frame=frame))
-                    self._emit(events)
-            if self.core.pending_receipts:
-                done = await self._run(lambda c: c.flush_receipts(now_ms=self._now_ms()))
-                self._pump.add(done.items)
-
-    def _ack(self, acks: dict[bytes, list[int]]) -> None:
-        conn = self._conn
-        if conn is None or conn.closed:
-            return  # unacked envelopes come again; envelope_seen acks them then
-        with contextlib.suppress(ConnectionLost):
-            for mailbox_id, seqs in acks.items():
-                for frame in ack_frames(mailbox_id, seqs, iter(conn.next_id, 0)):
-                    conn.send_frame(frame)
-
-    async def _sender(self) -> None:
-        """Group commit of send intents: one core call per burst."""
-        while True:
-            await self._tx_wake.wait()
-            self._tx_wake.clear()
-            while self._tx:
-                batch, self._tx = self._tx[:SEND_BATCH], self._tx[SEND_BATCH:]
-                now = self._now_ms()
-                intents = [i for i, _ in batch]
-                try:
-                    done = await self._run(functools.partial(_submit, intents=intents,
-                                                             now_ms=now))
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                self._pump.add(done.items)
-                self._emit(done.events)
-                for (_, future), result in zip(batch, done.results, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(result, BaseException):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
-
-    async def _submit(self, intent: _sending.Intent) -> MessageRef | None:
-        if self._core is None or not self._core.has_identity:
-            raise NotRegistered()
-        future: asyncio.Future[MessageRef | None] = asyncio.get_running_loop().create_future()
-        self._tx.append((intent, future))
-        self._tx_wake.set()
-        return await future
-
-    async def _maintenance(self) -> None:
-        """Hourly: rotate the signed prekey when due, purge disappearing messages."""
-        while True:
-            await asyncio.sleep(3600)
-            conn = self._conn
-            await self._run(functools.partial(_purge, now_ms=self._now_ms()))
-            if conn is not None:
-                with contextlib.suppress(PigeonError, TimeoutError):
-                    await self._after_login(conn, PrekeysLow(one_time_prekeys=10**6,
-                                                              one_time_kem_prekeys=10**6))
-
     # --- account -----------------------------------------------------------------------------
 
     async def register(self, *, invite_code: str | None = None,
@@ -615,193 +492,6 @@ class AsyncClient(ClientApiMixin):
             self._register_waiter = None
         return self.core.account_id
 
-    async def delete_account(self) -> None:
-        """Delete the account on the relay (its mailboxes, prekeys and username go with
-        it). History stays in the profile; the connection stops."""
-        await self._request(lambda rid: DeleteAccount(request_id=rid))
-        await self._run(lambda c: c.forget_registration())
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-
-    async def rotate_identity(self) -> None:
-        """Replace our identity key, signed by the old one; contacts see a signed
-        rotation (no acknowledgement needed). New prekeys are uploaded."""
-        identity, rotation = await self._run(lambda c: c.rotate_identity())
-        conn = await self._connection()
-        challenge = self._challenge
-        assert challenge is not None
-        payload = challenge_payload(challenge.relay_id, challenge.nonce,
-                                    challenge.server_time_ms, identity.account_id)
-        signature = identity.key_pair.sign(Purpose.RELAY_CHALLENGE, payload)
-        await conn.request(lambda rid: RotateIdentity(request_id=rid,
-                                                      rotation=rotation.to_bytes(),
-                                                      signature=signature))
-        await self._run(lambda c: c.commit_identity(identity, now_ms=self._now_ms()))
-        await self._after_login(conn, PrekeysLow(one_time_prekeys=10**6,
-                                                 one_time_kem_prekeys=10**6))
-
-    async def claim_username(self, username: str) -> str:
-        """Make the account discoverable by *username* (normalized; returned)."""
-        name = normalize_username(username)
-        core = self.core
-        signature = core.identity.key_pair.sign(
-            Purpose.USERNAME_BINDING, username_binding_payload(name, core.account_id))
-        await self._request(lambda rid: ClaimUsername(request_id=rid, username=name,
-                                                      account_id=core.account_id,
-                                                      signature=signature))
-        return name
-
-    # --- contacts --------------------------------------------------------------------------
-
-    async def _fetch_bundle(self, account_id: bytes, fingerprint: bytes | None = None) -> Any:
-        frame = await self._request(lambda rid: FetchBundle(request_id=rid,
-                                                            account_id=account_id))
-        assert isinstance(frame, Bundle)
-        return await self._run(lambda c: c.verify_bundle(frame,
-                                                         expected_fingerprint=fingerprint))
-
-    async def _new_mailbox(self) -> tuple[MailboxCreated, bytes]:
-        capability, digest = await self._run(lambda c: c.new_capability())
-        created = await self._request(lambda rid: CreateMailbox(request_id=rid,
-                                                                capability_hash=digest))
-        assert isinstance(created, MailboxCreated)
-        return created, capability
-
-    async def _invite_verified(self, verified: Any) -> None:
-        created, capability = await self._new_mailbox()
-        now = self._now_ms()
-        items, events = await self._run(lambda c: c.start_contact(
-            verified, created, capability, relay_url=self._public_relay_url(), now_ms=now))
-        await self._subscribe(await self._connection(), [created.mailbox_id])
-        self._pump.add(items)
-        self._emit(events)
-
-    def _public_relay_url(self) -> str | None:
-        return self._relay_url
-
-    async def add_contact(self, account_id: bytes, *,
-                          fingerprint: bytes | None = None) -> None:
-        """Invite an account (the contact is INVITED until it accepts; then
-        ``ContactAccepted``). Adding someone who invited us accepts them.
-
-        Raises:
-            InvalidBundle / IdentityMismatch: the relay's bundle does not verify (or
-                is not the identity *fingerprint* names); RelayError(UNKNOWN_ACCOUNT).
-        """
-        from .store.records import ContactState
-        contact = self.core.contact(account_id)
-        if contact is not None and contact.state is ContactState.PENDING:
-            await self.accept(account_id)
-            return
-        if contact is not None and contact.state is ContactState.ACCEPTED:
-            return
-        verified = await self._fetch_bundle(account_id, fingerprint)
-        await self._invite_verified(verified)
-
-    async def add_contact_by_username(self, username: str) -> bytes:
-        """Look a username up (exact match), verify its binding, invite the account."""
-        name = normalize_username(username)
-        found = await self._request(lambda rid: LookupUsername(request_id=rid, username=name))
-        assert isinstance(found, UsernameFound)
-        verified = await self._fetch_bundle(found.account_id)
-        from .frames import verify_username
-        verify_username(found, verified)
-        await self._invite_verified(verified)
-        return found.account_id
-
-    async def add_contact_by_link(self, link: str) -> bytes:
-        """Add the account a contact link (or scanned QR payload) names, checking the
-        identity fingerprint it carries. The link's relay must be this client's."""
-        from .payloads import ContactLink
-        parsed = ContactLink.parse(link)
-        await self.add_contact(parsed.account_id, fingerprint=parsed.fingerprint)
-        return parsed.account_id
-
-    async def accept(self, peer: bytes) -> None:
-        """Accept a PENDING invitation: create our pairwise mailbox for the contact and
-        announce it (with our profile) inside the session."""
-        created, capability = await self._new_mailbox()
-        items, events = await self._run(lambda c: c.accept(peer, created, capability,
-                                                           now_ms=self._now_ms()))
-        await self._subscribe(await self._connection(), [created.mailbox_id])
-        self._pump.add(items)
-        self._emit(events)
-
-    async def rotate_mailbox(self, peer: bytes) -> None:
-        """Move the contact to a new pairwise mailbox of ours (new id and capability),
-        announced inside the session; the old one keeps working for the relay's grace
-        period so messages in flight arrive."""
-        contact = self.core.require_sendable(peer)
-        assert contact.inbound is not None
-        old = contact.inbound.mailbox_id
-        capability, digest = await self._run(lambda c: c.new_capability())
-        created = await self._request(lambda rid: RotateMailbox(
-            request_id=rid, mailbox_id=old, capability_hash=digest))
-        assert isinstance(created, MailboxCreated)
-        items = await self._run(lambda c: c.rotate_mailbox(peer, created, capability,
-                                                           now_ms=self._now_ms()))
-        self._pump.add(items)
-
-    async def refresh_contact(self, peer: bytes) -> None:
-        """Fetch the contact's bundle and compare its identity (see ``IdentityChanged``)."""
-        verified = await self._fetch_bundle(peer)
-        events = await self._run(lambda c: c.refresh_identity(verified,
-                                                              now_ms=self._now_ms()))
-        self._emit(events)
-
-    # --- ephemeral ---------------------------------------------------------------------------
-
-    async def _ephemeral(self, peer: bytes, **what: Any) -> bool:
-        signal = await self._run(lambda c: c.ephemeral(peer, now_ms=self._now_ms(), **what))
-        conn = self._conn
-        if signal is None or conn is None:
-            return False
-        cmid, blob, recipient = signal
-        with contextlib.suppress(ConnectionLost):
-            conn.send(lambda rid: SendEphemeral(request_id=rid, client_msg_id=cmid, blob=blob,
-                                                recipients=(recipient,)))
-            return True
-        return False
-
-    async def send_typing(self, peer: bytes, active: bool = True) -> bool:
-        """Tell *peer* we are (not) typing: ephemeral, end to end, dropped if they are
-        offline. Returns whether it was sent."""
-        return await self._ephemeral(peer, typing=active)
-
-    async def set_presence(self, state: PresenceState) -> int:
-        """Share our presence with every accepted contact, if presence is enabled
-        (``enable_presence``; off by default). Returns how many were sent."""
-        if await self._run(lambda c: c.store.get_setting("presence_enabled")) is None:
-            return 0
-        from .store.records import ContactState
-        sent = 0
-        for contact in self.core.contacts(ContactState.ACCEPTED):
-            sent += await self._ephemeral(contact.account_id, presence=state)
-        return sent
-
-    async def enable_presence(self, enabled: bool = True) -> None:
-        """Opt in (or out) of sharing presence with contacts."""
-        if enabled:
-            await self._run(lambda c: c.store.put_setting("presence_enabled", b"1"))
-        else:
-            await self._run(lambda c: c.store.delete_setting("presence_enabled"))
-
-    # --- messages ---------------------------------------------------------------------------
-
-    async def send_text(self, peer: bytes, text: str, *,
-                        reply_to: bytes | None = None) -> MessageRef:
-        """Encrypt, store (PENDING) and queue a text message; returns once it is stored
-        (the status then moves by ``MessageStatusChanged`` events)."""
-        ref = await self._submit(_sending.SendText(peer=peer, text=text, reply_to=reply_to))
-        assert ref is not None
-        return ref
-
-    async def mark_read(self, peer: bytes, message_ids: Sequence[bytes]) -> None:
-        """Mark incoming messages READ and send the peer a read receipt."""
-        await self._submit(_sending.SendReceipt(peer=peer, kind=ReceiptKind.READ,
-                                                message_ids=tuple(message_ids)))
-
-
 # Worker-side helpers (module functions, so that the calls type-check without lambdas).
 
 
@@ -817,22 +507,3 @@ def _drop(core: ClientCore, *, rejected: Sequence[bytes], now_ms: int) -> None:
     core.drop_mailboxes(rejected, now_ms=now_ms)
 
 
-def _receive(core: ClientCore, *, batch: list[Delivery], now_ms: int) -> Any:
-    return core.receive(batch, now_ms=now_ms)
-
-
-def _ephemeral(core: ClientCore, *, frame: EphemeralDelivery, now_ms: int) -> list[Event]:
-    return core.receive_ephemeral(frame.mailbox_id, frame.blob, now_ms=now_ms)
-
-
-def _expired(core: ClientCore, *, frame: MessagesExpired) -> list[Event]:
-    return core.messages_expired(frame.mailbox_id, frame.count, frame.up_to_seq)
-
-
-def _submit(core: ClientCore, *, intents: list[_sending.Intent], now_ms: int,
-            ) -> _sending.Submitted:
-    return core.submit(intents, now_ms=now_ms)
-
-
-def _purge(core: ClientCore, *, now_ms: int) -> int:
-    return core.store.purge_expired(now_ms=now_ms)
