@@ -164,15 +164,18 @@ def start_relay(folder: Path, args: Sequence[str] = ()) -> RelayProcess:
     return relay
 
 
-async def relay_pipeline_available(url: str) -> bool:
+async def relay_pipeline_available(url: str, tls_fingerprint: bytes | None = None) -> bool:
     """Whether the relay answers ``Connect`` (False if it closes with 4501: a build
     without the WebSocket frame pipeline)."""
     from protocol.frames import Challenge, Connect, decode_frame
 
     from ._connection import websocket_url
 
+    ssl: aiohttp.Fingerprint | bool = True
+    if tls_fingerprint is not None:
+        ssl = aiohttp.Fingerprint(tls_fingerprint)
     async with aiohttp.ClientSession() as session, session.ws_connect(
-            websocket_url(url)) as ws:
+            websocket_url(url), ssl=ssl) as ws:
         await ws.send_bytes(Connect(request_id=1).encode())
         msg = await ws.receive(timeout=10)
         if msg.type is aiohttp.WSMsgType.BINARY:
