@@ -503,3 +503,29 @@ def test_contact_request_roundtrip_and_strictness() -> None:
         ContactRequest.decode(request.encode()[:-1])
     with pytest.raises(DecodeError):
         ContactRequest.decode(dataclasses.replace(request, account_id=b"a").encode())
+
+
+def test_messages_lost_and_prekey_replenishment(relay: FakeRelay) -> None:
+    from client_sdk.events import MessagesLost
+    from protocol.frames import PrekeysLow
+
+    alice, bob = Party(relay, "alice"), Party(relay, "bob")
+    _connect(alice, bob)
+    inbound = alice.core.contact(bob.id).inbound  # type: ignore[union-attr]
+    assert inbound is not None
+    assert alice.core.messages_expired(inbound.mailbox_id, 3, 17) == [
+        MessagesLost(mailbox_id=inbound.mailbox_id, peer=bob.id, count=3, up_to_seq=17)]
+    assert alice.core.messages_expired(b"\x01" * 16, 1, 1)[0].peer is None  # type: ignore[attr-defined]
+    # The relay says 10 one-time keys of each kind are left: top up to the target.
+    pieces = alice.core.prekeys_to_upload(
+        now_ms=NOW, notice=PrekeysLow(one_time_prekeys=10, one_time_kem_prekeys=4))
+    assert sum(len(p.one_time) for p in pieces) == 90
+    assert sum(len(p.kem) for p in pieces) == 96
+    for piece in pieces:
+        alice.core.prekeys_uploaded(piece, now_ms=NOW)
+    assert alice.core.prekeys_to_upload(now_ms=NOW) == []
+    # A week later the signed prekey is rotated (the old one kept for in-flight use).
+    [piece] = alice.core.prekeys_to_upload(now_ms=NOW + 8 * 86_400_000)
+    assert len(piece.signed) == 1 and not piece.one_time
+    status = alice.store.prekey_status()
+    assert len(status.retiring_signed_prekey_ids) == 1
