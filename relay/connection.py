@@ -7,10 +7,11 @@ Theory of operation:
   misbehaviour counter, a cache of the mailboxes its account owns, its delivery pump
   (:mod:`relay.delivery`, created by the first ``Subscribe``), the forked tasks in flight
   and the ack coalescer.
-* :meth:`Connection.send` writes one frame. aiohttp writes without suspending unless the
-  peer stopped reading (then it waits for the socket to drain): a slow peer slows only
-  the coroutine writing to it. A write to a closed socket is dropped silently (the peer
-  is gone; its requests have an unknown outcome, protocol §9.1).
+* :meth:`Connection.send` queues one frame; the frames of one event-loop iteration go out
+  in one socket write (:mod:`relay.wsout`). It waits only when the peer stopped reading
+  (until the socket drains): a slow peer slows only the coroutine writing to it. A write
+  to a closed socket is dropped silently (the peer is gone; its requests have an unknown
+  outcome, protocol §9.1).
 * :meth:`Connection.fork` runs the forked part of a route in a task, at most
   :data:`~relay.pipeline.MAX_INFLIGHT` at once; the reader waits for a slot.
 * Acks (:class:`AckCoalescer`) are finalized through the store's group commit without
@@ -36,6 +37,7 @@ from protocol import CreditsLow, ErrorCode
 
 from .credits import Misbehaviour, TokenBucket
 from .pipeline import MAX_INFLIGHT, FrameCtx, Halt, Refuse, Route, error_bytes
+from .wsout import attach
 
 if TYPE_CHECKING:
     from .delivery import DeliveryPump
@@ -110,7 +112,7 @@ class Connection:
     __slots__ = (
         "_slot_free", "account_id", "acks", "challenge", "challenge_used", "connected",
         "credits", "credits_low_sent", "inflight", "lookups", "misbehaviour", "node", "owned",
-        "owned_loaded", "pump", "remote", "tasks", "ws",
+        "owned_loaded", "pump", "remote", "sink", "tasks", "ws",
     )
 
     def __init__(self, node: Node, ws: web.WebSocketResponse, remote: str) -> None:
@@ -118,6 +120,7 @@ class Connection:
         now = node.monotonic()
         self.node = node
         self.ws = ws
+        self.sink = attach(ws)
         self.remote = remote
         """The peer's address: a key of the per-address lookup credits; never stored."""
         self.credits = TokenBucket(config.conn_credit_capacity,
@@ -145,13 +148,13 @@ class Connection:
     # ------------------------------------------------------------------ output
 
     async def send(self, data: bytes) -> None:
-        """Write one frame; dropped if the socket is already closed."""
-        ws = self.ws
-        if ws.closed:
+        """Write one frame (coalesced with the others of this loop iteration, see
+        :mod:`relay.wsout`); dropped if the socket is already closed."""
+        if self.ws.closed:
             return
         # Closed under us: the reader loop sees the close and unwinds.
         with contextlib.suppress(ConnectionError, RuntimeError):
-            await ws.send_bytes(data)
+            await self.sink.send(data)
 
     def check_credits_low(self, now: float) -> Awaitable[None] | None:
         """Send ``CreditsLow`` once each time the bucket drops under its low mark."""

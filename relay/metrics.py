@@ -215,16 +215,26 @@ class PrometheusMetrics:
                                      ["op"], registry=r)
         Info(f"{p}_build", "Relay build information.", registry=r).info({"version": version})
         self._probes: dict[str, Probe] = {}
+        self._in_children: dict[str, Counter] = {}
+        self._out_children: dict[str, Counter] = {}
 
     @property
     def enabled(self) -> bool:
         return True
 
     def frame_in(self, frame_type: str) -> None:
-        self._frames_in.labels(frame_type).inc()
+        # Called for every frame: keep the labelled children (labels() costs a dict
+        # lookup under a lock per call).
+        child = self._in_children.get(frame_type)
+        if child is None:
+            child = self._in_children[frame_type] = self._frames_in.labels(frame_type)
+        child.inc()
 
     def frame_out(self, frame_type: str) -> None:
-        self._frames_out.labels(frame_type).inc()
+        child = self._out_children.get(frame_type)
+        if child is None:
+            child = self._out_children[frame_type] = self._frames_out.labels(frame_type)
+        child.inc()
 
     def ephemeral_dropped(self, n: int = 1) -> None:
         self._dropped.inc(n)

@@ -174,7 +174,7 @@ async def test_usernames_exact_match_only(relay: RelayProcess) -> None:
     # The looker verifies the binding itself, with the account's identity.
     me.keys.public.verify(Purpose.USERNAME_BINDING,
                           username_binding_payload(name, me.account_id), found.signature)
-    for probe in (name[:-1], name + "x", name[1:]):  # no prefix or fuzzy search
+    for probe in (name[:-1], name + "x", "x" + name[1:]):  # no prefix or fuzzy search
         err = await anon.error(lambda rid, p=probe: LookupUsername(request_id=rid, username=p))
         assert err.code == ErrorCode.NOT_FOUND
     await anon.send_raw(msgpack.packb([1, 14, 99, {1: name.upper()}], use_bin_type=True))
