@@ -217,6 +217,7 @@ class PrometheusMetrics:
         self._probes: dict[str, Probe] = {}
         self._in_children: dict[str, Counter] = {}
         self._out_children: dict[str, Counter] = {}
+        self._op_children: dict[str, Histogram] = {}
 
     @property
     def enabled(self) -> bool:
@@ -274,7 +275,11 @@ class PrometheusMetrics:
             self._commit_failures.inc()
 
     def on_operation(self, *, name: str, seconds: float, ok: bool) -> None:
-        self._store_seconds.labels(name).observe(seconds)
+        # Called for every store call (thousands per second): keep the labelled child.
+        child = self._op_children.get(name)
+        if child is None:
+            child = self._op_children[name] = self._store_seconds.labels(name)
+        child.observe(seconds)
         if not ok:
             self._store_errors.labels(name).inc()
 
