@@ -166,6 +166,22 @@ def _describe(r: LoadResult) -> str:
         f" — {prob}" if prob else "")
 
 
+def _revision() -> str:
+    """The commit measured (and whether relay/ or protocol/ differ from it)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "relay", "protocol"],
+                               cwd=root, check=True, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown revision"
+    return f"commit {head}" + (" (relay/ or protocol/ modified)" if dirty else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     quick = args.quick
@@ -191,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "python -m bench.relay " + " ".join(shlex.quote(a) for a in
                                               (argv if argv is not None else sys.argv[1:]))
     machine = (f"{platform.machine()}, {ncpu} CPUs, {platform.system()} {platform.release()}, "
-               f"Python {platform.python_version()}")
+               f"Python {platform.python_version()}; relay at {_revision()}")
     if args.relay_prelude:
         print(f"# EXPERIMENT: relay started after: {args.relay_prelude}")
     print(f"# bench.relay: {cmd.strip()}\n# machine: {machine}\n# generator: {procs} "
