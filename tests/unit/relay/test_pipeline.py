@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
+from aiohttp import web
 
 from protocol import (
     FRAME_TYPES,
@@ -20,6 +22,8 @@ from protocol import (
     Sent,
     decode_frame,
 )
+from relay.config import RelayConfig
+from relay.credits import BucketMap
 from relay.handlers_auth import require_auth
 from relay.handlers_message import (
     check_capability,
@@ -29,7 +33,8 @@ from relay.handlers_message import (
     take_credits,
     validate_send,
 )
-from relay.node import CapabilityCache, DedupWindow
+from relay.metrics import NullMetrics
+from relay.node import CapabilityCache, DedupWindow, Node
 from relay.pipeline import (
     FORK,
     Route,
@@ -124,3 +129,30 @@ def test_dedup_window() -> None:
     for key in k[1:4]:
         assert window.first_time(key, 1001)
     assert window.first_time(k[0], 1002)  # evicted by the bound, not by time
+
+
+class _QueuedStore:
+    """Just enough of a store for the backpressure probe."""
+
+    def __init__(self) -> None:
+        self.pending_writes = 0
+
+
+async def test_readers_pause_while_the_store_lags() -> None:
+    store = _QueuedStore()
+    node = Node(web.Application(), config=RelayConfig(max_pending_writes=100),
+                relay_id=bytes(16), store=store, bus=None, push=None,  # type: ignore[arg-type]
+                metrics=NullMetrics(), clock_ms=lambda: 0, monotonic=lambda: 0.0,
+                mailbox_credits=BucketMap(10, 1, max_buckets=10))
+    assert not node.store_lagging()
+    store.pending_writes = 101
+    assert node.store_lagging() and node.stalls == 1
+    waiter = asyncio.create_task(node.wait_for_store())
+    await asyncio.sleep(0.01)
+    store.pending_writes = 60  # under the mark, not yet under half of it
+    await asyncio.sleep(0.01)
+    assert not waiter.done() and node.store_lagging()
+    store.pending_writes = 50
+    await asyncio.wait_for(waiter, 1)
+    assert not node.store_lagging() and node.stalls == 1
+    await node.close()
