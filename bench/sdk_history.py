@@ -17,7 +17,7 @@ each). Then, on the reopened profile:
   RANK order (BM25 over every match). Baseline: ``body LIKE '%word%'`` on a few words.
 
 Prints p50/p99 in milliseconds, the targets (page p99 <= 5 ms, search p99 <= 50 ms),
-whether they are met, the build time and the file size. Figures: docs/_drafts/70-sdk-store.md.
+whether they are met, the build time and the file size. Figures: docs/client-store.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Pigeon's client SDK: an asyncio client over a sans-I/O core.
 
-Quickstart (docs/_drafts/75-sdk.md)::
+Quickstart (docs/sdk.md)::
 
     from client_sdk import AsyncClient, MessageReceived
 

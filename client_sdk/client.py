@@ -1,6 +1,6 @@
 """Layer 3 of the SDK: :class:`AsyncClient`, which owns the socket, retries and store.
 
-Theory of operation (docs/_drafts/75-sdk.md)
+Theory of operation (docs/sdk.md)
     ``AsyncClient.open(path, passphrase, relay_url=...)`` gives a client to use as
     ``async with``. Entering opens (or creates) the profile and, once the profile is
     registered, starts the **connection loop**: connect (aiohttp WebSocket, certificate

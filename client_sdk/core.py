@@ -1,6 +1,6 @@
 """Layer 2 of the SDK: the sans-I/O client core.
 
-Theory of operation (docs/_drafts/75-sdk.md)
+Theory of operation (docs/sdk.md)
     :class:`ClientCore` holds the protocol logic of one account: identity, prekeys,
     contacts and their pairwise mailboxes, sessions, the outbox and receiving. It does
     no network I/O and never touches asyncio, sockets or the clock: callers pass

@@ -1,6 +1,6 @@
 """Local history: conversations, messages with status, edits, reactions, deletes.
 
-Theory of operation (docs/_drafts/70-sdk-store.md, "History")
+Theory of operation (docs/client-store.md, "History")
     History is what the user sees; it is kept only on this device. Every change is a
     *history operation* (:data:`HistoryOp`) applied by a
     :class:`~client_sdk.store.protocols.HistoryStore`: alone (``apply``), or inside the

@@ -2,7 +2,7 @@
 contact link. Pure: no I/O, no clock, no randomness.
 
 Contact request (version 1): the plaintext of the first ratchet message of a PQXDH
-initiation (docs/_drafts/75-sdk.md, "Addressing"). msgpack, integer keys, optional
+initiation (docs/sdk.md, "Addressing"). msgpack, integer keys, optional
 fields omitted; padded with ``pigeon_crypto.padding.pad_message`` before ``initiate``::
 
     [1, {1: account_id bin[16],        the initiator's account

@@ -90,7 +90,9 @@ class RelayProcess:
             self.proc = subprocess.Popen(  # noqa: S603 - our own console script
                 [*_relay_command(), *self.args], cwd=self.folder, env=env,
                 stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
-        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        # The queue is the thread's argument: the previous process's reader may still be
+        # draining and must never post its end-of-output into this one's queue.
+        threading.Thread(target=self._read, args=(self.proc, self._lines), daemon=True).start()
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:
@@ -99,16 +101,18 @@ class RelayProcess:
                 self.kill()
                 raise RuntimeError("pigeon-relay did not start in time") from None
             if line is None:
+                self.kill()
                 raise RuntimeError(f"pigeon-relay exited: {self.log()[-2000:]}")
             if line.startswith(LISTENING):
                 self.url = line[len(LISTENING):].strip()
                 return self.url
 
-    def _read(self, proc: subprocess.Popen[str]) -> None:
+    @staticmethod
+    def _read(proc: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
+            lines.put(line)
+        lines.put(None)
 
     def log(self) -> str:
         path = self.folder / "relay.log"

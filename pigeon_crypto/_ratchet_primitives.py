@@ -7,7 +7,7 @@ info string, constant and byte offset is defined exactly once. The hot path in
 ``xchacha_seal``/``xchacha_open``) directly to avoid a Python call layer per
 message; the constants it needs are exported from here.
 
-Normative description: ``docs/_drafts/20-ratchet.md``.
+Normative description: ``docs/relay.md``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Group commit for SQLite: one writer thread, a small pool of reader threads.
 
-Theory of operation (docs/_drafts/50-relay-store.md, "Group commit"):
+Theory of operation (docs/protocol.md (§10), "Group commit"):
 
 * Async callers never touch SQLite on the event loop. A write is a plain function
   ``fn(conn) -> T``; :meth:`SqliteEngine.write` puts it on a queue with a future of the

@@ -1,4 +1,4 @@
-"""The relay's SQLite schema, as ordered migrations (docs/_drafts/50-relay-store.md).
+"""The relay's SQLite schema, as ordered migrations (docs/protocol.md (§10)).
 
 Append a new ``Migration(version=N + 1, ...)`` for every change; never edit a shipped one.
 Each runs inside the migration transaction, so statements are executed one by one

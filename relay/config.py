@@ -10,7 +10,7 @@ Theory of operation:
 * :data:`OPTIONS` is the single table of operator-facing settings: each row names the
   field, the command-line flag, the ``PIGEON_RELAY_*`` environment variable and the parser.
   ``relay.cli`` builds its argument parser from it and the operator's guide
-  (docs/_drafts/60-relay-ops.md) documents the same rows (a test keeps them in step).
+  (docs/relay.md) documents the same rows (a test keeps them in step).
   Precedence: command line, then environment, then the default.
 * Durations are written ``30d``, ``12h``, ``15m``, ``90s`` or ``250ms``; sizes ``100MiB``,
   ``16M``, ``64KiB`` or plain bytes. Fields hold milliseconds and bytes.

@@ -1,6 +1,6 @@
 """The frame pipeline: stages, routes, the per-frame context, and the hot frames' bytes.
 
-Theory of operation (DESIGN.md "Relay pipeline"; docs/_drafts/55-relay-pipeline.md):
+Theory of operation (DESIGN.md "Relay pipeline"; docs/relay.md):
 
 * The reader (:mod:`relay.ws`) decodes each WebSocket message with
   :func:`protocol.decode_frame` and looks the frame's class up in the resolver

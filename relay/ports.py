@@ -1,6 +1,6 @@
 """Ports of the relay: the ``Store``, ``Bus`` and ``BlobStore`` protocols and their records.
 
-Theory of operation (DESIGN.md "Addresses", "Relay pipeline"; docs/_drafts/50-relay-store.md):
+Theory of operation (DESIGN.md "Addresses", "Relay pipeline"; docs/protocol.md (§10)):
 
 * The relay is blind. It stores accounts (identity key + opaque prekey blobs), mailboxes
   (one-way queues owned by an account, written by anyone who holds the mailbox's send

@@ -1,6 +1,6 @@
 """Content-free push: wake a device whose mailbox received an envelope while it was offline.
 
-Theory of operation (protocol ``RegisterPush``; docs/_drafts/40-transport.md):
+Theory of operation (protocol ``RegisterPush``; docs/protocol.md):
 
 * A mailbox owner may register a push URL (Web Push, UnifiedPush, ntfy...). When an
   envelope is committed in such a mailbox and no connection is subscribed to it, the relay

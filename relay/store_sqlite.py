@@ -6,7 +6,7 @@ every write queued by any connection into one ``BEGIN IMMEDIATE ... COMMIT``, co
 at once when only one is queued; reader threads for reads). Nothing blocks the event loop.
 
 Durability is ``Synchronous.FULL`` by default (a returned write survives power loss);
-see :class:`relay._sqlite_engine.Synchronous` and docs/_drafts/50-relay-store.md.
+see :class:`relay._sqlite_engine.Synchronous` and docs/protocol.md (§10).
 
 Usage::
 

@@ -35,5 +35,5 @@ Phases (``--only``):
   first-use caches are not charged to the connections.
 * ``forwarder``: every phase, forwarder only (develops the harness without a relay).
 
-Results and method: docs/_drafts/65-relay-bench.md; figures go to docs/benchmarks.md.
+Results and method: docs/relay.md; figures go to docs/benchmarks.md.
 """

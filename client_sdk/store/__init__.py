@@ -1,7 +1,7 @@
 """The client SDK's local persistence: ports, records, memory and SQLite stores, profiles.
 
 See :mod:`client_sdk.store.protocols` for the calling convention (synchronous,
-thread-safe, one transaction per call) and docs/_drafts/70-sdk-store.md for the schema,
+thread-safe, one transaction per call) and docs/client-store.md for the schema,
 what is sealed and why, and the threat model.
 """
 

@@ -1,4 +1,4 @@
-"""The profile's SQLite schema, as ordered migrations (docs/_drafts/70-sdk-store.md).
+"""The profile's SQLite schema, as ordered migrations (docs/client-store.md).
 
 Policy: append ``Migration(N + 1, fn)`` for every change and never edit a shipped one.
 All pending migrations run in one transaction when a profile is opened, so a crash

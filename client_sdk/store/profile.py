@@ -1,6 +1,6 @@
 """Profiles: one SQLite file per local account, its secrets sealed under a data key.
 
-Theory of operation (docs/_drafts/70-sdk-store.md, "Profile file")
+Theory of operation (docs/client-store.md, "Profile file")
     ``Profile.create(path, passphrase)`` draws a random 32-byte data key, wraps it
     under Argon2id(passphrase) (``pigeon_crypto.sealing``; the Argon2 parameters are
     the AD) and writes the wrapped key, plus a sealed *key check* value, to the small

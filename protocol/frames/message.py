@@ -1,6 +1,6 @@
 """Message frames: durable and ephemeral sends, deliveries, acks.
 
-Guarantees (docs/_drafts/40-transport.md, "Ordering and acks"):
+Guarantees (docs/protocol.md, "Ordering and acks"):
 
 * ``Sent`` is sent only after the envelope is durable in every accepted mailbox.
 * A retried :class:`Send` with the same ``client_msg_id`` is idempotent per mailbox.

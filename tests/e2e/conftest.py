@@ -81,7 +81,9 @@ class RelayProcess:
             )
         finally:
             log.close()
-        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+        # The queue goes to the thread as an argument: the previous process's pump may
+        # still be draining and must never post its end-of-output into this queue.
+        threading.Thread(target=self._pump, args=(self.proc, self._lines), daemon=True).start()
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:
@@ -90,17 +92,18 @@ class RelayProcess:
                 self.kill()
                 raise RuntimeError(f"relay did not start in time:\n{self.log()}") from None
             if line is None:
-                raise RuntimeError(f"relay exited with {self.proc.wait()}:\n{self.log()}")
+                raise RuntimeError(
+                    f"relay exited with {self.proc.wait(timeout=STOP_TIMEOUT_S)}:\n{self.log()}")
             if line.startswith(LISTENING):
                 self.url = line[len(LISTENING):].strip()
                 return self.url
 
-    def _pump(self, proc: subprocess.Popen[str]) -> None:
+    def _pump(self, proc: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             self.stdout_lines.append(line)
-            self._lines.put(line)
-        self._lines.put(None)
+            lines.put(line)
+        lines.put(None)
 
     def log(self) -> str:
         """Everything the relay wrote on stderr so far."""

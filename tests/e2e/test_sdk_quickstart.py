@@ -1,4 +1,4 @@
-"""The SDK quickstart of docs/_drafts/75-sdk.md (§14.2) runs as written: two instances
+"""The SDK quickstart of docs/sdk.md (§15.2) runs as written: two instances
 of it, one relay; each prints the other's "hello!"."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import pytest
 
 from client_sdk.testing import RelayProcess, pigeon_relay, relay_pipeline_available  # noqa: F401
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "_drafts" / "75-sdk.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "sdk.md"
 
 
 def _quickstart() -> str:
     text = DOC.read_text(encoding="utf-8")
-    section = text[text.index("## 14.2 Quickstart"):]
+    section = text[text.index("### 15.2 Quickstart"):]
     match = re.search(r"```python\n(.*?)```", section, re.S)
     assert match is not None
     return match.group(1)

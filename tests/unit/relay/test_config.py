@@ -29,7 +29,7 @@ from relay.config import (
 )
 from relay.push import MAX_PUSH_URL_SIZE
 
-OPS_GUIDE = Path(__file__).parents[3] / "docs" / "_drafts" / "60-relay-ops.md"
+OPS_GUIDE = Path(__file__).parents[3] / "docs" / "relay.md"
 
 
 def test_zero_configuration_defaults() -> None:
