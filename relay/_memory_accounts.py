@@ -106,6 +106,10 @@ class MemoryAccounts:
             raise NotFound("account")
         a.identity_key = bytes(identity_key)
         a.identity_updated_at_ms = now_ms
+        # What the old key signed no longer verifies (see _sqlite_accounts.rotate_identity).
+        a.signed_prekey = None
+        a.last_resort_kem = None
+        a.one_time_kem.clear()
         a.rotations.append(bytes(rotation))
         record = await self.get_account(account_id)
         assert record is not None

@@ -89,12 +89,21 @@ def get_account(conn: sqlite3.Connection, account_id: bytes) -> AccountRecord | 
 def rotate_identity(
     conn: sqlite3.Connection, account_id: bytes, identity_key: bytes, rotation: bytes, now_ms: int
 ) -> AccountRecord:
+    # The signed prekey, the last-resort KEM prekey and the one-time KEM prekeys carry
+    # signatures by the old key: a bundle built from them no longer verifies against the
+    # new identity. They go in the same transaction; the owner uploads new ones signed by
+    # the new key right after (protocol §10.7). One-time X25519 prekeys are not signed
+    # and their private halves stay with the owner, so they remain usable.
     cur = conn.execute(
-        "UPDATE accounts SET identity_key = ?, identity_updated_at_ms = ? WHERE id = ?",
+        "UPDATE accounts SET identity_key = ?, identity_updated_at_ms = ?,"
+        " signed_prekey = NULL, last_resort_kem = NULL WHERE id = ?",
         (identity_key, now_ms, account_id),
     )
     if cur.rowcount != 1:
         raise NotFound("account")
+    conn.execute(
+        "DELETE FROM one_time_prekeys WHERE account_id = ? AND kind = ?", (account_id, _KEM)
+    )
     conn.execute(
         "INSERT INTO identity_rotations (account_id, idx, record) VALUES (?,"
         " (SELECT count(*) FROM identity_rotations WHERE account_id = ?), ?)",

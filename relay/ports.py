@@ -199,7 +199,11 @@ class AccountStore(Protocol):
         self, *, account_id: bytes, identity_key: bytes, rotation: bytes, now_ms: int
     ) -> AccountRecord:
         """Replace the identity key and append *rotation* (the opaque, already verified
-        ``IdentityRotation`` record) to the account's rotation chain.
+        ``IdentityRotation`` record) to the account's rotation chain. In the same
+        transaction, drop what the old key signed: the signed prekey, the last-resort KEM
+        prekey and the one-time KEM prekeys (a bundle holding them would not verify); the
+        account publishes no bundle until the owner uploads new ones. Unsigned one-time
+        X25519 prekeys stay.
 
         Raises:
             NotFound: no such account.

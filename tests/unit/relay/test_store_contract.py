@@ -436,6 +436,7 @@ async def test_contact_mailbox_is_published_with_the_bundle(store: Store) -> Non
                                 now_ms=T0)
     await store.rotate_identity(account_id=aid(1), identity_key=b"k3", rotation=b"rot2",
                                 now_ms=T0)
+    await store.upload_prekeys(account_id=aid(1), signed_prekey=b"spk3", last_resort_kem=b"lr3")
     bundle = await store.fetch_prekey_bundle(aid(1))
     assert bundle is not None
     assert (bundle.identity_key, bundle.rotations) == (b"k3", (b"rot1", b"rot2"))
@@ -526,6 +527,30 @@ def otks(*ids: int) -> list[OneTimePrekey]:
 
 def kems(*ids: int) -> list[OneTimePrekey]:
     return [OneTimePrekey(key_id=i, data=b"kem%d" % i) for i in ids]
+
+
+async def test_identity_rotation_drops_what_the_old_key_signed(store: Store) -> None:
+    await account(store, 1)
+    await store.upload_prekeys(account_id=aid(1), signed_prekey=b"spk1", last_resort_kem=b"lr1",
+                               one_time_x25519=otks(1, 2), one_time_kem=kems(1, 2))
+    await store.rotate_identity(account_id=aid(1), identity_key=b"ik2", rotation=b"r1",
+                                now_ms=T0)
+    counts = await store.prekey_counts(aid(1))
+    # Signed, last-resort and one-time KEM prekeys were signed by the old key: gone.
+    # One-time X25519 prekeys carry no signature: kept.
+    assert (counts.has_signed_prekey, counts.has_last_resort_kem, counts.one_time_kem,
+            counts.one_time_x25519) == (False, False, 0, 2)
+    assert await store.fetch_prekey_bundle(aid(1)) is None  # nothing verifiable to hand out
+    await store.upload_prekeys(account_id=aid(1), signed_prekey=b"spk2", last_resort_kem=b"lr2",
+                               one_time_kem=kems(7))
+    bundle = await store.fetch_prekey_bundle(aid(1))
+    assert bundle is not None
+    assert (bundle.identity_key, bundle.rotations, bundle.signed_prekey) == (
+        b"ik2", (b"r1",), b"spk2")
+    assert bundle.one_time_kem is not None and bundle.one_time_kem.data == b"kem7"
+    assert bundle.one_time_x25519 is not None and bundle.one_time_x25519.data == b"otk1"
+    again = await store.fetch_prekey_bundle(aid(1))
+    assert again is not None and again.one_time_kem is None and again.last_resort_kem == b"lr2"
 
 
 async def test_prekey_bundle_consumes_one_time_keys(store: Store) -> None:
