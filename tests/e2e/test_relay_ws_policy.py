@@ -10,6 +10,7 @@ stored (an offline owner gets no wake-up), and a full mailbox refuses new envelo
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import pytest
 
@@ -33,6 +34,10 @@ BAD_PUSH_URLS = [  # (``http://`` does not even decode: the frame requires https
 ]
 
 
+def _register_push(mailbox_id: bytes, url: str, rid: int) -> RegisterPush:
+    return RegisterPush(request_id=rid, mailbox_ids=(mailbox_id,), url=url)
+
+
 async def test_register_push_refuses_unsafe_urls(
         tmp_path_factory: pytest.TempPathFactory) -> None:
     rp = launch_relay(tmp_path_factory.mktemp("ws-push-policy"), GENEROUS)
@@ -40,8 +45,7 @@ async def test_register_push_refuses_unsafe_urls(
         bob = await connect_user(rp.url)
         box = await bob.create_mailbox()
         for url in BAD_PUSH_URLS:
-            err = await bob.error(lambda rid, url=url: RegisterPush(
-                request_id=rid, mailbox_ids=(box.mailbox_id,), url=url))
+            err = await bob.error(functools.partial(_register_push, box.mailbox_id, url))
             assert err.code == ErrorCode.INVALID_FIELD, url
             assert "secret" not in (err.message or "")  # the reason never repeats the URL
         # Nothing was stored, and the connection is still in good standing.
