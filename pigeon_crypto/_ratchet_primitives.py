@@ -7,7 +7,7 @@ info string, constant and byte offset is defined exactly once. The hot path in
 ``xchacha_seal``/``xchacha_open``) directly to avoid a Python call layer per
 message; the constants it needs are exported from here.
 
-Normative description: ``docs/relay.md``.
+Normative description: ``docs/protocol.md §7``.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ key or plaintext bytes):
 * :class:`SendingUnavailable`: ``encrypt`` before the responder has received a
   message, or after 2^32 - 1 messages in one chain.
 
-Normative text: ``docs/relay.md``; vectors: ``docs/vectors/ratchet.json``.
+Normative text: ``docs/protocol.md §7``; vectors: ``docs/vectors/ratchet.json``.
 """
 
 from __future__ import annotations

@@ -35,5 +35,5 @@ Phases (``--only``):
   first-use caches are not charged to the connections.
 * ``forwarder``: every phase, forwarder only (develops the harness without a relay).
 
-Results and method: docs/relay.md; figures go to docs/benchmarks.md.
+Method and figures: docs/benchmarks.md ("Relay under load").
 """

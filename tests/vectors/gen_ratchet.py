@@ -2,7 +2,7 @@
 
 Everything comes from fixed ``SeededRng`` seeds. The scenario is run twice: by
 ``pigeon_crypto.ratchet`` and by :class:`Model`, a short transcription of
-docs/relay.md written directly on the primitives
+docs/protocol.md §7 written directly on the primitives
 (``cryptography`` HKDF/X25519/AES-GCM, ``hmac.digest``, PyNaCl XChaCha20-
 Poly1305). Generation fails unless both produce the same bytes; the model
 supplies the recorded intermediate values (root, chain, message and header
@@ -286,7 +286,7 @@ def generate() -> dict[str, Any]:
     return {
         "description": "Pigeon Double Ratchet with header encryption, version 1: init, "
                        "in-order and out-of-order delivery, DH steps. Hex everywhere. "
-                       "Spec: docs/relay.md.",
+                       "Spec: docs/protocol.md §7.",
         "constants": {
             "init_info": INIT_INFO.hex(), "root_info": ROOT_INFO.hex(),
             "message_key_constant": "01", "chain_key_constant": "02",
