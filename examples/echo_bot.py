@@ -1,0 +1,27 @@
+"""An echo bot: accepts every invitation and answers each text with the same text.
+Run: python -m examples.echo_bot PROFILE RELAY_URL (passphrase: $PIGEON_PASSPHRASE or asked)"""
+
+import asyncio
+import getpass
+import os
+import sys
+
+from client_sdk import AsyncClient, InvitationReceived, MessageReceived
+
+
+async def echo_bot(profile: str, relay_url: str, passphrase: str) -> None:
+    async with AsyncClient.open(profile, passphrase, relay_url=relay_url) as bot:
+        await bot.register()                        # idempotent
+        await bot.set_profile("Echo bot")
+        print("echo bot ready, add it with:", bot.contact_link(), flush=True)
+        async for event in bot.events():
+            match event:
+                case InvitationReceived(peer=peer):
+                    await bot.accept(peer)
+                case MessageReceived(peer=peer, text=str(text)):
+                    await bot.send_text(peer, text)
+
+
+if __name__ == "__main__":
+    asyncio.run(echo_bot(sys.argv[1], sys.argv[2], os.environ.get("PIGEON_PASSPHRASE")
+                         or getpass.getpass("passphrase: ")))

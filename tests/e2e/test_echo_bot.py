@@ -1,0 +1,85 @@
+"""examples/echo_bot.py as a user runs it (a process of its own) against a real relay:
+it accepts an invitation and echoes every text, in order; a restart keeps its contacts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from client_sdk import AsyncClient, ContactAccepted, MessageReceived
+from client_sdk.testing import (  # noqa: F401
+    ClientFactory,
+    RelayProcess,
+    pigeon_clients,
+    pigeon_relay,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT_S = 30.0
+
+
+@asynccontextmanager
+async def echo_bot(profile: Path, relay_url: str) -> AsyncIterator[str]:
+    """Run the bot; yield the contact link it prints."""
+    env = {**os.environ, "PIGEON_PASSPHRASE": "echo bot passphrase"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "examples.echo_bot", str(profile), relay_url, cwd=ROOT, env=env,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(TIMEOUT_S):
+            line = (await proc.stdout.readline()).decode()
+        prefix = "echo bot ready, add it with: "
+        assert line.startswith(prefix), line
+        yield line[len(prefix):].strip()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def _echoed(alice: AsyncClient, bot: bytes, texts: list[str]) -> list[str]:
+    got: list[str] = []
+    done = asyncio.Event()
+
+    def record(event: MessageReceived) -> None:
+        if event.peer == bot and event.text is not None:
+            got.append(event.text)
+            if len(got) == len(texts):
+                done.set()
+
+    remove = alice.on(MessageReceived, record)
+    try:
+        for text in texts:
+            await alice.send_text(bot, text)
+        async with asyncio.timeout(TIMEOUT_S):
+            await done.wait()
+    finally:
+        remove()
+    return got
+
+
+async def test_echo_bot_accepts_and_echoes(pigeon_relay: RelayProcess,  # noqa: F811
+                                           pigeon_clients: ClientFactory,  # noqa: F811
+                                           tmp_path: Path) -> None:
+    alice = await pigeon_clients("alice")
+    profile = tmp_path / "bot.pigeon"
+    async with echo_bot(profile, pigeon_relay.url) as link:
+        accepted = asyncio.ensure_future(pigeon_clients.next_event(alice, ContactAccepted))
+        await asyncio.sleep(0)
+        bot = await alice.add_contact_by_link(link)
+        event = await accepted
+        assert event.peer == bot and event.by_peer
+        texts = ["ping", "two words", "ünïcödé ✓"]
+        assert await _echoed(alice, bot, texts) == texts
+        conversation = await alice.conversation(bot)
+        assert conversation.title == "Echo bot"
+
+    # Stopped and started again on the same profile, it still knows Alice.
+    async with echo_bot(profile, pigeon_relay.url) as again:
+        assert again == link
+        assert await _echoed(alice, bot, ["still there?"]) == ["still there?"]
