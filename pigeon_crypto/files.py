@@ -21,10 +21,20 @@ Theory of operation (spec: docs/protocol.md §8.1)
     O(chunk): the encryptor holds back one chunk (only later data or the end
     proves it non-final) and makes padding chunks lazily.
 
-Why 64 KiB chunks: per-chunk costs (a Python call, a 16-byte tag, one relay
-blob / HTTP range) shrink to a few percent of AES-GCM's own cost, while a chunk
-stays far below the relay's blob limit, buffers stay small, and a resumed
-download loses at most one chunk.
+    The chunks of one file are stored as **one relay blob** (chunk ``i`` at
+    ``{url_path}/{i}``, protocol §9.4), so the manifest names a single blob id.
+    :class:`ChunkCipher` encrypts or decrypts any chunk on its own (parallel and
+    resumed transfers); :class:`FileEncryptor`/:class:`FileDecryptor` stream in order.
+
+Why 64 KiB chunks by default: per-chunk costs (a Python call, a 16-byte tag)
+shrink to a few percent of AES-GCM's own cost, while buffers stay small. A
+transport with a per-chunk round trip (the SDK's HTTP uploads) picks larger
+chunks; the manifest carries the size.
+
+Size limits: :data:`~pigeon_crypto.padding.MAX_FILE_SIZE` (2^40) bounds what this
+format can describe; a relay blob is further bounded by ``protocol.limits``
+(2^32 ciphertext bytes in 65,536 chunks), which :func:`max_true_size` turns into
+a file size for a given chunk size.
 """
 
 from __future__ import annotations
@@ -43,10 +53,11 @@ from .rng import Rng
 
 __all__ = [
     "CHUNK_FORMAT_VERSION", "CHUNK_SIZE", "FILE_ID_SIZE", "FILE_KEY_SIZE", "MANIFEST_VERSION",
-    "MAX_CHUNK_COUNT", "MAX_CHUNK_SIZE", "MIN_CHUNK_SIZE", "TAG_SIZE", "ChunkAuthenticationError",
-    "ChunkLengthError", "ExtraChunk", "FileDecryptor", "FileEncryptor", "FileIntegrityError",
-    "FileLayout", "FileManifest", "FilePaddingError", "InvalidManifest", "TruncatedFile",
-    "chunk_ad", "decrypt_chunk", "encrypt_chunk", "encrypt_stream",
+    "MAX_BLOB_ID_SIZE", "MAX_CHUNK_COUNT", "MAX_CHUNK_SIZE", "MIN_CHUNK_SIZE", "TAG_SIZE",
+    "ChunkAuthenticationError", "ChunkCipher", "ChunkLengthError", "ExtraChunk",
+    "FileDecryptor", "FileEncryptor", "FileIntegrityError", "FileLayout", "FileManifest",
+    "FilePaddingError", "InvalidManifest", "TruncatedFile", "chunk_ad", "decrypt_chunk",
+    "encrypt_chunk", "encrypt_stream", "max_true_size",
 ]
 
 #: Default plaintext bytes per chunk (see the module docstring for why).
@@ -57,14 +68,16 @@ MAX_CHUNK_SIZE = 16 * 1024 * 1024
 #: The manifest stores the count as u32.
 MAX_CHUNK_COUNT = 0xFFFFFFFF
 CHUNK_FORMAT_VERSION = 1
-MANIFEST_VERSION = 1
+#: Version 2: one blob id per file (version 1 listed one id per chunk).
+MANIFEST_VERSION = 2
 FILE_KEY_SIZE = 32
 FILE_ID_SIZE = 16
 TAG_SIZE = 16
 #: Manifest field limits (bytes).
 MAX_NAME_SIZE = 1024
 MAX_MEDIA_TYPE_SIZE = 255
-MAX_CHUNK_ID_SIZE = 255
+#: Relay blob ids are opaque to the format (the Pigeon relay's are 16 bytes).
+MAX_BLOB_ID_SIZE = 255
 
 _VERSION_BYTE = bytes([CHUNK_FORMAT_VERSION])
 _INDEX_FLAG = struct.Struct(">QB")
@@ -358,14 +371,14 @@ class FileEncryptor:
 
     def manifest(
         self, *, name: str = "", media_type: str = "application/octet-stream",
-        chunk_ids: Iterable[bytes] = (),
+        blob_id: bytes = b"",
     ) -> FileManifest:
-        """The manifest of the finished file (chunk ids may be added later)."""
+        """The manifest of the finished file (the blob id may be added later)."""
         layout = self.layout
         return FileManifest(
             key=self._key, file_id=self._file_id, chunk_size=layout.chunk_size,
             true_size=layout.true_size, padded_size=layout.padded_size,
-            chunk_count=layout.chunk_count, chunk_ids=tuple(chunk_ids), name=name,
+            chunk_count=layout.chunk_count, blob_id=blob_id, name=name,
             media_type=media_type,
         )
 
@@ -475,19 +488,18 @@ class FileDecryptor:
 class FileManifest:
     """What a recipient needs to fetch and decrypt a file; sent inside an E2E message.
 
-    Serialized layout (version 1, all integers big-endian)::
+    Serialized layout (version 2, all integers big-endian)::
 
         | field        | size          | notes                                     |
         |--------------|---------------|-------------------------------------------|
-        | version      | 1             | 0x01                                      |
+        | version      | 1             | 0x02                                      |
         | key          | 32            | AES-256-GCM file key                      |
         | file_id      | 16            | random, bound in every chunk's AD         |
         | chunk_size   | u32           | MIN_CHUNK_SIZE..MAX_CHUNK_SIZE            |
         | true_size    | u64           | <= MAX_FILE_SIZE                          |
         | padded_size  | u64           | == padded_file_size(true_size)            |
         | chunk_count  | u32           | == ceil(padded_size / chunk_size)         |
-        | n_chunk_ids  | u32           | 0 (not uploaded yet) or chunk_count       |
-        | chunk_ids    | n * var16     | opaque relay blob ids, 1..255 bytes each  |
+        | blob_id      | var16         | empty (not uploaded yet) or 1..255 bytes  |
         | name         | var16         | UTF-8, <= 1024 bytes                      |
         | media_type   | var16         | UTF-8, <= 255 bytes                       |
 
@@ -501,7 +513,7 @@ class FileManifest:
     true_size: int
     padded_size: int
     chunk_count: int
-    chunk_ids: tuple[bytes, ...] = field(default=(), repr=False)
+    blob_id: bytes = field(default=b"", repr=False)
     name: str = field(default="", repr=False)
     media_type: str = field(default="application/octet-stream", repr=False)
 
@@ -511,10 +523,8 @@ class FileManifest:
         layout = self.layout
         if (self.padded_size, self.chunk_count) != (layout.padded_size, layout.chunk_count):
             raise InvalidManifest("sizes inconsistent with true_size and chunk_size")
-        if self.chunk_ids and len(self.chunk_ids) != self.chunk_count:
-            raise InvalidManifest("chunk id count differs from chunk count")
-        if any(not 1 <= len(c) <= MAX_CHUNK_ID_SIZE for c in self.chunk_ids):
-            raise InvalidManifest("chunk id size out of range")
+        if len(self.blob_id) > MAX_BLOB_ID_SIZE:
+            raise InvalidManifest("blob id too long")
         if len(self.name.encode("utf-8")) > MAX_NAME_SIZE:
             raise InvalidManifest("name too long")
         if len(self.media_type.encode("utf-8")) > MAX_MEDIA_TYPE_SIZE:
@@ -528,20 +538,19 @@ class FileManifest:
         return (
             f"FileManifest(file_id={self.file_id.hex()}, true_size={self.true_size}, "
             f"padded_size={self.padded_size}, chunk_size={self.chunk_size}, "
-            f"chunk_count={self.chunk_count}, chunk_ids={len(self.chunk_ids)})"
+            f"chunk_count={self.chunk_count}, uploaded={bool(self.blob_id)})"
         )
 
-    def with_chunk_ids(self, chunk_ids: Iterable[bytes]) -> FileManifest:
-        """A copy naming the relay blob ids assigned at upload."""
-        return replace(self, chunk_ids=tuple(chunk_ids))
+    def with_blob_id(self, blob_id: bytes) -> FileManifest:
+        """A copy naming the relay blob assigned at upload (chunk i at ``{url_path}/{i}``)."""
+        return replace(self, blob_id=bytes(blob_id))
 
     def to_bytes(self) -> bytes:
         parts = [
             bytes([MANIFEST_VERSION]), self.key, self.file_id, u32(self.chunk_size),
             u64(self.true_size), u64(self.padded_size), u32(self.chunk_count),
-            u32(len(self.chunk_ids)),
+            var16(self.blob_id),
         ]
-        parts.extend(var16(c) for c in self.chunk_ids)
         parts.append(var16(self.name.encode("utf-8")))
         parts.append(var16(self.media_type.encode("utf-8")))
         return b"".join(parts)
@@ -560,13 +569,8 @@ class FileManifest:
         key = r.take(FILE_KEY_SIZE)
         file_id = r.take(FILE_ID_SIZE)
         chunk_size, true_size, padded_size = r.u32(), r.u64(), r.u64()
-        chunk_count, n_ids = r.u32(), r.u32()
-        if n_ids not in (0, chunk_count):
-            raise InvalidManifest("chunk id count differs from chunk count")
-        # Bounded by the input length: each id takes at least 2 bytes.
-        if n_ids * 2 > r.remaining:
-            raise DecodeError("FileManifest", "truncated chunk ids")
-        ids = tuple(r.var16(MAX_CHUNK_ID_SIZE) for _ in range(n_ids))
+        chunk_count = r.u32()
+        blob_id = r.var16(MAX_BLOB_ID_SIZE)
         try:
             name = r.var16(MAX_NAME_SIZE).decode("utf-8")
             media_type = r.var16(MAX_MEDIA_TYPE_SIZE).decode("utf-8")
@@ -575,6 +579,112 @@ class FileManifest:
         r.finish()
         return cls(
             key=key, file_id=file_id, chunk_size=chunk_size, true_size=true_size,
-            padded_size=padded_size, chunk_count=chunk_count, chunk_ids=ids, name=name,
+            padded_size=padded_size, chunk_count=chunk_count, blob_id=blob_id, name=name,
             media_type=media_type,
         )
+
+
+class ChunkCipher:
+    """Random-access encryption and decryption of one file's chunks.
+
+    For transfers that move chunks in any order or in parallel (and resume):
+    :meth:`seal` takes the *file bytes* of chunk ``i`` (``layout.data_length(i)``
+    of them) and pads them; :meth:`open` checks the length, the tag (which binds
+    the index, the file and the final flag) and the zero padding, and returns the
+    file bytes. Same bytes and format as :class:`FileEncryptor`/:class:`FileDecryptor`.
+    Missing or extra chunks are the caller's to detect (it knows which indexes it
+    has). Thread-safe: it holds no mutable state.
+    """
+
+    __slots__ = ("_aead", "_prefix", "layout")
+
+    def __init__(self, *, key: bytes, file_id: bytes, layout: FileLayout) -> None:
+        _check_key(key, file_id)
+        self._aead = AESGCM(bytes(key))
+        self._prefix = _VERSION_BYTE + bytes(file_id)
+        self.layout = layout
+
+    @classmethod
+    def from_manifest(cls, manifest: FileManifest) -> ChunkCipher:
+        return cls(key=manifest.key, file_id=manifest.file_id, layout=manifest.layout)
+
+    def __repr__(self) -> str:
+        return f"ChunkCipher(chunks={self.layout.chunk_count})"
+
+    def _nonce_ad(self, index: int) -> tuple[bytes, bytes]:
+        count = self.layout.chunk_count
+        if not 0 <= index < count:
+            raise ExtraChunk(index, count)
+        return index.to_bytes(12, "big"), self._prefix + _INDEX_FLAG.pack(index, index == count - 1)
+
+    def seal(self, index: int, data: bytes | bytearray | memoryview) -> bytes:
+        """The ciphertext of chunk *index* whose file bytes are *data*.
+
+        Raises:
+            ExtraChunk: *index* out of range.
+            ValueError: *data* is not ``layout.data_length(index)`` bytes.
+        """
+        nonce, ad = self._nonce_ad(index)
+        layout = self.layout
+        want, total = layout.data_length(index), layout.plaintext_length(index)
+        if len(data) != want:
+            raise ValueError(f"chunk {index} needs {want} file bytes, got {len(data)}")
+        if want == total:
+            return self._aead.encrypt(nonce, data, ad)
+        padded = bytearray(total)
+        padded[:want] = data
+        return self._aead.encrypt(nonce, padded, ad)
+
+    def open(self, index: int, ciphertext: bytes | bytearray | memoryview) -> bytes:
+        """The file bytes of chunk *index* (padding checked and removed).
+
+        Raises:
+            ExtraChunk: *index* out of range.
+            ChunkLengthError: wrong ciphertext length for this index.
+            ChunkAuthenticationError: tampered, moved or foreign chunk.
+            FilePaddingError: padding bytes are not zero.
+        """
+        nonce, ad = self._nonce_ad(index)
+        layout = self.layout
+        expected = layout.ciphertext_length(index)
+        if len(ciphertext) != expected:
+            raise ChunkLengthError(index, len(ciphertext), expected)
+        try:
+            plain = self._aead.decrypt(nonce, ciphertext, ad)
+        except InvalidTag as exc:
+            raise ChunkAuthenticationError(index) from exc
+        keep = layout.data_length(index)
+        if keep == len(plain):
+            return plain
+        if plain.count(0, keep) != len(plain) - keep:
+            raise FilePaddingError(index)
+        return plain[:keep]
+
+
+def max_true_size(ciphertext_limit: int, chunk_size: int = CHUNK_SIZE,
+                  max_chunks: int = MAX_CHUNK_COUNT) -> int:
+    """The largest file whose ciphertext fits *ciphertext_limit* bytes in *max_chunks*.
+
+    Turns a transport's blob limits (e.g. ``protocol.limits.MAX_FILE_SIZE`` and
+    ``MAX_FILE_CHUNKS``) into a file size; never above :data:`MAX_FILE_SIZE`.
+    Returns -1 if not even an empty file fits.
+    """
+    def fits(n: int) -> bool:
+        try:
+            layout = FileLayout(n, chunk_size)
+        except InvalidManifest:  # more chunks than the format counts
+            return False
+        return layout.ciphertext_size <= ciphertext_limit and layout.chunk_count <= max_chunks
+
+    if not fits(0):
+        return -1
+    lo, hi = 0, MAX_FILE_SIZE  # sizes grow monotonically with n: binary search
+    if fits(hi):
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo

@@ -53,7 +53,8 @@ MESSAGE_LINEAR_STEP = 64 * 1024
 
 #: Smallest padded file size: ``floor(1.05 ** 129)``, Signal's minimum.
 FILE_MIN_PADDED_SIZE = 541
-#: Largest file accepted (1 TiB): keeps chunk counts and padding arithmetic bounded.
+#: Largest file accepted (1 TiB): keeps chunk counts and padding arithmetic bounded. This is
+#: the format's limit; one relay blob is bounded lower (``protocol.limits.MAX_FILE_SIZE``).
 MAX_FILE_SIZE = 1 << 40
 
 _MARKER = 0x80

@@ -140,7 +140,9 @@ MAX_PUSH_URL_SIZE: Final = 512
 MAX_URL_PATH_SIZE: Final = 256
 """Relay-relative HTTP path for a blob transfer."""
 MAX_FILE_SIZE: Final = 4 * 1024**3
-"""Largest file blob a client may announce; relays may refuse less (TOO_LARGE)."""
+"""Largest file blob (ciphertext bytes) a client may announce; relays may refuse less
+(TOO_LARGE). The crypto format allows larger files (pigeon_crypto.padding.MAX_FILE_SIZE,
+2^40): this bounds one relay blob, not the format (docs/protocol.md §8.1)."""
 MAX_FILE_CHUNKS: Final = 65536
 """Chunks per file blob (4 GiB at 64 KiB chunks)."""
 
@@ -201,8 +203,8 @@ header, the AEAD tag and padding."""
 MAX_TEXT_SIZE: Final = 32 * 1024
 """Text, edit and caption bodies."""
 MAX_MANIFEST_SIZE: Final = 32 * 1024
-"""An encoded pigeon_crypto FileManifest: ~1.4 KB without chunk ids (key, id, sizes,
-name <= 1024, media type <= 255); room for ~1,700 16-byte chunk ids if listed."""
+"""An encoded pigeon_crypto FileManifest is at most ~1.6 KB (key, ids, sizes, one blob id,
+name <= 1024, media type <= 255); the rest is headroom for later versions."""
 MAX_REACTION_SIZE: Final = 64
 """One emoji, including long ZWJ sequences."""
 MAX_DISPLAY_NAME_SIZE: Final = 128

@@ -199,7 +199,7 @@ async def test_the_relay_keeps_no_content_and_no_sender(relay_factory: RelayFact
         for i, chunk in enumerate(chunks):
             assert await put_chunk(http, rp.url, grant, i, chunk) == 200
         manifest = enc.manifest(name=FILE_NAME, media_type="application/pdf",
-                                chunk_ids=[grant.blob_id] * len(chunks))
+                                blob_id=grant.blob_id)
         await alice.send([alice.outbox["bob"]], alice.seal("bob", File(
             **meta(), manifest=manifest.to_bytes())))  # type: ignore[arg-type]
         delivery = await bob.conn.next_delivery()
@@ -208,7 +208,7 @@ async def test_the_relay_keeps_no_content_and_no_sender(relay_factory: RelayFact
         received = FileManifest.from_bytes(got.manifest)
         assert received.name == FILE_NAME
         down = await bob.sender.expect(BlobToken, lambda rid: RequestBlobDownload(
-            request_id=rid, blob_id=received.chunk_ids[0]))
+            request_id=rid, blob_id=received.blob_id))
         dec = FileDecryptor.from_manifest(received)
         out = b"".join([dec.update(await get_chunk(http, rp.url, down, i))
                         for i in range(received.chunk_count)])

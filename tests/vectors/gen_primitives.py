@@ -61,8 +61,8 @@ def _files() -> dict[str, Any]:
     enc = FileEncryptor.create(rng, chunk_size=FILE_CHUNK_SIZE)
     chunks = list(encrypt_stream([data], enc))
     layout = FileLayout(FILE_SIZE, FILE_CHUNK_SIZE)
-    ids = [b"blob-%d" % i for i in range(layout.chunk_count)]
-    manifest = enc.manifest(name="notes.txt", media_type="text/plain", chunk_ids=ids)
+    manifest = enc.manifest(name="notes.txt", media_type="text/plain",
+                            blob_id=bytes(range(16)))
     dec = FileDecryptor.from_manifest(manifest)
     assert b"".join(dec.update(c) for c in chunks) == data
     return {

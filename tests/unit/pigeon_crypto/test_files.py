@@ -1,11 +1,18 @@
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from pigeon_crypto.errors import DecodeError, DecryptionError, InvalidKey, UnknownVersion
+from pigeon_crypto.errors import (
+    DecodeError,
+    DecryptionError,
+    InvalidKey,
+    UnknownVersion,
+    VersionTooOld,
+)
 from pigeon_crypto.files import (
     CHUNK_SIZE,
     TAG_SIZE,
     ChunkAuthenticationError,
+    ChunkCipher,
     ChunkLengthError,
     ExtraChunk,
     FileDecryptor,
@@ -20,6 +27,7 @@ from pigeon_crypto.files import (
     decrypt_chunk,
     encrypt_chunk,
     encrypt_stream,
+    max_true_size,
 )
 from pigeon_crypto.padding import MAX_FILE_SIZE, FileTooLarge, padded_file_size
 from pigeon_crypto.rng import SeededRng
@@ -219,16 +227,17 @@ def test_layout_helpers() -> None:
 
 def test_manifest_round_trip_and_repr() -> None:
     _, _, m = make_file(1000)
-    ids = [bytes([i]) * 8 for i in range(m.chunk_count)]
-    full = m.with_chunk_ids(ids)
+    full = m.with_blob_id(b"\xb1" * 16)
     assert FileManifest.from_bytes(full.to_bytes()) == full
     assert FileManifest.from_bytes(m.to_bytes()) == m
-    assert full.chunk_ids == tuple(ids)
+    assert full.blob_id == b"\xb1" * 16 and m.blob_id == b""
+    # one blob id for the whole file: the encoding does not grow with the chunk count
+    assert len(full.to_bytes()) == len(m.to_bytes()) + 16
     text = repr(full)
-    assert m.key.hex() not in text and "photo" not in text
+    assert m.key.hex() not in text and "photo" not in text and "b1b1" not in text
     assert text == (
         f"FileManifest(file_id={m.file_id.hex()}, true_size=1000, padded_size=1020, "
-        f"chunk_size=64, chunk_count=16, chunk_ids=16)"
+        f"chunk_size=64, chunk_count=16, uploaded=True)"
     )
     unicode = FileManifest(
         key=m.key, file_id=m.file_id, chunk_size=64, true_size=1000, padded_size=1020,
@@ -241,31 +250,32 @@ def test_manifest_rejects() -> None:
     _, _, m = make_file(1000)
     data = m.to_bytes()
     # offsets: version 0, key 1, file_id 33, chunk_size 49, true_size 53, padded_size 61,
-    # chunk_count 69, n_chunk_ids 73, name 77
-    assert data[77:79] == b"\x00\x09" and data[61:69] == (1020).to_bytes(8, "big")
+    # chunk_count 69, blob_id 73 (empty: 2 bytes), name 75
+    assert data[0] == 2 and data[73:75] == b"\x00\x00"
+    assert data[75:77] == b"\x00\x09" and data[61:69] == (1020).to_bytes(8, "big")
     with pytest.raises(DecodeError):
         FileManifest.from_bytes(data[:-1])
     with pytest.raises(DecodeError):
         FileManifest.from_bytes(data + b"\x00")
     with pytest.raises(UnknownVersion):
-        FileManifest.from_bytes(b"\x02" + data[1:])
+        FileManifest.from_bytes(b"\x03" + data[1:])
+    with pytest.raises(VersionTooOld):  # version 1 listed one id per chunk
+        FileManifest.from_bytes(b"\x01" + data[1:])
     # padded size not the bucket of the true size
     with pytest.raises(InvalidManifest, match="inconsistent"):
         FileManifest.from_bytes(data[:61] + (1021).to_bytes(8, "big") + data[69:])
     # chunk count inconsistent
     with pytest.raises(InvalidManifest, match="inconsistent"):
         FileManifest.from_bytes(data[:69] + (15).to_bytes(4, "big") + data[73:])
-    # chunk id count neither 0 nor chunk_count
-    with pytest.raises(InvalidManifest, match="chunk id count"):
-        FileManifest.from_bytes(data[:73] + (1).to_bytes(4, "big") + b"\x00\x01a" + data[77:])
+    # blob id longer than the limit
+    with pytest.raises(DecodeError):
+        FileManifest.from_bytes(data[:73] + b"\x01\x00" + b"a" * 256 + data[75:])
     # invalid UTF-8 name
-    bad_name = data[:77] + b"\x00\x02\xff\xfe" + data[77 + 2 + len("photo.jpg") :]
+    bad_name = data[:75] + b"\x00\x02\xff\xfe" + data[75 + 2 + len("photo.jpg") :]
     with pytest.raises(DecodeError, match="UTF-8"):
         FileManifest.from_bytes(bad_name)
     with pytest.raises(InvalidManifest):
-        m.with_chunk_ids([b"x"])
-    with pytest.raises(InvalidManifest):
-        m.with_chunk_ids([b""] * m.chunk_count)
+        m.with_blob_id(b"x" * 256)
     with pytest.raises(InvalidManifest):
         FileManifest(key=m.key, file_id=m.file_id, chunk_size=64, true_size=2**41,
                      padded_size=0, chunk_count=0)
@@ -301,3 +311,56 @@ def test_reused_mutable_buffer_does_not_leak_into_held_chunk() -> None:
     view = memoryview(data)
     out = [c for off in range(0, 1000, 64) for c in enc.update(view[off : off + 64])]
     assert [*out, *enc.finalize()] == chunks
+
+
+@pytest.mark.parametrize("size", [0, 1, 100, 541, 1000, 64 * 20])
+def test_chunk_cipher_matches_the_streaming_format_in_any_order(size: int) -> None:
+    data, chunks, m = make_file(size)
+    cipher = ChunkCipher.from_manifest(m)
+    layout = m.layout
+    order = list(range(layout.chunk_count))[::-1]  # any order: last chunk first
+    sealed = {}
+    for i in order:
+        start = i * CS
+        sealed[i] = cipher.seal(i, data[start : start + layout.data_length(i)])
+    assert [sealed[i] for i in range(layout.chunk_count)] == chunks
+    out = {i: cipher.open(i, chunks[i]) for i in order}
+    assert b"".join(out[i] for i in range(layout.chunk_count)) == data
+    assert repr(cipher) == f"ChunkCipher(chunks={layout.chunk_count})"
+
+
+def test_chunk_cipher_rejects() -> None:
+    data, chunks, m = make_file(1000)
+    cipher = ChunkCipher.from_manifest(m)
+    last = m.chunk_count - 1
+    with pytest.raises(ChunkAuthenticationError):
+        cipher.open(1, chunks[2])  # moved
+    with pytest.raises(ChunkAuthenticationError):
+        cipher.open(0, bytes([chunks[0][0] ^ 1]) + chunks[0][1:])
+    with pytest.raises(ChunkLengthError):
+        cipher.open(last, chunks[last] + b"\x00")
+    with pytest.raises(ExtraChunk):
+        cipher.open(m.chunk_count, chunks[last])
+    with pytest.raises(ExtraChunk):
+        cipher.seal(-1, b"")
+    with pytest.raises(ValueError, match="needs 64 file bytes"):
+        cipher.seal(0, data[:10])
+    # Authentic chunk with non-zero padding (a sender lying about the true size).
+    liar = FileManifest(key=m.key, file_id=m.file_id, chunk_size=CS, true_size=999,
+                        padded_size=1020, chunk_count=16)
+    with pytest.raises(FilePaddingError):
+        ChunkCipher.from_manifest(liar).open(15, chunks[15])
+
+
+def test_max_true_size() -> None:
+    limit = 10_000
+    n = max_true_size(limit, CS)
+    assert FileLayout(n, CS).ciphertext_size <= limit < FileLayout(n + 1, CS).ciphertext_size
+    m = max_true_size(10**9, 1024, max_chunks=100)
+    assert FileLayout(m, 1024).chunk_count <= 100 < FileLayout(m + 1, 1024).chunk_count
+    assert max_true_size(100, CS) == -1
+    assert max_true_size(2**60, 2**20) == MAX_FILE_SIZE
+    assert 0 < max_true_size(2**60, CS) < MAX_FILE_SIZE  # the u32 chunk count binds
+    # the protocol's blob limit (2^32 bytes, 65,536 chunks) with 1 MiB chunks
+    big = max_true_size(2**32, 2**20, max_chunks=65536)
+    assert 3.8 * 2**30 < big < 2**32
