@@ -14,8 +14,10 @@ clock, informative only). Kind-specific keys start at 3; see each class. An unkn
 kind raises :class:`~protocol.errors.UnknownMessageKind` (a newer client sent it: the
 SDK shows it as unsupported rather than failing the session); unknown keys are ignored.
 
-``GroupControl`` and ``SenderKeyDistribution`` carry opaque payloads for now; the
-groups work defines their contents (and may add keys to other kinds, e.g. a group id).
+``GroupControl`` carries a signed ``protocol.group.GroupState``;
+``SenderKeyDistribution`` a member's sender-key chain for one group. Group messages
+themselves are these same kinds (Text, Edit, ...) encrypted with a sender key instead
+of a pairwise session: the chain names the group, so they carry no group id.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Final, Self
 
 from . import limits as L
-from ._kinds import BOOL, CAPABILITY, MAILBOX_ID, MESSAGE_ID, TIME_MS
+from ._kinds import BOOL, CAPABILITY, MAILBOX_ID, MESSAGE_ID, SIGNATURE, TIME_MS
 from ._wire import (
     Buffer,
     Bytes,
@@ -100,7 +102,9 @@ _MANIFEST: Final = Bytes(1, L.MAX_MANIFEST_SIZE)
 _EMOJI: Final = Str(1, L.MAX_REACTION_SIZE)
 _DISPLAY_NAME: Final = Str(0, L.MAX_DISPLAY_NAME_SIZE)
 _RELAY_URL: Final = Str(1, L.MAX_RELAY_URL_SIZE, pattern=r"(wss|https)://\S+")
-_PLACEHOLDER: Final = Bytes(1, L.MAX_PLACEHOLDER_SIZE)
+_GROUP_STATE: Final = Bytes(1, L.MAX_PLACEHOLDER_SIZE)
+_DISTRIBUTION: Final = Bytes.exactly(73)
+GROUP_ID: Final = Bytes.exactly(16)
 _MESSAGE_IDS: Final = TupleOf(MESSAGE_ID, 1, L.MAX_RECEIPT_IDS)
 
 INNER_KINDS: Final[dict[int, type[InnerMessage]]] = {}
@@ -311,16 +315,24 @@ class MailboxRotation(InnerMessage):
 @_kind
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GroupControl(InnerMessage):
-    """Placeholder: an opaque group control payload (defined by the groups work)."""
+    """A signed group state (``protocol.group.GroupState``), sent by its signer over the
+    pairwise session to every member of the old and the new state.
+
+    ``signature`` is Ed25519 by the signer's identity key over ``state`` with purpose
+    ``group-control`` (docs/protocol.md §3, §9.14).
+    """
 
     KIND: ClassVar[int] = 12
-    payload: bytes = field(repr=False, metadata=wire(3, _PLACEHOLDER))
+    state: bytes = field(repr=False, metadata=wire(3, _GROUP_STATE))
+    signature: bytes = field(repr=False, metadata=wire(4, SIGNATURE))
 
 
 @_kind
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SenderKeyDistribution(InnerMessage):
-    """Placeholder: an opaque sender-key distribution (holds a chain key: secret)."""
+    """The sender's chain for one group (``pigeon_crypto.sender_keys.
+    SenderKeyDistribution`` bytes, 73): holds a chain key, secret."""
 
     KIND: ClassVar[int] = 13
-    payload: bytes = field(repr=False, metadata=wire(3, _PLACEHOLDER))
+    group_id: bytes = field(metadata=wire(3, GROUP_ID))
+    distribution: bytes = field(repr=False, metadata=wire(4, _DISTRIBUTION))

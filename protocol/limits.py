@@ -214,7 +214,7 @@ MAX_RELAY_URL_SIZE: Final = 512
 MAX_RECEIPT_IDS: Final = 1000
 """Message ids per receipt."""
 MAX_PLACEHOLDER_SIZE: Final = 32 * 1024
-"""Opaque group-control and sender-key-distribution payloads (completed by the groups work)."""
+"""An encoded group state in a ``GroupControl`` (``protocol.group``)."""
 MAX_INNER_BIN_LEN: Final = max(MAX_MANIFEST_SIZE, MAX_PLACEHOLDER_SIZE)
 """Largest bytes value in an inner message."""
 MAX_INNER_STR_LEN: Final = MAX_TEXT_SIZE

@@ -31,6 +31,7 @@ from protocol import (
     Text,
     Typing,
 )
+from protocol.group import GroupState
 from tests.vectors.gen_frames import (
     CAPABILITY,
     MAILBOX,
@@ -98,9 +99,27 @@ def inner_examples() -> list[InnerMessage]:
             mailbox_id=MAILBOX_2,
             capability=pattern(32, 0xC9),
         ),
-        GroupControl(message_id=pattern(16, 0x0D), sent_at_ms=t + 11, payload=pattern(40, 0x6C)),
+        GroupControl(
+            message_id=pattern(16, 0x0D),
+            sent_at_ms=t + 11,
+            state=GroupState(
+                group_id=pattern(16, 0x6C),
+                version=2,
+                signer=pattern(16, 0xA1),
+                name="Pigeon fans",
+                members=(pattern(16, 0xA1), pattern(16, 0xB2), pattern(16, 0xC3)),
+                admins=(pattern(16, 0xA1),),
+                at_ms=t + 11,
+                parent=pattern(32, 0x6D),
+                avatar=MANIFEST,
+            ).encode(),
+            signature=pattern(64, 0x6E),
+        ),
         SenderKeyDistribution(
-            message_id=pattern(16, 0x0E), sent_at_ms=t + 12, payload=pattern(100, 0x5D)
+            message_id=pattern(16, 0x0E),
+            sent_at_ms=t + 12,
+            group_id=pattern(16, 0x6C),
+            distribution=pattern(73, 0x5D),
         ),
     ]
 

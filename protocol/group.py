@@ -1,0 +1,148 @@
+"""Group state: what an admin signs in a group control message (docs/protocol.md §9.14).
+
+A group's state is versioned and complete: every control message carries the whole
+new state (name, avatar, members, admins, channel flag), the version it creates and
+the hash of the state it was derived from. Members never merge partial changes; they
+pick one state among those they hold by a deterministic rule (the SDK's
+``client_sdk._groups``), so every member that received the same control messages ends
+on the same state whatever the order of arrival.
+
+Wire form (signed bytes; the signature travels next to them in
+:class:`protocol.inner.GroupControl`)::
+
+    [version, {key: value, ...}]
+
+| Key | Field | Kind |
+| --- | --- | --- |
+| 1 | ``group_id`` | bin[16], random, known only to members |
+| 2 | ``version`` | int 1..2^53 (1 = creation) |
+| 3 | ``signer`` | bin[16], the signing account |
+| 4 | ``name`` | str[0..128] |
+| 5 | ``members`` | array[1..1000] of bin[16], strictly increasing |
+| 6 | ``admins`` | array[1..1000] of bin[16], strictly increasing, each a member |
+| 7 | ``at_ms`` | int, the signer's clock (informative) |
+| 8 | ``parent`` | bin[32]? SHA-256 of the encoded parent state; absent at version 1 |
+| 9 | ``avatar`` | bin[1..32768]? an encoded file manifest (the avatar is an encrypted file) |
+| 10 | ``channel`` | bool? only admins post (default false) |
+
+No cryptography here (the protocol package has none): hashing and signing are the
+SDK's. Encoding is canonical (keys ascending, optional fields omitted at their
+default), so the hash of a state is well defined.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Final
+
+from . import limits as L
+from ._kinds import ACCOUNT_ID, BOOL, TIME_MS
+from ._wire import (
+    Buffer,
+    Bytes,
+    Limits,
+    Problem,
+    Record,
+    Str,
+    TupleOf,
+    UInt,
+    finalize,
+    pack,
+    unpack,
+    version_error,
+    wire,
+)
+from .errors import ErrorCode, LocalProtocolError, MalformedFrame
+
+__all__ = ["GROUP_ID_SIZE", "MAX_GROUP_MEMBERS", "GroupState", "decode_group_state"]
+
+GROUP_ID_SIZE: Final = 16
+MAX_GROUP_MEMBERS: Final = 1000
+"""Members per group: 1,000 account ids (18 bytes each encoded) fit one control
+message and one multi-recipient ``Send`` (MAX_RECIPIENTS = 2,000)."""
+MAX_GROUP_STATE_SIZE: Final = 32 * 1024
+"""An encoded state: 1,000 members and 1,000 admins (~36 KB) would not fit, so large
+groups keep few admins; checked on encode and before parsing."""
+
+_LIMITS: Final = Limits(
+    what="group state",
+    max_size=MAX_GROUP_STATE_SIZE,
+    max_bin_len=L.MAX_MANIFEST_SIZE,
+    max_str_len=L.MAX_DISPLAY_NAME_SIZE,
+    max_array_len=MAX_GROUP_MEMBERS,
+    max_map_len=L.MAX_MAP_LEN,
+)
+_MEMBERS: Final = TupleOf(ACCOUNT_ID, 1, MAX_GROUP_MEMBERS)
+_ADMINS: Final = TupleOf(ACCOUNT_ID, 0, MAX_GROUP_MEMBERS)
+
+
+def _strictly_increasing(name: str, ids: tuple[bytes, ...]) -> None:
+    if any(a >= b for a, b in itertools.pairwise(ids)):
+        raise Problem(ErrorCode.INVALID_FIELD, "must be strictly increasing", name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupState(Record):
+    """One version of a group, as its signer derived it from ``parent``.
+
+    Invariants (checked on construction and decoding): members and admins strictly
+    increasing (so the encoding is canonical), admins a subset of members, at least
+    one admin, ``parent`` present exactly when ``version > 1``.
+    """
+
+    group_id: bytes = field(metadata=wire(1, Bytes.exactly(GROUP_ID_SIZE)))
+    version: int = field(metadata=wire(2, UInt(1, 2**53)))
+    signer: bytes = field(metadata=wire(3, ACCOUNT_ID))
+    name: str = field(repr=False, metadata=wire(4, Str(0, L.MAX_DISPLAY_NAME_SIZE)))
+    members: tuple[bytes, ...] = field(repr=False, metadata=wire(5, _MEMBERS))
+    admins: tuple[bytes, ...] = field(repr=False, metadata=wire(6, _ADMINS))
+    at_ms: int = field(metadata=wire(7, TIME_MS))
+    parent: bytes | None = field(default=None, metadata=wire(8, Bytes.exactly(32)))
+    avatar: bytes | None = field(default=None, repr=False,
+                                 metadata=wire(9, Bytes(1, L.MAX_MANIFEST_SIZE)))
+    channel: bool = field(default=False, metadata=wire(10, BOOL))
+
+    def _validate(self) -> None:
+        _strictly_increasing("members", self.members)
+        _strictly_increasing("admins", self.admins)
+        if not set(self.admins) <= set(self.members):
+            raise Problem(ErrorCode.INVALID_FIELD, "every admin must be a member", "admins")
+        if not self.admins:
+            raise Problem(ErrorCode.INVALID_FIELD, "a group needs an admin", "admins")
+        if (self.parent is None) != (self.version == 1):
+            raise Problem(ErrorCode.INVALID_FIELD, "parent is required after version 1",
+                          "parent")
+
+    def encode(self) -> bytes:
+        """Canonical bytes ``[1, body]`` (what is hashed and signed).
+
+        Raises:
+            LocalProtocolError: over ``MAX_GROUP_STATE_SIZE``.
+        """
+        out = pack((L.PROTOCOL_VERSION, self._body()))
+        if len(out) > MAX_GROUP_STATE_SIZE:
+            raise LocalProtocolError(
+                f"group state encodes to {len(out)} bytes, over {MAX_GROUP_STATE_SIZE}")
+        return out
+
+
+finalize(GroupState)
+
+
+def decode_group_state(data: Buffer) -> GroupState:
+    """Decode a group state strictly.
+
+    Raises:
+        RemoteProtocolError: malformed msgpack, an unknown version, bad fields, or a
+            broken invariant (see :class:`GroupState`).
+    """
+    obj = unpack(data, _LIMITS)
+    if type(obj) is not tuple or len(obj) != 2:
+        raise MalformedFrame("group state", "expected [version, map]")
+    version, body = obj
+    if type(version) is not int or version != L.PROTOCOL_VERSION:
+        raise version_error("group state", version)
+    if type(body) is not dict:
+        raise MalformedFrame("group state", "body is not a map")
+    return GroupState._from_body(body)
