@@ -258,7 +258,15 @@ def _v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, _v1),)
+def _v2(conn: sqlite3.Connection) -> None:
+    # File transfers (docs/sdk.md §15.14); statements in client_sdk.store.transfers.
+    from .transfers import SCHEMA_V2
+
+    for statement in SCHEMA_V2:
+        conn.execute(statement)
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, _v1), Migration(2, _v2))
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
