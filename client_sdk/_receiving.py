@@ -77,6 +77,7 @@ from .events import (
     ReceiptReceived,
     TypingChanged,
 )
+from .files import file_info
 from .history import (
     DeleteMessage,
     EditMessage,
@@ -327,8 +328,9 @@ def _apply_inner(core: ClientCore, overlay: _Overlay, contact: Contact, pending:
                             reply_to=reply_to)
             pending.events.append(MessageReceived(
                 peer=peer, conversation_id=cid(), message_id=inner.message_id,
-                kind=MessageKind.FILE, text=caption, attachment=manifest, reply_to=reply_to,
-                sent_at_ms=sent, received_at_ms=now_ms))
+                kind=MessageKind.FILE, text=caption, attachment=manifest,
+                file=file_info(manifest), reply_to=reply_to, sent_at_ms=sent,
+                received_at_ms=now_ms))
             pending.receipt_for = peer
         case Edit(target=target, text=text):
             op = EditMessage(conversation_id=cid(), target=target, editor=peer, text=text,

@@ -27,6 +27,7 @@ from protocol.inner import (
     Delete,
     DeleteScope,
     Edit,
+    File,
     InnerMessage,
     MailboxAnnouncement,
     MailboxRotation,
@@ -47,6 +48,7 @@ from .history import (
     DeleteMessage,
     EditMessage,
     HistoryOp,
+    MessageKind,
     MessageStatus,
     NewMessage,
     React,
@@ -73,6 +75,7 @@ __all__ = [
     "Intent",
     "SendDelete",
     "SendEdit",
+    "SendFile",
     "SendProfile",
     "SendReaction",
     "SendReceipt",
@@ -127,7 +130,19 @@ class SendProfile:
     avatar_manifest: bytes | None = field(default=None, repr=False)
 
 
-Intent = SendText | SendEdit | SendReaction | SendDelete | SendReceipt | SendProfile
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendFile:
+    """The message of an uploaded file. ``message_id`` is drawn when the upload begins
+    and stored with it, so that a resumed upload finds a message already stored."""
+
+    peer: bytes
+    message_id: bytes
+    manifest: bytes = field(repr=False)
+    caption: str | None = field(default=None, repr=False)
+
+
+Intent = (SendText | SendEdit | SendReaction | SendDelete | SendReceipt | SendProfile
+          | SendFile)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -195,7 +210,7 @@ def _prepare(core: ClientCore, batch: _Batch, intent: Intent, now_ms: int,
              ) -> tuple[Outgoing, MessageRef | None, list[Event]]:
     _, outbound = core.sendable(intent.peer)
     peer = intent.peer
-    mid = core.rng(16)
+    mid = intent.message_id if isinstance(intent, SendFile) else core.rng(16)
     cid = core.conversation_id(peer, now_ms=now_ms)
     inner: InnerMessage
     op: HistoryOp | None = None
@@ -231,6 +246,13 @@ def _prepare(core: ClientCore, batch: _Batch, intent: Intent, now_ms: int,
         case SendProfile(display_name=name, avatar_manifest=avatar):
             inner = Profile(message_id=mid, sent_at_ms=now_ms, display_name=name,
                             avatar_manifest=avatar)
+        case SendFile(manifest=manifest, caption=caption):
+            inner = File(message_id=mid, sent_at_ms=now_ms, manifest=manifest,
+                         caption=caption)
+            op = NewMessage(conversation_id=cid, message_id=mid, sender=None,
+                            sent_at_ms=now_ms, kind=MessageKind.FILE, body=caption,
+                            attachment=manifest)
+            new_message = True
     blob, state = batch.encrypt(peer, inner)
     entry = batch.entry(outbound, blob, now_ms)
     outgoing = Outgoing(entry=entry, session=SessionUpdate(peer=peer, state=state), history=op)

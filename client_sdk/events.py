@@ -15,10 +15,14 @@ capabilities or keys.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from protocol.inner import PresenceState, ReceiptKind
 
 from .history import MessageKind, MessageStatus
+
+if TYPE_CHECKING:
+    from .files import FileInfo
 
 __all__ = [
     "ContactAccepted",
@@ -73,6 +77,8 @@ class MessageReceived(Event):
             placeholder; ``text`` is None).
         text: the text (for a file: its caption).
         attachment: the encoded file manifest of a FILE (holds the file key).
+        file: the manifest's public part (name, size, media type, transfer id) of a
+            FILE, for ``download_file``; None if the manifest does not decode.
         sent_at_ms: the author's clock, clamped to ``received_at_ms`` for ordering.
     """
 
@@ -82,6 +88,7 @@ class MessageReceived(Event):
     kind: MessageKind
     text: str | None = field(repr=False)
     attachment: bytes | None = field(default=None, repr=False)
+    file: FileInfo | None = None
     reply_to: bytes | None = None
     sent_at_ms: int
     received_at_ms: int
