@@ -1,0 +1,5 @@
+"""``python -m examples.chat``: the same as ``pigeon-chat``."""
+
+from . import main
+
+main()

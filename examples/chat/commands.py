@@ -1,0 +1,545 @@
+"""pigeon-chat's slash commands: the table (:data:`COMMANDS`, which ``/help`` prints)
+and what each one does (:class:`Commands`).
+
+A line is split into the command and its arguments: commands whose argument is free
+text (``/name``, ``/search``, ``/verify``, ``/open``, ``/send``) take the rest of the
+line as it is; the others split it like a shell (quotes group words). A wrong number
+of arguments, an unknown command or a contact that matches nothing raises
+:class:`UsageError`, which the loop prints: the program goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import re
+import shlex
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from client_sdk import Contact, ContactLink, ContactState, MessageKind, MessageStatus
+from client_sdk.history import StoredMessage
+
+from . import files
+from .view import contact_line, human_size, message_line, plain, short_id
+
+if TYPE_CHECKING:
+    from .app import ChatApp
+
+__all__ = ["COMMANDS", "CommandSpec", "Commands", "UsageError", "split_command"]
+
+HISTORY_DEFAULT: Final = 20
+HISTORY_MAX: Final = 500
+SHOWN_ON_OPEN: Final = 10
+"""Messages shown when a conversation is opened."""
+SEARCH_LIMIT: Final = 20
+FIND_MESSAGE_LIMIT: Final = 5000
+"""How far back ``/get`` looks for a short id (pages of the open conversation)."""
+MAX_DISPLAY_NAME: Final = 128
+"""The contact request's limit for a display name (docs/sdk.md §15.4)."""
+REQUEST_TIMEOUT_S: Final = 45.0
+"""Commands that talk to the relay give up after this (the SDK's own request timeout
+is 30 s; registering may reconnect first)."""
+
+
+class UsageError(Exception):
+    """The line is not a valid command (printed; nothing was done)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """One command. ``rest``: its single argument is the rest of the line, as typed."""
+
+    name: str
+    args: str
+    summary: str
+    details: str = ""
+    min_args: int = 0
+    max_args: int = 0
+    rest: bool = False
+    takes_contact: bool = False
+
+    @property
+    def usage(self) -> str:
+        return f"/{self.name}" + (f" {self.args}" if self.args else "")
+
+
+COMMANDS: Final[tuple[CommandSpec, ...]] = (
+    CommandSpec("help", "[command]", "list the commands, or explain one", max_args=1),
+    CommandSpec("register", "[invite-code]", "create your account on the relay",
+                "Creates the account (your identity key and prekeys go to the relay; the "
+                "private keys stay in the profile) and your contact mailbox. An "
+                "invite-only relay needs a code (`pigeon-relay admin invite create`). "
+                "Registering again is harmless.", max_args=1),
+    CommandSpec("me", "", "your account id and contact link (share it to be added)"),
+    CommandSpec("name", "<display name>", "set the name your contacts see",
+                "Shared end to end with every contact (the relay never sees it).",
+                min_args=1, rest=True),
+    CommandSpec("username", "<name>", "make your account findable as @name on this relay",
+                min_args=1, max_args=1),
+    CommandSpec("add", "<account-id|@username|link>", "invite someone to be your contact",
+                "A contact link (pigeon://contact/...) also pins their identity key; an "
+                "account id is 32 hex digits. They appear as a contact once they accept; "
+                "compare safety numbers (/safety) to be sure it is them.",
+                min_args=1, max_args=1),
+    CommandSpec("invites", "", "invitations waiting for you (and yours, waiting for them)"),
+    CommandSpec("accept", "[contact]", "accept an invitation (the only one if not named)",
+                max_args=1, takes_contact=True),
+    CommandSpec("contacts", "", "list your contacts (with the numbers /open takes)"),
+    CommandSpec("open", "<contact>", "switch to the conversation with a contact",
+                "A contact is named by its number in /contacts, its display name (or the "
+                "start of it), or the start of its account id. Lines that do not start "
+                "with / are sent to the open conversation (start a text with // to send "
+                "one beginning with /).", min_args=1, rest=True, takes_contact=True),
+    CommandSpec("safety", "[contact]", "show the safety number with a contact",
+                "Both sides see the same 60 digits when no one sits in the middle. "
+                "Compare them in person or on a call, then /verify.",
+                max_args=1, takes_contact=True),
+    CommandSpec("verify", "<safety number>", "mark the open contact verified if it matches",
+                "Type the 60 digits the other side reads to you (spaces are ignored).",
+                min_args=1, rest=True),
+    CommandSpec("send", "<path>", "send a file to the open conversation (progress bar)",
+                min_args=1, rest=True),
+    CommandSpec("get", "<message> <dest>", "download a received file (#id from the chat)",
+                "<message> is the #id shown with the file; <dest> a file or folder.",
+                min_args=2, max_args=2),
+    CommandSpec("search", "<text>", "search all your conversations", min_args=1, rest=True),
+    CommandSpec("history", "[count]", f"the last messages here (default {HISTORY_DEFAULT})",
+                max_args=1),
+    CommandSpec("block", "[contact]", "block a contact (the open one if not named)",
+                "Nothing they send is shown and nothing is sent to them; /unblock undoes it.",
+                max_args=1, takes_contact=True),
+    CommandSpec("unblock", "<contact>", "unblock a contact", min_args=1, max_args=1,
+                takes_contact=True),
+    CommandSpec("quit", "", "leave pigeon-chat (Ctrl-D too)"),
+)
+_BY_NAME: Final = {spec.name: spec for spec in COMMANDS}
+
+
+def split_command(line: str) -> tuple[CommandSpec, list[str]]:
+    """Parse ``/name args...`` into the command and its arguments.
+
+    Raises:
+        UsageError: unknown command, unbalanced quotes, wrong number of arguments.
+    """
+    head, _, tail = line.strip().partition(" ")
+    spec = _BY_NAME.get(head[1:].lower())
+    if spec is None:
+        raise UsageError(f"unknown command {head}: /help lists the commands")
+    tail = tail.strip()
+    if spec.rest:
+        args = [tail] if tail else []
+    else:
+        try:
+            args = shlex.split(tail)
+        except ValueError as exc:
+            raise UsageError(f"{exc}: usage {spec.usage}") from None
+    if not spec.min_args <= len(args) <= max(spec.max_args, spec.min_args, spec.rest):
+        raise UsageError(f"usage: {spec.usage}  ({spec.summary})")
+    return spec, args
+
+
+def _local_file(text: str) -> tuple[Path, int]:
+    path = _expand(text.strip("'\""))
+    if not path.is_file():
+        raise UsageError(f"no file at {path}")
+    return path, path.stat().st_size
+
+
+def _expand(text: str) -> Path:
+    return Path(text).expanduser()
+
+
+class Commands:
+    """The commands of one :class:`~examples.chat.app.ChatApp`."""
+
+    def __init__(self, app: ChatApp) -> None:
+        self.app = app
+        self.client = app.client
+        self._handlers: dict[str, Callable[[list[str]], Awaitable[bool | None]]] = {
+            spec.name: getattr(self, f"cmd_{spec.name}") for spec in COMMANDS}
+        self._transfers: set[asyncio.Task[None]] = set()
+
+    # --- dispatch ---------------------------------------------------------------------------
+
+    async def run_line(self, line: str) -> bool:
+        """Run one line; False when it is /quit."""
+        text = line.strip()
+        if not text:
+            return True
+        if text.startswith("/") and not text.startswith("//"):
+            spec, args = split_command(text)
+            if spec.name != "help" and spec.name != "quit" and not self._registered(spec):
+                return True
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                return await self._handlers[spec.name](args) is not False
+        await self._send_text(line[1:] if text.startswith("//") else line)
+        return True
+
+    def _registered(self, spec: CommandSpec) -> bool:
+        if spec.name == "register" or self.client.core.registered:
+            return True
+        self.app.error("this profile has no account yet: /register first")
+        return False
+
+    # --- account ----------------------------------------------------------------------------
+
+    def greet(self) -> None:
+        app = self.app
+        app.show(f"pigeon-chat · profile {self.client.path}")
+        if not self.client.core.registered:
+            app.show("This profile has no account yet: /register creates one on the relay "
+                     f"({app.relay_url}). /help lists the commands.", "notice")
+            return
+        name = self.client.core.display_name() or "no display name yet (/name)"
+        contacts = self.client.contacts(ContactState.ACCEPTED)
+        app.show(f"You are {plain(name, 64)}, account {self.client.account_id.hex()}; "
+                 f"{len(contacts)} contact(s). /help lists the commands.")
+        waiting = self.client.invitations()
+        if waiting:
+            app.show(f"{len(waiting)} invitation(s) waiting: /invites", "notice")
+
+    async def cmd_help(self, args: list[str]) -> None:
+        if args:
+            spec = _BY_NAME.get(args[0].lstrip("/").lower())
+            if spec is None:
+                raise UsageError(f"no command /{args[0].lstrip('/')}: /help lists them")
+            self.app.show(f"{spec.usage}\n    {spec.summary}.")
+            if spec.details:
+                self.app.show(f"    {spec.details}")
+            return
+        width = max(len(spec.usage) for spec in COMMANDS)
+        lines = [f"  {spec.usage:<{width}}  {spec.summary}" for spec in COMMANDS]
+        self.app.show("Commands (/help <command> for more):\n" + "\n".join(lines)
+                      + "\nOther lines are messages to the open conversation.")
+
+    async def cmd_register(self, args: list[str]) -> None:
+        was = self.client.core.registered and self.app.connected
+        account = await self.client.register(invite_code=args[0] if args else None,
+                                             timeout_s=REQUEST_TIMEOUT_S - 5)
+        self.app.connected = True
+        if was:
+            self.app.show(f"already registered: account {account.hex()}")
+            return
+        self.app.show(f"registered: account {account.hex()}", "ok")
+        self.app.show(f"others add you with: /add {self.client.contact_link()}")
+        if not self.client.core.display_name():
+            self.app.show("set the name your contacts see with /name <display name>", "notice")
+
+    async def cmd_me(self, args: list[str]) -> None:
+        link = self.client.contact_link()
+        relay = ContactLink.parse(link).relay_url or "?"
+        name = self.client.core.display_name()
+        self.app.show(
+            f"account  {self.client.account_id.hex()}\n"
+            f"name     {plain(name, 64) if name else '(none yet: /name <display name>)'}\n"
+            f"relay    {relay} ({'online' if self.app.connected else 'offline'})\n"
+            f"link     {link}")
+
+    async def cmd_name(self, args: list[str]) -> None:
+        name = args[0]
+        if len(name) > MAX_DISPLAY_NAME:
+            raise UsageError(f"a display name has at most {MAX_DISPLAY_NAME} characters")
+        await self.client.set_profile(name)
+        self.app.show(f"your display name is now {plain(name, 64)} (sent to your contacts, "
+                      "end to end)", "ok")
+
+    async def cmd_username(self, args: list[str]) -> None:
+        name = await self.client.claim_username(args[0].lstrip("@"))
+        self.app.show(f"others can now add you with: /add @{name}", "ok")
+
+    # --- contacts ---------------------------------------------------------------------------
+
+    def resolve(self, text: str, states: tuple[ContactState, ...] = ()) -> Contact:
+        """The contact *text* names: its number in /contacts, display name (exact, then
+        unique prefix, ignoring case), or account id prefix (4+ hex digits)."""
+        contacts = [c for c in self.client.contacts() if not states or c.state in states]
+        everyone = self.client.contacts()
+        key = text.strip().lower()
+        if key.isdigit() and 1 <= int(key) <= len(everyone):
+            found = everyone[int(key) - 1]
+            if not states or found.state in states:
+                return found
+        for match in (
+            lambda c: self.app.name_of(c.account_id).lower() == key,
+            lambda c: len(key) >= 4 and c.account_id.hex().startswith(key),
+            lambda c: self.app.name_of(c.account_id).lower().startswith(key),
+        ):
+            hits = [c for c in contacts if match(c)]
+            if len(hits) == 1:
+                return hits[0]
+            if len(hits) > 1:
+                names = ", ".join(self.app.name_of(c.account_id) for c in hits)
+                raise UsageError(f"{text!r} matches several contacts ({names}): say which")
+        raise UsageError(f"no contact matches {text!r}: /contacts lists them")
+
+    def _contact_or_current(self, args: list[str]) -> Contact:
+        if args:
+            return self.resolve(args[0])
+        if self.app.current is None:
+            raise UsageError("no conversation open: name a contact or /open one")
+        contact = self.client.contact(self.app.current)
+        assert contact is not None
+        return contact
+
+    async def cmd_add(self, args: list[str]) -> None:
+        target = args[0]
+        if target.startswith("pigeon://"):
+            peer: bytes | None = ContactLink.parse(target).account_id
+        elif target.startswith("@"):
+            peer = None
+        elif re.fullmatch(r"[0-9a-fA-F]{32}", target):
+            peer = bytes.fromhex(target)
+        else:
+            raise UsageError("expected an account id (32 hex digits), @username or a "
+                             "pigeon://contact/ link")
+        if peer == self.client.account_id:
+            raise UsageError("that is your own account")
+        before = None if peer is None else self.client.contact(peer)
+        if target.startswith("pigeon://"):
+            await self.client.add_contact_by_link(target)
+        elif peer is None:
+            peer = await self.client.add_contact_by_username(target[1:])
+        else:
+            await self.client.add_contact(peer)
+        assert peer is not None
+        name = self.app.name_of(peer)
+        if before is not None and before.state is ContactState.ACCEPTED:
+            self.app.show(f"{name} is already a contact: /open {name}")
+        elif before is not None and before.state is ContactState.PENDING:
+            self.app.show(f"{name} had invited you: you are now contacts (/open {name})", "ok")
+        else:
+            self.app.show(f"invitation sent to {peer.hex()}: they become a contact once "
+                          "they accept", "ok")
+
+    async def cmd_invites(self, args: list[str]) -> None:
+        pending = self.client.contacts(ContactState.PENDING)
+        invited = self.client.contacts(ContactState.INVITED)
+        if not pending and not invited:
+            self.app.show("no invitations")
+        for contact in pending:
+            self.app.show(f"  {self.app.name_of(contact.account_id)} "
+                          f"({contact.account_id.hex()}) invited you: /accept "
+                          f"{contact.account_id.hex()[:8]}")
+        for contact in invited:
+            self.app.show(f"  you invited {contact.account_id.hex()}: waiting for them")
+
+    async def cmd_accept(self, args: list[str]) -> None:
+        if args:
+            contact = self.resolve(args[0], (ContactState.PENDING,))
+        else:
+            pending = self.client.invitations()
+            if not pending:
+                raise UsageError("no invitation is waiting (/invites)")
+            if len(pending) > 1:
+                raise UsageError(f"{len(pending)} invitations are waiting: /accept "
+                                 "<contact> (see /invites)")
+            contact = pending[0]
+        await self.client.accept(contact.account_id)
+        name = self.app.name_of(contact.account_id)
+        self.app.show(f"you and {name} are now contacts", "ok")
+        accepted = self.client.contact(contact.account_id)
+        if self.app.current is None and accepted is not None:
+            await self._open(accepted)
+
+    async def cmd_contacts(self, args: list[str]) -> None:
+        contacts = self.client.contacts()
+        if not contacts:
+            self.app.show("no contacts yet: /add <link>, or share your link (/me)")
+        for index, contact in enumerate(contacts, 1):
+            self.app.show(contact_line(index, contact))
+
+    async def cmd_open(self, args: list[str]) -> None:
+        await self._open(self.resolve(args[0]))
+
+    async def _open(self, contact: Contact) -> None:
+        peer = contact.account_id
+        name = self.app.name_of(peer)
+        if contact.state is ContactState.BLOCKED:
+            raise UsageError(f"{name} is blocked: /unblock {name} first")
+        if contact.state is ContactState.PENDING:
+            raise UsageError(f"{name} invited you: /accept {name} first")
+        self.app.current = peer
+        self.app.show(f"── conversation with {name} ──", "notice")
+        if contact.state is ContactState.INVITED:
+            self.app.show("  they have not accepted your invitation yet", "status")
+            return
+        page = await self.client.history(peer, limit=SHOWN_ON_OPEN)
+        for message in page.messages:
+            self.app.show(message_line(message, name))
+        unread = [m.message_id for m in page.messages
+                  if not m.outgoing and m.status is MessageStatus.RECEIVED]
+        if unread:
+            await self.client.mark_read(peer, unread)
+
+    async def cmd_safety(self, args: list[str]) -> None:
+        contact = self._contact_or_current(args)
+        name = self.app.name_of(contact.account_id)
+        if contact.identity is None:
+            raise UsageError(f"no identity key of {name} yet (they have not answered)")
+        number = self.client.safety_number(contact.account_id)
+        state = "verified" if contact.verified else "not verified"
+        self.app.show(f"safety number with {name} ({state}):\n  {number}\n"
+                      f"Compare it with the one {name} sees, in person or on a call; if it "
+                      "matches: /verify <the number>")
+
+    async def cmd_verify(self, args: list[str]) -> None:
+        if self.app.current is None:
+            raise UsageError("open the conversation first (/open <contact>)")
+        digits = re.sub(r"[\s-]", "", args[0])
+        if not re.fullmatch(r"\d{60}", digits):
+            raise UsageError("a safety number is 60 digits (spaces allowed)")
+        peer = self.app.current
+        name = self.app.name_of(peer)
+        ours = self.client.safety_number(peer).replace(" ", "")
+        if not hmac.compare_digest(ours.encode(), digits.encode()):
+            self.app.show(f"that is NOT your safety number with {name}: not verified. If "
+                          "you compared the right conversation, someone may be in the "
+                          "middle.", "error")
+            return
+        await self.client.mark_verified(peer)
+        self.app.show(f"{name} is verified: the safety numbers match", "ok")
+
+    async def cmd_block(self, args: list[str]) -> None:
+        contact = self._contact_or_current(args)
+        name = self.app.name_of(contact.account_id)
+        await self.client.block(contact.account_id)
+        if self.app.current == contact.account_id:
+            self.app.current = None
+        self.app.show(f"blocked {name}: nothing from them is shown, nothing goes to them "
+                      f"(/unblock {name} to undo)", "ok")
+
+    async def cmd_unblock(self, args: list[str]) -> None:
+        contact = self.resolve(args[0], (ContactState.BLOCKED,))
+        await self.client.unblock(contact.account_id)
+        self.app.show(f"unblocked {self.app.name_of(contact.account_id)}", "ok")
+
+    # --- messages ---------------------------------------------------------------------------
+
+    def _current_peer(self) -> bytes:
+        if self.app.current is None:
+            raise UsageError("no conversation open: /open <contact> first (/contacts lists "
+                             "them)")
+        return self.app.current
+
+    async def _send_text(self, text: str) -> None:
+        peer = self._current_peer()
+        ref = await self.client.send_text(peer, text)
+        self.app.sent_texts[ref.message_id] = text
+
+    async def cmd_history(self, args: list[str]) -> None:
+        peer = self._current_peer()
+        try:
+            count = int(args[0]) if args else HISTORY_DEFAULT
+        except ValueError:
+            raise UsageError("usage: /history [count]") from None
+        if not 1 <= count <= HISTORY_MAX:
+            raise UsageError(f"count must be 1 to {HISTORY_MAX}")
+        page = await self.client.history(peer, limit=count)
+        if not page.messages:
+            self.app.show("no messages yet")
+        name = self.app.name_of(peer)
+        for message in page.messages:
+            self.app.show(message_line(message, name))
+
+    async def cmd_search(self, args: list[str]) -> None:
+        found = await self.client.search(args[0], limit=SEARCH_LIMIT)
+        if not found.hits:
+            self.app.show(f"nothing found for {args[0]!r}")
+            return
+        where: dict[int, bytes] = {}
+        for contact in self.client.contacts():
+            conversation = await self.client.find_conversation(contact.account_id)
+            if conversation is not None:
+                where[conversation.id] = contact.account_id
+        self.app.show(f"{len(found.hits)} message(s) with {args[0]!r}, newest first:")
+        for hit in found.hits:
+            peer = where.get(hit.message.conversation_id)
+            name = self.app.name_of(peer) if peer is not None else "?"
+            self.app.show(f"  [{name}] {message_line(hit.message, name)}")
+
+    async def cmd_send(self, args: list[str]) -> None:
+        peer = self._current_peer()
+        api = files.api(self.client)
+        if api is None:
+            self.app.error(files.NOT_AVAILABLE)
+            return
+        path, size = _local_file(args[0])
+        name = self.app.name_of(peer)
+        transfer = self.app.transfers.start(f"→ {name} {plain(path.name, 32)}", size)
+
+        async def run() -> None:
+            try:
+                ref = await api.send_file(peer, path,
+                                          progress=self.app.transfers.callback(transfer))
+                self.app.sent_texts[ref.message_id] = f"[file] {path.name}"
+                self.app.show(f"  {short_id(ref.message_id)} sent {plain(path.name)} "
+                              f"({human_size(size)}) to {name}", "status")
+            finally:
+                self.app.transfers.finish(transfer)
+
+        self._background(run(), f"sending {path.name}")
+
+    async def cmd_get(self, args: list[str]) -> None:
+        peer = self._current_peer()
+        api = files.api(self.client)
+        if api is None:
+            self.app.error(files.NOT_AVAILABLE)
+            return
+        message = await self._find_message(peer, args[0])
+        if message.kind is not MessageKind.FILE or message.outgoing:
+            raise UsageError(f"{short_id(message.message_id)} is not a file you received")
+        dest = _expand(args[1])
+        transfer = self.app.transfers.start(f"← {short_id(message.message_id)}")
+
+        async def run() -> None:
+            try:
+                saved = await api.download_file(peer, message.message_id, dest,
+                                                progress=self.app.transfers.callback(transfer))
+                self.app.show(f"  saved {short_id(message.message_id)} to {saved}", "ok")
+            finally:
+                self.app.transfers.finish(transfer)
+
+        self._background(run(), f"downloading {short_id(message.message_id)}")
+
+    async def _find_message(self, peer: bytes, text: str) -> StoredMessage:
+        prefix = text.lstrip("#").lower()
+        if not re.fullmatch(r"[0-9a-f]{4,32}", prefix):
+            raise UsageError("name the message by the #id shown with it, e.g. #3fa2c1")
+        before = None
+        seen = 0
+        while seen < FIND_MESSAGE_LIMIT:
+            page = await self.client.history(peer, before=before, limit=HISTORY_MAX)
+            hits = [m for m in page.messages if m.message_id.hex().startswith(prefix)]
+            if len(hits) > 1:
+                raise UsageError(f"#{prefix} names several messages: give more digits")
+            if hits:
+                return hits[0]
+            seen += len(page.messages)
+            if page.older is None:
+                break
+            before = page.older
+        raise UsageError(f"no message #{prefix} in this conversation")
+
+    def _background(self, work: Awaitable[None], what: str) -> None:
+        async def guarded() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # reported, the chat goes on
+                self.app.error(f"{what} failed: {exc}")
+
+        task = asyncio.ensure_future(guarded())
+        self._transfers.add(task)
+        task.add_done_callback(self._transfers.discard)
+
+    async def cancel_transfers(self) -> None:
+        for task in list(self._transfers):
+            task.cancel()
+        await asyncio.gather(*self._transfers, return_exceptions=True)
+
+    async def cmd_quit(self, args: list[str]) -> bool:
+        return False
