@@ -56,6 +56,20 @@ from .events import (
     Reconnected,
     TypingChanged,
 )
+from .files import (
+    FileInfo,
+    FileOptions,
+    FileTooLarge,
+    NotAFileMessage,
+    TransferCompleted,
+    TransferDirection,
+    TransferFailed,
+    TransferFailedEvent,
+    TransferInfo,
+    TransferStarted,
+    TransferState,
+    UnknownTransfer,
+)
 from .history import MessageKind, MessageStatus
 from .payloads import ContactLink
 from .store import Contact, ContactState, Durability
@@ -76,6 +90,9 @@ __all__ = [
     "Disconnected",
     "Durability",
     "Event",
+    "FileInfo",
+    "FileOptions",
+    "FileTooLarge",
     "IdentityChangeUnacknowledged",
     "IdentityChanged",
     "IdentityMismatch",
@@ -90,6 +107,7 @@ __all__ = [
     "MessageStatus",
     "MessageStatusChanged",
     "MessagesLost",
+    "NotAFileMessage",
     "NotRegistered",
     "PresenceChanged",
     "ProfileChanged",
@@ -100,7 +118,15 @@ __all__ = [
     "ReceiptReceived",
     "Reconnected",
     "RelayError",
+    "TransferCompleted",
+    "TransferDirection",
+    "TransferFailed",
+    "TransferFailedEvent",
+    "TransferInfo",
+    "TransferStarted",
+    "TransferState",
     "TypingChanged",
     "UnknownContact",
+    "UnknownTransfer",
     "WrongPassphrase",
 ]

@@ -63,6 +63,7 @@ from protocol.frames import (
 from . import _sending
 from ._client_api import ClientApiMixin
 from ._client_background import BackgroundMixin
+from ._client_files import FilesMixin
 from ._client_relay import RelayApiMixin
 from ._connection import RelayConnection, parse_fingerprint, websocket_url
 from ._pump import OutboxPump
@@ -90,7 +91,7 @@ E = TypeVar("E", bound=Event)
 Handler = Callable[[Any], object]
 
 
-class AsyncClient(BackgroundMixin, RelayApiMixin, ClientApiMixin):
+class AsyncClient(FilesMixin, BackgroundMixin, RelayApiMixin, ClientApiMixin):
     """The networked client of one profile (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike[str], passphrase: str | bytes, *,
@@ -362,6 +363,7 @@ class AsyncClient(BackgroundMixin, RelayApiMixin, ClientApiMixin):
                         stored = await self._run(lambda c: c.due_outbox(now_ms=2**62))
                         self._pump.attach(conn, stored)
                         self._emit([Reconnected(attempt=failures)])
+                        self._resume_transfers()
                         failures = 0
                         await reader
                     finally:
