@@ -428,6 +428,9 @@ class FilesMixin:
                                           path=Path(record.path))])
             running.done.set_result(None)
         except asyncio.CancelledError:
+            if fd >= 0:  # closing: keep what was done (a crash loses at most one interval)
+                with contextlib.suppress(Exception):
+                    await self._flush(running, fd, force=True)
             running.done.set_exception(ConnectionLost(
                 "the client closed; the transfer continues when it is opened again"))
             raise

@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -39,6 +42,7 @@ from client_sdk.testing import (  # noqa: F401 - fixtures
 )
 
 MiB = 1024 * 1024
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -185,6 +189,30 @@ async def test_size_limits_refuse_before_any_upload(
         small_relay.kill()
 
 
+def _send_and_die(profile: str, url: str, peer_hex: str, source: str, fraction: str) -> None:
+    """Child process: send *source* to the peer and SIGKILL ourselves once the profile
+    records *fraction* of it as uploaded (a crash in the middle of the upload)."""
+    from client_sdk.store.transfers import transfer_store
+
+    size = os.path.getsize(source)
+
+    async def run() -> None:
+        client = AsyncClient.open(profile, "passphrase of alice", relay_url=url,
+                                  params=FAST_PARAMS, durability=Durability.OFF)
+        await client.start()
+        await client.wait_connected(20)
+        sending = asyncio.ensure_future(client.send_file(bytes.fromhex(peer_hex), source))
+        while not sending.done():
+            stored = await client._run(lambda c: transfer_store(c.store).list_transfers())
+            if stored and stored[0].bytes_done >= float(fraction) * size:
+                print(f"killed at {stored[0].bytes_done}", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+            await asyncio.sleep(0.02)
+        print("finished before the kill", flush=True)
+
+    asyncio.run(run())
+
+
 async def test_100_mib_resumed_upload_and_resumed_download(
         clients: ClientFactory, tmp_path: Path) -> None:
     alice, bob = await clients("alice"), await clients("bob")
@@ -193,39 +221,36 @@ async def test_100_mib_resumed_upload_and_resumed_download(
     source = tmp_path / "big.bin"
     digest = await asyncio.to_thread(write_random, source, size)
 
-    # --- upload, interrupted at ~30% by closing the sender --------------------------
-    progress: list[int] = []
-    reached = asyncio.Event()
-
-    def on_progress(done: int, total: int) -> None:
-        assert total == size
-        progress.append(done)
-        if done >= 0.3 * size:
-            reached.set()
-
+    # --- upload: the sending process is SIGKILLed at ~30% -----------------------------
     received = asyncio.ensure_future(next_file(bob, timeout_s=240))
-    sending = asyncio.ensure_future(alice.send_file(bob.account_id, source,
-                                                    progress=on_progress))
-    await asyncio.wait_for(reached.wait(), 120)
-    [tid] = [t.transfer_id for t in await alice.transfers()]
-    await alice.close()  # the upload stops mid-way; its state is in the profile
-    with pytest.raises(Exception):  # noqa: B017 - the awaiting call learns it stopped
-        await sending
+    await alice.close()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.e2e.test_sdk_files", str(alice.path), clients.relay.url,
+        bob.account_id.hex(), str(source), "0.3", cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    killed_at = int(out.decode().split()[-1])
+    assert 0.3 * size <= killed_at < size
     assert not received.done()
 
     alice = reopen(clients, "alice")
-    resumed: list[int] = []
-    completed = asyncio.ensure_future(clients.next_event(
-        alice, TransferCompleted, transfer_id=tid, timeout_s=240))
+    completed: list[TransferCompleted] = []
+    alice.on(TransferCompleted, completed.append)
     await alice.start()  # login continues the stored RUNNING upload
-    info = next(t for t in await alice.transfers() if t.transfer_id == tid)
-    assert info.state is TransferState.RUNNING and info.bytes_done >= 0.2 * size
-    resumed_from = info.bytes_done
-    await completed
+    [info] = await alice.transfers()
+    tid = info.transfer_id
+    assert info.state is TransferState.RUNNING
+    assert info.bytes_done >= killed_at  # recorded chunks are not sent again
     event = await received
     assert event.file is not None and event.file.size == size
     assert event.file.transfer_id == tid
-    assert resumed_from > 0 and resumed == []
+    done_up = await alice.wait_transfer(tid)
+    assert done_up.state is TransferState.DONE and done_up.bytes_done == size
+    assert [e.transfer_id for e in completed] == [tid]
+    await asyncio.sleep(0.3)  # one file message, not two
+    page = await bob.history(alice.account_id)
+    assert [m.kind for m in page.messages].count(MessageKind.FILE) == 1
 
     # --- download: paused at ~40%, client closed while paused, reopened, resumed -----
     dest = tmp_path / "out" / "big.bin"
@@ -263,3 +288,7 @@ async def test_100_mib_resumed_upload_and_resumed_download(
     assert await asyncio.to_thread(sha256_of, dest) == digest
     # Calling download_file again returns the finished file without a transfer.
     assert await bob.download_file(alice.account_id, event.message_id, dest) == dest.resolve()
+
+
+if __name__ == "__main__":
+    _send_and_die(*sys.argv[1:6])
