@@ -48,6 +48,7 @@ from .ports import NullObserver, StoreObserver
 __all__ = ["Migration", "SqliteEngine", "Synchronous"]
 
 T = TypeVar("T")
+A = TypeVar("A")
 _log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 1024
@@ -90,6 +91,14 @@ class _Op(Generic[T]):
     fn: Callable[[sqlite3.Connection], T]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[T]
+    many: Callable[[sqlite3.Connection, list[Any]], list[T]] | None = None
+    """Runs consecutive ops of the same kind together (see :meth:`SqliteEngine.write_many`)."""
+    arg: Any = None
+
+
+def _one(many: Callable[[sqlite3.Connection, list[Any]], list[T]], arg: Any
+         ) -> Callable[[sqlite3.Connection], T]:
+    return lambda conn: many(conn, [arg])[0]
 
 
 _STOP = object()
@@ -245,7 +254,21 @@ class SqliteEngine:
     async def write(self, name: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run *fn* in the next group-committed transaction; return after COMMIT."""
         loop = asyncio.get_running_loop()
-        op: _Op[T] = _Op(name, fn, loop, loop.create_future())
+        return await self._submit(_Op(name, fn, loop, loop.create_future()))
+
+    async def write_many(self, name: str,
+                         many: Callable[[sqlite3.Connection, list[A]], list[T]], arg: A) -> T:
+        """Like :meth:`write` for ``many(conn, [arg])[0]``, but consecutive ops of a batch
+        with the same *many* run in one call ``many(conn, [arg1, arg2, ...])``, which
+        returns their results in order. *many* must give each call the result it would
+        get alone, in that order (e.g. one multi-row statement per table for a run of
+        appends). If it raises, the batch falls back to one call per op."""
+        loop = asyncio.get_running_loop()
+        return await self._submit(_Op(name, _one(many, arg), loop, loop.create_future(),
+                                      many, arg))
+
+    async def _submit(self, op: _Op[T]) -> T:
+        name = op.name
         start = time.perf_counter()
         with self._lock:
             if self._closed:
@@ -357,7 +380,26 @@ class SqliteEngine:
         of a multi-op batch fails (after rolling back). Raises if SQLite itself fails."""
         outcomes: list[tuple[_Op[Any], bool, Any]] = []
         conn.execute("BEGIN IMMEDIATE")
-        for op in batch:
+        i, n = 0, len(batch)
+        while i < n:
+            op = batch[i]
+            many = op.many
+            if many is not None and not savepoints:
+                j = i + 1
+                while j < n and batch[j].many is many:
+                    j += 1
+                if j - i > 1:
+                    run = batch[i:j]
+                    try:
+                        values = many(conn, [o.arg for o in run])
+                    except Exception:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        return None  # re-run op by op, with savepoints
+                    outcomes += zip(run, [True] * len(run), values, strict=True)
+                    i = j
+                    continue
+            i += 1
             if savepoints:
                 conn.execute("SAVEPOINT op")
             try:

@@ -279,13 +279,11 @@ class SqliteStore:
     ) -> AppendResult:
         check_id("client_msg_id", client_msg_id, CLIENT_MSG_ID_LEN)
         _positive("ttl_ms", ttl_ms)
-        return await self._engine.write(
-            "append",
-            functools.partial(
-                ops.append, recipients=tuple(recipients), client_msg_id=client_msg_id,
-                blob=bytes(blob), now_ms=now_ms, ttl_ms=ttl_ms, max_pending=max_pending,
-                dedup_ttl_ms=dedup_ttl_ms,
-            ),
+        # Appends queued back to back run as one ops.append_many (multi-row statements).
+        return await self._engine.write_many(
+            "append", ops.append_many,
+            ops.AppendArgs(tuple(recipients), client_msg_id, bytes(blob), now_ms, ttl_ms,
+                           max_pending, dedup_ttl_ms),
         )
 
     async def fetch(

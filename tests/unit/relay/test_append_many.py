@@ -1,0 +1,189 @@
+"""The writer's batched append (``_sqlite_ops.append_many``, ``SqliteEngine.write_many``).
+
+A run of appends is executed as a handful of multi-row statements; its results must be
+exactly those of the same appends run one by one. The reference is the in-memory store
+(an independent implementation of the same contract), fed the same calls in order.
+Scenarios mix what can happen inside one group-commit batch: wrong and missing
+capabilities, a retiring mailbox, a mailbox at its quota, a recipient named twice, the
+same ``client_msg_id`` twice in one run (a retry racing its original) and again in a
+later run, multi-recipient sends that are partly duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from pigeon_crypto.errors import StoreError
+from relay import _sqlite_ops as ops
+from relay._sqlite_engine import SqliteEngine
+from relay._sqlite_schema import MIGRATIONS
+from relay.ports import AppendResult, Recipient, RecordingObserver
+from relay.store_memory import MemoryStore
+from relay.store_sqlite import SqliteStore
+
+T0 = 1_700_000_000_000
+DAY_MS = 86_400_000
+ACCOUNT = bytes(16)
+MAILBOXES = [bytes([i]) * 16 for i in range(1, 6)]
+RETIRING = MAILBOXES[3]  # retires at T0 + 50
+SMALL = MAILBOXES[4]     # max_pending 3 is reached here first
+UNKNOWN = b"\xee" * 16
+
+
+def cap(mailbox_id: bytes) -> bytes:
+    return hashlib.sha256(b"cap" + mailbox_id).digest()
+
+
+def random_calls(rng: random.Random, n: int, start: int) -> list[ops.AppendArgs]:
+    calls = []
+    for i in range(n):
+        k = rng.choice([1, 1, 1, 2, 3])
+        recipients = []
+        for _ in range(k):
+            m = rng.choice([*MAILBOXES, UNKNOWN])
+            good = rng.random() > 0.1
+            recipients.append(Recipient(mailbox_id=m,
+                                        capability_hash=cap(m) if good else cap(b"x" + m)))
+        cmid = rng.randrange(12).to_bytes(16, "big")  # a small pool: many retries
+        now = T0 + start + i
+        calls.append(ops.AppendArgs(tuple(recipients), cmid, b"blob %d" % (start + i), now,
+                                    DAY_MS, rng.choice([None, 3, 1000]), DAY_MS))
+    return calls
+
+
+async def _reference(calls: list[ops.AppendArgs]) -> tuple[list[AppendResult], MemoryStore]:
+    store = MemoryStore()
+    await store.create_account(account_id=ACCOUNT, identity_key=b"ik", now_ms=T0)
+    for m in MAILBOXES:
+        await store.create_mailbox(account_id=ACCOUNT, mailbox_id=m, capability_hash=cap(m),
+                                   now_ms=T0)
+    await store.rotate_mailbox(account_id=ACCOUNT, mailbox_id=RETIRING,
+                               new_mailbox_id=b"\xaa" * 16, capability_hash=cap(b"new"),
+                               retire_at_ms=T0 + 50, now_ms=T0)
+    results = [await store.append(recipients=c.recipients, client_msg_id=c.client_msg_id,
+                                  blob=c.blob, now_ms=c.now_ms, ttl_ms=c.ttl_ms,
+                                  max_pending=c.max_pending, dedup_ttl_ms=c.dedup_ttl_ms)
+               for c in calls]
+    return results, store
+
+
+async def _sqlite(path: Path) -> SqliteStore:
+    store = await SqliteStore.open(path)
+    await store.create_account(account_id=ACCOUNT, identity_key=b"ik", now_ms=T0)
+    for m in MAILBOXES:
+        await store.create_mailbox(account_id=ACCOUNT, mailbox_id=m, capability_hash=cap(m),
+                                   now_ms=T0)
+    await store.rotate_mailbox(account_id=ACCOUNT, mailbox_id=RETIRING,
+                               new_mailbox_id=b"\xaa" * 16, capability_hash=cap(b"new"),
+                               retire_at_ms=T0 + 50, now_ms=T0)
+    return store
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("run", [1, 7, 40])
+async def test_a_run_gives_what_one_by_one_gives(tmp_path: Path, seed: int, run: int) -> None:
+    calls = random_calls(random.Random(seed), 120, 0)
+    expected, memory = await _reference(calls)
+    store = await _sqlite(tmp_path / "relay.db")
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "relay.db", isolation_level=None)
+    try:
+        got: list[AppendResult] = []
+        for i in range(0, len(calls), run):  # runs of `run` calls, each one transaction
+            conn.execute("BEGIN IMMEDIATE")
+            got += ops.append_many(conn, calls[i:i + run])
+            conn.execute("COMMIT")
+        assert got == expected
+        for m in MAILBOXES:
+            stored = ops.fetch(conn, m, 0, 1000, T0)
+            assert stored == await memory.fetch(m, limit=1000, now_ms=T0)
+            assert ops.pending_count(conn, m) == await memory.pending_count(m)
+        # Blob rows are shared by the copies of one send and never orphaned.
+        assert conn.execute("SELECT count(*) FROM blobs WHERE id NOT IN"
+                            " (SELECT blob_id FROM deliveries)").fetchone() == (0,)
+    finally:
+        conn.close()
+
+
+async def test_runs_larger_than_one_statement_are_split(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ops, "_MAX_ROWS", 3)
+    calls = random_calls(random.Random(99), 60, 0)
+    expected, _ = await _reference(calls)
+    store = await _sqlite(tmp_path / "relay.db")
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "relay.db", isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        assert ops.append_many(conn, calls) == expected
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+async def test_concurrent_appends_are_grouped_into_one_call(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes: list[int] = []
+    real = ops.append_many
+
+    def counting(conn: sqlite3.Connection, calls: list[ops.AppendArgs]
+                 ) -> list[AppendResult]:
+        sizes.append(len(calls))
+        return real(conn, calls)
+
+    monkeypatch.setattr(ops, "append_many", counting)
+    store = await _sqlite(tmp_path / "relay.db")
+    try:
+        m = MAILBOXES[0]
+        results = await asyncio.gather(*(
+            store.append(recipients=[Recipient(mailbox_id=m, capability_hash=cap(m))],
+                         client_msg_id=n.to_bytes(16, "big"), blob=b"x", now_ms=T0,
+                         ttl_ms=DAY_MS) for n in range(300)))
+        assert sorted(r.seq_for(m) or 0 for r in results) == list(range(1, 301))
+        assert sum(sizes) == 300 and max(sizes) > 1  # grouped, each call counted once
+    finally:
+        await store.close()
+
+
+async def test_a_failing_run_falls_back_to_one_op_at_a_time(tmp_path: Path) -> None:
+    observer = RecordingObserver()
+    engine = await SqliteEngine.open(tmp_path / "e.db", MIGRATIONS, observer=observer)
+    calls: list[list[str]] = []
+
+    def many(conn: sqlite3.Connection, args: list[str]) -> list[str]:
+        calls.append(list(args))
+        if "bad" in args:
+            raise sqlite3.IntegrityError("boom")
+        conn.execute("CREATE TABLE IF NOT EXISTS t (v TEXT)")
+        conn.executemany("INSERT INTO t VALUES (?)", [(a,) for a in args])
+        return [a.upper() for a in args]
+
+    gate = threading.Event()
+
+    def blocker(conn: sqlite3.Connection) -> None:
+        gate.wait(10)  # holds the writer so that the next four queue up as one batch
+
+    try:
+        first = asyncio.ensure_future(engine.write("block", blocker))
+        await asyncio.sleep(0.05)
+        pending = asyncio.gather(
+            *(engine.write_many("t", many, a) for a in ["a", "b", "bad", "c"]),
+            return_exceptions=True)
+        await asyncio.sleep(0.05)
+        gate.set()
+        await first
+        results = await pending
+        assert calls[0] == ["a", "b", "bad", "c"]  # tried as one run first
+        assert results[:2] == ["A", "B"] and results[3] == "C"
+        assert isinstance(results[2], StoreError)
+        rows = await engine.read("r", lambda c: c.execute("SELECT v FROM t").fetchall())
+        assert sorted(rows) == [("a",), ("b",), ("c",)]
+    finally:
+        await engine.close()
