@@ -1,0 +1,262 @@
+"""``pigeon-chat`` driven as a person would: two processes in pseudo-terminals (pexpect)
+against a real relay. They register, become contacts, chat both ways (with statuses up
+to "read"), compare safety numbers, search and page history; ``/help`` lists every
+command; bad input gets a clear message and the program goes on; ``/quit`` exits 0.
+Every expect is bounded."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from client_sdk import AsyncClient
+from client_sdk.testing import RelayProcess, pigeon_relay  # noqa: F401
+from examples.chat.commands import COMMANDS
+
+EXPECT_TIMEOUT_S = 20
+SAFETY = r"((?:\d{5} ){11}\d{5})"
+
+
+def _chat_command() -> list[str]:
+    script = shutil.which("pigeon-chat", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "examples.chat"]
+
+
+class Chat:
+    """One pigeon-chat process in a pty."""
+
+    def __init__(self, name: str, profile: Path, relay_url: str, *,
+                 passphrase: str | None = "correct horse battery staple") -> None:
+        env = {k: v for k, v in os.environ.items() if k != "PIGEON_PASSPHRASE"}
+        env.update(TERM="xterm-256color", PROMPT_TOOLKIT_NO_CPR="1", COLUMNS="200",
+                   LINES="50")
+        if passphrase is not None:
+            env["PIGEON_PASSPHRASE"] = passphrase
+        command = _chat_command()
+        self.name = name
+        self.proc = pexpect.spawn(
+            command[0], [*command[1:], "--profile", str(profile), "--relay", relay_url],
+            env=env, encoding="utf-8", codec_errors="replace", dimensions=(50, 200),
+            timeout=EXPECT_TIMEOUT_S)
+        self.transcript: list[str] = []
+
+    def expect(self, text: str) -> str:
+        """Wait for *text*; return what came before it."""
+        self.proc.expect_exact(text)
+        assert isinstance(self.proc.before, str)
+        self.transcript.append(self.proc.before + text)
+        return self.proc.before
+
+    def expect_re(self, pattern: str) -> re.Match[str]:
+        self.proc.expect(pattern)
+        match = self.proc.match
+        assert isinstance(match, re.Match)
+        return match
+
+    def type(self, line: str) -> None:
+        self.proc.send(line + "\r")
+
+    def quit(self) -> int:
+        self.type("/quit")
+        self.proc.expect(pexpect.EOF)
+        self.proc.close()
+        assert self.proc.exitstatus is not None
+        return self.proc.exitstatus
+
+    def kill(self) -> None:
+        if self.proc.isalive():
+            self.proc.terminate(force=True)
+
+
+@pytest.fixture
+def chats(pigeon_relay: RelayProcess, tmp_path: Path) -> Iterator[dict[str, Chat]]:  # noqa: F811
+    started: dict[str, Chat] = {}
+    try:
+        for name in ("alice", "bob"):
+            started[name] = Chat(name, tmp_path / f"{name}.pigeon", pigeon_relay.url)
+        yield started
+    finally:
+        for chat in started.values():
+            chat.kill()
+
+
+def _register(chat: Chat, display: str, *, greeted: bool = False) -> tuple[str, str]:
+    if not greeted:
+        chat.expect("This profile has no account yet")
+    chat.type("/register")
+    account = chat.expect_re(r"registered: account ([0-9a-f]{32})").group(1)
+    link = chat.expect_re(r"others add you with: /add (pigeon://\S+)").group(1)
+    chat.type(f"/name {display}")
+    chat.expect(f"your display name is now {display}")
+    return account, link
+
+
+def test_two_people_chat(chats: dict[str, Chat]) -> None:
+    alice, bob = chats["alice"], chats["bob"]
+
+    # Before registering: help, and bad input that must not end the program.
+    alice.expect("This profile has no account yet")
+    alice.type("/help")
+    listing = alice.expect("Other lines are messages to the open conversation.")
+    for spec in COMMANDS:
+        assert spec.usage in listing, spec.usage
+    alice.type("/help verify")
+    alice.expect("Type the 60 digits the other side reads to you")
+    alice.type("/frobnicate now")
+    alice.expect("error: unknown command /frobnicate: /help lists the commands")
+    alice.type("/contacts")
+    alice.expect("error: this profile has no account yet: /register first")
+    alice.type("hello?")
+    alice.expect("error: no conversation open")
+    alice.type("/help nosuch")
+    alice.expect("error: no command /nosuch")
+
+    alice_id, _ = _register(alice, "Alice", greeted=True)
+    bob_id, bob_link = _register(bob, "Bob")
+    assert alice_id != bob_id
+
+    alice.type("/add not-an-address")
+    alice.expect("error: expected an account id (32 hex digits), @username or a "
+                 "pigeon://contact/ link")
+    alice.type("/open")
+    alice.expect("error: usage: /open <contact>")
+    alice.type("/open nobody")
+    alice.expect("error: no contact matches 'nobody'")
+
+    # Alice invites Bob by his link; Bob sees the invitation and accepts it.
+    alice.type(f"/add {bob_link}")
+    alice.expect(f"invitation sent to {bob_id}")
+    bob.expect(f"Alice ({alice_id}) wants to be your contact")
+    bob.type("/invites")
+    bob.expect(f"Alice ({alice_id}) invited you")
+    bob.type("/accept")
+    bob.expect("you and Alice are now contacts")
+    bob.expect("── conversation with Alice ──")
+    alice.expect("accepted your invitation")
+    alice.type("/contacts")
+    alice.expect_re(rf"1\. Bob +{bob_id}  contact")
+    alice.type("/open bob")
+    alice.expect("── conversation with Bob ──")
+
+    # Messages both ways; Bob has the conversation open, so Alice's is read at once.
+    alice.type("hello from alice")
+    bob.expect("Alice: hello from alice")
+    alice.expect('"hello from alice": read')
+    bob.type("hi alice, bob here")
+    alice.expect("Bob: hi alice, bob here")
+    bob.expect('"hi alice, bob here": read')
+
+    # The same safety number on both sides; verifying checks it.
+    alice.type("/safety")
+    number = alice.expect_re(r"safety number with Bob \(not verified\):\s+" + SAFETY).group(1)
+    bob.type("/safety")
+    assert bob.expect_re(r"safety number with Alice \(not verified\):\s+"
+                         + SAFETY).group(1) == number
+    alice.type("/verify 12345")
+    alice.expect("error: a safety number is 60 digits (spaces allowed)")
+    wrong = ("1" if number[0] != "1" else "2") + number[1:]
+    alice.type(f"/verify {wrong}")
+    alice.expect("that is NOT your safety number with Bob: not verified")
+    alice.type(f"/verify {number}")
+    alice.expect("Bob is verified: the safety numbers match")
+    alice.type("/safety")
+    alice.expect("safety number with Bob (verified)")
+
+    # History and search.
+    alice.type("/search bob here")
+    alice.expect("1 message(s) with 'bob here'")
+    alice.expect("Bob: hi alice, bob here")
+    alice.type("/search nothing-like-this")
+    alice.expect("nothing found for 'nothing-like-this'")
+    alice.type("/history")
+    lines = alice.expect("Bob: hi alice, bob here")
+    assert re.search(r"#[0-9a-f]{6} you: hello from alice  \[read\]", lines), lines
+    alice.type("/history many")
+    alice.expect("error: usage: /history [count]")
+
+    # Still alive after all the errors; both leave cleanly.
+    alice.type("still here")
+    bob.expect("Alice: still here")
+    assert alice.quit() == 0
+    assert bob.quit() == 0
+
+
+def test_files_or_a_clear_message(chats: dict[str, Chat], tmp_path: Path) -> None:
+    alice, bob = chats["alice"], chats["bob"]
+    _, bob_link = _register(bob, "Bob")
+    _register(alice, "Alice")
+    alice.type(f"/add {bob_link}")
+    bob.expect("wants to be your contact")
+    bob.type("/accept")
+    bob.expect("── conversation with Alice ──")
+    alice.expect("accepted your invitation")
+    alice.type("/open Bob")
+    alice.expect("── conversation with Bob ──")
+    alice.type(f"/send {tmp_path / 'missing.bin'}")
+    if not hasattr(AsyncClient, "send_file"):
+        alice.expect("error: file transfer is not available yet")
+        bob.type("/get #abcdef /tmp")
+        bob.expect("error: file transfer is not available yet")
+        assert alice.quit() == 0
+        assert bob.quit() == 0
+        return
+    alice.expect(f"error: no file at {tmp_path / 'missing.bin'}")
+    payload = os.urandom(3 * 1024 * 1024 + 123)
+    source = tmp_path / "photo.bin"
+    source.write_bytes(payload)
+    alice.type(f"/send {source}")
+    alice.expect("sent photo.bin (3.1 MB) to Bob")
+    file_id = bob.expect_re(r"Alice sent a file.*\(/get (#[0-9a-f]{6}) <dest>\)").group(1)
+    dest = tmp_path / "received.bin"
+    bob.type(f"/get {file_id} {dest}")
+    bob.expect(f"saved {file_id} to")
+    assert dest.read_bytes() == payload
+    assert alice.quit() == 0
+    assert bob.quit() == 0
+
+
+def test_passphrase_prompt_and_wrong_passphrase(pigeon_relay: RelayProcess,  # noqa: F811
+                                                tmp_path: Path) -> None:
+    profile = tmp_path / "carol.pigeon"
+    secret = "carol's very secret passphrase"
+    carol = Chat("carol", profile, pigeon_relay.url, passphrase=None)
+    try:
+        carol.expect("choose a passphrase:")
+        carol.type(secret)
+        carol.expect("repeat it:")
+        carol.type(secret + " typo")
+        carol.expect("the two passphrases differ")
+        carol.expect("choose a passphrase:")
+        carol.type(secret)
+        carol.expect("repeat it:")
+        carol.type(secret)
+        carol.expect("This profile has no account yet")
+        assert carol.quit() == 0
+        assert secret not in "".join(carol.transcript)
+    finally:
+        carol.kill()
+
+    wrong = Chat("carol", profile, pigeon_relay.url, passphrase="not it")
+    try:
+        wrong.expect(f"pigeon-chat: wrong passphrase for {profile}")
+        wrong.proc.expect(pexpect.EOF)
+        wrong.proc.close()
+        assert wrong.proc.exitstatus == 1
+    finally:
+        wrong.kill()
+
+    again = Chat("carol", profile, pigeon_relay.url, passphrase=None)
+    try:
+        again.expect("passphrase:")
+        again.type(secret)
+        again.expect("This profile has no account yet")
+        assert again.quit() == 0
+    finally:
+        again.kill()
