@@ -67,8 +67,8 @@ class Chat:
         self.type("/quit")
         self.proc.expect(pexpect.EOF)
         self.proc.close()
-        assert self.proc.exitstatus is not None
-        return self.proc.exitstatus
+        status: int = self.proc.exitstatus
+        return status
 
     def kill(self) -> None:
         if self.proc.isalive():
