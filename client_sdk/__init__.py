@@ -70,6 +70,14 @@ from .files import (
     TransferState,
     UnknownTransfer,
 )
+from .groups import (
+    GroupChanged,
+    GroupInfo,
+    GroupTypingChanged,
+    NotGroupAdmin,
+    NotGroupMember,
+    UnknownGroup,
+)
 from .history import MessageKind, MessageStatus
 from .payloads import ContactLink
 from .store import Contact, ContactState, Durability
@@ -93,6 +101,9 @@ __all__ = [
     "FileInfo",
     "FileOptions",
     "FileTooLarge",
+    "GroupChanged",
+    "GroupInfo",
+    "GroupTypingChanged",
     "IdentityChangeUnacknowledged",
     "IdentityChanged",
     "IdentityMismatch",
@@ -108,6 +119,8 @@ __all__ = [
     "MessageStatusChanged",
     "MessagesLost",
     "NotAFileMessage",
+    "NotGroupAdmin",
+    "NotGroupMember",
     "NotRegistered",
     "PresenceChanged",
     "ProfileChanged",
@@ -127,6 +140,7 @@ __all__ = [
     "TransferState",
     "TypingChanged",
     "UnknownContact",
+    "UnknownGroup",
     "UnknownTransfer",
     "WrongPassphrase",
 ]

@@ -47,6 +47,7 @@ from protocol.inner import (
     DeleteScope,
     Edit,
     File,
+    GroupControl,
     InnerMessage,
     MailboxAnnouncement,
     MailboxRotation,
@@ -55,11 +56,13 @@ from protocol.inner import (
     Reaction,
     Receipt,
     ReceiptKind,
+    SenderKeyDistribution,
     Text,
     Typing,
     decode_inner,
 )
 
+from . import _groups_receive
 from .events import (
     ContactAccepted,
     Event,
@@ -136,6 +139,8 @@ class Received:
     dropped: int = 0
     profile_followups: list[bytes] = field(default_factory=list)
     """Peers that must get our profile (a simultaneous initiation resolved their way)."""
+    groups_changed: bool = False
+    """A group state or chain was stored: pending group blobs may now be placed."""
 
     def ack(self, mailbox_id: bytes, seq: int) -> None:
         self.acks.setdefault(mailbox_id, []).append(seq)
@@ -158,6 +163,7 @@ class _Overlay:
         self.core = core
         self.sessions: dict[bytes, RatchetState] = {}
         self.contacts: dict[bytes, Contact] = {}
+        self.groups = _groups_receive.GroupBatch(core)
 
     def session(self, peer: bytes) -> RatchetState | None:
         return self.sessions.get(peer) or self.core.session(peer)
@@ -218,6 +224,7 @@ def receive(core: ClientCore, deliveries: Sequence[DeliveryLike], *, now_ms: int
             out.items += single.items
             out.dropped += single.dropped
             out.profile_followups += single.profile_followups
+            out.groups_changed |= single.groups_changed
             for mailbox_id, seqs in single.acks.items():
                 out.acks.setdefault(mailbox_id, []).extend(seqs)
         return out
@@ -225,6 +232,7 @@ def receive(core: ClientCore, deliveries: Sequence[DeliveryLike], *, now_ms: int
         core.cache_session(peer, state)
     for contact in overlay.contacts.values():
         core.cache_contact(contact)
+    out.groups_changed = overlay.groups.changed
     for p, key, result in zip(pending, refs, results, strict=True):
         out.ack(*key)
         if result.outcome is ReceiveOutcome.DUPLICATE_ENVELOPE:
@@ -260,6 +268,12 @@ def _process(core: ClientCore, overlay: _Overlay, d: DeliveryLike, now_ms: int,
         return None
     contact = overlay.contact(contact.account_id) or contact
     peer = contact.account_id
+    if _groups_receive.is_group_blob(d.blob):
+        if contact.state is not ContactState.ACCEPTED:
+            return None
+        group_in, group_events = _groups_receive.receive_blob(
+            core, overlay.groups, peer, envelope, d.blob, now_ms=now_ms)
+        return _Pending(group_in, events=group_events)
     state = overlay.session(peer)
     if state is None:
         return None
@@ -391,8 +405,13 @@ def _apply_inner(core: ClientCore, overlay: _Overlay, contact: Contact, pending:
                 overlay.contacts[peer] = updated
                 pending.incoming = dataclasses.replace(pending.incoming, contact=updated)
                 pending.events.append(MailboxRotated(peer=peer))
+        case GroupControl() | SenderKeyDistribution():
+            write, group_events = _groups_receive.apply_inner(core, overlay.groups, peer, inner,
+                                                              now_ms=now_ms)
+            pending.incoming = dataclasses.replace(pending.incoming, group=write)
+            pending.events += group_events
         case _:
-            pass  # FOR_ME deletes (other devices' business), group kinds (later)
+            pass  # FOR_ME deletes (other devices' business)
     if op is not None:
         pending.incoming = dataclasses.replace(pending.incoming, history=op)
     return pending
@@ -527,6 +546,10 @@ def receive_ephemeral(core: ClientCore, mailbox_id: bytes, blob: bytes, *, now_m
     if contact is None:
         return []
     peer = contact.account_id
+    if _groups_receive.is_group_blob(blob):
+        if contact.state is not ContactState.ACCEPTED:
+            return []
+        return _groups_receive.receive_ephemeral(core, peer, blob, now_ms=now_ms)
     state = core.session(peer)
     if state is None:
         return []

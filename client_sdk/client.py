@@ -64,6 +64,7 @@ from . import _sending
 from ._client_api import ClientApiMixin
 from ._client_background import BackgroundMixin
 from ._client_files import FilesMixin
+from ._client_groups import GroupsApiMixin
 from ._client_relay import RelayApiMixin
 from ._connection import RelayConnection, parse_fingerprint, websocket_url
 from ._pump import OutboxPump
@@ -91,7 +92,7 @@ E = TypeVar("E", bound=Event)
 Handler = Callable[[Any], object]
 
 
-class AsyncClient(FilesMixin, BackgroundMixin, RelayApiMixin, ClientApiMixin):
+class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, ClientApiMixin):
     """The networked client of one profile (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike[str], passphrase: str | bytes, *,

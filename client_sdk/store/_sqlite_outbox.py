@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import RecordNotFound, StoreConflict
 from ..history import ApplyOutcome, MessageStatus, NewMessage
 from . import _sqlite_contacts as contacts
+from . import _sqlite_groups as groups
 from . import _sqlite_history as history
 from . import _sqlite_keys as keys
 from ._sqlite_db import Tx
@@ -95,6 +96,8 @@ def enqueue(tx: Tx, outgoing: Outgoing) -> OutboxItem:
         keys.store_session(tx, outgoing.session.peer, outgoing.session.state)
     if outgoing.sender_key is not None:
         keys.store_outbound_sender_key(tx, outgoing.sender_key.group_id, outgoing.sender_key.key)
+    if outgoing.group is not None:
+        groups.write(tx, outgoing.group)
     link = None
     if op is not None:
         outcome, link = history.apply(tx, op)
@@ -182,6 +185,8 @@ def commit_receive(tx: Tx, incoming: Incoming) -> ReceiveResult:
     if incoming.sender_key is not None:
         u = incoming.sender_key
         keys.store_sender_key_record(tx, u.group_id, u.sender, u.record)
+    if incoming.group is not None:
+        groups.write(tx, incoming.group)
     outcome = None
     if incoming.history is not None:
         outcome, _ = history.apply(tx, incoming.history)

@@ -266,7 +266,15 @@ def _v2(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, _v1), Migration(2, _v2))
+def _v3(conn: sqlite3.Connection) -> None:
+    # Groups (docs/sdk.md §15.15); statements in client_sdk.store._sqlite_groups.
+    from ._sqlite_groups import SCHEMA_GROUPS
+
+    for statement in SCHEMA_GROUPS:
+        conn.execute(statement)
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, _v1), Migration(2, _v2), Migration(3, _v3))
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 

@@ -38,8 +38,10 @@ from ..history import (
     SearchPage,
     StoredMessage,
 )
+from ._memory_groups import GroupTables
 from ._memory_history import HistoryTables
 from ._memory_keys import PrekeyRow, PrekeyTables
+from .group_records import GroupRecord, GroupWrite, PendingGroupBlob, StoredGroupState
 from .records import (
     Contact,
     ContactState,
@@ -83,6 +85,7 @@ class _Tables:
     next_seq: int = 1
     envelopes: dict[tuple[bytes, int], int] = dataclasses.field(default_factory=dict)
     history: HistoryTables = dataclasses.field(default_factory=HistoryTables)
+    groups: GroupTables = dataclasses.field(default_factory=GroupTables)
 
     def copy(self) -> _Tables:
         return dataclasses.replace(
@@ -90,6 +93,7 @@ class _Tables:
             records=dict(self.records), contacts=dict(self.contacts),
             settings=dict(self.settings), outbox=dict(self.outbox),
             envelopes=dict(self.envelopes), history=self.history.copy(),
+            groups=self.groups.copy(),
         )
 
 
@@ -251,6 +255,43 @@ class MemoryStore:
             t.records = {k: v for k, v in t.records.items() if k[0] != group_id}
             t.shares = frozenset(s for s in t.shares if s[0] != group_id)
 
+    # --- groups ---------------------------------------------------------------------------
+
+    def load_group(self, group_id: bytes) -> GroupRecord | None:
+        return self._t.groups.groups.get(group_id)
+
+    def list_groups(self) -> list[GroupRecord]:
+        return [g for _, g in sorted(self._t.groups.groups.items())]
+
+    def group_states(self, group_id: bytes) -> list[StoredGroupState]:
+        return self._t.groups.group_states(group_id)
+
+    def group_for_chain(self, sender: bytes, chain_id: int) -> bytes | None:
+        return self._t.groups.chains.get((sender, chain_id))
+
+    def pending_group_blobs(self, *, limit: int = 1000) -> list[PendingGroupBlob]:
+        return [p for _, p in sorted(self._t.groups.pending.items())][:limit]
+
+    def write_group(self, write: GroupWrite, *, now_ms: int) -> None:
+        with self._atomic() as t:
+            self._write_group(t, write)
+
+    def _write_group(self, t: _Tables, w: GroupWrite) -> None:
+        def share(group_id: bytes, chain_id: int, member: bytes) -> None:
+            t.shares = t.shares | {(group_id, chain_id, member)}
+
+        def store_records(w: GroupWrite) -> None:
+            for u in w.sender_keys:
+                t.records[(u.group_id, u.sender)] = u.record.to_bytes()
+
+        def forget(group_id: bytes) -> None:
+            t.outbound.pop(group_id, None)
+            t.records = {k: v for k, v in t.records.items() if k[0] != group_id}
+            t.shares = frozenset(s for s in t.shares if s[0] != group_id)
+
+        t.groups.write(w, share=share, store_record=store_records,
+                       apply=lambda op: self._apply(t, op), forget=forget)
+
     # --- contacts and settings ----------------------------------------------------------
 
     def get_contact(self, account_id: bytes) -> Contact | None:
@@ -341,6 +382,8 @@ class MemoryStore:
             t.sessions[outgoing.session.peer] = outgoing.session.state.to_bytes()
         if outgoing.sender_key is not None:
             self._store_outbound(t, outgoing.sender_key.group_id, outgoing.sender_key.key)
+        if outgoing.group is not None:
+            self._write_group(t, outgoing.group)
         link = None
         if op is not None:
             outcome, link = self._apply(t, op)
@@ -436,6 +479,8 @@ class MemoryStore:
         if incoming.sender_key is not None:
             u = incoming.sender_key
             t.records[(u.group_id, u.sender)] = u.record.to_bytes()
+        if incoming.group is not None:
+            self._write_group(t, incoming.group)
         outcome = None
         if incoming.history is not None:
             outcome, _ = self._apply(t, incoming.history)

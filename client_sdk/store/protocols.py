@@ -54,6 +54,7 @@ from ..history import (
     SearchPage,
     StoredMessage,
 )
+from .group_records import GroupStore
 from .records import (
     Contact,
     ContactState,
@@ -422,6 +423,7 @@ class HistoryStore(Protocol):
 
 
 class ClientStore(
+    GroupStore,
     IdentityStore,
     PreKeyStore,
     SessionStore,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pigeon_crypto.identity import (
     ACCOUNT_ID_SIZE,
@@ -25,6 +26,9 @@ from pigeon_crypto.rng import Rng
 from pigeon_crypto.sender_keys import OutboundSenderKey, SenderKeyRecord
 
 from ..history import ApplyOutcome, HistoryOp
+
+if TYPE_CHECKING:
+    from .group_records import GroupWrite
 
 __all__ = [
     "CAPABILITY_SIZE",
@@ -344,6 +348,8 @@ class Outgoing:
     sender_key: OutboundSenderKeyUpdate | None = None
     history: HistoryOp | None = None
     contact: Contact | None = None
+    group: GroupWrite | None = None
+    """Group changes stored with this row (``store.group_records``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -382,6 +388,8 @@ class Incoming:
     contact: Contact | None = None
     history: HistoryOp | None = None
     reply: OutboxEntry | None = None
+    group: GroupWrite | None = None
+    """Group changes stored with this envelope (``store.group_records``)."""
 
 
 class ReceiveOutcome(enum.Enum):

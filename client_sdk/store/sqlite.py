@@ -35,10 +35,12 @@ from ..history import (
     StoredMessage,
 )
 from . import _sqlite_contacts as contacts
+from . import _sqlite_groups as _groups
 from . import _sqlite_history as history
 from . import _sqlite_keys as _keys
 from . import _sqlite_outbox as outbox
 from ._sqlite_db import Db
+from .group_records import GroupRecord, GroupWrite, PendingGroupBlob, StoredGroupState
 from .records import (
     Contact,
     ContactState,
@@ -189,6 +191,32 @@ class SqliteStore:
             _keys.delete_group_sender_keys(tx, group_id)
 
     # --- contacts and settings ----------------------------------------------------------
+
+    # --- groups ---------------------------------------------------------------------------
+
+    def load_group(self, group_id: bytes) -> GroupRecord | None:
+        with self._db.read("load_group") as tx:
+            return _groups.load_group(tx, group_id)
+
+    def list_groups(self) -> list[GroupRecord]:
+        with self._db.read("list_groups") as tx:
+            return _groups.list_groups(tx)
+
+    def group_states(self, group_id: bytes) -> list[StoredGroupState]:
+        with self._db.read("group_states") as tx:
+            return _groups.group_states(tx, group_id)
+
+    def group_for_chain(self, sender: bytes, chain_id: int) -> bytes | None:
+        with self._db.read("group_for_chain") as tx:
+            return _groups.group_for_chain(tx, sender, chain_id)
+
+    def pending_group_blobs(self, *, limit: int = 1000) -> list[PendingGroupBlob]:
+        with self._db.read("pending_group_blobs") as tx:
+            return _groups.pending_group_blobs(tx, limit)
+
+    def write_group(self, write: GroupWrite, *, now_ms: int) -> None:
+        with self._db.write("write_group") as tx:
+            _groups.write(tx, write)
 
     def get_contact(self, account_id: bytes) -> Contact | None:
         with self._db.read("get_contact") as tx:

@@ -1,0 +1,285 @@
+"""The groups and channels part of :class:`~client_sdk.client.AsyncClient`'s API
+(docs/sdk.md §15.15). Each call runs the core's group logic (``_groups``) on the
+worker, queues the stored rows on the outbox pump and emits the events."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+from protocol.frames import SendEphemeral
+from protocol.group import GroupState
+from protocol.inner import (
+    Delete,
+    DeleteScope,
+    Edit,
+    File,
+    InnerMessage,
+    Reaction,
+    Receipt,
+    ReceiptKind,
+    Text,
+    Typing,
+)
+
+from . import _groups
+from .errors import ClientError, ConnectionLost
+from .events import Event, MessageRef, MessageStatusChanged
+from .groups import GroupInfo
+from .history import (
+    DeleteMessage,
+    EditMessage,
+    HistoryOp,
+    MessageKind,
+    MessageStatus,
+    NewMessage,
+    Page,
+    PageCursor,
+    React,
+    UpdateStatus,
+)
+
+if TYPE_CHECKING:
+    from ._connection import RelayConnection
+    from ._pump import OutboxPump
+    from .core import ClientCore
+    from .store.records import OutboxItem
+
+__all__ = ["GroupsApiMixin"]
+
+T = TypeVar("T")
+
+
+def _ids(ids: Sequence[bytes]) -> tuple[bytes, ...]:
+    return tuple(sorted(set(ids)))
+
+
+class GroupsApiMixin:
+    """Mixed into AsyncClient (which provides the attributes declared here)."""
+
+    if TYPE_CHECKING:
+        _conn: RelayConnection | None
+        _pump: OutboxPump
+
+        async def _run(self, fn: Callable[[ClientCore], T]) -> T: ...
+
+        def _emit(self, events: Sequence[Event]) -> None: ...
+
+        @staticmethod
+        def _now_ms() -> int: ...
+
+    # --- group state --------------------------------------------------------------------
+
+    async def create_group(self, name: str, members: Sequence[bytes], *,
+                           admins: Sequence[bytes] = (), avatar_manifest: bytes | None = None,
+                           channel: bool = False) -> GroupInfo:
+        """Create a group with us as an admin and send it to every member (each must be
+        an accepted contact). *avatar_manifest* is an encoded file manifest.
+
+        Raises:
+            UnknownContact, ContactNotReady, ContactBlocked, IdentityChangeUnacknowledged.
+        """
+        now = self._now_ms()
+        group_id, items, events = await self._run(lambda c: _groups.create(
+            c, name=name, members=members, admins=admins, avatar=avatar_manifest,
+            channel=channel, now_ms=now))
+        self._pump.add(items)
+        self._emit(events)
+        return await self.group(group_id)
+
+    async def create_channel(self, name: str, subscribers: Sequence[bytes], *,
+                             admins: Sequence[bytes] = (),
+                             avatar_manifest: bytes | None = None) -> GroupInfo:
+        """A group where only admins post and the others read."""
+        return await self.create_group(name, subscribers, admins=admins,
+                                       avatar_manifest=avatar_manifest, channel=True)
+
+    async def _change(self, group_id: bytes,
+                      mutate: Callable[[GroupState], dict[str, object]], *,
+                      leave: bool = False) -> GroupInfo:
+        now = self._now_ms()
+        items, events = await self._run(lambda c: _groups.change(c, group_id, mutate,
+                                                                 leave=leave, now_ms=now))
+        self._pump.add(items)
+        self._emit(events)
+        return await self.group(group_id)
+
+    async def add_members(self, group_id: bytes, members: Sequence[bytes]) -> GroupInfo:
+        """Add accepted contacts (admins only). They read only what is sent from now on."""
+        return await self._change(group_id, lambda s: {"members": _ids([*s.members, *members])})
+
+    async def remove_members(self, group_id: bytes, members: Sequence[bytes]) -> GroupInfo:
+        """Remove members (admins only); every remaining member rotates its sender key
+        before its next message, so the removed read nothing sent after this."""
+        gone = set(members)
+        return await self._change(group_id, lambda s: {
+            "members": tuple(m for m in s.members if m not in gone),
+            "admins": tuple(m for m in s.admins if m not in gone)})
+
+    async def rename_group(self, group_id: bytes, name: str) -> GroupInfo:
+        return await self._change(group_id, lambda s: {"name": name})
+
+    async def set_group_avatar(self, group_id: bytes, avatar_manifest: bytes | None,
+                               ) -> GroupInfo:
+        return await self._change(group_id, lambda s: {"avatar": avatar_manifest})
+
+    async def promote(self, group_id: bytes, members: Sequence[bytes]) -> GroupInfo:
+        """Make members admins (admins only)."""
+        return await self._change(group_id, lambda s: {"admins": _ids([*s.admins, *members])})
+
+    async def demote(self, group_id: bytes, members: Sequence[bytes]) -> GroupInfo:
+        """Take admin rights away (admins only; a group keeps at least one admin)."""
+        gone = set(members)
+        return await self._change(group_id, lambda s: {
+            "admins": tuple(m for m in s.admins if m not in gone)})
+
+    async def leave_group(self, group_id: bytes) -> None:
+        """Leave: a state without us, signed by us, sent to the others. If we are the
+        last admin, the member with the smallest account id becomes one."""
+        now = self._now_ms()
+        items, events = await self._run(lambda c: _groups.leave(c, group_id, now_ms=now))
+        self._pump.add(items)
+        self._emit(events)
+
+    async def group(self, group_id: bytes) -> GroupInfo:
+        """The group as its current state describes it.
+
+        Raises:
+            UnknownGroup.
+        """
+        now = self._now_ms()
+        return await self._run(lambda c: _groups.group_info(
+            c, _groups.GroupView.load(c, group_id), now_ms=now))
+
+    async def groups(self, *, include_left: bool = False) -> list[GroupInfo]:
+        """Every group we are in (and those we left, with *include_left*)."""
+        now = self._now_ms()
+
+        def all_groups(c: ClientCore) -> list[GroupInfo]:
+            out = []
+            for record in c.store.list_groups():
+                if record.active or include_left:
+                    out.append(_groups.group_info(c, _groups.GroupView.load(c, record.group_id),
+                                                  now_ms=now))
+            return out
+
+        return await self._run(all_groups)
+
+    async def group_members(self, group_id: bytes) -> tuple[bytes, ...]:
+        return (await self.group(group_id)).members
+
+    # --- group messages -------------------------------------------------------------------
+
+    async def _group_send(self, group_id: bytes, make: Callable[[bytes, int], InnerMessage],
+                          history: Callable[[int, bytes], HistoryOp | None],
+                          *, new_message: bool = False) -> MessageRef:
+        now = self._now_ms()
+        mid, cid, items = await self._run(lambda c: _groups.send(c, group_id, make, history,
+                                                                 now_ms=now))
+        self._pump.add(items)
+        if new_message:
+            self._emit([MessageStatusChanged(peer=group_id, conversation_id=cid,
+                                             message_id=mid, status=MessageStatus.PENDING)])
+        last: list[OutboxItem] = items[-1:]
+        return MessageRef(peer=group_id, conversation_id=cid, message_id=mid,
+                          client_msg_id=last[0].client_msg_id if last else bytes(16))
+
+    async def send_group_text(self, group_id: bytes, text: str, *,
+                              reply_to: bytes | None = None) -> MessageRef:
+        """One sender-key message, one multi-recipient send to every member.
+
+        Raises:
+            UnknownGroup, NotGroupMember, NotGroupAdmin (in a channel, for non-admins).
+        """
+        return await self._group_send(
+            group_id,
+            lambda mid, now: Text(message_id=mid, sent_at_ms=now, text=text, reply_to=reply_to),
+            lambda cid, mid: NewMessage(conversation_id=cid, message_id=mid, sender=None,
+                                        sent_at_ms=self._now_ms(), body=text,
+                                        reply_to=reply_to),
+            new_message=True)
+
+    async def send_group_file(self, group_id: bytes, manifest: bytes, *,
+                              caption: str | None = None,
+                              reply_to: bytes | None = None) -> MessageRef:
+        """Share an uploaded file (its encoded manifest) with the group."""
+        return await self._group_send(
+            group_id,
+            lambda mid, now: File(message_id=mid, sent_at_ms=now, manifest=manifest,
+                                  caption=caption, reply_to=reply_to),
+            lambda cid, mid: NewMessage(conversation_id=cid, message_id=mid, sender=None,
+                                        sent_at_ms=self._now_ms(), kind=MessageKind.FILE,
+                                        body=caption, attachment=manifest, reply_to=reply_to),
+            new_message=True)
+
+    async def _own_message(self, group_id: bytes, target: bytes) -> None:
+        cid = (await self.group(group_id)).conversation_id
+        msg = await self._run(lambda c: c.store.get_message(cid, target))
+        if msg is None or not msg.outgoing or msg.deleted_at_ms is not None:
+            raise ClientError(f"message {target.hex()} is not one of our messages")
+
+    async def edit_group_message(self, group_id: bytes, message_id: bytes, text: str) -> None:
+        await self._own_message(group_id, message_id)
+        await self._group_send(
+            group_id,
+            lambda mid, now: Edit(message_id=mid, sent_at_ms=now, target=message_id, text=text),
+            lambda cid, mid: EditMessage(conversation_id=cid, target=message_id, editor=None,
+                                         text=text, edited_at_ms=self._now_ms()))
+
+    async def react_in_group(self, group_id: bytes, message_id: bytes, emoji: str, *,
+                             remove: bool = False) -> None:
+        await self._group_send(
+            group_id,
+            lambda mid, now: Reaction(message_id=mid, sent_at_ms=now, target=message_id,
+                                      emoji=emoji, remove=remove),
+            lambda cid, mid: React(conversation_id=cid, target=message_id, reactor=None,
+                                   emoji=emoji, remove=remove, at_ms=self._now_ms()))
+
+    async def delete_in_group(self, group_id: bytes, message_id: bytes) -> None:
+        """Delete one of our group messages for every member (a tombstone stays)."""
+        await self._own_message(group_id, message_id)
+        await self._group_send(
+            group_id,
+            lambda mid, now: Delete(message_id=mid, sent_at_ms=now, target=message_id,
+                                    scope=DeleteScope.FOR_EVERYONE),
+            lambda cid, mid: DeleteMessage(conversation_id=cid, target=message_id, by=None,
+                                           scope=DeleteScope.FOR_EVERYONE,
+                                           at_ms=self._now_ms()))
+
+    async def mark_group_read(self, group_id: bytes, message_ids: Sequence[bytes]) -> None:
+        """Mark group messages READ: one receipt for all of them, one send to the group
+        (authors see their message READ at the first reader)."""
+        ids = tuple(message_ids)
+        await self._group_send(
+            group_id,
+            lambda mid, now: Receipt(message_id=mid, sent_at_ms=now, kind=ReceiptKind.READ,
+                                     message_ids=ids),
+            lambda cid, mid: UpdateStatus(conversation_id=cid, message_ids=ids,
+                                          status=MessageStatus.READ, by=None,
+                                          at_ms=self._now_ms()))
+
+    async def send_group_typing(self, group_id: bytes, active: bool = True) -> bool:
+        """Ephemeral typing signal to the members online now (never stored). Returns
+        whether it was sent (members get our chain with our first group message)."""
+        now = self._now_ms()
+        signal = await self._run(lambda c: _groups.ephemeral(
+            c, group_id, Typing(message_id=c.rng(16), sent_at_ms=now, active=active),
+            now_ms=now))
+        conn = self._conn
+        if signal is None or conn is None:
+            return False
+        cmid, blob, recipients = signal
+        with contextlib.suppress(ConnectionLost):
+            conn.send(lambda rid: SendEphemeral(request_id=rid, client_msg_id=cmid, blob=blob,
+                                                recipients=recipients))
+            return True
+        return False
+
+    async def group_history(self, group_id: bytes, *, before: PageCursor | None = None,
+                            after: PageCursor | None = None, limit: int = 50) -> Page:
+        """A page of the group's conversation, oldest first."""
+        cid = (await self.group(group_id)).conversation_id
+        now = self._now_ms()
+        return await self._run(lambda c: c.store.page(cid, before=before, after=after,
+                                                      limit=limit, now_ms=now))

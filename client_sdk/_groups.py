@@ -1,0 +1,508 @@
+"""Groups in the core: group state and its convergence, control messages, sender keys
+and group sends (docs/sdk.md §15.15, docs/protocol.md §9.14). Receiving is in
+:mod:`client_sdk._groups_receive`.
+
+Theory of operation
+    **State.** A group is a set of signed :class:`~protocol.group.GroupState` s, each
+    complete (name, avatar, members, admins, channel flag) and naming its version and
+    its parent's hash. A state is *valid* when it is the base we joined with (signed
+    by one of its admins, naming us) or when its parent is valid, its version is the
+    parent's + 1 and its signer may make it: an admin of the parent may make any
+    change; any member may sign the one change that removes itself (leaving). States
+    whose parent has not arrived yet are kept *pending* and re-examined as others
+    arrive (control messages of different signers come over different mailboxes, in
+    no common order).
+
+    **Convergence rule.** The current state (the *head*) is, among the valid states,
+    the one with the highest version; among equal versions, the one with the smallest
+    ``(signer account id, SHA-256 of its encoding)``, bytewise. It is a function of the
+    set of valid states only, so members that received the same control messages agree
+    whatever the order. Concurrent changes at one version do not merge: the loser's
+    change is dropped (its author sees ``GroupChanged`` back to the winner and may
+    make it again).
+
+    **Control messages** are ``GroupControl`` inner messages (the encoded state and the
+    signer's identity signature, purpose ``group-control``) sent by the signer over its
+    pairwise session to every member of the parent and of the new state (so removed
+    members learn it). The state change and the outbox rows are one transaction.
+
+    **Sender keys.** Each member has one outbound chain per group
+    (``pigeon_crypto.sender_keys``). Before a group send the sender compares whom its
+    chain was shared with (``sender_key_shares``) with the current members: if anyone
+    it was shared with is no longer a member, it starts a new chain (rotation, so a
+    removed member reads nothing sent after its removal); then it sends the chain, at
+    its current iteration, to every member lacking it (a ``SenderKeyDistribution`` over
+    the pairwise session, before the message on the same mailbox, so it arrives
+    first). A new member therefore receives chains at their current iteration and
+    cannot read anything from before it joined.
+
+    **Group messages** are inner messages (Text, Edit, Reaction, Delete, Receipt...)
+    padded and encrypted once with the sender's chain, prefixed with
+    :data:`GROUP_BLOB_PREFIX`, and stored with ONE multi-recipient ``Send``: the blob and
+    each member's pairwise mailbox with its capability. The receiver knows the sender
+    from the mailbox and the group from ``(sender, chain id)``: no group id travels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from pigeon_crypto.padding import pad_message
+from pigeon_crypto.ratchet import RatchetState
+from pigeon_crypto.sender_keys import OutboundSenderKey
+from pigeon_crypto.signing import Purpose
+from protocol import limits as L
+from protocol.group import MAX_GROUP_MEMBERS, GroupState
+from protocol.inner import GroupControl, InnerMessage, SenderKeyDistribution
+
+from ._sending import _Batch
+from .errors import ClientError
+from .groups import (
+    GroupChanged,
+    GroupInfo,
+    NotGroupAdmin,
+    NotGroupMember,
+    UnknownGroup,
+)
+from .history import ConversationKind, HistoryOp
+from .store.group_records import (
+    GroupRecord,
+    GroupWrite,
+    SignedGroupState,
+    StateStatus,
+    StoredGroupState,
+)
+from .store.records import (
+    OutboundSenderKeyUpdate,
+    OutboxEntry,
+    OutboxItem,
+    Outgoing,
+    Recipient,
+    SessionUpdate,
+)
+
+if TYPE_CHECKING:
+    from .core import ClientCore
+    from .events import Event
+
+__all__ = ["GROUP_BLOB_PREFIX", "GroupView", "group_info"]
+
+_log = logging.getLogger("pigeon.sdk.groups")
+
+GROUP_BLOB_PREFIX: Final = 0x81
+"""First byte of a group (sender-key) blob on a pairwise mailbox; a Double Ratchet
+message starts with its version, 0x01."""
+MAX_PENDING_STATES: Final = 256
+"""Pending states kept per group: bounds what a member can make us store."""
+
+
+# --- convergence ------------------------------------------------------------------------------
+
+
+def authorized(parent: GroupState, child: GroupState) -> bool:
+    """Whether *child* may follow *parent* (versions, signer's rights)."""
+    if child.group_id != parent.group_id or child.version != parent.version + 1:
+        return False
+    signer = child.signer
+    if signer in parent.admins:
+        return True
+    # Leaving: a member removes itself and changes nothing else.
+    return (signer in parent.members and signer not in child.members
+            and set(child.members) == set(parent.members) - {signer}
+            and child.admins == parent.admins and child.name == parent.name
+            and child.avatar == parent.avatar and child.channel == parent.channel)
+
+
+@dataclass(slots=True)
+class GroupView:
+    """A group's states as this device holds them, with the rules applied."""
+
+    group_id: bytes
+    record: GroupRecord | None
+    states: dict[bytes, StoredGroupState] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, core: ClientCore, group_id: bytes) -> GroupView:
+        record = core.store.load_group(group_id)
+        states = {s.signed.hash: s for s in core.store.group_states(group_id)}
+        return cls(group_id=group_id, record=record, states=states)
+
+    @property
+    def head(self) -> SignedGroupState | None:
+        if self.record is None:
+            return None
+        found = self.states.get(self.record.head)
+        return None if found is None else found.signed
+
+    @property
+    def active(self) -> bool:
+        return self.record is not None and self.record.active
+
+    def _valid(self) -> list[SignedGroupState]:
+        return [s.signed for s in self.states.values() if s.status is StateStatus.VALID]
+
+    def absorb(self, signed: SignedGroupState, me: bytes, *, now_ms: int,
+               ) -> list[StoredGroupState]:
+        """Add a state whose signature was verified; returns the rows to store (new or
+        now valid). The head is recomputed by :meth:`converge`."""
+        known = self.states.get(signed.hash)
+        if known is not None and known.status is StateStatus.VALID:
+            return []
+        st = signed.state
+        head = self.head
+        base = (not self.active and me in st.members and st.signer in st.admins
+                and (head is None or st.version > head.state.version))
+        if base:
+            row = StoredGroupState(signed=signed, status=StateStatus.VALID,
+                                   received_at_ms=now_ms)
+            self.states[signed.hash] = row
+            return [row, *self._settle(now_ms)]
+        if head is None:
+            return []  # not ours to hold: we are not a member of it
+        pending = sum(1 for s in self.states.values() if s.status is StateStatus.PENDING)
+        if known is None and pending >= MAX_PENDING_STATES:
+            _log.info("too many pending states in a group; one dropped")
+            return []
+        row = StoredGroupState(signed=signed, status=StateStatus.PENDING, received_at_ms=now_ms)
+        self.states[signed.hash] = row
+        settled = self._settle(now_ms)
+        if self.states.get(signed.hash) is None:
+            return []  # rejected
+        return [row, *settled] if known is None else settled
+
+    def _settle(self, now_ms: int) -> list[StoredGroupState]:
+        """Validate pending states whose parent became valid; drop unauthorized ones."""
+        out: list[StoredGroupState] = []
+        progress = True
+        while progress:
+            progress = False
+            for h, row in list(self.states.items()):
+                if row.status is not StateStatus.PENDING:
+                    continue
+                parent_hash = row.signed.state.parent
+                parent = None if parent_hash is None else self.states.get(parent_hash)
+                if parent is None or parent.status is not StateStatus.VALID:
+                    continue
+                if authorized(parent.signed.state, row.signed.state):
+                    valid = dataclasses.replace(row, status=StateStatus.VALID)
+                    self.states[h] = valid
+                    out = [o for o in out if o.signed.hash != h] + [valid]
+                else:
+                    _log.info("a group state signed without the right to make it dropped")
+                    del self.states[h]
+                    out = [o for o in out if o.signed.hash != h]
+                progress = True
+        return out
+
+    def converge(self, me: bytes, *, now_ms: int) -> GroupRecord | None:
+        """Apply the convergence rule; returns the new group row if the head moved."""
+        valid = self._valid()
+        if not valid:
+            return None
+        best = min(valid, key=SignedGroupState.sort_key)
+        if self.record is not None and self.record.head == best.hash:
+            return None
+        self.record = GroupRecord(group_id=self.group_id, head=best.hash,
+                                  active=me in best.state.members, updated_at_ms=now_ms)
+        return self.record
+
+
+def group_info(core: ClientCore, view: GroupView, *, now_ms: int) -> GroupInfo:
+    head = view.head
+    if head is None:
+        raise UnknownGroup(view.group_id)
+    st = head.state
+    return GroupInfo(group_id=view.group_id, version=st.version, name=st.name,
+                     members=st.members, admins=st.admins, avatar_manifest=st.avatar,
+                     channel=st.channel, active=view.active,
+                     conversation_id=conversation_id(core, view.group_id, st.name,
+                                                     now_ms=now_ms))
+
+
+def conversation_id(core: ClientCore, group_id: bytes, title: str | None, *,
+                    now_ms: int) -> int:
+    return core.store.ensure_conversation(ConversationKind.GROUP, group_id, now_ms=now_ms,
+                                          title=title or None).id
+
+
+def change_event(core: ClientCore, view: GroupView, old: SignedGroupState | None, *,
+                 now_ms: int) -> GroupChanged:
+    """The event for a head move from *old* to the view's head (also retitles)."""
+    new = view.head
+    assert new is not None
+    st = new.state
+    info = group_info(core, view, now_ms=now_ms)
+    if old is None:
+        return GroupChanged(group=info, by=st.signer, created=True, added=st.members,
+                            promoted=st.admins, renamed=True)
+    o = old.state
+    if o.name != st.name:
+        core.store.set_conversation_title(info.conversation_id, st.name or None)
+
+    def diff(a: Iterable[bytes], b: Iterable[bytes]) -> tuple[bytes, ...]:
+        return tuple(sorted(set(a) - set(b)))
+
+    return GroupChanged(group=info, by=st.signer, added=diff(st.members, o.members),
+                        removed=diff(o.members, st.members),
+                        promoted=diff(st.admins, o.admins), demoted=diff(o.admins, st.admins),
+                        renamed=o.name != st.name)
+
+
+# --- control messages -------------------------------------------------------------------------
+
+
+def sign_state(core: ClientCore, state: GroupState) -> SignedGroupState:
+    encoded = state.encode()
+    signature = core.identity.key_pair.sign(Purpose.GROUP_CONTROL, encoded)
+    return SignedGroupState.from_wire(encoded, signature)
+
+
+def _sorted_ids(ids: Iterable[bytes]) -> tuple[bytes, ...]:
+    return tuple(sorted(set(ids)))
+
+
+def create(core: ClientCore, *, name: str, members: Sequence[bytes], admins: Sequence[bytes],
+           avatar: bytes | None, channel: bool, now_ms: int,
+           ) -> tuple[bytes, list[OutboxItem], list[Event]]:
+    """A new group with us as an admin; every member must be an accepted contact."""
+    me = core.account_id
+    for m in set(members) - {me}:
+        core.sendable(m)  # UnknownContact / ContactNotReady / ...
+    group_id = core.rng(16)
+    state = GroupState(group_id=group_id, version=1, signer=me, name=name,
+                       members=_sorted_ids([*members, me]), admins=_sorted_ids([*admins, me]),
+                       avatar=avatar, channel=channel, at_ms=now_ms)
+    view = GroupView(group_id=group_id, record=None)
+    items, events = _publish(core, view, state, now_ms=now_ms)
+    return group_id, items, events
+
+
+def change(core: ClientCore, group_id: bytes, mutate: Callable[[GroupState], dict[str, object]],
+           *, leave: bool = False, now_ms: int) -> tuple[list[OutboxItem], list[Event]]:
+    """Sign and send the head's successor, with the fields *mutate* returns changed.
+
+    Raises:
+        UnknownGroup, NotGroupMember, NotGroupAdmin; ClientError for an invalid result.
+    """
+    me = core.account_id
+    view = GroupView.load(core, group_id)
+    head = view.head
+    if head is None:
+        raise UnknownGroup(group_id)
+    if not view.active:
+        raise NotGroupMember(group_id)
+    if not leave and me not in head.state.admins:
+        raise NotGroupAdmin(group_id)
+    fields = mutate(head.state)
+    try:
+        state = dataclasses.replace(head.state, version=head.state.version + 1, parent=head.hash,
+                                    signer=me, at_ms=now_ms, **fields)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ClientError(f"invalid group change: {exc}") from exc
+    if len(state.members) > MAX_GROUP_MEMBERS:
+        raise ClientError(f"a group has at most {MAX_GROUP_MEMBERS} members")
+    for m in set(state.members) - set(head.state.members) - {me}:
+        core.sendable(m)
+    if not authorized(head.state, state):
+        raise NotGroupAdmin(group_id)
+    return _publish(core, view, state, now_ms=now_ms)
+
+
+def leave(core: ClientCore, group_id: bytes, *, now_ms: int,
+          ) -> tuple[list[OutboxItem], list[Event]]:
+    """Sign the state without us (the smallest member becomes admin if we were the
+    last one) and send it; alone in the group, just stop being a member."""
+    me = core.account_id
+    view = GroupView.load(core, group_id)
+    head = view.head
+    if head is None:
+        raise UnknownGroup(group_id)
+    if not view.active or view.record is None:
+        raise NotGroupMember(group_id)
+    st = head.state
+    if st.members == (me,):
+        old = head
+        view.record = dataclasses.replace(view.record, active=False, updated_at_ms=now_ms)
+        core.store.write_group(GroupWrite(group=view.record, forget_keys=group_id),
+                               now_ms=now_ms)
+        return [], [change_event(core, view, old, now_ms=now_ms)]
+    members = tuple(m for m in st.members if m != me)
+    admins = tuple(m for m in st.admins if m != me) or members[:1]
+    return change(core, group_id, lambda s: {"members": members, "admins": admins},
+                  leave=me not in st.admins, now_ms=now_ms)
+
+
+def _publish(core: ClientCore, view: GroupView, state: GroupState, *, now_ms: int,
+             ) -> tuple[list[OutboxItem], list[Event]]:
+    """Store our new state as the head and send it to the old and new members."""
+    me = core.account_id
+    old = view.head
+    signed = sign_state(core, state)
+    row = StoredGroupState(signed=signed, status=StateStatus.VALID, received_at_ms=now_ms)
+    view.states[signed.hash] = row
+    record = view.converge(me, now_ms=now_ms)
+    assert record is not None and record.head == signed.hash
+    left = me not in state.members
+    write = GroupWrite(group=record, states=(row,),
+                       forget_keys=state.group_id if left else None)
+    old_members = () if old is None else old.state.members
+    targets = sorted((set(old_members) | set(state.members)) - {me})
+    batch = _Batch(core)
+    outgoing: list[Outgoing] = []
+    for peer in targets:
+        try:
+            _, outbound = core.sendable(peer)
+            inner = GroupControl(message_id=core.rng(16), sent_at_ms=now_ms,
+                                 state=signed.encoded, signature=signed.signature)
+            blob, session = batch.encrypt(peer, inner)
+        except ClientError as exc:
+            _log.info("group change not sent to %s: %s", peer.hex()[:8], type(exc).__name__)
+            continue
+        outgoing.append(_pairwise(core, batch, peer, outbound.mailbox_id, outbound.capability,
+                                  blob, session, now_ms))
+    if outgoing:
+        outgoing[0] = dataclasses.replace(outgoing[0], group=write)
+        items = batch.commit(outgoing)
+    else:
+        core.store.write_group(write, now_ms=now_ms)
+        items = []
+    return items, [change_event(core, view, old, now_ms=now_ms)]
+
+
+def _pairwise(core: ClientCore, batch: _Batch, peer: bytes, mailbox_id: bytes,
+              capability: bytes, blob: bytes, session: RatchetState, now_ms: int,
+              ) -> Outgoing:
+    return Outgoing(entry=batch.entry((mailbox_id, capability), blob, now_ms),
+                    session=SessionUpdate(peer=peer, state=session))
+
+
+# --- group sends --------------------------------------------------------------------------------
+
+
+def sendable_group(core: ClientCore, group_id: bytes) -> tuple[GroupView, SignedGroupState]:
+    """The group and its head, if we may post in it.
+
+    Raises:
+        UnknownGroup, NotGroupMember, NotGroupAdmin (a channel).
+    """
+    view = GroupView.load(core, group_id)
+    head = view.head
+    if head is None:
+        raise UnknownGroup(group_id)
+    if not view.active:
+        raise NotGroupMember(group_id)
+    if head.state.channel and core.account_id not in head.state.admins:
+        raise NotGroupAdmin(group_id)
+    return view, head
+
+
+def _chain(core: ClientCore, group_id: bytes, members: frozenset[bytes],
+           ) -> tuple[OutboundSenderKey, frozenset[bytes], bool]:
+    """Our chain for the group, a new one if anyone it was shared with left."""
+    chain = core.store.load_outbound_sender_key(group_id)
+    if chain is not None:
+        shared = core.store.sender_key_shared_with(group_id, chain.chain_id)
+        if shared <= members:
+            return chain, shared, False
+    me = core.account_id
+    while True:
+        fresh = OutboundSenderKey.create(core.rng)
+        if core.store.group_for_chain(me, fresh.chain_id) is None:
+            return fresh, frozenset(), True
+
+
+def send(core: ClientCore, group_id: bytes, make: Callable[[bytes, int], InnerMessage],
+         history: Callable[[int, bytes], HistoryOp | None], *, now_ms: int,
+         ) -> tuple[bytes, int, list[OutboxItem]]:
+    """Encrypt one group message with our chain and queue one multi-recipient send
+    (preceded by the distributions members lack), all in one transaction.
+
+    Args:
+        make: ``(message_id, now_ms) -> inner message``.
+        history: ``(conversation_id, message_id) -> op`` for our history, or None.
+
+    Returns:
+        ``(message_id, conversation_id, outbox rows)``.
+    """
+    me = core.account_id
+    _view, head = sendable_group(core, group_id)
+    st = head.state
+    members = frozenset(st.members) - {me}
+    chain, shared, fresh = _chain(core, group_id, members)
+    cid = conversation_id(core, group_id, st.name, now_ms=now_ms)
+    batch = _Batch(core)
+    outgoing: list[Outgoing] = []
+    recipients: list[Recipient] = []
+    shares: list[tuple[bytes, int, bytes]] = []
+    distribution = SenderKeyDistribution(
+        message_id=core.rng(16), sent_at_ms=now_ms, group_id=group_id,
+        distribution=chain.distribution().to_bytes())
+    for peer in sorted(members):
+        try:
+            _, outbound = core.sendable(peer)
+            if peer not in shared:
+                blob, session = batch.encrypt(peer, dataclasses.replace(
+                    distribution, message_id=core.rng(16)))
+                outgoing.append(_pairwise(core, batch, peer, outbound.mailbox_id,
+                                          outbound.capability, blob, session, now_ms))
+                shares.append((group_id, chain.chain_id, peer))
+        except ClientError as exc:
+            _log.info("group message not sent to %s: %s", peer.hex()[:8], type(exc).__name__)
+            continue
+        recipients.append(Recipient(mailbox_id=outbound.mailbox_id,
+                                    capability=outbound.capability))
+    mid = core.rng(16)
+    inner = make(mid, now_ms)
+    next_chain, message = chain.encrypt(pad_message(inner.encode()))
+    blob = bytes([GROUP_BLOB_PREFIX]) + message
+    write = GroupWrite(shares=tuple(shares),
+                       chains=((me, chain.chain_id, group_id),) if fresh else ())
+    op = history(cid, mid)
+    key = OutboundSenderKeyUpdate(group_id=group_id, key=next_chain)
+    if recipients:
+        for i in range(0, len(recipients), L.MAX_RECIPIENTS):
+            entry = OutboxEntry(client_msg_id=core.rng(16),
+                                recipients=tuple(recipients[i:i + L.MAX_RECIPIENTS]),
+                                blob=blob, created_at_ms=now_ms)
+            outgoing.append(Outgoing(entry=entry, sender_key=key if i == 0 else None,
+                                     history=op if i == 0 else None))
+        outgoing[0] = dataclasses.replace(outgoing[0], group=write)
+        items = batch.commit(outgoing)
+    else:  # alone in the group: only our history
+        core.store.write_group(dataclasses.replace(
+            write, history=() if op is None else (op,)), now_ms=now_ms)
+        core.store.store_outbound_sender_key(group_id, next_chain)
+        items = []
+    return mid, cid, items
+
+
+def ephemeral(core: ClientCore, group_id: bytes, inner: InnerMessage, *, now_ms: int,
+              ) -> tuple[bytes, bytes, tuple[tuple[bytes, bytes], ...]] | None:
+    """Encrypt a typing signal for the members that hold our chain:
+    ``(client_msg_id, blob, recipients)``, or None when nobody can read it yet."""
+    me = core.account_id
+    _view, head = sendable_group(core, group_id)
+    chain = core.store.load_outbound_sender_key(group_id)
+    if chain is None:
+        return None
+    members = frozenset(head.state.members) - {me}
+    shared = core.store.sender_key_shared_with(group_id, chain.chain_id)
+    if not shared <= members:
+        return None  # the chain must rotate first (a real message does it)
+    recipients: list[tuple[bytes, bytes]] = []
+    for peer in sorted(shared):
+        try:
+            _, outbound = core.sendable(peer)
+        except ClientError:
+            continue
+        recipients.append((outbound.mailbox_id, outbound.capability))
+    if not recipients:
+        return None
+    next_chain, message = chain.encrypt(pad_message(inner.encode()))
+    core.store.store_outbound_sender_key(group_id, next_chain)  # before the bytes leave
+    return (core.rng(16), bytes([GROUP_BLOB_PREFIX]) + message,
+            tuple(recipients[:L.MAX_EPHEMERAL_RECIPIENTS]))

@@ -1,0 +1,339 @@
+"""The receiving side of groups (see :mod:`client_sdk._groups` for the theory).
+
+Called by :mod:`client_sdk._receiving` for what arrives on a contact's pairwise
+mailbox: a ``GroupControl`` or ``SenderKeyDistribution`` inner message (inside the
+pairwise session), or a group blob (:data:`~client_sdk._groups.GROUP_BLOB_PREFIX`,
+a sender-key ciphertext). Everything one envelope changes goes into its
+``Incoming.group`` and is stored with the envelope in one transaction; a
+:class:`GroupBatch` overlays the batch's uncommitted group changes.
+
+A group blob is placed by ``(sender, chain id)``. It is decrypted only if the sender
+is a member of the group's current state (and an admin, in a channel). A blob that
+cannot be placed yet (its chain or its sender's membership comes from another
+mailbox, in no common order) is kept pending and retried after every batch that
+changed a group, for :data:`PENDING_TTL_MS`; a blob that fails verification is
+dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from pigeon_crypto.errors import PigeonError
+from pigeon_crypto.padding import unpad_message
+from pigeon_crypto.sender_keys import SenderKeyDistribution as Distribution
+from pigeon_crypto.sender_keys import SenderKeyRecord
+from pigeon_crypto.signing import Purpose
+from protocol.errors import RemoteProtocolError
+from protocol.inner import (
+    Delete,
+    DeleteScope,
+    Edit,
+    File,
+    GroupControl,
+    InnerMessage,
+    Reaction,
+    Receipt,
+    ReceiptKind,
+    SenderKeyDistribution,
+    Text,
+    Typing,
+    decode_inner,
+)
+
+from ._groups import GROUP_BLOB_PREFIX, GroupView, change_event, conversation_id
+from .events import (
+    Event,
+    MessageDeleted,
+    MessageEdited,
+    MessageReceived,
+    MessageStatusChanged,
+    ReactionChanged,
+    ReceiptReceived,
+)
+from .groups import GroupTypingChanged
+from .history import (
+    DeleteMessage,
+    EditMessage,
+    HistoryOp,
+    MessageKind,
+    MessageStatus,
+    NewMessage,
+    React,
+    UpdateStatus,
+    advance_status,
+)
+from .store.group_records import GroupWrite, PendingGroupBlob, SignedGroupState
+from .store.records import EnvelopeRef, Incoming, SenderKeyRecordUpdate
+
+if TYPE_CHECKING:
+    from .core import ClientCore
+
+__all__ = ["GroupBatch", "apply_inner", "receive_blob", "receive_ephemeral", "retry_pending"]
+
+_log = logging.getLogger("pigeon.sdk.groups")
+
+PENDING_TTL_MS: Final = 7 * 24 * 3600 * 1000
+"""How long an unplaceable group blob is kept: longer than any reordering between
+mailboxes, shorter than the relay's 30-day expiry."""
+MAX_PENDING_BLOBS: Final = 10_000
+"""Pending group blobs kept in all: bounds what contacts can make us store."""
+_HEADER: Final = struct.Struct(">BII")
+
+
+class _NotYet(Exception):
+    """The blob cannot be placed yet (kept pending)."""
+
+
+@dataclass(slots=True)
+class GroupBatch:
+    """Group state as changed by the envelopes of one batch, not yet committed."""
+
+    core: ClientCore
+    views: dict[bytes, GroupView] = field(default_factory=dict)
+    records: dict[tuple[bytes, bytes], SenderKeyRecord | None] = field(default_factory=dict)
+    chains: dict[tuple[bytes, int], bytes] = field(default_factory=dict)
+    changed: bool = False
+    pending: int = 0
+
+    def view(self, group_id: bytes) -> GroupView:
+        found = self.views.get(group_id)
+        if found is None:
+            found = self.views[group_id] = GroupView.load(self.core, group_id)
+        return found
+
+    def record(self, group_id: bytes, sender: bytes) -> SenderKeyRecord | None:
+        key = (group_id, sender)
+        if key not in self.records:
+            self.records[key] = self.core.store.load_sender_key_record(group_id, sender)
+        return self.records[key]
+
+    def chain_group(self, sender: bytes, chain_id: int) -> bytes | None:
+        found = self.chains.get((sender, chain_id))
+        return found if found is not None else self.core.store.group_for_chain(sender, chain_id)
+
+
+# --- pairwise inner messages -------------------------------------------------------------------
+
+
+def apply_inner(core: ClientCore, batch: GroupBatch, sender: bytes, inner: InnerMessage, *,
+                now_ms: int) -> tuple[GroupWrite | None, list[Event]]:
+    """A ``GroupControl`` or ``SenderKeyDistribution`` from *sender* (pairwise)."""
+    try:
+        if isinstance(inner, GroupControl):
+            return _control(core, batch, inner, now_ms)
+        if isinstance(inner, SenderKeyDistribution):
+            return _distribution(batch, sender, inner), []
+    except PigeonError as exc:
+        _log.info("group message from %s dropped: %s", sender.hex()[:8], type(exc).__name__)
+    return None, []
+
+
+def _control(core: ClientCore, batch: GroupBatch, inner: GroupControl, now_ms: int,
+             ) -> tuple[GroupWrite | None, list[Event]]:
+    signed = SignedGroupState.from_wire(inner.state, inner.signature)
+    signer = signed.state.signer
+    me = core.account_id
+    if signer == me:
+        return None, []  # our own state, sent back by someone: we hold it
+    contact = core.contact(signer)
+    if contact is None or contact.identity is None:
+        _log.info("group state signed by an unknown account dropped")
+        return None, []
+    contact.identity.verify(Purpose.GROUP_CONTROL, signed.encoded, signed.signature)
+    view = batch.view(signed.state.group_id)
+    old = view.head
+    was_active = view.active
+    rows = view.absorb(signed, me, now_ms=now_ms)
+    if not rows:
+        return None, []
+    record = view.converge(me, now_ms=now_ms)
+    batch.changed = True
+    events: list[Event] = []
+    forget = None
+    if record is not None:
+        events.append(change_event(core, view, old, now_ms=now_ms))
+        if was_active and not record.active:
+            forget = record.group_id
+    return GroupWrite(group=record, states=tuple(rows), forget_keys=forget), events
+
+
+def _distribution(batch: GroupBatch, sender: bytes, inner: SenderKeyDistribution,
+                  ) -> GroupWrite | None:
+    dist = Distribution.from_bytes(inner.distribution)
+    group_id = inner.group_id
+    known = batch.chain_group(sender, dist.chain_id)
+    if known is not None and known != group_id:
+        _log.info("a chain id reused across groups by %s dropped", sender.hex()[:8])
+        return None
+    record = (batch.record(group_id, sender) or SenderKeyRecord()).process_distribution(dist)
+    batch.records[(group_id, sender)] = record
+    batch.chains[(sender, dist.chain_id)] = group_id
+    batch.changed = True
+    return GroupWrite(chains=((sender, dist.chain_id, group_id),),
+                      sender_keys=(SenderKeyRecordUpdate(group_id=group_id, sender=sender,
+                                                         record=record),))
+
+
+# --- group blobs ---------------------------------------------------------------------------------
+
+
+def _open(core: ClientCore, batch: GroupBatch, sender: bytes, blob: bytes,
+          ) -> tuple[bytes, SenderKeyRecord, InnerMessage]:
+    """Place and decrypt a group blob: ``(group_id, new record, inner)``.
+
+    Raises:
+        _NotYet: not placeable now. PigeonError: bad blob (drop it).
+    """
+    if len(blob) < 1 + _HEADER.size:
+        raise RemoteProtocolError("group blob too short")
+    _, chain_id, _ = _HEADER.unpack_from(blob, 1)
+    group_id = batch.chain_group(sender, chain_id)
+    if group_id is None:
+        raise _NotYet
+    view = batch.view(group_id)
+    head = view.head
+    if head is None or not view.active or sender not in head.state.members:
+        raise _NotYet
+    record = batch.record(group_id, sender)
+    if record is None:
+        raise _NotYet
+    if head.state.channel and sender not in head.state.admins:
+        raise RemoteProtocolError("a member who is not an admin posted in a channel")
+    new_record, padded = record.decrypt(blob[1:])
+    inner = decode_inner(unpad_message(padded))
+    batch.records[(group_id, sender)] = new_record
+    return group_id, new_record, inner
+
+
+def receive_blob(core: ClientCore, batch: GroupBatch, sender: bytes, envelope: EnvelopeRef,
+                 blob: bytes, *, now_ms: int) -> tuple[Incoming, list[Event]]:
+    """A group blob on *sender*'s pairwise mailbox (PigeonError: drop it)."""
+    try:
+        group_id, record, inner = _open(core, batch, sender, blob)
+    except _NotYet:
+        incoming = Incoming(envelope=envelope, received_at_ms=now_ms)
+        if batch.pending + len(core.store.pending_group_blobs(limit=MAX_PENDING_BLOBS)) \
+                >= MAX_PENDING_BLOBS:
+            _log.info("too many pending group blobs; one dropped")
+            return incoming, []
+        batch.pending += 1
+        pending = PendingGroupBlob(id=0, sender=sender, blob=blob, received_at_ms=now_ms)
+        return Incoming(envelope=envelope, received_at_ms=now_ms,
+                        group=GroupWrite(pending_add=(pending,))), []
+    op, events = _message(core, batch, group_id, sender, inner, now_ms)
+    update = SenderKeyRecordUpdate(group_id=group_id, sender=sender, record=record)
+    return Incoming(envelope=envelope, received_at_ms=now_ms, sender_key=update,
+                    history=op), events
+
+
+def _message(core: ClientCore, batch: GroupBatch, group_id: bytes, sender: bytes,
+             inner: InnerMessage, now_ms: int) -> tuple[HistoryOp | None, list[Event]]:
+    head = batch.view(group_id).head
+    assert head is not None
+    cid = conversation_id(core, group_id, head.state.name, now_ms=now_ms)
+    sent = min(inner.sent_at_ms, now_ms)
+    mid = inner.message_id
+    match inner:
+        case Text(text=text, reply_to=reply_to):
+            return (NewMessage(conversation_id=cid, message_id=mid, sender=sender,
+                               sent_at_ms=inner.sent_at_ms, received_at_ms=now_ms, body=text,
+                               reply_to=reply_to),
+                    [MessageReceived(peer=sender, conversation_id=cid, message_id=mid,
+                                     kind=MessageKind.TEXT, text=text, reply_to=reply_to,
+                                     sent_at_ms=sent, received_at_ms=now_ms)])
+        case File(manifest=manifest, caption=caption, reply_to=reply_to):
+            return (NewMessage(conversation_id=cid, message_id=mid, sender=sender,
+                               sent_at_ms=inner.sent_at_ms, received_at_ms=now_ms,
+                               kind=MessageKind.FILE, body=caption, attachment=manifest,
+                               reply_to=reply_to),
+                    [MessageReceived(peer=sender, conversation_id=cid, message_id=mid,
+                                     kind=MessageKind.FILE, text=caption, attachment=manifest,
+                                     reply_to=reply_to, sent_at_ms=sent,
+                                     received_at_ms=now_ms)])
+        case Edit(target=target, text=text):
+            return (EditMessage(conversation_id=cid, target=target, editor=sender, text=text,
+                                edited_at_ms=inner.sent_at_ms),
+                    [MessageEdited(peer=sender, conversation_id=cid, message_id=target,
+                                   text=text, edited_at_ms=inner.sent_at_ms)])
+        case Reaction(target=target, emoji=emoji, remove=remove):
+            return (React(conversation_id=cid, target=target, reactor=sender, emoji=emoji,
+                          remove=remove, at_ms=inner.sent_at_ms),
+                    [ReactionChanged(peer=sender, conversation_id=cid, message_id=target,
+                                     emoji=emoji, removed=remove)])
+        case Delete(target=target, scope=DeleteScope.FOR_EVERYONE):
+            return (DeleteMessage(conversation_id=cid, target=target, by=sender,
+                                  scope=DeleteScope.FOR_EVERYONE, at_ms=inner.sent_at_ms),
+                    [MessageDeleted(peer=sender, conversation_id=cid, message_id=target)])
+        case Receipt(kind=kind, message_ids=ids):
+            status = MessageStatus.READ if kind is ReceiptKind.READ else MessageStatus.DELIVERED
+            events: list[Event] = [ReceiptReceived(peer=sender, kind=kind, message_ids=ids)]
+            for target in ids:
+                msg = core.store.get_message(cid, target)
+                if msg is not None and msg.outgoing and advance_status(
+                        msg.status, status, outgoing=True) is not None:
+                    events.append(MessageStatusChanged(peer=group_id, conversation_id=cid,
+                                                       message_id=target, status=status))
+            return (UpdateStatus(conversation_id=cid, message_ids=ids, status=status,
+                                 by=sender, at_ms=now_ms), events)
+        case Typing(active=active):
+            return None, [GroupTypingChanged(group_id=group_id, peer=sender, active=active)]
+        case _:
+            return None, []
+
+
+def retry_pending(core: ClientCore, *, now_ms: int) -> list[Event]:
+    """Place the pending group blobs that can be placed now (one transaction)."""
+    pending = core.store.pending_group_blobs(limit=MAX_PENDING_BLOBS)
+    if not pending:
+        return []
+    batch = GroupBatch(core)
+    done: list[int] = []
+    updates: dict[tuple[bytes, bytes], SenderKeyRecordUpdate] = {}
+    ops: list[HistoryOp] = []
+    events: list[Event] = []
+    for p in pending:
+        try:
+            group_id, record, inner = _open(core, batch, p.sender, p.blob)
+        except _NotYet:
+            if now_ms - p.received_at_ms > PENDING_TTL_MS:
+                done.append(p.id)
+            continue
+        except PigeonError as exc:
+            _log.info("pending group blob dropped: %s", type(exc).__name__)
+            done.append(p.id)
+            continue
+        done.append(p.id)
+        updates[(group_id, p.sender)] = SenderKeyRecordUpdate(group_id=group_id,
+                                                              sender=p.sender, record=record)
+        op, evs = _message(core, batch, group_id, p.sender, inner, now_ms)
+        if op is not None:
+            ops.append(op)
+        events += evs
+    if done:
+        core.store.write_group(GroupWrite(sender_keys=tuple(updates.values()),
+                                          pending_done=tuple(done), history=tuple(ops)),
+                               now_ms=now_ms)
+    return events
+
+
+def receive_ephemeral(core: ClientCore, sender: bytes, blob: bytes, *, now_ms: int,
+                      ) -> list[Event]:
+    """A group typing signal: decrypt, keep the chain's state, report; never pending."""
+    batch = GroupBatch(core)
+    try:
+        group_id, record, inner = _open(core, batch, sender, blob)
+    except (_NotYet, PigeonError):
+        return []
+    if not isinstance(inner, Typing):
+        return []
+    core.store.write_group(GroupWrite(sender_keys=(SenderKeyRecordUpdate(
+        group_id=group_id, sender=sender, record=record),)), now_ms=now_ms)
+    return [GroupTypingChanged(group_id=group_id, peer=sender, active=inner.active)]
+
+
+def is_group_blob(blob: bytes) -> bool:
+    return blob[:1] == bytes([GROUP_BLOB_PREFIX])

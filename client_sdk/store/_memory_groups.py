@@ -1,0 +1,50 @@
+"""The memory store's group tables (tests only), applied like ``_sqlite_groups``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from ..history import HistoryOp
+from .group_records import GroupRecord, GroupWrite, PendingGroupBlob, StoredGroupState
+
+
+@dataclasses.dataclass
+class GroupTables:
+    groups: dict[bytes, GroupRecord] = dataclasses.field(default_factory=dict)
+    states: dict[bytes, StoredGroupState] = dataclasses.field(default_factory=dict)
+    chains: dict[tuple[bytes, int], bytes] = dataclasses.field(default_factory=dict)
+    pending: dict[int, PendingGroupBlob] = dataclasses.field(default_factory=dict)
+    next_pending: int = 1
+
+    def copy(self) -> GroupTables:
+        return GroupTables(groups=dict(self.groups), states=dict(self.states),
+                           chains=dict(self.chains), pending=dict(self.pending),
+                           next_pending=self.next_pending)
+
+    def group_states(self, group_id: bytes) -> list[StoredGroupState]:
+        return [s for s in self.states.values() if s.signed.state.group_id == group_id]
+
+    def write(self, w: GroupWrite, *, share: Callable[[bytes, int, bytes], None],
+              store_record: Callable[[GroupWrite], None],
+              apply: Callable[[HistoryOp], object], forget: Callable[[bytes], None]) -> None:
+        if w.group is not None:
+            self.groups[w.group.group_id] = w.group
+        for s in w.states:
+            old = self.states.get(s.signed.hash)
+            self.states[s.signed.hash] = s if old is None else dataclasses.replace(
+                old, status=s.status)
+        for sender, chain_id, group_id in w.chains:
+            self.chains[(sender, chain_id)] = group_id
+        for group_id, chain_id, member in w.shares:
+            share(group_id, chain_id, member)
+        store_record(w)
+        for p in w.pending_add:
+            self.pending[self.next_pending] = dataclasses.replace(p, id=self.next_pending)
+            self.next_pending += 1
+        for pid in w.pending_done:
+            self.pending.pop(pid, None)
+        for op in w.history:
+            apply(op)
+        if w.forget_keys is not None:
+            forget(w.forget_keys)

@@ -1,0 +1,146 @@
+"""SQLite operations for groups (schema: ``SCHEMA_GROUPS``, applied by a migration in
+``_sqlite_schema``). A state's encoded bytes (name, members, admins, avatar manifest)
+are sealed with AD key ``hash``; ids, versions and chain ids are not secret on this
+device and stay plain for lookups."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from pigeon_crypto.errors import PigeonError
+
+from . import _sqlite_history as history
+from . import _sqlite_keys as keys
+from ._sqlite_db import Tx
+from .group_records import (
+    GroupRecord,
+    GroupWrite,
+    PendingGroupBlob,
+    SignedGroupState,
+    StateStatus,
+    StoredGroupState,
+)
+
+SCHEMA_GROUPS: Final = (
+    """
+    CREATE TABLE groups (
+        group_id      BLOB PRIMARY KEY CHECK (length(group_id) = 16),
+        head          BLOB NOT NULL CHECK (length(head) = 32),  -- hash of the current state
+        active        INTEGER NOT NULL CHECK (active IN (0, 1)),
+        updated_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE group_states (
+        hash           BLOB PRIMARY KEY CHECK (length(hash) = 32),
+        group_id       BLOB NOT NULL CHECK (length(group_id) = 16),
+        status         INTEGER NOT NULL CHECK (status IN (1, 2)),  -- StateStatus
+        state          BLOB NOT NULL,           -- sealed encoded GroupState
+        signature      BLOB NOT NULL,
+        received_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX group_states_by_group ON group_states (group_id)",
+    """
+    CREATE TABLE group_chains (
+        sender   BLOB NOT NULL CHECK (length(sender) = 16),
+        chain_id INTEGER NOT NULL,
+        group_id BLOB NOT NULL CHECK (length(group_id) = 16),
+        PRIMARY KEY (sender, chain_id)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE group_pending (
+        id             INTEGER PRIMARY KEY,
+        sender         BLOB NOT NULL CHECK (length(sender) = 16),
+        blob           BLOB NOT NULL,           -- a sender-key ciphertext as received
+        received_at_ms INTEGER NOT NULL
+    )
+    """,
+)
+
+
+def load_group(tx: Tx, group_id: bytes) -> GroupRecord | None:
+    row = tx.conn.execute("SELECT head, active, updated_at_ms FROM groups WHERE group_id = ?",
+                          (group_id,)).fetchone()
+    if row is None:
+        return None
+    return GroupRecord(group_id=group_id, head=bytes(row[0]), active=bool(row[1]),
+                       updated_at_ms=int(row[2]))
+
+
+def list_groups(tx: Tx) -> list[GroupRecord]:
+    rows = tx.conn.execute(
+        "SELECT group_id, head, active, updated_at_ms FROM groups ORDER BY group_id").fetchall()
+    return [GroupRecord(group_id=bytes(r[0]), head=bytes(r[1]), active=bool(r[2]),
+                        updated_at_ms=int(r[3])) for r in rows]
+
+
+def _state(tx: Tx, row: Any) -> StoredGroupState:
+    digest, status, sealed, signature, received = row
+    encoded = tx.unseal("group_states", "state", bytes(digest), sealed)
+    try:
+        signed = SignedGroupState.from_wire(encoded, bytes(signature))
+    except PigeonError as exc:
+        raise tx.corrupt("a stored group state does not decode") from exc
+    return StoredGroupState(signed=signed, status=StateStatus(status), received_at_ms=received)
+
+
+def group_states(tx: Tx, group_id: bytes) -> list[StoredGroupState]:
+    rows = tx.conn.execute(
+        "SELECT hash, status, state, signature, received_at_ms FROM group_states "
+        "WHERE group_id = ?", (group_id,)).fetchall()
+    return [_state(tx, r) for r in rows]
+
+
+def group_for_chain(tx: Tx, sender: bytes, chain_id: int) -> bytes | None:
+    row = tx.conn.execute("SELECT group_id FROM group_chains WHERE sender = ? AND chain_id = ?",
+                          (sender, chain_id)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def pending_group_blobs(tx: Tx, limit: int) -> list[PendingGroupBlob]:
+    rows = tx.conn.execute(
+        "SELECT id, sender, blob, received_at_ms FROM group_pending ORDER BY id LIMIT ?",
+        (limit,)).fetchall()
+    return [PendingGroupBlob(id=int(r[0]), sender=bytes(r[1]), blob=bytes(r[2]),
+                             received_at_ms=int(r[3])) for r in rows]
+
+
+def write(tx: Tx, w: GroupWrite) -> None:
+    """Apply one :class:`GroupWrite` inside the caller's transaction."""
+    if w.group is not None:
+        g = w.group
+        tx.conn.execute(
+            "INSERT INTO groups (group_id, head, active, updated_at_ms) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (group_id) DO UPDATE SET head = excluded.head, "
+            "active = excluded.active, updated_at_ms = excluded.updated_at_ms",
+            (g.group_id, g.head, int(g.active), g.updated_at_ms))
+    for s in w.states:
+        signed = s.signed
+        tx.conn.execute(
+            "INSERT INTO group_states (hash, group_id, status, state, signature, "
+            "received_at_ms) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (hash) DO UPDATE SET status = excluded.status",
+            (signed.hash, signed.state.group_id, int(s.status),
+             tx.seal("group_states", "state", signed.hash, signed.encoded), signed.signature,
+             s.received_at_ms))
+    for sender, chain_id, group_id in w.chains:
+        tx.conn.execute(
+            "INSERT INTO group_chains (sender, chain_id, group_id) VALUES (?, ?, ?) "
+            "ON CONFLICT (sender, chain_id) DO UPDATE SET group_id = excluded.group_id",
+            (sender, chain_id, group_id))
+    for group_id, chain_id, member in w.shares:
+        keys.mark_sender_key_shared(tx, group_id, chain_id, [member])
+    for u in w.sender_keys:
+        keys.store_sender_key_record(tx, u.group_id, u.sender, u.record)
+    for p in w.pending_add:
+        tx.conn.execute(
+            "INSERT INTO group_pending (sender, blob, received_at_ms) VALUES (?, ?, ?)",
+            (p.sender, p.blob, p.received_at_ms))
+    for pid in w.pending_done:
+        tx.conn.execute("DELETE FROM group_pending WHERE id = ?", (pid,))
+    for op in w.history:
+        history.apply(tx, op)
+    if w.forget_keys is not None:
+        keys.delete_group_sender_keys(tx, w.forget_keys)

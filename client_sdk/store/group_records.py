@@ -1,0 +1,155 @@
+"""Stored forms of groups (docs/sdk.md §15.15): signed states, the group row, the
+chain index, pending group blobs, and :class:`GroupWrite`, what one group operation
+changes, stored inside the same transaction as the send or the receipt that caused it
+(``Outgoing.group`` / ``Incoming.group``) or alone (``GroupStore.write_group``).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from protocol.group import GROUP_ID_SIZE, GroupState, decode_group_state
+
+from ..history import HistoryOp
+from .records import SenderKeyRecordUpdate
+
+__all__ = [
+    "GroupRecord",
+    "GroupStore",
+    "GroupWrite",
+    "PendingGroupBlob",
+    "SignedGroupState",
+    "StateStatus",
+    "StoredGroupState",
+]
+
+
+def _check(name: str, value: bytes, size: int) -> None:
+    if not isinstance(value, bytes) or len(value) != size:
+        raise ValueError(f"{name} must be {size} bytes")
+
+
+class StateStatus(enum.IntEnum):
+    VALID = 1
+    """Verified and derived from a valid parent by an allowed signer."""
+    PENDING = 2
+    """Signature verified; its parent has not arrived yet (another member's mailbox)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignedGroupState:
+    """A group state with the exact bytes its signer signed, and their SHA-256."""
+
+    state: GroupState
+    encoded: bytes = field(repr=False)
+    signature: bytes = field(repr=False)
+    hash: bytes
+
+    @classmethod
+    def from_wire(cls, encoded: bytes, signature: bytes) -> SignedGroupState:
+        """Decode (strictly) and hash; the signature is checked by the caller.
+
+        Raises:
+            RemoteProtocolError: the bytes are not a valid group state.
+        """
+        return cls(state=decode_group_state(encoded), encoded=encoded, signature=signature,
+                   hash=hashlib.sha256(encoded).digest())
+
+    def sort_key(self) -> tuple[int, bytes, bytes]:
+        """The convergence rule as one key: the smallest key is the head. Highest
+        version first; among equal versions the smallest (signer, hash)."""
+        return (-self.state.version, self.state.signer, self.hash)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredGroupState:
+    signed: SignedGroupState
+    status: StateStatus
+    received_at_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupRecord:
+    """One group we know: the hash of its current state (the head) and whether we are
+    still a member (``active``)."""
+
+    group_id: bytes
+    head: bytes
+    active: bool
+    updated_at_ms: int
+
+    def __post_init__(self) -> None:
+        _check("group_id", self.group_id, GROUP_ID_SIZE)
+        _check("head", self.head, 32)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingGroupBlob:
+    """A group message we could not place yet (its chain or its sender's membership
+    arrives from another mailbox); retried when groups change, dropped after a while."""
+
+    id: int
+    sender: bytes
+    blob: bytes = field(repr=False)
+    received_at_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupWrite:
+    """Everything one group operation changes, applied in order in one transaction.
+
+    Attributes:
+        group: the group row to create or replace.
+        states: states to insert or replace (by hash).
+        chains: ``(sender, chain_id, group_id)``: which group a member's chain is for.
+        shares: ``(group_id, chain_id, member)``: members our chain was sent to.
+        sender_keys: members' chains to store (distributions, pending decryptions).
+        pending_add: group blobs to keep for later (``id`` is ignored: assigned).
+        pending_done: ids of pending blobs handled (or expired).
+        history: history operations (only for a standalone ``write_group``).
+        forget_keys: a group whose sender keys all go (we left or were removed).
+    """
+
+    group: GroupRecord | None = None
+    states: tuple[StoredGroupState, ...] = ()
+    chains: tuple[tuple[bytes, int, bytes], ...] = ()
+    shares: tuple[tuple[bytes, int, bytes], ...] = ()
+    sender_keys: tuple[SenderKeyRecordUpdate, ...] = ()
+    pending_add: tuple[PendingGroupBlob, ...] = ()
+    pending_done: tuple[int, ...] = ()
+    history: tuple[HistoryOp, ...] = ()
+    forget_keys: bytes | None = None
+
+
+class GroupStore(Protocol):
+    """Groups: states, the group rows, the chain index and pending group blobs."""
+
+    def load_group(self, group_id: bytes) -> GroupRecord | None: ...
+
+    def list_groups(self) -> list[GroupRecord]:
+        """Every group we know (also those we left), by group id."""
+        ...
+
+    def group_states(self, group_id: bytes) -> list[StoredGroupState]:
+        """Every state held for the group (valid and pending)."""
+        ...
+
+    def group_for_chain(self, sender: bytes, chain_id: int) -> bytes | None:
+        """The group a member's chain belongs to."""
+        ...
+
+    def pending_group_blobs(self, *, limit: int = 1000) -> list[PendingGroupBlob]:
+        """Pending group blobs, oldest first."""
+        ...
+
+    def write_group(self, write: GroupWrite, *, now_ms: int) -> None:
+        """Apply *write* alone, in one transaction."""
+        ...
+
+
+def history_ops(write: GroupWrite | None) -> Sequence[HistoryOp]:
+    return () if write is None else write.history
