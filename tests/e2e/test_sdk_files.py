@@ -28,6 +28,8 @@ from client_sdk import (
     MessageReceived,
     TransferCompleted,
     TransferDirection,
+    TransferFailed,
+    TransferFailedEvent,
     TransferState,
 )
 from client_sdk.store import Durability
@@ -187,6 +189,63 @@ async def test_size_limits_refuse_before_any_upload(
                     if p.is_file()] == []
     finally:
         small_relay.kill()
+
+
+async def test_relay_restart_mid_upload_is_retried(clients: ClientFactory,
+                                                   tmp_path: Path) -> None:
+    alice, bob = await clients("alice"), await clients("bob")
+    await clients.connect(alice, bob)
+    source = tmp_path / "f.bin"
+    digest = await asyncio.to_thread(write_random, source, 24 * MiB)
+    alice.file_options = FileOptions(chunk_size=256 * 1024, parallel=2)
+    reached = asyncio.Event()
+    received = asyncio.ensure_future(next_file(bob, timeout_s=60))
+
+    seen: list[int] = []
+
+    def on_progress(done: int, total: int) -> None:
+        seen.append(done)
+        if done >= total // 5:
+            reached.set()
+
+    sending = asyncio.ensure_future(alice.send_file(bob.account_id, source,
+                                                    progress=on_progress))
+    await asyncio.wait_for(reached.wait(), 30)
+    clients.relay.kill()  # SIGKILL mid-upload; then the same port and data again
+    assert seen[-1] < 24 * MiB and not sending.done()
+    await asyncio.to_thread(clients.relay.restart)
+    ref = await asyncio.wait_for(sending, 60)
+    event = await received
+    assert event.message_id == ref.message_id
+    out = await bob.download_file(alice.account_id, event.message_id, tmp_path / "g.bin")
+    assert await asyncio.to_thread(sha256_of, out) == digest
+
+
+async def test_tampered_chunk_fails_the_download(clients: ClientFactory,
+                                                 tmp_path: Path) -> None:
+    alice, bob = await clients("alice"), await clients("bob")
+    await clients.connect(alice, bob)
+    source = tmp_path / "f.bin"
+    write_random(source, 200_000)
+    alice.file_options = FileOptions(chunk_size=64 * 1024)
+    received = asyncio.ensure_future(next_file(bob))
+    await alice.send_file(bob.account_id, source)
+    event = await received
+    assert event.file is not None
+    [chunk] = [p for p in blob_files(clients.relay) if p.name == "2"]
+    raw = bytearray(chunk.read_bytes())
+    raw[100] ^= 1
+    chunk.write_bytes(bytes(raw))
+    failed = asyncio.ensure_future(clients.next_event(bob, TransferFailedEvent))
+    with pytest.raises(TransferFailed, match="ChunkAuthenticationError") as info:
+        await bob.download_file(alice.account_id, event.message_id, tmp_path / "g.bin")
+    assert info.value.transfer_id == event.file.transfer_id
+    assert (await failed).transfer_id == event.file.transfer_id
+    assert not (tmp_path / "g.bin").exists()
+    [t] = await bob.transfers()
+    assert t.state is TransferState.FAILED and "chunk 2" in (t.error or "")
+    with pytest.raises(TransferFailed):
+        await bob.wait_transfer(t.transfer_id)
 
 
 def _send_and_die(profile: str, url: str, peer_hex: str, source: str, fraction: str) -> None:
