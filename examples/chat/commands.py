@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from client_sdk import Contact, ContactLink, ContactState, MessageKind, MessageStatus
+from client_sdk.files import file_info
 from client_sdk.history import StoredMessage
 
-from . import files
-from .view import contact_line, human_size, message_line, plain, short_id
+from .view import contact_line, human_size, message_line, plain, safe_file_name, short_id
 
 if TYPE_CHECKING:
     from .app import ChatApp
@@ -150,6 +150,19 @@ def _local_file(text: str) -> tuple[Path, int]:
 
 def _expand(text: str) -> Path:
     return Path(text).expanduser()
+
+
+def _destination(text: str, name: str) -> Path:
+    """Where ``/get`` writes: *text* itself, or *name* inside it if it is a folder.
+    An existing file is never overwritten."""
+    dest = _expand(text.strip("'\""))
+    if dest.is_dir():
+        dest = dest / name
+    if dest.exists():
+        raise UsageError(f"{dest} exists already: choose another name")
+    if not dest.parent.is_dir():
+        raise UsageError(f"no folder {dest.parent}")
+    return dest
 
 
 class Commands:
@@ -462,18 +475,15 @@ class Commands:
 
     async def cmd_send(self, args: list[str]) -> None:
         peer = self._current_peer()
-        api = files.api(self.client)
-        if api is None:
-            self.app.error(files.NOT_AVAILABLE)
-            return
+        self.client.core.require_sendable(peer)
         path, size = _local_file(args[0])
         name = self.app.name_of(peer)
         transfer = self.app.transfers.start(f"→ {name} {plain(path.name, 32)}", size)
 
         async def run() -> None:
             try:
-                ref = await api.send_file(peer, path,
-                                          progress=self.app.transfers.callback(transfer))
+                ref = await self.client.send_file(
+                    peer, path, progress=self.app.transfers.callback(transfer))
                 self.app.sent_texts[ref.message_id] = f"[file] {path.name}"
                 self.app.show(f"  {short_id(ref.message_id)} sent {plain(path.name)} "
                               f"({human_size(size)}) to {name}", "status")
@@ -484,21 +494,21 @@ class Commands:
 
     async def cmd_get(self, args: list[str]) -> None:
         peer = self._current_peer()
-        api = files.api(self.client)
-        if api is None:
-            self.app.error(files.NOT_AVAILABLE)
-            return
         message = await self._find_message(peer, args[0])
-        if message.kind is not MessageKind.FILE or message.outgoing:
-            raise UsageError(f"{short_id(message.message_id)} is not a file you received")
-        dest = _expand(args[1])
-        transfer = self.app.transfers.start(f"← {short_id(message.message_id)}")
+        info = None if message.attachment is None else file_info(message.attachment)
+        if message.kind is not MessageKind.FILE or info is None:
+            raise UsageError(f"{short_id(message.message_id)} is not a file")
+        dest = _destination(args[1], safe_file_name(info.name))
+        label = f"← {plain(dest.name, 32)}"
+        transfer = self.app.transfers.start(label, info.size)
 
         async def run() -> None:
             try:
-                saved = await api.download_file(peer, message.message_id, dest,
-                                                progress=self.app.transfers.callback(transfer))
-                self.app.show(f"  saved {short_id(message.message_id)} to {saved}", "ok")
+                saved = await self.client.download_file(
+                    peer, message.message_id, dest,
+                    progress=self.app.transfers.callback(transfer))
+                self.app.show(f"  saved {short_id(message.message_id)} to {saved} "
+                              f"({human_size(info.size)})", "ok")
             finally:
                 self.app.transfers.finish(transfer)
 

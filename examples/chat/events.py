@@ -30,11 +30,14 @@ from client_sdk import (
     ProfileChanged,
     ReactionChanged,
     Reconnected,
+    TransferCompleted,
+    TransferFailedEvent,
+    TransferStarted,
     TypingChanged,
 )
 from pigeon_crypto.errors import PigeonError
 
-from .view import plain, short_id, status_word
+from .view import file_label, plain, short_id, status_word
 
 if TYPE_CHECKING:
     from .app import ChatApp
@@ -48,6 +51,8 @@ QUOTE_CHARS = 24
 class EventPrinter:
     def __init__(self, app: ChatApp) -> None:
         self.app = app
+        self.started: set[bytes] = set()
+        """Transfers started while this runs (their outcome is shown by the command)."""
 
     async def run(self) -> None:
         async for event in self.app.client.events():
@@ -97,6 +102,12 @@ class EventPrinter:
                 verb = "withdrew" if removed else "reacted"
                 app.show(f"  {app.name_of(peer)} {verb} {plain(emoji, 8)} on {short_id(mid)}",
                          "status")
+            case TransferStarted(transfer_id=tid):
+                self.started.add(tid)
+            case TransferCompleted(transfer_id=tid, path=path) if tid not in self.started:
+                app.show(f"  a transfer left unfinished earlier is complete ({path})", "ok")
+            case TransferFailedEvent(transfer_id=tid, reason=reason) if tid not in self.started:
+                app.error(f"a transfer left unfinished earlier failed: {reason}")
             case MailboxRotated():
                 pass
             case MessagesLost(peer=peer, count=count):
@@ -119,7 +130,8 @@ class EventPrinter:
         name = app.name_of(event.peer)
         if event.kind is MessageKind.FILE:
             caption = f" {plain(event.text)}" if event.text else ""
-            body = f"sent a file{caption}  (/get {short_id(event.message_id)} <dest>)"
+            body = (f"sent a file {file_label(event.file)}{caption}  "
+                    f"(/get {short_id(event.message_id)} <dest>)")
         elif event.kind is MessageKind.UNSUPPORTED:
             body = "sent a message this version cannot show"
         else:

@@ -11,16 +11,19 @@ import datetime as _dt
 import unicodedata
 from typing import Final
 
-from client_sdk import Contact, ContactState, MessageKind, MessageStatus
+from client_sdk import Contact, ContactState, FileInfo, MessageKind, MessageStatus
+from client_sdk.files import file_info
 from client_sdk.history import StoredMessage
 
 __all__ = [
     "SHORT_ID_HEX",
     "contact_line",
     "contact_name",
+    "file_label",
     "human_size",
     "message_line",
     "plain",
+    "safe_file_name",
     "short_id",
     "status_word",
 ]
@@ -59,6 +62,21 @@ def plain(text: str, limit: int = MAX_SHOWN_TEXT) -> str:
         else:
             out.append(ch)
     return "".join(out) + ("…" if len(text) > limit else "")
+
+
+def safe_file_name(name: str) -> str:
+    """A sender's file name made safe as a local base name: no folders, no control
+    characters, no leading dots (a hidden or special file); ``file`` if nothing is left."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C").strip()
+    return cleaned.lstrip(".")[:200] or "file"
+
+
+def file_label(info: FileInfo | None) -> str:
+    """``name (size)`` of a file message, cleaned for the terminal."""
+    if info is None:
+        return "(unreadable file description)"
+    return f"{plain(info.name, 80)} ({human_size(info.size)})"
 
 
 def short_id(message_id: bytes) -> str:
@@ -112,8 +130,11 @@ def message_line(message: StoredMessage, peer_name: str) -> str:
     if message.deleted_at_ms is not None:
         body = "(deleted)"
     elif message.kind is MessageKind.FILE:
+        info = None if message.attachment is None else file_info(message.attachment)
         caption = f" {plain(message.body)}" if message.body else ""
-        body = f"[file]{caption}  (/get {short_id(message.message_id)} <dest>)"
+        body = f"[file] {file_label(info)}{caption}"
+        if not message.outgoing:
+            body += f"  (/get {short_id(message.message_id)} <dest>)"
     elif message.kind is MessageKind.UNSUPPORTED:
         body = "(a message this version cannot show)"
     else:

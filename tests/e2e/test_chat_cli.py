@@ -16,7 +16,6 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from client_sdk import AsyncClient
 from client_sdk.testing import RelayProcess, pigeon_relay  # noqa: F401
 from examples.chat.commands import COMMANDS
 
@@ -188,7 +187,7 @@ def test_two_people_chat(chats: dict[str, Chat]) -> None:
     assert bob.quit() == 0
 
 
-def test_files_or_a_clear_message(chats: dict[str, Chat], tmp_path: Path) -> None:
+def test_send_and_get_a_file(chats: dict[str, Chat], tmp_path: Path) -> None:
     alice, bob = chats["alice"], chats["bob"]
     _, bob_link = _register(bob, "Bob")
     _register(alice, "Alice")
@@ -200,24 +199,30 @@ def test_files_or_a_clear_message(chats: dict[str, Chat], tmp_path: Path) -> Non
     alice.type("/open Bob")
     alice.expect("── conversation with Bob ──")
     alice.type(f"/send {tmp_path / 'missing.bin'}")
-    if not hasattr(AsyncClient, "send_file"):
-        alice.expect("error: file transfer is not available yet")
-        bob.type("/get #abcdef /tmp")
-        bob.expect("error: file transfer is not available yet")
-        assert alice.quit() == 0
-        assert bob.quit() == 0
-        return
     alice.expect(f"error: no file at {tmp_path / 'missing.bin'}")
     payload = os.urandom(3 * 1024 * 1024 + 123)
     source = tmp_path / "photo.bin"
     source.write_bytes(payload)
     alice.type(f"/send {source}")
     alice.expect("sent photo.bin (3.1 MB) to Bob")
-    file_id = bob.expect_re(r"Alice sent a file.*\(/get (#[0-9a-f]{6}) <dest>\)").group(1)
-    dest = tmp_path / "received.bin"
-    bob.type(f"/get {file_id} {dest}")
-    bob.expect(f"saved {file_id} to")
-    assert dest.read_bytes() == payload
+    file_id = bob.expect_re(r"Alice sent a file photo\.bin \(3\.1 MB\)  "
+                            r"\(/get (#[0-9a-f]{6}) <dest>\)").group(1)
+    bob.type("/get #zz /tmp")
+    bob.expect("error: name the message by the #id shown with it")
+    bob.type(f"/get {file_id} {tmp_path / 'no-such-folder' / 'x'}")
+    bob.expect("error: no folder")
+    # A folder as destination: the file keeps its name.
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    bob.type(f"/get {file_id} {downloads}")
+    bob.expect(f"saved {file_id} to {downloads / 'photo.bin'} (3.1 MB)")
+    assert (downloads / "photo.bin").read_bytes() == payload
+    bob.type(f"/get {file_id} {downloads}")
+    bob.expect("exists already: choose another name")
+    bob.type("/history")
+    bob.expect_re(r"#[0-9a-f]{6} Alice: \[file\] photo\.bin \(3\.1 MB\)")
+    alice.type("/history")
+    alice.expect_re(r"#[0-9a-f]{6} you: \[file\] photo\.bin \(3\.1 MB\)  \[(delivered|read)\]")
     assert alice.quit() == 0
     assert bob.quit() == 0
 
