@@ -9,7 +9,11 @@ Runs inside the caller's transaction. Rules (who may edit, status order, ...) co
   unlike OFFSET, which walks every skipped row (see ``bench.sdk_history``).
 * Search goes through the external-content FTS5 table ``messages_fts``. Newest-first
   walks the FTS doclist by descending rowid and stops after the page; rank order must
-  score every match (BM25) before sorting.
+  score every match (BM25) before sorting. A new message's index entry is written here,
+  right after its row (schema v4: a trigger made FTS5 flush one segment per message);
+  edits and deletes keep it in step through triggers.
+* Inserts of one transaction can share an :class:`InsertBatch`: each conversation's
+  expiry timer is read once and its ``last_message_at_ms`` raised once, at the end.
 * Attachments (file manifests) are sealed with AD key ``u64(conversation id) ||
   message id``.
 """
@@ -67,6 +71,12 @@ _INSERT = (
     "INSERT INTO messages (conversation_id, message_id, sender, kind, body, attachment, "
     "reply_to, sent_at_ms, received_at_ms, status, expires_at_ms) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_NEW = _INSERT + " ON CONFLICT (conversation_id, message_id) DO NOTHING"
+_INDEX = "INSERT INTO messages_fts (rowid, body) VALUES (?, ?)"
+_RAISE_LAST = (
+    "UPDATE conversations SET last_message_at_ms = max(coalesce(last_message_at_ms, 0), ?) "
+    "WHERE id = ?"
 )
 _OUTCOME_PRIORITY = (ApplyOutcome.APPLIED, ApplyOutcome.STALE, ApplyOutcome.NOT_ALLOWED,
                      ApplyOutcome.TARGET_MISSING)
@@ -299,22 +309,54 @@ def _row(tx: Tx, op: NewMessage, timer: int | None) -> tuple[object, ...]:
             int(op.initial_status), expiry_for(op, timer))
 
 
-def insert_message(tx: Tx, op: NewMessage) -> tuple[ApplyOutcome, int | None]:
-    """Insert a new message; returns the outcome and the new rowid (when APPLIED)."""
-    timer = _timer(tx, op.conversation_id)
-    existing = tx.conn.execute(
-        "SELECT sender FROM messages WHERE conversation_id = ? AND message_id = ?",
-        (op.conversation_id, op.message_id),
-    ).fetchone()
-    if existing is not None:
-        same = bytes(existing[0]) == _who(op.sender)
+class InsertBatch:
+    """What the inserts of one transaction share: conversation timers (read once) and
+    the newest ordering time per conversation (written once, by :meth:`finish`)."""
+
+    __slots__ = ("latest", "timers")
+
+    def __init__(self) -> None:
+        self.timers: dict[int, int | None] = {}
+        self.latest: dict[int, int] = {}
+
+    def timer(self, tx: Tx, conversation_id: int) -> int | None:
+        if conversation_id in self.timers:
+            return self.timers[conversation_id]
+        timer = self.timers[conversation_id] = _timer(tx, conversation_id)
+        return timer
+
+    def finish(self, tx: Tx) -> None:
+        """Raise each conversation's ``last_message_at_ms`` (before the commit)."""
+        if self.latest:
+            tx.conn.executemany(_RAISE_LAST, [(t, c) for c, t in self.latest.items()])
+            self.latest.clear()
+
+
+def insert_message(tx: Tx, op: NewMessage, batch: InsertBatch | None = None,
+                   ) -> tuple[ApplyOutcome, int | None]:
+    """Insert a new message; returns the outcome and the new rowid (when APPLIED).
+
+    With *batch*, the conversation's ``last_message_at_ms`` is raised by
+    ``batch.finish`` (the caller calls it in the same transaction)."""
+    cid = op.conversation_id
+    timer = _timer(tx, cid) if batch is None else batch.timer(tx, cid)
+    cur = tx.conn.execute(_INSERT_NEW, _row(tx, op, timer))
+    if cur.rowcount != 1:  # (conversation_id, message_id) exists: who wrote it first?
+        existing = tx.conn.execute(
+            "SELECT sender FROM messages WHERE conversation_id = ? AND message_id = ?",
+            (cid, op.message_id),
+        ).fetchone()
+        same = existing is not None and bytes(existing[0]) == _who(op.sender)
         return (ApplyOutcome.DUPLICATE if same else ApplyOutcome.ID_CONFLICT), None
-    cur = tx.conn.execute(_INSERT, _row(tx, op, timer))
-    tx.conn.execute(
-        "UPDATE conversations SET last_message_at_ms = max(coalesce(last_message_at_ms, 0), ?) "
-        "WHERE id = ?", (ordering_time(op), op.conversation_id),
-    )
-    return ApplyOutcome.APPLIED, cur.lastrowid
+    rowid = cur.lastrowid
+    if op.body is not None:
+        tx.conn.execute(_INDEX, (rowid, op.body))
+    at = ordering_time(op)
+    if batch is None:
+        tx.conn.execute(_RAISE_LAST, (at, cid))
+    elif at > batch.latest.get(cid, -1):
+        batch.latest[cid] = at
+    return ApplyOutcome.APPLIED, rowid
 
 
 def import_messages(tx: Tx, messages: Iterable[NewMessage]) -> int:
@@ -327,8 +369,11 @@ def import_messages(tx: Tx, messages: Iterable[NewMessage]) -> int:
                 timers[cid] = _timer(tx, cid)
             yield _row(tx, op, timers[cid])
 
-    cur = tx.conn.executemany(_INSERT + " ON CONFLICT (conversation_id, message_id) DO NOTHING",
-                              rows())
+    # Rowids only grow (INTEGER PRIMARY KEY, max + 1): the new rows are those above.
+    before = tx.conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
+    cur = tx.conn.executemany(_INSERT_NEW, rows())
+    tx.conn.execute("INSERT INTO messages_fts (rowid, body) SELECT id, body FROM messages "
+                    "WHERE id > ? AND body IS NOT NULL", (before,))
     tx.conn.executemany(
         "UPDATE conversations SET last_message_at_ms = "
         "(SELECT max(sent_at_ms) FROM messages WHERE conversation_id = ?) WHERE id = ?",
@@ -419,10 +464,12 @@ def _status(tx: Tx, op: UpdateStatus) -> ApplyOutcome:
     return next(o for o in _OUTCOME_PRIORITY if o in seen)
 
 
-def apply(tx: Tx, op: HistoryOp) -> tuple[ApplyOutcome, int | None]:
-    """Apply any op; the rowid is that of a newly inserted message (else None)."""
+def apply(tx: Tx, op: HistoryOp, batch: InsertBatch | None = None,
+          ) -> tuple[ApplyOutcome, int | None]:
+    """Apply any op; the rowid is that of a newly inserted message (else None). *batch*:
+    see :func:`insert_message`."""
     if isinstance(op, NewMessage):
-        return insert_message(tx, op)
+        return insert_message(tx, op, batch)
     _timer(tx, op.conversation_id)  # RecordNotFound for an unknown conversation
     match op:
         case EditMessage():

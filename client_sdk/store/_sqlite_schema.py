@@ -274,7 +274,17 @@ def _v3(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, _v1), Migration(2, _v2), Migration(3, _v3))
+def _v4(conn: sqlite3.Connection) -> None:
+    # The store writes a new message's index entry itself, in the same transaction
+    # (client_sdk.store._sqlite_history.insert_message): an INSERT whose trigger writes
+    # to an FTS5 table opens a statement savepoint, and FTS5 flushes its pending terms
+    # into a new segment at every savepoint, so the trigger wrote (and merged) one
+    # segment per message. The delete and edit triggers stay.
+    conn.execute("DROP TRIGGER messages_fts_insert")
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, _v1), Migration(2, _v2), Migration(3, _v3),
+                                     Migration(4, _v4))
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
