@@ -20,7 +20,7 @@ Runs inside the caller's transaction. Rules (who may edit, status order, ...) co
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, assert_never
 
 from ..errors import RecordNotFound
@@ -490,6 +490,15 @@ def set_outgoing_status(tx: Tx, rowid: int, status: MessageStatus, reason: str |
         "UPDATE messages SET status = ?, failure_reason = ? WHERE id = ? AND status = ?",
         (int(status), reason, rowid, int(MessageStatus.PENDING)),
     )
+
+
+def set_outgoing_status_many(tx: Tx, rowids: Sequence[int], status: MessageStatus,
+                             reason: str | None) -> None:
+    """:func:`set_outgoing_status` for many messages (one ``executemany``)."""
+    if rowids:
+        tx.conn.executemany(
+            "UPDATE messages SET status = ?, failure_reason = ? WHERE id = ? AND status = ?",
+            [(int(status), reason, r, int(MessageStatus.PENDING)) for r in rowids])
 
 
 def purge_expired(tx: Tx, now_ms: int) -> int:

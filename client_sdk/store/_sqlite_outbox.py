@@ -13,7 +13,9 @@ with AD key ``client_msg_id``::
 
 from __future__ import annotations
 
+import sqlite3
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import RecordNotFound, StoreConflict
@@ -39,6 +41,8 @@ from .records import (
 _RECIPIENTS_VERSION = 1
 _COUNT = struct.Struct(">H")
 _ENTRY = MAILBOX_ID_SIZE + CAPABILITY_SIZE
+_CHUNK = 500
+"""Ids per ``IN (…)`` list: well under SQLite's limit of bound parameters."""
 _ITEM = (
     "SELECT o.seq, o.client_msg_id, o.recipients, o.blob, o.created_at_ms, o.attempts, "
     "o.next_attempt_at_ms, o.last_error, m.conversation_id, m.message_id "
@@ -80,16 +84,24 @@ def get_outbox(tx: Tx, client_msg_id: bytes) -> OutboxItem | None:
     return None if row is None else _item(tx, row)
 
 
-def enqueue(tx: Tx, outgoing: Outgoing) -> OutboxItem:
+def enqueue_many(tx: Tx, outgoing: Sequence[Outgoing]) -> list[OutboxItem]:
+    """Several :func:`enqueue` in the caller's one transaction (shared history batch)."""
+    batch = history.InsertBatch()
+    items = [enqueue(tx, o, batch) for o in outgoing]
+    batch.finish(tx)
+    return items
+
+
+def enqueue(tx: Tx, outgoing: Outgoing, batch: history.InsertBatch | None = None,
+            ) -> OutboxItem:
+    """Store one send (see the module docstring). A ``client_msg_id`` already queued is
+    refused by the insert (``StoreConflict``); the transaction then rolls back whole."""
     entry = outgoing.entry
     op = outgoing.history
     if isinstance(op, NewMessage) and (
         op.sender is not None or op.initial_status is not MessageStatus.PENDING
     ):
         raise ValueError("an outgoing NewMessage must be ours (sender=None) and PENDING")
-    if tx.conn.execute("SELECT 1 FROM outbox WHERE client_msg_id = ?",
-                       (entry.client_msg_id,)).fetchone():
-        raise StoreConflict("client_msg_id is already queued")
     if outgoing.contact is not None:
         contacts.save_contact(tx, outgoing.contact)
     if outgoing.session is not None:
@@ -100,7 +112,7 @@ def enqueue(tx: Tx, outgoing: Outgoing) -> OutboxItem:
         groups.write(tx, outgoing.group)
     link = None
     if op is not None:
-        outcome, link = history.apply(tx, op)
+        outcome, link = history.apply(tx, op, batch)
         if isinstance(op, NewMessage) and outcome is not ApplyOutcome.APPLIED:
             raise StoreConflict(f"the message id is already in history ({outcome.value})")
     seq = _insert(tx, entry, link)
@@ -113,12 +125,17 @@ def enqueue(tx: Tx, outgoing: Outgoing) -> OutboxItem:
 def _insert(tx: Tx, entry: OutboxEntry, link: int | None) -> int:
     sealed = tx.seal("outbox", "recipients", entry.client_msg_id,
                      encode_recipients(entry.recipients))
-    cur = tx.conn.execute(
-        "INSERT INTO outbox (client_msg_id, recipients, blob, created_at_ms, "
-        "next_attempt_at_ms, message_rowid) VALUES (?, ?, ?, ?, ?, ?)",
-        (entry.client_msg_id, sealed, entry.blob, entry.created_at_ms, entry.created_at_ms,
-         link),
-    )
+    try:
+        cur = tx.conn.execute(
+            "INSERT INTO outbox (client_msg_id, recipients, blob, created_at_ms, "
+            "next_attempt_at_ms, message_rowid) VALUES (?, ?, ?, ?, ?, ?)",
+            (entry.client_msg_id, sealed, entry.blob, entry.created_at_ms,
+             entry.created_at_ms, link),
+        )
+    except sqlite3.IntegrityError as exc:
+        if getattr(exc, "sqlite_errorname", "") == "SQLITE_CONSTRAINT_UNIQUE":
+            raise StoreConflict("client_msg_id is already queued") from exc
+        raise
     assert cur.lastrowid is not None
     return int(cur.lastrowid)
 
@@ -163,6 +180,29 @@ def finish(tx: Tx, client_msg_id: bytes, status: MessageStatus, reason: str | No
     return True
 
 
+def finish_many(tx: Tx, client_msg_ids: Sequence[bytes], status: MessageStatus,
+                reason: str | None) -> list[bool]:
+    """:func:`finish` for many rows with two statements per chunk of ids (a ``DELETE …
+    RETURNING`` and one status update per linked message). An id listed twice counts
+    once (the first time)."""
+    found: dict[bytes, int | None] = {}
+    ids = list(dict.fromkeys(client_msg_ids))
+    for i in range(0, len(ids), _CHUNK):
+        chunk = ids[i:i + _CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        for cmid, rowid in tx.conn.execute(
+                f"DELETE FROM outbox WHERE client_msg_id IN ({marks}) "  # noqa: S608
+                "RETURNING client_msg_id, message_rowid", chunk).fetchall():
+            found[bytes(cmid)] = rowid
+    history.set_outgoing_status_many(
+        tx, [int(r) for r in found.values() if r is not None], status, reason)
+    out = []
+    for cmid in client_msg_ids:
+        out.append(cmid in found)
+        found.pop(cmid, None)
+    return out
+
+
 # --- inbox ------------------------------------------------------------------------------
 
 
@@ -173,8 +213,24 @@ def envelope_seen(tx: Tx, envelope: EnvelopeRef) -> bool:
     ).fetchone() is not None
 
 
-def commit_receive(tx: Tx, incoming: Incoming) -> ReceiveResult:
-    if envelope_seen(tx, incoming.envelope):
+def commit_receive_many(tx: Tx, incoming: Sequence[Incoming]) -> list[ReceiveResult]:
+    """Several :func:`commit_receive` in the caller's one transaction."""
+    batch = history.InsertBatch()
+    results = [commit_receive(tx, i, batch) for i in incoming]
+    batch.finish(tx)
+    return results
+
+
+def commit_receive(tx: Tx, incoming: Incoming, batch: history.InsertBatch | None = None,
+                   ) -> ReceiveResult:
+    # The envelope record first: it is the duplicate check (nothing else is written for
+    # an envelope already processed) and the record, in one statement.
+    cur = tx.conn.execute(
+        "INSERT INTO processed_envelopes (mailbox_id, seq, received_at_ms) VALUES (?, ?, ?) "
+        "ON CONFLICT (mailbox_id, seq) DO NOTHING",
+        (incoming.envelope.mailbox_id, incoming.envelope.seq, incoming.received_at_ms),
+    )
+    if cur.rowcount != 1:
         return ReceiveResult(outcome=ReceiveOutcome.DUPLICATE_ENVELOPE)
     if incoming.accepted is not None:
         keys.consume_initiation(tx, incoming.accepted, incoming.received_at_ms)
@@ -189,16 +245,9 @@ def commit_receive(tx: Tx, incoming: Incoming) -> ReceiveResult:
         groups.write(tx, incoming.group)
     outcome = None
     if incoming.history is not None:
-        outcome, _ = history.apply(tx, incoming.history)
+        outcome, _ = history.apply(tx, incoming.history, batch)
     if incoming.reply is not None:
-        if tx.conn.execute("SELECT 1 FROM outbox WHERE client_msg_id = ?",
-                           (incoming.reply.client_msg_id,)).fetchone():
-            raise StoreConflict("client_msg_id is already queued")
         _insert(tx, incoming.reply, None)
-    tx.conn.execute(
-        "INSERT INTO processed_envelopes (mailbox_id, seq, received_at_ms) VALUES (?, ?, ?)",
-        (incoming.envelope.mailbox_id, incoming.envelope.seq, incoming.received_at_ms),
-    )
     return ReceiveResult(outcome=ReceiveOutcome.PROCESSED, history=outcome)
 
 

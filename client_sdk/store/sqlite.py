@@ -258,7 +258,7 @@ class SqliteStore:
 
     def enqueue_many(self, outgoing: Sequence[Outgoing]) -> list[OutboxItem]:
         with self._db.write("enqueue_many") as tx:
-            return [outbox.enqueue(tx, o) for o in outgoing]
+            return outbox.enqueue_many(tx, outgoing)
 
     def get_outbox(self, client_msg_id: bytes) -> OutboxItem | None:
         with self._db.read("get_outbox") as tx:
@@ -288,7 +288,7 @@ class SqliteStore:
 
     def mark_sent_many(self, client_msg_ids: Sequence[bytes], *, now_ms: int) -> list[bool]:
         with self._db.write("mark_sent_many") as tx:
-            return [outbox.finish(tx, c, MessageStatus.SENT, None) for c in client_msg_ids]
+            return outbox.finish_many(tx, client_msg_ids, MessageStatus.SENT, None)
 
     def mark_failed(self, client_msg_id: bytes, *, reason: str, now_ms: int) -> bool:
         with self._db.write("mark_failed") as tx:
@@ -304,7 +304,7 @@ class SqliteStore:
 
     def commit_receive_many(self, incoming: Sequence[Incoming]) -> list[ReceiveResult]:
         with self._db.write("commit_receive_many") as tx:
-            return [outbox.commit_receive(tx, i) for i in incoming]
+            return outbox.commit_receive_many(tx, incoming)
 
     def purge_envelope_records(self, *, received_before_ms: int) -> int:
         with self._db.write("purge_envelope_records") as tx:
