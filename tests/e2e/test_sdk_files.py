@@ -248,6 +248,59 @@ async def test_tampered_chunk_fails_the_download(clients: ClientFactory,
         await bob.wait_transfer(t.transfer_id)
 
 
+def test_example_safe_name(tmp_path: Path) -> None:
+    from examples.send_file import safe_name
+
+    assert safe_name("../../etc/passwd", tmp_path) == tmp_path / "passwd"
+    assert safe_name("..\\..\\boot.ini", tmp_path) == tmp_path / "boot.ini"
+    assert safe_name(".hidden\x00\x1b[31m", tmp_path).name == "hidden_31m"
+    (tmp_path / "a.txt").write_bytes(b"")
+    assert safe_name("a.txt", tmp_path) == tmp_path / "a (1).txt"
+    assert safe_name("..", tmp_path) == tmp_path / "file"
+
+
+async def test_example_script_sends_and_receives(clients: ClientFactory,
+                                                 tmp_path: Path) -> None:
+    alice, bob = await clients("alice"), await clients("bob")
+    await clients.connect(alice, bob)
+    source = tmp_path / "report 2024.pdf"
+    digest = await asyncio.to_thread(write_random, source, 5 * MiB + 123)
+    url = clients.relay.url
+    a_profile, b_profile, a_id, b_id = alice.path, bob.path, alice.account_id, bob.account_id
+    await alice.close()
+    await bob.close()
+
+    def script(profile: Path, name: str, *args: str) -> list[str]:
+        return [sys.executable, "-m", "examples.send_file", "--profile", str(profile),
+                "--relay", url, *args]
+
+    def env(name: str) -> dict[str, str]:
+        return {**os.environ, "PIGEON_PASSPHRASE": f"passphrase of {name}"}
+
+    out_dir = tmp_path / "inbox"
+    receiver = await asyncio.create_subprocess_exec(
+        *script(b_profile, "bob", "receive", "--from", a_id.hex(), "--dir", str(out_dir),
+                "--timeout", "60"),
+        env=env("bob"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sender = await asyncio.create_subprocess_exec(
+        *script(a_profile, "alice", "send", b_id.hex(), str(source), "--caption", "Q3"),
+        env=env("alice"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    s_out, s_err = await asyncio.wait_for(sender.communicate(), 90)
+    assert sender.returncode == 0, s_err.decode()[-2000:]
+    assert "sent report 2024.pdf" in s_out.decode()
+    r_out, r_err = await asyncio.wait_for(receiver.communicate(), 90)
+    assert receiver.returncode == 0, r_err.decode()[-2000:]
+    assert f"received report 2024.pdf ({5 * MiB + 123} bytes)" in r_out.decode()
+    assert sha256_of(out_dir / "report 2024.pdf") == digest
+
+    # An unknown peer is a clear failure (status 1), not a traceback.
+    bad = await asyncio.create_subprocess_exec(
+        *script(a_profile, "alice", "send", "00" * 16, str(source)),
+        env=env("alice"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, b_err = await asyncio.wait_for(bad.communicate(), 60)
+    assert bad.returncode == 1 and "UnknownContact" in b_err.decode()
+
+
 def _send_and_die(profile: str, url: str, peer_hex: str, source: str, fraction: str) -> None:
     """Child process: send *source* to the peer and SIGKILL ourselves once the profile
     records *fraction* of it as uploaded (a crash in the middle of the upload)."""
