@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import mimetypes
 import os
 import stat
@@ -45,6 +46,7 @@ from ._transfers import (
     TokenExpired,
     TransferError,
     http_base_url,
+    is_transient,
     run_chunks,
 )
 from .errors import ClientError, ConnectionLost, RelayError
@@ -74,6 +76,12 @@ if TYPE_CHECKING:
     from .history import Conversation
 
 __all__ = ["FilesMixin"]
+
+_log = logging.getLogger("pigeon.sdk.files")
+
+_OUTAGE_BACKOFF_S = (1.0, 30.0)
+"""After a chunk exhausted its retries on transient errors, the transfer waits (doubling
+from 1 s up to 30 s) and goes on: it stays RUNNING while the client is open."""
 
 T = TypeVar("T")
 Progress = Callable[[int, int], None]
@@ -107,7 +115,10 @@ class _Running:
     def report(self) -> None:
         total = self.total
         for callback in list(self.progress):
-            callback(self.bytes_done, total)
+            try:
+                callback(self.bytes_done, total)
+            except Exception:
+                _log.exception("progress callback failed")
 
 
 class FilesMixin:
@@ -274,7 +285,9 @@ class FilesMixin:
         stored, so it lasts across restarts. Resume with :meth:`resume_transfer`."""
         running = self._running.get(transfer_id)
         if running is not None:
-            running.paused = True
+            running.paused = True  # its task stores PAUSED once the chunks in flight end
+            running.wake.clear()
+            return
         self._spawn(self._set_state(transfer_id, TransferState.PAUSED,
                                     only_from=TransferState.RUNNING))
 
@@ -286,9 +299,8 @@ class FilesMixin:
         """
         running = self._running.get(transfer_id)
         if running is not None:
-            running.paused = False
+            running.paused = False  # its task stores RUNNING when it wakes
             running.wake.set()
-            await self._set_state(transfer_id, TransferState.RUNNING)
             return
         record = await self._run(lambda c: transfer_store(c.store).get_transfer(transfer_id))
         if record is None:
@@ -431,10 +443,13 @@ class FilesMixin:
             if fd >= 0:  # closing: keep what was done (a crash loses at most one interval)
                 with contextlib.suppress(Exception):
                     await self._flush(running, fd, force=True)
+            if running.paused:
+                with contextlib.suppress(Exception):
+                    await self._set_state(tid, TransferState.PAUSED)
             running.done.set_exception(ConnectionLost(
                 "the client closed; the transfer continues when it is opened again"))
             raise
-        except (TransferError, PigeonError, OSError, ValueError) as exc:
+        except Exception as exc:  # PigeonError, TransferError, OSError, a callback's bug
             reason = exc.reason if isinstance(exc, TransferFailed) else \
                 f"{type(exc).__name__}: {exc}"
             if isinstance(exc, ConnectionLost):  # not permanent: continue after login
@@ -486,6 +501,7 @@ class FilesMixin:
         ssl: aiohttp.Fingerprint | bool = aiohttp.Fingerprint(self._pin) \
             if self._pin is not None else True
         connector = aiohttp.TCPConnector(limit=opts.parallel, ssl=ssl)
+        backoff = _OUTAGE_BACKOFF_S[0]
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
             while True:
                 missing = [i for i in range(record.chunk_count)
@@ -494,8 +510,11 @@ class FilesMixin:
                     return
                 if running.paused:
                     await self._flush(running, fd, force=True)
-                    running.wake.clear()
-                    await running.wake.wait()
+                    await self._set_state(record.transfer_id, TransferState.PAUSED)
+                    while running.paused:
+                        running.wake.clear()
+                        await running.wake.wait()
+                    await self._set_state(record.transfer_id, TransferState.RUNNING)
                     continue
                 if grant().expires_at_ms <= self._now_ms():
                     await self._renew(running, upload)
@@ -505,8 +524,17 @@ class FilesMixin:
                         cipher=cipher, fd=fd, indexes=missing, parallel=opts.parallel,
                         retries=opts.retries, paused=lambda: running.paused,
                         on_chunk=on_chunk)
+                    backoff = _OUTAGE_BACKOFF_S[0]
                 except TokenExpired:
                     await self._renew(running, upload)
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    _log.warning("transfer %s: %s; trying again in %.0f s",
+                                 record.transfer_id.hex(), type(exc).__name__, backoff)
+                    await self._flush(running, fd, force=True)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _OUTAGE_BACKOFF_S[1])
 
     async def _renew(self, running: _Running, upload: bool) -> BlobGrant:
         record = running.record

@@ -38,7 +38,9 @@ from pigeon_crypto.files import ChunkCipher
 
 from ._connection import WS_PATH, websocket_url
 
-__all__ = ["BlobGrant", "TokenExpired", "TransferError", "http_base_url", "run_chunks"]
+__all__ = [
+    "BlobGrant", "TokenExpired", "TransferError", "http_base_url", "is_transient", "run_chunks",
+]
 
 REQUEST_TIMEOUT_S: Final = 60.0
 """One chunk request (connect to last byte); a 1 MiB chunk takes milliseconds locally."""
@@ -79,7 +81,8 @@ class _Transient(Exception):
     """A retryable HTTP answer (5xx, 429)."""
 
 
-def _transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException) -> bool:
+    """Whether *exc* is worth retrying (connection errors, timeouts, 5xx, 429)."""
     return isinstance(exc, (_Transient, aiohttp.ClientConnectionError,
                             aiohttp.ClientPayloadError, TimeoutError))
 
@@ -159,7 +162,7 @@ async def run_chunks(
         async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(retries),
                 wait=wait_random_exponential(multiplier=_RETRY_INITIAL_S, max=_RETRY_MAX_S),
-                retry=retry_if_exception(_transient), reraise=True):
+                retry=retry_if_exception(is_transient), reraise=True):
             with attempt:
                 if upload:
                     body = await asyncio.to_thread(_read_and_seal, fd, cipher, index)
