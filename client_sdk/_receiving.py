@@ -13,9 +13,9 @@ effects are stored with one ``commit_receive_many``; events are emitted and enve
 acked only after it returned. An envelope whose content is bad (any ``PigeonError``:
 replay, tampering, a duplicate whose keys are gone, a malformed inner message) is
 acked and dropped with a log line; a duplicate envelope is recognized by
-``envelope_seen`` before decryption and only acked. If the batch commit fails, each
-envelope is retried alone; one that still fails is left unacked (the relay redelivers
-it after a reconnect).
+``envelopes_seen`` (one read per batch) before decryption and only acked. If the batch
+commit fails, each envelope is retried alone; one that still fails is left unacked (the
+relay redelivers it after a reconnect).
 
 Simultaneous initiation (both sides invited each other): the session initiated by the
 **smaller account id** (bytewise) is kept. The larger side, still INVITED, adopts the
@@ -178,11 +178,12 @@ def receive(core: ClientCore, deliveries: Sequence[DeliveryLike], *, now_ms: int
     overlay = _Overlay(core)
     pending: list[_Pending] = []
     refs: list[tuple[bytes, int]] = []
-    seen: set[tuple[bytes, int]] = set()
+    # Redeliveries are recognized before decryption, with one read for the batch.
+    seen = {(e.mailbox_id, e.seq) for e in core.store.envelopes_seen(
+        [EnvelopeRef(mailbox_id=d.mailbox_id, seq=d.seq) for d in deliveries])}
     for d in deliveries:
         key = (d.mailbox_id, d.seq)
-        if key in seen or core.store.envelope_seen(EnvelopeRef(mailbox_id=d.mailbox_id,
-                                                               seq=d.seq)):
+        if key in seen:
             out.ack(*key)
             continue
         seen.add(key)
@@ -368,12 +369,13 @@ def _apply_inner(core: ClientCore, overlay: _Overlay, contact: Contact, pending:
             op = UpdateStatus(conversation_id=cid(), message_ids=ids, status=status, by=peer,
                               at_ms=now_ms)
             pending.events.append(ReceiptReceived(peer=peer, kind=kind, message_ids=ids))
-            for mid in ids:
-                msg = core.store.get_message(cid(), mid)
-                if msg is not None and msg.outgoing and advance_status(
-                        msg.status, status, outgoing=True) is not None:
-                    pending.events.append(MessageStatusChanged(
-                        peer=peer, conversation_id=cid(), message_id=mid, status=status))
+            conversation_id = cid()
+            ours = core.store.outgoing_statuses(conversation_id, ids)
+            pending.events += [
+                MessageStatusChanged(peer=peer, conversation_id=conversation_id,
+                                     message_id=mid, status=status)
+                for mid in ids
+                if mid in ours and advance_status(ours[mid], status, outgoing=True) is not None]
         case Typing(active=active):
             pending.events.append(TypingChanged(peer=peer, active=active))
         case Presence(state=state):

@@ -139,6 +139,15 @@ class HistoryTables:
         rowid = self.index.get((conversation_id, message_id))
         return None if rowid is None else self._full(self.messages[rowid])
 
+    def outgoing_statuses(self, conversation_id: int, message_ids: Iterable[bytes],
+                          ) -> dict[bytes, MessageStatus]:
+        out = {}
+        for mid in message_ids:
+            rowid = self.index.get((conversation_id, mid))
+            if rowid is not None and self.messages[rowid].outgoing:
+                out[mid] = self.messages[rowid].status
+        return out
+
     def count(self, conversation_id: int | None) -> int:
         if conversation_id is None:
             return len(self.messages)

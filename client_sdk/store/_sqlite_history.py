@@ -72,6 +72,8 @@ _INSERT = (
     "reply_to, sent_at_ms, received_at_ms, status, expires_at_ms) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_IN_CHUNK = 500
+"""Ids per ``IN (…)`` list: well under SQLite's limit of bound parameters."""
 _INSERT_NEW = _INSERT + " ON CONFLICT (conversation_id, message_id) DO NOTHING"
 _INDEX = "INSERT INTO messages_fts (rowid, body) VALUES (?, ?)"
 _RAISE_LAST = (
@@ -215,6 +217,24 @@ def get_message(tx: Tx, conversation_id: int, message_id: bytes) -> StoredMessag
         (conversation_id, message_id),
     ).fetchall()
     return _messages(tx, rows)[0] if rows else None
+
+
+def outgoing_statuses(tx: Tx, conversation_id: int, message_ids: Sequence[bytes],
+                      ) -> dict[bytes, MessageStatus]:
+    out: dict[bytes, MessageStatus] = {}
+    ids = list(message_ids)
+    for i in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[i:i + _IN_CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        for mid, status in tx.conn.execute(
+                "SELECT message_id, status FROM messages "  # noqa: S608
+                f"WHERE conversation_id = ? AND sender = x'' AND message_id IN ({marks})",
+                (conversation_id, *chunk)):
+            try:
+                out[bytes(mid)] = MessageStatus(status)
+            except ValueError as exc:
+                raise tx.corrupt("stored message status is invalid") from exc
+    return out
 
 
 def message_count(tx: Tx, conversation_id: int | None) -> int:
@@ -448,9 +468,26 @@ def _delete(tx: Tx, op: DeleteMessage) -> ApplyOutcome:
 
 
 def _status(tx: Tx, op: UpdateStatus) -> ApplyOutcome:
+    # One read per chunk of ids and one executemany: a receipt names up to hundreds.
+    targets: dict[bytes, tuple[int, TargetFacts]] = {}
+    ids = list(dict.fromkeys(op.message_ids))
+    for i in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[i:i + _IN_CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        for rowid, mid, sender, deleted, edited, status in tx.conn.execute(
+                "SELECT id, message_id, sender, deleted_at_ms, edited_at_ms, status "  # noqa: S608
+                f"FROM messages WHERE conversation_id = ? AND message_id IN ({marks})",
+                (op.conversation_id, *chunk)):
+            try:
+                targets[bytes(mid)] = rowid, TargetFacts(
+                    sender=bytes(sender) or None, deleted=deleted is not None,
+                    edited_at_ms=edited, status=MessageStatus(status))
+            except ValueError as exc:
+                raise tx.corrupt("stored message status is invalid") from exc
     seen: set[ApplyOutcome] = set()
-    for mid in op.message_ids:
-        found = _target(tx, op.conversation_id, mid)
+    updates: list[tuple[int, int]] = []
+    for mid in ids:
+        found = targets.get(mid)
         if found is None:
             seen.add(ApplyOutcome.TARGET_MISSING)
             continue
@@ -459,8 +496,10 @@ def _status(tx: Tx, op: UpdateStatus) -> ApplyOutcome:
         if isinstance(decision, ApplyOutcome):
             seen.add(decision)
             continue
-        tx.conn.execute("UPDATE messages SET status = ? WHERE id = ?", (int(decision), rowid))
+        updates.append((int(decision), rowid))
         seen.add(ApplyOutcome.APPLIED)
+    if updates:
+        tx.conn.executemany("UPDATE messages SET status = ? WHERE id = ?", updates)
     return next(o for o in _OUTCOME_PRIORITY if o in seen)
 
 

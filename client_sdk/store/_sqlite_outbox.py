@@ -213,6 +213,24 @@ def envelope_seen(tx: Tx, envelope: EnvelopeRef) -> bool:
     ).fetchone() is not None
 
 
+def envelopes_seen(tx: Tx, envelopes: Sequence[EnvelopeRef]) -> set[EnvelopeRef]:
+    """Those of *envelopes* already recorded: one query per mailbox and chunk of seqs."""
+    by_mailbox: dict[bytes, dict[int, EnvelopeRef]] = {}
+    for e in envelopes:
+        by_mailbox.setdefault(e.mailbox_id, {})[e.seq] = e
+    seen: set[EnvelopeRef] = set()
+    for mailbox_id, refs in by_mailbox.items():
+        seqs = list(refs)
+        for i in range(0, len(seqs), _CHUNK):
+            chunk = seqs[i:i + _CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            for (seq,) in tx.conn.execute(
+                    "SELECT seq FROM processed_envelopes "  # noqa: S608
+                    f"WHERE mailbox_id = ? AND seq IN ({marks})", (mailbox_id, *chunk)):
+                seen.add(refs[seq])
+    return seen
+
+
 def commit_receive_many(tx: Tx, incoming: Sequence[Incoming]) -> list[ReceiveResult]:
     """Several :func:`commit_receive` in the caller's one transaction."""
     batch = history.InsertBatch()

@@ -458,6 +458,11 @@ class MemoryStore:
     def envelope_seen(self, envelope: EnvelopeRef) -> bool:
         return (envelope.mailbox_id, envelope.seq) in self._t.envelopes
 
+    def envelopes_seen(self, envelopes: Sequence[EnvelopeRef]) -> set[EnvelopeRef]:
+        with self._lock:
+            seen = self._t.envelopes
+            return {e for e in envelopes if (e.mailbox_id, e.seq) in seen}
+
     def commit_receive(self, incoming: Incoming) -> ReceiveResult:
         with self._atomic() as t:
             return self._commit_receive(t, incoming)
@@ -543,6 +548,11 @@ class MemoryStore:
     def get_message(self, conversation_id: int, message_id: bytes) -> StoredMessage | None:
         with self._lock:
             return self._t.history.get_message(conversation_id, message_id)
+
+    def outgoing_statuses(self, conversation_id: int, message_ids: Sequence[bytes],
+                          ) -> dict[bytes, MessageStatus]:
+        with self._lock:
+            return self._t.history.outgoing_statuses(conversation_id, message_ids)
 
     def page(
         self,

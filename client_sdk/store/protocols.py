@@ -46,6 +46,7 @@ from ..history import (
     Conversation,
     ConversationKind,
     HistoryOp,
+    MessageStatus,
     NewMessage,
     Page,
     PageCursor,
@@ -315,6 +316,11 @@ class InboxStore(Protocol):
         """True if this envelope was processed: ack it again without decrypting."""
         ...
 
+    def envelopes_seen(self, envelopes: Sequence[EnvelopeRef]) -> set[EnvelopeRef]:
+        """Those of *envelopes* that were processed (:meth:`envelope_seen` for a batch,
+        one read)."""
+        ...
+
     def commit_receive(self, incoming: Incoming) -> ReceiveResult:
         """In ONE transaction: if the envelope is new, consume the PQXDH prekeys, save
         the contact, the ratchet state or sender-key record, apply the history op, queue
@@ -383,6 +389,12 @@ class HistoryStore(Protocol):
         ...
 
     def get_message(self, conversation_id: int, message_id: bytes) -> StoredMessage | None: ...
+
+    def outgoing_statuses(self, conversation_id: int, message_ids: Sequence[bytes],
+                          ) -> dict[bytes, MessageStatus]:
+        """The status of each of *our* messages among *message_ids* in the conversation
+        (incoming and unknown ids are left out): what a receipt may move, in one read."""
+        ...
 
     def page(
         self,

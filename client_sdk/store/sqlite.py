@@ -298,6 +298,10 @@ class SqliteStore:
         with self._db.read("envelope_seen") as tx:
             return outbox.envelope_seen(tx, envelope)
 
+    def envelopes_seen(self, envelopes: Sequence[EnvelopeRef]) -> set[EnvelopeRef]:
+        with self._db.read("envelopes_seen") as tx:
+            return outbox.envelopes_seen(tx, envelopes)
+
     def commit_receive(self, incoming: Incoming) -> ReceiveResult:
         with self._db.write("commit_receive") as tx:
             return outbox.commit_receive(tx, incoming)
@@ -353,6 +357,11 @@ class SqliteStore:
     def get_message(self, conversation_id: int, message_id: bytes) -> StoredMessage | None:
         with self._db.read("get_message") as tx:
             return history.get_message(tx, conversation_id, message_id)
+
+    def outgoing_statuses(self, conversation_id: int, message_ids: Sequence[bytes],
+                          ) -> dict[bytes, MessageStatus]:
+        with self._db.read("outgoing_statuses") as tx:
+            return history.outgoing_statuses(tx, conversation_id, message_ids)
 
     def page(
         self,

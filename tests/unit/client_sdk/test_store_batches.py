@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from client_sdk.errors import StoreConflict
-from client_sdk.history import ConversationKind, MessageStatus
+from client_sdk.history import ApplyOutcome, ConversationKind, MessageStatus, UpdateStatus
 from client_sdk.store import (
     ClientStore,
     Contact,
@@ -104,3 +104,55 @@ def test_commit_receive_many(store: ClientStore) -> None:
         ReceiveOutcome.DUPLICATE_ENVELOPE]
     assert store.message_count(cid) == 3
     assert store.load_session(account(1)).to_bytes() == states[-1].to_bytes()  # type: ignore[union-attr]
+
+
+def test_envelopes_seen_answers_for_a_batch(store: ClientStore) -> None:
+    refs = [EnvelopeRef(mailbox_id=mailbox(m), seq=s) for m in (1, 2) for s in (1, 2, 3)]
+    store.commit_receive_many([Incoming(envelope=r, received_at_ms=NOW)
+                               for r in (refs[0], refs[2], refs[4])])
+    assert store.envelopes_seen(refs) == {refs[0], refs[2], refs[4]}
+    assert store.envelopes_seen([]) == set()
+    many = [EnvelopeRef(mailbox_id=mailbox(3), seq=s) for s in range(1, 1202)]
+    store.commit_receive_many([Incoming(envelope=r, received_at_ms=NOW) for r in many[::2]])
+    assert store.envelopes_seen(many) == set(many[::2])  # more ids than one IN list holds
+
+
+def test_outgoing_statuses_and_a_receipt_naming_many_messages(store: ClientStore) -> None:
+    cid = _conversation(store)
+    store.enqueue_many([Outgoing(entry=entry(n), history=text(cid, n)) for n in range(1, 701)])
+    store.mark_sent_many([entry(n).client_msg_id for n in range(1, 601)], now_ms=NOW)
+    store.apply(text(cid, 800, sender=account(1)), now_ms=NOW)  # incoming: left out
+    ids = [text(cid, n).message_id for n in (1, 650, 800, 900)]
+    assert store.outgoing_statuses(cid, ids) == {ids[0]: MessageStatus.SENT,
+                                                 ids[1]: MessageStatus.PENDING}
+    all_ids = tuple(text(cid, n).message_id for n in range(1, 701))
+    receipt = UpdateStatus(conversation_id=cid, message_ids=(*all_ids, all_ids[0]),
+                           status=MessageStatus.DELIVERED, by=account(1), at_ms=NOW)
+    assert store.apply(receipt, now_ms=NOW) is ApplyOutcome.APPLIED
+    statuses = store.outgoing_statuses(cid, all_ids)
+    assert set(statuses.values()) == {MessageStatus.DELIVERED} and len(statuses) == 700
+    assert store.apply(receipt, now_ms=NOW) is ApplyOutcome.STALE
+
+
+def test_mark_sent_many_counts_a_repeated_id_once(store: ClientStore) -> None:
+    cid = _conversation(store)
+    store.enqueue_many([Outgoing(entry=entry(n), history=text(cid, n)) for n in (1, 2)])
+    one, two = entry(1).client_msg_id, entry(2).client_msg_id
+    assert store.mark_sent_many([one, one, two], now_ms=NOW) == [True, False, True]
+    assert store.mark_sent_many([one], now_ms=NOW) == [False]
+
+
+def test_new_messages_are_searchable_from_every_insert_path(store: ClientStore) -> None:
+    cid = _conversation(store)
+    store.enqueue_many([Outgoing(entry=entry(1), history=text(cid, 1, "queued alpha"))])
+    store.commit_receive_many([Incoming(envelope=EnvelopeRef(mailbox_id=mailbox(1), seq=1),
+                                        received_at_ms=NOW,
+                                        history=text(cid, 2, "received alpha",
+                                                     sender=account(1)))])
+    store.import_messages([text(cid, 3, "imported alpha"), text(cid, 4, body="")])
+    store.apply(text(cid, 5, "applied alpha"), now_ms=NOW)
+    hits = store.search("alpha").hits
+    assert sorted(h.message.body or "" for h in hits) == [
+        "applied alpha", "imported alpha", "queued alpha", "received alpha"]
+    conversation = store.get_conversation(cid)
+    assert conversation is not None and conversation.last_message_at_ms == NOW + 5
