@@ -19,9 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from client_sdk import Contact, ContactLink, ContactState, MessageKind, MessageStatus
+from client_sdk import (
+    Contact,
+    ContactLink,
+    ContactState,
+    MessageKind,
+    MessageStatus,
+    RelayError,
+)
 from client_sdk.files import file_info
 from client_sdk.history import StoredMessage
+from protocol.errors import ErrorCode
 
 from .view import contact_line, human_size, message_line, plain, safe_file_name, short_id
 
@@ -203,8 +211,10 @@ class Commands:
         app = self.app
         app.show(f"pigeon-chat · profile {self.client.path}")
         if not self.client.core.registered:
-            app.show("This profile has no account yet: /register creates one on the relay "
-                     f"({app.relay_url}). /help lists the commands.", "notice")
+            where = f"on the relay ({app.relay_url})" if app.relay_url else \
+                "(start pigeon-chat with --relay URL first)"
+            app.show(f"This profile has no account yet: /register creates one {where}. "
+                     "/help lists the commands.", "notice")
             return
         name = self.client.core.display_name() or "no display name yet (/name)"
         contacts = self.client.contacts(ContactState.ACCEPTED)
@@ -230,8 +240,21 @@ class Commands:
 
     async def cmd_register(self, args: list[str]) -> None:
         was = self.client.core.registered and self.app.connected
-        account = await self.client.register(invite_code=args[0] if args else None,
-                                             timeout_s=REQUEST_TIMEOUT_S - 5)
+        if not self.client.core.registered and self.app.relay_url is None:
+            raise UsageError("no relay known for this profile: start pigeon-chat with "
+                             "--relay URL")
+        try:
+            account = await self.client.register(invite_code=args[0] if args else None,
+                                                 timeout_s=REQUEST_TIMEOUT_S - 5)
+        except RelayError as exc:
+            if exc.code == ErrorCode.INVITE_REQUIRED:
+                raise UsageError("this relay is invite-only: /register <invite-code> (its "
+                                 "operator creates codes with `pigeon-relay admin invite "
+                                 "create`)") from None
+            if exc.code == ErrorCode.INVITE_INVALID:
+                raise UsageError("the relay refused that invite code (unknown, used or "
+                                 "expired)") from None
+            raise
         self.app.connected = True
         if was:
             self.app.show(f"already registered: account {account.hex()}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +17,11 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from client_sdk.testing import RelayProcess, pigeon_relay  # noqa: F401
+from client_sdk.testing import RelayProcess, pigeon_relay, start_relay  # noqa: F401
 from examples.chat.commands import COMMANDS
+from examples.local_relay import relay_command
+
+from .test_sdk_tls import _self_signed
 
 EXPECT_TIMEOUT_S = 20
 SAFETY = r"((?:\d{5} ){11}\d{5})"
@@ -32,16 +36,18 @@ class Chat:
     """One pigeon-chat process in a pty."""
 
     def __init__(self, name: str, profile: Path, relay_url: str, *,
-                 passphrase: str | None = "correct horse battery staple") -> None:
+                 passphrase: str | None = "correct horse battery staple",
+                 pin: str | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if k != "PIGEON_PASSPHRASE"}
         env.update(TERM="xterm-256color", PROMPT_TOOLKIT_NO_CPR="1", COLUMNS="200",
                    LINES="50")
         if passphrase is not None:
             env["PIGEON_PASSPHRASE"] = passphrase
         command = _chat_command()
+        options = ["--tls-pin", pin] if pin is not None else []
         self.name = name
         self.proc = pexpect.spawn(
-            command[0], [*command[1:], "--profile", str(profile), "--relay", relay_url],
+            command[0], [*command[1:], "--profile", str(profile), "--relay", relay_url, *options],
             env=env, encoding="utf-8", codec_errors="replace", dimensions=(50, 200),
             timeout=EXPECT_TIMEOUT_S)
         self.transcript: list[str] = []
@@ -265,3 +271,61 @@ def test_passphrase_prompt_and_wrong_passphrase(pigeon_relay: RelayProcess,  # n
         assert again.quit() == 0
     finally:
         again.kill()
+
+
+def test_pinned_tls_relay(tmp_path: Path) -> None:
+    """``--tls-pin``: the right pin registers over wss://, a wrong one is refused with a
+    clear message (and the chat goes on), a malformed one stops at start with status 1."""
+    cert, key, fingerprint = _self_signed(tmp_path)
+    relay = start_relay(tmp_path / "relay", ["--tls-cert", str(cert), "--tls-key", str(key)])
+    chats: list[Chat] = []
+    try:
+        assert relay.url.startswith("https://")
+        wrong = Chat("mallory", tmp_path / "m.pigeon", relay.url, pin="00" * 32)
+        chats.append(wrong)
+        wrong.type("/register")
+        wrong.expect("error: the relay's TLS certificate does not match the pinned "
+                     "fingerprint")
+        wrong.type("/help quit")
+        wrong.expect("leave pigeon-chat")
+        assert wrong.quit() == 0
+
+        right = Chat("dora", tmp_path / "d.pigeon", relay.url, pin=fingerprint.hex(":"))
+        chats.append(right)
+        right.type("/register")
+        right.expect_re(r"registered: account [0-9a-f]{32}")
+        assert right.quit() == 0
+
+        broken = Chat("eve", tmp_path / "e.pigeon", relay.url, pin="not-hex")
+        chats.append(broken)
+        broken.expect("pigeon-chat: ")
+        broken.proc.expect(pexpect.EOF)
+        broken.proc.close()
+        assert broken.proc.exitstatus == 1
+    finally:
+        for chat in chats:
+            chat.kill()
+        relay.kill()
+
+
+def test_invite_only_relay(tmp_path: Path) -> None:
+    folder = tmp_path / "relay"
+    relay = start_relay(folder, ["--invite-only"])
+    chat = None
+    try:
+        created = subprocess.run(
+            [*relay_command(), "admin", "--data-dir", str(folder), "invite", "create"],
+            capture_output=True, text=True, timeout=30, check=True)
+        code = created.stdout.split()[-1]
+        chat = Chat("frank", tmp_path / "f.pigeon", relay.url)
+        chat.type("/register")
+        chat.expect("error: this relay is invite-only: /register <invite-code>")
+        chat.type("/register not-a-code")
+        chat.expect("error: the relay refused that invite code")
+        chat.type(f"/register {code}")
+        chat.expect_re(r"registered: account [0-9a-f]{32}")
+        assert chat.quit() == 0
+    finally:
+        if chat is not None:
+            chat.kill()
+        relay.kill()
