@@ -26,11 +26,13 @@ from client_sdk import (
     FileTooLarge,
     MessageKind,
     MessageReceived,
+    NotAFileMessage,
     TransferCompleted,
     TransferDirection,
     TransferFailed,
     TransferFailedEvent,
     TransferState,
+    UnknownTransfer,
 )
 from client_sdk.store import Durability
 from client_sdk.testing import (  # noqa: F401 - fixtures
@@ -139,6 +141,15 @@ async def test_small_file_round_trip(clients: ClientFactory, tmp_path: Path) -> 
         TransferDirection.DOWNLOAD, TransferState.DONE, ref.message_id)
     page = await alice.history(bob.account_id)
     assert page.messages[-1].kind is MessageKind.FILE
+    # Misuse is typed.
+    text = await alice.send_text(bob.account_id, "not a file")
+    with pytest.raises(NotAFileMessage):
+        await alice.download_file(bob.account_id, text.message_id, tmp_path / "x")
+    with pytest.raises(UnknownTransfer):
+        await bob.resume_transfer(b"\x00" * 16)
+    with pytest.raises(UnknownTransfer):
+        await bob.wait_transfer(b"\x00" * 16)
+    assert (await bob.wait_transfer(info.transfer_id)).state is TransferState.DONE
     # The relay stored ciphertext only: the plaintext appears in no blob file.
     for blob in blob_files(clients.relay):
         assert data[:64] not in blob.read_bytes()
@@ -215,6 +226,32 @@ async def test_relay_restart_mid_upload_is_retried(clients: ClientFactory,
     assert seen[-1] < 24 * MiB and not sending.done()
     await asyncio.to_thread(clients.relay.restart)
     ref = await asyncio.wait_for(sending, 60)
+    event = await received
+    assert event.message_id == ref.message_id
+    out = await bob.download_file(alice.account_id, event.message_id, tmp_path / "g.bin")
+    assert await asyncio.to_thread(sha256_of, out) == digest
+
+
+async def test_relay_outage_longer_than_the_retries_does_not_fail_the_upload(
+        clients: ClientFactory, tmp_path: Path) -> None:
+    alice, bob = await clients("alice"), await clients("bob")
+    await clients.connect(alice, bob)
+    source = tmp_path / "f.bin"
+    digest = await asyncio.to_thread(write_random, source, 16 * MiB)
+    alice.file_options = FileOptions(chunk_size=256 * 1024, parallel=2, retries=2)
+    reached = asyncio.Event()
+    received = asyncio.ensure_future(next_file(bob, timeout_s=90))
+    sending = asyncio.ensure_future(alice.send_file(
+        bob.account_id, source,
+        progress=lambda done, total: reached.set() if done >= total // 5 else None))
+    await asyncio.wait_for(reached.wait(), 30)
+    clients.relay.kill()
+    await asyncio.sleep(3.0)  # several rounds of 2 attempts fail meanwhile
+    [info] = await alice.transfers()
+    assert info.state is TransferState.RUNNING and info.bytes_done < 16 * MiB
+    assert not sending.done()
+    await asyncio.to_thread(clients.relay.restart)
+    ref = await asyncio.wait_for(sending, 90)
     event = await received
     assert event.message_id == ref.message_id
     out = await bob.download_file(alice.account_id, event.message_id, tmp_path / "g.bin")
