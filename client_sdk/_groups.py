@@ -163,6 +163,17 @@ class GroupView:
             return [row, *self._settle(now_ms)]
         if head is None:
             return []  # not ours to hold: we are not a member of it
+        parent = None if st.parent is None else self.states.get(st.parent)
+        if ((parent is None or parent.status is not StateStatus.VALID)
+                and me not in st.members and st.signer in head.state.admins
+                and st.version >= head.state.version):
+            # We were added in a change that lost to this one (its signer forwards it to
+            # us, see forward_winners): we cannot check its ancestry, but an admin of
+            # our head may remove us anyway.
+            row = StoredGroupState(signed=signed, status=StateStatus.VALID,
+                                   received_at_ms=now_ms)
+            self.states[signed.hash] = row
+            return [row, *self._settle(now_ms)]
         pending = sum(1 for s in self.states.values() if s.status is StateStatus.PENDING)
         if known is None and pending >= MAX_PENDING_STATES:
             _log.info("too many pending states in a group; one dropped")
@@ -378,6 +389,45 @@ def _pairwise(core: ClientCore, batch: _Batch, peer: bytes, mailbox_id: bytes,
               ) -> Outgoing:
     return Outgoing(entry=batch.entry((mailbox_id, capability), blob, now_ms),
                     session=SessionUpdate(peer=peer, state=session))
+
+
+def _reached(view: GroupView, state: GroupState) -> set[bytes]:
+    """Whom the signer of *state* sent it to: the parent's members and its own."""
+    parent = None if state.parent is None else view.states.get(state.parent)
+    before = () if parent is None else parent.signed.state.members
+    return set(before) | set(state.members)
+
+
+def forward_winners(core: ClientCore, group_ids: Iterable[bytes], *, now_ms: int,
+                    ) -> list[OutboxItem]:
+    """Our change lost to a concurrent one: send the winner to the members that got
+    only ours (members we added, which the winner's signer did not write to), so that
+    they converge too. Idempotent (receivers ignore a state they hold)."""
+    me = core.account_id
+    outgoing: list[Outgoing] = []
+    batch = _Batch(core)
+    for group_id in group_ids:
+        view = GroupView.load(core, group_id)
+        head = view.head
+        if head is None or head.state.signer == me:
+            continue
+        ours = [s.signed for s in view.states.values()
+                if s.status is StateStatus.VALID and s.signed.state.signer == me
+                and s.signed.state.version == head.state.version and s.signed.hash != head.hash]
+        missing: set[bytes] = set()
+        for mine in ours:
+            missing |= _reached(view, mine.state) - _reached(view, head.state)
+        for peer in sorted(missing - {me}):
+            try:
+                _, outbound = core.sendable(peer)
+                inner = GroupControl(message_id=core.rng(16), sent_at_ms=now_ms,
+                                     state=head.encoded, signature=head.signature)
+                blob, session = batch.encrypt(peer, inner)
+            except ClientError:
+                continue
+            outgoing.append(_pairwise(core, batch, peer, outbound.mailbox_id,
+                                      outbound.capability, blob, session, now_ms))
+    return batch.commit(outgoing) if outgoing else []
 
 
 # --- group sends --------------------------------------------------------------------------------

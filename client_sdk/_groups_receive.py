@@ -96,7 +96,7 @@ class GroupBatch:
     views: dict[bytes, GroupView] = field(default_factory=dict)
     records: dict[tuple[bytes, bytes], SenderKeyRecord | None] = field(default_factory=dict)
     chains: dict[tuple[bytes, int], bytes] = field(default_factory=dict)
-    changed: bool = False
+    changed: set[bytes] = field(default_factory=set)
     pending: int = 0
 
     def view(self, group_id: bytes) -> GroupView:
@@ -151,7 +151,7 @@ def _control(core: ClientCore, batch: GroupBatch, inner: GroupControl, now_ms: i
     if not rows:
         return None, []
     record = view.converge(me, now_ms=now_ms)
-    batch.changed = True
+    batch.changed.add(view.group_id)
     events: list[Event] = []
     forget = None
     if record is not None:
@@ -172,7 +172,7 @@ def _distribution(batch: GroupBatch, sender: bytes, inner: SenderKeyDistribution
     record = (batch.record(group_id, sender) or SenderKeyRecord()).process_distribution(dist)
     batch.records[(group_id, sender)] = record
     batch.chains[(sender, dist.chain_id)] = group_id
-    batch.changed = True
+    batch.changed.add(group_id)
     return GroupWrite(chains=((sender, dist.chain_id, group_id),),
                       sender_keys=(SenderKeyRecordUpdate(group_id=group_id, sender=sender,
                                                          record=record),))

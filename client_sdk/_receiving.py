@@ -139,8 +139,8 @@ class Received:
     dropped: int = 0
     profile_followups: list[bytes] = field(default_factory=list)
     """Peers that must get our profile (a simultaneous initiation resolved their way)."""
-    groups_changed: bool = False
-    """A group state or chain was stored: pending group blobs may now be placed."""
+    groups_changed: set[bytes] = field(default_factory=set)
+    """Groups whose state or chains were stored: pending group blobs may now be placed."""
 
     def ack(self, mailbox_id: bytes, seq: int) -> None:
         self.acks.setdefault(mailbox_id, []).append(seq)

@@ -39,7 +39,7 @@ from pigeon_crypto.rng import Rng, system_rng
 from protocol.frames import Bundle, MailboxCreated, PrekeysLow, UploadPrekeys
 from protocol.inner import PresenceState, ReceiptKind
 
-from . import _groups_receive, _prekeys, _receiving, _sending
+from . import _groups, _groups_receive, _prekeys, _receiving, _sending
 from .errors import (
     ContactBlocked,
     ContactNotReady,
@@ -469,6 +469,8 @@ class ClientCore:
         received = _receiving.receive(self, deliveries, now_ms=now_ms)
         if received.groups_changed:
             received.events += _groups_receive.retry_pending(self, now_ms=now_ms)
+            received.items += _groups.forward_winners(self, received.groups_changed,
+                                                      now_ms=now_ms)
         name = self.display_name()
         if received.profile_followups and name is not None:
             done = self.submit([_sending.SendProfile(peer=p, display_name=name,

@@ -20,6 +20,7 @@ from client_sdk import (
     Event,
     GroupChanged,
     MessageReceived,
+    NotGroupAdmin,
     _groups,
 )
 from client_sdk.testing import (  # noqa: F401 - fixtures
@@ -168,3 +169,133 @@ async def _post_to(sender: AsyncClient, peer: bytes, blob: bytes) -> None:
         request_id=rid, client_msg_id=bytes(range(16)), blob=blob,
         recipients=((out.mailbox_id, out.capability),)))
     assert isinstance(frame, Sent)
+
+
+async def test_add_rename_admins_leave(clients: ClientFactory) -> None:
+    alice, bob, carol = await clients("alice"), await clients("bob"), await clients("carol")
+    await mesh(clients, [alice, bob, carol])
+    a, b, c = Inbox(alice), Inbox(bob), Inbox(carol)
+
+    gid = (await alice.create_group("First", [bob.account_id])).group_id
+    await b.wait_version(1)
+    await alice.send_group_text(gid, "before carol")
+    await b.wait_text("before carol")
+
+    info = await alice.add_members(gid, [carol.account_id])
+    assert info.version == 2 and carol.account_id in info.members
+    joined = await c.wait_version(2)
+    assert joined.created and joined.group.name == "First"
+    added = await b.wait_version(2)
+    assert added.added == (carol.account_id,)
+    await alice.send_group_text(gid, "welcome carol")
+    await bob.send_group_text(gid, "hi carol")
+    await c.wait_text("welcome carol")
+    await c.wait_text("hi carol")
+    assert "before carol" not in c.texts()  # a new member reads nothing from before
+    assert [m.body for m in (await carol.group_history(gid)).messages] == [
+        "welcome carol", "hi carol"]
+
+    with pytest.raises(NotGroupAdmin):
+        await carol.rename_group(gid, "Carol's")
+    await alice.rename_group(gid, "Renamed")
+    for inbox in (b, c):
+        renamed = await inbox.wait_version(3)
+        assert renamed.renamed and renamed.group.name == "Renamed"
+    assert (await carol.group(gid)).name == "Renamed"
+
+    await alice.promote(gid, [bob.account_id])
+    promoted = await c.wait_version(4)
+    assert promoted.promoted == (bob.account_id,)
+    await b.wait_version(4)
+    await bob.rename_group(gid, "Bob's now")  # Bob is an admin
+    await a.wait_version(5)
+    await c.wait_version(5)
+    await alice.demote(gid, [bob.account_id])
+    assert (await c.wait_version(6)).demoted == (bob.account_id,)
+    await b.wait_version(6)
+    with pytest.raises(NotGroupAdmin):
+        await bob.rename_group(gid, "no longer")
+
+    await carol.leave_group(gid)  # a member leaves: signs the state without itself
+    for inbox in (a, b):
+        left = await inbox.wait_version(7)
+        assert left.removed == (carol.account_id,) and left.by == carol.account_id
+    assert not (await carol.group(gid)).active
+    await bob.send_group_text(gid, "carol is gone")
+    await a.wait_text("carol is gone")
+    assert (await alice.group(gid)).members == tuple(sorted([alice.account_id,
+                                                             bob.account_id]))
+    for client in (alice, bob, carol):
+        assert (await client.group(gid)).version == 7
+
+
+async def test_concurrent_admin_changes_converge(clients: ClientFactory) -> None:
+    alice, bob, carol, dave = (await clients("alice"), await clients("bob"),
+                               await clients("carol"), await clients("dave"))
+    await mesh(clients, [alice, bob, carol, dave])
+    inboxes = [Inbox(x) for x in (alice, bob, carol, dave)]
+    gid = (await alice.create_group("Start", [bob.account_id, carol.account_id],
+                                    admins=[bob.account_id])).group_id
+    for inbox in inboxes[1:3]:
+        await inbox.wait_version(1)
+
+    # Three rounds of changes made at the same version by both admins.
+    rounds = [
+        (lambda: alice.rename_group(gid, "Alice's name"),
+         lambda: bob.rename_group(gid, "Bob's name")),
+        (lambda: alice.add_members(gid, [dave.account_id]),
+         lambda: bob.remove_members(gid, [carol.account_id])),
+        (lambda: alice.rename_group(gid, "A again"),
+         lambda: bob.set_group_avatar(gid, b"an encoded manifest")),
+    ]
+    for first, second in rounds:
+        await asyncio.gather(first(), second())
+        await quiet(alice, bob)
+        await _settled(clients.clients[:4], gid)
+
+    heads = [await _head(x, gid) for x in (alice, bob)]
+    assert heads[0] == heads[1]
+    for x in (carol, dave):  # a member agrees; a non-member holds a head without it
+        info = await x.group(gid)
+        if info.active:
+            assert await _head(x, gid) == heads[0]
+        else:
+            assert x.account_id not in info.members
+    # The documented rule: the highest version, then the smallest (signer, hash).
+    states = await alice._run(lambda core: core.store.group_states(gid))
+    valid = [s.signed for s in states if s.status.name == "VALID"]
+    for version in (2, 3, 4):  # each round really made two states at one version
+        assert sum(1 for s in valid if s.state.version == version) == 2
+    best = min(valid, key=lambda s: (-s.state.version, s.state.signer, s.hash))
+    assert heads[0][0] == best.state.version and heads[0][2] == best.hash
+
+
+async def _head(client: AsyncClient, gid: bytes) -> tuple[int, str, bytes]:
+    def head(core: object) -> tuple[int, str, bytes]:
+        from client_sdk.core import ClientCore
+        assert isinstance(core, ClientCore)
+        view = _groups.GroupView.load(core, gid)
+        assert view.head is not None
+        return view.head.state.version, view.head.state.name, view.head.hash
+    return await client._run(head)
+
+
+async def _settled(people: Sequence[AsyncClient], gid: bytes, timeout_s: float = 20.0) -> None:
+    """Until every member (client whose head lists it) has the same head: the round's
+    winner (its signer holds it from the start, so equal heads can only be the winner).
+    A client the winner removed, or added only by the losing change, stops at a head
+    without itself and receives nothing more."""
+    heads: list[tuple[int, str, bytes] | None] = []
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                heads = []
+                for p in people:
+                    held = await p._run(lambda core: core.store.load_group(gid))
+                    active = held is not None and held.active
+                    heads.append(await _head(p, gid) if active else None)
+                if len({h for h in heads if h is not None}) == 1:
+                    return
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"heads did not converge: {heads}") from None
