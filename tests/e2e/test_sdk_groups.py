@@ -11,7 +11,7 @@ Skipped only if the relay answers 4501 (a build without the frame pipeline).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 
@@ -19,6 +19,7 @@ from client_sdk import (
     AsyncClient,
     Event,
     GroupChanged,
+    GroupInfo,
     MessageReceived,
     NotGroupAdmin,
     _groups,
@@ -240,7 +241,7 @@ async def test_concurrent_admin_changes_converge(clients: ClientFactory) -> None
         await inbox.wait_version(1)
 
     # Three rounds of changes made at the same version by both admins.
-    rounds = [
+    rounds: list[tuple[Callable[[], Awaitable[GroupInfo]], Callable[[], Awaitable[GroupInfo]]]] = [
         (lambda: alice.rename_group(gid, "Alice's name"),
          lambda: bob.rename_group(gid, "Bob's name")),
         (lambda: alice.add_members(gid, [dave.account_id]),
