@@ -464,6 +464,9 @@ class Commands:
         peer = self._current_peer()
         ref = await self.client.send_text(peer, text)
         self.app.sent_texts[ref.message_id] = text
+        if not self.app.connected:
+            self.app.show(f"  {short_id(ref.message_id)} stored: it goes out when the relay "
+                          "is reachable again", "status")
 
     async def cmd_history(self, args: list[str]) -> None:
         peer = self._current_peer()

@@ -103,7 +103,8 @@ def _register(chat: Chat, display: str, *, greeted: bool = False) -> tuple[str, 
     return account, link
 
 
-def test_two_people_chat(chats: dict[str, Chat]) -> None:
+def test_two_people_chat(chats: dict[str, Chat], pigeon_relay: RelayProcess,  # noqa: F811
+                         ) -> None:
     alice, bob = chats["alice"], chats["bob"]
 
     # Before registering: help, and bad input that must not end the program.
@@ -186,9 +187,17 @@ def test_two_people_chat(chats: dict[str, Chat]) -> None:
     alice.type("/history many")
     alice.expect("error: usage: /history [count]")
 
-    # Still alive after all the errors; both leave cleanly.
+    # Still alive after all the errors. The relay goes down: a message typed meanwhile is
+    # stored and goes out once it is back.
+    pigeon_relay.kill()
+    alice.expect("offline (")
+    bob.expect("offline (")
     alice.type("still here")
+    alice.expect("stored: it goes out when the relay is reachable again")
+    pigeon_relay.restart()
+    alice.expect("connected to the relay")
     bob.expect("Alice: still here")
+    alice.expect('"still here": read')
     assert alice.quit() == 0
     assert bob.quit() == 0
 
