@@ -44,6 +44,7 @@ from client_sdk.testing import (  # noqa: F401 - fixtures
     relay_pipeline_available,
     start_relay,
 )
+from pigeon_crypto.files import FileManifest
 
 MiB = 1024 * 1024
 REPO = Path(__file__).resolve().parents[2]
@@ -439,5 +440,90 @@ async def test_100_mib_resumed_upload_and_resumed_download(
     assert await bob.download_file(alice.account_id, event.message_id, dest) == dest.resolve()
 
 
+def _download_and_die(profile: str, url: str, peer_hex: str, message_hex: str, dest: str,
+                      fraction: str) -> None:
+    """Child process: download the file of a message and SIGKILL ourselves once the
+    profile records *fraction* of it (a crash in the middle of the download)."""
+    from client_sdk.store.transfers import transfer_store
+
+    async def run() -> None:
+        client = AsyncClient.open(profile, "passphrase of bob", relay_url=url,
+                                  params=FAST_PARAMS, durability=Durability.OFF)
+        await client.start()
+        await client.wait_connected(20)
+        client.file_options = FileOptions(progress_interval_s=0.0)  # record every chunk
+        getting = asyncio.ensure_future(client.download_file(
+            bytes.fromhex(peer_hex), bytes.fromhex(message_hex), dest))
+        while not getting.done():
+            stored = await client._run(lambda c: transfer_store(c.store).list_transfers())
+            if stored:
+                size = FileManifest.from_bytes(stored[0].manifest).true_size
+                if stored[0].bytes_done >= float(fraction) * size:
+                    print(f"killed at {stored[0].bytes_done}", flush=True)
+                    os.kill(os.getpid(), signal.SIGKILL)
+            await asyncio.sleep(0.02)
+        print("finished before the kill", flush=True)
+
+    asyncio.run(run())
+
+
+async def test_download_killed_mid_way_resumes(clients: ClientFactory,
+                                               tmp_path: Path) -> None:
+    alice, bob = await clients("alice"), await clients("bob")
+    await clients.connect(alice, bob)
+    size = 48 * MiB
+    source = tmp_path / "f.bin"
+    digest = await asyncio.to_thread(write_random, source, size)
+    received = asyncio.ensure_future(next_file(bob, timeout_s=60))
+    await alice.send_file(bob.account_id, source)
+    event = await received
+    dest = tmp_path / "out.bin"
+    await bob.close()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.e2e.test_sdk_files", "download", str(bob.path),
+        clients.relay.url, alice.account_id.hex(), event.message_id.hex(), str(dest), "0.4",
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    killed_at = int(out.decode().split()[-1])
+    assert not dest.exists() and dest.with_name("out.bin.part").exists()
+
+    # What the crash left: the chunks recorded as done are on disk in the part file.
+    from client_sdk.store import Profile
+    from client_sdk.store.transfers import transfer_store
+
+    profile = Profile.open(bob.path, "passphrase of bob")
+    try:
+        [left] = transfer_store(profile.store).list_transfers()
+    finally:
+        profile.close()
+    assert left.state is TransferState.RUNNING and left.bytes_done >= killed_at
+    m = FileManifest.from_bytes(left.manifest)
+    with source.open("rb") as src, dest.with_name("out.bin.part").open("rb") as part:
+        for i in range(m.chunk_count):
+            if left.done(i):
+                src.seek(i * m.chunk_size)
+                part.seek(i * m.chunk_size)
+                n = m.layout.data_length(i)
+                assert part.read(n) == src.read(n), f"recorded chunk {i} not on disk"
+
+    bob = reopen(clients, "bob")
+    first: list[int] = []
+    await bob.start()  # login continues the stored RUNNING download
+    path = await bob.download_file(alice.account_id, event.message_id, dest,
+                                   progress=lambda done, total: first.append(done))
+    assert path == dest.resolve()
+    assert await asyncio.to_thread(sha256_of, dest) == digest
+    assert not dest.with_name("out.bin.part").exists()
+    [t] = await bob.transfers()
+    assert t.state is TransferState.DONE and t.bytes_done == size
+    assert killed_at >= 0.4 * size
+    if first:  # joined the continued download: it did not start from zero
+        assert first[0] > 0
+
+
 if __name__ == "__main__":
-    _send_and_die(*sys.argv[1:6])
+    if sys.argv[1] == "download":
+        _download_and_die(*sys.argv[2:8])
+    else:
+        _send_and_die(*sys.argv[1:6])
