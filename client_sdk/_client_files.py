@@ -225,7 +225,9 @@ class FilesMixin:
         """Download, verify and decrypt the file of message *message_id* to *dest_path*.
 
         The file is written as ``dest_path.part`` and renamed when complete; an earlier
-        attempt of the same file to the same path is resumed.
+        attempt of the same file to the same path is resumed. If this file is being
+        downloaded already (e.g. continued after a restart), this waits for that
+        download and returns its path.
 
         Raises:
             NotAFileMessage: no such FILE message with *peer*.
