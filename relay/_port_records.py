@@ -21,6 +21,7 @@ __all__ = [
     "PREKEY_ID_MAX",
     "AccountRecord",
     "AccountSummary",
+    "AppendRequest",
     "AppendResult",
     "BlobConflict",
     "BlobNotFound",
@@ -192,6 +193,24 @@ class RecipientSeq:
     mailbox_id: bytes
     seq: int
     duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AppendRequest:
+    """The arguments of one :meth:`MessageStore.append`, for :meth:`MessageStore.append_many`.
+
+    Positional and unchecked on construction: it is built once per durable send on the
+    hot path from values already validated (the frame decoder checked the ids' lengths,
+    :class:`Recipient` its own fields); the store checks ``client_msg_id`` and ``ttl_ms``.
+    """
+
+    recipients: tuple[Recipient, ...]
+    client_msg_id: bytes
+    blob: bytes = field(repr=False)
+    now_ms: int
+    ttl_ms: int
+    max_pending: int | None = None
+    dedup_ttl_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -13,13 +13,13 @@ import hashlib
 import hmac
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from protocol import dedup_input
 
 from ._sqlite_accounts import account_exists
 from .ports import (
+    AppendRequest,
     AppendResult,
     ExpiryNotice,
     ExpiryReport,
@@ -198,19 +198,6 @@ def check_capabilities(
 # --------------------------------------------------------------------------- messages
 
 
-@dataclass(frozen=True, slots=True)
-class AppendArgs:
-    """One ``append`` call, as queued for the writer (see :func:`append_many`)."""
-
-    recipients: tuple[Recipient, ...]
-    client_msg_id: bytes
-    blob: bytes
-    now_ms: int
-    ttl_ms: int
-    max_pending: int | None
-    dedup_ttl_ms: int | None
-
-
 def append(
     conn: sqlite3.Connection,
     recipients: Sequence[Recipient],
@@ -222,8 +209,8 @@ def append(
     dedup_ttl_ms: int | None,
 ) -> AppendResult:
     """One append (:func:`append_many` with a single call)."""
-    args = AppendArgs(tuple(recipients), client_msg_id, blob, now_ms, ttl_ms, max_pending,
-                      dedup_ttl_ms)
+    args = AppendRequest(tuple(recipients), client_msg_id, blob, now_ms, ttl_ms, max_pending,
+                         dedup_ttl_ms)
     return append_many(conn, [args])[0]
 
 
@@ -245,7 +232,7 @@ def _insert_rows(conn: sqlite3.Connection, head: str, rows: list[tuple[Any, ...]
         conn.execute(head + _rows(len(part), cols), [v for row in part for v in row])
 
 
-def append_many(conn: sqlite3.Connection, calls: Sequence[AppendArgs]) -> list[AppendResult]:
+def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> list[AppendResult]:
     """Run *calls* (appends queued one after the other) in a handful of statements.
 
     The result is exactly that of running them one by one in order: the same capability,
@@ -374,6 +361,19 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendArgs]) -> list[A
                 [(seq, n, m) for m, seq, n in counters],
             )
     return results
+
+
+def append_lists(conn: sqlite3.Connection, lists: Sequence[Sequence[AppendRequest]]
+                 ) -> list[list[AppendResult]]:
+    """:func:`append_many` over several callers' lists at once; results split back."""
+    flat = [request for requests in lists for request in requests]
+    results = append_many(conn, flat)
+    out: list[list[AppendResult]] = []
+    start = 0
+    for requests in lists:
+        out.append(results[start:start + len(requests)])
+        start += len(requests)
+    return out
 
 
 def fetch(

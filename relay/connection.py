@@ -12,8 +12,10 @@ Theory of operation:
   (until the socket drains): a slow peer slows only the coroutine writing to it. A write
   to a closed socket is dropped silently (the peer is gone; its requests have an unknown
   outcome, protocol §9.1).
-* :meth:`Connection.fork` runs the forked part of a route in a task, at most
-  :data:`~relay.pipeline.MAX_INFLIGHT` at once; the reader waits for a slot.
+* :meth:`Connection.fork` runs the forked part of a route outside the reader: the forked
+  frames of one event-loop iteration go to one task as a batch (see
+  :mod:`relay.pipeline`), at most :data:`~relay.pipeline.MAX_INFLIGHT` frames at once;
+  the reader waits for a slot.
 * Acks (:class:`AckCoalescer`) are finalized through the store's group commit without
   holding up the reader: the first ack starts a flush task; acks arriving while it runs
   are merged per mailbox (cumulative maximum, selective union) into the next flush.
@@ -36,7 +38,7 @@ from pigeon_crypto.errors import StoreError
 from protocol import CreditsLow, ErrorCode
 
 from .credits import Misbehaviour, TokenBucket
-from .pipeline import MAX_INFLIGHT, FrameCtx, Halt, Refuse, Route, error_bytes
+from .pipeline import MAX_INFLIGHT, Batched, FrameCtx, Halt, Refuse, Route, error_bytes
 from .wsout import attach
 
 if TYPE_CHECKING:
@@ -110,9 +112,9 @@ class Connection:
     """One client WebSocket and its session (see the module docstring)."""
 
     __slots__ = (
-        "_slot_free", "account_id", "acks", "challenge", "challenge_used", "connected",
-        "credits", "credits_low_sent", "inflight", "lookups", "misbehaviour", "node", "owned",
-        "owned_loaded", "pump", "remote", "sink", "tasks", "ws",
+        "_slot_free", "account_id", "acks", "batch", "challenge", "challenge_used", "connected",
+        "credits", "credits_low_sent", "forked", "inflight", "lookups", "misbehaviour", "node",
+        "owned", "owned_loaded", "pump", "remote", "sink", "tasks", "ws",
     )
 
     def __init__(self, node: Node, ws: web.WebSocketResponse, remote: str) -> None:
@@ -141,6 +143,11 @@ class Connection:
         self.inflight: set[int] = set()
         """Request ids of forked requests not answered yet (``DUPLICATE`` protection)."""
         self.tasks: set[asyncio.Task[None]] = set()
+        """One task per batch of forked frames still running."""
+        self.batch: list[tuple[Route, FrameCtx[Any]]] = []
+        """Forked frames of this loop iteration, not yet handed to a task."""
+        self.forked = 0
+        """Forked frames queued or running (at most ``MAX_INFLIGHT``)."""
         self._slot_free: asyncio.Future[None] | None = None
         self.acks = AckCoalescer(self)
         self.credits_low_sent = False
@@ -198,45 +205,85 @@ class Connection:
     # ------------------------------------------------------------------ forked stages
 
     async def fork(self, route: Route, ctx: FrameCtx[Any]) -> None:
-        """Run ``route.forked`` for *ctx* in a task; wait while ``MAX_INFLIGHT`` are running."""
-        while len(self.tasks) >= MAX_INFLIGHT:
+        """Queue ``route.forked`` for *ctx*; wait while ``MAX_INFLIGHT`` frames are in flight.
+
+        The frames forked during one event-loop iteration leave together: the first one
+        schedules :meth:`_launch` (``call_soon``), which hands the batch to one task.
+        """
+        while self.forked >= MAX_INFLIGHT:
             waiter = self._slot_free
             if waiter is None:
                 waiter = self._slot_free = asyncio.get_running_loop().create_future()
             await waiter
         self.inflight.add(ctx.request_id)
-        task = asyncio.get_running_loop().create_task(self._run_forked(route, ctx))
-        self.tasks.add(task)
-        task.add_done_callback(self._forked_done)
+        self.forked += 1
+        batch = self.batch
+        if not batch:
+            asyncio.get_running_loop().call_soon(self._launch)
+        batch.append((route, ctx))
 
-    def _forked_done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        waiter = self._slot_free
-        if waiter is not None and not waiter.done():
-            self._slot_free = None
-            waiter.set_result(None)
+    def _launch(self) -> None:
+        batch, self.batch = self.batch, []
+        loop = asyncio.get_running_loop()
+        i, n = 0, len(batch)
+        while i < n:  # consecutive frames of one route share a task (in practice: Send)
+            route = batch[i][0]
+            j = i + 1
+            while j < n and batch[j][0] is route:
+                j += 1
+            task = loop.create_task(self._run_forked(route, [c for _, c in batch[i:j]]))  # noqa: RUF006 - in self.tasks
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            i = j
 
-    async def _run_forked(self, route: Route, ctx: FrameCtx[Any]) -> None:
+    async def _run_forked(self, route: Route, ctxs: list[FrameCtx[Any]]) -> None:
+        live = ctxs
         try:
             for stage in route.forked:
-                pending = stage(ctx)
-                if pending is not None:
-                    await pending
-        except Refuse as refusal:
-            await self.send(error_bytes(ctx.request_id, refusal.code,
-                                        retry_after_ms=refusal.retry_after_ms,
-                                        message=refusal.message))
-        except Halt:
+                if isinstance(stage, Batched):
+                    try:
+                        await stage.fn(live)
+                    except Exception as exc:  # the whole batch failed
+                        for ctx in live:
+                            await self._failed(route, ctx, exc)
+                        return
+                    continue
+                survivors: list[FrameCtx[Any]] = []
+                for ctx in live:
+                    try:
+                        pending = stage(ctx)
+                        if pending is not None:
+                            await pending
+                    except Exception as exc:
+                        await self._failed(route, ctx, exc)
+                    else:
+                        survivors.append(ctx)
+                live = survivors
+        finally:
+            inflight = self.inflight
+            for ctx in ctxs:
+                inflight.discard(ctx.request_id)
+            self.forked -= len(ctxs)
+            waiter = self._slot_free
+            if waiter is not None and not waiter.done():
+                self._slot_free = None
+                waiter.set_result(None)
+
+    async def _failed(self, route: Route, ctx: FrameCtx[Any], exc: Exception) -> None:
+        """Answer a forked frame whose stage raised (the same answers as the reader's)."""
+        if isinstance(exc, Refuse):
+            await self.send(error_bytes(ctx.request_id, exc.code,
+                                        retry_after_ms=exc.retry_after_ms,
+                                        message=exc.message))
+        elif isinstance(exc, Halt):
             pass
-        except StoreError as exc:
+        elif isinstance(exc, StoreError):
             _log.warning("%s: store failed: %s", route.name, type(exc).__name__)
             await self.send(error_bytes(ctx.request_id, ErrorCode.UNAVAILABLE,
                                         retry_after_ms=_RETRY_STORE_MS))
-        except Exception:
-            _log.exception("%s failed", route.name)
+        else:
+            _log.error("%s failed", route.name, exc_info=exc)
             await self.send(error_bytes(ctx.request_id, ErrorCode.INTERNAL))
-        finally:
-            self.inflight.discard(ctx.request_id)
 
     # ------------------------------------------------------------------ teardown
 
@@ -248,6 +295,8 @@ class Connection:
                 if node.subscribers.get(mailbox_id) is self:
                     del node.subscribers[mailbox_id]
             await self.pump.close()
+        if self.batch:  # forked in the reader's last iteration: launch them now
+            self._launch()
         pending = [*self.tasks]
         if pending:
             await asyncio.wait(pending, timeout=_FINISH_TIMEOUT_S)

@@ -17,7 +17,8 @@ Durable ``Send``::
   each recipient mailbox's bucket, all or nothing (:func:`relay.credits.take_send`); an
   empty bucket refuses the send with ``RATE_LIMITED`` and ``retry_after_ms`` (and a
   ``CreditsLow`` notice when it is the connection's own bucket).
-* **persist**: one ``append`` through the group commit: the blob is stored once however
+* **persist** (batched): one ``append_many`` through the group commit for the sends a
+  connection read in one event-loop iteration: each blob is stored once however
   many mailboxes it reaches; a recipient that already holds this ``client_msg_id`` keeps
   its original copy (idempotent retry).
 * **ack sender**: ``Sent`` (with the refused recipients' indices), written only after the
@@ -45,6 +46,7 @@ from protocol.limits import CLIENT_MSG_ID_SIZE
 
 from .credits import take_send
 from .pipeline import (
+    Batched,
     FrameCtx,
     Halt,
     Refuse,
@@ -52,7 +54,7 @@ from .pipeline import (
     ephemeral_delivery_bytes,
     sent_bytes,
 )
-from .ports import Notification, NotificationKind, Recipient, RejectReason
+from .ports import AppendRequest, Notification, NotificationKind, Recipient, RejectReason
 
 __all__ = [
     "FANOUT_PAYLOAD_BUDGET",
@@ -156,15 +158,23 @@ def take_credits(ctx: FrameCtx[Send] | FrameCtx[SendEphemeral]) -> Awaitable[Non
     return conn.check_credits_low(now)
 
 
-async def persist(ctx: FrameCtx[Send]) -> None:
-    """Forked stage: the durable append (group commit). ``Sent`` only after it returns."""
-    conn, frame = ctx.conn, ctx.frame
-    node = conn.node
+async def _persist(ctxs: list[FrameCtx[Send]]) -> None:
+    node = ctxs[0].conn.node
     config = node.config
-    ctx.result = await node.store.append(
-        recipients=ctx.recipients, client_msg_id=frame.client_msg_id, blob=frame.blob,
-        now_ms=node.clock_ms(), ttl_ms=ctx.ttl_ms,
-        max_pending=config.max_pending_per_mailbox, dedup_ttl_ms=config.message_ttl_ms)
+    now = node.clock_ms()
+    max_pending = config.max_pending_per_mailbox
+    dedup_ttl = config.message_ttl_ms
+    results = await node.store.append_many([
+        AppendRequest(tuple(ctx.recipients), ctx.frame.client_msg_id, ctx.frame.blob, now,
+                      ctx.ttl_ms, max_pending, dedup_ttl)
+        for ctx in ctxs])
+    for ctx, result in zip(ctxs, results, strict=True):
+        ctx.result = result
+
+
+persist: Final = Batched(_persist)
+"""Forked, batched stage: the durable appends of a batch, in one store call (one
+group-committed transaction). ``Sent`` only after it returns."""
 
 
 def reply_sent(ctx: FrameCtx[Send]) -> Awaitable[None]:

@@ -13,12 +13,16 @@ Theory of operation (DESIGN.md "Relay pipeline"; docs/relay.md):
   :class:`Halt` (nothing is answered: a dropped ephemeral duplicate).
 * :data:`FORK` splits a route in two. Stages before it run in the connection's reader
   loop, in arrival order: validation, capability, credits (cheap, and they decide whether
-  the frame is accepted at all). Stages after it run in a task of their own, at most
-  ``MAX_INFLIGHT`` per connection (a bounded queue between the stages: the reader waits
-  for a free slot): persist, ack the sender, route. So a connection keeps many sends in
-  flight, which the store's group commit turns into one transaction, while the reader
-  goes on reading. A forked task reaches the store's queue in its first step, before any
-  other task runs, so writes are queued in arrival order.
+  the frame is accepted at all). Stages after it run outside the reader, in **batches**:
+  the forked frames a connection reads in one event-loop iteration go to one task (not
+  one task per frame), at most ``MAX_INFLIGHT`` frames in flight per connection (a
+  bounded queue between the stages: the reader waits for a free slot). A
+  :class:`Batched` stage takes the whole batch in one call (persist: one store call for
+  every send of the batch); the other forked stages run frame by frame, in order (ack
+  the sender, route). So a connection keeps many sends in flight, which the store's
+  group commit turns into one transaction, while the reader goes on reading. A batch's
+  task reaches the store's queue in its first step, before any later batch's task runs,
+  so writes are queued in arrival order.
 * :class:`FrameCtx` carries the frame, its connection and the scratch state that stages
   hand on (for a send: the recipients that passed the capability stage with their
   indices, the recipients refused so far, the append result).
@@ -49,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FORK",
     "MAX_INFLIGHT",
+    "Batched",
     "FrameCtx",
     "Halt",
     "Refuse",
@@ -124,6 +129,26 @@ Stage = Callable[[FrameCtx[Any]], Awaitable[None] | None]
 """A pipeline stage: returns None when done synchronously, or an awaitable to await."""
 
 
+class Batched:
+    """A forked stage that handles a whole batch in one call: ``await fn(ctxs)``.
+
+    The forked frames of one connection that were read in the same event-loop iteration
+    run their forked stages together (:meth:`relay.connection.Connection.fork`). A plain
+    stage is still called frame by frame; a ``Batched`` one once per batch, e.g. one
+    store call that persists every send of the batch. It either completes for every
+    frame (setting each ``ctx.result``) or raises, which fails every frame of the batch.
+    """
+
+    __slots__ = ("fn", "name")
+
+    def __init__(self, fn: Callable[[list[FrameCtx[Any]]], Awaitable[None]]) -> None:
+        self.fn = fn
+        self.name = getattr(fn, "__name__", "batched")
+
+    def __repr__(self) -> str:
+        return f"Batched({self.name})"
+
+
 class _Fork:
     __slots__ = ()
 
@@ -147,23 +172,29 @@ class Route:
 
     name: str
     inline: tuple[Stage, ...]
-    forked: tuple[Stage, ...] = ()
+    forked: tuple[Stage | Batched, ...] = ()
 
     @classmethod
-    def of(cls, name: str, *stages: Stage | _Fork) -> Route:
-        """Build a route from stages with at most one :data:`FORK` among them."""
+    def of(cls, name: str, *stages: Stage | Batched | _Fork) -> Route:
+        """Build a route from stages with at most one :data:`FORK` among them;
+        :class:`Batched` stages only after it."""
         forks = [i for i, s in enumerate(stages) if s is FORK]
         if len(forks) > 1:
             raise ValueError(f"route {name} has more than one FORK")
         split = forks[0] if forks else len(stages)
-        inline = tuple(s for s in stages[:split] if not isinstance(s, _Fork))
+        inline: list[Stage] = []
+        for s in stages[:split]:
+            if isinstance(s, Batched):
+                raise ValueError(f"route {name}: a Batched stage must follow FORK")
+            if not isinstance(s, _Fork):
+                inline.append(s)
         forked = tuple(s for s in stages[split + 1:] if not isinstance(s, _Fork))
         if not inline and not forked:
             raise ValueError(f"route {name} has no stages")
-        return cls(name, inline, forked)
+        return cls(name, tuple(inline), forked)
 
     @property
-    def stages(self) -> tuple[Stage | _Fork, ...]:
+    def stages(self) -> tuple[Stage | Batched | _Fork, ...]:
         """All stages in order, with FORK where the route forks (for docs and tests)."""
         return (*self.inline, FORK, *self.forked) if self.forked else self.inline
 

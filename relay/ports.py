@@ -35,6 +35,7 @@ from ._port_records import (
     PREKEY_ID_MAX,
     AccountRecord,
     AccountSummary,
+    AppendRequest,
     AppendResult,
     BlobConflict,
     BlobNotFound,
@@ -74,6 +75,7 @@ __all__ = [
     "AccountStore",
     "AccountSummary",
     "AdminStore",
+    "AppendRequest",
     "AppendResult",
     "BlobConflict",
     "BlobNotFound",
@@ -315,6 +317,18 @@ class MessageStore(Protocol):
         maximum TTL), even after the ack. Refused: a wrong capability or retired mailbox,
         and a mailbox already holding *max_pending* messages. When this returns, the write
         is committed at the configured durability.
+        """
+        ...
+
+    async def append_many(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        """:meth:`append` for each request, in order, committed together.
+
+        The results are those the calls would get one after the other (a later request
+        sees the earlier ones: seqs, duplicates, quota). All or nothing: when this
+        returns, every request is committed; when it raises, none is. The relay's
+        pipeline passes the durable sends one connection read in one event-loop
+        iteration, so that a busy connection costs one store call per iteration, not
+        one per frame.
         """
         ...
 

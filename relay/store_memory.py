@@ -22,6 +22,7 @@ from .ports import (
     CLIENT_MSG_ID_LEN,
     MAILBOX_ID_LEN,
     AccountSummary,
+    AppendRequest,
     AppendResult,
     ExpiryNotice,
     ExpiryReport,
@@ -237,6 +238,15 @@ class MemoryStore(MemoryAccounts):
         return frozenset(r.mailbox_id for r in recipients if self._accepts(r, now_ms))
 
     # ------------------------------------------------------------------ messages
+
+    async def append_many(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        for request in requests:  # all or nothing: check before changing anything
+            check_id("client_msg_id", request.client_msg_id, CLIENT_MSG_ID_LEN)
+            _positive("ttl_ms", request.ttl_ms)
+        return [await self.append(recipients=r.recipients, client_msg_id=r.client_msg_id,
+                                  blob=r.blob, now_ms=r.now_ms, ttl_ms=r.ttl_ms,
+                                  max_pending=r.max_pending, dedup_ttl_ms=r.dedup_ttl_ms)
+                for r in requests]
 
     async def append(
         self,

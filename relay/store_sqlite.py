@@ -40,6 +40,7 @@ from .ports import (
     MAILBOX_ID_LEN,
     AccountRecord,
     AccountSummary,
+    AppendRequest,
     AppendResult,
     ExpiryNotice,
     ExpiryReport,
@@ -280,11 +281,18 @@ class SqliteStore:
         check_id("client_msg_id", client_msg_id, CLIENT_MSG_ID_LEN)
         _positive("ttl_ms", ttl_ms)
         # Appends queued back to back run as one ops.append_many (multi-row statements).
-        return await self._engine.write_many(
-            "append", ops.append_many,
-            ops.AppendArgs(tuple(recipients), client_msg_id, bytes(blob), now_ms, ttl_ms,
-                           max_pending, dedup_ttl_ms),
-        )
+        request = AppendRequest(tuple(recipients), client_msg_id, bytes(blob), now_ms, ttl_ms,
+                                max_pending, dedup_ttl_ms)
+        return (await self._engine.write_many("append", ops.append_lists, [request]))[0]
+
+    async def append_many(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        for request in requests:
+            check_id("client_msg_id", request.client_msg_id, CLIENT_MSG_ID_LEN)
+            _positive("ttl_ms", request.ttl_ms)
+        if not requests:
+            return []
+        # One op for the whole list; lists queued back to back share one append_many.
+        return await self._engine.write_many("append_many", ops.append_lists, list(requests))
 
     async def fetch(
         self, mailbox_id: bytes, *, after_seq: int = 0, limit: int = 100, now_ms: int

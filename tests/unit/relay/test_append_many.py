@@ -24,7 +24,7 @@ from pigeon_crypto.errors import StoreError
 from relay import _sqlite_ops as ops
 from relay._sqlite_engine import SqliteEngine
 from relay._sqlite_schema import MIGRATIONS
-from relay.ports import AppendResult, Recipient, RecordingObserver
+from relay.ports import AppendRequest, AppendResult, Recipient, RecordingObserver
 from relay.store_memory import MemoryStore
 from relay.store_sqlite import SqliteStore
 
@@ -41,7 +41,7 @@ def cap(mailbox_id: bytes) -> bytes:
     return hashlib.sha256(b"cap" + mailbox_id).digest()
 
 
-def random_calls(rng: random.Random, n: int, start: int) -> list[ops.AppendArgs]:
+def random_calls(rng: random.Random, n: int, start: int) -> list[AppendRequest]:
     calls = []
     for i in range(n):
         k = rng.choice([1, 1, 1, 2, 3])
@@ -53,12 +53,12 @@ def random_calls(rng: random.Random, n: int, start: int) -> list[ops.AppendArgs]
                                         capability_hash=cap(m) if good else cap(b"x" + m)))
         cmid = rng.randrange(12).to_bytes(16, "big")  # a small pool: many retries
         now = T0 + start + i
-        calls.append(ops.AppendArgs(tuple(recipients), cmid, b"blob %d" % (start + i), now,
+        calls.append(AppendRequest(tuple(recipients), cmid, b"blob %d" % (start + i), now,
                                     DAY_MS, rng.choice([None, 3, 1000]), DAY_MS))
     return calls
 
 
-async def _reference(calls: list[ops.AppendArgs]) -> tuple[list[AppendResult], MemoryStore]:
+async def _reference(calls: list[AppendRequest]) -> tuple[list[AppendResult], MemoryStore]:
     store = MemoryStore()
     await store.create_account(account_id=ACCOUNT, identity_key=b"ik", now_ms=T0)
     for m in MAILBOXES:
@@ -133,7 +133,7 @@ async def test_concurrent_appends_are_grouped_into_one_call(
     sizes: list[int] = []
     real = ops.append_many
 
-    def counting(conn: sqlite3.Connection, calls: list[ops.AppendArgs]
+    def counting(conn: sqlite3.Connection, calls: list[AppendRequest]
                  ) -> list[AppendResult]:
         sizes.append(len(calls))
         return real(conn, calls)

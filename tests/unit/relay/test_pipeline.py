@@ -103,6 +103,8 @@ def test_route_construction_rules() -> None:
         Route.of("x")
     route = Route.of("x", validate_send, FORK, persist)
     assert (route.inline, route.forked) == ((validate_send,), (persist,))
+    with pytest.raises(ValueError, match="must follow FORK"):
+        Route.of("x", persist, FORK, reply_sent)
 
 
 def test_capability_cache() -> None:

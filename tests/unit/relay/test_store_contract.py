@@ -19,6 +19,7 @@ import pytest
 
 from pigeon_crypto.errors import StoreError
 from relay.ports import (
+    AppendRequest,
     AppendResult,
     InviteRejected,
     NotFound,
@@ -306,6 +307,37 @@ async def test_append_is_idempotent_per_client_msg_id(store: Store) -> None:
         (mid(11), 1, True), (mid(20), 1, False),
     ]
     assert mixed.received_at_ms == T0 + 2000
+
+
+async def test_append_many_is_appends_in_order_committed_together(store: Store) -> None:
+    await account(store, 1, 10, 11)
+    first = await send(store, 1, 10)
+    requests = [
+        AppendRequest((rcpt(10),), cmid(2), b"two", T0, DAY_MS),
+        AppendRequest((rcpt(10), rcpt(11)), cmid(1), b"one again", T0, DAY_MS),  # retry
+        AppendRequest((rcpt(11),), cmid(2), b"two again", T0, DAY_MS),  # new in 11
+        AppendRequest((rcpt(10),), cmid(2), b"two again", T0, DAY_MS),  # retry in-batch
+        AppendRequest((rcpt(10),), cmid(3), b"three", T0, DAY_MS, 3),  # quota: 3 queued
+    ]
+    results = await store.append_many(requests)
+    assert [[(r.mailbox_id, r.seq, r.duplicate) for r in res.accepted] for res in results] == [
+        [(mid(10), 2, False)],
+        [(mid(10), first.accepted[0].seq, True), (mid(11), 1, False)],
+        [(mid(11), 2, False)],
+        [(mid(10), 2, True)],
+        [(mid(10), 3, False)],
+    ]
+    assert results[4].rejected == ()
+    [quota] = await store.append_many(
+        [AppendRequest((rcpt(10),), cmid(4), b"four", T0, DAY_MS, 3)])
+    assert quota.rejected == ((mid(10), RejectReason.QUOTA_EXCEEDED),)
+    assert [m.blob for m in await store.fetch(mid(11), now_ms=T0)] == [b"one again",
+                                                                        b"two again"]
+    assert await store.append_many([]) == []
+    with pytest.raises(ValueError):  # all or nothing: the good request is not stored
+        await store.append_many([AppendRequest((rcpt(11),), cmid(9), b"x", T0, DAY_MS),
+                                 AppendRequest((rcpt(11),), b"short", b"x", T0, DAY_MS)])
+    assert await store.pending_count(mid(11)) == 2
 
 
 async def test_append_rejects_bad_capabilities_alike(store: Store) -> None:
