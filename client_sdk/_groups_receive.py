@@ -66,7 +66,7 @@ from .history import (
     UpdateStatus,
     advance_status,
 )
-from .store.group_records import GroupWrite, PendingGroupBlob, SignedGroupState
+from .store.group_records import GroupWrite, PendingGroupBlob, SignedGroupState, StateStatus
 from .store.records import EnvelopeRef, Incoming, SenderKeyRecordUpdate
 
 if TYPE_CHECKING:
@@ -98,6 +98,8 @@ class GroupBatch:
     chains: dict[tuple[bytes, int], bytes] = field(default_factory=dict)
     changed: set[bytes] = field(default_factory=set)
     pending: int = 0
+    relay_ms: int | None = None
+    """When the relay stored the envelope being processed (``Delivery.received_at_ms``)."""
 
     def view(self, group_id: bytes) -> GroupView:
         found = self.views.get(group_id)
@@ -147,7 +149,7 @@ def _control(core: ClientCore, batch: GroupBatch, inner: GroupControl, now_ms: i
     view = batch.view(signed.state.group_id)
     old = view.head
     was_active = view.active
-    rows = view.absorb(signed, me, now_ms=now_ms)
+    rows = view.absorb(signed, me, now_ms=batch.relay_ms or now_ms)
     if not rows:
         return None, []
     record = view.converge(me, now_ms=now_ms)
@@ -181,7 +183,21 @@ def _distribution(batch: GroupBatch, sender: bytes, inner: SenderKeyDistribution
 # --- group blobs ---------------------------------------------------------------------------------
 
 
-def _open(core: ClientCore, batch: GroupBatch, sender: bytes, blob: bytes,
+def _spoke_before_removal(view: GroupView, sender: bytes, relay_ms: int) -> bool:
+    """Whether *sender*, no longer a member, was one when the relay stored its blob:
+    before the relay stored the state that removed it (states keep the relay's time of
+    the envelope that brought them; ours, our clock)."""
+    removals = []
+    for row in view.states.values():
+        st = row.signed.state
+        parent = None if st.parent is None else view.states.get(st.parent)
+        if (parent is not None and row.status is StateStatus.VALID
+                and sender in parent.signed.state.members and sender not in st.members):
+            removals.append(row.received_at_ms)
+    return bool(removals) and relay_ms < max(removals)
+
+
+def _open(core: ClientCore, batch: GroupBatch, sender: bytes, blob: bytes, relay_ms: int,
           ) -> tuple[bytes, SenderKeyRecord, InnerMessage]:
     """Place and decrypt a group blob: ``(group_id, new record, inner)``.
 
@@ -196,7 +212,9 @@ def _open(core: ClientCore, batch: GroupBatch, sender: bytes, blob: bytes,
         raise _NotYet
     view = batch.view(group_id)
     head = view.head
-    if head is None or not view.active or sender not in head.state.members:
+    if head is None or not view.active:
+        raise _NotYet
+    if sender not in head.state.members and not _spoke_before_removal(view, sender, relay_ms):
         raise _NotYet
     record = batch.record(group_id, sender)
     if record is None:
@@ -213,7 +231,7 @@ def receive_blob(core: ClientCore, batch: GroupBatch, sender: bytes, envelope: E
                  blob: bytes, *, now_ms: int) -> tuple[Incoming, list[Event]]:
     """A group blob on *sender*'s pairwise mailbox (PigeonError: drop it)."""
     try:
-        group_id, record, inner = _open(core, batch, sender, blob)
+        group_id, record, inner = _open(core, batch, sender, blob, batch.relay_ms or now_ms)
     except _NotYet:
         incoming = Incoming(envelope=envelope, received_at_ms=now_ms)
         if batch.pending + len(core.store.pending_group_blobs(limit=MAX_PENDING_BLOBS)) \
@@ -221,7 +239,8 @@ def receive_blob(core: ClientCore, batch: GroupBatch, sender: bytes, envelope: E
             _log.info("too many pending group blobs; one dropped")
             return incoming, []
         batch.pending += 1
-        pending = PendingGroupBlob(id=0, sender=sender, blob=blob, received_at_ms=now_ms)
+        pending = PendingGroupBlob(id=0, sender=sender, blob=blob,
+                                   received_at_ms=batch.relay_ms or now_ms)
         return Incoming(envelope=envelope, received_at_ms=now_ms,
                         group=GroupWrite(pending_add=(pending,))), []
     op, events = _message(core, batch, group_id, sender, inner, now_ms)
@@ -297,7 +316,7 @@ def retry_pending(core: ClientCore, *, now_ms: int) -> list[Event]:
     events: list[Event] = []
     for p in pending:
         try:
-            group_id, record, inner = _open(core, batch, p.sender, p.blob)
+            group_id, record, inner = _open(core, batch, p.sender, p.blob, p.received_at_ms)
         except _NotYet:
             if now_ms - p.received_at_ms > PENDING_TTL_MS:
                 done.append(p.id)
@@ -325,7 +344,7 @@ def receive_ephemeral(core: ClientCore, sender: bytes, blob: bytes, *, now_ms: i
     """A group typing signal: decrypt, keep the chain's state, report; never pending."""
     batch = GroupBatch(core)
     try:
-        group_id, record, inner = _open(core, batch, sender, blob)
+        group_id, record, inner = _open(core, batch, sender, blob, now_ms)
     except (_NotYet, PigeonError):
         return []
     if not isinstance(inner, Typing):

@@ -269,6 +269,7 @@ def _process(core: ClientCore, overlay: _Overlay, d: DeliveryLike, now_ms: int,
         return None
     contact = overlay.contact(contact.account_id) or contact
     peer = contact.account_id
+    overlay.groups.relay_ms = getattr(d, "received_at_ms", None)
     if _groups_receive.is_group_blob(d.blob):
         if contact.state is not ContactState.ACCEPTED:
             return None

@@ -67,6 +67,10 @@ class SignedGroupState:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StoredGroupState:
+    """A state as held; ``received_at_ms`` is when the relay stored the envelope that
+    brought it (our clock for our own states): a removed member's messages stored by
+    the relay before its removal are still accepted."""
+
     signed: SignedGroupState
     status: StateStatus
     received_at_ms: int
@@ -90,7 +94,8 @@ class GroupRecord:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PendingGroupBlob:
     """A group message we could not place yet (its chain or its sender's membership
-    arrives from another mailbox); retried when groups change, dropped after a while."""
+    arrives from another mailbox); retried when groups change, dropped after a while.
+    ``received_at_ms`` is the relay's time of the envelope."""
 
     id: int
     sender: bytes

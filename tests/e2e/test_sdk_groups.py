@@ -11,27 +11,47 @@ Skipped only if the relay answers 4501 (a build without the frame pipeline).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
+import msgpack
 import pytest
 
 from client_sdk import (
     AsyncClient,
+    ClientError,
     Event,
     GroupChanged,
     GroupInfo,
+    GroupTypingChanged,
+    MessageDeleted,
+    MessageEdited,
     MessageReceived,
+    MessageStatus,
+    MessageStatusChanged,
     NotGroupAdmin,
+    ReactionChanged,
     _groups,
 )
+from client_sdk._sending import _Batch
+from client_sdk.core import ClientCore
+from client_sdk.store import Durability
+from client_sdk.store.records import OutboxItem, Outgoing, SessionUpdate
 from client_sdk.testing import (  # noqa: F401 - fixtures
+    FAST_PARAMS,
     ClientFactory,
     RelayProcess,
     pigeon_clients,
     pigeon_relay,
     relay_pipeline_available,
 )
-from protocol.inner import Text
+from pigeon_crypto.padding import pad_message
+from pigeon_crypto.rng import system_rng
+from pigeon_crypto.sender_keys import OutboundSenderKey
+from pigeon_crypto.signing import Purpose
+from protocol.group import GroupState
+from protocol.inner import GroupControl, InnerMessage, SenderKeyDistribution, Text
 
 
 @pytest.fixture
@@ -68,7 +88,10 @@ class Inbox:
                 await self.changed.wait()
 
     async def wait_text(self, text: str, timeout_s: float = 20.0) -> MessageReceived:
-        [got] = await self.wait(MessageReceived, text=text, timeout_s=timeout_s)
+        try:
+            [got] = await self.wait(MessageReceived, text=text, timeout_s=timeout_s)
+        except TimeoutError:
+            raise AssertionError(f"{text!r} not received; got {self.texts()}") from None
         assert isinstance(got, MessageReceived)
         return got
 
@@ -300,3 +323,234 @@ async def _settled(people: Sequence[AsyncClient], gid: bytes, timeout_s: float =
                 await asyncio.sleep(0.1)
     except TimeoutError:
         raise AssertionError(f"heads did not converge: {heads}") from None
+
+
+async def test_offline_member_catches_up(clients: ClientFactory) -> None:
+    alice, bob, carol, dave = (await clients("alice"), await clients("bob"),
+                               await clients("carol"), await clients("dave"))
+    await mesh(clients, [alice, bob, carol, dave])
+    a, b, d = Inbox(alice), Inbox(bob), Inbox(dave)
+    gid = (await alice.create_group("Club", [bob.account_id, carol.account_id])).group_id
+    await clients.next_event(carol, GroupChanged)
+    await b.wait_version(1)
+    await carol.send_group_text(gid, "carol before going offline")
+    await a.wait_text("carol before going offline")
+    await carol.close()
+
+    # While Carol is offline: a rename, Dave joins and writes, Bob is removed (every
+    # remaining sender rotates), more messages.
+    await alice.rename_group(gid, "Club 2")
+    await alice.add_members(gid, [dave.account_id])
+    await d.wait_version(3)
+    await b.wait_version(3)
+    await alice.send_group_text(gid, "one")
+    await dave.send_group_text(gid, "two, from dave")
+    await bob.send_group_text(gid, "three, from bob")
+    await a.wait_text("two, from dave")
+    await a.wait_text("three, from bob")
+    await alice.remove_members(gid, [bob.account_id])
+    await d.wait_version(4)
+    await alice.send_group_text(gid, "four, after bob")
+    await dave.send_group_text(gid, "five, after bob")
+    await quiet(alice, bob, dave)
+
+    back = AsyncClient.open(clients.folder / "carol.pigeon", "passphrase of carol",
+                            relay_url=clients.relay.url, params=FAST_PARAMS,
+                            durability=Durability.OFF, reconnect_cap_ms=1000)
+    clients.clients.append(back)
+    c = Inbox(back)
+    await back.start()
+    for text in ("one", "two, from dave", "three, from bob", "four, after bob",
+                 "five, after bob"):
+        await c.wait_text(text)
+    info = await back.group(gid)
+    assert info.version == 4 and info.name == "Club 2"
+    assert set(info.members) == {alice.account_id, carol.account_id, dave.account_id}
+    assert await _head(back, gid) == await _head(alice, gid) == await _head(dave, gid)
+    # And Carol writes to the current members (with a chain they now hold).
+    await back.send_group_text(gid, "carol is back")
+    await a.wait_text("carol is back")
+    await d.wait_text("carol is back")
+    await asyncio.sleep(0.5)
+    assert "carol is back" not in b.texts()
+
+
+async def _send_inner(sender: AsyncClient, peer: bytes, inner: InnerMessage) -> None:
+    """Send one pairwise inner message as it is (tests only: forged controls)."""
+    def enqueue(core: ClientCore) -> list[OutboxItem]:
+        batch = _Batch(core)
+        _, outbound = core.sendable(peer)
+        blob, state = batch.encrypt(peer, inner)
+        return batch.commit([Outgoing(entry=batch.entry(outbound, blob, 0),
+                                      session=SessionUpdate(peer=peer, state=state))])
+    sender._pump.add(await sender._run(enqueue))
+
+
+async def _rogue_group_message(sender: AsyncClient, peer: bytes, gid: bytes,
+                               text: str) -> None:
+    """A chain made up for group *gid*, handed to *peer* pairwise, then a group blob
+    with *text* on it: what a non-member (or a member ignoring the rules) could send."""
+    chain = OutboundSenderKey.create(system_rng)
+    await _send_inner(sender, peer, SenderKeyDistribution(
+        message_id=os.urandom(16), sent_at_ms=1, group_id=gid,
+        distribution=chain.distribution().to_bytes()))
+    await quiet(sender)
+    _, message = chain.encrypt(pad_message(Text(message_id=os.urandom(16), sent_at_ms=1,
+                                                text=text).encode()))
+    await _post_to(sender, peer, bytes([_groups.GROUP_BLOB_PREFIX]) + message)
+
+
+async def test_forged_controls_and_non_members_rejected(clients: ClientFactory) -> None:
+    alice, bob, carol, eve = (await clients("alice"), await clients("bob"),
+                              await clients("carol"), await clients("eve"))
+    await mesh(clients, [alice, bob, carol])
+    await clients.connect(eve, bob)
+    a, b = Inbox(alice), Inbox(bob)
+    gid = (await alice.create_group("Safe", [bob.account_id, carol.account_id])).group_id
+    await b.wait_version(1)
+    await clients.next_event(carol, GroupChanged) if not (
+        await carol._run(lambda core: core.store.load_group(gid))) else None
+    head = await carol._run(lambda core: _groups.GroupView.load(core, gid).head)
+    assert head is not None
+    parent = head.state
+
+    # 1. Carol (a member, not an admin) signs a state removing Bob.
+    coup = GroupState(group_id=gid, version=2, parent=head.hash, signer=carol.account_id,
+                      name=parent.name, members=tuple(m for m in parent.members
+                                                      if m != bob.account_id),
+                      admins=parent.admins, at_ms=1)
+    sig = carol.core.identity.key_pair.sign(Purpose.GROUP_CONTROL, coup.encode())
+    # 2. A state claiming Alice as its signer, signed by Carol's key.
+    forged = dataclasses.replace(coup, signer=alice.account_id, name="Forged")
+    bad_sig = carol.core.identity.key_pair.sign(Purpose.GROUP_CONTROL, forged.encode())
+    # 3. The right state with a signature for another purpose.
+    other_purpose = alice.core.identity.key_pair.sign(Purpose.SENDER_KEY_MESSAGE,
+                                                      forged.encode())
+    for state, signature in ((coup, sig), (forged, bad_sig), (forged, other_purpose)):
+        for peer in (alice.account_id, bob.account_id):
+            await _send_inner(carol, peer, GroupControl(
+                message_id=os.urandom(16), sent_at_ms=1, state=state.encode(),
+                signature=signature))
+    # 4. Eve, a contact of Bob and no member, writes "in" the group.
+    await _rogue_group_message(eve, bob.account_id, gid, "eve was here")
+    # A pairwise marker after all of it: once it arrives, the rest was processed.
+    await carol.send_text(bob.account_id, "marker")
+    await carol.send_text(alice.account_id, "marker")
+    await eve.send_text(bob.account_id, "eve marker")
+    await b.wait(MessageReceived, text="marker")
+    await b.wait(MessageReceived, text="eve marker")
+    await a.wait(MessageReceived, text="marker")
+    for client in (alice, bob):
+        info = await client.group(gid)
+        assert info.version == 1 and info.name == "Safe"
+        assert bob.account_id in info.members
+    assert not [e for e in b.events if isinstance(e, GroupChanged)
+                and e.group.version > 1]
+    assert "eve was here" not in b.texts()
+
+    # 5. Once removed, Carol's messages are not shown either (she is no member).
+    await alice.remove_members(gid, [carol.account_id])
+    await b.wait_version(2)
+    await _rogue_group_message(carol, bob.account_id, gid, "carol after removal")
+    await carol.send_text(bob.account_id, "marker 2")
+    await b.wait(MessageReceived, text="marker 2")
+    assert "carol after removal" not in b.texts()
+    await alice.send_group_text(gid, "still fine")
+    await b.wait_text("still fine")
+
+
+async def test_channel_only_admins_post(clients: ClientFactory) -> None:
+    alice, bob, carol = await clients("alice"), await clients("bob"), await clients("carol")
+    await mesh(clients, [alice, bob, carol])
+    b, c = Inbox(bob), Inbox(carol)
+    info = await alice.create_channel("News", [bob.account_id, carol.account_id])
+    assert info.channel
+    await b.wait_version(1)
+    await c.wait_version(1)
+    with pytest.raises(NotGroupAdmin):
+        await bob.send_group_text(info.group_id, "may I?")
+    await alice.send_group_text(info.group_id, "issue 1")
+    await b.wait_text("issue 1")
+    await c.wait_text("issue 1")
+    # A member posting anyway (bypassing its client) is not shown.
+    await _rogue_group_message(bob, carol.account_id, info.group_id, "bob's post")
+    await bob.send_text(carol.account_id, "marker")
+    await c.wait(MessageReceived, text="marker")
+    assert "bob's post" not in c.texts()
+
+
+async def test_edits_reactions_deletes_receipts_typing(clients: ClientFactory) -> None:
+    alice, bob, carol = await clients("alice"), await clients("bob"), await clients("carol")
+    await mesh(clients, [alice, bob, carol])
+    a, b, c = Inbox(alice), Inbox(bob), Inbox(carol)
+    gid = (await alice.create_group("Talk", [bob.account_id, carol.account_id])).group_id
+    await b.wait_version(1)
+    await c.wait_version(1)
+    ref = await alice.send_group_text(gid, "first draft")
+    await b.wait_text("first draft")
+    await c.wait_text("first draft")
+    await alice.edit_group_message(gid, ref.message_id, "final text")
+    for inbox in (b, c):
+        [edited] = await inbox.wait(MessageEdited, message_id=ref.message_id)
+        assert edited.text == "final text"  # type: ignore[attr-defined]
+    await bob.react_in_group(gid, ref.message_id, "👍")
+    [reaction] = await a.wait(ReactionChanged, message_id=ref.message_id)
+    assert reaction.peer == bob.account_id  # type: ignore[attr-defined]
+    await c.wait(ReactionChanged, message_id=ref.message_id)
+    reply = await bob.send_group_text(gid, "a reply", reply_to=ref.message_id)
+    assert (await c.wait_text("a reply")).reply_to == ref.message_id
+    await carol.mark_group_read(gid, [ref.message_id])
+    await a.wait(MessageStatusChanged, message_id=ref.message_id, status=MessageStatus.READ)
+    page = await bob.group_history(gid)
+    first = next(m for m in page.messages if m.message_id == ref.message_id)
+    assert first.body == "final text" and first.reactions
+    with pytest.raises(ClientError):  # only the author edits or deletes
+        await alice.edit_group_message(gid, reply.message_id, "not mine")
+    await alice.delete_in_group(gid, ref.message_id)
+    await b.wait(MessageDeleted, message_id=ref.message_id)
+    await c.wait(MessageDeleted, message_id=ref.message_id)
+    assert await alice.send_group_typing(gid)  # Alice's chain is with everyone
+    [typing] = await b.wait(GroupTypingChanged, group_id=gid)
+    assert typing.peer == alice.account_id and typing.active  # type: ignore[attr-defined]
+
+
+async def test_relay_store_holds_no_group_id_or_members(
+        clients: ClientFactory, pigeon_relay: RelayProcess) -> None:  # noqa: F811
+    alice, bob, carol = await clients("alice"), await clients("bob"), await clients("carol")
+    await mesh(clients, [alice, bob, carol])
+    b, c = Inbox(bob), Inbox(carol)
+    name = "Very secret group name"
+    info = await alice.create_group(name, [bob.account_id, carol.account_id])
+    gid = info.group_id
+    await b.wait_version(1)
+    await c.wait_version(1)
+    for i in range(5):
+        await alice.send_group_text(gid, f"group text {i}")
+        await bob.send_group_text(gid, f"bob text {i}")
+    await c.wait_text("group text 4")
+    await c.wait_text("bob text 4")
+    await alice.rename_group(gid, name + " 2")
+    await c.wait_version(2)
+    # Keep envelopes on the relay: Carol disconnects before more arrive.
+    await carol.close()
+    await alice.send_group_text(gid, "while carol is away")
+    await quiet(alice)
+
+    members = sorted([alice.account_id, bob.account_id, carol.account_id])
+    needles = {
+        "group id": gid, "group id (hex)": gid.hex().encode(),
+        "name": name.encode(), "member list": b"".join(members),
+        "member list (msgpack)": msgpack.packb(members),
+        "member pair": members[0] + members[1],
+    }
+    scanned = 0
+    for path in sorted(pigeon_relay.folder.rglob("*")):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        scanned += len(data)
+        for what, needle in needles.items():
+            assert needle not in data, f"{what} found in the relay's {path.name}"
+    assert scanned > 0
+    db = list(pigeon_relay.folder.rglob("*.sqlite*")) + list(pigeon_relay.folder.rglob("*.db*"))
+    assert db, "the relay's SQLite file was scanned"
