@@ -136,6 +136,12 @@ class EventPrinter:
             body = "sent a message this version cannot show"
         else:
             body = plain(event.text or "")
+        direct = await app.client.find_conversation(event.peer)
+        if direct is None or direct.id != event.conversation_id:
+            # A group message (another client added us to a group): shown, never marked
+            # read from here; pigeon-chat has no group conversations yet.
+            app.show(f"[group] {name}: {body}", "other")
+            return
         if event.peer == app.current:
             sep = ":" if event.kind is MessageKind.TEXT else ""
             app.show(f"{name}{sep} {body}", "incoming")
