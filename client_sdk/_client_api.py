@@ -5,6 +5,7 @@ Kept apart so that ``client.py`` stays about the connection."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -45,6 +46,9 @@ class ClientApiMixin:
         async def _run(self, fn: Callable[[ClientCore], T]) -> T: ...
 
         async def _submit(self, intent: _sending.Intent) -> MessageRef | None: ...
+
+        def _queue_intents(self, intents: Sequence[_sending.Intent],
+                           ) -> list[asyncio.Future[MessageRef | None]]: ...
 
         @staticmethod
         def _now_ms() -> int: ...
@@ -194,8 +198,7 @@ class ClientApiMixin:
 
     async def send_many(self, peer: bytes, texts: Sequence[str]) -> list[MessageRef]:
         """Send several texts at once (one transaction): for bulk senders and tests."""
-        import asyncio
-        refs = await asyncio.gather(*(self._submit(_sending.SendText(peer=peer, text=t))
-                                      for t in texts))
+        refs = await asyncio.gather(*self._queue_intents(
+            [_sending.SendText(peer=peer, text=t) for t in texts]))
         return [r for r in refs if r is not None]
 

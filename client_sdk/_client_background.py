@@ -159,12 +159,19 @@ class BackgroundMixin:
                         future.set_result(result)
 
     async def _submit(self, intent: _sending.Intent) -> MessageRef | None:
+        return await self._queue_intents([intent])[0]
+
+    def _queue_intents(self, intents: Sequence[_sending.Intent],
+                       ) -> list[asyncio.Future[MessageRef | None]]:
+        """Queue intents for the group commit; one future each (no task per intent)."""
         if self._core is None or not self._core.has_identity:
             raise NotRegistered()
-        future: asyncio.Future[MessageRef | None] = asyncio.get_running_loop().create_future()
-        self._tx.append((intent, future))
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[MessageRef | None]] = [loop.create_future()
+                                                              for _ in intents]
+        self._tx += zip(intents, futures, strict=True)
         self._tx_wake.set()
-        return await future
+        return futures
 
     async def _maintenance(self) -> None:
         """Hourly: rotate the signed prekey when due, purge disappearing messages."""

@@ -23,6 +23,7 @@ import asyncio
 import ipaddress
 import logging
 import urllib.parse
+from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -88,6 +89,8 @@ class RelayConnection:
         self._on_frame = on_frame
         self._next_id = 0
         self._pending: dict[int, asyncio.Future[Frame]] = {}
+        self._out: deque[bytes] = deque()
+        self._writer: asyncio.Task[None] | None = None
         self.closed = False
         self.close_code: int | None = None
 
@@ -134,9 +137,28 @@ class RelayConnection:
         self._send_bytes(frame.encode())
 
     def _send_bytes(self, data: bytes) -> None:
-        # send_bytes only buffers into the transport; schedule it to keep callers sync.
-        task = asyncio.ensure_future(self._ws.send_bytes(data))
-        task.add_done_callback(_log_send_failure)
+        # send_bytes only buffers into the transport (it waits only when the transport
+        # asks to drain); one writer task per burst keeps callers sync and frames in
+        # order, without a task per frame.
+        self._out.append(data)
+        if self._writer is None:
+            self._writer = asyncio.ensure_future(self._write_out())
+            self._writer.add_done_callback(self._writer_done)
+
+    async def _write_out(self) -> None:
+        out = self._out
+        send = self._ws.send_bytes
+        while out:
+            await send(out.popleft())
+
+    def _writer_done(self, task: asyncio.Task[None]) -> None:
+        self._writer = None
+        _log_send_failure(task)
+        if task.cancelled() or task.exception() is not None:
+            self._out.clear()  # the socket is gone: what is left can never be written
+        elif self._out:
+            self._writer = asyncio.ensure_future(self._write_out())
+            self._writer.add_done_callback(self._writer_done)
 
     async def read_loop(self) -> None:
         """Read frames until the socket closes; then fail what is pending."""

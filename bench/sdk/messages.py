@@ -114,7 +114,16 @@ def _ms(ns: int) -> float:
 # --- the SDK clients (child processes) ---------------------------------------------------
 
 
+def _prelude() -> None:
+    """Experiments only (``PIGEON_BENCH_PRELUDE``, never for figures): Python run in the
+    SDK client processes before the client starts, e.g. GC settings."""
+    code = os.environ.get("PIGEON_BENCH_PRELUDE")
+    if code:
+        exec(code, {})  # the bench operator's own experiment
+
+
 def sdk_receiver(conn: Connection, url: str, folder: str, n: int, timeout_s: float) -> None:
+    _prelude()
     asyncio.run(_sdk_receiver(conn, url, Path(folder), n, timeout_s))
 
 
@@ -169,6 +178,7 @@ async def _drain(client: Any) -> None:
 
 def sdk_sender(conn: Connection, url: str, folder: str, n: int, text_size: int,
                timeout_s: float) -> None:
+    _prelude()
     asyncio.run(_sdk_sender(conn, url, Path(folder), n, text_size, timeout_s))
 
 
