@@ -2,10 +2,10 @@
 
 Start a relay (``pigeon-relay``), then ``pigeon-chat --profile alice.pigeon`` in one
 terminal and ``pigeon-chat --profile bob.pigeon`` in another; type ``/help``. Modules:
-:mod:`.app` (options, passphrase, the prompt loop), :mod:`.commands` (the slash
-commands), :mod:`.events` (live updates above the prompt), :mod:`.view` (formatting),
-:mod:`.transfers` (progress bars), :mod:`.files` (the SDK's file API). It needs the
-``cli`` extra (prompt_toolkit, rich).
+:mod:`.app` (options, passphrase, the prompt loop), :mod:`.syntax` (the commands and
+how a line is parsed), :mod:`.commands` (what they do), :mod:`.events` (live updates
+above the prompt), :mod:`.view` (formatting), :mod:`.transfers` (progress bars). It
+needs the ``cli`` extra (prompt_toolkit, rich).
 """
 
 from __future__ import annotations

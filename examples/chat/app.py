@@ -39,8 +39,9 @@ from client_sdk import AsyncClient, ContactState, WrongPassphrase
 from client_sdk.errors import ProfileError
 from pigeon_crypto.errors import PigeonError
 
-from .commands import COMMANDS, Commands, UsageError
+from .commands import Commands
 from .events import EventPrinter
+from .syntax import COMMANDS, UsageError
 from .transfers import Transfers
 from .view import contact_name
 
@@ -82,6 +83,9 @@ class ChatApp:
         self.transfers = Transfers(self._invalidate)
         self.commands = Commands(self)
         self.events = EventPrinter(self)
+        self.my_name: str | None = client.core.display_name()
+        """Our display name (kept here: the prompt is drawn often, the store is not
+        read for it)."""
         self.sent_texts: dict[bytes, str] = {}
         """Texts we sent during this run, by message id (status lines quote them)."""
         self._last_typing = 0.0
@@ -108,7 +112,7 @@ class ChatApp:
     def _prompt(self) -> str:
         me = "pigeon"
         if self.client.core.registered:
-            me = self.client.core.display_name() or self.client.account_id.hex()[:8]
+            me = self.my_name or self.client.account_id.hex()[:8]
         if self.current is not None:
             return f"{me} → {self.name_of(self.current)}> "
         return f"{me}> "

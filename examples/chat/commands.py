@@ -1,11 +1,7 @@
-"""pigeon-chat's slash commands: the table (:data:`COMMANDS`, which ``/help`` prints)
-and what each one does (:class:`Commands`).
-
-A line is split into the command and its arguments: commands whose argument is free
-text (``/name``, ``/search``, ``/verify``, ``/open``, ``/send``) take the rest of the
-line as it is; the others split it like a shell (quotes group words). A wrong number
-of arguments, an unknown command or a contact that matches nothing raises
-:class:`UsageError`, which the loop prints: the program goes on.
+"""What pigeon-chat's slash commands do (:class:`Commands`); their syntax is in
+:mod:`.syntax`. A command that cannot run (wrong arguments, a contact that matches
+nothing, no open conversation) raises :class:`~.syntax.UsageError`, which the loop
+prints: the program goes on.
 """
 
 from __future__ import annotations
@@ -13,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import re
-import shlex
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -31,14 +25,21 @@ from client_sdk.files import file_info
 from client_sdk.history import StoredMessage
 from protocol.errors import ErrorCode
 
+from .syntax import (
+    COMMANDS,
+    HISTORY_DEFAULT,
+    CommandSpec,
+    UsageError,
+    command_spec,
+    split_command,
+)
 from .view import contact_line, human_size, message_line, plain, safe_file_name, short_id
 
 if TYPE_CHECKING:
     from .app import ChatApp
 
-__all__ = ["COMMANDS", "CommandSpec", "Commands", "UsageError", "split_command"]
+__all__ = ["Commands"]
 
-HISTORY_DEFAULT: Final = 20
 HISTORY_MAX: Final = 500
 SHOWN_ON_OPEN: Final = 10
 """Messages shown when a conversation is opened."""
@@ -50,103 +51,6 @@ MAX_DISPLAY_NAME: Final = 128
 REQUEST_TIMEOUT_S: Final = 45.0
 """Commands that talk to the relay give up after this (the SDK's own request timeout
 is 30 s; registering may reconnect first)."""
-
-
-class UsageError(Exception):
-    """The line is not a valid command (printed; nothing was done)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CommandSpec:
-    """One command. ``rest``: its single argument is the rest of the line, as typed."""
-
-    name: str
-    args: str
-    summary: str
-    details: str = ""
-    min_args: int = 0
-    max_args: int = 0
-    rest: bool = False
-    takes_contact: bool = False
-
-    @property
-    def usage(self) -> str:
-        return f"/{self.name}" + (f" {self.args}" if self.args else "")
-
-
-COMMANDS: Final[tuple[CommandSpec, ...]] = (
-    CommandSpec("help", "[command]", "list the commands, or explain one", max_args=1),
-    CommandSpec("register", "[invite-code]", "create your account on the relay",
-                "Creates the account (your identity key and prekeys go to the relay; the "
-                "private keys stay in the profile) and your contact mailbox. An "
-                "invite-only relay needs a code (`pigeon-relay admin invite create`). "
-                "Registering again is harmless.", max_args=1),
-    CommandSpec("me", "", "your account id and contact link (share it to be added)"),
-    CommandSpec("name", "<display name>", "set the name your contacts see",
-                "Shared end to end with every contact (the relay never sees it).",
-                min_args=1, rest=True),
-    CommandSpec("username", "<name>", "make your account findable as @name on this relay",
-                min_args=1, max_args=1),
-    CommandSpec("add", "<account-id|@username|link>", "invite someone to be your contact",
-                "A contact link (pigeon://contact/...) also pins their identity key; an "
-                "account id is 32 hex digits. They appear as a contact once they accept; "
-                "compare safety numbers (/safety) to be sure it is them.",
-                min_args=1, max_args=1),
-    CommandSpec("invites", "", "invitations waiting for you (and yours, waiting for them)"),
-    CommandSpec("accept", "[contact]", "accept an invitation (the only one if not named)",
-                max_args=1, takes_contact=True),
-    CommandSpec("contacts", "", "list your contacts (with the numbers /open takes)"),
-    CommandSpec("open", "<contact>", "switch to the conversation with a contact",
-                "A contact is named by its number in /contacts, its display name (or the "
-                "start of it), or the start of its account id. Lines that do not start "
-                "with / are sent to the open conversation (start a text with // to send "
-                "one beginning with /).", min_args=1, rest=True, takes_contact=True),
-    CommandSpec("safety", "[contact]", "show the safety number with a contact",
-                "Both sides see the same 60 digits when no one sits in the middle. "
-                "Compare them in person or on a call, then /verify.",
-                max_args=1, takes_contact=True),
-    CommandSpec("verify", "<safety number>", "mark the open contact verified if it matches",
-                "Type the 60 digits the other side reads to you (spaces are ignored).",
-                min_args=1, rest=True),
-    CommandSpec("send", "<path>", "send a file to the open conversation (progress bar)",
-                min_args=1, rest=True),
-    CommandSpec("get", "<message> <dest>", "download a received file (#id from the chat)",
-                "<message> is the #id shown with the file; <dest> a file or folder.",
-                min_args=2, max_args=2),
-    CommandSpec("search", "<text>", "search all your conversations", min_args=1, rest=True),
-    CommandSpec("history", "[count]", f"the last messages here (default {HISTORY_DEFAULT})",
-                max_args=1),
-    CommandSpec("block", "[contact]", "block a contact (the open one if not named)",
-                "Nothing they send is shown and nothing is sent to them; /unblock undoes it.",
-                max_args=1, takes_contact=True),
-    CommandSpec("unblock", "<contact>", "unblock a contact", min_args=1, max_args=1,
-                takes_contact=True),
-    CommandSpec("quit", "", "leave pigeon-chat (Ctrl-D too)"),
-)
-_BY_NAME: Final = {spec.name: spec for spec in COMMANDS}
-
-
-def split_command(line: str) -> tuple[CommandSpec, list[str]]:
-    """Parse ``/name args...`` into the command and its arguments.
-
-    Raises:
-        UsageError: unknown command, unbalanced quotes, wrong number of arguments.
-    """
-    head, _, tail = line.strip().partition(" ")
-    spec = _BY_NAME.get(head[1:].lower())
-    if spec is None:
-        raise UsageError(f"unknown command {head}: /help lists the commands")
-    tail = tail.strip()
-    if spec.rest:
-        args = [tail] if tail else []
-    else:
-        try:
-            args = shlex.split(tail)
-        except ValueError as exc:
-            raise UsageError(f"{exc}: usage {spec.usage}") from None
-    if not spec.min_args <= len(args) <= max(spec.max_args, spec.min_args, spec.rest):
-        raise UsageError(f"usage: {spec.usage}  ({spec.summary})")
-    return spec, args
 
 
 def _local_file(text: str) -> tuple[Path, int]:
@@ -216,7 +120,7 @@ class Commands:
             app.show(f"This profile has no account yet: /register creates one {where}. "
                      "/help lists the commands.", "notice")
             return
-        name = self.client.core.display_name() or "no display name yet (/name)"
+        name = self.app.my_name or "no display name yet (/name)"
         contacts = self.client.contacts(ContactState.ACCEPTED)
         app.show(f"You are {plain(name, 64)}, account {self.client.account_id.hex()}; "
                  f"{len(contacts)} contact(s). /help lists the commands.")
@@ -226,7 +130,7 @@ class Commands:
 
     async def cmd_help(self, args: list[str]) -> None:
         if args:
-            spec = _BY_NAME.get(args[0].lstrip("/").lower())
+            spec = command_spec(args[0].lstrip("/"))
             if spec is None:
                 raise UsageError(f"no command /{args[0].lstrip('/')}: /help lists them")
             self.app.show(f"{spec.usage}\n    {spec.summary}.")
@@ -261,13 +165,13 @@ class Commands:
             return
         self.app.show(f"registered: account {account.hex()}", "ok")
         self.app.show(f"others add you with: /add {self.client.contact_link()}")
-        if not self.client.core.display_name():
+        if not self.app.my_name:
             self.app.show("set the name your contacts see with /name <display name>", "notice")
 
     async def cmd_me(self, args: list[str]) -> None:
         link = self.client.contact_link()
         relay = ContactLink.parse(link).relay_url or "?"
-        name = self.client.core.display_name()
+        name = self.app.my_name
         self.app.show(
             f"account  {self.client.account_id.hex()}\n"
             f"name     {plain(name, 64) if name else '(none yet: /name <display name>)'}\n"
@@ -279,6 +183,7 @@ class Commands:
         if len(name) > MAX_DISPLAY_NAME:
             raise UsageError(f"a display name has at most {MAX_DISPLAY_NAME} characters")
         await self.client.set_profile(name)
+        self.app.my_name = name
         self.app.show(f"your display name is now {plain(name, 64)} (sent to your contacts, "
                       "end to end)", "ok")
 

@@ -18,7 +18,7 @@ import pexpect
 import pytest
 
 from client_sdk.testing import RelayProcess, pigeon_relay, start_relay  # noqa: F401
-from examples.chat.commands import COMMANDS
+from examples.chat.syntax import COMMANDS
 from examples.local_relay import relay_command
 
 from .test_sdk_tls import _self_signed

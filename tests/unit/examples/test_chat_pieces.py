@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from examples.chat.commands import COMMANDS, UsageError, split_command
+from examples.chat.syntax import COMMANDS, UsageError, split_command
 from examples.chat.transfers import Transfers
 from examples.chat.view import human_size, plain, safe_file_name, short_id
 
