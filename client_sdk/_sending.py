@@ -161,6 +161,7 @@ class _Batch:
     def __init__(self, core: ClientCore) -> None:
         self.core = core
         self.states: dict[bytes, RatchetState] = {}
+        self._recipients: dict[tuple[bytes, bytes], tuple[Recipient, ...]] = {}
 
     def encrypt(self, peer: bytes, inner: InnerMessage) -> tuple[bytes, RatchetState]:
         state = self.states.get(peer) or self.core.session(peer)
@@ -173,10 +174,12 @@ class _Batch:
 
     def entry(self, to: PairwiseMailbox | tuple[bytes, bytes], blob: bytes,
               now_ms: int) -> OutboxEntry:
-        mailbox_id, capability = (to if isinstance(to, tuple)
-                                  else (to.mailbox_id, to.capability))
-        return OutboxEntry(client_msg_id=self.core.rng(16),
-                           recipients=(Recipient(mailbox_id=mailbox_id, capability=capability),),
+        key = to if isinstance(to, tuple) else (to.mailbox_id, to.capability)
+        recipients = self._recipients.get(key)
+        if recipients is None:  # one (immutable) recipients tuple per mailbox and batch
+            recipients = self._recipients[key] = (
+                Recipient(mailbox_id=key[0], capability=key[1]),)
+        return OutboxEntry(client_msg_id=self.core.rng(16), recipients=recipients,
                            blob=blob, created_at_ms=now_ms)
 
     def commit(self, outgoing: list[Outgoing]) -> list[OutboxItem]:
@@ -206,8 +209,19 @@ def _target_ours(core: ClientCore, cid: int, peer: bytes, target: bytes, *,
                           f"{'one of our messages' if ours else 'in this conversation'}")
 
 
-def _prepare(core: ClientCore, batch: _Batch, intent: Intent, now_ms: int,
-             ) -> tuple[Outgoing, MessageRef | None, list[Event]]:
+@dataclass(slots=True)
+class _Prepared:
+    """One encrypted intent before its ``Outgoing`` is built (the session goes only
+    into each peer's last row of the batch)."""
+
+    peer: bytes
+    entry: OutboxEntry
+    history: HistoryOp | None
+    ref: MessageRef
+    event: Event | None
+
+
+def _prepare(core: ClientCore, batch: _Batch, intent: Intent, now_ms: int) -> _Prepared:
     _, outbound = core.sendable(intent.peer)
     peer = intent.peer
     mid = intent.message_id if isinstance(intent, SendFile) else core.rng(16)
@@ -253,16 +267,13 @@ def _prepare(core: ClientCore, batch: _Batch, intent: Intent, now_ms: int,
                             sent_at_ms=now_ms, kind=MessageKind.FILE, body=caption,
                             attachment=manifest)
             new_message = True
-    blob, state = batch.encrypt(peer, inner)
+    blob, _ = batch.encrypt(peer, inner)
     entry = batch.entry(outbound, blob, now_ms)
-    outgoing = Outgoing(entry=entry, session=SessionUpdate(peer=peer, state=state), history=op)
     ref = MessageRef(peer=peer, conversation_id=cid, message_id=mid,
                      client_msg_id=entry.client_msg_id)
-    events: list[Event] = []
-    if new_message:
-        events.append(MessageStatusChanged(peer=peer, conversation_id=cid, message_id=mid,
-                                           status=MessageStatus.PENDING))
-    return outgoing, ref, events
+    event = MessageStatusChanged(peer=peer, conversation_id=cid, message_id=mid,
+                                 status=MessageStatus.PENDING) if new_message else None
+    return _Prepared(peer, entry, op, ref, event)
 
 
 def _split_receipts(intents: Sequence[Intent]) -> list[Intent]:
@@ -288,19 +299,25 @@ def submit(core: ClientCore, intents: Sequence[Intent], *, now_ms: int,
         intents = _split_receipts(intents)
     batch = _Batch(core)
     results: list[MessageRef | PigeonError | None] = []
-    outgoing: list[Outgoing] = []
+    prepared: list[_Prepared] = []
     events: list[Event] = []
     slots: list[int] = []
     for intent in intents:
         try:
-            o, ref, evs = _prepare(core, batch, intent, now_ms)
+            p = _prepare(core, batch, intent, now_ms)
         except PigeonError as exc:
             results.append(None if quiet else exc)
             continue
         slots.append(len(results))
-        results.append(ref if o.history is not None else None)
-        outgoing.append(o)
-        events += evs
+        results.append(p.ref if p.history is not None else None)
+        prepared.append(p)
+        if p.event is not None:
+            events.append(p.event)
+    # Only each peer's last row carries the session: the batch's final state for it.
+    last = {p.peer: i for i, p in enumerate(prepared)}
+    final = {i: SessionUpdate(peer=peer, state=batch.states[peer]) for peer, i in last.items()}
+    outgoing = [Outgoing(entry=p.entry, history=p.history, session=final.get(i))
+                for i, p in enumerate(prepared)]
     try:
         items = batch.commit(outgoing)
     except PigeonError as exc:
