@@ -1,0 +1,318 @@
+"""Groups: the sender's cost and the relay's fan-out, against pairwise fan-out in the
+same run. Run: ``python -m bench.groups`` (``--quick``: fewer messages).
+
+For groups of 10, 100 and 1,000 members:
+
+* **Sender** (in process, no I/O). A group message is what ``client_sdk._groups.send``
+  computes per message: one padded ``Text`` encrypted and signed with the sender's chain
+  (``OutboundSenderKey.encrypt``) and one ``Send`` frame carrying that blob and the
+  members' ``(mailbox, capability)`` list (``Send.encode``). Pairwise fan-out (the
+  baseline) is one Double Ratchet ``encrypt`` of the same padded plaintext per member and
+  one single-recipient ``Send`` frame each. Figures: microseconds per group message (the
+  encrypt part and the whole), best of several rounds.
+* **Relay fan-out** (a real ``pigeon-relay`` subprocess, ``synchronous=FULL``, credits
+  raised out of the way, as ``bench.relay`` starts it). Receivers are raw WebSocket
+  clients (``bench.relay.wsclient``: registered accounts, one mailbox each, subscribed,
+  cumulative acks); one anonymous sender connection keeps a window of sends in flight.
+  Group mode: each message is ONE ``Send`` of a 300-byte blob to the n mailboxes.
+  Pairwise mode: each message is n single-recipient ``Send`` s. Figure: mailbox
+  deliveries per second, from the first send to the last ``Delivery`` received
+  (n x messages deliveries; every one is counted, none may be missing).
+
+The load generator (one process) and the relay share the machine's cores. Method and
+figures: docs/benchmarks.md ("Groups").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench._report import Rows, print_rows
+from bench.ratchet import _pair
+from bench.relay.flows import open_relay_receiver, open_relay_sender, unpack_frame
+from bench.relay.servers import ServerProcess, proc_cpu_s, relay_command
+from bench.relay.wsclient import WsClient
+from pigeon_crypto.padding import pad_message
+from pigeon_crypto.rng import system_rng
+from pigeon_crypto.sender_keys import OutboundSenderKey
+from protocol.frames import Ack, Send
+from protocol.inner import Text
+
+SIZES = (10, 100, 1000)
+T_SENT, T_ERROR, T_DELIVERY = 41, 9, 43
+TEXT = "a group message of about a hundred characters, like most chat messages are, more or less."
+BLOB_SIZE = 300
+
+
+def _plaintext() -> bytes:
+    return pad_message(Text(message_id=os.urandom(16), sent_at_ms=1, text=TEXT).encode())
+
+
+def _recipients(n: int) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple((os.urandom(16), os.urandom(32)) for _ in range(n))
+
+
+def _best(fn: Callable[[int], float], reps: int, rounds: int = 5) -> float:
+    """Best seconds per call over *rounds* chunks of *reps* calls."""
+    return min(fn(reps) / reps for _ in range(rounds))
+
+
+def sender_rows(quick: bool) -> Rows:
+    return [_sender_row(n, quick) for n in SIZES]
+
+
+def _sender_row(n: int, quick: bool) -> dict[str, Any]:
+    plaintext = _plaintext()
+    recipients = _recipients(n)
+    chain = OutboundSenderKey.create(system_rng)
+
+    def group_encrypt(reps: int) -> float:
+        nonlocal chain
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            chain, _ = chain.encrypt(plaintext)
+        return time.perf_counter() - t0
+
+    def group_total(reps: int) -> float:
+        nonlocal chain
+        t0 = time.perf_counter()
+        for i in range(reps):
+            chain, message = chain.encrypt(plaintext)
+            Send(request_id=i + 1, client_msg_id=os.urandom(16), blob=b"\x81" + message,
+                 recipients=recipients).encode()
+        return time.perf_counter() - t0
+
+    sessions = [_pair()[0] for _ in range(n)]
+
+    def pairwise_encrypt(reps: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            for j, state in enumerate(sessions):
+                sessions[j] = state.encrypt(plaintext, rng=system_rng).state
+        return time.perf_counter() - t0
+
+    def pairwise_total(reps: int) -> float:
+        t0 = time.perf_counter()
+        for i in range(reps):
+            for j, state in enumerate(sessions):
+                out = state.encrypt(plaintext, rng=system_rng)
+                sessions[j] = out.state
+                Send(request_id=i + 1, client_msg_id=os.urandom(16), blob=out.message,
+                     recipients=(recipients[j],)).encode()
+        return time.perf_counter() - t0
+
+    g_reps = 50 if quick else 200
+    p_reps = max(1, (2000 if quick else 5000) // n)
+    g_enc, g_all = _best(group_encrypt, g_reps), _best(group_total, g_reps)
+    p_enc, p_all = _best(pairwise_encrypt, p_reps, 3), _best(pairwise_total, p_reps, 3)
+    return {"name": f"sender, {n} members", "group_encrypt_us": g_enc * 1e6,
+            "group_total_us": g_all * 1e6, "pairwise_encrypt_us": p_enc * 1e6,
+            "pairwise_total_us": p_all * 1e6, "pairwise/group": p_all / g_all}
+
+
+# --- relay fan-out ----------------------------------------------------------------------------
+
+
+class _Receivers:
+    """Counts deliveries per receiver and acks cumulatively."""
+
+    def __init__(self, sockets: list[tuple[WsClient, bytes]]) -> None:
+        self.sockets = sockets
+        self.counts = [0] * len(sockets)
+        self.last_seq = [0] * len(sockets)
+        self.acked = [0] * len(sockets)
+        self.rids = [10] * len(sockets)
+        self.active = 0
+        self.expected = 0
+        self.remaining = 0
+        self.done: asyncio.Event = asyncio.Event()
+        self.last_ns = 0
+        self.errors = 0
+        for i, (ws, _) in enumerate(sockets):
+            ws.on_message = self._callback(i)
+
+    def start(self, active: int, expected: int) -> None:
+        self.active, self.expected = active, expected
+        self.counts = [0] * len(self.sockets)
+        self.remaining = active
+        self.done = asyncio.Event()
+
+    def _callback(self, i: int) -> Callable[[bytes], None]:
+        def on_message(data: bytes) -> None:
+            f = unpack_frame(data)
+            if f[1] != T_DELIVERY:
+                if f[1] == T_ERROR:
+                    self.errors += 1
+                return
+            seq = f[3][2]
+            if seq > self.last_seq[i]:
+                self.last_seq[i] = seq
+                self.counts[i] += 1
+                if seq - self.acked[i] >= 64:
+                    self.ack(i)
+                if i < self.active and self.counts[i] == self.expected:
+                    self.remaining -= 1
+                    if self.remaining == 0:
+                        self.last_ns = time.perf_counter_ns()
+                        self.done.set()
+        return on_message
+
+    def ack(self, i: int) -> None:
+        ws, mailbox = self.sockets[i]
+        self.rids[i] += 1
+        self.acked[i] = self.last_seq[i]
+        ws.send(Ack(request_id=self.rids[i], mailbox_id=mailbox,
+                    up_to_seq=self.last_seq[i]).encode())
+
+    async def ticker(self) -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            for i in range(len(self.sockets)):
+                if self.last_seq[i] > self.acked[i]:
+                    self.ack(i)
+
+
+class _Sender:
+    """Keeps *window* sends in flight; counts ``Sent`` answers."""
+
+    def __init__(self, ws: WsClient) -> None:
+        self.ws = ws
+        self.frames: list[bytes] = []
+        self.next = 0
+        self.inflight = 0
+        self.window = 1
+        self.answered = 0
+        self.errors = 0
+        ws.on_message = self._on_message
+
+    def run(self, frames: list[bytes], window: int) -> None:
+        self.frames, self.next, self.inflight, self.window = frames, 0, 0, window
+        self._fill()
+
+    def _fill(self) -> None:
+        while self.inflight < self.window and self.next < len(self.frames):
+            self.ws.send(self.frames[self.next])
+            self.next += 1
+            self.inflight += 1
+
+    def _on_message(self, data: bytes) -> None:
+        f = unpack_frame(data)
+        if f[1] == T_ERROR:
+            self.errors += 1
+        elif f[1] != T_SENT:
+            return
+        self.inflight -= 1
+        self.answered += 1
+        self._fill()
+
+
+async def _fanout(port: int, pid: int, sizes: tuple[int, ...], messages: dict[int, int],
+                  group_window: int) -> Rows:
+    most = max(sizes)
+    sockets: list[tuple[WsClient, bytes]] = []
+    caps: list[bytes] = []
+    t0 = time.perf_counter()
+    for start in range(0, most, 50):
+        opened = await asyncio.gather(*(open_relay_receiver(port)
+                                        for _ in range(min(50, most - start))))
+        for ws, info in opened:
+            sockets.append((ws, info.mailbox_id))
+            caps.append(info.capability)
+    setup_s = time.perf_counter() - t0
+    receivers = _Receivers(sockets)
+    ticker = asyncio.create_task(receivers.ticker())
+    sender = _Sender(await open_relay_sender(port))
+    rows: Rows = []
+    rid = 10
+    try:
+        for n in sizes:
+            m = messages[n]
+            recipients = tuple((sockets[i][1], caps[i]) for i in range(n))
+            for mode in ("group", "pairwise"):
+                frames: list[bytes] = []
+                for _ in range(m):
+                    if mode == "group":
+                        rid += 1
+                        frames.append(Send(request_id=rid, client_msg_id=os.urandom(16),
+                                           blob=os.urandom(BLOB_SIZE),
+                                           recipients=recipients).encode())
+                    else:
+                        for r in recipients:
+                            rid += 1
+                            frames.append(Send(request_id=rid, client_msg_id=os.urandom(16),
+                                               blob=os.urandom(BLOB_SIZE),
+                                               recipients=(r,)).encode())
+                window = max(2, group_window // n) if mode == "group" else 512
+                receivers.start(n, m)
+                cpu0 = os.times()
+                relay0 = proc_cpu_s(pid)
+                start_ns = time.perf_counter_ns()
+                sender.run(frames, window)
+                async with asyncio.timeout(300):
+                    await receivers.done.wait()
+                elapsed = (receivers.last_ns - start_ns) / 1e9
+                cpu1 = os.times()
+                relay_cpu = proc_cpu_s(pid) - relay0
+                deliveries = n * m
+                rows.append({
+                    "name": f"relay fan-out, {n} members, {mode}",
+                    "messages": m, "sends": len(frames), "deliveries": deliveries,
+                    "seconds": elapsed, "deliveries_per_s": deliveries / elapsed,
+                    "relay_cpu_s": relay_cpu,
+                    "generator_cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
+                    "errors": sender.errors + receivers.errors,
+                })
+                await asyncio.sleep(0.3)  # let acks land before the next run
+    finally:
+        ticker.cancel()
+        for ws, _ in sockets:
+            ws.abort()
+        sender.ws.abort()
+    rows.insert(0, {"name": "relay set-up", "receivers": most, "seconds": setup_s})
+    return rows
+
+
+def relay_rows(quick: bool, sizes: tuple[int, ...] = SIZES, group_window: int = 4096) -> Rows:
+    messages = ({10: 1000, 100: 200, 1000: 30} if quick
+                else {10: 5000, 100: 1000, 1000: 100})
+    with tempfile.TemporaryDirectory(prefix="pigeon-bench-groups-") as tmp:
+        relay = ServerProcess("relay", relay_command(Path(tmp) / "data"),
+                              Path(tmp) / "relay.log")
+        with relay:
+            return asyncio.run(_fanout(relay.port, relay.pid, sizes, messages, group_window))
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer messages")
+    parser.add_argument("--only", choices=("sender", "relay"), default=None)
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--group-window", type=int, default=4096,
+                        help="deliveries in flight in group mode (sends = this / members)")
+    args = parser.parse_args()
+    rows: list[dict[str, Any]] = []
+    if args.only in (None, "sender"):
+        rows += sender_rows(args.quick)
+    if args.only in (None, "relay"):
+        rows += relay_rows(args.quick, tuple(args.sizes), args.group_window)
+    print_rows(rows, f"commit {_commit()}")
+
+
+if __name__ == "__main__":
+    main()
