@@ -60,7 +60,7 @@ from protocol.frames import (
     Subscribed,
 )
 
-from . import _sending
+from . import _sending, _tuning
 from ._client_api import ClientApiMixin
 from ._client_background import BackgroundMixin
 from ._client_files import FilesMixin
@@ -99,7 +99,8 @@ class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, Cl
                  relay_url: str | None = None, tls_fingerprint: str | bytes | None = None,
                  create: bool = True, params: Argon2Params = DEFAULT_PARAMS,
                  durability: Durability = Durability.FULL, config: CoreConfig | None = None,
-                 reconnect_cap_ms: int = 30_000, rng: Rng = system_rng) -> None:
+                 reconnect_cap_ms: int = 30_000, rng: Rng = system_rng,
+                 tune_interpreter: bool = True) -> None:
         """Use :meth:`open`. Arguments as there."""
         self.path = Path(path)
         self._passphrase = passphrase
@@ -110,6 +111,8 @@ class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, Cl
         self._durability = durability
         self._config = config
         self._reconnect_cap_ms = reconnect_cap_ms
+        self._tune = tune_interpreter
+        self._tuned = False
         self._rng = rng
         self._profile: Profile | None = None
         self._core: ClientCore | None = None
@@ -141,7 +144,8 @@ class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, Cl
              relay_url: str | None = None, tls_fingerprint: str | bytes | None = None,
              create: bool = True, params: Argon2Params = DEFAULT_PARAMS,
              durability: Durability = Durability.FULL, config: CoreConfig | None = None,
-             reconnect_cap_ms: int = 30_000, rng: Rng = system_rng) -> AsyncClient:
+             reconnect_cap_ms: int = 30_000, rng: Rng = system_rng,
+             tune_interpreter: bool = True) -> AsyncClient:
         """A client for the profile at *path*; use ``async with`` (or :meth:`start`
         and :meth:`close`).
 
@@ -153,6 +157,11 @@ class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, Cl
                 hex, ``AA:BB:…`` or bytes).
             create: create the profile if there is none at *path*.
             params: Argon2id cost for a new profile (tests pass cheap ones).
+            tune_interpreter: while clients run, a 1 ms thread switch interval and
+                rarer full GC collections, where the application left the
+                interpreter's defaults (``client_sdk._tuning``: the core's worker
+                thread otherwise waits up to 5 ms for the event loop after every
+                SQLite call). False leaves the interpreter alone.
 
         Raises (on entering):
             WrongPassphrase, ProfileCorrupt, ProfileLocked, ProfileTooNew,
@@ -160,7 +169,8 @@ class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, Cl
         """
         return cls(path, passphrase, relay_url=relay_url, tls_fingerprint=tls_fingerprint,
                    create=create, params=params, durability=durability, config=config,
-                   reconnect_cap_ms=reconnect_cap_ms, rng=rng)
+                   reconnect_cap_ms=reconnect_cap_ms, rng=rng,
+                   tune_interpreter=tune_interpreter)
 
     def __repr__(self) -> str:
         who = self._core.identity.account_id.hex() if self._core and self._core.has_identity \
@@ -199,6 +209,9 @@ class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, Cl
             self._executor.shutdown(wait=False)
             raise
         self._passphrase = b""  # not kept longer than needed
+        if self._tune and not self._tuned:
+            _tuning.acquire()
+            self._tuned = True
         if self._relay_url is None:
             stored = await self._run(lambda c: c.store.get_setting(SETTING_RELAY))
             self._relay_url = None if stored is None else stored.decode()
@@ -231,6 +244,9 @@ class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, Cl
             if profile is not None:
                 await asyncio.get_running_loop().run_in_executor(self._executor, profile.close)
             self._executor.shutdown(wait=True)
+        if self._tuned:
+            self._tuned = False
+            _tuning.release()
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
