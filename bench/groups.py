@@ -13,7 +13,10 @@ For groups of 10, 100 and 1,000 members:
 * **Relay fan-out** (a real ``pigeon-relay`` subprocess, ``synchronous=FULL``, credits
   raised out of the way, as ``bench.relay`` starts it). Receivers are raw WebSocket
   clients (``bench.relay.wsclient``: registered accounts, one mailbox each, subscribed,
-  cumulative acks); one anonymous sender connection keeps a window of sends in flight.
+  cumulative acks every 64 deliveries and every ``--ack-interval-ms``, 100 ms by
+  default, as a client that acks per receive batch); one anonymous sender connection
+  keeps a window of sends in flight (``--group-window`` deliveries in group mode, 512
+  sends in pairwise mode).
   Group mode: each message is ONE ``Send`` of a 300-byte blob to the n mailboxes.
   Pairwise mode: each message is n single-recipient ``Send`` s. Figure: mailbox
   deliveries per second, from the first send to the last ``Delivery`` received
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -38,6 +42,7 @@ from typing import Any
 from bench._report import Rows, print_rows
 from bench.ratchet import _pair
 from bench.relay.flows import open_relay_receiver, open_relay_sender, unpack_frame
+from bench.relay.profiling import PySpy, summarize
 from bench.relay.servers import ServerProcess, proc_cpu_s, relay_command
 from bench.relay.wsclient import WsClient
 from pigeon_crypto.padding import pad_message
@@ -124,8 +129,9 @@ def _sender_row(n: int, quick: bool) -> dict[str, Any]:
 class _Receivers:
     """Counts deliveries per receiver and acks cumulatively."""
 
-    def __init__(self, sockets: list[tuple[WsClient, bytes]]) -> None:
+    def __init__(self, sockets: list[tuple[WsClient, bytes]], ack_interval_s: float) -> None:
         self.sockets = sockets
+        self.ack_interval_s = ack_interval_s
         self.counts = [0] * len(sockets)
         self.last_seq = [0] * len(sockets)
         self.acked = [0] * len(sockets)
@@ -174,7 +180,7 @@ class _Receivers:
 
     async def ticker(self) -> None:
         while True:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(self.ack_interval_s)
             for i in range(len(self.sockets)):
                 if self.last_seq[i] > self.acked[i]:
                     self.ack(i)
@@ -215,7 +221,8 @@ class _Sender:
 
 
 async def _fanout(port: int, pid: int, sizes: tuple[int, ...], messages: dict[int, int],
-                  group_window: int) -> Rows:
+                  group_window: int, ack_interval_ms: float,
+                  profile: Path | None = None) -> Rows:
     most = max(sizes)
     sockets: list[tuple[WsClient, bytes]] = []
     caps: list[bytes] = []
@@ -227,7 +234,7 @@ async def _fanout(port: int, pid: int, sizes: tuple[int, ...], messages: dict[in
             sockets.append((ws, info.mailbox_id))
             caps.append(info.capability)
     setup_s = time.perf_counter() - t0
-    receivers = _Receivers(sockets)
+    receivers = _Receivers(sockets, ack_interval_ms / 1000)
     ticker = asyncio.create_task(receivers.ticker())
     sender = _Sender(await open_relay_sender(port))
     rows: Rows = []
@@ -255,9 +262,12 @@ async def _fanout(port: int, pid: int, sizes: tuple[int, ...], messages: dict[in
                 cpu0 = os.times()
                 relay0 = proc_cpu_s(pid)
                 start_ns = time.perf_counter_ns()
-                sender.run(frames, window)
-                async with asyncio.timeout(300):
-                    await receivers.done.wait()
+                spy = (PySpy(pid, 3, profile / f"relay-{n}-{mode}.txt")
+                       if profile is not None else contextlib.nullcontext())
+                with spy:
+                    sender.run(frames, window)
+                    async with asyncio.timeout(300):
+                        await receivers.done.wait()
                 elapsed = (receivers.last_ns - start_ns) / 1e9
                 cpu1 = os.times()
                 relay_cpu = proc_cpu_s(pid) - relay0
@@ -280,14 +290,16 @@ async def _fanout(port: int, pid: int, sizes: tuple[int, ...], messages: dict[in
     return rows
 
 
-def relay_rows(quick: bool, sizes: tuple[int, ...] = SIZES, group_window: int = 4096) -> Rows:
+def relay_rows(quick: bool, sizes: tuple[int, ...] = SIZES, group_window: int = 4096,
+               ack_interval_ms: float = 100.0, profile: Path | None = None) -> Rows:
     messages = ({10: 1000, 100: 200, 1000: 30} if quick
                 else {10: 5000, 100: 1000, 1000: 100})
     with tempfile.TemporaryDirectory(prefix="pigeon-bench-groups-") as tmp:
         relay = ServerProcess("relay", relay_command(Path(tmp) / "data"),
                               Path(tmp) / "relay.log")
         with relay:
-            return asyncio.run(_fanout(relay.port, relay.pid, sizes, messages, group_window))
+            return asyncio.run(_fanout(relay.port, relay.pid, sizes, messages, group_window,
+                                       ack_interval_ms, profile))
 
 
 def _commit() -> str:
@@ -305,13 +317,24 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--group-window", type=int, default=4096,
                         help="deliveries in flight in group mode (sends = this / members)")
+    parser.add_argument("--ack-interval-ms", type=float, default=100.0,
+                        help="receivers ack what they got every N ms (and every 64 deliveries)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="sample the relay with py-spy during each run (a separate run: "
+                             "the sampler costs CPU); prints where its time goes")
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     if args.only in (None, "sender"):
         rows += sender_rows(args.quick)
     if args.only in (None, "relay"):
-        rows += relay_rows(args.quick, tuple(args.sizes), args.group_window)
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
+        rows += relay_rows(args.quick, tuple(args.sizes), args.group_window,
+                           args.ack_interval_ms, args.profile)
     print_rows(rows, f"commit {_commit()}")
+    if args.profile is not None:
+        for path in sorted(args.profile.glob("relay-*.txt")):
+            print(f"\n## {path.name}\n{summarize(path, 15)}")
 
 
 if __name__ == "__main__":
