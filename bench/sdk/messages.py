@@ -423,18 +423,18 @@ def run_raw(relay: ServerProcess, n: int, blob_size: int, timeout_s: float) -> d
             "cpu": cpu}
 
 
-def _py_spy(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+def _py_spy(pid: int, out: Path, gil: bool) -> subprocess.Popen[bytes] | None:
     exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if exe is None:
         print("py-spy not found: --profile ignored", file=sys.stderr)
         return None
     return subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
-                             "--threads", "-o", str(out)],
+                             "--threads", *(["--gil"] if gil else []), "-o", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def run_sdk(relay: ServerProcess, folder: Path, n: int, text_size: int, timeout_s: float,
-            profile: Path | None) -> dict[str, Any]:
+            profile: Path | None, gil: bool = False) -> dict[str, Any]:
     url = f"http://127.0.0.1:{relay.port}"
     rx = Child("sdk-receiver", sdk_receiver, url, str(folder), n, timeout_s)
     tx = Child("sdk-sender", sdk_sender, url, str(folder), n, text_size, timeout_s)
@@ -447,7 +447,7 @@ def run_sdk(relay: ServerProcess, folder: Path, n: int, text_size: int, timeout_
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
             for child, name in ((tx, "sender"), (rx, "receiver")):
-                spy = _py_spy(child.pid, profile / f"{name}.txt")
+                spy = _py_spy(child.pid, profile / f"{name}.txt", gil)
                 if spy is not None:
                     spies.append(spy)
             time.sleep(1.0)
@@ -499,6 +499,8 @@ def main() -> None:
     parser.add_argument("--only", choices=("sdk", "raw"), help="one phase")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="py-spy the SDK sender and receiver into DIR (not for figures)")
+    parser.add_argument("--profile-gil", action="store_true",
+                        help="with --profile: only samples holding the GIL (Python CPU)")
     parser.add_argument("--workdir", type=Path, help="where data goes (default: a tmp dir)")
     args = parser.parse_args()
     n = args.messages or (QUICK_MESSAGES if args.quick else DEFAULT_MESSAGES)
@@ -521,7 +523,7 @@ def main() -> None:
                 folder = work / f"sdk-{rnd}"
                 folder.mkdir()
                 sdk = run_sdk(relay, folder, n, args.text_size, args.timeout,
-                              args.profile if rnd == 0 else None)
+                              args.profile if rnd == 0 else None, args.profile_gil)
                 row = _row(f"sdk, round {rnd + 1}", sdk, n)
                 row.update(history=sdk["history"], sent=sdk["sent"], failed=sdk["failed"],
                            delivered_receipts=sdk["delivered"], stored_ms=sdk["stored_ms"])
