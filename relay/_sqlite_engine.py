@@ -58,6 +58,10 @@ DEFAULT_READERS = 2
 DEFAULT_BUSY_TIMEOUT_MS = 5_000
 """How long a connection waits for a lock held by another process (the admin CLI)."""
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+WRITER_CACHE_KIB = 64 * 1024
+"""The writer's page cache (SQLite's default is 2 MiB). The idempotency table's keys
+are random, so every append touches a random leaf page of it; with the default cache
+most of those pages are re-read from the OS on every batch once the table outgrows it."""
 """Truncate the WAL file back to this after checkpoints so a burst does not pin disk."""
 
 
@@ -220,6 +224,7 @@ class SqliteEngine:
             if str(mode).lower() != "wal":
                 raise StoreError(f"cannot enable WAL (journal_mode={mode})")
             conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+            conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
             _migrate(conn, migrations)
         except sqlite3.Error as exc:
             conn.close()
