@@ -430,6 +430,34 @@ def forward_winners(core: ClientCore, group_ids: Iterable[bytes], *, now_ms: int
     return batch.commit(outgoing) if outgoing else []
 
 
+def forward_states(core: ClientCore, states: Iterable[tuple[bytes, bytes]], *, now_ms: int,
+                   ) -> list[OutboxItem]:
+    """As the first admin (smallest account id) of a state someone else signed, pass it
+    on to everyone its signer wrote to: members need not be each other's contacts (a
+    channel's subscribers know only its admins; a member leaves by writing to those it
+    can reach). Receivers ignore states they hold."""
+    me = core.account_id
+    batch = _Batch(core)
+    outgoing: list[Outgoing] = []
+    for group_id, digest in states:
+        view = GroupView.load(core, group_id)
+        row = view.states.get(digest)
+        if row is None or row.status is not StateStatus.VALID:
+            continue
+        signed = row.signed
+        for peer in sorted(_reached(view, signed.state) - {me, signed.state.signer}):
+            try:
+                _, outbound = core.sendable(peer)
+                inner = GroupControl(message_id=core.rng(16), sent_at_ms=now_ms,
+                                     state=signed.encoded, signature=signed.signature)
+                blob, session = batch.encrypt(peer, inner)
+            except ClientError:
+                continue
+            outgoing.append(_pairwise(core, batch, peer, outbound.mailbox_id,
+                                      outbound.capability, blob, session, now_ms))
+    return batch.commit(outgoing) if outgoing else []
+
+
 # --- group sends --------------------------------------------------------------------------------
 
 

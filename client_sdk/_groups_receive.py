@@ -100,6 +100,8 @@ class GroupBatch:
     pending: int = 0
     relay_ms: int | None = None
     """When the relay stored the envelope being processed (``Delivery.received_at_ms``)."""
+    forwards: list[tuple[bytes, bytes]] = field(default_factory=list)
+    """``(group_id, state hash)``: states we pass on as the group's first admin."""
 
     def view(self, group_id: bytes) -> GroupView:
         found = self.views.get(group_id)
@@ -126,7 +128,7 @@ def apply_inner(core: ClientCore, batch: GroupBatch, sender: bytes, inner: Inner
     """A ``GroupControl`` or ``SenderKeyDistribution`` from *sender* (pairwise)."""
     try:
         if isinstance(inner, GroupControl):
-            return _control(core, batch, inner, now_ms)
+            return _control(core, batch, sender, inner, now_ms)
         if isinstance(inner, SenderKeyDistribution):
             return _distribution(batch, sender, inner), []
     except PigeonError as exc:
@@ -134,19 +136,27 @@ def apply_inner(core: ClientCore, batch: GroupBatch, sender: bytes, inner: Inner
     return None, []
 
 
-def _control(core: ClientCore, batch: GroupBatch, inner: GroupControl, now_ms: int,
-             ) -> tuple[GroupWrite | None, list[Event]]:
+def _control(core: ClientCore, batch: GroupBatch, sender: bytes, inner: GroupControl,
+             now_ms: int) -> tuple[GroupWrite | None, list[Event]]:
     signed = SignedGroupState.from_wire(inner.state, inner.signature)
-    signer = signed.state.signer
+    st = signed.state
+    signer = st.signer
     me = core.account_id
     if signer == me:
         return None, []  # our own state, sent back by someone: we hold it
+    view = batch.view(st.group_id)
     contact = core.contact(signer)
-    if contact is None or contact.identity is None:
-        _log.info("group state signed by an unknown account dropped")
-        return None, []
-    contact.identity.verify(Purpose.GROUP_CONTROL, signed.encoded, signed.signature)
-    view = batch.view(signed.state.group_id)
+    if contact is not None and contact.identity is not None:
+        contact.identity.verify(Purpose.GROUP_CONTROL, signed.encoded, signed.signature)
+    else:
+        # Signed by someone we have no session with (a channel's subscriber leaving, an
+        # admin who is not our contact): only an admin may pass it on to us, having
+        # verified it (forward_states, forward_winners).
+        parent = None if st.parent is None else view.states.get(st.parent)
+        admins = st.admins if parent is None else parent.signed.state.admins
+        if sender == signer or sender not in admins:
+            _log.info("group state signed by an unknown account dropped")
+            return None, []
     old = view.head
     was_active = view.active
     rows = view.absorb(signed, me, now_ms=batch.relay_ms or now_ms)
@@ -154,6 +164,11 @@ def _control(core: ClientCore, batch: GroupBatch, inner: GroupControl, now_ms: i
         return None, []
     record = view.converge(me, now_ms=now_ms)
     batch.changed.add(view.group_id)
+    for row in rows:
+        st = row.signed.state
+        if (row.status is StateStatus.VALID and st.signer != me and st.admins
+                and st.admins[0] == me):
+            batch.forwards.append((view.group_id, row.signed.hash))
     events: list[Event] = []
     forget = None
     if record is not None:

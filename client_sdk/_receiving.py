@@ -141,6 +141,8 @@ class Received:
     """Peers that must get our profile (a simultaneous initiation resolved their way)."""
     groups_changed: set[bytes] = field(default_factory=set)
     """Groups whose state or chains were stored: pending group blobs may now be placed."""
+    group_forwards: list[tuple[bytes, bytes]] = field(default_factory=list)
+    """``(group_id, state hash)`` to pass on to the other members (``_groups``)."""
 
     def ack(self, mailbox_id: bytes, seq: int) -> None:
         self.acks.setdefault(mailbox_id, []).append(seq)
@@ -226,6 +228,7 @@ def receive(core: ClientCore, deliveries: Sequence[DeliveryLike], *, now_ms: int
             out.dropped += single.dropped
             out.profile_followups += single.profile_followups
             out.groups_changed |= single.groups_changed
+            out.group_forwards += single.group_forwards
             for mailbox_id, seqs in single.acks.items():
                 out.acks.setdefault(mailbox_id, []).extend(seqs)
         return out
@@ -234,6 +237,7 @@ def receive(core: ClientCore, deliveries: Sequence[DeliveryLike], *, now_ms: int
     for contact in overlay.contacts.values():
         core.cache_contact(contact)
     out.groups_changed = overlay.groups.changed
+    out.group_forwards = overlay.groups.forwards
     for p, key, result in zip(pending, refs, results, strict=True):
         out.ack(*key)
         if result.outcome is ReceiveOutcome.DUPLICATE_ENVELOPE:

@@ -471,6 +471,9 @@ class ClientCore:
             received.events += _groups_receive.retry_pending(self, now_ms=now_ms)
             received.items += _groups.forward_winners(self, received.groups_changed,
                                                       now_ms=now_ms)
+        if received.group_forwards:
+            received.items += _groups.forward_states(self, received.group_forwards,
+                                                     now_ms=now_ms)
         name = self.display_name()
         if received.profile_followups and name is not None:
             done = self.submit([_sending.SendProfile(peer=p, display_name=name,

@@ -460,18 +460,29 @@ async def test_forged_controls_and_non_members_rejected(clients: ClientFactory) 
 
 
 async def test_channel_only_admins_post(clients: ClientFactory) -> None:
-    alice, bob, carol = await clients("alice"), await clients("bob"), await clients("carol")
+    alice, bob, carol, dave = (await clients("alice"), await clients("bob"),
+                               await clients("carol"), await clients("dave"))
     await mesh(clients, [alice, bob, carol])
-    b, c = Inbox(bob), Inbox(carol)
-    info = await alice.create_channel("News", [bob.account_id, carol.account_id])
+    await clients.connect(alice, dave)  # a subscriber needs a session with admins only
+    a, b, c, d = Inbox(alice), Inbox(bob), Inbox(carol), Inbox(dave)
+    info = await alice.create_channel("News", [bob.account_id, carol.account_id,
+                                               dave.account_id])
     assert info.channel
-    await b.wait_version(1)
-    await c.wait_version(1)
+    for inbox in (b, c, d):
+        await inbox.wait_version(1)
     with pytest.raises(NotGroupAdmin):
         await bob.send_group_text(info.group_id, "may I?")
     await alice.send_group_text(info.group_id, "issue 1")
-    await b.wait_text("issue 1")
-    await c.wait_text("issue 1")
+    for inbox in (b, c, d):
+        await inbox.wait_text("issue 1")
+    await dave.leave_group(info.group_id)  # signed by Dave, reaches the admin
+    assert (await a.wait_version(2)).removed == (dave.account_id,)
+    # Bob and Carol are no contacts of Dave: Alice, the first admin, passes it on.
+    for inbox in (b, c):
+        assert (await inbox.wait_version(2)).removed == (dave.account_id,)
+    await alice.rename_group(info.group_id, "News 2")
+    for inbox in (b, c):
+        await inbox.wait_version(3)
     # A member posting anyway (bypassing its client) is not shown.
     await _rogue_group_message(bob, carol.account_id, info.group_id, "bob's post")
     await bob.send_text(carol.account_id, "marker")
