@@ -10,6 +10,12 @@ For groups of 10, 100 and 1,000 members:
   baseline) is one Double Ratchet ``encrypt`` of the same padded plaintext per member and
   one single-recipient ``Send`` frame each. Figures: microseconds per group message (the
   encrypt part and the whole), best of several rounds.
+* **The SDK's send path** (``client_sdk._groups`` on a profile with the SDK's default
+  durability, ``synchronous=FULL``, and n - 1 accepted contacts): creating the group (a
+  control message per member), the first message (which carries each member's
+  distribution), then steady messages (one transaction: chain state, history, one outbox
+  row with the recipient list); baseline: one pairwise text per member as one group
+  commit (``ClientCore.submit``). Milliseconds.
 * **Relay fan-out** (a real ``pigeon-relay`` subprocess, ``synchronous=FULL``, credits
   raised out of the way, as ``bench.relay`` starts it). Receivers are raw WebSocket
   clients (``bench.relay.wsclient``: registered accounts, one mailbox each, subscribed,
@@ -121,6 +127,89 @@ def _sender_row(n: int, quick: bool) -> dict[str, Any]:
     return {"name": f"sender, {n} members", "group_encrypt_us": g_enc * 1e6,
             "group_total_us": g_all * 1e6, "pairwise_encrypt_us": p_enc * 1e6,
             "pairwise_total_us": p_all * 1e6, "pairwise/group": p_all / g_all}
+
+
+# --- the SDK's send path ----------------------------------------------------------------------
+
+
+def _sdk_core(folder: Path, n: int) -> tuple[Any, Any, list[bytes]]:
+    """A profile with *n* accepted contacts (a session and an outbound mailbox each),
+    reopened with the SDK's default durability (FULL)."""
+    from client_sdk.core import ClientCore
+    from client_sdk.store import Durability, Profile
+    from client_sdk.store.records import (
+        Contact,
+        ContactState,
+        MailboxDirection,
+        PairwiseMailbox,
+    )
+    from client_sdk.testing import FAST_PARAMS
+
+    path = folder / f"sdk-{n}.pigeon"
+    profile = Profile.create(path, "bench", params=FAST_PARAMS, durability=Durability.OFF)
+    ClientCore(profile.store, rng=system_rng).create_identity()
+    peers = sorted(os.urandom(16) for _ in range(n))
+    for peer in peers:
+        boxes = tuple(PairwiseMailbox(mailbox_id=os.urandom(16), direction=d,
+                                      capability=os.urandom(32), created_at_ms=1)
+                      for d in (MailboxDirection.INBOUND, MailboxDirection.OUTBOUND))
+        profile.store.save_contact(Contact(account_id=peer, state=ContactState.ACCEPTED,
+                                           mailboxes=boxes, created_at_ms=1, updated_at_ms=1))
+        profile.store.store_session(peer, _pair()[0])
+    profile.close()
+    profile = Profile.open(path, "bench", durability=Durability.FULL)
+    return profile, ClientCore(profile.store, rng=system_rng), peers
+
+
+_NOW = 1_000
+
+
+def _text(mid: bytes, now_ms: int) -> Text:
+    return Text(message_id=mid, sent_at_ms=now_ms, text=TEXT)
+
+
+def _history(cid: int, mid: bytes) -> Any:
+    from client_sdk.history import NewMessage
+    return NewMessage(conversation_id=cid, message_id=mid, sender=None, sent_at_ms=_NOW,
+                      body=TEXT)
+
+
+def sdk_rows(quick: bool) -> Rows:
+    """``client_sdk._groups`` as the SDK runs it (store, transaction, outbox rows): the
+    group's creation, its first message (which carries every member's distribution), then
+    steady messages; against one pairwise text per member, queued as one group commit
+    (``ClientCore.submit``), in the same run."""
+    from client_sdk import _groups
+    from client_sdk._sending import SendText
+
+    rows: Rows = []
+    with tempfile.TemporaryDirectory(prefix="pigeon-bench-groups-sdk-") as tmp:
+        for n in SIZES:
+            profile, core, peers = _sdk_core(Path(tmp), n - 1)  # n members with us
+            t0 = time.perf_counter()
+            group_id, _, _ = _groups.create(core, name="bench", members=peers, admins=(),
+                                            avatar=None, channel=False, now_ms=_NOW)
+            t_create = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            _groups.send(core, group_id, _text, _history, now_ms=_NOW)
+            t_first = time.perf_counter() - t0
+            m = 20 if quick else 100
+            t0 = time.perf_counter()
+            for _ in range(m):
+                _groups.send(core, group_id, _text, _history, now_ms=_NOW)
+            t_group = (time.perf_counter() - t0) / m
+            k = max(1, (20 if quick else 100) // n)
+            t0 = time.perf_counter()
+            for _ in range(k):
+                core.submit([SendText(peer=p, text=TEXT) for p in peers], now_ms=_NOW)
+            t_pairwise = (time.perf_counter() - t0) / k
+            profile.close()
+            rows.append({"name": f"SDK send path, {n} members", "create_ms": t_create * 1e3,
+                         "first_message_ms": t_first * 1e3,
+                         "group_message_ms": t_group * 1e3,
+                         "pairwise_to_all_ms": t_pairwise * 1e3,
+                         "pairwise/group": t_pairwise / t_group})
+    return rows
 
 
 # --- relay fan-out ----------------------------------------------------------------------------
@@ -313,7 +402,7 @@ def _commit() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer messages")
-    parser.add_argument("--only", choices=("sender", "relay"), default=None)
+    parser.add_argument("--only", choices=("sender", "sdk", "relay"), default=None)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--group-window", type=int, default=4096,
                         help="deliveries in flight in group mode (sends = this / members)")
@@ -326,6 +415,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     if args.only in (None, "sender"):
         rows += sender_rows(args.quick)
+    if args.only in (None, "sdk"):
+        rows += sdk_rows(args.quick)
     if args.only in (None, "relay"):
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)

@@ -236,6 +236,10 @@ def group_info(core: ClientCore, view: GroupView, *, now_ms: int) -> GroupInfo:
 
 def conversation_id(core: ClientCore, group_id: bytes, title: str | None, *,
                     now_ms: int) -> int:
+    """The group's conversation (a read; created, titled, on first use)."""
+    found = core.store.find_conversation(ConversationKind.GROUP, group_id)
+    if found is not None:
+        return found.id
     return core.store.ensure_conversation(ConversationKind.GROUP, group_id, now_ms=now_ms,
                                           title=title or None).id
 
