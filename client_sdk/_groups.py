@@ -27,10 +27,12 @@ Theory of operation
     members learn it). The state change and the outbox rows are one transaction.
 
     **Sender keys.** Each member has one outbound chain per group
-    (``pigeon_crypto.sender_keys``). Before a group send the sender compares whom its
-    chain was shared with (``sender_key_shares``) with the current members: if anyone
-    it was shared with is no longer a member, it starts a new chain (rotation, so a
-    removed member reads nothing sent after its removal); then it sends the chain, at
+    (``pigeon_crypto.sender_keys``). A state in which someone left drops it (in the
+    transaction that stores the state); before a group send the sender also compares
+    whom its chain was shared with (``sender_key_shares``) with the current members: with
+    no chain, or if anyone it was shared with is no longer a member, it starts a new
+    chain (rotation, so a removed member reads nothing sent after its removal, and a
+    re-added one, which forgot the old chains, gets the new one); then it sends it, at
     its current iteration, to every member lacking it (a ``SenderKeyDistribution`` over
     the pairwise session, before the message on the same mailbox, so it arrives
     first). A new member therefore receives chains at their current iteration and
@@ -362,8 +364,10 @@ def _publish(core: ClientCore, view: GroupView, state: GroupState, *, now_ms: in
     record = view.converge(me, now_ms=now_ms)
     assert record is not None and record.head == signed.hash
     left = me not in state.members
+    someone_left = old is not None and not set(old.state.members) <= set(state.members)
     write = GroupWrite(group=record, states=(row,),
-                       forget_keys=state.group_id if left else None)
+                       forget_keys=state.group_id if left else None,
+                       drop_outbound=state.group_id if someone_left and not left else None)
     old_members = () if old is None else old.state.members
     targets = sorted((set(old_members) | set(state.members)) - {me})
     batch = _Batch(core)

@@ -170,12 +170,20 @@ def _control(core: ClientCore, batch: GroupBatch, sender: bytes, inner: GroupCon
                 and st.admins[0] == me):
             batch.forwards.append((view.group_id, row.signed.hash))
     events: list[Event] = []
-    forget = None
+    forget = drop = None
     if record is not None:
         events.append(change_event(core, view, old, now_ms=now_ms))
         if was_active and not record.active:
             forget = record.group_id
-    return GroupWrite(group=record, states=tuple(rows), forget_keys=forget), events
+        elif _someone_left(old, view.head):
+            drop = record.group_id
+    return GroupWrite(group=record, states=tuple(rows), forget_keys=forget,
+                      drop_outbound=drop), events
+
+
+def _someone_left(old: SignedGroupState | None, new: SignedGroupState | None) -> bool:
+    return (old is not None and new is not None
+            and not set(old.state.members) <= set(new.state.members))
 
 
 def _distribution(batch: GroupBatch, sender: bytes, inner: SenderKeyDistribution,

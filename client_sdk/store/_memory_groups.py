@@ -27,7 +27,8 @@ class GroupTables:
 
     def write(self, w: GroupWrite, *, share: Callable[[bytes, int, bytes], None],
               store_record: Callable[[GroupWrite], None],
-              apply: Callable[[HistoryOp], object], forget: Callable[[bytes], None]) -> None:
+              apply: Callable[[HistoryOp], object], forget: Callable[[bytes], None],
+              drop_outbound: Callable[[bytes], None]) -> None:
         if w.group is not None:
             self.groups[w.group.group_id] = w.group
         for s in w.states:
@@ -48,3 +49,5 @@ class GroupTables:
             apply(op)
         if w.forget_keys is not None:
             forget(w.forget_keys)
+        if w.drop_outbound is not None:
+            drop_outbound(w.drop_outbound)

@@ -144,3 +144,7 @@ def write(tx: Tx, w: GroupWrite) -> None:
         history.apply(tx, op)
     if w.forget_keys is not None:
         keys.delete_group_sender_keys(tx, w.forget_keys)
+    if w.drop_outbound is not None:
+        for table in ("outbound_sender_keys", "sender_key_shares"):
+            tx.conn.execute(f"DELETE FROM {table} WHERE group_id = ?",  # noqa: S608
+                            (w.drop_outbound,))

@@ -117,6 +117,8 @@ class GroupWrite:
         pending_done: ids of pending blobs handled (or expired).
         history: history operations (only for a standalone ``write_group``).
         forget_keys: a group whose sender keys all go (we left or were removed).
+        drop_outbound: a group whose outbound chain goes (someone left: the next message
+            starts a new chain, shared afresh with the members of that time).
     """
 
     group: GroupRecord | None = None
@@ -128,6 +130,7 @@ class GroupWrite:
     pending_done: tuple[int, ...] = ()
     history: tuple[HistoryOp, ...] = ()
     forget_keys: bytes | None = None
+    drop_outbound: bytes | None = None
 
 
 class GroupStore(Protocol):

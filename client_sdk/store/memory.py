@@ -289,8 +289,13 @@ class MemoryStore:
             t.records = {k: v for k, v in t.records.items() if k[0] != group_id}
             t.shares = frozenset(s for s in t.shares if s[0] != group_id)
 
+        def drop_outbound(group_id: bytes) -> None:
+            t.outbound.pop(group_id, None)
+            t.shares = frozenset(s for s in t.shares if s[0] != group_id)
+
         t.groups.write(w, share=share, store_record=store_records,
-                       apply=lambda op: self._apply(t, op), forget=forget)
+                       apply=lambda op: self._apply(t, op), forget=forget,
+                       drop_outbound=drop_outbound)
 
     # --- contacts and settings ----------------------------------------------------------
 

@@ -565,3 +565,24 @@ async def test_relay_store_holds_no_group_id_or_members(
     assert scanned > 0
     db = list(pigeon_relay.folder.rglob("*.sqlite*")) + list(pigeon_relay.folder.rglob("*.db*"))
     assert db, "the relay's SQLite file was scanned"
+
+
+async def test_readded_member_reads_a_silent_members_next_message(
+        clients: ClientFactory) -> None:
+    alice, bob, carol = await clients("alice"), await clients("bob"), await clients("carol")
+    await mesh(clients, [alice, bob, carol])
+    a, b, c = Inbox(alice), Inbox(bob), Inbox(carol)
+    gid = (await alice.create_group("Again", [bob.account_id, carol.account_id])).group_id
+    await b.wait_version(1)
+    await c.wait_version(1)
+    await bob.send_group_text(gid, "bob's first")  # Bob's chain goes to Alice and Carol
+    await c.wait_text("bob's first")
+    await alice.remove_members(gid, [carol.account_id])
+    await alice.add_members(gid, [carol.account_id])
+    await b.wait_version(3)
+    await c.wait_version(3)
+    # Bob said nothing meanwhile: he dropped his chain when Carol left, so his next
+    # message starts a new one, which Carol (who forgot the old one) receives.
+    await bob.send_group_text(gid, "bob after carol is back")
+    await c.wait_text("bob after carol is back")
+    await a.wait_text("bob after carol is back")
