@@ -158,3 +158,17 @@ def test_removed_member_goes_inactive_and_rejoins_with_a_newer_state() -> None:
     view.absorb(back, C, now_ms=0)
     record = view.converge(C, now_ms=0)
     assert record is not None and record.active and record.head == back.hash
+
+
+def test_reprs_show_no_names_members_or_secrets() -> None:
+    from client_sdk.groups import GroupChanged, GroupInfo
+    info = GroupInfo(group_id=GID, version=3, name="Secret club", members=(A, B),
+                     admins=(A,), avatar_manifest=b"manifest", channel=False, active=True,
+                     conversation_id=7)
+    assert repr(info) == (f"GroupInfo(group_id={GID!r}, version=3, channel=False, "
+                          "active=True, conversation_id=7)")
+    changed = repr(GroupChanged(group=info, by=A))
+    assert "Secret club" not in changed and "manifest" not in changed
+    text = repr(ROOT)
+    assert "name=<redacted>" in text and "members=<redacted>" in text
+    assert ROOT.signature.hex() not in text and ROOT.encoded.hex() not in text
