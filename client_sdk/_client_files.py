@@ -146,6 +146,10 @@ class FilesMixin:
 
         async def conversation(self, peer: bytes) -> Conversation: ...
 
+        async def _group_target(self, target: bytes) -> int | None: ...
+
+        async def _group_file_message(self, record: TransferRecord) -> MessageRef: ...
+
         def _emit(self, events: list[Event]) -> None: ...
 
         @staticmethod
@@ -174,7 +178,8 @@ class FilesMixin:
             OSError: the file cannot be read.
         """
         source, st = await asyncio.to_thread(_stat_source, Path(path))
-        await self._run(lambda c: c.sendable(peer))
+        if await self._group_target(peer) is None:  # a group id: send_group_file
+            await self._run(lambda c: c.sendable(peer))
         opts = self.file_options
         size = st.st_size
         limit = _protocol_limit(opts.chunk_size)
@@ -235,7 +240,7 @@ class FilesMixin:
                 authenticate, or the relay refused a request for good.
         """
         dest = await asyncio.to_thread(Path(dest_path).resolve)
-        cid = (await self.conversation(peer)).id
+        cid = await self._group_target(peer) or (await self.conversation(peer)).id
         msg = await self._run(lambda c: c.store.get_message(cid, message_id))
         if msg is None or msg.kind is not MessageKind.FILE or msg.attachment is None:
             raise NotAFileMessage(message_id)
@@ -557,6 +562,9 @@ class FilesMixin:
             await asyncio.to_thread(os.fsync, fd)
             return
         peer, mid = record.peer, record.message_id
+        if await self._group_target(peer) is not None:
+            running.ref = await self._group_file_message(record)
+            return
 
         def stored(core: ClientCore) -> bool:
             cid = core.conversation_id(peer, now_ms=self._now_ms())
