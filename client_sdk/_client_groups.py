@@ -5,7 +5,9 @@ worker, queues the stored rows on the outbox pump and emits the events."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from protocol.frames import SendEphemeral
@@ -26,7 +28,7 @@ from protocol.inner import (
 from . import _groups
 from .errors import ClientError, ConnectionLost
 from .events import Event, MessageRef, MessageStatusChanged
-from .groups import GroupInfo
+from .groups import GroupInfo, UnknownGroup
 from .history import (
     DeleteMessage,
     EditMessage,
@@ -41,10 +43,12 @@ from .history import (
 )
 
 if TYPE_CHECKING:
+    from ._client_files import Progress
     from ._connection import RelayConnection
     from ._pump import OutboxPump
     from .core import ClientCore
     from .store.records import OutboxItem
+    from .store.transfers import TransferRecord
 
 __all__ = ["GroupsApiMixin"]
 
@@ -68,6 +72,14 @@ class GroupsApiMixin:
 
         @staticmethod
         def _now_ms() -> int: ...
+
+        async def send_file(self, peer: bytes, path: str | os.PathLike[str], *,
+                            caption: str | None = None, media_type: str | None = None,
+                            progress: Progress | None = None) -> MessageRef: ...
+
+        async def download_file(self, peer: bytes, message_id: bytes,
+                                dest_path: str | os.PathLike[str], *,
+                                progress: Progress | None = None) -> Path: ...
 
     # --- group state --------------------------------------------------------------------
 
@@ -173,10 +185,11 @@ class GroupsApiMixin:
 
     async def _group_send(self, group_id: bytes, make: Callable[[bytes, int], InnerMessage],
                           history: Callable[[int, bytes], HistoryOp | None],
-                          *, new_message: bool = False) -> MessageRef:
+                          *, new_message: bool = False,
+                          message_id: bytes | None = None) -> MessageRef:
         now = self._now_ms()
-        mid, cid, items = await self._run(lambda c: _groups.send(c, group_id, make, history,
-                                                                 now_ms=now))
+        mid, cid, items = await self._run(lambda c: _groups.send(
+            c, group_id, make, history, now_ms=now, message_id=message_id))
         self._pump.add(items)
         if new_message:
             self._emit([MessageStatusChanged(peer=group_id, conversation_id=cid,
@@ -200,18 +213,59 @@ class GroupsApiMixin:
                                         reply_to=reply_to),
             new_message=True)
 
-    async def send_group_file(self, group_id: bytes, manifest: bytes, *,
-                              caption: str | None = None,
-                              reply_to: bytes | None = None) -> MessageRef:
-        """Share an uploaded file (its encoded manifest) with the group."""
+    async def send_group_file(self, group_id: bytes, path: str | os.PathLike[str], *,
+                              caption: str | None = None, media_type: str | None = None,
+                              progress: Progress | None = None,
+                              ) -> MessageRef:
+        """Encrypt and upload a file (``send_file``'s machinery: chunks, retries,
+        resumption), then send its message to the group (one sender-key message).
+
+        Raises:
+            UnknownGroup, NotGroupMember, NotGroupAdmin; as ``send_file`` otherwise.
+        """
+        await self._run(lambda c: _groups.sendable_group(c, group_id))
+        return await self.send_file(group_id, path, caption=caption, media_type=media_type,
+                                    progress=progress)
+
+    async def download_group_file(self, group_id: bytes, message_id: bytes,
+                                  dest_path: str | os.PathLike[str], *,
+                                  progress: Progress | None = None,
+                                  ) -> Path:
+        """Download, verify and decrypt a group file message (``download_file``)."""
+        if await self._group_target(group_id) is None:
+            raise UnknownGroup(group_id)
+        return await self.download_file(group_id, message_id, dest_path, progress=progress)
+
+    async def _group_target(self, target: bytes) -> int | None:
+        """The conversation of group *target*, or None if it is no group of ours (the
+        file machinery's targets are contacts or groups)."""
+        now = self._now_ms()
+
+        def find(c: ClientCore) -> int | None:
+            if c.store.load_group(target) is None:
+                return None
+            return _groups.conversation_id(c, target, None, now_ms=now)
+
+        return await self._run(find)
+
+    async def _group_file_message(self, record: TransferRecord) -> MessageRef:
+        """An uploaded file's message to its group (its id was drawn with the upload; a
+        crash after it was stored does not send it twice)."""
+        group_id, mid = record.peer, record.message_id
+        cid = await self._group_target(group_id)
+        assert cid is not None
+        if await self._run(lambda c: c.store.get_message(cid, mid)) is not None:
+            return MessageRef(peer=group_id, conversation_id=cid, message_id=mid,
+                              client_msg_id=bytes(16))
+        manifest, caption = record.manifest, record.caption
         return await self._group_send(
             group_id,
-            lambda mid, now: File(message_id=mid, sent_at_ms=now, manifest=manifest,
-                                  caption=caption, reply_to=reply_to),
-            lambda cid, mid: NewMessage(conversation_id=cid, message_id=mid, sender=None,
-                                        sent_at_ms=self._now_ms(), kind=MessageKind.FILE,
-                                        body=caption, attachment=manifest, reply_to=reply_to),
-            new_message=True)
+            lambda m, now: File(message_id=m, sent_at_ms=now, manifest=manifest,
+                                caption=caption),
+            lambda c, m: NewMessage(conversation_id=c, message_id=m, sender=None,
+                                    sent_at_ms=self._now_ms(), kind=MessageKind.FILE,
+                                    body=caption, attachment=manifest),
+            new_message=True, message_id=mid)
 
     async def _own_message(self, group_id: bytes, target: bytes) -> None:
         cid = (await self.group(group_id)).conversation_id

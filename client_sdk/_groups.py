@@ -503,13 +503,14 @@ def _chain(core: ClientCore, group_id: bytes, members: frozenset[bytes],
 
 def send(core: ClientCore, group_id: bytes, make: Callable[[bytes, int], InnerMessage],
          history: Callable[[int, bytes], HistoryOp | None], *, now_ms: int,
-         ) -> tuple[bytes, int, list[OutboxItem]]:
+         message_id: bytes | None = None) -> tuple[bytes, int, list[OutboxItem]]:
     """Encrypt one group message with our chain and queue one multi-recipient send
     (preceded by the distributions members lack), all in one transaction.
 
     Args:
         make: ``(message_id, now_ms) -> inner message``.
         history: ``(conversation_id, message_id) -> op`` for our history, or None.
+        message_id: the message's id if drawn already (a file's, with its upload).
 
     Returns:
         ``(message_id, conversation_id, outbox rows)``.
@@ -541,7 +542,7 @@ def send(core: ClientCore, group_id: bytes, make: Callable[[bytes, int], InnerMe
             continue
         recipients.append(Recipient(mailbox_id=outbound.mailbox_id,
                                     capability=outbound.capability))
-    mid = core.rng(16)
+    mid = message_id or core.rng(16)
     inner = make(mid, now_ms)
     next_chain, message = chain.encrypt(pad_message(inner.encode()))
     blob = bytes([GROUP_BLOB_PREFIX]) + message

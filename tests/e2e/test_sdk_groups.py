@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -22,11 +23,13 @@ from client_sdk import (
     AsyncClient,
     ClientError,
     Event,
+    FileOptions,
     GroupChanged,
     GroupInfo,
     GroupTypingChanged,
     MessageDeleted,
     MessageEdited,
+    MessageKind,
     MessageReceived,
     MessageStatus,
     MessageStatusChanged,
@@ -76,11 +79,11 @@ class Inbox:
         return [e.text for e in self.events
                 if isinstance(e, MessageReceived) and e.text is not None]
 
-    async def wait(self, kind: type[Event], count: int = 1, timeout_s: float = 20.0,
+    async def wait(self, event_type: type[Event], count: int = 1, timeout_s: float = 20.0,
                    **match: object) -> list[Event]:
         async with asyncio.timeout(timeout_s):
             while True:
-                got = [e for e in self.events if isinstance(e, kind)
+                got = [e for e in self.events if isinstance(e, event_type)
                        and all(getattr(e, k) == v for k, v in match.items())]
                 if len(got) >= count:
                     return got
@@ -586,3 +589,28 @@ async def test_readded_member_reads_a_silent_members_next_message(
     await bob.send_group_text(gid, "bob after carol is back")
     await c.wait_text("bob after carol is back")
     await a.wait_text("bob after carol is back")
+
+
+async def test_files_in_groups(clients: ClientFactory, tmp_path: Path) -> None:
+    alice, bob, carol = await clients("alice"), await clients("bob"), await clients("carol")
+    await mesh(clients, [alice, bob, carol])
+    b, c = Inbox(bob), Inbox(carol)
+    gid = (await alice.create_group("Files", [bob.account_id, carol.account_id])).group_id
+    await b.wait_version(1)
+    await c.wait_version(1)
+    data = os.urandom(300_000)
+    source = tmp_path / "notes.bin"
+    source.write_bytes(data)
+    alice.file_options = FileOptions(chunk_size=64 * 1024, parallel=3)
+    ref = await alice.send_group_file(gid, source, caption="for everyone")
+    assert ref.peer == gid
+    for client, inbox in ((bob, b), (carol, c)):
+        [event] = await inbox.wait(MessageReceived, kind=MessageKind.FILE)
+        assert isinstance(event, MessageReceived)
+        assert event.peer == alice.account_id and event.text == "for everyone"
+        assert event.conversation_id == (await client.group(gid)).conversation_id
+        out = await client.download_group_file(gid, event.message_id,
+                                               tmp_path / f"{client.account_id.hex()}.bin")
+        assert out.read_bytes() == data
+    page = await alice.group_history(gid)
+    assert [m.kind for m in page.messages] == [MessageKind.FILE]
