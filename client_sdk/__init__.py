@@ -73,6 +73,7 @@ from .files import (
 from .groups import (
     GroupChanged,
     GroupInfo,
+    GroupReceiptsChanged,
     GroupTypingChanged,
     NotGroupAdmin,
     NotGroupMember,
@@ -103,6 +104,7 @@ __all__ = [
     "FileTooLarge",
     "GroupChanged",
     "GroupInfo",
+    "GroupReceiptsChanged",
     "GroupTypingChanged",
     "IdentityChangeUnacknowledged",
     "IdentityChanged",

@@ -19,8 +19,6 @@ from protocol.inner import (
     File,
     InnerMessage,
     Reaction,
-    Receipt,
-    ReceiptKind,
     Text,
     Typing,
 )
@@ -39,7 +37,6 @@ from .history import (
     Page,
     PageCursor,
     React,
-    UpdateStatus,
 )
 
 if TYPE_CHECKING:
@@ -302,16 +299,12 @@ class GroupsApiMixin:
                                            at_ms=self._now_ms()))
 
     async def mark_group_read(self, group_id: bytes, message_ids: Sequence[bytes]) -> None:
-        """Mark group messages READ: one receipt for all of them, one send to the group
-        (authors see their message READ at the first reader)."""
-        ids = tuple(message_ids)
-        await self._group_send(
-            group_id,
-            lambda mid, now: Receipt(message_id=mid, sent_at_ms=now, kind=ReceiptKind.READ,
-                                     message_ids=ids),
-            lambda cid, mid: UpdateStatus(conversation_id=cid, message_ids=ids,
-                                          status=MessageStatus.READ, by=None,
-                                          at_ms=self._now_ms()))
+        """Mark group messages READ and tell their authors (one receipt per author,
+        pairwise; each author aggregates its members' receipts)."""
+        now = self._now_ms()
+        items = await self._run(lambda c: _groups.mark_read(c, group_id, message_ids,
+                                                            now_ms=now))
+        self._pump.add(items)
 
     async def send_group_typing(self, group_id: bytes, active: bool = True) -> bool:
         """Ephemeral typing signal to the members online now (never stored). Returns

@@ -59,7 +59,13 @@ from pigeon_crypto.sender_keys import OutboundSenderKey
 from pigeon_crypto.signing import Purpose
 from protocol import limits as L
 from protocol.group import MAX_GROUP_MEMBERS, GroupState
-from protocol.inner import GroupControl, InnerMessage, SenderKeyDistribution
+from protocol.inner import (
+    GroupControl,
+    InnerMessage,
+    Receipt,
+    ReceiptKind,
+    SenderKeyDistribution,
+)
 
 from ._sending import _Batch
 from .errors import ClientError
@@ -70,7 +76,7 @@ from .groups import (
     NotGroupMember,
     UnknownGroup,
 )
-from .history import ConversationKind, HistoryOp
+from .history import ConversationKind, HistoryOp, MessageStatus, UpdateStatus
 from .store.group_records import (
     GroupRecord,
     GroupWrite,
@@ -464,6 +470,62 @@ def forward_states(core: ClientCore, states: Iterable[tuple[bytes, bytes]], *, n
             outgoing.append(_pairwise(core, batch, peer, outbound.mailbox_id,
                                       outbound.capability, blob, session, now_ms))
     return batch.commit(outgoing) if outgoing else []
+
+
+# --- receipts ---------------------------------------------------------------------------------
+
+
+def send_receipts(core: ClientCore, entries: Iterable[tuple[bytes, bytes, bytes]],
+                  kind: ReceiptKind, *, now_ms: int, history: HistoryOp | None = None,
+                  ) -> list[OutboxItem]:
+    """Receipts for group messages, pairwise to their authors: one ``Receipt`` (with
+    ``group_id``, up to MAX_RECEIPT_IDS ids) per author and group. *history* (our own
+    read marks) is stored in the same transaction."""
+    me = core.account_id
+    by_author: dict[tuple[bytes, bytes], list[bytes]] = {}
+    for author, group_id, message_id in entries:
+        if author != me:
+            by_author.setdefault((author, group_id), []).append(message_id)
+    batch = _Batch(core)
+    outgoing: list[Outgoing] = []
+    for (author, group_id), ids in sorted(by_author.items()):
+        for i in range(0, len(ids), L.MAX_RECEIPT_IDS):
+            try:
+                _, outbound = core.sendable(author)
+                inner = Receipt(message_id=core.rng(16), sent_at_ms=now_ms, kind=kind,
+                                message_ids=tuple(ids[i:i + L.MAX_RECEIPT_IDS]),
+                                group_id=group_id)
+                blob, session = batch.encrypt(author, inner)
+            except ClientError:
+                continue
+            outgoing.append(_pairwise(core, batch, author, outbound.mailbox_id,
+                                      outbound.capability, blob, session, now_ms))
+    if history is not None:
+        if not outgoing:
+            core.store.apply(history, now_ms=now_ms)
+            return []
+        outgoing[0] = dataclasses.replace(outgoing[0], history=history)
+    return batch.commit(outgoing) if outgoing else []
+
+
+def mark_read(core: ClientCore, group_id: bytes, message_ids: Sequence[bytes], *,
+              now_ms: int) -> list[OutboxItem]:
+    """Mark incoming group messages READ here and tell each author (pairwise)."""
+    view = GroupView.load(core, group_id)
+    head = view.head
+    if head is None:
+        raise UnknownGroup(group_id)
+    cid = conversation_id(core, group_id, head.state.name, now_ms=now_ms)
+    entries: list[tuple[bytes, bytes, bytes]] = []
+    for mid in message_ids:
+        msg = core.store.get_message(cid, mid)
+        if msg is not None and not msg.outgoing and msg.sender is not None:
+            entries.append((msg.sender, group_id, mid))
+    if not entries:
+        return []
+    op = UpdateStatus(conversation_id=cid, message_ids=tuple(e[2] for e in entries),
+                      status=MessageStatus.READ, by=None, at_ms=now_ms)
+    return send_receipts(core, entries, ReceiptKind.READ, now_ms=now_ms, history=op)
 
 
 # --- group sends --------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ from .events import (
     ReactionChanged,
     ReceiptReceived,
 )
-from .groups import GroupTypingChanged
+from .groups import GroupReceiptsChanged, GroupTypingChanged
 from .history import (
     DeleteMessage,
     EditMessage,
@@ -72,7 +72,8 @@ from .store.records import EnvelopeRef, Incoming, SenderKeyRecordUpdate
 if TYPE_CHECKING:
     from .core import ClientCore
 
-__all__ = ["GroupBatch", "apply_inner", "receive_blob", "receive_ephemeral", "retry_pending"]
+__all__ = ["GroupBatch", "apply_inner", "group_receipt", "receive_blob", "receive_ephemeral",
+           "retry_pending"]
 
 _log = logging.getLogger("pigeon.sdk.groups")
 
@@ -102,6 +103,10 @@ class GroupBatch:
     """When the relay stored the envelope being processed (``Delivery.received_at_ms``)."""
     forwards: list[tuple[bytes, bytes]] = field(default_factory=list)
     """``(group_id, state hash)``: states we pass on as the group's first admin."""
+    to_ack: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
+    """``(author, group_id, message_id)``: group messages to send a delivery receipt for."""
+    receipts: dict[tuple[bytes, bytes], set[tuple[bytes, int]]] = field(default_factory=dict)
+    """Receipts held per ``(group_id, message_id)`` of ours, with the batch's."""
 
     def view(self, group_id: bytes) -> GroupView:
         found = self.views.get(group_id)
@@ -203,6 +208,52 @@ def _distribution(batch: GroupBatch, sender: bytes, inner: SenderKeyDistribution
                                                          record=record),))
 
 
+def group_receipt(core: ClientCore, batch: GroupBatch, sender: bytes, receipt: Receipt, *,
+                  now_ms: int) -> tuple[GroupWrite | None, list[Event]]:
+    """A member's receipt (pairwise, with ``group_id``) for our group messages: store it,
+    aggregate, and move a message to DELIVERED / READ once every other member did."""
+    group_id = receipt.group_id
+    assert group_id is not None
+    me = core.account_id
+    head = batch.view(group_id).head
+    if head is None or sender not in head.state.members or sender == me:
+        return None, []
+    cid = conversation_id(core, group_id, head.state.name, now_ms=now_ms)
+    others = set(head.state.members) - {me}
+    kind = int(receipt.kind)
+    rows: list[tuple[bytes, bytes, bytes, int, int]] = []
+    events: list[Event] = [ReceiptReceived(peer=sender, kind=receipt.kind,
+                                           message_ids=receipt.message_ids)]
+    reached: dict[MessageStatus, list[bytes]] = {MessageStatus.READ: [],
+                                                 MessageStatus.DELIVERED: []}
+    for mid in receipt.message_ids:
+        msg = core.store.get_message(cid, mid)
+        if msg is None or not msg.outgoing:
+            continue
+        held = batch.receipts.get((group_id, mid))
+        if held is None:
+            held = batch.receipts[(group_id, mid)] = set(core.store.group_receipts(group_id,
+                                                                                   mid))
+        held.add((sender, kind))
+        rows.append((group_id, mid, sender, kind, now_ms))
+        delivered = {m for m, _ in held} & others
+        read = {m for m, k in held if k == int(ReceiptKind.READ)} & others
+        events.append(GroupReceiptsChanged(group_id=group_id, conversation_id=cid,
+                                           message_id=mid, delivered=tuple(sorted(delivered)),
+                                           read=tuple(sorted(read)), members=len(others)))
+        status = (MessageStatus.READ if read == others else
+                  MessageStatus.DELIVERED if delivered == others else None)
+        if status is not None and advance_status(msg.status, status,
+                                                 outgoing=True) is not None:
+            reached[status].append(mid)
+            events.append(MessageStatusChanged(peer=group_id, conversation_id=cid,
+                                               message_id=mid, status=status))
+    ops = tuple(UpdateStatus(conversation_id=cid, message_ids=tuple(mids), status=status,
+                             by=sender, at_ms=now_ms)
+                for status, mids in reached.items() if mids)
+    return GroupWrite(receipts=tuple(rows), history=ops), events
+
+
 # --- group blobs ---------------------------------------------------------------------------------
 
 
@@ -267,9 +318,16 @@ def receive_blob(core: ClientCore, batch: GroupBatch, sender: bytes, envelope: E
         return Incoming(envelope=envelope, received_at_ms=now_ms,
                         group=GroupWrite(pending_add=(pending,))), []
     op, events = _message(core, batch, group_id, sender, inner, now_ms)
+    _want_receipt(core, batch, group_id, sender, inner)
     update = SenderKeyRecordUpdate(group_id=group_id, sender=sender, record=record)
     return Incoming(envelope=envelope, received_at_ms=now_ms, sender_key=update,
                     history=op), events
+
+
+def _want_receipt(core: ClientCore, batch: GroupBatch, group_id: bytes, sender: bytes,
+                  inner: InnerMessage) -> None:
+    if core.config.auto_delivery_receipts and isinstance(inner, Text | File):
+        batch.to_ack.append((sender, group_id, inner.message_id))
 
 
 def _message(core: ClientCore, batch: GroupBatch, group_id: bytes, sender: bytes,
@@ -327,11 +385,13 @@ def _message(core: ClientCore, batch: GroupBatch, group_id: bytes, sender: bytes
             return None, []
 
 
-def retry_pending(core: ClientCore, *, now_ms: int) -> list[Event]:
-    """Place the pending group blobs that can be placed now (one transaction)."""
+def retry_pending(core: ClientCore, *, now_ms: int,
+                  ) -> tuple[list[Event], list[tuple[bytes, bytes, bytes]]]:
+    """Place the pending group blobs that can be placed now (one transaction); returns
+    the events and the delivery receipts to send."""
     pending = core.store.pending_group_blobs(limit=MAX_PENDING_BLOBS)
     if not pending:
-        return []
+        return [], []
     batch = GroupBatch(core)
     done: list[int] = []
     updates: dict[tuple[bytes, bytes], SenderKeyRecordUpdate] = {}
@@ -352,6 +412,7 @@ def retry_pending(core: ClientCore, *, now_ms: int) -> list[Event]:
         updates[(group_id, p.sender)] = SenderKeyRecordUpdate(group_id=group_id,
                                                               sender=p.sender, record=record)
         op, evs = _message(core, batch, group_id, p.sender, inner, now_ms)
+        _want_receipt(core, batch, group_id, p.sender, inner)
         if op is not None:
             ops.append(op)
         events += evs
@@ -359,7 +420,7 @@ def retry_pending(core: ClientCore, *, now_ms: int) -> list[Event]:
         core.store.write_group(GroupWrite(sender_keys=tuple(updates.values()),
                                           pending_done=tuple(done), history=tuple(ops)),
                                now_ms=now_ms)
-    return events
+    return events, batch.to_ack
 
 
 def receive_ephemeral(core: ClientCore, sender: bytes, blob: bytes, *, now_ms: int,

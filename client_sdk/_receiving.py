@@ -143,6 +143,8 @@ class Received:
     """Groups whose state or chains were stored: pending group blobs may now be placed."""
     group_forwards: list[tuple[bytes, bytes]] = field(default_factory=list)
     """``(group_id, state hash)`` to pass on to the other members (``_groups``)."""
+    group_receipts: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
+    """``(author, group_id, message_id)``: group messages to acknowledge to their author."""
 
     def ack(self, mailbox_id: bytes, seq: int) -> None:
         self.acks.setdefault(mailbox_id, []).append(seq)
@@ -229,6 +231,7 @@ def receive(core: ClientCore, deliveries: Sequence[DeliveryLike], *, now_ms: int
             out.profile_followups += single.profile_followups
             out.groups_changed |= single.groups_changed
             out.group_forwards += single.group_forwards
+            out.group_receipts += single.group_receipts
             for mailbox_id, seqs in single.acks.items():
                 out.acks.setdefault(mailbox_id, []).extend(seqs)
         return out
@@ -238,6 +241,7 @@ def receive(core: ClientCore, deliveries: Sequence[DeliveryLike], *, now_ms: int
         core.cache_contact(contact)
     out.groups_changed = overlay.groups.changed
     out.group_forwards = overlay.groups.forwards
+    out.group_receipts = overlay.groups.to_ack
     for p, key, result in zip(pending, refs, results, strict=True):
         out.ack(*key)
         if result.outcome is ReceiveOutcome.DUPLICATE_ENVELOPE:
@@ -369,6 +373,11 @@ def _apply_inner(core: ClientCore, overlay: _Overlay, contact: Contact, pending:
                                scope=DeleteScope.FOR_EVERYONE, at_ms=inner.sent_at_ms)
             pending.events.append(MessageDeleted(peer=peer, conversation_id=cid(),
                                                  message_id=target))
+        case Receipt(group_id=bytes()):
+            write, group_events = _groups_receive.group_receipt(core, overlay.groups, peer,
+                                                                inner, now_ms=now_ms)
+            pending.incoming = dataclasses.replace(pending.incoming, group=write)
+            pending.events += group_events
         case Receipt(kind=kind, message_ids=ids):
             status = MessageStatus.READ if kind is ReceiptKind.READ else MessageStatus.DELIVERED
             op = UpdateStatus(conversation_id=cid(), message_ids=ids, status=status, by=peer,

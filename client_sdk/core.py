@@ -468,12 +468,17 @@ class ClientCore:
         """Process a batch of deliveries (one transaction); see :mod:`._receiving`."""
         received = _receiving.receive(self, deliveries, now_ms=now_ms)
         if received.groups_changed:
-            received.events += _groups_receive.retry_pending(self, now_ms=now_ms)
+            placed, acks = _groups_receive.retry_pending(self, now_ms=now_ms)
+            received.events += placed
+            received.group_receipts += acks
             received.items += _groups.forward_winners(self, received.groups_changed,
                                                       now_ms=now_ms)
         if received.group_forwards:
             received.items += _groups.forward_states(self, received.group_forwards,
                                                      now_ms=now_ms)
+        if received.group_receipts:
+            received.items += _groups.send_receipts(self, received.group_receipts,
+                                                    ReceiptKind.DELIVERED, now_ms=now_ms)
         name = self.display_name()
         if received.profile_followups and name is not None:
             done = self.submit([_sending.SendProfile(peer=p, display_name=name,

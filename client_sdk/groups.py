@@ -12,6 +12,7 @@ from .events import Event
 __all__ = [
     "GroupChanged",
     "GroupInfo",
+    "GroupReceiptsChanged",
     "GroupTypingChanged",
     "NotGroupAdmin",
     "NotGroupMember",
@@ -62,6 +63,20 @@ class GroupChanged(Event):
     promoted: tuple[bytes, ...] = ()
     demoted: tuple[bytes, ...] = ()
     renamed: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupReceiptsChanged(Event):
+    """A member's receipt for one of our group messages, aggregated: who delivered it
+    (a read counts as delivered) and who read it, out of ``members`` other members. The
+    message's status becomes DELIVERED (READ) once all of them delivered (read) it."""
+
+    group_id: bytes
+    conversation_id: int
+    message_id: bytes
+    delivered: tuple[bytes, ...]
+    read: tuple[bytes, ...]
+    members: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

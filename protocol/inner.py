@@ -251,11 +251,14 @@ class Delete(InnerMessage):
 @_kind
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Receipt(InnerMessage):
-    """Delivery or read receipts for up to ``MAX_RECEIPT_IDS`` messages."""
+    """Delivery or read receipts for up to ``MAX_RECEIPT_IDS`` messages (of one group,
+    with ``group_id``)."""
 
     KIND: ClassVar[int] = 6
     kind: ReceiptKind = field(metadata=wire(3, EnumKind(ReceiptKind)))
     message_ids: tuple[bytes, ...] = field(metadata=wire(4, _MESSAGE_IDS))
+    group_id: bytes | None = field(default=None, metadata=wire(5, GROUP_ID))
+    """Set when the messages are group messages (sent pairwise to their author)."""
 
 
 @_kind

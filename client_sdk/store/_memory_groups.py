@@ -16,11 +16,13 @@ class GroupTables:
     chains: dict[tuple[bytes, int], bytes] = dataclasses.field(default_factory=dict)
     pending: dict[int, PendingGroupBlob] = dataclasses.field(default_factory=dict)
     next_pending: int = 1
+    receipts: dict[tuple[bytes, bytes, bytes, int], int] = dataclasses.field(
+        default_factory=dict)
 
     def copy(self) -> GroupTables:
         return GroupTables(groups=dict(self.groups), states=dict(self.states),
                            chains=dict(self.chains), pending=dict(self.pending),
-                           next_pending=self.next_pending)
+                           next_pending=self.next_pending, receipts=dict(self.receipts))
 
     def group_states(self, group_id: bytes) -> list[StoredGroupState]:
         return [s for s in self.states.values() if s.signed.state.group_id == group_id]
@@ -45,6 +47,8 @@ class GroupTables:
             self.next_pending += 1
         for pid in w.pending_done:
             self.pending.pop(pid, None)
+        for group_id, message_id, member, kind, at_ms in w.receipts:
+            self.receipts.setdefault((group_id, message_id, member, kind), at_ms)
         for op in w.history:
             apply(op)
         if w.forget_keys is not None:

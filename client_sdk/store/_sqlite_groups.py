@@ -60,6 +60,21 @@ SCHEMA_GROUPS: Final = (
 )
 
 
+SCHEMA_GROUP_RECEIPTS: Final = (
+    # Who delivered (1) and read (2) each of our group messages: aggregated receipts.
+    """
+    CREATE TABLE group_receipts (
+        group_id   BLOB NOT NULL CHECK (length(group_id) = 16),
+        message_id BLOB NOT NULL CHECK (length(message_id) = 16),
+        member     BLOB NOT NULL CHECK (length(member) = 16),
+        kind       INTEGER NOT NULL CHECK (kind IN (1, 2)),  -- ReceiptKind
+        at_ms      INTEGER NOT NULL,
+        PRIMARY KEY (group_id, message_id, member, kind)
+    ) WITHOUT ROWID
+    """,
+)
+
+
 def load_group(tx: Tx, group_id: bytes) -> GroupRecord | None:
     row = tx.conn.execute("SELECT head, active, updated_at_ms FROM groups WHERE group_id = ?",
                           (group_id,)).fetchone()
@@ -107,6 +122,13 @@ def pending_group_blobs(tx: Tx, limit: int) -> list[PendingGroupBlob]:
                              received_at_ms=int(r[3])) for r in rows]
 
 
+def group_receipts(tx: Tx, group_id: bytes, message_id: bytes) -> list[tuple[bytes, int]]:
+    rows = tx.conn.execute(
+        "SELECT member, kind FROM group_receipts WHERE group_id = ? AND message_id = ?",
+        (group_id, message_id)).fetchall()
+    return [(bytes(r[0]), int(r[1])) for r in rows]
+
+
 def write(tx: Tx, w: GroupWrite) -> None:
     """Apply one :class:`GroupWrite` inside the caller's transaction."""
     if w.group is not None:
@@ -140,6 +162,10 @@ def write(tx: Tx, w: GroupWrite) -> None:
             (p.sender, p.blob, p.received_at_ms))
     for pid in w.pending_done:
         tx.conn.execute("DELETE FROM group_pending WHERE id = ?", (pid,))
+    for group_id, message_id, member, kind, at_ms in w.receipts:
+        tx.conn.execute(
+            "INSERT OR IGNORE INTO group_receipts (group_id, message_id, member, kind, at_ms) "
+            "VALUES (?, ?, ?, ?, ?)", (group_id, message_id, member, kind, at_ms))
     for op in w.history:
         history.apply(tx, op)
     if w.forget_keys is not None:

@@ -283,8 +283,16 @@ def _v4(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TRIGGER messages_fts_insert")
 
 
+def _v5(conn: sqlite3.Connection) -> None:
+    # Aggregated receipts of group messages (docs/sdk.md §15.15).
+    from ._sqlite_groups import SCHEMA_GROUP_RECEIPTS
+
+    for statement in SCHEMA_GROUP_RECEIPTS:
+        conn.execute(statement)
+
+
 MIGRATIONS: tuple[Migration, ...] = (Migration(1, _v1), Migration(2, _v2), Migration(3, _v3),
-                                     Migration(4, _v4))
+                                     Migration(4, _v4), Migration(5, _v5))
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 

@@ -119,6 +119,8 @@ class GroupWrite:
         forget_keys: a group whose sender keys all go (we left or were removed).
         drop_outbound: a group whose outbound chain goes (someone left: the next message
             starts a new chain, shared afresh with the members of that time).
+        receipts: ``(group_id, message_id, member, kind, at_ms)``: a member delivered
+            (1) or read (2) one of our messages.
     """
 
     group: GroupRecord | None = None
@@ -131,6 +133,7 @@ class GroupWrite:
     history: tuple[HistoryOp, ...] = ()
     forget_keys: bytes | None = None
     drop_outbound: bytes | None = None
+    receipts: tuple[tuple[bytes, bytes, bytes, int, int], ...] = ()
 
 
 class GroupStore(Protocol):
@@ -152,6 +155,10 @@ class GroupStore(Protocol):
 
     def pending_group_blobs(self, *, limit: int = 1000) -> list[PendingGroupBlob]:
         """Pending group blobs, oldest first."""
+        ...
+
+    def group_receipts(self, group_id: bytes, message_id: bytes) -> list[tuple[bytes, int]]:
+        """``(member, kind)`` receipts held for one of our group messages."""
         ...
 
     def write_group(self, write: GroupWrite, *, now_ms: int) -> None:

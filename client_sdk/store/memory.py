@@ -272,6 +272,10 @@ class MemoryStore:
     def pending_group_blobs(self, *, limit: int = 1000) -> list[PendingGroupBlob]:
         return [p for _, p in sorted(self._t.groups.pending.items())][:limit]
 
+    def group_receipts(self, group_id: bytes, message_id: bytes) -> list[tuple[bytes, int]]:
+        return [(m, k) for (g, mid, m, k) in self._t.groups.receipts
+                if g == group_id and mid == message_id]
+
     def write_group(self, write: GroupWrite, *, now_ms: int) -> None:
         with self._atomic() as t:
             self._write_group(t, write)

@@ -214,6 +214,10 @@ class SqliteStore:
         with self._db.read("pending_group_blobs") as tx:
             return _groups.pending_group_blobs(tx, limit)
 
+    def group_receipts(self, group_id: bytes, message_id: bytes) -> list[tuple[bytes, int]]:
+        with self._db.read("group_receipts") as tx:
+            return _groups.group_receipts(tx, group_id, message_id)
+
     def write_group(self, write: GroupWrite, *, now_ms: int) -> None:
         with self._db.write("write_group") as tx:
             _groups.write(tx, write)

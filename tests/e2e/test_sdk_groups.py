@@ -26,6 +26,7 @@ from client_sdk import (
     FileOptions,
     GroupChanged,
     GroupInfo,
+    GroupReceiptsChanged,
     GroupTypingChanged,
     MessageDeleted,
     MessageEdited,
@@ -513,8 +514,24 @@ async def test_edits_reactions_deletes_receipts_typing(clients: ClientFactory) -
     await c.wait(ReactionChanged, message_id=ref.message_id)
     reply = await bob.send_group_text(gid, "a reply", reply_to=ref.message_id)
     assert (await c.wait_text("a reply")).reply_to == ref.message_id
+    # Receipts go to the author only, who aggregates them: DELIVERED once both
+    # delivered (automatic), READ once both read.
+    await a.wait(MessageStatusChanged, message_id=ref.message_id,
+                 status=MessageStatus.DELIVERED)
     await carol.mark_group_read(gid, [ref.message_id])
+    [partial] = await a.wait(GroupReceiptsChanged, message_id=ref.message_id,
+                             read=(carol.account_id,))
+    assert isinstance(partial, GroupReceiptsChanged) and partial.members == 2
+    assert set(partial.delivered) == {bob.account_id, carol.account_id}
+    assert not [e for e in a.events if isinstance(e, MessageStatusChanged)
+                and e.status is MessageStatus.READ]
+    await bob.mark_group_read(gid, [ref.message_id])
     await a.wait(MessageStatusChanged, message_id=ref.message_id, status=MessageStatus.READ)
+    mine = next(m for m in (await alice.group_history(gid)).messages
+                if m.message_id == ref.message_id)
+    assert mine.status is MessageStatus.READ
+    assert not [e for e in b.events if isinstance(e, GroupReceiptsChanged)
+                and e.message_id == ref.message_id]  # only the author learns them
     page = await bob.group_history(gid)
     first = next(m for m in page.messages if m.message_id == ref.message_id)
     assert first.body == "final text" and first.reactions

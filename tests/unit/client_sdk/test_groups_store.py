@@ -139,3 +139,11 @@ def _mutate(encoded: bytes, flips: list[tuple[int, int]]) -> bytes:
     for index, value in flips:
         out[index % len(out)] = value
     return bytes(out)
+
+
+def test_group_receipts_are_kept_once_per_member_and_kind(store: ClientStore) -> None:
+    mid = b"\x0a" * 16
+    store.write_group(GroupWrite(receipts=((GID, mid, A, 1, 5), (GID, mid, B, 2, 6),
+                                           (GID, mid, A, 1, 7))), now_ms=7)
+    assert sorted(store.group_receipts(GID, mid)) == [(A, 1), (B, 2)]
+    assert store.group_receipts(GID, b"\x0b" * 16) == []
