@@ -5,11 +5,13 @@ worker, queues the stored rows on the outbox pump and emits the events."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from pigeon_crypto.errors import PigeonError
 from protocol.frames import SendEphemeral
 from protocol.group import GroupState
 from protocol.inner import (
@@ -25,8 +27,8 @@ from protocol.inner import (
 
 from . import _groups
 from .errors import ClientError, ConnectionLost
-from .events import Event, MessageRef, MessageStatusChanged
-from .groups import GroupInfo, UnknownGroup
+from .events import Event, InvitationReceived, MessageRef, MessageStatusChanged
+from .groups import GroupChanged, GroupInfo, UnknownGroup
 from .history import (
     DeleteMessage,
     EditMessage,
@@ -38,6 +40,7 @@ from .history import (
     PageCursor,
     React,
 )
+from .store.records import ContactState
 
 if TYPE_CHECKING:
     from ._client_files import Progress
@@ -50,6 +53,8 @@ if TYPE_CHECKING:
 __all__ = ["GroupsApiMixin"]
 
 T = TypeVar("T")
+E = TypeVar("E", bound=Event)
+_log = logging.getLogger("pigeon.sdk.groups")
 
 
 def _ids(ids: Sequence[bytes]) -> tuple[bytes, ...]:
@@ -65,6 +70,20 @@ class GroupsApiMixin:
 
         async def _run(self, fn: Callable[[ClientCore], T]) -> T: ...
 
+        @property
+        def core(self) -> ClientCore: ...
+
+        @property
+        def account_id(self) -> bytes: ...
+
+        def on(self, event_type: type[E], handler: Callable[[E], object],
+               ) -> Callable[[], None]: ...
+
+        async def add_contact(self, account_id: bytes, *,
+                              fingerprint: bytes | None = None) -> None: ...
+
+        async def accept(self, peer: bytes) -> None: ...
+
         def _emit(self, events: Sequence[Event]) -> None: ...
 
         @staticmethod
@@ -77,6 +96,66 @@ class GroupsApiMixin:
         async def download_file(self, peer: bytes, message_id: bytes,
                                 dest_path: str | os.PathLike[str], *,
                                 progress: Progress | None = None) -> Path: ...
+
+    # --- introductions ---------------------------------------------------------------------
+
+    group_introductions: bool = True
+    """Make the members of our groups (not channels) contacts of each other: an author
+    writes to each member's pairwise mailbox. The member with the smaller account id
+    invites, the other accepts invitations from members of a group it shares."""
+
+    def _init_groups(self) -> None:
+        self._introducing: set[bytes] = set()
+        self.on(GroupChanged, self._introduce_members)
+        self.on(InvitationReceived, self._accept_co_member)
+
+    async def _introduce_members(self, event: GroupChanged) -> None:
+        info = event.group
+        if not self.group_introductions or not info.active or info.channel:
+            return
+        me = self.account_id
+        for member in info.members:
+            if member == me or member in self._introducing:
+                continue
+            contact = self.core.contact(member)
+            if contact is not None and contact.state is not ContactState.PENDING:
+                continue
+            if contact is None and member < me:
+                continue  # the other member invites us; we accept (_accept_co_member)
+            self._introducing.add(member)
+            try:
+                if contact is None:
+                    await self.add_contact(member)
+                else:  # they invited us before we knew the group
+                    await self.accept(member)
+            except PigeonError as exc:
+                _log.info("could not introduce a group member: %s", type(exc).__name__)
+            finally:
+                self._introducing.discard(member)
+
+    async def _accept_co_member(self, event: InvitationReceived) -> None:
+        peer = event.peer
+        if not self.group_introductions or peer in self._introducing:
+            return
+
+        def shares_a_group(c: ClientCore) -> bool:
+            for record in c.store.list_groups():
+                head = _groups.GroupView.load(c, record.group_id).head
+                if (record.active and head is not None and not head.state.channel
+                        and peer in head.state.members):
+                    return True
+            return False
+
+        if await self._run(shares_a_group):
+            contact = self.core.contact(peer)
+            if contact is not None and contact.state is ContactState.PENDING:
+                self._introducing.add(peer)
+                try:
+                    await self.accept(peer)
+                except PigeonError as exc:
+                    _log.info("could not accept a group member: %s", type(exc).__name__)
+                finally:
+                    self._introducing.discard(peer)
 
     # --- group state --------------------------------------------------------------------
 

@@ -138,6 +138,7 @@ class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, Cl
         self._tx_wake = asyncio.Event()
         self._pump = OutboxPump(self._run_core, self._emit, self._now_ms)
         self.dropped_envelopes = 0
+        self._init_groups()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], passphrase: str | bytes, *,

@@ -22,6 +22,8 @@ import pytest
 from client_sdk import (
     AsyncClient,
     ClientError,
+    ContactAccepted,
+    ContactState,
     Event,
     FileOptions,
     GroupChanged,
@@ -631,3 +633,23 @@ async def test_files_in_groups(clients: ClientFactory, tmp_path: Path) -> None:
         assert out.read_bytes() == data
     page = await alice.group_history(gid)
     assert [m.kind for m in page.messages] == [MessageKind.FILE]
+
+
+async def test_members_who_are_not_contacts_are_introduced(clients: ClientFactory) -> None:
+    alice, bob, carol = await clients("alice"), await clients("bob"), await clients("carol")
+    await clients.connect(alice, bob)
+    await clients.connect(alice, carol)  # Bob and Carol do not know each other
+    b, c = Inbox(bob), Inbox(carol)
+    gid = (await alice.create_group("Intro", [bob.account_id, carol.account_id])).group_id
+    await b.wait_version(1)
+    await c.wait_version(1)
+    # The member with the smaller account id invites; the other accepts a co-member.
+    await b.wait(ContactAccepted, peer=carol.account_id)
+    await c.wait(ContactAccepted, peer=bob.account_id)
+    for x, y in ((bob, carol), (carol, bob)):
+        contact = x.contact(y.account_id)
+        assert contact is not None and contact.state is ContactState.ACCEPTED
+    await bob.send_group_text(gid, "hello carol, via the group")
+    await c.wait_text("hello carol, via the group")
+    await carol.send_group_text(gid, "hello bob")
+    await b.wait_text("hello bob")
