@@ -310,12 +310,9 @@ class SqliteStore:
     ) -> int:
         if up_to_seq is None and not seqs:
             return 0
-        return await self._engine.write(
-            "ack",
-            functools.partial(
-                ops.ack, mailbox_id=mailbox_id, up_to_seq=up_to_seq, seqs=tuple(seqs)
-            ),
-        )
+        # Acks queued back to back run as one ops.ack_many (two statements in all).
+        return await self._engine.write_many(
+            "ack", ops.ack_many, (mailbox_id, up_to_seq, tuple(seqs)))
 
     async def pending_count(self, mailbox_id: bytes) -> int:
         return await self._engine.read(

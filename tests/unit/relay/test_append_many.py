@@ -187,3 +187,39 @@ async def test_a_failing_run_falls_back_to_one_op_at_a_time(tmp_path: Path) -> N
         assert sorted(rows) == [("a",), ("b",), ("c",)]
     finally:
         await engine.close()
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_a_run_of_acks_gives_what_one_by_one_gives(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    calls = random_calls(rng, 150, 0)
+    paths = [tmp_path / "one.db", tmp_path / "many.db"]
+    for path in paths:
+        store = await _sqlite(path)
+        await store.close()
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        ops.append_many(conn, calls)
+        conn.execute("COMMIT")
+        conn.close()
+    acks: list[ops.AckRequest] = []
+    for _ in range(12):
+        m = rng.choice([*MAILBOXES, UNKNOWN])
+        up = rng.choice([None, rng.randrange(0, 30)])
+        seqs = tuple(rng.randrange(0, 30) for _ in range(rng.randrange(0, 5)))
+        acks.append((m, up, seqs))
+    one, many = (sqlite3.connect(p, isolation_level=None) for p in paths)
+    try:
+        expected = [ops.ack(one, m, up, seqs) for m, up, seqs in acks]
+        many.execute("BEGIN IMMEDIATE")
+        got = ops.ack_many(many, acks)
+        many.execute("COMMIT")
+        assert got == expected and sum(got) > 0
+        query = ("SELECT mailbox_id, seq, blob_id FROM deliveries ORDER BY 1, 2",
+                 "SELECT id, pending, last_seq FROM mailboxes ORDER BY 1",
+                 "SELECT id FROM blobs ORDER BY 1")
+        for sql in query:
+            assert many.execute(sql).fetchall() == one.execute(sql).fetchall()
+    finally:
+        one.close()
+        many.close()
