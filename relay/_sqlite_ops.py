@@ -277,10 +277,20 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
     for i in range(0, len(ids), step):
         part = ids[i:i + step]
         marks = ",".join("?" * len(part))
-        sql = f"SELECT id, capability_hash, retire_at_ms, pending, last_seq FROM mailboxes WHERE id IN ({marks})"  # noqa: E501, S608 - placeholders only
-        for row in conn.execute(sql, part):
+        if _JSON:  # one row: each row of a result would hand the GIL back and forth
+            sql = (
+                "SELECT json_group_array(json_array(hex(id), hex(capability_hash),"  # noqa: S608
+                f" retire_at_ms, pending, last_seq)) FROM mailboxes WHERE id IN ({marks})"
+            )
+            rows = [(bytes.fromhex(r[0]), bytes.fromhex(r[1]), *r[2:])
+                    for r in json.loads(conn.execute(sql, part).fetchone()[0])]
+        else:
+            sql = ("SELECT id, capability_hash, retire_at_ms, pending, last_seq"  # noqa: S608
+                   f" FROM mailboxes WHERE id IN ({marks})")
+            rows = [(bytes(r[0]), bytes(r[1]), *r[2:]) for r in conn.execute(sql, part)]
+        for row in rows:
             # [capability hash, retire_at_ms, pending, last_seq, new copies in this run]
-            boxes[bytes(row[0])] = [bytes(row[1]), row[2], row[3], row[4], 0]
+            boxes[row[0]] = [row[1], row[2], row[3], row[4], 0]
     known: dict[tuple[bytes, bytes], tuple[int, int, int]] = {}
     step = _chunks(conn, 2) * 2
     for i in range(0, len(pairs), step):

@@ -223,3 +223,12 @@ async def test_a_run_of_acks_gives_what_one_by_one_gives(tmp_path: Path, seed: i
     finally:
         one.close()
         many.close()
+
+
+async def test_without_json_functions_the_results_are_the_same(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ops, "_JSON", False)  # SQLite before 3.38
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+    await test_a_run_gives_what_one_by_one_gives(tmp_path / "a", 3, 40)
+    await test_a_run_of_acks_gives_what_one_by_one_gives(tmp_path / "b", 3)
