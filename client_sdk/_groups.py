@@ -50,7 +50,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from pigeon_crypto.padding import pad_message
@@ -67,18 +66,24 @@ from protocol.inner import (
     SenderKeyDistribution,
 )
 
+from ._group_state import (
+    MAX_PENDING_STATES,
+    GroupView,
+    authorized,
+    change_event,
+    conversation_id,
+    group_info,
+    reached,
+)
 from ._sending import _Batch
 from .errors import ClientError
 from .groups import (
-    GroupChanged,
-    GroupInfo,
     NotGroupAdmin,
     NotGroupMember,
     UnknownGroup,
 )
-from .history import ConversationKind, HistoryOp, MessageStatus, UpdateStatus
+from .history import HistoryOp, MessageStatus, UpdateStatus
 from .store.group_records import (
-    GroupRecord,
     GroupWrite,
     SignedGroupState,
     StateStatus,
@@ -97,184 +102,23 @@ if TYPE_CHECKING:
     from .core import ClientCore
     from .events import Event
 
-__all__ = ["GROUP_BLOB_PREFIX", "GroupView", "group_info"]
+__all__ = [
+    "GROUP_BLOB_PREFIX",
+    "MAX_PENDING_STATES",
+    "GroupView",
+    "authorized",
+    "change_event",
+    "conversation_id",
+    "create",
+    "group_info",
+    "send",
+]
 
 _log = logging.getLogger("pigeon.sdk.groups")
 
 GROUP_BLOB_PREFIX: Final = 0x81
 """First byte of a group (sender-key) blob on a pairwise mailbox; a Double Ratchet
 message starts with its version, 0x01."""
-MAX_PENDING_STATES: Final = 256
-"""Pending states kept per group: bounds what a member can make us store."""
-
-
-# --- convergence ------------------------------------------------------------------------------
-
-
-def authorized(parent: GroupState, child: GroupState) -> bool:
-    """Whether *child* may follow *parent* (versions, signer's rights)."""
-    if child.group_id != parent.group_id or child.version != parent.version + 1:
-        return False
-    signer = child.signer
-    if signer in parent.admins:
-        return True
-    # Leaving: a member removes itself and changes nothing else.
-    return (signer in parent.members and signer not in child.members
-            and set(child.members) == set(parent.members) - {signer}
-            and child.admins == parent.admins and child.name == parent.name
-            and child.avatar == parent.avatar and child.channel == parent.channel)
-
-
-@dataclass(slots=True)
-class GroupView:
-    """A group's states as this device holds them, with the rules applied."""
-
-    group_id: bytes
-    record: GroupRecord | None
-    states: dict[bytes, StoredGroupState] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, core: ClientCore, group_id: bytes) -> GroupView:
-        record = core.store.load_group(group_id)
-        states = {s.signed.hash: s for s in core.store.group_states(group_id)}
-        return cls(group_id=group_id, record=record, states=states)
-
-    @property
-    def head(self) -> SignedGroupState | None:
-        if self.record is None:
-            return None
-        found = self.states.get(self.record.head)
-        return None if found is None else found.signed
-
-    @property
-    def active(self) -> bool:
-        return self.record is not None and self.record.active
-
-    def _valid(self) -> list[SignedGroupState]:
-        return [s.signed for s in self.states.values() if s.status is StateStatus.VALID]
-
-    def absorb(self, signed: SignedGroupState, me: bytes, *, now_ms: int,
-               ) -> list[StoredGroupState]:
-        """Add a state whose signature was verified; returns the rows to store (new or
-        now valid). The head is recomputed by :meth:`converge`."""
-        known = self.states.get(signed.hash)
-        if known is not None and known.status is StateStatus.VALID:
-            return []
-        st = signed.state
-        head = self.head
-        base = (not self.active and me in st.members and st.signer in st.admins
-                and (head is None or st.version > head.state.version))
-        if base:
-            row = StoredGroupState(signed=signed, status=StateStatus.VALID,
-                                   received_at_ms=now_ms)
-            self.states[signed.hash] = row
-            return [row, *self._settle(now_ms)]
-        if head is None:
-            return []  # not ours to hold: we are not a member of it
-        parent = None if st.parent is None else self.states.get(st.parent)
-        if ((parent is None or parent.status is not StateStatus.VALID)
-                and me not in st.members and st.signer in head.state.admins
-                and st.version >= head.state.version):
-            # We were added in a change that lost to this one (its signer forwards it to
-            # us, see forward_winners): we cannot check its ancestry, but an admin of
-            # our head may remove us anyway.
-            row = StoredGroupState(signed=signed, status=StateStatus.VALID,
-                                   received_at_ms=now_ms)
-            self.states[signed.hash] = row
-            return [row, *self._settle(now_ms)]
-        pending = sum(1 for s in self.states.values() if s.status is StateStatus.PENDING)
-        if known is None and pending >= MAX_PENDING_STATES:
-            _log.info("too many pending states in a group; one dropped")
-            return []
-        row = StoredGroupState(signed=signed, status=StateStatus.PENDING, received_at_ms=now_ms)
-        self.states[signed.hash] = row
-        settled = self._settle(now_ms)
-        if self.states.get(signed.hash) is None:
-            return []  # rejected
-        return [row, *settled] if known is None else settled
-
-    def _settle(self, now_ms: int) -> list[StoredGroupState]:
-        """Validate pending states whose parent became valid; drop unauthorized ones."""
-        out: list[StoredGroupState] = []
-        progress = True
-        while progress:
-            progress = False
-            for h, row in list(self.states.items()):
-                if row.status is not StateStatus.PENDING:
-                    continue
-                parent_hash = row.signed.state.parent
-                parent = None if parent_hash is None else self.states.get(parent_hash)
-                if parent is None or parent.status is not StateStatus.VALID:
-                    continue
-                if authorized(parent.signed.state, row.signed.state):
-                    valid = dataclasses.replace(row, status=StateStatus.VALID)
-                    self.states[h] = valid
-                    out = [o for o in out if o.signed.hash != h] + [valid]
-                else:
-                    _log.info("a group state signed without the right to make it dropped")
-                    del self.states[h]
-                    out = [o for o in out if o.signed.hash != h]
-                progress = True
-        return out
-
-    def converge(self, me: bytes, *, now_ms: int) -> GroupRecord | None:
-        """Apply the convergence rule; returns the new group row if the head moved."""
-        valid = self._valid()
-        if not valid:
-            return None
-        best = min(valid, key=SignedGroupState.sort_key)
-        if self.record is not None and self.record.head == best.hash:
-            return None
-        self.record = GroupRecord(group_id=self.group_id, head=best.hash,
-                                  active=me in best.state.members, updated_at_ms=now_ms)
-        return self.record
-
-
-def group_info(core: ClientCore, view: GroupView, *, now_ms: int) -> GroupInfo:
-    head = view.head
-    if head is None:
-        raise UnknownGroup(view.group_id)
-    st = head.state
-    return GroupInfo(group_id=view.group_id, version=st.version, name=st.name,
-                     members=st.members, admins=st.admins, avatar_manifest=st.avatar,
-                     channel=st.channel, active=view.active,
-                     conversation_id=conversation_id(core, view.group_id, st.name,
-                                                     now_ms=now_ms))
-
-
-def conversation_id(core: ClientCore, group_id: bytes, title: str | None, *,
-                    now_ms: int) -> int:
-    """The group's conversation (a read; created, titled, on first use)."""
-    found = core.store.find_conversation(ConversationKind.GROUP, group_id)
-    if found is not None:
-        return found.id
-    return core.store.ensure_conversation(ConversationKind.GROUP, group_id, now_ms=now_ms,
-                                          title=title or None).id
-
-
-def change_event(core: ClientCore, view: GroupView, old: SignedGroupState | None, *,
-                 now_ms: int) -> GroupChanged:
-    """The event for a head move from *old* to the view's head (also retitles)."""
-    new = view.head
-    assert new is not None
-    st = new.state
-    info = group_info(core, view, now_ms=now_ms)
-    if old is None:
-        return GroupChanged(group=info, by=st.signer, created=True, added=st.members,
-                            promoted=st.admins, renamed=True)
-    o = old.state
-    if o.name != st.name:
-        core.store.set_conversation_title(info.conversation_id, st.name or None)
-
-    def diff(a: Iterable[bytes], b: Iterable[bytes]) -> tuple[bytes, ...]:
-        return tuple(sorted(set(a) - set(b)))
-
-    return GroupChanged(group=info, by=st.signer, added=diff(st.members, o.members),
-                        removed=diff(o.members, st.members),
-                        promoted=diff(st.admins, o.admins), demoted=diff(o.admins, st.admins),
-                        renamed=o.name != st.name)
-
-
 # --- control messages -------------------------------------------------------------------------
 
 
@@ -405,13 +249,6 @@ def _pairwise(core: ClientCore, batch: _Batch, peer: bytes, mailbox_id: bytes,
                     session=SessionUpdate(peer=peer, state=session))
 
 
-def _reached(view: GroupView, state: GroupState) -> set[bytes]:
-    """Whom the signer of *state* sent it to: the parent's members and its own."""
-    parent = None if state.parent is None else view.states.get(state.parent)
-    before = () if parent is None else parent.signed.state.members
-    return set(before) | set(state.members)
-
-
 def forward_winners(core: ClientCore, group_ids: Iterable[bytes], *, now_ms: int,
                     ) -> list[OutboxItem]:
     """Our change lost to a concurrent one: send the winner to the members that got
@@ -430,7 +267,7 @@ def forward_winners(core: ClientCore, group_ids: Iterable[bytes], *, now_ms: int
                 and s.signed.state.version == head.state.version and s.signed.hash != head.hash]
         missing: set[bytes] = set()
         for mine in ours:
-            missing |= _reached(view, mine.state) - _reached(view, head.state)
+            missing |= reached(view, mine.state) - reached(view, head.state)
         for peer in sorted(missing - {me}):
             try:
                 _, outbound = core.sendable(peer)
@@ -459,7 +296,7 @@ def forward_states(core: ClientCore, states: Iterable[tuple[bytes, bytes]], *, n
         if row is None or row.status is not StateStatus.VALID:
             continue
         signed = row.signed
-        for peer in sorted(_reached(view, signed.state) - {me, signed.state.signer}):
+        for peer in sorted(reached(view, signed.state) - {me, signed.state.signer}):
             try:
                 _, outbound = core.sendable(peer)
                 inner = GroupControl(message_id=core.rng(16), sent_at_ms=now_ms,
