@@ -547,7 +547,8 @@ async def test_edits_reactions_deletes_receipts_typing(clients: ClientFactory) -
 
 
 async def test_relay_store_holds_no_group_id_or_members(
-        clients: ClientFactory, pigeon_relay: RelayProcess) -> None:  # noqa: F811
+        clients: ClientFactory, pigeon_relay: RelayProcess,  # noqa: F811
+        tmp_path: Path) -> None:
     alice, bob, carol = await clients("alice"), await clients("bob"), await clients("carol")
     await mesh(clients, [alice, bob, carol])
     b, c = Inbox(bob), Inbox(carol)
@@ -563,6 +564,10 @@ async def test_relay_store_holds_no_group_id_or_members(
     await c.wait_text("bob text 4")
     await alice.rename_group(gid, name + " 2")
     await c.wait_version(2)
+    photo = tmp_path / "group photo.jpg"
+    photo.write_bytes(os.urandom(50_000))
+    await alice.send_group_file(gid, photo, caption=name)  # a blob in the blob store
+    await c.wait(MessageReceived, kind=MessageKind.FILE)
     # Keep envelopes on the relay: Carol disconnects before more arrive.
     await carol.close()
     await alice.send_group_text(gid, "while carol is away")
@@ -574,6 +579,7 @@ async def test_relay_store_holds_no_group_id_or_members(
         "name": name.encode(), "member list": b"".join(members),
         "member list (msgpack)": msgpack.packb(members),
         "member pair": members[0] + members[1],
+        "file name": b"group photo",
     }
     scanned = 0
     for path in sorted(pigeon_relay.folder.rglob("*")):
@@ -584,6 +590,8 @@ async def test_relay_store_holds_no_group_id_or_members(
         for what, needle in needles.items():
             assert needle not in data, f"{what} found in the relay's {path.name}"
     assert scanned > 0
+    blobs = [p for p in pigeon_relay.folder.rglob("*") if p.is_file() and "blob" in str(p)]
+    assert blobs, "the relay's blob store was scanned"
     db = list(pigeon_relay.folder.rglob("*.sqlite*")) + list(pigeon_relay.folder.rglob("*.db*"))
     assert db, "the relay's SQLite file was scanned"
 
