@@ -35,7 +35,7 @@ from protocol.frames import Direction, Error, Frame, Ping, Pong, Request, decode
 
 from .errors import ConnectionLost, RelayError
 
-__all__ = ["RelayConnection", "parse_fingerprint", "websocket_url"]
+__all__ = ["Answer", "RelayConnection", "parse_fingerprint", "websocket_url"]
 
 _log = logging.getLogger("pigeon.sdk.connection")
 
@@ -43,6 +43,9 @@ WS_PATH: Final = "/v1/ws"
 HEARTBEAT_S: Final = 30.0
 """WebSocket pings find a dead connection within a minute (the relay does the same)."""
 REQUEST_TIMEOUT_S: Final = 30.0
+
+Answer = Callable[[Frame | BaseException], None]
+"""Receives a request's answer frame, its ``RelayError``, or ``ConnectionLost``."""
 
 
 def websocket_url(relay_url: str) -> str:
@@ -88,7 +91,7 @@ class RelayConnection:
         self._ws = ws
         self._on_frame = on_frame
         self._next_id = 0
-        self._pending: dict[int, asyncio.Future[Frame]] = {}
+        self._pending: dict[int, asyncio.Future[Frame] | Answer] = {}
         self._out: deque[bytes] = deque()
         self._writer: asyncio.Task[None] | None = None
         self.closed = False
@@ -109,6 +112,17 @@ class RelayConnection:
         self._pending[frame.request_id] = future
         self._send_bytes(frame.encode())
         return frame, future
+
+    def start_with(self, build: Callable[[int], Request], on_answer: Answer) -> Request:
+        """Send a request now; *on_answer* is called from the read loop with its answer
+        (or error) instead of resolving a future: for callers with thousands of
+        requests in flight (the outbox pump), one callback each and nothing scheduled."""
+        if self.closed:
+            raise ConnectionLost("not connected", self.close_code)
+        frame = build(self.next_id())
+        self._pending[frame.request_id] = on_answer
+        self._send_bytes(frame.encode())
+        return frame
 
     async def request(self, build: Callable[[int], Request],
                       timeout_s: float = REQUEST_TIMEOUT_S) -> Frame:
@@ -174,10 +188,12 @@ class RelayConnection:
             self.closed = True
             self.close_code = self._ws.close_code
             lost = ConnectionLost("the connection to the relay closed", self.close_code)
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(lost)
-            self._pending.clear()
+            pending, self._pending = self._pending, {}
+            for waiter in pending.values():
+                if not isinstance(waiter, asyncio.Future):
+                    waiter(lost)
+                elif not waiter.done():
+                    waiter.set_exception(lost)
 
     def _dispatch(self, data: bytes) -> None:
         try:
@@ -190,13 +206,19 @@ class RelayConnection:
             return
         rid = getattr(frame, "request_id", 0)
         if rid:
-            future = self._pending.pop(rid, None)
-            if future is not None:
+            waiter = self._pending.pop(rid, None)
+            if waiter is not None:
+                answer: Frame | BaseException = frame
                 if isinstance(frame, Error):
-                    future.set_exception(RelayError(frame.code, frame.message,
-                                                    frame.retry_after_ms))
-                elif not future.done():
-                    future.set_result(frame)
+                    answer = RelayError(frame.code, frame.message, frame.retry_after_ms)
+                if not isinstance(waiter, asyncio.Future):
+                    waiter(answer)
+                elif waiter.done():
+                    pass
+                elif isinstance(answer, BaseException):
+                    waiter.set_exception(answer)
+                else:
+                    waiter.set_result(answer)
                 return
             if isinstance(frame, Error):
                 _log.info("relay error %s for request %d", frame.code, rid)

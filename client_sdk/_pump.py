@@ -112,16 +112,15 @@ class OutboxPump:
             if item is None or cmid in self._inflight:
                 continue
             try:
-                _, future = conn.start(functools.partial(_build_send, item))
+                conn.start_with(functools.partial(_build_send, item),
+                                functools.partial(self._answered, item))
             except ConnectionLost:
                 self._ready.appendleft(cmid)
                 return
             self._inflight.add(cmid)
-            future.add_done_callback(functools.partial(self._answered, item))
 
-    def _answered(self, item: OutboxItem, future: asyncio.Future[Frame]) -> None:
-        result: Frame | BaseException = (asyncio.CancelledError() if future.cancelled()
-                                         else future.exception() or future.result())
+    def _answered(self, item: OutboxItem, result: Frame | BaseException) -> None:
+        """The relay's answer to a ``Send`` (or the connection's loss)."""
         self._done.append((item, result))
         self._wake.set()
 
