@@ -165,7 +165,7 @@ async def test_create_message_remove_rotate(clients: ClientFactory) -> None:
     # Hand Carol the post-removal blob anyway, on Alice's pairwise mailbox to her: the
     # chain rotated, so she holds no key for it.
     await quiet(alice, bob)
-    blob = await alice._run(lambda core: _last_group_blob(core, gid))
+    blob = await alice._run(lambda core: _unsent_group_blob(core, gid, "secret after removal"))
     dropped_before = carol.dropped_envelopes
     await _post_to(alice, carol.account_id, blob)
     await asyncio.sleep(1.0)
@@ -177,13 +177,13 @@ async def test_create_message_remove_rotate(clients: ClientFactory) -> None:
     assert c.texts() == ["hello group", "hi from bob"]
 
 
-def _last_group_blob(core: object, group_id: bytes) -> bytes:
-    """The last group blob this client encrypted (tests only: re-encrypts nothing)."""
+def _unsent_group_blob(core: object, group_id: bytes, text: str) -> bytes:
+    """Encrypt and store a group message as the SDK does, without handing its row to
+    the outbox pump (tests only): its blob, to deliver by hand."""
     from client_sdk.core import ClientCore
     assert isinstance(core, ClientCore)
     _mid, _cid, items = _groups.send(
-        core, group_id,
-        lambda mid, now: Text(message_id=mid, sent_at_ms=now, text="secret after removal"),
+        core, group_id, lambda mid, now: Text(message_id=mid, sent_at_ms=now, text=text),
         lambda cid, mid: None, now_ms=1)
     blobs = [i.entry.blob for i in items if i.entry.blob[0] == _groups.GROUP_BLOB_PREFIX]
     return blobs[-1]
@@ -210,6 +210,7 @@ async def test_add_rename_admins_leave(clients: ClientFactory) -> None:
     await b.wait_version(1)
     await alice.send_group_text(gid, "before carol")
     await b.wait_text("before carol")
+    early = await alice._run(lambda core: _unsent_group_blob(core, gid, "secret before carol"))
 
     info = await alice.add_members(gid, [carol.account_id])
     assert info.version == 2 and carol.account_id in info.members
@@ -222,6 +223,14 @@ async def test_add_rename_admins_leave(clients: ClientFactory) -> None:
     await c.wait_text("welcome carol")
     await c.wait_text("hi carol")
     assert "before carol" not in c.texts()  # a new member reads nothing from before
+    # Not even when handed a blob from before it joined: its copy of Alice's chain
+    # starts at a later iteration.
+    dropped = carol.dropped_envelopes
+    await _post_to(alice, carol.account_id, early)
+    await alice.send_text(carol.account_id, "marker")
+    await c.wait(MessageReceived, text="marker")
+    assert "secret before carol" not in c.texts()
+    assert carol.dropped_envelopes == dropped + 1
     assert [m.body for m in (await carol.group_history(gid)).messages] == [
         "welcome carol", "hi carol"]
 
