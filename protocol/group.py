@@ -61,9 +61,11 @@ GROUP_ID_SIZE: Final = 16
 MAX_GROUP_MEMBERS: Final = 1000
 """Members per group: 1,000 account ids (18 bytes each encoded) fit one control
 message and one multi-recipient ``Send`` (MAX_RECIPIENTS = 2,000)."""
-MAX_GROUP_STATE_SIZE: Final = 32 * 1024
-"""An encoded state: 1,000 members and 1,000 admins (~36 KB) would not fit, so large
-groups keep few admins; checked on encode and before parsing."""
+MAX_GROUP_STATE_SIZE: Final = 32 * 1024 - 256
+"""An encoded state, checked on encode and before parsing: its ``GroupControl`` (the
+state, a signature, ~110 bytes of framing) must pad to the 32 KiB bucket (pigeon_crypto
+padding; the next bucket, 64 KiB, no longer fits one relay blob). 1,000 members take
+~18 KB, leaving room for ~800 admins."""
 
 _LIMITS: Final = Limits(
     what="group state",

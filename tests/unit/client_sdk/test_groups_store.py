@@ -147,3 +147,35 @@ def test_group_receipts_are_kept_once_per_member_and_kind(store: ClientStore) ->
                                            (GID, mid, A, 1, 7))), now_ms=7)
     assert sorted(store.group_receipts(GID, mid)) == [(A, 1), (B, 2)]
     assert store.group_receipts(GID, b"\x0b" * 16) == []
+
+
+def test_the_largest_state_fits_one_padded_control_message() -> None:
+    from pigeon_crypto.padding import pad_message
+    from protocol.errors import LocalProtocolError
+    from protocol.group import MAX_GROUP_STATE_SIZE
+    from protocol.inner import GroupControl
+
+    ids = tuple(sorted(bytes([i >> 8, i & 0xFF]) * 8 for i in range(1000)))
+
+    def state(admins: int) -> GroupState:
+        return GroupState(group_id=GID, version=2**40, parent=b"\x01" * 32, signer=ids[0],
+                          name="n" * 128, members=ids, admins=ids[:admins], at_ms=2**50)
+
+    largest = max(n for n in range(1, 1001) if _fits(state(n)))
+    assert 700 < largest < 1000  # 1,000 members leave room for ~790 admins
+    encoded = state(largest).encode()
+    assert len(encoded) <= MAX_GROUP_STATE_SIZE
+    control = GroupControl(message_id=b"\x02" * 16, sent_at_ms=2**50, state=encoded,
+                           signature=b"\x03" * 64).encode()
+    assert len(pad_message(control)) <= 32 * 1024  # one relay blob with the ratchet's bytes
+    with pytest.raises(LocalProtocolError):
+        state(largest + 1).encode()
+
+
+def _fits(s: GroupState) -> bool:
+    from protocol.errors import LocalProtocolError
+    try:
+        s.encode()
+    except LocalProtocolError:
+        return False
+    return True
