@@ -27,7 +27,7 @@ from protocol.inner import (
 
 from . import _groups
 from .errors import ClientError, ConnectionLost
-from .events import Event, InvitationReceived, MessageRef, MessageStatusChanged
+from .events import Event, InvitationReceived, MessageRef, MessageStatusChanged, Reconnected
 from .groups import GroupChanged, GroupInfo, UnknownGroup
 from .history import (
     DeleteMessage,
@@ -108,9 +108,19 @@ class GroupsApiMixin:
         self._introducing: set[bytes] = set()
         self.on(GroupChanged, self._introduce_members)
         self.on(InvitationReceived, self._accept_co_member)
+        self.on(Reconnected, self._introduce_all)
+
+    async def _introduce_all(self, event: Reconnected) -> None:
+        """After each login: finish introductions a restart or a failure interrupted."""
+        if not self.group_introductions:
+            return
+        for info in await self.groups():
+            await self._introduce(info)
 
     async def _introduce_members(self, event: GroupChanged) -> None:
-        info = event.group
+        await self._introduce(event.group)
+
+    async def _introduce(self, info: GroupInfo) -> None:
         if not self.group_introductions or not info.active or info.channel:
             return
         me = self.account_id
