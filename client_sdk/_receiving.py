@@ -157,6 +157,9 @@ class _Pending:
     incoming: Incoming
     events: list[Event] = field(default_factory=list)
     """Emitted if the history op APPLIED (or when there is none)."""
+    advanced: bytes | None = None
+    """The peer whose session this envelope advanced, when ``incoming`` does not carry
+    the state (the batch writes only each peer's last state: see :func:`receive`)."""
     receipt_for: bytes | None = None
     title: tuple[bytes, str] | None = None
     followup_profile: bytes | None = None
@@ -207,15 +210,24 @@ def receive(core: ClientCore, deliveries: Sequence[DeliveryLike], *, now_ms: int
         refs.append(key)
     if not pending:
         return out
-    # One transaction: only each peer's last state needs writing.
+    # One transaction: only each peer's last state needs writing, and it is the
+    # overlay's (decrypted envelopes carry no state of their own: ``advanced``).
     last: dict[bytes, int] = {}
     for i, p in enumerate(pending):
-        if p.incoming.session is not None:
-            last[p.incoming.session.peer] = i
-    keep = set(last.values())
-    incoming = [p.incoming if p.incoming.session is None or i in keep
-                else dataclasses.replace(p.incoming, session=None)
-                for i, p in enumerate(pending)]
+        peer = p.advanced if p.incoming.session is None else p.incoming.session.peer
+        if peer is not None:
+            last[peer] = i
+    final = {i: peer for peer, i in last.items()}
+    incoming: list[Incoming] = []
+    for i, p in enumerate(pending):
+        one = p.incoming
+        if i in final:
+            peer = final[i]
+            one = dataclasses.replace(one, session=SessionUpdate(
+                peer=peer, state=overlay.sessions[peer]))
+        elif one.session is not None:
+            one = dataclasses.replace(one, session=None)
+        incoming.append(one)
     try:
         results = core.store.commit_receive_many(incoming)
     except Exception:
@@ -289,9 +301,8 @@ def _process(core: ClientCore, overlay: _Overlay, d: DeliveryLike, now_ms: int,
         return None
     dec = state.decrypt(d.blob, now_ms=now_ms)
     overlay.sessions[peer] = dec.state
-    incoming = Incoming(envelope=envelope, received_at_ms=now_ms,
-                        session=SessionUpdate(peer=peer, state=dec.state))
-    pending = _Pending(incoming)
+    incoming = Incoming(envelope=envelope, received_at_ms=now_ms)
+    pending = _Pending(incoming, advanced=peer)
     plaintext = unpad_message(dec.plaintext)
     if contact.state in (ContactState.BLOCKED, ContactState.PENDING):
         return pending  # advance the session, show nothing
