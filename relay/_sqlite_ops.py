@@ -37,7 +37,7 @@ from .ports import (
 )
 
 _MAILBOX_COLS = "id, account_id, created_at_ms, last_seq, pending, retire_at_ms, push_url"
-_MAX_ROWS = 512
+_MAX_ROWS = 4096
 """Most rows per multi-row statement (bounds one statement's text and bound values)."""
 _UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
 _JSON = sqlite3.sqlite_version_info >= (3, 38, 0)
