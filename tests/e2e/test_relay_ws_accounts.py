@@ -5,6 +5,7 @@ then the last-resort KEM prekey), the prekeys-low notice, lookup rate limits."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets
 from collections.abc import Iterator
@@ -58,6 +59,10 @@ async def claim(c: RelayClient, name: str, *, signer: Identity | None = None) ->
                                    username_binding_payload(name, me.account_id))
     return await c.request(lambda rid: ClaimUsername(request_id=rid, username=name,
                                                      account_id=me.account_id, signature=sig))
+
+
+def _lookup(username: str, rid: int) -> LookupUsername:
+    return LookupUsername(request_id=rid, username=username)
 
 
 async def fetch(c: RelayClient, account_id: bytes) -> Bundle | Error:
@@ -114,7 +119,7 @@ async def test_identity_rotation(relay: RelayProcess) -> None:
     bob = await connect_user(relay.url)
     old = bob.identity
     assert old is not None
-    await bob.upload_prekeys()
+    await bob.upload_prekeys(one_time=2, one_time_kem=2)
     new = Identity()
     rotation = IdentityRotation.create(account_id=old.account_id, serial=1, old=old.keys,
                                        new=new.keys)
@@ -132,10 +137,22 @@ async def test_identity_rotation(relay: RelayProcess) -> None:
     assert err.code == ErrorCode.INVALID_FIELD  # serials count from 1
     assert isinstance(await bob.request(lambda rid: RotateIdentity(
         request_id=rid, rotation=rotation.to_bytes(), signature=by_new)), Ok)
-    # Bundles now carry the new key and the chain that links it to the account id.
+    # What the old key signed is gone: no bundle until prekeys signed by the new key are up.
     stranger = await anonymous(relay.url)
+    gone = await fetch(stranger, old.account_id)
+    assert isinstance(gone, Error) and gone.code == ErrorCode.NOT_FOUND
+    assert db_rows(relay, "SELECT kind, count(*) FROM one_time_prekeys WHERE account_id = ?"
+                   " GROUP BY kind", old.account_id) == [(1, 2)]  # unsigned X25519 ones stay
+    bob.identity = new
+    await bob.upload_prekeys(one_time_kem=1, first_id=10)
+    # Bundles now carry the new key and the chain that links it to the account id, and
+    # every prekey in them verifies under the new key.
     bundle = await fetch(stranger, old.account_id)
     assert isinstance(bundle, Bundle)
+    PreKeyBundle(identity=IdentityPublicKey.from_bytes(bundle.identity_key),
+                 signed_prekey=SignedPreKey.from_bytes(bundle.signed_prekey),
+                 kem_prekey=KemPreKey.from_bytes(bundle.kem_prekey)).check()
+    assert KemPreKey.from_bytes(bundle.kem_prekey).kind is KemKind.ONE_TIME
     assert bundle.identity_key == new.public and bundle.rotations == (rotation.to_bytes(),)
     current = verify_rotation_chain(old.account_id, old.keys.public,
                                     [IdentityRotation.from_bytes(r) for r in bundle.rotations])
@@ -175,7 +192,7 @@ async def test_usernames_exact_match_only(relay: RelayProcess) -> None:
     me.keys.public.verify(Purpose.USERNAME_BINDING,
                           username_binding_payload(name, me.account_id), found.signature)
     for probe in (name[:-1], name + "x", "x" + name[1:]):  # no prefix or fuzzy search
-        err = await anon.error(lambda rid, p=probe: LookupUsername(request_id=rid, username=p))
+        err = await anon.error(functools.partial(_lookup, probe))
         assert err.code == ErrorCode.NOT_FOUND
     await anon.send_raw(msgpack.packb([1, 14, 99, {1: name.upper()}], use_bin_type=True))
     err = await anon.next_notice(Error)
