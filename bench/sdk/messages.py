@@ -525,6 +525,8 @@ def main() -> None:
                 sdk = run_sdk(relay, folder, n, args.text_size, args.timeout,
                               args.profile if rnd == 0 else None, args.profile_gil)
                 row = _row(f"sdk, round {rnd + 1}", sdk, n)
+                if args.only != "sdk" and raw["rate"]:
+                    row["ratio_to_ceiling"] = sdk["rate"] / raw["rate"]
                 row.update(history=sdk["history"], sent=sdk["sent"], failed=sdk["failed"],
                            delivered_receipts=sdk["delivered"], stored_ms=sdk["stored_ms"])
                 if sdk["history"] != n or sdk["count"] != n:
