@@ -13,6 +13,12 @@ Theory of operation (docs/protocol.md (§10), "Group commit"):
   op, so only the failing op is undone. (Savepoints cost two statements per op, so the
   common, failure-free path goes without.) Ops are therefore pure functions of the
   connection: running one twice must be harmless.
+* Consecutive ops of one kind may run as one call (:meth:`SqliteEngine.write_many`): a
+  run of appends (or acks) in a batch becomes a few multi-row statements instead of a
+  few statements per op. Fewer statements matter twice here: each one hands the GIL to
+  the event loop while SQLite runs and must take it back, and under load getting it back
+  is the writer's largest wait. If the grouped call raises, the batch is re-run op by op
+  with savepoints as above.
 * There is no timer. A lone op is committed as soon as the writer is free; ops batch only
   because they arrived while the previous commit (its fsync) was running. So the batch
   size adapts to load and the idle latency is one commit.
