@@ -50,6 +50,7 @@ async def test_upload_and_download_grants(
     client: tuple[TestClient[web.Request, web.Application], Clock],
 ) -> None:
     c, clock = client
+    assert isinstance(c.server, TestServer)
     app = c.server.app
     up = await reserve_upload(app, size=6, chunk_count=2)
     assert up.url_path == f"/v1/blobs/{up.blob_id.hex()}/{up.expires_at_ms}"
@@ -78,6 +79,7 @@ async def test_sweep_once_expires_blobs_on_the_app_clock(
     client: tuple[TestClient[web.Request, web.Application], Clock],
 ) -> None:
     c, clock = client
+    assert isinstance(c.server, TestServer)
     app = c.server.app
     up = await reserve_upload(app, size=1, chunk_count=1)
     assert await sweep_once(app) == (0, 0)
@@ -87,7 +89,7 @@ async def test_sweep_once_expires_blobs_on_the_app_clock(
 
 
 class BrokenStore(MemoryStore):
-    async def get_account(self, account_id: bytes) -> None:  # type: ignore[override]
+    async def get_account(self, account_id: bytes) -> None:
         raise StoreError("disk on fire")
 
 
@@ -95,7 +97,7 @@ async def test_health_reports_an_unavailable_store(tmp_path: Path) -> None:
     store = BrokenStore()
     app = create_app(config(tmp_path), store=store)
     async with TestClient(TestServer(app, host="127.0.0.1")) as c:
-        assert c.server.app[STORE] is store
+        assert app[STORE] is store
         resp = await c.get("/health")
         assert resp.status == 503
         assert await resp.json() == {"status": "unavailable", "store": "unavailable",
@@ -105,9 +107,10 @@ async def test_health_reports_an_unavailable_store(tmp_path: Path) -> None:
 async def test_cleanup_cancels_background_tasks_and_push(tmp_path: Path) -> None:
     app = create_app(config(tmp_path))
     async with TestClient(TestServer(app, host="127.0.0.1")) as c:
-        tasks = dict(c.server.app[BACKGROUND_TASKS])
+        running: dict[str, asyncio.Task[None]] = app[BACKGROUND_TASKS]
+        tasks = dict(running)
         assert set(tasks) == {"sweeper"}
-        push = c.server.app[PUSH]
+        push = app[PUSH]
         async with c.ws_connect("/v1/ws") as ws:
             await ws.send_bytes(Connect(request_id=1).encode())
             await ws.receive()  # the Challenge

@@ -55,7 +55,7 @@ def log_everything() -> None:
     log = logging.getLogger("pigeon.relay.test")
     log.info("frame received: %r", PAYLOAD)
     log.info("frame received: %s", PAYLOAD)
-    log.info(PAYLOAD)  # type: ignore[arg-type]
+    log.info(PAYLOAD)
     log.info("mapping args %(frame)s", {"frame": PAYLOAD})
     log.info("send refused", extra={"payload": PAYLOAD, "capability": CAPABILITY.hex(),
                                     "token": TOKEN.hex(), "data": PAYLOAD})
