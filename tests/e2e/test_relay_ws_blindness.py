@@ -121,11 +121,10 @@ async def make_peer(url: str, name: str) -> Peer:
         request_id=rid, signed_prekey=spk.public.to_bytes(), kem_prekey=last.public.to_bytes(),
         one_time_prekeys=tuple(k.public.to_bytes() for k in otks),
         one_time_kem_prekeys=(kem.public.to_bytes(),))), Ok)
-    peer.contact = await conn.create_mailbox()
+    contact = peer.contact = await conn.create_mailbox()
     assert isinstance(await conn.request(lambda rid: SetContactMailbox(
-        request_id=rid, mailbox_id=peer.contact.mailbox_id,
-        capability=peer.contact.capability)), Ok)
-    await conn.subscribe(peer.contact)
+        request_id=rid, mailbox_id=contact.mailbox_id, capability=contact.capability)), Ok)
+    await conn.subscribe(contact)
     return peer
 
 
@@ -217,15 +216,17 @@ async def test_the_relay_keeps_no_content_and_no_sender(relay_factory: RelayFact
 
     # A group message: one sender-key ciphertext, one Send, two mailboxes.
     group_key = OutboundSenderKey.create(system_rng)
+    group_id = os.urandom(16)
     inbound: dict[str, InboundSenderKey] = {}
     for member in (bob, carol):
-        dist = SenderKeyDistributionMessage(**meta(), payload=group_key.distribution().to_bytes())  # type: ignore[arg-type]
+        dist = SenderKeyDistributionMessage(**meta(), group_id=group_id,  # type: ignore[arg-type]
+                                            distribution=group_key.distribution().to_bytes())
         await alice.send([alice.outbox[member.name]], alice.seal(member.name, dist))
         delivery = await member.conn.next_delivery()
         got = member.open("alice", delivery.blob)
         assert isinstance(got, SenderKeyDistributionMessage)
         inbound[member.name] = InboundSenderKey.from_distribution(
-            SenderKeyDistribution.from_bytes(got.payload))
+            SenderKeyDistribution.from_bytes(got.distribution))
     group_text = f"GROUP-PLAINTEXT-{os.urandom(6).hex()}"
     group_key, ciphertext = group_key.encrypt(pad_message(Text(**meta(), text=group_text).encode()))  # type: ignore[arg-type]
     await alice.send([alice.outbox["bob"], alice.outbox["carol"]], ciphertext)
