@@ -11,8 +11,9 @@ about a tenth of the client's CPU in the same benchmark.
 
 Policy: a setting is changed only while it still has the interpreter's default (an
 application that chose its own keeps it), when the first client starts; it is put back
-when the last one closes, if nobody changed it meanwhile. ``AsyncClient.open(...,
-tune_interpreter=False)`` leaves both alone.
+when the last one closes, if nobody changed it meanwhile. Only clients opened with
+``AsyncClient.open(..., tune_interpreter=True)`` apply it (the default leaves the
+interpreter alone); the benchmark, the demo and the chat opt in.
 """
 
 from __future__ import annotations

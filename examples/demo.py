@@ -90,7 +90,7 @@ def say(who: str, text: str) -> None:
 
 async def _open(stack: AsyncExitStack, folder: Path, name: str, relay_url: str) -> Party:
     client = AsyncClient.open(folder / f"{name}.pigeon", f"{name}'s passphrase",
-                              relay_url=relay_url)
+                              relay_url=relay_url, tune_interpreter=True)
     party = Party(name, client)  # the handler first: no event is missed
     await stack.enter_async_context(client)
     return party

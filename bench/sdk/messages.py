@@ -133,7 +133,8 @@ async def _sdk_receiver(conn: Connection, url: str, folder: Path, n: int,
     from client_sdk.testing import FAST_PARAMS
 
     async with AsyncClient.open(folder / "receiver.pigeon", "receiver passphrase",
-                                relay_url=url, params=FAST_PARAMS) as me:
+                                relay_url=url, params=FAST_PARAMS,
+                                tune_interpreter=True) as me:
         drain = asyncio.ensure_future(_drain(me))
         await me.register()
         await me.set_profile("Receiver")
@@ -189,7 +190,8 @@ async def _sdk_sender(conn: Connection, url: str, folder: Path, n: int, text_siz
 
     texts = make_texts(n, text_size)
     async with AsyncClient.open(folder / "sender.pigeon", "sender passphrase",
-                                relay_url=url, params=FAST_PARAMS) as me:
+                                relay_url=url, params=FAST_PARAMS,
+                                tune_interpreter=True) as me:
         drain = asyncio.ensure_future(_drain(me))
         await me.register()
         await me.set_profile("Sender")

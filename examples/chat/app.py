@@ -264,7 +264,8 @@ async def _open(profile: Path, exists: bool, relay: str | None, pin: str | None,
     attempts = 1 if PASSPHRASE_ENV in os.environ else 3
     for attempt in range(attempts):
         passphrase = await _passphrase(profile, exists, attempt)
-        client = AsyncClient.open(profile, passphrase, relay_url=relay, tls_fingerprint=pin)
+        client = AsyncClient.open(profile, passphrase, relay_url=relay, tls_fingerprint=pin,
+                                  tune_interpreter=True)
         del passphrase
         try:
             await client.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,19 @@ def test_a_change_made_while_clients_run_is_not_undone(defaults: None) -> None:
     _tuning.release()
     assert gc.get_threshold() == (1000, 10, 10)
     assert sys.getswitchinterval() == 0.005
+
+
+async def test_a_client_leaves_the_interpreter_alone_unless_asked(
+        defaults: None, tmp_path: Path) -> None:
+    from client_sdk import AsyncClient
+    from client_sdk.testing import FAST_PARAMS
+
+    async with AsyncClient.open(tmp_path / "a.pigeon", "pass", params=FAST_PARAMS):
+        assert sys.getswitchinterval() == 0.005
+        assert gc.get_threshold() == (700, 10, 10)
+    async with AsyncClient.open(tmp_path / "b.pigeon", "pass", params=FAST_PARAMS,
+                                tune_interpreter=True):
+        assert sys.getswitchinterval() == _tuning.SWITCH_INTERVAL_S
+        assert gc.get_threshold() == _tuning.GC_THRESHOLDS
+    assert sys.getswitchinterval() == 0.005
+    assert gc.get_threshold() == (700, 10, 10)
