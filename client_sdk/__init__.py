@@ -38,6 +38,7 @@ from .errors import (
 )
 from .events import (
     ContactAccepted,
+    DisappearingTimerChanged,
     Disconnected,
     Event,
     IdentityChanged,
@@ -96,6 +97,7 @@ __all__ = [
     "ContactNotReady",
     "ContactState",
     "CoreConfig",
+    "DisappearingTimerChanged",
     "Disconnected",
     "Durability",
     "Event",

@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
+from protocol import limits as L
 from protocol.inner import DeleteScope
 
 from . import _sending
@@ -161,10 +162,20 @@ class ClientApiMixin:
                                                         limit=limit, now_ms=now))
 
     async def set_disappearing(self, peer: bytes, timer_ms: int | None) -> None:
-        """Messages of this conversation stored from now on disappear *timer_ms* after
-        they reach this device (None: keep). Local to this device."""
-        cid = (await self.conversation(peer)).id
-        await self._run(lambda c: c.store.set_expire_timer(cid, timer_ms))
+        """Set the conversation's disappearing-message timer on both sides (None: keep
+        messages): messages stored from now on, sent or received, on this device and
+        on the peer's, are deleted *timer_ms* after they reach each device.
+
+        The change is sent to the peer (end to end, through the outbox) in the same
+        transaction that sets it here; both sides get ``DisappearingTimerChanged``.
+
+        Raises:
+            ValueError: *timer_ms* is not 1 ms .. one year (or None).
+            UnknownContact, ContactNotReady: as for sending.
+        """
+        if timer_ms is not None and not 0 < timer_ms <= L.MAX_DISAPPEARING_TIMER_MS:
+            raise ValueError("timer_ms must be 1 ms .. one year, or None to keep messages")
+        await self._submit(_sending.SendDisappearingTimer(peer=peer, timer_ms=timer_ms))
 
     # --- message intents ------------------------------------------------------------------
 

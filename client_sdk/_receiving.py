@@ -45,6 +45,7 @@ from protocol.errors import RemoteProtocolError, UnknownMessageKind
 from protocol.inner import (
     Delete,
     DeleteScope,
+    DisappearingTimer,
     Edit,
     File,
     GroupControl,
@@ -65,6 +66,7 @@ from protocol.inner import (
 from . import _groups_receive
 from .events import (
     ContactAccepted,
+    DisappearingTimerChanged,
     Event,
     IdentityChanged,
     InvitationReceived,
@@ -89,6 +91,7 @@ from .history import (
     MessageStatus,
     NewMessage,
     React,
+    SetExpireTimer,
     UpdateStatus,
     advance_status,
 )
@@ -401,6 +404,10 @@ def _apply_inner(core: ClientCore, overlay: _Overlay, contact: Contact, pending:
                                      message_id=mid, status=status)
                 for mid in ids
                 if mid in ours and advance_status(ours[mid], status, outgoing=True) is not None]
+        case DisappearingTimer(timer_ms=timer_ms):
+            op = SetExpireTimer(conversation_id=cid(), timer_ms=timer_ms, by=peer, at_ms=sent)
+            pending.events.append(DisappearingTimerChanged(
+                peer=peer, conversation_id=cid(), timer_ms=timer_ms, by_peer=True))
         case Typing(active=active):
             pending.events.append(TypingChanged(peer=peer, active=active))
         case Presence(state=state):

@@ -26,6 +26,7 @@ from protocol import limits as L
 from protocol.inner import (
     Delete,
     DeleteScope,
+    DisappearingTimer,
     Edit,
     File,
     InnerMessage,
@@ -42,7 +43,13 @@ from protocol.inner import (
 )
 
 from .errors import ClientError, ContactNotReady, UnknownContact
-from .events import ContactAccepted, Event, MessageRef, MessageStatusChanged
+from .events import (
+    ContactAccepted,
+    DisappearingTimerChanged,
+    Event,
+    MessageRef,
+    MessageStatusChanged,
+)
 from .frames import VerifiedBundle
 from .history import (
     DeleteMessage,
@@ -52,6 +59,7 @@ from .history import (
     MessageStatus,
     NewMessage,
     React,
+    SetExpireTimer,
     UpdateStatus,
 )
 from .payloads import ContactRequest
@@ -74,6 +82,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Intent",
     "SendDelete",
+    "SendDisappearingTimer",
     "SendEdit",
     "SendFile",
     "SendProfile",
@@ -141,8 +150,16 @@ class SendFile:
     caption: str | None = field(default=None, repr=False)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendDisappearingTimer:
+    """Set the conversation's disappearing-message timer on both sides (None: keep)."""
+
+    peer: bytes
+    timer_ms: int | None
+
+
 Intent = (SendText | SendEdit | SendReaction | SendDelete | SendReceipt | SendProfile
-          | SendFile)
+          | SendFile | SendDisappearingTimer)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -229,6 +246,7 @@ def _prepare(core: ClientCore, batch: _Batch, intent: Intent, now_ms: int) -> _P
     inner: InnerMessage
     op: HistoryOp | None = None
     new_message = False
+    timer_event: Event | None = None
     match intent:
         case SendText(text=text, reply_to=reply_to):
             inner = Text(message_id=mid, sent_at_ms=now_ms, text=text, reply_to=reply_to)
@@ -260,6 +278,11 @@ def _prepare(core: ClientCore, batch: _Batch, intent: Intent, now_ms: int) -> _P
         case SendProfile(display_name=name, avatar_manifest=avatar):
             inner = Profile(message_id=mid, sent_at_ms=now_ms, display_name=name,
                             avatar_manifest=avatar)
+        case SendDisappearingTimer(timer_ms=timer_ms):
+            inner = DisappearingTimer(message_id=mid, sent_at_ms=now_ms, timer_ms=timer_ms)
+            op = SetExpireTimer(conversation_id=cid, timer_ms=timer_ms, by=None, at_ms=now_ms)
+            timer_event = DisappearingTimerChanged(peer=peer, conversation_id=cid,
+                                                   timer_ms=timer_ms, by_peer=False)
         case SendFile(manifest=manifest, caption=caption):
             inner = File(message_id=mid, sent_at_ms=now_ms, manifest=manifest,
                          caption=caption)
@@ -271,8 +294,9 @@ def _prepare(core: ClientCore, batch: _Batch, intent: Intent, now_ms: int) -> _P
     entry = batch.entry(outbound, blob, now_ms)
     ref = MessageRef(peer=peer, conversation_id=cid, message_id=mid,
                      client_msg_id=entry.client_msg_id)
-    event = MessageStatusChanged(peer=peer, conversation_id=cid, message_id=mid,
-                                 status=MessageStatus.PENDING) if new_message else None
+    event: Event | None = MessageStatusChanged(
+        peer=peer, conversation_id=cid, message_id=mid,
+        status=MessageStatus.PENDING) if new_message else timer_event
     return _Prepared(peer, entry, op, ref, event)
 
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ContactAccepted",
+    "DisappearingTimerChanged",
     "Disconnected",
     "Event",
     "IdentityChanged",
@@ -193,6 +194,18 @@ class IdentityChanged(Event):
     peer: bytes
     rotated: bool
     requires_ack: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DisappearingTimerChanged(Event):
+    """The conversation's disappearing-message timer changed, on both sides: by the
+    peer (``by_peer``) or by us (``set_disappearing``). ``timer_ms`` None: messages are
+    kept. It applies to messages stored from now on."""
+
+    peer: bytes
+    conversation_id: int
+    timer_ms: int | None
+    by_peer: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -60,6 +60,7 @@ __all__ = [
     "SearchHit",
     "SearchOrder",
     "SearchPage",
+    "SetExpireTimer",
     "StoredMessage",
     "TargetFacts",
     "UpdateStatus",
@@ -281,7 +282,24 @@ class UpdateStatus:
         _check_sender("by", self.by)
 
 
-HistoryOp = NewMessage | EditMessage | React | DeleteMessage | UpdateStatus
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetExpireTimer:
+    """The conversation's disappearing-message timer (None: keep messages), set by us
+    (``by=None``) or by the peer (their ``DisappearingTimer`` message). Messages stored
+    from now on get ``expires_at_ms``; those already stored keep theirs."""
+
+    conversation_id: int
+    timer_ms: int | None
+    by: bytes | None
+    at_ms: int
+
+    def __post_init__(self) -> None:
+        if self.timer_ms is not None and self.timer_ms <= 0:
+            raise ValueError("timer_ms must be positive (or None to keep messages)")
+        _check_sender("by", self.by)
+
+
+HistoryOp = NewMessage | EditMessage | React | DeleteMessage | UpdateStatus | SetExpireTimer
 """Everything that changes history."""
 
 

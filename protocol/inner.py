@@ -33,9 +33,11 @@ from ._wire import (
     Bytes,
     EnumKind,
     Limits,
+    Pair,
     Record,
     Str,
     TupleOf,
+    UInt,
     finalize,
     pack,
     unpack,
@@ -48,6 +50,7 @@ __all__ = [
     "INNER_KINDS",
     "Delete",
     "DeleteScope",
+    "DisappearingTimer",
     "Edit",
     "File",
     "GroupControl",
@@ -104,6 +107,12 @@ _DISPLAY_NAME: Final = Str(0, L.MAX_DISPLAY_NAME_SIZE)
 _RELAY_URL: Final = Str(1, L.MAX_RELAY_URL_SIZE, pattern=r"(wss|https)://\S+")
 _GROUP_STATE: Final = Bytes(1, L.MAX_PLACEHOLDER_SIZE)
 _DISTRIBUTION: Final = Bytes.exactly(73)
+MAX_SUBSCRIPTIONS_PER_CONTROL: Final = 128
+"""Signed subscriptions per ``GroupControl`` (~180 bytes each): with a channel's state
+they stay within one 32 KiB padding bucket (the SDK also packs by size)."""
+_SUBSCRIPTIONS: Final = TupleOf(Pair(Bytes(1, 256), SIGNATURE), 0,
+                                MAX_SUBSCRIPTIONS_PER_CONTROL)
+_TIMER_MS: Final = UInt(1, L.MAX_DISAPPEARING_TIMER_MS)
 GROUP_ID: Final = Bytes.exactly(16)
 _MESSAGE_IDS: Final = TupleOf(MESSAGE_ID, 1, L.MAX_RECEIPT_IDS)
 
@@ -322,12 +331,16 @@ class GroupControl(InnerMessage):
     pairwise session to every member of the old and the new state.
 
     ``signature`` is Ed25519 by the signer's identity key over ``state`` with purpose
-    ``group-control`` (docs/protocol.md §3, §9.14).
+    ``group-control`` (docs/protocol.md §3, §9.14). In a channel with subscriptions,
+    ``subscriptions`` carries ``[encoded protocol.group.Subscription, signature]``
+    pairs (same purpose), each made under ``state`` or an earlier state.
     """
 
     KIND: ClassVar[int] = 12
     state: bytes = field(repr=False, metadata=wire(3, _GROUP_STATE))
     signature: bytes = field(repr=False, metadata=wire(4, SIGNATURE))
+    subscriptions: tuple[tuple[bytes, bytes], ...] = field(
+        default=(), repr=False, metadata=wire(5, _SUBSCRIPTIONS))
 
 
 @_kind
@@ -339,3 +352,14 @@ class SenderKeyDistribution(InnerMessage):
     KIND: ClassVar[int] = 13
     group_id: bytes = field(metadata=wire(3, GROUP_ID))
     distribution: bytes = field(repr=False, metadata=wire(4, _DISTRIBUTION))
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DisappearingTimer(InnerMessage):
+    """The sender set this conversation's disappearing-message timer: messages stored
+    from now on, on both sides, disappear ``timer_ms`` after they reach each device
+    (absent: messages are kept)."""
+
+    KIND: ClassVar[int] = 14
+    timer_ms: int | None = field(default=None, metadata=wire(3, _TIMER_MS))

@@ -27,6 +27,7 @@ __all__ = [
     "MAILBOX_ID_SIZE",
     "MAX_ACK_SEQS",
     "MAX_BLOB_SIZE",
+    "MAX_DISAPPEARING_TIMER_MS",
     "MAX_DISPLAY_NAME_SIZE",
     "MAX_ENVELOPE_SIZE",
     "MAX_EPHEMERAL_BLOB_SIZE",
@@ -177,6 +178,8 @@ DEFAULT_TTL_MS: Final = MAX_TTL_MS
 """A send without ``ttl_ms`` keeps the relay's default, at most this."""
 MAX_RETRY_AFTER_MS: Final = 2**32 - 1
 """retry_after_ms is a u32 (up to ~49 days)."""
+MAX_DISAPPEARING_TIMER_MS: Final = 365 * 24 * 3600 * 1000
+"""A conversation's disappearing-message timer: 1 ms to a year (inner kind 14)."""
 
 # --- frame size and parser limits -----------------------------------------------------
 MAX_FRAME_SIZE: Final = 256 * 1024

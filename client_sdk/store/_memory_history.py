@@ -33,6 +33,7 @@ from ..history import (
     SearchHit,
     SearchOrder,
     SearchPage,
+    SetExpireTimer,
     StoredMessage,
     TargetFacts,
     UpdateStatus,
@@ -323,6 +324,9 @@ class HistoryTables:
                 return outcome, None, removed
             case UpdateStatus():
                 return self._status(op), None, None
+            case SetExpireTimer():
+                self.set_timer(op.conversation_id, op.timer_ms)
+                return ApplyOutcome.APPLIED, None, None
             case _:
                 assert_never(op)
 

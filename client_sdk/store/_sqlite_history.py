@@ -44,6 +44,7 @@ from ..history import (
     SearchHit,
     SearchOrder,
     SearchPage,
+    SetExpireTimer,
     StoredMessage,
     TargetFacts,
     UpdateStatus,
@@ -519,6 +520,11 @@ def apply(tx: Tx, op: HistoryOp, batch: InsertBatch | None = None,
             return _delete(tx, op), None
         case UpdateStatus():
             return _status(tx, op), None
+        case SetExpireTimer():
+            set_expire_timer(tx, op.conversation_id, op.timer_ms)
+            if batch is not None:  # later inserts of this batch use the new timer
+                batch.timers[op.conversation_id] = op.timer_ms
+            return ApplyOutcome.APPLIED, None
         case _:
             assert_never(op)
 

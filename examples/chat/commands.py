@@ -31,6 +31,8 @@ from .syntax import (
     CommandSpec,
     UsageError,
     command_spec,
+    format_duration,
+    parse_duration,
     split_command,
 )
 from .view import contact_line, human_size, message_line, plain, safe_file_name, short_id
@@ -372,6 +374,17 @@ class Commands:
         if not self.app.connected:
             self.app.show(f"  {short_id(ref.message_id)} stored: it goes out when the relay "
                           "is reachable again", "status")
+
+    async def cmd_disappear(self, args: list[str]) -> None:
+        peer = self._current_peer()
+        timer_ms = parse_duration(args[0])
+        await self.client.set_disappearing(peer, timer_ms)
+        name = self.app.name_of(peer)
+        if timer_ms is None:
+            self.app.show(f"messages with {name} are kept again (for both of you)", "ok")
+        else:
+            self.app.show(f"new messages with {name} disappear {format_duration(timer_ms)} "
+                          "after they arrive (for both of you)", "ok")
 
     async def cmd_history(self, args: list[str]) -> None:
         peer = self._current_peer()

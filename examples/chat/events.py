@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from client_sdk import (
     ContactAccepted,
+    DisappearingTimerChanged,
     Disconnected,
     Event,
     IdentityChanged,
@@ -37,6 +38,7 @@ from client_sdk import (
 )
 from pigeon_crypto.errors import PigeonError
 
+from .syntax import format_duration
 from .view import file_label, plain, short_id, status_word
 
 if TYPE_CHECKING:
@@ -108,6 +110,10 @@ class EventPrinter:
                 app.show(f"  a transfer left unfinished earlier is complete ({path})", "ok")
             case TransferFailedEvent(transfer_id=tid, reason=reason) if tid not in self.started:
                 app.error(f"a transfer left unfinished earlier failed: {reason}")
+            case DisappearingTimerChanged(peer=peer, timer_ms=timer_ms, by_peer=True):
+                setting = ("keeps messages again" if timer_ms is None else
+                           f"set new messages to disappear after {format_duration(timer_ms)}")
+                app.show(f"  {app.name_of(peer)} {setting} (for both of you)", "notice")
             case MailboxRotated():
                 pass
             case MessagesLost(peer=peer, count=count):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Final
 
 __all__ = ["COMMANDS", "HISTORY_DEFAULT", "CommandSpec", "UsageError", "command_spec",
-           "split_command"]
+           "format_duration", "parse_duration", "split_command"]
 
 HISTORY_DEFAULT: Final = 20
 """Messages ``/history`` shows without a count."""
@@ -85,6 +85,12 @@ COMMANDS: Final[tuple[CommandSpec, ...]] = (
     CommandSpec("search", "<text>", "search all your conversations", min_args=1, rest=True),
     CommandSpec("history", "[count]", f"the last messages here (default {HISTORY_DEFAULT})",
                 max_args=1),
+    CommandSpec("disappear", "<duration|off>",
+                "make new messages here disappear (both sides), e.g. 1h, 7d, off",
+                "Sets the open conversation's timer for you and your contact: every "
+                "message sent or received from now on is deleted that long after it "
+                "reached each device. Units: s, m, h, d, w (e.g. 30s, 1h, 7d); off keeps "
+                "messages again.", min_args=1, max_args=1),
     CommandSpec("block", "[contact]", "block a contact (the open one if not named)",
                 "Nothing they send is shown and nothing is sent to them; /unblock undoes it.",
                 max_args=1, takes_contact=True),
@@ -93,6 +99,39 @@ COMMANDS: Final[tuple[CommandSpec, ...]] = (
     CommandSpec("quit", "", "leave pigeon-chat (Ctrl-D too)"),
 )
 _BY_NAME: Final = {spec.name: spec for spec in COMMANDS}
+
+
+_UNITS_MS: Final = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
+                    "w": 604_800_000}
+_MAX_DURATION_MS: Final = 365 * 86_400_000
+
+
+def parse_duration(text: str) -> int | None:
+    """``30s``, ``5m``, ``1h``, ``7d``, ``2w`` to milliseconds; ``off`` to None.
+
+    Raises:
+        UsageError: anything else, or more than a year.
+    """
+    word = text.strip().lower()
+    if word == "off":
+        return None
+    number, unit = word[:-1], word[-1:]
+    if unit not in _UNITS_MS or not number.isdigit() or int(number) == 0:
+        raise UsageError(f"{text!r} is not a duration: use e.g. 30s, 5m, 1h, 7d, 2w or off")
+    ms = int(number) * _UNITS_MS[unit]
+    if ms > _MAX_DURATION_MS:
+        raise UsageError("a disappearing timer is at most a year (365d)")
+    return ms
+
+
+def format_duration(ms: int | None) -> str:
+    """The largest whole unit: 3,600,000 -> ``1h``; None -> ``off``."""
+    if ms is None:
+        return "off"
+    for unit in "wdhms":
+        if ms % _UNITS_MS[unit] == 0:
+            return f"{ms // _UNITS_MS[unit]}{unit}"
+    return f"{ms}ms"
 
 
 def split_command(line: str) -> tuple[CommandSpec, list[str]]:

@@ -32,6 +32,9 @@ def _chat_command() -> list[str]:
     return [script] if script else [sys.executable, "-m", "examples.chat"]
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r")
+
+
 class Chat:
     """One pigeon-chat process in a pty."""
 
@@ -53,14 +56,25 @@ class Chat:
         self.transcript: list[str] = []
 
     def expect(self, text: str) -> str:
-        """Wait for *text*; return what came before it."""
-        self.proc.expect_exact(text)
+        """Wait for *text*; return what came before it. On a timeout the failure shows
+        what this chat printed meanwhile (escape codes removed)."""
+        try:
+            self.proc.expect_exact(text)
+        except pexpect.TIMEOUT:
+            seen = _ANSI.sub("", str(self.proc.before or ""))[-3000:]
+            raise AssertionError(f"{self.name}'s chat never showed {text!r}; it showed:\n"
+                                 f"{seen}") from None
         assert isinstance(self.proc.before, str)
         self.transcript.append(self.proc.before + text)
         return self.proc.before
 
     def expect_re(self, pattern: str) -> re.Match[str]:
-        self.proc.expect(pattern)
+        try:
+            self.proc.expect(pattern)
+        except pexpect.TIMEOUT:
+            seen = _ANSI.sub("", str(self.proc.before or ""))[-3000:]
+            raise AssertionError(f"{self.name}'s chat never matched {pattern!r}; it "
+                                 f"showed:\n{seen}") from None
         match = self.proc.match
         assert isinstance(match, re.Match)
         return match
@@ -187,6 +201,16 @@ def test_two_people_chat(chats: dict[str, Chat], pigeon_relay: RelayProcess,  # 
     alice.type("/history many")
     alice.expect("error: usage: /history [count]")
 
+    # Disappearing messages: the timer is set for both sides.
+    alice.type("/disappear 1h")
+    alice.expect("new messages with Bob disappear 1h after they arrive (for both of you)")
+    bob.expect("Alice set new messages to disappear after 1h (for both of you)")
+    alice.type("/disappear off")
+    alice.expect("messages with Bob are kept again (for both of you)")
+    bob.expect("Alice keeps messages again (for both of you)")
+    alice.type("/disappear 1y")
+    alice.expect("error: '1y' is not a duration: use e.g. 30s, 5m, 1h, 7d, 2w or off")
+
     # Still alive after all the errors. The relay goes down: a message typed meanwhile is
     # stored and goes out once it is back.
     pigeon_relay.kill()
@@ -207,6 +231,7 @@ def test_send_and_get_a_file(chats: dict[str, Chat], tmp_path: Path) -> None:
     _, bob_link = _register(bob, "Bob")
     _register(alice, "Alice")
     alice.type(f"/add {bob_link}")
+    alice.expect("invitation sent to")
     bob.expect("wants to be your contact")
     bob.type("/accept")
     bob.expect("── conversation with Alice ──")

@@ -17,6 +17,7 @@ from client_sdk import (
     AsyncClient,
     ContactAccepted,
     ContactBlocked,
+    DisappearingTimerChanged,
     Event,
     InvitationReceived,
     MessageDeleted,
@@ -160,3 +161,52 @@ async def test_offline_recipient(clients: ClientFactory) -> None:
         got = await b.wait(MessageReceived, count=3)
         assert [e.message_id for e in got] == [r.message_id for r in refs]  # type: ignore[attr-defined]
         await a.wait(MessageStatusChanged, status=MessageStatus.DELIVERED, count=3)
+
+
+async def test_disappearing_timer_is_shared_by_both_sides(clients: ClientFactory) -> None:
+    alice, bob = await clients("alice"), await clients("bob")
+    await clients.connect(alice, bob)
+    a, b = Inbox(alice), Inbox(bob)
+    kept = await alice.send_text(bob.account_id, "kept")
+    await b.wait(MessageReceived, message_id=kept.message_id)
+
+    await alice.set_disappearing(bob.account_id, 3_600_000)
+    await a.wait(DisappearingTimerChanged, by_peer=False, timer_ms=3_600_000)
+    await b.wait(DisappearingTimerChanged, by_peer=True, timer_ms=3_600_000,
+                 peer=alice.account_id)
+    assert (await alice.conversation(bob.account_id)).expire_timer_ms == 3_600_000
+    assert (await bob.conversation(alice.account_id)).expire_timer_ms == 3_600_000
+
+    # From now on both sides store every message, sent or received, with an expiry.
+    m1 = await alice.send_text(bob.account_id, "from alice")
+    m2 = await bob.send_text(alice.account_id, "from bob")
+    await b.wait(MessageReceived, message_id=m1.message_id)
+    await a.wait(MessageReceived, message_id=m2.message_id)
+    for client, peer in ((alice, bob.account_id), (bob, alice.account_id)):
+        stored = {m.body: m for m in (await client.history(peer)).messages}
+        assert stored["kept"].expires_at_ms is None
+        assert stored["from alice"].expires_at_ms is not None
+        assert stored["from bob"].expires_at_ms is not None
+
+    # Bob turns it off; the change reaches Alice, whose next message is kept by both.
+    await bob.set_disappearing(alice.account_id, None)
+    await a.wait(DisappearingTimerChanged, by_peer=True, timer_ms=None)
+    m3 = await alice.send_text(bob.account_id, "kept again")
+    await b.wait(MessageReceived, message_id=m3.message_id)
+    for client, peer in ((alice, bob.account_id), (bob, alice.account_id)):
+        stored = {m.body: m for m in (await client.history(peer)).messages}
+        assert stored["kept again"].expires_at_ms is None
+
+    # A short timer really removes the messages from history on both sides.
+    await alice.set_disappearing(bob.account_id, 50)
+    await b.wait(DisappearingTimerChanged, by_peer=True, timer_ms=50)
+    gone = await alice.send_text(bob.account_id, "gone soon")
+    await b.wait(MessageReceived, message_id=gone.message_id)
+    await asyncio.sleep(0.1)
+    for client, peer in ((alice, bob.account_id), (bob, alice.account_id)):
+        bodies = [m.body for m in (await client.history(peer)).messages]
+        assert "gone soon" not in bodies and "kept again" in bodies
+
+    for bad in (0, -1, 365 * 24 * 3600 * 1000 + 1):
+        with pytest.raises(ValueError):
+            await alice.set_disappearing(bob.account_id, bad)

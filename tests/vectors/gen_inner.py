@@ -15,6 +15,7 @@ from protocol import (
     INNER_KINDS,
     Delete,
     DeleteScope,
+    DisappearingTimer,
     Edit,
     File,
     GroupControl,
@@ -121,6 +122,9 @@ def inner_examples() -> list[InnerMessage]:
             group_id=pattern(16, 0x6C),
             distribution=pattern(73, 0x5D),
         ),
+        DisappearingTimer(message_id=pattern(16, 0x0F), sent_at_ms=t + 13,
+                          timer_ms=7 * 24 * 3600 * 1000),
+        DisappearingTimer(message_id=pattern(16, 0x10), sent_at_ms=t + 14),
     ]
 
 
@@ -138,6 +142,9 @@ def rejected_inner() -> list[dict[str, Any]]:
         ("text as bytes", _raw([1, 1, {**base, 3: b"hi"}]), "WrongFieldType"),
         ("empty text", _raw([1, 1, {**base, 3: ""}]), "InvalidFieldValue"),
         ("delete scope 3", _raw([1, 5, {**base, 3: MSG_2, 4: 3}]), "InvalidFieldValue"),
+        ("disappearing timer 0", _raw([1, 14, {**base, 3: 0}]), "InvalidFieldValue"),
+        ("disappearing timer over a year",
+         _raw([1, 14, {**base, 3: 365 * 24 * 3600 * 1000 + 1}]), "InvalidFieldValue"),
         ("typing active = 1 (int is not bool)", _raw([1, 7, {**base, 3: 1}]), "WrongFieldType"),
         ("receipt with no ids", _raw([1, 6, {**base, 3: 2, 4: []}]), "InvalidFieldValue"),
     ]

@@ -8,7 +8,13 @@ from __future__ import annotations
 import pytest
 
 from client_sdk.errors import StoreConflict
-from client_sdk.history import ApplyOutcome, ConversationKind, MessageStatus, UpdateStatus
+from client_sdk.history import (
+    ApplyOutcome,
+    ConversationKind,
+    MessageStatus,
+    SetExpireTimer,
+    UpdateStatus,
+)
 from client_sdk.store import (
     ClientStore,
     Contact,
@@ -104,6 +110,27 @@ def test_commit_receive_many(store: ClientStore) -> None:
         ReceiveOutcome.DUPLICATE_ENVELOPE]
     assert store.message_count(cid) == 3
     assert store.load_session(account(1)).to_bytes() == states[-1].to_bytes()  # type: ignore[union-attr]
+
+
+def test_a_timer_change_in_a_receive_batch_applies_to_the_messages_after_it(
+        store: ClientStore) -> None:
+    cid = _conversation(store)
+    peer = account(1)
+    ops = [text(cid, 1, "before", sender=peer, received_at=NOW),
+           SetExpireTimer(conversation_id=cid, timer_ms=60_000, by=peer, at_ms=NOW),
+           text(cid, 2, "after", sender=peer, received_at=NOW),
+           SetExpireTimer(conversation_id=cid, timer_ms=None, by=peer, at_ms=NOW),
+           text(cid, 3, "kept", sender=peer, received_at=NOW)]
+    store.commit_receive_many([Incoming(envelope=EnvelopeRef(mailbox_id=mailbox(1), seq=n),
+                                        received_at_ms=NOW, history=op)
+                               for n, op in enumerate(ops, start=1)])
+    expiry = [store.get_message(cid, text(cid, n).message_id) for n in (1, 2, 3)]
+    assert [m.expires_at_ms if m else "missing" for m in expiry] == [None, NOW + 60_000, None]
+    assert store.get_conversation(cid).expire_timer_ms is None  # type: ignore[union-attr]
+    store.apply(SetExpireTimer(conversation_id=cid, timer_ms=5, by=None, at_ms=NOW), now_ms=NOW)
+    assert store.get_conversation(cid).expire_timer_ms == 5  # type: ignore[union-attr]
+    with pytest.raises(ValueError):
+        SetExpireTimer(conversation_id=cid, timer_ms=0, by=None, at_ms=NOW)
 
 
 def test_envelopes_seen_answers_for_a_batch(store: ClientStore) -> None:

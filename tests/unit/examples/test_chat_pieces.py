@@ -7,7 +7,13 @@ import re
 
 import pytest
 
-from examples.chat.syntax import COMMANDS, UsageError, split_command
+from examples.chat.syntax import (
+    COMMANDS,
+    UsageError,
+    format_duration,
+    parse_duration,
+    split_command,
+)
 from examples.chat.transfers import Transfers
 from examples.chat.view import human_size, plain, safe_file_name, short_id
 
@@ -80,3 +86,23 @@ async def test_progress_bar_rendering() -> None:
     assert "\n" not in line
     transfers.finish(running)
     assert not transfers and transfers.render(80) == "" and len(redraws) >= 2
+
+
+@pytest.mark.parametrize(("text", "ms"), [
+    ("30s", 30_000), ("5m", 300_000), ("1H", 3_600_000), ("7d", 604_800_000),
+    ("2w", 1_209_600_000), ("365d", 31_536_000_000), ("off", None), (" OFF ", None),
+])
+def test_parse_duration(text: str, ms: int | None) -> None:
+    assert parse_duration(text) == ms
+    assert parse_duration(format_duration(ms)) == ms
+
+
+@pytest.mark.parametrize("text", ["", "0s", "10", "h", "1y", "-1h", "1.5h", "366d", "53w"])
+def test_parse_duration_refuses(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_duration(text)
+
+
+def test_format_duration_picks_the_largest_whole_unit() -> None:
+    assert [format_duration(ms) for ms in (1_209_600_000, 86_400_000 * 3, 90_000, 1_500)] == [
+        "2w", "3d", "90s", "1500ms"]
