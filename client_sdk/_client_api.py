@@ -6,6 +6,7 @@ Kept apart so that ``client.py`` stays about the connection."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -54,6 +55,9 @@ class ClientApiMixin:
         @staticmethod
         def _now_ms() -> int: ...
 
+        async def upload_file(self, path: str | os.PathLike[str], *,
+                              media_type: str | None = None) -> bytes: ...
+
     # --- our account --------------------------------------------------------------------
 
     @property
@@ -66,9 +70,24 @@ class ClientApiMixin:
         return self.core.contact_link(self._relay_url)
 
     async def set_profile(self, display_name: str, *,
+                          avatar: str | os.PathLike[str] | None = None,
                           avatar_manifest: bytes | None = None) -> None:
-        """Set our display name (and avatar, an encoded file manifest) and share it with
-        every accepted contact, end to end (the relay never sees it)."""
+        """Set our display name and avatar and share them with every accepted contact,
+        end to end (the relay never sees them; it stores the avatar as an encrypted
+        blob, like any file).
+
+        Args:
+            avatar: an image file: encrypted and uploaded first (``upload_file``).
+            avatar_manifest: instead of *avatar*, the manifest of a file already
+                uploaded. Neither: no avatar.
+
+        Contacts get ``ProfileChanged`` and fetch the image with ``download_avatar``.
+        """
+        if avatar is not None:
+            if avatar_manifest is not None:
+                raise ValueError("give avatar or avatar_manifest, not both")
+            avatar_manifest = await self.upload_file(avatar)
+
         def store(core: ClientCore) -> list[Contact]:
             core.store.put_setting("display_name", display_name.encode())
             if avatar_manifest is None:

@@ -49,7 +49,7 @@ from ._transfers import (
     is_transient,
     run_chunks,
 )
-from .errors import ClientError, ConnectionLost, RelayError
+from .errors import ClientError, ConnectionLost, RelayError, UnknownContact
 from .events import Event, MessageRef
 from .files import (
     FileOptions,
@@ -177,9 +177,42 @@ class FilesMixin:
             TransferFailed: the upload failed for good.
             OSError: the file cannot be read.
         """
-        source, st = await asyncio.to_thread(_stat_source, Path(path))
         if await self._group_target(peer) is None:  # a group id: send_group_file
             await self._run(lambda c: c.sendable(peer))
+        record, running = await self._upload(peer, path, caption=caption,
+                                             media_type=media_type, progress=progress)
+        await asyncio.shield(running.done)
+        if running.ref is not None:
+            return running.ref
+        cid = await self._run(lambda c: c.conversation_id(peer, now_ms=self._now_ms()))
+        return MessageRef(peer=peer, conversation_id=cid, message_id=record.message_id,
+                          client_msg_id=b"\x00" * 16)
+
+    async def upload_file(self, path: str | os.PathLike[str], *,
+                          media_type: str | None = None,
+                          progress: Progress | None = None) -> bytes:
+        """Encrypt and upload the file at *path* without sending it to anyone; return
+        its encoded manifest (file key, blob id, sizes, name, type: secret).
+
+        For avatars (``set_profile(..., avatar=path)`` does this) and for an app's own
+        use: whoever gets the manifest, end to end, can download the file with
+        :meth:`download_manifest` until the relay's blob expires (``--blob-ttl``,
+        30 days by default). Chunked, resumable and bounded in memory like
+        :meth:`send_file`; the transfer is listed by :meth:`transfers` with our own
+        account id as its peer.
+
+        Raises:
+            FileTooLarge, TransferFailed, OSError: as for :meth:`send_file`.
+        """
+        record, running = await self._upload(self.core.account_id, path, caption=None,
+                                             media_type=media_type, progress=progress)
+        await asyncio.shield(running.done)
+        return record.manifest
+
+    async def _upload(self, peer: bytes, path: str | os.PathLike[str], *,
+                      caption: str | None, media_type: str | None,
+                      progress: Progress | None) -> tuple[TransferRecord, _Running]:
+        source, st = await asyncio.to_thread(_stat_source, Path(path))
         opts = self.file_options
         size = st.st_size
         limit = _protocol_limit(opts.chunk_size)
@@ -216,13 +249,7 @@ class FilesMixin:
         self._emit([TransferStarted(transfer_id=record.transfer_id,
                                     direction=record.direction, peer=peer,
                                     name=manifest.name, size=size)])
-        running = self._start(record, progress)
-        await asyncio.shield(running.done)
-        if running.ref is not None:
-            return running.ref
-        cid = await self._run(lambda c: c.conversation_id(peer, now_ms=self._now_ms()))
-        return MessageRef(peer=peer, conversation_id=cid, message_id=record.message_id,
-                          client_msg_id=b"\x00" * 16)
+        return record, self._start(record, progress)
 
     async def download_file(self, peer: bytes, message_id: bytes,
                             dest_path: str | os.PathLike[str], *,
@@ -239,13 +266,47 @@ class FilesMixin:
             TransferFailed: the relay no longer has the file, a chunk failed to
                 authenticate, or the relay refused a request for good.
         """
-        dest = await asyncio.to_thread(Path(dest_path).resolve)
         cid = await self._group_target(peer) or (await self.conversation(peer)).id
         msg = await self._run(lambda c: c.store.get_message(cid, message_id))
         if msg is None or msg.kind is not MessageKind.FILE or msg.attachment is None:
             raise NotAFileMessage(message_id)
+        return await self._download(peer, message_id, msg.attachment, dest_path, progress)
+
+    async def download_manifest(self, peer: bytes, manifest: bytes,
+                                dest_path: str | os.PathLike[str], *,
+                                progress: Progress | None = None) -> Path:
+        """Download the file an encoded *manifest* names (one that *peer* shared with
+        us end to end, e.g. its avatar: ``Contact.avatar_manifest``) to *dest_path*;
+        resumable like :meth:`download_file`.
+
+        Raises:
+            NotAFileMessage: *manifest* is not a valid file manifest.
+            TransferFailed: as for :meth:`download_file`.
+        """
         try:
-            manifest = FileManifest.from_bytes(msg.attachment)
+            file_id = FileManifest.from_bytes(manifest).file_id
+        except PigeonError as exc:
+            raise NotAFileMessage(b"\x00" * 16) from exc
+        return await self._download(peer, file_id, manifest, dest_path, progress)
+
+    async def download_avatar(self, peer: bytes, dest_path: str | os.PathLike[str], *,
+                              progress: Progress | None = None) -> Path | None:
+        """Download the avatar *peer* shared with us to *dest_path* (None: they have
+        none)."""
+        contact = self.core.contact(peer)
+        if contact is None:
+            raise UnknownContact(peer)
+        if contact.avatar_manifest is None:
+            return None
+        return await self.download_manifest(peer, contact.avatar_manifest, dest_path,
+                                            progress=progress)
+
+    async def _download(self, peer: bytes, message_id: bytes, attachment: bytes,
+                        dest_path: str | os.PathLike[str], progress: Progress | None,
+                        ) -> Path:
+        dest = await asyncio.to_thread(Path(dest_path).resolve)
+        try:
+            manifest = FileManifest.from_bytes(attachment)
         except PigeonError as exc:
             raise NotAFileMessage(message_id) from exc
         tid = manifest.file_id
@@ -273,7 +334,7 @@ class FilesMixin:
         now = self._now_ms()
         record = TransferRecord(
             transfer_id=tid, direction=TransferDirection.DOWNLOAD,
-            state=TransferState.RUNNING, peer=peer, manifest=msg.attachment,
+            state=TransferState.RUNNING, peer=peer, manifest=attachment,
             message_id=message_id, path=str(dest), chunk_count=manifest.chunk_count,
             chunks_done=empty_bitmap(manifest.chunk_count), token=grant.token,
             url_path=grant.url_path, token_expires_at_ms=grant.expires_at_ms,
@@ -562,6 +623,8 @@ class FilesMixin:
             await asyncio.to_thread(os.fsync, fd)
             return
         peer, mid = record.peer, record.message_id
+        if peer == self.core.account_id:  # upload_file: no message goes with it
+            return
         if await self._group_target(peer) is not None:
             running.ref = await self._group_file_message(record)
             return

@@ -27,11 +27,13 @@ from client_sdk import (
     MessageKind,
     MessageReceived,
     NotAFileMessage,
+    ProfileChanged,
     TransferCompleted,
     TransferDirection,
     TransferFailed,
     TransferFailedEvent,
     TransferState,
+    UnknownContact,
     UnknownTransfer,
 )
 from client_sdk.store import Durability
@@ -154,6 +156,43 @@ async def test_small_file_round_trip(clients: ClientFactory, tmp_path: Path) -> 
     # The relay stored ciphertext only: the plaintext appears in no blob file.
     for blob in blob_files(clients.relay):
         assert data[:64] not in blob.read_bytes()
+
+
+async def test_avatar_is_an_encrypted_file_shared_with_contacts(
+        clients: ClientFactory, tmp_path: Path) -> None:
+    alice, bob = await clients("alice"), await clients("bob")
+    await clients.connect(alice, bob)
+    assert await bob.download_avatar(alice.account_id, tmp_path / "none.png") is None
+    image = tmp_path / "me.png"
+    data = os.urandom(150_000)
+    image.write_bytes(data)
+    changed = asyncio.ensure_future(clients.next_event(bob, ProfileChanged))
+    await alice.set_profile("Alice", avatar=image)
+    event = await changed
+    assert event.display_name == "Alice" and event.avatar_manifest is not None
+    info = FileManifest.from_bytes(event.avatar_manifest)
+    assert (info.name, info.true_size, info.media_type) == ("me.png", 150_000, "image/png")
+    got = await bob.download_avatar(alice.account_id, tmp_path / "alice.png")
+    assert got is not None and got.read_bytes() == data
+    # No message went with the upload; the transfer is listed with our own id as peer.
+    assert [m.kind for m in (await bob.history(alice.account_id)).messages] == []
+    [up] = [t for t in await alice.transfers() if t.transfer_id == info.file_id]
+    assert (up.peer, up.state) == (alice.account_id, TransferState.DONE)
+    for blob in blob_files(clients.relay):  # the relay holds ciphertext only
+        assert data[:64] not in blob.read_bytes()
+
+    # upload_file / download_manifest for an app's own use; bad input is typed.
+    doc = tmp_path / "doc.bin"
+    doc.write_bytes(b"shared by manifest")
+    manifest = await alice.upload_file(doc)
+    copy = await bob.download_manifest(alice.account_id, manifest, tmp_path / "doc-copy")
+    assert copy.read_bytes() == b"shared by manifest"
+    with pytest.raises(NotAFileMessage):
+        await bob.download_manifest(alice.account_id, b"not a manifest", tmp_path / "x")
+    with pytest.raises(ValueError):
+        await alice.set_profile("Alice", avatar=image, avatar_manifest=manifest)
+    with pytest.raises(UnknownContact):
+        await alice.download_avatar(b"\x07" * 16, tmp_path / "y")
 
 
 async def test_empty_file(clients: ClientFactory, tmp_path: Path) -> None:
