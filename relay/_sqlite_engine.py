@@ -45,13 +45,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from pigeon_crypto.errors import StoreError
 
+from ._sqlite_writer import WriterLost, WriterProcess
 from .ports import NullObserver, StoreObserver
 
-__all__ = ["Migration", "SqliteEngine", "Synchronous"]
+__all__ = ["Migration", "SqliteEngine", "Synchronous", "WriterMode", "connect", "open_writer",
+           "run_batch"]
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -85,6 +87,19 @@ class Synchronous(Enum):
     FULL = "FULL"
     NORMAL = "NORMAL"
     OFF = "OFF"
+
+
+class WriterMode(Enum):
+    """Where the writer's SQLite connection runs.
+
+    THREAD:  a thread of this process (the default for the library and the admin CLI).
+    PROCESS: a child process fed whole batches over a socket pair; results come back
+             after its COMMIT. Same transactions, same durability; the GIL of the event
+             loop's process is no longer taken back and forth around every statement.
+    """
+
+    THREAD = "thread"
+    PROCESS = "process"
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +188,10 @@ class SqliteEngine:
             max_workers=readers, thread_name_prefix="pigeon-store-read"
         )
         self._pending = 0
+        self._remote: WriterProcess | None = None
+        self._failed: str | None = None
+        self._on_fatal: Callable[[], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -187,8 +206,17 @@ class SqliteEngine:
         readers: int = DEFAULT_READERS,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
         observer: StoreObserver | None = None,
+        writer: WriterMode = WriterMode.THREAD,
+        on_fatal: Callable[[], None] | None = None,
     ) -> SqliteEngine:
-        """Open (creating if needed) and migrate the database, then start the writer."""
+        """Open (creating if needed) and migrate the database, then start the writer.
+
+        With ``writer=WriterMode.PROCESS`` the writer's SQLite connection lives in a child
+        process (``relay._sqlite_writer``) and the writer thread only ships each batch to
+        it and waits for the outcome: SQLite's work and the writer's Python no longer
+        compete with the event loop for this process's GIL. *on_fatal* is called (on the
+        loop that opened the engine) if that process dies: every later write then fails
+        at once with ``StoreError``; the relay stops rather than hang."""
         engine = cls(
             Path(path),
             synchronous=synchronous,
@@ -197,10 +225,24 @@ class SqliteEngine:
             busy_timeout_ms=busy_timeout_ms,
             observer=observer or NullObserver(),
         )
+        engine._on_fatal = on_fatal
+        engine._loop = asyncio.get_running_loop()
         try:
-            engine._writer_conn = await asyncio.to_thread(engine._open_writer, migrations)
+            if writer is WriterMode.PROCESS:
+                # Started from this (the loop's) thread: the child's parent-death signal
+                # follows the thread that forked it, and this one lives as long as we do.
+                remote = WriterProcess.spawn()
+                engine._remote = remote
+                await asyncio.to_thread(remote.open, engine._path, synchronous.value,
+                                        busy_timeout_ms, tuple(migrations))
+                remote.watch(engine._writer_lost)
+            else:
+                engine._writer_conn = await asyncio.to_thread(
+                    open_writer, engine._path, synchronous, busy_timeout_ms, migrations)
         except BaseException:
             engine._readers.shutdown(wait=False)
+            if engine._remote is not None:
+                engine._remote.kill()
             raise
         engine._writer = threading.Thread(
             target=engine._run, name="pigeon-store-writer", daemon=True
@@ -209,36 +251,7 @@ class SqliteEngine:
         return engine
 
     def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves. check_same_thread=False only
-        # so that close() may run elsewhere; each connection is used by one thread at a time.
-        conn = sqlite3.connect(
-            self._path, isolation_level=None, check_same_thread=False, timeout=self._busy_ms / 1000
-        )
-        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_ms)}")
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA secure_delete = ON")
-        conn.execute(f"PRAGMA synchronous = {self._sync.value}")
-        return conn
-
-    def _open_writer(self, migrations: Sequence[Migration]) -> sqlite3.Connection:
-        try:
-            conn = self._connect()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open store: {type(exc).__name__}") from exc
-        try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(f"cannot enable WAL (journal_mode={mode})")
-            conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
-            conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
-            _migrate(conn, migrations)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise StoreError(f"cannot open store: {type(exc).__name__}") from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return connect(self._path, self._sync, self._busy_ms)
 
     async def close(self) -> None:
         """Run what is queued, stop the writer, close every connection. Idempotent."""
@@ -249,11 +262,18 @@ class SqliteEngine:
             self._queue.put(_STOP)
         if self._writer is not None:
             await asyncio.to_thread(self._writer.join)
+        if self._remote is not None:
+            await asyncio.to_thread(self._remote.close)
         await asyncio.to_thread(self._readers.shutdown, True)
         for conn in [*self._reader_conns, self._writer_conn]:
             if conn is not None:
                 conn.close()
         self._reader_conns.clear()
+
+    @property
+    def failed(self) -> str | None:
+        """Why the writer process is gone (None while it serves, and in thread mode)."""
+        return self._failed
 
     @property
     def pending_writes(self) -> int:
@@ -284,6 +304,8 @@ class SqliteEngine:
         with self._lock:
             if self._closed:
                 raise StoreError("store is closed")
+            if self._failed is not None:
+                raise StoreError(self._failed)
             self._pending += 1
             self._queue.put(op)
         ok = False
@@ -351,88 +373,170 @@ class SqliteEngine:
                 return
 
     def _run_batch(self, batch: list[_Op[Any]]) -> None:
-        conn = self._writer_conn
-        assert conn is not None
-        start = time.perf_counter()
-        try:
-            # Fast path without per-op savepoints (two statements per op saved). If an op
-            # fails, everything is rolled back and the batch re-run with savepoints, so the
-            # failure stays confined to its op. Ops are pure functions of the connection,
-            # so running one twice is harmless; the re-run meets the same state.
-            outcomes = self._attempt(conn, batch, savepoints=False)
-            if outcomes is None:
-                outcomes = self._attempt(conn, batch, savepoints=True)
-                assert outcomes is not None
-            committed = True
-        except Exception as exc:
-            committed = False
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            err = _wrap(exc, "commit")
-            outcomes = [(op, False, err) for op in batch]
-        _observe(self._observer.on_commit, ops=len(batch),
-                 seconds=time.perf_counter() - start, ok=committed)
+        if self._remote is not None:
+            if self._failed is not None:
+                committed, results, seconds = False, [(False, StoreError(self._failed))] * len(
+                    batch), 0.0
+            else:
+                try:
+                    committed, results, seconds = self._remote.run(batch)
+                except WriterLost as exc:
+                    committed, results, seconds = False, [(False, StoreError(str(exc)))] * len(
+                        batch), 0.0
+                    self._writer_lost(str(exc))
+        else:
+            conn = self._writer_conn
+            assert conn is not None
+            committed, results, seconds = run_batch(conn, batch)
+        _observe(self._observer.on_commit, ops=len(batch), seconds=seconds, ok=committed)
         with self._lock:
             self._pending -= len(batch)
         by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
-        for op, ok, value in outcomes:
+        for op, (ok, value) in zip(batch, results, strict=True):
             by_loop.setdefault(op.loop, []).append((op.future, ok, value))
         for loop, items in by_loop.items():
             # A closed loop means its callers are gone; nothing left to tell them.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, items)
 
-    @staticmethod
-    def _attempt(
-        conn: sqlite3.Connection, batch: list[_Op[Any]], *, savepoints: bool
-    ) -> list[tuple[_Op[Any], bool, Any]] | None:
-        """One transaction over *batch*. Without savepoints, returns None as soon as an op
-        of a multi-op batch fails (after rolling back). Raises if SQLite itself fails."""
-        outcomes: list[tuple[_Op[Any], bool, Any]] = []
-        conn.execute("BEGIN IMMEDIATE")
-        i, n = 0, len(batch)
-        while i < n:
-            op = batch[i]
-            many = op.many
-            if many is not None and not savepoints:
-                j = i + 1
-                while j < n and batch[j].many is many:
-                    j += 1
-                if j - i > 1:
-                    run = batch[i:j]
-                    try:
-                        values = many(conn, [o.arg for o in run])
-                    except Exception:
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                        return None  # re-run op by op, with savepoints
-                    outcomes += zip(run, [True] * len(run), values, strict=True)
-                    i = j
-                    continue
-            i += 1
-            if savepoints:
-                conn.execute("SAVEPOINT op")
-            try:
-                value = op.fn(conn)
-            except Exception as exc:
-                if not savepoints:
+    def _writer_lost(self, why: str) -> None:
+        """The writer process died: fail loudly, once. The batch it was running may or
+        may not have committed; its callers get ``StoreError`` (clients retry, and the
+        retries are idempotent), and so does every later write."""
+        with self._lock:
+            if self._failed is not None or self._closed:
+                return
+            self._failed = f"store writer process failed: {why}"
+        _log.critical("%s; the relay can no longer persist messages", why)
+        if self._on_fatal is not None and self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._on_fatal)
+
+
+class _Work(Protocol):
+    """What the batch runner needs of an op (``_Op`` here, ``_Item`` in the writer process)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def fn(self) -> Callable[[sqlite3.Connection], Any]: ...
+    @property
+    def many(self) -> Callable[[sqlite3.Connection, list[Any]], list[Any]] | None: ...
+    @property
+    def arg(self) -> Any: ...
+
+
+def run_batch(conn: sqlite3.Connection, batch: Sequence[_Work]
+              ) -> tuple[bool, list[tuple[bool, Any]], float]:
+    """Run *batch* in one transaction: ``(committed, [(ok, result or exception)], seconds)``.
+
+    Fast path without per-op savepoints (two statements per op saved). If an op fails,
+    everything is rolled back and the batch re-run with savepoints, so the failure stays
+    confined to its op. Ops are pure functions of the connection, so running one twice is
+    harmless; the re-run meets the same state. If COMMIT (or SQLite itself) fails, every
+    op fails.
+    """
+    start = time.perf_counter()
+    try:
+        outcomes = _attempt(conn, batch, savepoints=False)
+        if outcomes is None:
+            outcomes = _attempt(conn, batch, savepoints=True)
+            assert outcomes is not None
+        return True, outcomes, time.perf_counter() - start
+    except Exception as exc:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        err = _wrap(exc, "commit")
+        return False, [(False, err)] * len(batch), time.perf_counter() - start
+
+
+def _attempt(conn: sqlite3.Connection, batch: Sequence[_Work], *, savepoints: bool
+             ) -> list[tuple[bool, Any]] | None:
+    """One transaction over *batch*. Without savepoints, returns None as soon as an op
+    of a multi-op batch fails (after rolling back). Raises if SQLite itself fails."""
+    outcomes: list[tuple[bool, Any]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    i, n = 0, len(batch)
+    while i < n:
+        op = batch[i]
+        many = op.many
+        if many is not None and not savepoints:
+            j = i + 1
+            while j < n and batch[j].many is many:
+                j += 1
+            if j - i > 1:
+                run = batch[i:j]
+                try:
+                    values = many(conn, [o.arg for o in run])
+                except Exception:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                    if len(batch) == 1:
-                        return [(op, False, _wrap(exc, op.name))]
-                    return None
-                # If SQLite already rolled back the whole transaction (disk full, say),
-                # ROLLBACK TO raises and the caller fails the batch.
-                conn.execute("ROLLBACK TO op")
+                    return None  # re-run op by op, with savepoints
+                if len(values) != len(run):
+                    raise ValueError("a grouped call returned the wrong number of results")
+                outcomes += [(True, v) for v in values]
+                i = j
+                continue
+        i += 1
+        if savepoints:
+            conn.execute("SAVEPOINT op")
+        try:
+            value = op.fn(conn)
+        except Exception as exc:
+            if not savepoints:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if len(batch) == 1:
+                    return [(False, _wrap(exc, op.name))]
+                return None
+            # If SQLite already rolled back the whole transaction (disk full, say),
+            # ROLLBACK TO raises and the caller fails the batch.
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            outcomes.append((False, _wrap(exc, op.name)))
+        else:
+            if savepoints:
                 conn.execute("RELEASE op")
-                outcomes.append((op, False, _wrap(exc, op.name)))
-            else:
-                if savepoints:
-                    conn.execute("RELEASE op")
-                outcomes.append((op, True, value))
-        conn.execute("COMMIT")
-        return outcomes
+            outcomes.append((True, value))
+    conn.execute("COMMIT")
+    return outcomes
+
+
+def connect(path: Path, sync: Synchronous, busy_ms: int) -> sqlite3.Connection:
+    """A connection with the store's PRAGMAs (foreign keys, secure_delete, synchronous)."""
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves. check_same_thread=False only
+    # so that close() may run elsewhere; each connection is used by one thread at a time.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                           timeout=busy_ms / 1000)
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA secure_delete = ON")
+    conn.execute(f"PRAGMA synchronous = {sync.value}")
+    return conn
+
+
+def open_writer(path: Path, sync: Synchronous, busy_ms: int,
+                migrations: Sequence[Migration]) -> sqlite3.Connection:
+    """The writer's connection: WAL, its page cache, the schema migrated."""
+    try:
+        conn = connect(path, sync, busy_ms)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open store: {type(exc).__name__}") from exc
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"cannot enable WAL (journal_mode={mode})")
+        conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+        conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+        _migrate(conn, migrations)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(f"cannot open store: {type(exc).__name__}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _migrate(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> None:

@@ -29,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from importlib import metadata
@@ -48,7 +50,7 @@ from .node import install_pipeline
 from .openapi import openapi_document
 from .ports import Notification, NotificationKind, Store
 from .push import PushNotifier
-from .store_sqlite import SqliteStore, Synchronous
+from .store_sqlite import SqliteStore, Synchronous, WriterMode
 from .typedefs import (
     BACKGROUND_TASKS,
     BLOB_STORE,
@@ -149,7 +151,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     store = await SqliteStore.open(
         config.database, synchronous=Synchronous(config.synchronous.value),
-        observer=app[METRICS],
+        observer=app[METRICS], writer=WriterMode(config.store_writer.value),
+        on_fatal=_writer_lost,
     )
     app[STORE] = store
     app[METRICS].add_probe("store_writes", lambda: store.pending_writes)
@@ -157,6 +160,13 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await store.close()
+
+
+def _writer_lost() -> None:
+    """The store's writer process died (logged CRITICAL by the engine): nothing can be
+    persisted any more, so stop the relay (SIGTERM: the usual graceful shutdown; the
+    exit status says it failed) instead of answering every send UNAVAILABLE forever."""
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _given_store_ctx(store: Store) -> Callable[[web.Application], AsyncIterator[None]]:

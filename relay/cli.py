@@ -127,11 +127,18 @@ def _serve_main(argv: Sequence[str]) -> int:
     except _StartupError as exc:
         _log.error("relay failed to start: %s", exc)  # stderr, in the chosen log format
         return 1
+    except _StoreFailed as exc:
+        _log.critical("relay stopped: %s", exc)
+        return 70  # EX_SOFTWARE
     return 0
 
 
 class _StartupError(Exception):
     pass
+
+
+class _StoreFailed(Exception):
+    """The store's writer process died while serving."""
 
 
 GC_THRESHOLDS: Final = (50_000, 50, 100)
@@ -168,6 +175,8 @@ async def serve(config: RelayConfig, *, ready: Callable[[str], None] | None = No
     from aiohttp import web
 
     from .app import create_app
+    from .typedefs import STORE
+
     ssl_context: ssl.SSLContext | None = None
     if config.tls_cert is not None and config.tls_key is not None:
         try:
@@ -212,9 +221,13 @@ async def serve(config: RelayConfig, *, ready: Callable[[str], None] | None = No
         else:
             print(f"{LISTENING_PREFIX}{url}", flush=True)
         await _wait_for_signal()
+        store = runner.app.get(STORE)
+        failed = store.failed if isinstance(store, SqliteStore) else None
         _log.info("shutting down")
     finally:
         await runner.cleanup()
+    if failed is not None:
+        raise _StoreFailed(failed)
     _log.info("shutdown complete")
 
 

@@ -96,6 +96,18 @@ class SyncMode(enum.StrEnum):
     OFF = "OFF"
 
 
+class StoreWriter(enum.StrEnum):
+    """Where the SQLite writer runs (see ``relay._sqlite_engine.WriterMode``).
+
+    PROCESS: a child process fed whole group-commit batches (the default: the writer
+    no longer waits for the event loop's GIL around every statement). THREAD: a thread
+    of the relay's process, as the library and the admin CLI use.
+    """
+
+    PROCESS = "process"
+    THREAD = "thread"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RelayConfig:
     """Everything a relay needs to start. Times in milliseconds, sizes in bytes.
@@ -112,6 +124,7 @@ class RelayConfig:
     blob_dir: Path | None = None
     """Default: ``data_dir / "pigeon-relay-blobs"``."""
     synchronous: SyncMode = SyncMode.FULL
+    store_writer: StoreWriter = StoreWriter.PROCESS
 
     message_ttl_ms: int = MAX_MESSAGE_TTL_MS
     max_pending_per_mailbox: int = 10_000
@@ -375,6 +388,8 @@ OPTIONS: Final[tuple[Option, ...]] = (
     _o("blob_dir", "--blob-dir", Path, "folder for file blobs", "DIR"),
     _o("synchronous", "--synchronous", _parse_enum(SyncMode),
        "SQLite durability: FULL (power loss), NORMAL (process crash), OFF (tests)", "MODE"),
+    _o("store_writer", "--store-writer", _parse_enum(StoreWriter),
+       "where the SQLite writer runs: process (a child process) or thread", "MODE"),
     _o("message_ttl_ms", "--message-ttl", parse_duration,
        "how long undelivered envelopes are kept (at most 30d)", "DURATION"),
     _o("max_pending_per_mailbox", "--max-pending", _parse_int,

@@ -20,7 +20,7 @@ Usage::
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import _sqlite_accounts as accounts
@@ -31,6 +31,7 @@ from ._sqlite_engine import (
     DEFAULT_READERS,
     SqliteEngine,
     Synchronous,
+    WriterMode,
 )
 from ._sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from .ports import (
@@ -58,7 +59,7 @@ from .ports import (
     check_id,
 )
 
-__all__ = ["SCHEMA_VERSION", "SqliteStore", "Synchronous"]
+__all__ = ["SCHEMA_VERSION", "SqliteStore", "Synchronous", "WriterMode"]
 
 def _positive(what: str, value: int) -> int:
     if value < 1:
@@ -83,6 +84,8 @@ class SqliteStore:
         readers: int = DEFAULT_READERS,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
         observer: StoreObserver | None = None,
+        writer: WriterMode = WriterMode.THREAD,
+        on_fatal: Callable[[], None] | None = None,
     ) -> SqliteStore:
         """Open or create the database at *path* and bring its schema up to date.
 
@@ -93,6 +96,11 @@ class SqliteStore:
             readers: reader threads (each with its own connection).
             busy_timeout_ms: wait for locks held by another process (the admin CLI).
             observer: receives commit batch sizes and per-call latencies.
+            writer: where the writer's connection runs: a thread of this process, or a
+                child process fed whole batches (``WriterMode.PROCESS``; what
+                ``pigeon-relay`` uses, docs/relay.md §14.12).
+            on_fatal: called on the opening loop if the writer process dies (every later
+                write fails with ``StoreError``).
 
         Raises:
             StoreError: the file cannot be opened, WAL cannot be enabled, or the schema is
@@ -106,11 +114,18 @@ class SqliteStore:
             readers=readers,
             busy_timeout_ms=busy_timeout_ms,
             observer=observer,
+            writer=writer,
+            on_fatal=on_fatal,
         )
         return cls(engine)
 
     async def close(self) -> None:
         await self._engine.close()
+
+    @property
+    def failed(self) -> str | None:
+        """Why the writer process is gone; None while the store works."""
+        return self._engine.failed
 
     @property
     def pending_writes(self) -> int:

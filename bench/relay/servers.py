@@ -46,13 +46,35 @@ except ImportError:  # pragma: no cover - the /proc fallback is the common case 
 
 
 def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of *pid* so far (all its threads)."""
+    """User + system CPU seconds of *pid* so far (all its threads), plus those of its
+    live child processes (the relay's store writer process: the server's CPU is both)."""
     if psutil is not None:
-        t = psutil.Process(pid).cpu_times()
-        return float(t.user + t.system)
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        proc = psutil.Process(pid)
+        t = proc.cpu_times()
+        total = float(t.user + t.system)
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                c = child.cpu_times()
+                total += float(c.user + c.system)
+        return total
+    total = 0.0
+    for task in _tree(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{task}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return total
+
+
+def _tree(pid: int) -> list[int]:
+    """*pid* and its descendants (Linux ``/proc/<pid>/task/<tid>/children``)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError), open(f"/proc/{p}/task/{p}/children",
+                                                encoding="ascii") as f:
+            todo += [int(c) for c in f.read().split()]
+    return out
 
 
 def proc_rss_bytes(pid: int) -> int:

@@ -32,7 +32,7 @@ from relay.ports import (
     invite_code_hash,
 )
 from relay.store_memory import MemoryStore
-from relay.store_sqlite import SqliteStore
+from relay.store_sqlite import SqliteStore, WriterMode
 
 DAY_MS = 86_400_000
 T0 = 1_700_000_000_000
@@ -56,11 +56,11 @@ def _memory(tmp_path: Path) -> StoreFactory:
     return StoreFactory(name="memory", open=open_, persistent=False)
 
 
-def _sqlite(tmp_path: Path) -> StoreFactory:
+def _sqlite(tmp_path: Path, writer: WriterMode = WriterMode.THREAD) -> StoreFactory:
     path = tmp_path / "relay.db"
 
     async def open_() -> Store:
-        return await SqliteStore.open(path)
+        return await SqliteStore.open(path, writer=writer)
 
     def raw_blob_rows() -> int:
         conn = sqlite3.connect(path)
@@ -69,10 +69,16 @@ def _sqlite(tmp_path: Path) -> StoreFactory:
         finally:
             conn.close()
 
-    return StoreFactory(name="sqlite", open=open_, persistent=True, raw_blob_rows=raw_blob_rows)
+    return StoreFactory(name=f"sqlite-{writer.value}", open=open_, persistent=True,
+                        raw_blob_rows=raw_blob_rows)
 
 
-FACTORIES: dict[str, Callable[[Path], StoreFactory]] = {"memory": _memory, "sqlite": _sqlite}
+def _sqlite_process(tmp_path: Path) -> StoreFactory:
+    return _sqlite(tmp_path, WriterMode.PROCESS)
+
+
+FACTORIES: dict[str, Callable[[Path], StoreFactory]] = {
+    "memory": _memory, "sqlite": _sqlite, "sqlite-process": _sqlite_process}
 
 
 @pytest.fixture(params=sorted(FACTORIES))
