@@ -25,7 +25,7 @@ from protocol.inner import (
     Typing,
 )
 
-from . import _groups
+from . import _channels, _groups
 from .errors import ClientError, ConnectionLost
 from .events import Event, InvitationReceived, MessageRef, MessageStatusChanged, Reconnected
 from .groups import GroupChanged, GroupInfo, UnknownGroup
@@ -173,15 +173,22 @@ class GroupsApiMixin:
                            admins: Sequence[bytes] = (), avatar_manifest: bytes | None = None,
                            channel: bool = False) -> GroupInfo:
         """Create a group with us as an admin and send it to every member (each must be
-        an accepted contact). *avatar_manifest* is an encoded file manifest.
+        an accepted contact). *avatar_manifest* is an encoded file manifest. With
+        *channel*, only admins post; the state still lists every member (at most
+        1,000; see ``create_channel`` for channels that scale).
 
         Raises:
             UnknownContact, ContactNotReady, ContactBlocked, IdentityChangeUnacknowledged.
         """
+        return await self._create_group(name, members, admins=admins, avatar=avatar_manifest,
+                                  channel=channel, subscriptions=False)
+
+    async def _create_group(self, name: str, members: Sequence[bytes], *, admins: Sequence[bytes],
+                      avatar: bytes | None, channel: bool, subscriptions: bool) -> GroupInfo:
         now = self._now_ms()
         group_id, items, events = await self._run(lambda c: _groups.create(
-            c, name=name, members=members, admins=admins, avatar=avatar_manifest,
-            channel=channel, now_ms=now))
+            c, name=name, members=members, admins=admins, avatar=avatar,
+            channel=channel, subscriptions=subscriptions, now_ms=now))
         self._pump.add(items)
         self._emit(events)
         return await self.group(group_id)
@@ -189,9 +196,29 @@ class GroupsApiMixin:
     async def create_channel(self, name: str, subscribers: Sequence[bytes], *,
                              admins: Sequence[bytes] = (),
                              avatar_manifest: bytes | None = None) -> GroupInfo:
-        """A group where only admins post and the others read."""
-        return await self.create_group(name, subscribers, admins=admins,
-                                       avatar_manifest=avatar_manifest, channel=True)
+        """A channel: only admins post, subscribers read (up to
+        ``MAX_CHANNEL_SUBSCRIBERS``). Its state lists the admins only; each subscriber
+        holds its own signed subscription and learns no other subscriber; the admins
+        hold them all. Subscribers need sessions with the admins only.
+
+        Raises:
+            UnknownContact, ContactNotReady, ... for a subscriber we cannot write to.
+        """
+        return await self._create_group(name, subscribers, admins=admins, avatar=avatar_manifest,
+                                  channel=True, subscriptions=True)
+
+    async def _subscriptions(self, group_id: bytes) -> bool:
+        """Whether the group is a channel with subscriptions (UnknownGroup)."""
+        return (await self.group(group_id)).subscriptions
+
+    async def _set_subscribed(self, group_id: bytes, ids: Sequence[bytes],
+                              subscribed: bool) -> GroupInfo:
+        now = self._now_ms()
+        items, events = await self._run(lambda c: _channels.set_subscribed(
+            c, group_id, ids, subscribed, now_ms=now))
+        self._pump.add(items)
+        self._emit(events)
+        return await self.group(group_id)
 
     async def _change(self, group_id: bytes,
                       mutate: Callable[[GroupState], dict[str, object]], *,
@@ -204,13 +231,21 @@ class GroupsApiMixin:
         return await self.group(group_id)
 
     async def add_members(self, group_id: bytes, members: Sequence[bytes]) -> GroupInfo:
-        """Add accepted contacts (admins only). They read only what is sent from now on."""
+        """Add accepted contacts (admins only). They read only what is sent from now on.
+        In a channel (``create_channel``) they become subscribers."""
+        if await self._subscriptions(group_id):
+            return await self._set_subscribed(group_id, members, True)
         return await self._change(group_id, lambda s: {"members": _ids([*s.members, *members])})
 
     async def remove_members(self, group_id: bytes, members: Sequence[bytes]) -> GroupInfo:
         """Remove members (admins only); every remaining member rotates its sender key
-        before its next message, so the removed read nothing sent after this."""
+        before its next message, so the removed read nothing sent after this. In a
+        channel, subscribers lose their subscription and admins their seat."""
         gone = set(members)
+        if await self._subscriptions(group_id):
+            info = await self._set_subscribed(group_id, members, False)
+            if not gone & set(info.admins):
+                return info
         return await self._change(group_id, lambda s: {
             "members": tuple(m for m in s.members if m not in gone),
             "admins": tuple(m for m in s.admins if m not in gone)})

@@ -15,7 +15,13 @@ from protocol.group import GroupState
 
 from .groups import GroupChanged, GroupInfo, UnknownGroup
 from .history import ConversationKind
-from .store.group_records import GroupRecord, SignedGroupState, StateStatus, StoredGroupState
+from .store.group_records import (
+    GroupRecord,
+    SignedGroupState,
+    SignedSubscription,
+    StateStatus,
+    StoredGroupState,
+)
 
 if TYPE_CHECKING:
     from .core import ClientCore
@@ -60,12 +66,34 @@ class GroupView:
     group_id: bytes
     record: GroupRecord | None
     states: dict[bytes, StoredGroupState] = field(default_factory=dict)
+    subs: dict[bytes, SignedSubscription] = field(default_factory=dict)
+    """A channel with subscriptions: subscriber -> its winning subscription (every one
+    for an admin; our own for a subscriber)."""
 
     @classmethod
     def load(cls, core: ClientCore, group_id: bytes) -> GroupView:
         record = core.store.load_group(group_id)
         states = {s.signed.hash: s for s in core.store.group_states(group_id)}
-        return cls(group_id=group_id, record=record, states=states)
+        subs = {s.sub.subscriber: s for s in core.store.channel_subscriptions(group_id)}
+        return cls(group_id=group_id, record=record, states=states, subs=subs)
+
+    @property
+    def roster(self) -> frozenset[bytes]:
+        """Subscribers whose winning subscription says subscribed."""
+        return frozenset(k for k, s in self.subs.items() if s.sub.subscribed)
+
+    def audience(self, state: GroupState | None = None) -> frozenset[bytes]:
+        """Who reads the group: its members, and in a channel with subscriptions its
+        subscribers as far as we know them (all of them if we are an admin)."""
+        st = state if state is not None else (None if self.head is None else self.head.state)
+        if st is None:
+            return frozenset()
+        if st.subscriptions:
+            return frozenset(st.members) | self.roster
+        return frozenset(st.members)
+
+    def is_member(self, me: bytes, state: GroupState) -> bool:
+        return me in state.members or (state.subscriptions and me in self.roster)
 
     @property
     def head(self) -> SignedGroupState | None:
@@ -82,15 +110,18 @@ class GroupView:
         return [s.signed for s in self.states.values() if s.status is StateStatus.VALID]
 
     def absorb(self, signed: SignedGroupState, me: bytes, *, now_ms: int,
-               ) -> list[StoredGroupState]:
+               invited: bool = False) -> list[StoredGroupState]:
         """Add a state whose signature was verified; returns the rows to store (new or
-        now valid). The head is recomputed by :meth:`converge`."""
+        now valid). The head is recomputed by :meth:`converge`. *invited*: a valid
+        subscription for us made under this state came with it (a channel with
+        subscriptions lists no subscriber)."""
         known = self.states.get(signed.hash)
         if known is not None and known.status is StateStatus.VALID:
             return []
         st = signed.state
         head = self.head
-        base = (not self.active and me in st.members and st.signer in st.admins
+        base = (not self.active and (me in st.members or (invited and st.subscriptions))
+                and st.signer in st.admins
                 and (head is None or st.version > head.state.version))
         if base:
             row = StoredGroupState(signed=signed, status=StateStatus.VALID,
@@ -151,10 +182,12 @@ class GroupView:
         if not valid:
             return None
         best = min(valid, key=SignedGroupState.sort_key)
-        if self.record is not None and self.record.head == best.hash:
+        active = self.is_member(me, best.state)
+        if (self.record is not None and self.record.head == best.hash
+                and self.record.active == active):
             return None
         self.record = GroupRecord(group_id=self.group_id, head=best.hash,
-                                  active=me in best.state.members, updated_at_ms=now_ms)
+                                  active=active, updated_at_ms=now_ms)
         return self.record
 
 
@@ -164,7 +197,8 @@ def group_info(core: ClientCore, view: GroupView, *, now_ms: int) -> GroupInfo:
         raise UnknownGroup(view.group_id)
     st = head.state
     return GroupInfo(group_id=view.group_id, version=st.version, name=st.name,
-                     members=st.members, admins=st.admins, avatar_manifest=st.avatar,
+                     members=tuple(sorted(view.audience(st))), admins=st.admins,
+                     avatar_manifest=st.avatar, subscriptions=st.subscriptions,
                      channel=st.channel, active=view.active,
                      conversation_id=conversation_id(core, view.group_id, st.name,
                                                      now_ms=now_ms))
@@ -188,7 +222,7 @@ def change_event(core: ClientCore, view: GroupView, old: SignedGroupState | None
     st = new.state
     info = group_info(core, view, now_ms=now_ms)
     if old is None:
-        return GroupChanged(group=info, by=st.signer, created=True, added=st.members,
+        return GroupChanged(group=info, by=st.signer, created=True, added=info.members,
                             promoted=st.admins, renamed=True)
     o = old.state
     if o.name != st.name:
@@ -204,7 +238,9 @@ def change_event(core: ClientCore, view: GroupView, old: SignedGroupState | None
 
 
 def reached(view: GroupView, state: GroupState) -> set[bytes]:
-    """Whom the signer of *state* sent it to: the parent's members and its own."""
+    """Whom the signer of *state* sent it to: the parent's members and its own (and, in
+    a channel with subscriptions, its subscribers)."""
     parent = None if state.parent is None else view.states.get(state.parent)
     before = () if parent is None else parent.signed.state.members
-    return set(before) | set(state.members)
+    roster = view.roster if state.subscriptions else frozenset()
+    return set(before) | set(state.members) | roster

@@ -66,6 +66,7 @@ from protocol.inner import (
     SenderKeyDistribution,
 )
 
+from . import _channels
 from ._group_state import (
     MAX_PENDING_STATES,
     GroupView,
@@ -86,6 +87,7 @@ from .history import HistoryOp, MessageStatus, UpdateStatus
 from .store.group_records import (
     GroupWrite,
     SignedGroupState,
+    SignedSubscription,
     StateStatus,
     StoredGroupState,
 )
@@ -133,9 +135,13 @@ def _sorted_ids(ids: Iterable[bytes]) -> tuple[bytes, ...]:
 
 
 def create(core: ClientCore, *, name: str, members: Sequence[bytes], admins: Sequence[bytes],
-           avatar: bytes | None, channel: bool, now_ms: int,
+           avatar: bytes | None, channel: bool, now_ms: int, subscriptions: bool = False,
            ) -> tuple[bytes, list[OutboxItem], list[Event]]:
-    """A new group with us as an admin; every member must be an accepted contact."""
+    """A new group with us as an admin; every member must be an accepted contact.
+    *subscriptions*: a channel whose subscribers are not listed (``_channels``)."""
+    if subscriptions:
+        return _channels.create(core, name=name, subscribers=members, admins=admins,
+                                avatar=avatar, now_ms=now_ms)
     me = core.account_id
     for m in set(members) - {me}:
         core.sendable(m)  # UnknownContact / ContactNotReady / ...
@@ -165,6 +171,8 @@ def change(core: ClientCore, group_id: bytes, mutate: Callable[[GroupState], dic
     if not leave and me not in head.state.admins:
         raise NotGroupAdmin(group_id)
     fields = mutate(head.state)
+    if head.state.subscriptions:  # a channel with subscriptions lists its admins only
+        fields["members"] = fields.get("admins", head.state.admins)
     try:
         state = dataclasses.replace(head.state, version=head.state.version + 1, parent=head.hash,
                                     signer=me, at_ms=now_ms, **fields)  # type: ignore[arg-type]
@@ -191,6 +199,11 @@ def leave(core: ClientCore, group_id: bytes, *, now_ms: int,
     if not view.active or view.record is None:
         raise NotGroupMember(group_id)
     st = head.state
+    if st.subscriptions and me not in st.admins:
+        return _channels.leave(core, group_id, now_ms=now_ms)
+    if st.subscriptions and st.admins == (me,) and view.roster:
+        heir = min(view.roster)  # the smallest subscriber takes over
+        return change(core, group_id, lambda s: {"admins": (heir,)}, now_ms=now_ms)
     if st.members == (me,):
         old = head
         view.record = dataclasses.replace(view.record, active=False, updated_at_ms=now_ms)
@@ -218,6 +231,9 @@ def _publish(core: ClientCore, view: GroupView, state: GroupState, *, now_ms: in
     write = GroupWrite(group=record, states=(row,),
                        forget_keys=state.group_id if left else None,
                        drop_outbound=state.group_id if someone_left and not left else None)
+    if state.subscriptions:
+        items = _channels.publish(core, view, old, signed, write, now_ms=now_ms)
+        return items, [change_event(core, view, old, now_ms=now_ms)]
     old_members = () if old is None else old.state.members
     targets = sorted((set(old_members) | set(state.members)) - {me})
     batch = _Batch(core)
@@ -290,10 +306,14 @@ def forward_states(core: ClientCore, states: Iterable[tuple[bytes, bytes]], *, n
     me = core.account_id
     batch = _Batch(core)
     outgoing: list[Outgoing] = []
+    subs: list[tuple[bytes, SignedSubscription]] = []
     for group_id, digest in states:
         view = GroupView.load(core, group_id)
         row = view.states.get(digest)
-        if row is None or row.status is not StateStatus.VALID:
+        if row is None:  # a subscription (channels with subscriptions)
+            subs += [(group_id, s) for s in view.subs.values() if s.hash == digest]
+            continue
+        if row.status is not StateStatus.VALID:
             continue
         signed = row.signed
         for peer in sorted(reached(view, signed.state) - {me, signed.state.signer}):
@@ -306,7 +326,8 @@ def forward_states(core: ClientCore, states: Iterable[tuple[bytes, bytes]], *, n
                 continue
             outgoing.append(_pairwise(core, batch, peer, outbound.mailbox_id,
                                       outbound.capability, blob, session, now_ms))
-    return batch.commit(outgoing) if outgoing else []
+    items = batch.commit(outgoing) if outgoing else []
+    return items + _channels.forward(core, subs, now_ms=now_ms) if subs else items
 
 
 # --- receipts ---------------------------------------------------------------------------------
@@ -353,6 +374,7 @@ def mark_read(core: ClientCore, group_id: bytes, message_ids: Sequence[bytes], *
     if head is None:
         raise UnknownGroup(group_id)
     cid = conversation_id(core, group_id, head.state.name, now_ms=now_ms)
+    quiet = head.state.subscriptions  # a channel's readers tell its authors nothing
     entries: list[tuple[bytes, bytes, bytes]] = []
     for mid in message_ids:
         msg = core.store.get_message(cid, mid)
@@ -362,6 +384,9 @@ def mark_read(core: ClientCore, group_id: bytes, message_ids: Sequence[bytes], *
         return []
     op = UpdateStatus(conversation_id=cid, message_ids=tuple(e[2] for e in entries),
                       status=MessageStatus.READ, by=None, at_ms=now_ms)
+    if quiet:
+        core.store.apply(op, now_ms=now_ms)
+        return []
     return send_receipts(core, entries, ReceiptKind.READ, now_ms=now_ms, history=op)
 
 
@@ -415,9 +440,9 @@ def send(core: ClientCore, group_id: bytes, make: Callable[[bytes, int], InnerMe
         ``(message_id, conversation_id, outbox rows)``.
     """
     me = core.account_id
-    _view, head = sendable_group(core, group_id)
+    view, head = sendable_group(core, group_id)
     st = head.state
-    members = frozenset(st.members) - {me}
+    members = view.audience() - {me}
     chain, shared, fresh = _chain(core, group_id, members)
     cid = conversation_id(core, group_id, st.name, now_ms=now_ms)
     batch = _Batch(core)
@@ -450,10 +475,7 @@ def send(core: ClientCore, group_id: bytes, make: Callable[[bytes, int], InnerMe
     op = history(cid, mid)
     key = OutboundSenderKeyUpdate(group_id=group_id, key=next_chain)
     if recipients:
-        for i in range(0, len(recipients), L.MAX_RECIPIENTS):
-            entry = OutboxEntry(client_msg_id=core.rng(16),
-                                recipients=tuple(recipients[i:i + L.MAX_RECIPIENTS]),
-                                blob=blob, created_at_ms=now_ms)
+        for i, entry in enumerate(fan_out(core, recipients, blob, now_ms=now_ms)):
             outgoing.append(Outgoing(entry=entry, sender_key=key if i == 0 else None,
                                      history=op if i == 0 else None))
         outgoing[0] = dataclasses.replace(outgoing[0], group=write)
@@ -466,16 +488,28 @@ def send(core: ClientCore, group_id: bytes, make: Callable[[bytes, int], InnerMe
     return mid, cid, items
 
 
+def fan_out(core: ClientCore, recipients: Sequence[Recipient], blob: bytes, *,
+            now_ms: int) -> list[OutboxEntry]:
+    """One blob to many mailboxes: ``ceil(n / MAX_RECIPIENTS)`` multi-recipient sends
+    (the relay's per-send limit), each mailbox in exactly one. They are queued in one
+    transaction; each is retried with its own ``client_msg_id``, which the relay
+    deduplicates, so a retry after a crash or a lost ``Sent`` stores nothing twice."""
+    return [OutboxEntry(client_msg_id=core.rng(16),
+                        recipients=tuple(recipients[i:i + L.MAX_RECIPIENTS]),
+                        blob=blob, created_at_ms=now_ms)
+            for i in range(0, len(recipients), L.MAX_RECIPIENTS)]
+
+
 def ephemeral(core: ClientCore, group_id: bytes, inner: InnerMessage, *, now_ms: int,
               ) -> tuple[bytes, bytes, tuple[tuple[bytes, bytes], ...]] | None:
     """Encrypt a typing signal for the members that hold our chain:
     ``(client_msg_id, blob, recipients)``, or None when nobody can read it yet."""
     me = core.account_id
-    _view, head = sendable_group(core, group_id)
+    view, _head = sendable_group(core, group_id)
     chain = core.store.load_outbound_sender_key(group_id)
     if chain is None:
         return None
-    members = frozenset(head.state.members) - {me}
+    members = view.audience() - {me}
     shared = core.store.sender_key_shared_with(group_id, chain.chain_id)
     if not shared <= members:
         return None  # the chain must rotate first (a real message does it)

@@ -17,6 +17,7 @@ dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import struct
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from protocol.inner import (
     decode_inner,
 )
 
+from . import _channels
 from ._groups import GROUP_BLOB_PREFIX, GroupView, change_event, conversation_id
 from .events import (
     Event,
@@ -66,7 +68,12 @@ from .history import (
     UpdateStatus,
     advance_status,
 )
-from .store.group_records import GroupWrite, PendingGroupBlob, SignedGroupState, StateStatus
+from .store.group_records import (
+    GroupWrite,
+    PendingGroupBlob,
+    SignedGroupState,
+    StateStatus,
+)
 from .store.records import EnvelopeRef, Incoming, SenderKeyRecordUpdate
 
 if TYPE_CHECKING:
@@ -102,7 +109,8 @@ class GroupBatch:
     relay_ms: int | None = None
     """When the relay stored the envelope being processed (``Delivery.received_at_ms``)."""
     forwards: list[tuple[bytes, bytes]] = field(default_factory=list)
-    """``(group_id, state hash)``: states we pass on as the group's first admin."""
+    """``(group_id, state or subscription hash)``: what we pass on as the group's first
+    admin."""
     to_ack: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
     """``(author, group_id, message_id)``: group messages to send a delivery receipt for."""
     receipts: dict[tuple[bytes, bytes], set[tuple[bytes, int]]] = field(default_factory=dict)
@@ -141,49 +149,73 @@ def apply_inner(core: ClientCore, batch: GroupBatch, sender: bytes, inner: Inner
     return None, []
 
 
+def _state_ok(core: ClientCore, view: GroupView, sender: bytes,
+              signed: SignedGroupState) -> bool:
+    """Whether to consider a state: verified against its signer's identity, or passed
+    on by an admin who verified it (raises on a bad signature)."""
+    st = signed.state
+    if st.signer == core.account_id:
+        return False  # our own state, sent back by someone: we hold it
+    contact = core.contact(st.signer)
+    if contact is not None and contact.identity is not None:
+        contact.identity.verify(Purpose.GROUP_CONTROL, signed.encoded, signed.signature)
+        return True
+    # Signed by someone we have no session with (a channel's subscriber leaving, an
+    # admin who is not our contact): only an admin may pass it on to us, having
+    # verified it (forward_states, forward_winners).
+    parent = None if st.parent is None else view.states.get(st.parent)
+    admins = st.admins if parent is None else parent.signed.state.admins
+    if sender == st.signer or sender not in admins:
+        _log.info("group state signed by an unknown account dropped")
+        return False
+    return True
+
+
 def _control(core: ClientCore, batch: GroupBatch, sender: bytes, inner: GroupControl,
              now_ms: int) -> tuple[GroupWrite | None, list[Event]]:
     signed = SignedGroupState.from_wire(inner.state, inner.signature)
     st = signed.state
-    signer = st.signer
     me = core.account_id
-    if signer == me:
-        return None, []  # our own state, sent back by someone: we hold it
     view = batch.view(st.group_id)
-    contact = core.contact(signer)
-    if contact is not None and contact.identity is not None:
-        contact.identity.verify(Purpose.GROUP_CONTROL, signed.encoded, signed.signature)
-    else:
-        # Signed by someone we have no session with (a channel's subscriber leaving, an
-        # admin who is not our contact): only an admin may pass it on to us, having
-        # verified it (forward_states, forward_winners).
-        parent = None if st.parent is None else view.states.get(st.parent)
-        admins = st.admins if parent is None else parent.signed.state.admins
-        if sender == signer or sender not in admins:
-            _log.info("group state signed by an unknown account dropped")
-            return None, []
     old = view.head
     was_active = view.active
-    rows = view.absorb(signed, me, now_ms=batch.relay_ms or now_ms)
-    if not rows:
+    rows = []
+    if _state_ok(core, view, sender, signed):
+        invited = (not was_active and bool(inner.subscriptions)
+                   and _channels.invited(core, sender, signed, inner.subscriptions))
+        rows = view.absorb(signed, me, now_ms=batch.relay_ms or now_ms, invited=invited)
+    record = view.converge(me, now_ms=now_ms) if rows else None
+    taken, gone, passing = _channels.receive(core, view, sender, inner.subscriptions)
+    if not rows and not taken:
         return None, []
-    record = view.converge(me, now_ms=now_ms)
+    record = view.converge(me, now_ms=now_ms) or record
     batch.changed.add(view.group_id)
     for row in rows:
         st = row.signed.state
         if (row.status is StateStatus.VALID and st.signer != me and st.admins
                 and st.admins[0] == me):
             batch.forwards.append((view.group_id, row.signed.hash))
+    batch.forwards += [(view.group_id, s.hash) for s in passing]
     events: list[Event] = []
     forget = drop = None
-    if record is not None:
-        events.append(change_event(core, view, old, now_ms=now_ms))
+    if record is not None and (record.head != (old.hash if old else None)
+                               or record.active != was_active):
+        event = change_event(core, view, old, now_ms=now_ms)
+        if was_active and not record.active and me not in event.removed:
+            event = dataclasses.replace(event, removed=(*event.removed, me))
+        events.append(event)
         if was_active and not record.active:
             forget = record.group_id
         elif _someone_left(old, view.head):
             drop = record.group_id
+    others = [s for s in taken if s.sub.subscriber != me]
+    if others:
+        events.append(_channels.roster_event(core, view, sender, others, now_ms=now_ms))
+        if any(not s.sub.subscribed for s in others):
+            drop = view.group_id  # a subscriber left: our next post rotates
     return GroupWrite(group=record, states=tuple(rows), forget_keys=forget,
-                      drop_outbound=drop), events
+                      drop_outbound=drop if forget is None else None,
+                      subscriptions=tuple(taken), subscriptions_gone=tuple(gone)), events
 
 
 def _someone_left(old: SignedGroupState | None, new: SignedGroupState | None) -> bool:
@@ -215,11 +247,13 @@ def group_receipt(core: ClientCore, batch: GroupBatch, sender: bytes, receipt: R
     group_id = receipt.group_id
     assert group_id is not None
     me = core.account_id
-    head = batch.view(group_id).head
-    if head is None or sender not in head.state.members or sender == me:
+    view = batch.view(group_id)
+    head = view.head
+    audience = view.audience()
+    if head is None or sender not in audience or sender == me:
         return None, []
     cid = conversation_id(core, group_id, head.state.name, now_ms=now_ms)
-    others = set(head.state.members) - {me}
+    others = set(audience) - {me}
     kind = int(receipt.kind)
     rows: list[tuple[bytes, bytes, bytes, int, int]] = []
     events: list[Event] = [ReceiptReceived(peer=sender, kind=receipt.kind,
@@ -326,6 +360,9 @@ def receive_blob(core: ClientCore, batch: GroupBatch, sender: bytes, envelope: E
 
 def _want_receipt(core: ClientCore, batch: GroupBatch, group_id: bytes, sender: bytes,
                   inner: InnerMessage) -> None:
+    head = batch.view(group_id).head
+    if head is not None and head.state.subscriptions:
+        return  # a channel's readers tell its authors nothing (n receipts per post)
     if core.config.auto_delivery_receipts and isinstance(inner, Text | File):
         batch.to_ack.append((sender, group_id, inner.message_id))
 

@@ -29,6 +29,9 @@ class GroupInfo:
         members, admins: account ids, sorted; admins are members.
         avatar_manifest: an encoded file manifest (the avatar is an encrypted file).
         channel: only admins post; members read.
+        subscriptions: a channel whose subscribers are not in its state: ``members`` is
+            the admins and the subscribers we know (all of them as an admin; ourselves
+            as a subscriber).
         active: we are a member (False after we left or were removed).
         conversation_id: the group's conversation in history.
     """
@@ -40,6 +43,7 @@ class GroupInfo:
     admins: tuple[bytes, ...] = field(repr=False)
     avatar_manifest: bytes | None = field(default=None, repr=False)
     channel: bool = False
+    subscriptions: bool = False
     active: bool
     conversation_id: int
 

@@ -24,6 +24,28 @@ Wire form (signed bytes; the signature travels next to them in
 | 8 | ``parent`` | bin[32]? SHA-256 of the encoded parent state; absent at version 1 |
 | 9 | ``avatar`` | bin[1..32768]? an encoded file manifest (the avatar is an encrypted file) |
 | 10 | ``channel`` | bool? only admins post (default false) |
+| 11 | ``subscriptions`` | bool? a channel whose subscribers are not listed (default false) |
+
+A channel with ``subscriptions`` lists only its admins in ``members`` (= ``admins``):
+each subscriber holds a :class:`Subscription` signed for it by an admin, and only the
+admins hold every subscription (the roster). A subscription's wire form::
+
+    [version, {key: value, ...}]
+
+| Key | Field | Kind |
+| --- | --- | --- |
+| 1 | ``group_id`` | bin[16] |
+| 2 | ``seq`` | int 1..2^53, per subscriber (+1 per change of that subscriber) |
+| 3 | ``signer`` | bin[16], an admin, or the subscriber itself leaving |
+| 7 | ``at_ms`` | int, the signer's clock (informative) |
+| 12 | ``subscriber`` | bin[16] |
+| 13 | ``subscribed`` | bool: true = subscribed, false = removed or left |
+| 14 | ``authority`` | bin[32], SHA-256 of the channel state the signer held (its rights) |
+
+Both are signed with the same purpose (``group-control``); neither decoder accepts the
+other's bytes (a state needs keys 4-6, which a subscription must not carry; a
+subscription needs keys 12-14, which a state must not carry), so no signature made for
+one verifies as the other.
 
 No cryptography here (the protocol package has none): hashing and signing are the
 SDK's. Encoding is canonical (keys ascending, optional fields omitted at their
@@ -55,7 +77,16 @@ from ._wire import (
 )
 from .errors import ErrorCode, LocalProtocolError, MalformedFrame
 
-__all__ = ["GROUP_ID_SIZE", "MAX_GROUP_MEMBERS", "GroupState", "decode_group_state"]
+__all__ = [
+    "GROUP_ID_SIZE",
+    "MAX_CHANNEL_SUBSCRIBERS",
+    "MAX_GROUP_MEMBERS",
+    "MAX_SUBSCRIPTION_SIZE",
+    "GroupState",
+    "Subscription",
+    "decode_group_state",
+    "decode_subscription",
+]
 
 GROUP_ID_SIZE: Final = 16
 MAX_GROUP_MEMBERS: Final = 1000
@@ -66,6 +97,15 @@ MAX_GROUP_STATE_SIZE: Final = 32 * 1024 - 256
 state, a signature, ~110 bytes of framing) must pad to the 32 KiB bucket (pigeon_crypto
 padding; the next bucket, 64 KiB, no longer fits one relay blob). 1,000 members take
 ~18 KB, leaving room for ~800 admins."""
+
+MAX_CHANNEL_SUBSCRIBERS: Final = 100_000
+"""Subscribers per channel with ``subscriptions``: no state carries them, so the bound is
+the admins' cost: a post is ceil(n / MAX_RECIPIENTS) sends of one blob, a rotation n
+pairwise distributions, and each admin stores n sealed subscriptions (~250 bytes each)."""
+MAX_SUBSCRIPTION_SIZE: Final = 256
+"""An encoded subscription is ~115 bytes (three ids, a hash, two ints, a bool)."""
+_STATE_ONLY_KEYS: Final = frozenset((4, 5, 6))
+_SUBSCRIPTION_ONLY_KEYS: Final = frozenset((12, 13, 14))
 
 _LIMITS: Final = Limits(
     what="group state",
@@ -104,6 +144,7 @@ class GroupState(Record):
     avatar: bytes | None = field(default=None, repr=False,
                                  metadata=wire(9, Bytes(1, L.MAX_MANIFEST_SIZE)))
     channel: bool = field(default=False, metadata=wire(10, BOOL))
+    subscriptions: bool = field(default=False, metadata=wire(11, BOOL))
 
     def _validate(self) -> None:
         _strictly_increasing("members", self.members)
@@ -115,6 +156,12 @@ class GroupState(Record):
         if (self.parent is None) != (self.version == 1):
             raise Problem(ErrorCode.INVALID_FIELD, "parent is required after version 1",
                           "parent")
+        if self.subscriptions and not self.channel:
+            raise Problem(ErrorCode.INVALID_FIELD, "only a channel has subscriptions",
+                          "subscriptions")
+        if self.subscriptions and self.members != self.admins:
+            raise Problem(ErrorCode.INVALID_FIELD,
+                          "a channel with subscriptions lists its admins only", "members")
 
     def encode(self) -> bytes:
         """Canonical bytes ``[1, body]`` (what is hashed and signed).
@@ -147,4 +194,65 @@ def decode_group_state(data: Buffer) -> GroupState:
         raise version_error("group state", version)
     if type(body) is not dict:
         raise MalformedFrame("group state", "body is not a map")
+    if not _SUBSCRIPTION_ONLY_KEYS.isdisjoint(body):
+        raise MalformedFrame("group state", "a subscription's key in a state")
     return GroupState._from_body(body)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Subscription(Record):
+    """One subscriber's membership of a channel with ``subscriptions``, signed by an
+    admin (``subscribed`` true or false) or by the subscriber itself (false: leaving).
+
+    Per subscriber, the valid subscription with the highest ``seq`` wins, then the
+    smallest ``(signer, SHA-256 of the encoding)``, bytewise (docs/protocol.md §9.14).
+    """
+
+    group_id: bytes = field(metadata=wire(1, Bytes.exactly(GROUP_ID_SIZE)))
+    seq: int = field(metadata=wire(2, UInt(1, 2**53)))
+    signer: bytes = field(metadata=wire(3, ACCOUNT_ID))
+    at_ms: int = field(metadata=wire(7, TIME_MS))
+    subscriber: bytes = field(repr=False, metadata=wire(12, ACCOUNT_ID))
+    subscribed: bool = field(metadata=wire(13, BOOL))
+    authority: bytes = field(metadata=wire(14, Bytes.exactly(32)))
+
+    def _validate(self) -> None:
+        if self.signer == self.subscriber and self.subscribed:
+            raise Problem(ErrorCode.INVALID_FIELD, "a subscriber cannot subscribe itself",
+                          "subscribed")
+
+    def encode(self) -> bytes:
+        """Canonical bytes ``[1, body]`` (what is hashed and signed)."""
+        return pack((L.PROTOCOL_VERSION, self._body()))
+
+
+finalize(Subscription)
+
+_SUBSCRIPTION_LIMITS: Final = Limits(
+    what="subscription",
+    max_size=MAX_SUBSCRIPTION_SIZE,
+    max_bin_len=32,
+    max_str_len=0,
+    max_array_len=2,
+    max_map_len=L.MAX_MAP_LEN,
+)
+
+
+def decode_subscription(data: Buffer) -> Subscription:
+    """Decode a subscription strictly.
+
+    Raises:
+        RemoteProtocolError: malformed msgpack, an unknown version, bad fields, a state's
+            key (4, 5 or 6), or a subscriber subscribing itself.
+    """
+    obj = unpack(data, _SUBSCRIPTION_LIMITS)
+    if type(obj) is not tuple or len(obj) != 2:
+        raise MalformedFrame("subscription", "expected [version, map]")
+    version, body = obj
+    if type(version) is not int or version != L.PROTOCOL_VERSION:
+        raise version_error("subscription", version)
+    if type(body) is not dict:
+        raise MalformedFrame("subscription", "body is not a map")
+    if not _STATE_ONLY_KEYS.isdisjoint(body):
+        raise MalformedFrame("subscription", "a state's key in a subscription")
+    return Subscription._from_body(body)

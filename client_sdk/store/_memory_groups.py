@@ -6,7 +6,13 @@ import dataclasses
 from collections.abc import Callable
 
 from ..history import HistoryOp
-from .group_records import GroupRecord, GroupWrite, PendingGroupBlob, StoredGroupState
+from .group_records import (
+    GroupRecord,
+    GroupWrite,
+    PendingGroupBlob,
+    SignedSubscription,
+    StoredGroupState,
+)
 
 
 @dataclasses.dataclass
@@ -18,11 +24,16 @@ class GroupTables:
     next_pending: int = 1
     receipts: dict[tuple[bytes, bytes, bytes, int], int] = dataclasses.field(
         default_factory=dict)
+    subscriptions: dict[bytes, SignedSubscription] = dataclasses.field(default_factory=dict)
 
     def copy(self) -> GroupTables:
         return GroupTables(groups=dict(self.groups), states=dict(self.states),
                            chains=dict(self.chains), pending=dict(self.pending),
-                           next_pending=self.next_pending, receipts=dict(self.receipts))
+                           next_pending=self.next_pending, receipts=dict(self.receipts),
+                           subscriptions=dict(self.subscriptions))
+
+    def channel_subscriptions(self, group_id: bytes) -> list[SignedSubscription]:
+        return [s for s in self.subscriptions.values() if s.sub.group_id == group_id]
 
     def group_states(self, group_id: bytes) -> list[StoredGroupState]:
         return [s for s in self.states.values() if s.signed.state.group_id == group_id]
@@ -49,6 +60,10 @@ class GroupTables:
             self.pending.pop(pid, None)
         for group_id, message_id, member, kind, at_ms in w.receipts:
             self.receipts.setdefault((group_id, message_id, member, kind), at_ms)
+        for digest in w.subscriptions_gone:
+            self.subscriptions.pop(digest, None)
+        for sub in w.subscriptions:
+            self.subscriptions.setdefault(sub.hash, sub)
         for op in w.history:
             apply(op)
         if w.forget_keys is not None:

@@ -17,6 +17,7 @@ from .group_records import (
     GroupWrite,
     PendingGroupBlob,
     SignedGroupState,
+    SignedSubscription,
     StateStatus,
     StoredGroupState,
 )
@@ -75,6 +76,21 @@ SCHEMA_GROUP_RECEIPTS: Final = (
 )
 
 
+SCHEMA_CHANNEL_SUBSCRIPTIONS: Final = (
+    # Channels with subscriptions (docs/protocol.md §9.14): per subscriber, the winning
+    # signed subscription. The subscriber is only inside the sealed bytes.
+    """
+    CREATE TABLE channel_subscriptions (
+        hash           BLOB PRIMARY KEY CHECK (length(hash) = 32),
+        group_id       BLOB NOT NULL CHECK (length(group_id) = 16),
+        subscription   BLOB NOT NULL,           -- sealed encoded Subscription
+        signature      BLOB NOT NULL
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX channel_subscriptions_by_group ON channel_subscriptions (group_id)",
+)
+
+
 def load_group(tx: Tx, group_id: bytes) -> GroupRecord | None:
     row = tx.conn.execute("SELECT head, active, updated_at_ms FROM groups WHERE group_id = ?",
                           (group_id,)).fetchone()
@@ -112,6 +128,20 @@ def group_for_chain(tx: Tx, sender: bytes, chain_id: int) -> bytes | None:
     row = tx.conn.execute("SELECT group_id FROM group_chains WHERE sender = ? AND chain_id = ?",
                           (sender, chain_id)).fetchone()
     return None if row is None else bytes(row[0])
+
+
+def channel_subscriptions(tx: Tx, group_id: bytes) -> list[SignedSubscription]:
+    rows = tx.conn.execute(
+        "SELECT hash, subscription, signature FROM channel_subscriptions WHERE group_id = ?",
+        (group_id,)).fetchall()
+    out = []
+    for digest, sealed, signature in rows:
+        encoded = tx.unseal("channel_subscriptions", "subscription", bytes(digest), sealed)
+        try:
+            out.append(SignedSubscription.from_wire(encoded, bytes(signature)))
+        except PigeonError as exc:
+            raise tx.corrupt("a stored subscription does not decode") from exc
+    return out
 
 
 def pending_group_blobs(tx: Tx, limit: int) -> list[PendingGroupBlob]:
@@ -166,6 +196,15 @@ def write(tx: Tx, w: GroupWrite) -> None:
         tx.conn.execute(
             "INSERT OR IGNORE INTO group_receipts (group_id, message_id, member, kind, at_ms) "
             "VALUES (?, ?, ?, ?, ?)", (group_id, message_id, member, kind, at_ms))
+    for digest in w.subscriptions_gone:
+        tx.conn.execute("DELETE FROM channel_subscriptions WHERE hash = ?", (digest,))
+    if w.subscriptions:
+        tx.conn.executemany(
+            "INSERT OR IGNORE INTO channel_subscriptions (hash, group_id, subscription, "
+            "signature) VALUES (?, ?, ?, ?)",
+            [(s.hash, s.sub.group_id,
+              tx.seal("channel_subscriptions", "subscription", s.hash, s.encoded), s.signature)
+             for s in w.subscriptions])
     for op in w.history:
         history.apply(tx, op)
     if w.forget_keys is not None:

@@ -291,8 +291,16 @@ def _v5(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _v6(conn: sqlite3.Connection) -> None:
+    # Channels with subscriptions (docs/sdk.md §15.15): the admins' roster.
+    from ._sqlite_groups import SCHEMA_CHANNEL_SUBSCRIPTIONS
+
+    for statement in SCHEMA_CHANNEL_SUBSCRIPTIONS:
+        conn.execute(statement)
+
+
 MIGRATIONS: tuple[Migration, ...] = (Migration(1, _v1), Migration(2, _v2), Migration(3, _v3),
-                                     Migration(4, _v4), Migration(5, _v5))
+                                     Migration(4, _v4), Migration(5, _v5), Migration(6, _v6))
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 

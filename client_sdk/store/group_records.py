@@ -12,7 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from protocol.group import GROUP_ID_SIZE, GroupState, decode_group_state
+from protocol.group import (
+    GROUP_ID_SIZE,
+    GroupState,
+    Subscription,
+    decode_group_state,
+    decode_subscription,
+)
 
 from ..history import HistoryOp
 from .records import SenderKeyRecordUpdate
@@ -23,6 +29,7 @@ __all__ = [
     "GroupWrite",
     "PendingGroupBlob",
     "SignedGroupState",
+    "SignedSubscription",
     "StateStatus",
     "StoredGroupState",
 ]
@@ -63,6 +70,32 @@ class SignedGroupState:
         """The convergence rule as one key: the smallest key is the head. Highest
         version first; among equal versions the smallest (signer, hash)."""
         return (-self.state.version, self.state.signer, self.hash)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignedSubscription:
+    """A channel subscription with the exact bytes its signer signed, and their SHA-256
+    (docs/protocol.md §9.14, "Channels with subscriptions")."""
+
+    sub: Subscription
+    encoded: bytes = field(repr=False)
+    signature: bytes = field(repr=False)
+    hash: bytes
+
+    @classmethod
+    def from_wire(cls, encoded: bytes, signature: bytes) -> SignedSubscription:
+        """Decode (strictly) and hash; the signature is checked by the caller.
+
+        Raises:
+            RemoteProtocolError: the bytes are not a valid subscription.
+        """
+        return cls(sub=decode_subscription(encoded), encoded=encoded, signature=signature,
+                   hash=hashlib.sha256(encoded).digest())
+
+    def sort_key(self) -> tuple[int, bytes, bytes]:
+        """Per subscriber, the smallest key wins: highest ``seq``, then the smallest
+        (signer, hash)."""
+        return (-self.sub.seq, self.sub.signer, self.hash)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,6 +154,8 @@ class GroupWrite:
             starts a new chain, shared afresh with the members of that time).
         receipts: ``(group_id, message_id, member, kind, at_ms)``: a member delivered
             (1) or read (2) one of our messages.
+        subscriptions: channel subscriptions to keep (each the winner for its
+            subscriber); ``subscriptions_gone``: hashes of the ones they replace.
     """
 
     group: GroupRecord | None = None
@@ -134,6 +169,8 @@ class GroupWrite:
     forget_keys: bytes | None = None
     drop_outbound: bytes | None = None
     receipts: tuple[tuple[bytes, bytes, bytes, int, int], ...] = ()
+    subscriptions: tuple[SignedSubscription, ...] = ()
+    subscriptions_gone: tuple[bytes, ...] = ()
 
 
 class GroupStore(Protocol):
@@ -151,6 +188,10 @@ class GroupStore(Protocol):
 
     def group_for_chain(self, sender: bytes, chain_id: int) -> bytes | None:
         """The group a member's chain belongs to."""
+        ...
+
+    def channel_subscriptions(self, group_id: bytes) -> list[SignedSubscription]:
+        """The subscriptions held for a channel (one per subscriber: the winner)."""
         ...
 
     def pending_group_blobs(self, *, limit: int = 1000) -> list[PendingGroupBlob]:

@@ -41,7 +41,13 @@ from ..history import (
 from ._memory_groups import GroupTables
 from ._memory_history import HistoryTables
 from ._memory_keys import PrekeyRow, PrekeyTables
-from .group_records import GroupRecord, GroupWrite, PendingGroupBlob, StoredGroupState
+from .group_records import (
+    GroupRecord,
+    GroupWrite,
+    PendingGroupBlob,
+    SignedSubscription,
+    StoredGroupState,
+)
 from .records import (
     Contact,
     ContactState,
@@ -268,6 +274,9 @@ class MemoryStore:
 
     def group_for_chain(self, sender: bytes, chain_id: int) -> bytes | None:
         return self._t.groups.chains.get((sender, chain_id))
+
+    def channel_subscriptions(self, group_id: bytes) -> list[SignedSubscription]:
+        return self._t.groups.channel_subscriptions(group_id)
 
     def pending_group_blobs(self, *, limit: int = 1000) -> list[PendingGroupBlob]:
         return [p for _, p in sorted(self._t.groups.pending.items())][:limit]

@@ -40,7 +40,13 @@ from . import _sqlite_history as history
 from . import _sqlite_keys as _keys
 from . import _sqlite_outbox as outbox
 from ._sqlite_db import Db
-from .group_records import GroupRecord, GroupWrite, PendingGroupBlob, StoredGroupState
+from .group_records import (
+    GroupRecord,
+    GroupWrite,
+    PendingGroupBlob,
+    SignedSubscription,
+    StoredGroupState,
+)
 from .records import (
     Contact,
     ContactState,
@@ -209,6 +215,10 @@ class SqliteStore:
     def group_for_chain(self, sender: bytes, chain_id: int) -> bytes | None:
         with self._db.read("group_for_chain") as tx:
             return _groups.group_for_chain(tx, sender, chain_id)
+
+    def channel_subscriptions(self, group_id: bytes) -> list[SignedSubscription]:
+        with self._db.read("channel_subscriptions") as tx:
+            return _groups.channel_subscriptions(tx, group_id)
 
     def pending_group_blobs(self, *, limit: int = 1000) -> list[PendingGroupBlob]:
         with self._db.read("pending_group_blobs") as tx:

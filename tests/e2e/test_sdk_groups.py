@@ -473,15 +473,17 @@ async def test_forged_controls_and_non_members_rejected(clients: ClientFactory) 
     await b.wait_text("still fine")
 
 
-async def test_channel_only_admins_post(clients: ClientFactory) -> None:
+async def test_listed_channel_only_admins_post(clients: ClientFactory) -> None:
+    # A channel whose state lists every member (create_group(channel=True), up to
+    # 1,000); channels that scale (create_channel) are in test_sdk_channels.py.
     alice, bob, carol, dave = (await clients("alice"), await clients("bob"),
                                await clients("carol"), await clients("dave"))
     await mesh(clients, [alice, bob, carol])
     await clients.connect(alice, dave)  # a subscriber needs a session with admins only
     a, b, c, d = Inbox(alice), Inbox(bob), Inbox(carol), Inbox(dave)
-    info = await alice.create_channel("News", [bob.account_id, carol.account_id,
-                                               dave.account_id])
-    assert info.channel
+    info = await alice.create_group("News", [bob.account_id, carol.account_id,
+                                             dave.account_id], channel=True)
+    assert info.channel and not info.subscriptions
     for inbox in (b, c, d):
         await inbox.wait_version(1)
     with pytest.raises(NotGroupAdmin):

@@ -32,7 +32,7 @@ from protocol import (
     Text,
     Typing,
 )
-from protocol.group import GroupState
+from protocol.group import GroupState, Subscription
 from tests.vectors.gen_frames import (
     CAPABILITY,
     MAILBOX,
@@ -48,6 +48,22 @@ MSG_1 = pattern(16, 0x01)
 MSG_2 = pattern(16, 0x02)
 MSG_3 = pattern(16, 0x03)
 MANIFEST = b"\x01" + pattern(90, 0x9A)
+
+
+def channel_state() -> GroupState:
+    """A channel with subscriptions: its state lists the admins only."""
+    return GroupState(group_id=pattern(16, 0x6C), version=1, signer=pattern(16, 0xA1),
+                      name="Pigeon news", members=(pattern(16, 0xA1),),
+                      admins=(pattern(16, 0xA1),), at_ms=TIME_MS + 11, channel=True,
+                      subscriptions=True)
+
+
+def channel_subscription() -> Subscription:
+    """An admin subscribes one reader, under the channel state above."""
+    import hashlib
+    return Subscription(group_id=pattern(16, 0x6C), seq=1, signer=pattern(16, 0xA1),
+                        at_ms=TIME_MS + 11, subscriber=pattern(16, 0xB2), subscribed=True,
+                        authority=hashlib.sha256(channel_state().encode()).digest())
 
 
 def inner_examples() -> list[InnerMessage]:
@@ -115,6 +131,13 @@ def inner_examples() -> list[InnerMessage]:
                 avatar=MANIFEST,
             ).encode(),
             signature=pattern(64, 0x6E),
+        ),
+        GroupControl(  # a channel with subscriptions: its state and one subscription
+            message_id=pattern(16, 0x11),
+            sent_at_ms=t + 11,
+            state=channel_state().encode(),
+            signature=pattern(64, 0x6F),
+            subscriptions=((channel_subscription().encode(), pattern(64, 0x70)),),
         ),
         SenderKeyDistribution(
             message_id=pattern(16, 0x0E),

@@ -166,7 +166,7 @@ def test_reprs_show_no_names_members_or_secrets() -> None:
                      admins=(A,), avatar_manifest=b"manifest", channel=False, active=True,
                      conversation_id=7)
     assert repr(info) == (f"GroupInfo(group_id={GID!r}, version=3, channel=False, "
-                          "active=True, conversation_id=7)")
+                          "subscriptions=False, active=True, conversation_id=7)")
     changed = repr(GroupChanged(group=info, by=A))
     assert "Secret club" not in changed and "manifest" not in changed
     text = repr(ROOT)
