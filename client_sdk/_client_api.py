@@ -61,6 +61,25 @@ class ClientApiMixin:
     # --- our account --------------------------------------------------------------------
 
     @property
+    def registered(self) -> bool:
+        """True once this profile has an account on its relay (``register``)."""
+        return self.core.registered
+
+    @property
+    def display_name(self) -> str | None:
+        """Our display name as last set with ``set_profile`` (None: never set)."""
+        return self.core.display_name()
+
+    def check_sendable(self, peer: bytes) -> Contact:
+        """The contact, if a message to *peer* would be accepted now.
+
+        Raises:
+            UnknownContact, ContactBlocked, ContactNotReady,
+            IdentityChangeUnacknowledged: why a send would be refused.
+        """
+        return self.core.require_sendable(peer)
+
+    @property
     def account_id(self) -> bytes:
         """Our 16-byte account id (stable across identity rotations)."""
         return self.core.account_id

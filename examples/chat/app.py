@@ -83,7 +83,7 @@ class ChatApp:
         self.transfers = Transfers(self._invalidate)
         self.commands = Commands(self)
         self.events = EventPrinter(self)
-        self.my_name: str | None = client.core.display_name()
+        self.my_name: str | None = client.display_name
         """Our display name (kept here: the prompt is drawn often, the store is not
         read for it)."""
         self.sent_texts: dict[bytes, str] = {}
@@ -111,7 +111,7 @@ class ChatApp:
 
     def _prompt(self) -> str:
         me = "pigeon"
-        if self.client.core.registered:
+        if self.client.registered:
             me = self.my_name or self.client.account_id.hex()[:8]
         if self.current is not None:
             return f"{me} → {self.name_of(self.current)}> "
@@ -119,14 +119,14 @@ class ChatApp:
 
     def _toolbar(self) -> ANSI:
         parts = [" online" if self.connected else " offline"]
-        if not self.client.core.registered:
+        if not self.client.registered:
             parts = [" not registered: /register"]
         if self.current is not None:
             contact = self.client.contact(self.current)
             verified = contact is not None and contact.verified
             parts.append(f"{self.name_of(self.current)}"
                          f"{' (verified)' if verified else ' (not verified: /safety)'}")
-        waiting = len(self.client.invitations()) if self.client.core.registered else 0
+        waiting = len(self.client.invitations()) if self.client.registered else 0
         if waiting:
             parts.append(f"{waiting} invitation{'s' if waiting > 1 else ''}: /invites")
         parts.append("/help")
@@ -205,7 +205,7 @@ class _ChatCompleter(Completer):
             return list(self.names.get_completions(document, complete_event))
         command, _, arg = text.partition(" ")
         spec = next((c for c in COMMANDS if f"/{c.name}" == command), None)
-        if spec is None or not spec.takes_contact or not self.app.client.core.registered:
+        if spec is None or not spec.takes_contact or not self.app.client.registered:
             return []
         names = [self.app.name_of(c.account_id) for c in self.app.client.contacts()]
         return [Completion(n, start_position=-len(arg)) for n in names

@@ -106,7 +106,7 @@ class Commands:
         return True
 
     def _registered(self, spec: CommandSpec) -> bool:
-        if spec.name == "register" or self.client.core.registered:
+        if spec.name == "register" or self.client.registered:
             return True
         self.app.error("this profile has no account yet: /register first")
         return False
@@ -116,7 +116,7 @@ class Commands:
     def greet(self) -> None:
         app = self.app
         app.show(f"pigeon-chat · profile {self.client.path}")
-        if not self.client.core.registered:
+        if not self.client.registered:
             where = f"on the relay ({app.relay_url})" if app.relay_url else \
                 "(start pigeon-chat with --relay URL first)"
             app.show(f"This profile has no account yet: /register creates one {where}. "
@@ -145,8 +145,8 @@ class Commands:
                       + "\nOther lines are messages to the open conversation.")
 
     async def cmd_register(self, args: list[str]) -> None:
-        was = self.client.core.registered and self.app.connected
-        if not self.client.core.registered and self.app.relay_url is None:
+        was = self.client.registered and self.app.connected
+        if not self.client.registered and self.app.relay_url is None:
             raise UsageError("no relay known for this profile: start pigeon-chat with "
                              "--relay URL")
         try:
@@ -419,7 +419,7 @@ class Commands:
 
     async def cmd_send(self, args: list[str]) -> None:
         peer = self._current_peer()
-        self.client.core.require_sendable(peer)
+        self.client.check_sendable(peer)
         path, size = _local_file(args[0])
         name = self.app.name_of(peer)
         transfer = self.app.transfers.start(f"→ {name} {plain(path.name, 32)}", size)

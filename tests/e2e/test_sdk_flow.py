@@ -29,6 +29,7 @@ from client_sdk import (
     ProfileChanged,
     ReactionChanged,
     TypingChanged,
+    UnknownContact,
 )
 from client_sdk.testing import (  # noqa: F401 - fixtures
     ClientFactory,
@@ -210,3 +211,15 @@ async def test_disappearing_timer_is_shared_by_both_sides(clients: ClientFactory
     for bad in (0, -1, 365 * 24 * 3600 * 1000 + 1):
         with pytest.raises(ValueError):
             await alice.set_disappearing(bob.account_id, bad)
+
+
+async def test_public_state_the_chat_uses(clients: ClientFactory) -> None:
+    alice, bob = await clients("alice"), await clients("bob")
+    assert alice.registered and alice.display_name == "Alice"
+    with pytest.raises(UnknownContact):
+        alice.check_sendable(bob.account_id)
+    await clients.connect(alice, bob)
+    assert alice.check_sendable(bob.account_id).account_id == bob.account_id
+    await alice.block(bob.account_id)
+    with pytest.raises(ContactBlocked):
+        alice.check_sendable(bob.account_id)
