@@ -178,7 +178,7 @@ def create(core: ClientCore, *, name: str, subscribers: Sequence[bytes],
     record = view.converge(me, now_ms=now_ms)
     assert record is not None
     write = GroupWrite(group=record, states=(view.states[signed.hash],),
-                       subscriptions=tuple(subs))
+                       subscriptions=tuple(subs), roster=view.roster_write())
     to: dict[bytes, list[SignedSubscription]] = {s.sub.subscriber: [s] for s in subs}
     for a in admin_ids:
         to[a] = subs
@@ -227,6 +227,7 @@ def set_subscribed(core: ClientCore, group_id: bytes, ids: Iterable[bytes], subs
         view.subs[peer] = s
         subs.append(s)
     write = GroupWrite(subscriptions=tuple(subs), subscriptions_gone=tuple(gone),
+                       roster=view.roster_write(),
                        drop_outbound=None if subscribed else group_id)
     to: dict[bytes, list[SignedSubscription]] = {s.sub.subscriber: [s] for s in subs}
     for a in st.admins:
@@ -263,7 +264,7 @@ def leave(core: ClientCore, group_id: bytes, *, now_ms: int,
     record = view.converge(me, now_ms=now_ms)
     write = GroupWrite(group=record, subscriptions=(s,),
                        subscriptions_gone=() if held is None else (held.hash,),
-                       forget_keys=group_id)
+                       roster=view.roster_write(), forget_keys=group_id)
     items = _fan(core, head, {a: [s] for a in head.state.admins}, write, now_ms=now_ms)
     return items, [dataclasses.replace(change_event(core, view, old, now_ms=now_ms),
                                        removed=(me,))]
@@ -291,7 +292,8 @@ def publish(core: ClientCore, view: GroupView, old: SignedGroupState | None,
         extra.append(s)
     if extra:
         write = dataclasses.replace(write, subscriptions=tuple(extra),
-                                    subscriptions_gone=tuple(gone))
+                                    subscriptions_gone=tuple(gone),
+                                    roster=view.roster_write())
     everyone = list(view.subs.values())
     to: dict[bytes, list[SignedSubscription]] = {r: [] for r in view.audience(st) | before}
     for s in extra:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -66,21 +66,39 @@ class GroupView:
     group_id: bytes
     record: GroupRecord | None
     states: dict[bytes, StoredGroupState] = field(default_factory=dict)
-    subs: dict[bytes, SignedSubscription] = field(default_factory=dict)
-    """A channel with subscriptions: subscriber -> its winning subscription (every one
-    for an admin; our own for a subscriber)."""
+    stored_roster: frozenset[bytes] | None = None
+    """The roster as stored (``channel_rosters``), until :attr:`subs` is loaded: a post
+    needs the subscribers' ids, not 10,000 signed subscriptions."""
+    load_subs: Callable[[], list[SignedSubscription]] | None = None
+    _subs: dict[bytes, SignedSubscription] | None = None
 
     @classmethod
     def load(cls, core: ClientCore, group_id: bytes) -> GroupView:
         record = core.store.load_group(group_id)
         states = {s.signed.hash: s for s in core.store.group_states(group_id)}
-        subs = {s.sub.subscriber: s for s in core.store.channel_subscriptions(group_id)}
-        return cls(group_id=group_id, record=record, states=states, subs=subs)
+        return cls(group_id=group_id, record=record, states=states,
+                   stored_roster=core.store.channel_roster(group_id),
+                   load_subs=lambda: core.store.channel_subscriptions(group_id))
+
+    @property
+    def subs(self) -> dict[bytes, SignedSubscription]:
+        """A channel with subscriptions: subscriber -> its winning subscription (every
+        one for an admin; our own for a subscriber). Loaded on first use."""
+        if self._subs is None:
+            held = self.load_subs() if self.load_subs is not None else []
+            self._subs = {s.sub.subscriber: s for s in held}
+        return self._subs
 
     @property
     def roster(self) -> frozenset[bytes]:
         """Subscribers whose winning subscription says subscribed."""
+        if self._subs is None and self.stored_roster is not None:
+            return self.stored_roster
         return frozenset(k for k, s in self.subs.items() if s.sub.subscribed)
+
+    def roster_write(self) -> tuple[bytes, tuple[bytes, ...]]:
+        """The roster to store with a write that changes subscriptions."""
+        return self.group_id, tuple(sorted(self.roster))
 
     def audience(self, state: GroupState | None = None) -> frozenset[bytes]:
         """Who reads the group: its members, and in a channel with subscriptions its

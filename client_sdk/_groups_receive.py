@@ -215,7 +215,8 @@ def _control(core: ClientCore, batch: GroupBatch, sender: bytes, inner: GroupCon
             drop = view.group_id  # a subscriber left: our next post rotates
     return GroupWrite(group=record, states=tuple(rows), forget_keys=forget,
                       drop_outbound=drop if forget is None else None,
-                      subscriptions=tuple(taken), subscriptions_gone=tuple(gone)), events
+                      subscriptions=tuple(taken), subscriptions_gone=tuple(gone),
+                      roster=view.roster_write() if taken else None), events
 
 
 def _someone_left(old: SignedGroupState | None, new: SignedGroupState | None) -> bool:

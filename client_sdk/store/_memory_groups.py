@@ -25,12 +25,14 @@ class GroupTables:
     receipts: dict[tuple[bytes, bytes, bytes, int], int] = dataclasses.field(
         default_factory=dict)
     subscriptions: dict[bytes, SignedSubscription] = dataclasses.field(default_factory=dict)
+    rosters: dict[bytes, frozenset[bytes]] = dataclasses.field(default_factory=dict)
 
     def copy(self) -> GroupTables:
         return GroupTables(groups=dict(self.groups), states=dict(self.states),
                            chains=dict(self.chains), pending=dict(self.pending),
                            next_pending=self.next_pending, receipts=dict(self.receipts),
-                           subscriptions=dict(self.subscriptions))
+                           subscriptions=dict(self.subscriptions),
+                           rosters=dict(self.rosters))
 
     def channel_subscriptions(self, group_id: bytes) -> list[SignedSubscription]:
         return [s for s in self.subscriptions.values() if s.sub.group_id == group_id]
@@ -64,6 +66,8 @@ class GroupTables:
             self.subscriptions.pop(digest, None)
         for sub in w.subscriptions:
             self.subscriptions.setdefault(sub.hash, sub)
+        if w.roster is not None:
+            self.rosters[w.roster[0]] = frozenset(w.roster[1])
         for op in w.history:
             apply(op)
         if w.forget_keys is not None:

@@ -91,6 +91,18 @@ SCHEMA_CHANNEL_SUBSCRIPTIONS: Final = (
 )
 
 
+SCHEMA_CHANNEL_ROSTERS: Final = (
+    # The subscribed ids of each channel in one sealed value (16 bytes each, sorted):
+    # a post reads it instead of unsealing every subscription.
+    """
+    CREATE TABLE channel_rosters (
+        group_id BLOB PRIMARY KEY CHECK (length(group_id) = 16),
+        roster   BLOB NOT NULL                  -- sealed concatenated account ids
+    ) WITHOUT ROWID
+    """,
+)
+
+
 def load_group(tx: Tx, group_id: bytes) -> GroupRecord | None:
     row = tx.conn.execute("SELECT head, active, updated_at_ms FROM groups WHERE group_id = ?",
                           (group_id,)).fetchone()
@@ -142,6 +154,17 @@ def channel_subscriptions(tx: Tx, group_id: bytes) -> list[SignedSubscription]:
         except PigeonError as exc:
             raise tx.corrupt("a stored subscription does not decode") from exc
     return out
+
+
+def channel_roster(tx: Tx, group_id: bytes) -> frozenset[bytes] | None:
+    row = tx.conn.execute("SELECT roster FROM channel_rosters WHERE group_id = ?",
+                          (group_id,)).fetchone()
+    if row is None:
+        return None
+    packed = tx.unseal("channel_rosters", "roster", group_id, row[0])
+    if len(packed) % 16:
+        raise tx.corrupt("a stored channel roster is not a list of account ids")
+    return frozenset(packed[i:i + 16] for i in range(0, len(packed), 16))
 
 
 def pending_group_blobs(tx: Tx, limit: int) -> list[PendingGroupBlob]:
@@ -205,6 +228,12 @@ def write(tx: Tx, w: GroupWrite) -> None:
             [(s.hash, s.sub.group_id,
               tx.seal("channel_subscriptions", "subscription", s.hash, s.encoded), s.signature)
              for s in w.subscriptions])
+    if w.roster is not None:
+        group_id, ids = w.roster
+        tx.conn.execute(
+            "INSERT INTO channel_rosters (group_id, roster) VALUES (?, ?) "
+            "ON CONFLICT (group_id) DO UPDATE SET roster = excluded.roster",
+            (group_id, tx.seal("channel_rosters", "roster", group_id, b"".join(ids))))
     for op in w.history:
         history.apply(tx, op)
     if w.forget_keys is not None:

@@ -299,8 +299,17 @@ def _v6(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _v7(conn: sqlite3.Connection) -> None:
+    # Each channel's roster in one sealed value (a post reads only the ids).
+    from ._sqlite_groups import SCHEMA_CHANNEL_ROSTERS
+
+    for statement in SCHEMA_CHANNEL_ROSTERS:
+        conn.execute(statement)
+
+
 MIGRATIONS: tuple[Migration, ...] = (Migration(1, _v1), Migration(2, _v2), Migration(3, _v3),
-                                     Migration(4, _v4), Migration(5, _v5), Migration(6, _v6))
+                                     Migration(4, _v4), Migration(5, _v5), Migration(6, _v6),
+                                     Migration(7, _v7))
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 

@@ -156,6 +156,8 @@ class GroupWrite:
             (1) or read (2) one of our messages.
         subscriptions: channel subscriptions to keep (each the winner for its
             subscriber); ``subscriptions_gone``: hashes of the ones they replace.
+        roster: ``(group_id, subscribed ids)``, the channel's roster after this write
+            (given with every change of ``subscriptions``).
     """
 
     group: GroupRecord | None = None
@@ -171,6 +173,7 @@ class GroupWrite:
     receipts: tuple[tuple[bytes, bytes, bytes, int, int], ...] = ()
     subscriptions: tuple[SignedSubscription, ...] = ()
     subscriptions_gone: tuple[bytes, ...] = ()
+    roster: tuple[bytes, tuple[bytes, ...]] | None = None
 
 
 class GroupStore(Protocol):
@@ -192,6 +195,10 @@ class GroupStore(Protocol):
 
     def channel_subscriptions(self, group_id: bytes) -> list[SignedSubscription]:
         """The subscriptions held for a channel (one per subscriber: the winner)."""
+        ...
+
+    def channel_roster(self, group_id: bytes) -> frozenset[bytes] | None:
+        """The subscribed ids of a channel, as last written (None: never written)."""
         ...
 
     def pending_group_blobs(self, *, limit: int = 1000) -> list[PendingGroupBlob]:

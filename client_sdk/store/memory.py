@@ -278,6 +278,9 @@ class MemoryStore:
     def channel_subscriptions(self, group_id: bytes) -> list[SignedSubscription]:
         return self._t.groups.channel_subscriptions(group_id)
 
+    def channel_roster(self, group_id: bytes) -> frozenset[bytes] | None:
+        return self._t.groups.rosters.get(group_id)
+
     def pending_group_blobs(self, *, limit: int = 1000) -> list[PendingGroupBlob]:
         return [p for _, p in sorted(self._t.groups.pending.items())][:limit]
 

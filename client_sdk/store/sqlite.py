@@ -220,6 +220,10 @@ class SqliteStore:
         with self._db.read("channel_subscriptions") as tx:
             return _groups.channel_subscriptions(tx, group_id)
 
+    def channel_roster(self, group_id: bytes) -> frozenset[bytes] | None:
+        with self._db.read("channel_roster") as tx:
+            return _groups.channel_roster(tx, group_id)
+
     def pending_group_blobs(self, *, limit: int = 1000) -> list[PendingGroupBlob]:
         with self._db.read("pending_group_blobs") as tx:
             return _groups.pending_group_blobs(tx, limit)
