@@ -203,6 +203,8 @@ def _control(core: ClientCore, batch: GroupBatch, sender: bytes, inner: GroupCon
         event = change_event(core, view, old, now_ms=now_ms)
         if was_active and not record.active and me not in event.removed:
             event = dataclasses.replace(event, removed=(*event.removed, me))
+        elif not was_active and record.active and not event.created:
+            event = dataclasses.replace(event, created=True, added=(me,))  # subscribed again
         events.append(event)
         if was_active and not record.active:
             forget = record.group_id

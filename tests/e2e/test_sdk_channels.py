@@ -101,6 +101,14 @@ async def test_channel_admin_posts_subscribers_read(clients: ClientFactory) -> N
     await a.wait(MessageReceived, text="bob marker")
     assert "bob's post" not in a.texts()
 
+    # Dave subscribes again: he reads what is posted from now on, nothing between.
+    await alice.add_members(gid, [dave.account_id])
+    await d.wait(GroupChanged, count=2, created=True)
+    assert (await dave.group(gid)).active
+    await alice.send_group_text(gid, "issue 4")
+    await d.wait_text("issue 4")
+    assert d.texts() == ["issue 1", "marker", "issue 4"]
+
 
 async def test_second_admin_gets_the_roster_and_posts(clients: ClientFactory) -> None:  # noqa: F811
     alice, bob, carol, dave = (await clients("alice"), await clients("bob"),
