@@ -16,6 +16,12 @@ For groups of 10, 100 and 1,000 members:
   distribution), then steady messages (one transaction: chain state, history, one outbox
   row with the recipient list); baseline: one pairwise text per member as one group
   commit (``ClientCore.submit``). Milliseconds.
+* **Channels with subscriptions** (``client_sdk._channels`` on the same kind of profile,
+  ``synchronous=FULL``, n accepted contacts as subscribers; ``--only channels``,
+  ``--channel-sizes``): creating the channel (one control message per subscriber), the
+  first post (a distribution to each subscriber, then ceil(n / 2,000) sends of one
+  blob), a steady post, removing one subscriber, a rename (the small state to every
+  reader). Milliseconds and outbox bytes.
 * **Relay fan-out** (a real ``pigeon-relay`` subprocess, ``synchronous=FULL``, credits
   raised out of the way, as ``bench.relay`` starts it). Receivers are raw WebSocket
   clients (``bench.relay.wsclient``: registered accounts, one mailbox each, subscribed,
@@ -212,6 +218,49 @@ def sdk_rows(quick: bool) -> Rows:
     return rows
 
 
+CHANNEL_SIZES = (1000, 10_000)
+
+
+def channel_rows(quick: bool, sizes: tuple[int, ...] = CHANNEL_SIZES) -> Rows:
+    """``client_sdk._channels`` as the SDK runs it: the cost of each change and post
+    of a channel with *n* subscribers (time, outbox rows and bytes)."""
+    from client_sdk import _channels, _groups
+
+    def size(items: list[Any]) -> int:
+        return sum(len(i.entry.blob) * len(i.entry.recipients) for i in items)
+
+    rows: Rows = []
+    with tempfile.TemporaryDirectory(prefix="pigeon-bench-channels-") as tmp:
+        for n in sizes:
+            profile, core, peers = _sdk_core(Path(tmp), n)
+            t0 = time.perf_counter()
+            gid, made, _ = _channels.create(core, name="bench", subscribers=peers, admins=(),
+                                            avatar=None, now_ms=_NOW)
+            t_create = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            _, _, first = _groups.send(core, gid, _text, _history, now_ms=_NOW)
+            t_first = time.perf_counter() - t0
+            m = 5 if quick else 20
+            t0 = time.perf_counter()
+            for _ in range(m):
+                _, _, steady = _groups.send(core, gid, _text, _history, now_ms=_NOW)
+            t_post = (time.perf_counter() - t0) / m
+            t0 = time.perf_counter()
+            removed, _ = _channels.set_subscribed(core, gid, peers[:1], False, now_ms=_NOW)
+            t_remove = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            renamed, _ = _groups.change(core, gid, lambda s: {"name": "bench 2"}, now_ms=_NOW)
+            t_rename = time.perf_counter() - t0
+            profile.close()
+            rows.append({"name": f"channel, {n} subscribers", "create_ms": t_create * 1e3,
+                         "create_kb": size(made) / 1e3, "first_post_ms": t_first * 1e3,
+                         "first_post_kb": size(first) / 1e3, "post_ms": t_post * 1e3,
+                         "post_sends": len(steady), "remove_one_ms": t_remove * 1e3,
+                         "remove_one_kb": size(removed) / 1e3, "rename_ms": t_rename * 1e3,
+                         "rename_kb": size(renamed) / 1e3})
+    return rows
+
+
 # --- relay fan-out ----------------------------------------------------------------------------
 
 
@@ -402,7 +451,8 @@ def _commit() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer messages")
-    parser.add_argument("--only", choices=("sender", "sdk", "relay"), default=None)
+    parser.add_argument("--only", choices=("sender", "sdk", "channels", "relay"), default=None)
+    parser.add_argument("--channel-sizes", type=int, nargs="+", default=list(CHANNEL_SIZES))
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--group-window", type=int, default=4096,
                         help="deliveries in flight in group mode (sends = this / members)")
@@ -417,6 +467,8 @@ def main() -> None:
         rows += sender_rows(args.quick)
     if args.only in (None, "sdk"):
         rows += sdk_rows(args.quick)
+    if args.only in (None, "channels"):
+        rows += channel_rows(args.quick, tuple(args.channel_sizes))
     if args.only in (None, "relay"):
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)

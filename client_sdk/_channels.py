@@ -271,14 +271,15 @@ def leave(core: ClientCore, group_id: bytes, *, now_ms: int,
 
 
 def publish(core: ClientCore, view: GroupView, old: SignedGroupState | None,
-            signed: SignedGroupState, write: GroupWrite, *, now_ms: int) -> list[OutboxItem]:
+            signed: SignedGroupState, write: GroupWrite, *, readers: Sequence[bytes] = (),
+            now_ms: int) -> list[OutboxItem]:
     """A new state of a channel with subscriptions (ours, stored by *write*): to every
-    reader; admins it promotes (or adds) also get the roster, and admins it demotes
-    become subscribers."""
+    reader; admins it promotes (or adds) also get the roster, and the admins it
+    removes that are in *readers* (demoted) get a subscription in the same message."""
     me = core.account_id
     st = signed.state
     before = set() if old is None else set(old.state.admins)
-    demoted = sorted(before - set(st.admins) - {me})
+    demoted = sorted((before - set(st.admins) - {me}) & set(readers))
     extra: list[SignedSubscription] = []
     gone: list[bytes] = []
     for peer in demoted:

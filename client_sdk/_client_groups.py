@@ -222,10 +222,10 @@ class GroupsApiMixin:
 
     async def _change(self, group_id: bytes,
                       mutate: Callable[[GroupState], dict[str, object]], *,
-                      leave: bool = False) -> GroupInfo:
+                      leave: bool = False, readers: Sequence[bytes] = ()) -> GroupInfo:
         now = self._now_ms()
-        items, events = await self._run(lambda c: _groups.change(c, group_id, mutate,
-                                                                 leave=leave, now_ms=now))
+        items, events = await self._run(lambda c: _groups.change(
+            c, group_id, mutate, leave=leave, readers=readers, now_ms=now))
         self._pump.add(items)
         self._emit(events)
         return await self.group(group_id)
@@ -262,10 +262,11 @@ class GroupsApiMixin:
         return await self._change(group_id, lambda s: {"admins": _ids([*s.admins, *members])})
 
     async def demote(self, group_id: bytes, members: Sequence[bytes]) -> GroupInfo:
-        """Take admin rights away (admins only; a group keeps at least one admin)."""
+        """Take admin rights away (admins only; a group keeps at least one admin). In a
+        channel, the demoted stay as subscribers."""
         gone = set(members)
         return await self._change(group_id, lambda s: {
-            "admins": tuple(m for m in s.admins if m not in gone)})
+            "admins": tuple(m for m in s.admins if m not in gone)}, readers=members)
 
     async def leave_group(self, group_id: bytes) -> None:
         """Leave: a state without us, signed by us, sent to the others. If we are the

@@ -155,8 +155,11 @@ def create(core: ClientCore, *, name: str, members: Sequence[bytes], admins: Seq
 
 
 def change(core: ClientCore, group_id: bytes, mutate: Callable[[GroupState], dict[str, object]],
-           *, leave: bool = False, now_ms: int) -> tuple[list[OutboxItem], list[Event]]:
+           *, leave: bool = False, readers: Sequence[bytes] = (), now_ms: int,
+           ) -> tuple[list[OutboxItem], list[Event]]:
     """Sign and send the head's successor, with the fields *mutate* returns changed.
+    *readers*: in a channel with subscriptions, admins this change demotes who stay as
+    subscribers.
 
     Raises:
         UnknownGroup, NotGroupMember, NotGroupAdmin; ClientError for an invalid result.
@@ -184,7 +187,7 @@ def change(core: ClientCore, group_id: bytes, mutate: Callable[[GroupState], dic
         core.sendable(m)
     if not authorized(head.state, state):
         raise NotGroupAdmin(group_id)
-    return _publish(core, view, state, now_ms=now_ms)
+    return _publish(core, view, state, readers=readers, now_ms=now_ms)
 
 
 def leave(core: ClientCore, group_id: bytes, *, now_ms: int,
@@ -217,7 +220,7 @@ def leave(core: ClientCore, group_id: bytes, *, now_ms: int,
 
 
 def _publish(core: ClientCore, view: GroupView, state: GroupState, *, now_ms: int,
-             ) -> tuple[list[OutboxItem], list[Event]]:
+             readers: Sequence[bytes] = ()) -> tuple[list[OutboxItem], list[Event]]:
     """Store our new state as the head and send it to the old and new members."""
     me = core.account_id
     old = view.head
@@ -232,7 +235,8 @@ def _publish(core: ClientCore, view: GroupView, state: GroupState, *, now_ms: in
                        forget_keys=state.group_id if left else None,
                        drop_outbound=state.group_id if someone_left and not left else None)
     if state.subscriptions:
-        items = _channels.publish(core, view, old, signed, write, now_ms=now_ms)
+        items = _channels.publish(core, view, old, signed, write, readers=readers,
+                                  now_ms=now_ms)
         return items, [change_event(core, view, old, now_ms=now_ms)]
     old_members = () if old is None else old.state.members
     targets = sorted((set(old_members) | set(state.members)) - {me})

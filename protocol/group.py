@@ -98,7 +98,7 @@ state, a signature, ~110 bytes of framing) must pad to the 32 KiB bucket (pigeon
 padding; the next bucket, 64 KiB, no longer fits one relay blob). 1,000 members take
 ~18 KB, leaving room for ~800 admins."""
 
-MAX_CHANNEL_SUBSCRIBERS: Final = 100_000
+MAX_CHANNEL_SUBSCRIBERS: Final = 50_000
 """Subscribers per channel with ``subscriptions``: no state carries them, so the bound is
 the admins' cost: a post is ceil(n / MAX_RECIPIENTS) sends of one blob, a rotation n
 pairwise distributions, and each admin stores n sealed subscriptions (~250 bytes each)."""

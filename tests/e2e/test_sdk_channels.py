@@ -148,6 +148,16 @@ async def test_second_admin_gets_the_roster_and_posts(clients: ClientFactory) ->
     await c.wait(MessageReceived, text="marker")
     assert "after carol" not in c.texts()
 
+    # Alice demotes Bob: he stays a subscriber, reads, and may no longer post.
+    await alice.demote(gid, [bob.account_id])
+    changed = await b.wait_version(3)
+    assert changed.demoted == (bob.account_id,) and changed.group.active
+    assert (await bob.group(gid)).admins == (alice.account_id,)
+    with pytest.raises(NotGroupAdmin):
+        await bob.send_group_text(gid, "still an admin?")
+    await alice.send_group_text(gid, "bob reads as a subscriber")
+    await b.wait_text("bob reads as a subscriber")
+
 
 async def test_forged_subscriptions_rejected(clients: ClientFactory) -> None:  # noqa: F811
     alice, bob, carol = await clients("alice"), await clients("bob"), await clients("carol")
