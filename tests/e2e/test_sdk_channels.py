@@ -4,7 +4,8 @@ with several SDK clients and a real relay process.
 The admin posts, subscribers read and cannot post; each subscriber learns only its own
 membership; a removed subscriber reads nothing sent after (even handed the blob); a
 subscriber leaves; a second admin learns the roster and posts to it; forged and
-non-admin subscriptions are rejected; an offline subscriber catches up.
+non-admin subscriptions are rejected; an offline subscriber catches up; the relay's
+files hold neither the channel id, nor its name, nor its roster.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import dataclasses
 import os
 
+import msgpack
 import pytest
 
 from client_sdk import AsyncClient, GroupChanged, MessageReceived, NotGroupAdmin, _groups
@@ -20,6 +22,7 @@ from client_sdk.store import Durability
 from client_sdk.testing import (  # noqa: F401 - fixtures
     FAST_PARAMS,
     ClientFactory,
+    RelayProcess,
     pigeon_clients,
     pigeon_relay,
 )
@@ -225,3 +228,36 @@ async def test_offline_subscriber_catches_up(clients: ClientFactory) -> None:  #
     await b.wait_text("while away")
     info = await back.group(gid)
     assert info.active and info.name == "Later 2" and info.subscriptions
+
+
+async def test_relay_store_holds_no_channel_id_or_roster(
+        clients: ClientFactory, pigeon_relay: RelayProcess) -> None:  # noqa: F811
+    alice, bob, carol = await clients("alice"), await clients("bob"), await clients("carol")
+    for reader in (bob, carol):
+        await clients.connect(alice, reader)
+    b, c = Inbox(bob), Inbox(carol)
+    name = "Very secret channel name"
+    gid = (await alice.create_channel(name, [bob.account_id, carol.account_id])).group_id
+    await b.wait(GroupChanged)
+    await c.wait(GroupChanged)
+    await alice.send_group_text(gid, "post 1")
+    await c.wait_text("post 1")
+    await alice.remove_members(gid, [bob.account_id])
+    await b.wait(GroupChanged, count=2)
+    await carol.close()  # envelopes stay on the relay
+    await alice.add_members(gid, [bob.account_id])
+    await alice.send_group_text(gid, "post 2")
+    await quiet(alice)
+    roster = sorted([alice.account_id, bob.account_id, carol.account_id])
+    needles = {"channel id": gid, "channel id (hex)": gid.hex().encode(),
+               "name": name.encode(), "roster": b"".join(roster),
+               "readers": b"".join(sorted([bob.account_id, carol.account_id])),
+               "roster (msgpack)": msgpack.packb(roster)}
+    scanned = 0
+    for path in sorted(pigeon_relay.folder.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            scanned += len(data)
+            for what, needle in needles.items():
+                assert needle not in data, f"{what} found in the relay's {path.name}"
+    assert scanned > 0

@@ -2,7 +2,8 @@
 rules (disjoint decoders, invariants), the per-subscriber convergence rule, and a
 channel of 10,000 subscribers built in process (no relay, no real clients): sizes,
 the split of a post into several sends of one blob, every mailbox addressed once, and
-what a change of one subscriber costs."""
+what a change of one subscriber costs; the subscriptions and the roster in both
+stores, inside a transaction."""
 
 from __future__ import annotations
 
@@ -15,15 +16,19 @@ import pytest
 from client_sdk import _channels, _groups
 from client_sdk._group_state import GroupView
 from client_sdk.core import ClientCore
-from client_sdk.store import MemoryStore, Profile
-from client_sdk.store.group_records import SignedSubscription
+from client_sdk.store import ClientStore, MemoryStore, Profile
+from client_sdk.store.group_records import GroupWrite, SignedSubscription
 from client_sdk.store.records import (
     Contact,
     ContactState,
     MailboxDirection,
+    OutboxEntry,
     OutboxItem,
+    Outgoing,
     PairwiseMailbox,
+    Recipient,
 )
+from pigeon_crypto.errors import PigeonError
 from pigeon_crypto.padding import pad_message
 from pigeon_crypto.rng import SeededRng
 from pigeon_crypto.signing import Purpose, SigningKey
@@ -217,3 +222,33 @@ def test_the_roster_packs_into_full_control_messages() -> None:
         assert len(encoded) <= MAX_GROUP_STATE_SIZE + 512
         assert len(pad_message(encoded)) <= 32 * 1024
         assert decode_inner(encoded) == inner
+
+
+# --- storage (both stores) ------------------------------------------------------------------
+
+
+def test_subscriptions_and_roster_are_stored_and_replaced(store: ClientStore) -> None:
+    assert store.channel_subscriptions(GID) == [] and store.channel_roster(GID) is None
+    first, other = _sub(A, 1, True), _sub(A, 1, True, subscriber=B)
+    store.write_group(GroupWrite(subscriptions=(first, other), roster=(GID, (B, S))),
+                      now_ms=NOW)
+    assert {s.hash for s in store.channel_subscriptions(GID)} == {first.hash, other.hash}
+    assert store.channel_roster(GID) == frozenset({B, S})
+    removal = _sub(B, 2, False)
+    store.write_group(GroupWrite(subscriptions=(removal,), subscriptions_gone=(first.hash,),
+                                 roster=(GID, (B,))), now_ms=NOW)
+    held = {s.sub.subscriber: s for s in store.channel_subscriptions(GID)}
+    assert held[S] == removal and held[B] == other
+    assert store.channel_roster(GID) == frozenset({B})
+    assert store.channel_subscriptions(bytes(16)) == []
+    # In a failed transaction (a send whose client_msg_id is taken), nothing is kept.
+    entry = OutboxEntry(client_msg_id=b"\x05" * 16, blob=b"x", created_at_ms=1,
+                        recipients=(Recipient(mailbox_id=b"\x06" * 16,
+                                              capability=b"\x07" * 32),))
+    store.enqueue(Outgoing(entry=entry))
+    with pytest.raises(PigeonError):
+        store.enqueue(Outgoing(entry=entry, group=GroupWrite(
+            subscriptions=(_sub(A, 9, True),), subscriptions_gone=(removal.hash,),
+            roster=(GID, (B, S)))))
+    assert store.channel_roster(GID) == frozenset({B})
+    assert {s.hash for s in store.channel_subscriptions(GID)} == {removal.hash, other.hash}
