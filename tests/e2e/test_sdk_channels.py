@@ -163,6 +163,8 @@ async def test_second_admin_gets_the_roster_and_posts(clients: ClientFactory) ->
 
 
 async def test_forged_subscriptions_rejected(clients: ClientFactory) -> None:  # noqa: F811
+    """Non-admin, misattributed, cross-purpose and state-as-subscription control messages,
+    at an admin, at a subscriber and at a non-member."""
     alice, bob, carol = await clients("alice"), await clients("bob"), await clients("carol")
     await clients.connect(alice, bob)
     await clients.connect(alice, carol)
@@ -208,6 +210,25 @@ async def test_forged_subscriptions_rejected(clients: ClientFactory) -> None:  #
     assert len([e for e in c.events if isinstance(e, GroupChanged)]) == 1
     await alice.send_group_text(gid, "still fine")
     await c.wait_text("still fine")
+
+    # 5. Bob "subscribes" Eve, his contact and no reader: under his own name, and
+    # claiming Alice's. Eve takes neither: no admin of the state made them.
+    eve = await clients("eve")
+    await clients.connect(bob, eve)
+    e = Inbox(eve)
+    for signer in (bob.account_id, alice.account_id):
+        invite = Subscription(group_id=gid, seq=1, signer=signer, at_ms=1,
+                              subscriber=eve.account_id, subscribed=True,
+                              authority=head.hash)
+        await _send_inner(bob, eve.account_id, GroupControl(
+            message_id=os.urandom(16), sent_at_ms=1, state=head.encoded,
+            signature=head.signature,
+            subscriptions=((invite.encode(), bob_key.sign(Purpose.GROUP_CONTROL,
+                                                          invite.encode())),)))
+    await bob.send_text(eve.account_id, "marker")
+    await e.wait(MessageReceived, text="marker")
+    assert await eve.groups(include_left=True) == []
+    assert not [ev for ev in e.events if isinstance(ev, GroupChanged)]
 
 
 async def test_offline_subscriber_catches_up(clients: ClientFactory) -> None:  # noqa: F811
