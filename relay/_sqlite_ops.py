@@ -51,6 +51,29 @@ def dedup_hash(mailbox_id: bytes, client_msg_id: bytes) -> bytes:
     return hashlib.sha256(dedup_input(mailbox_id, client_msg_id)).digest()
 
 
+SEND_DEDUP_PREFIX = b"pigeon relay send v1\x00"
+_ENTRY_HASH = 16
+"""Bytes of a recipient's dedup hash kept in a ``send_dedup`` entry: entries are only
+compared with those of the same client_msg_id, so 128 bits are plenty."""
+_ENTRY = _ENTRY_HASH + 8
+
+
+def send_dedup_hash(client_msg_id: bytes) -> bytes:
+    """The key of a multi-recipient send's idempotency record (``send_dedup``)."""
+    return hashlib.sha256(SEND_DEDUP_PREFIX + client_msg_id).digest()
+
+
+def _entry(key: bytes, serial: int) -> bytes:
+    """A recipient's name in a ``send_dedup`` record: its dedup hash bound to the
+    mailbox's serial (a re-created mailbox does not inherit the old one's entries)."""
+    return hashlib.sha256(key + serial.to_bytes(8, "big")).digest()[:_ENTRY_HASH]
+
+
+def _entries(raw: bytes) -> dict[bytes, int]:
+    return {raw[i:i + _ENTRY_HASH]: int.from_bytes(raw[i + _ENTRY_HASH:i + _ENTRY], "big")
+            for i in range(0, len(raw), _ENTRY)}
+
+
 def _mailbox(row: Any) -> MailboxRecord:
     return MailboxRecord(
         mailbox_id=bytes(row[0]),
@@ -78,10 +101,12 @@ def create_mailbox(
         raise NotFound("account")
     if conn.execute("SELECT 1 FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone():
         raise StoreConflict("mailbox")
+    serial = conn.execute("UPDATE counters SET value = value + 1"
+                          " WHERE name = 'mailbox_serial' RETURNING value").fetchone()[0]
     conn.execute(
-        "INSERT INTO mailboxes (id, account_id, capability_hash, created_at_ms, push_url)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (mailbox_id, account_id, capability_hash, now_ms, push_url),
+        "INSERT INTO mailboxes (id, account_id, capability_hash, created_at_ms, push_url,"
+        " serial) VALUES (?, ?, ?, ?, ?, ?)",
+        (mailbox_id, account_id, capability_hash, now_ms, push_url, serial),
     )
     return MailboxRecord(
         mailbox_id=mailbox_id,
@@ -257,10 +282,12 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
     keys: list[list[tuple[Recipient, bytes]]] = []
     mailbox_ids: dict[bytes, None] = {}
     pairs: list[bytes] = []
+    cmids: dict[bytes, None] = {}
     for call in calls:
         seen: set[bytes] = set()
         mine: list[tuple[Recipient, bytes]] = []
         cmid = call.client_msg_id
+        cmids[cmid] = None
         for r in call.recipients:
             mailbox_id = r.mailbox_id
             if mailbox_id in seen:
@@ -280,17 +307,18 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
         if _JSON:  # one row: each row of a result would hand the GIL back and forth
             sql = (
                 "SELECT json_group_array(json_array(hex(id), hex(capability_hash),"  # noqa: S608
-                f" retire_at_ms, pending, last_seq)) FROM mailboxes WHERE id IN ({marks})"
+                f" retire_at_ms, pending, last_seq, serial)) FROM mailboxes WHERE id IN ({marks})"
             )
             rows = [(bytes.fromhex(r[0]), bytes.fromhex(r[1]), *r[2:])
                     for r in json.loads(conn.execute(sql, part).fetchone()[0])]
         else:
-            sql = ("SELECT id, capability_hash, retire_at_ms, pending, last_seq"  # noqa: S608
+            sql = ("SELECT id, capability_hash, retire_at_ms, pending, last_seq, serial"  # noqa: S608
                    f" FROM mailboxes WHERE id IN ({marks})")
             rows = [(bytes(r[0]), bytes(r[1]), *r[2:]) for r in conn.execute(sql, part)]
         for row in rows:
-            # [capability hash, retire_at_ms, pending, last_seq, new copies in this run]
-            boxes[row[0]] = [row[1], row[2], row[3], row[4], 0]
+            # [capability hash, retire_at_ms, pending, last_seq, new copies in this run,
+            #  serial]
+            boxes[row[0]] = [row[1], row[2], row[3], row[4], 0, row[5]]
     known: dict[tuple[bytes, bytes], tuple[int, int, int]] = {}
     step = _chunks(conn, 2) * 2
     for i in range(0, len(pairs), step):
@@ -302,10 +330,24 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
         )
         for row in conn.execute(sql, part):
             known[(bytes(row[0]), bytes(row[1]))] = (row[2], row[3], row[4])
+    # Multi-recipient sends' records, looked up for every call: a single-recipient retry
+    # of a group send must find its copy too. Hits are rare (retries), so the statement
+    # almost always returns nothing, in one step.
+    send_keys = {send_dedup_hash(cmid): None for cmid in cmids}
+    sends: dict[bytes, tuple[int, int, dict[bytes, int]]] = {}
+    skeys = list(send_keys)
+    step = _chunks(conn, 1)
+    for i in range(0, len(skeys), step):
+        part = skeys[i:i + step]
+        sql = ("SELECT send_hash, received_at_ms, expires_at_ms, entries"  # noqa: S608
+               f" FROM send_dedup WHERE send_hash IN ({','.join('?' * len(part))})")
+        for row in conn.execute(sql, part):
+            sends[bytes(row[0])] = (row[1], row[2], _entries(bytes(row[3])))
     # 2. The decisions, call by call, in order (a later call sees the earlier ones).
     blob_rows: list[tuple[Any, ...]] = []
     delivery_rows: list[tuple[Any, ...]] = []
     dedup_rows: list[tuple[Any, ...]] = []
+    send_rows: list[tuple[Any, ...]] = []
     next_blob: int | None = None
     results: list[AppendResult] = []
     for call, mine in zip(calls, keys, strict=True):
@@ -313,8 +355,11 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
         expires = now_ms + call.ttl_ms
         keep_until = now_ms + max(call.ttl_ms, call.dedup_ttl_ms or 0)
         max_pending = call.max_pending
+        skey = send_dedup_hash(call.client_msg_id)
+        record = sends.get(skey)
         accepted: list[RecipientSeq] = []
         rejected: list[tuple[bytes, RejectReason]] = []
+        fresh: list[tuple[bytes, bytes, int, int]] = []  # (mailbox, key, seq, serial): new
         original: tuple[int, int] | None = None
         blob_id = 0
         for r, key in mine:
@@ -325,6 +370,10 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
                 rejected.append((mailbox_id, RejectReason.WRONG_CAPABILITY))
                 continue
             dup = known.get((mailbox_id, key))
+            if dup is None and record is not None:
+                old_seq = record[2].get(_entry(key, box[5]))
+                if old_seq is not None:
+                    dup = (old_seq, record[0], record[1])
             if dup is not None:
                 accepted.append(RecipientSeq(mailbox_id=mailbox_id, seq=dup[0], duplicate=True))
                 original = original or (dup[1], dup[2])
@@ -344,9 +393,18 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
             box[3] = seq
             box[4] += 1
             delivery_rows.append((mailbox_id, seq, blob_id, now_ms, expires))
-            dedup_rows.append((mailbox_id, key, seq, now_ms, expires, keep_until))
+            fresh.append((mailbox_id, key, seq, box[5]))
             known[(mailbox_id, key)] = (seq, now_ms, expires)
             accepted.append(RecipientSeq(mailbox_id=mailbox_id, seq=seq, duplicate=False))
+        if len(fresh) > 1 and record is None:
+            # One record for the send (the table's key is the client_msg_id's, so only
+            # the first send under it gets one; later copies get dedup rows).
+            entries = {_entry(k, serial): q for _, k, q, serial in fresh}
+            sends[skey] = (now_ms, expires, entries)
+            send_rows.append((skey, now_ms, expires, keep_until,
+                              b"".join(e + q.to_bytes(8, "big") for e, q in entries.items())))
+        else:
+            dedup_rows += [(m, k, q, now_ms, expires, keep_until) for m, k, q, _ in fresh]
         received, expires_at = (now_ms, expires) if blob_id or original is None else original
         results.append(AppendResult(received_at_ms=received, expires_at_ms=expires_at,
                                     accepted=tuple(accepted), rejected=tuple(rejected)))
@@ -356,8 +414,13 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
         _insert_rows(conn, "INSERT INTO deliveries"
                      " (mailbox_id, seq, blob_id, received_at_ms, expires_at_ms) VALUES ",
                      delivery_rows, 5)
-        _insert_rows(conn, "INSERT INTO dedup (mailbox_id, dedup_hash, seq, received_at_ms,"
-                     " expires_at_ms, keep_until_ms) VALUES ", dedup_rows, 6)
+        if dedup_rows:
+            _insert_rows(conn, "INSERT INTO dedup (mailbox_id, dedup_hash, seq,"
+                         " received_at_ms, expires_at_ms, keep_until_ms) VALUES ",
+                         dedup_rows, 6)
+        if send_rows:
+            _insert_rows(conn, "INSERT INTO send_dedup (send_hash, received_at_ms,"
+                         " expires_at_ms, keep_until_ms, entries) VALUES ", send_rows, 5)
         counters = [(m, b[3], b[4]) for m, b in boxes.items() if b[4]]
         if _UPDATE_FROM:
             step = _chunks(conn, 3)
@@ -508,6 +571,12 @@ def expire(conn: sqlite3.Connection, now_ms: int, limit: int) -> ExpiryReport:
         " SELECT mailbox_id, dedup_hash FROM dedup WHERE keep_until_ms <= ? LIMIT ?)",
         (now_ms, limit),
     ).rowcount
+    send_records = conn.execute(
+        "DELETE FROM send_dedup WHERE send_hash IN ("
+        " SELECT send_hash FROM send_dedup WHERE keep_until_ms <= ? LIMIT ?)"
+        " RETURNING length(entries)",
+        (now_ms, limit),
+    ).fetchall()
     retired = conn.execute(
         "DELETE FROM mailboxes WHERE id IN (SELECT id FROM mailboxes"
         " WHERE retire_at_ms <= ? AND pending = 0 ORDER BY retire_at_ms LIMIT ?) RETURNING id",
@@ -519,9 +588,10 @@ def expire(conn: sqlite3.Connection, now_ms: int, limit: int) -> ExpiryReport:
             for m, (c, s) in sorted(per_mailbox.items())
         ),
         messages_removed=len(rows),
-        dedup_removed=dedup,
+        # Counted per mailbox record, as the other adapters count them.
+        dedup_removed=dedup + sum(n // _ENTRY for (n,) in send_records),
         retired=tuple(sorted(bytes(r[0]) for r in retired)),
-        more=max(len(rows), dedup, len(retired)) >= limit,
+        more=max(len(rows), dedup, len(send_records), len(retired)) >= limit,
     )
 
 

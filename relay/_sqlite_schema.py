@@ -147,5 +147,42 @@ def _v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS = (Migration(1, _v1),)
+_V2 = [
+    # One idempotency record per multi-recipient send instead of one `dedup` row per
+    # recipient (a 1,000-member group send wrote 1,000 rows into two random-keyed
+    # B-trees). Keyed by SHA-256("pigeon relay send v1" 0x00 || client_msg_id); `entries`
+    # lists the copies it queued, 24 bytes each: the first 16 bytes of
+    # SHA-256(recipient's dedup hash || the mailbox's serial, 8 bytes big-endian), then the
+    # copy's seq (8 bytes, big-endian). The dedup hash is the per-mailbox one
+    # (SHA-256(dedup_input(mailbox_id, client_msg_id))), so idempotency stays exact per
+    # mailbox (a retry to a different subset queues only the new mailboxes); the serial
+    # makes a deleted mailbox's entries dead (a mailbox re-created under the same id has a
+    # new serial), as its `dedup` rows die with it. The record names no mailbox: without
+    # the client_msg_id, which is not stored, an entry cannot be tied to one.
+    # Single-recipient sends, and copies added later under a client_msg_id that already
+    # has a record, still get `dedup` rows. Kept until keep_until_ms, like `dedup`.
+    """
+    CREATE TABLE send_dedup (
+        send_hash      BLOB PRIMARY KEY CHECK (length(send_hash) = 32),
+        received_at_ms INTEGER NOT NULL,
+        expires_at_ms  INTEGER NOT NULL,
+        keep_until_ms  INTEGER NOT NULL,
+        entries        BLOB NOT NULL CHECK (length(entries) % 24 = 0)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX send_dedup_by_expiry ON send_dedup (keep_until_ms)",
+    # A mailbox's serial: distinct for every mailbox ever created (existing ones keep 0:
+    # they were all created before any send record existed).
+    "ALTER TABLE mailboxes ADD COLUMN serial INTEGER NOT NULL DEFAULT 0",
+    "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+    "INSERT INTO counters (name, value) VALUES ('mailbox_serial', 0)",
+]
+
+
+def _v2(conn: sqlite3.Connection) -> None:
+    for statement in _V2:
+        conn.execute(statement)
+
+
+MIGRATIONS = (Migration(1, _v1), Migration(2, _v2))
 SCHEMA_VERSION = MIGRATIONS[-1].version

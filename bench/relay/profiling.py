@@ -1,7 +1,8 @@
 """Optional profiling of the server under load with py-spy (``--profile DIR``).
 
 During the measured window of each relay run, ``py-spy record --nonblocking --format raw
---function --threads`` samples the server (all threads). :func:`summarize`
+--function --threads --subprocesses`` samples the server (all threads, and its store
+writer process). :func:`summarize`
 reads the collapsed stacks and lists, per thread, the functions with the most samples
 on top of the stack (self) and anywhere on the stack (inclusive), which is the evidence
 for "what bounds the relay". Profiled runs are separate from the figure runs: the
@@ -36,6 +37,7 @@ class PySpy:
             self.cmd = [exe, "record", "--pid", str(pid), "--duration",
                         str(max(1, int(seconds))), "--rate", str(rate), "--nonblocking",
                         "--format", "raw", "--function", "--threads",
+                        "--subprocesses",  # the relay's store writer process too
                         "-o", str(out)]
 
     def __enter__(self) -> PySpy:

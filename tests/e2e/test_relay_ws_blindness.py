@@ -247,7 +247,7 @@ async def test_the_relay_keeps_no_content_and_no_sender(relay_factory: RelayFact
     conn = sqlite3.connect(f"file:{data_dir / 'pigeon-relay.db'}?mode=ro", uri=True)
     try:
         envelopes = [repr(row).encode() + b"".join(v for v in row if isinstance(v, bytes))
-                     for table in ("blobs", "deliveries", "dedup")
+                     for table in ("blobs", "deliveries", "dedup", "send_dedup")
                      for row in conn.execute(f"SELECT * FROM {table}")]
         queued = conn.execute("SELECT count(*) FROM deliveries").fetchone()[0]
     finally:

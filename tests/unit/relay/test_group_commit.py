@@ -189,7 +189,8 @@ async def test_schema_versions(tmp_path: Path) -> None:
     await (await SqliteStore.open(path)).close()
     await (await SqliteStore.open(path)).close()  # reopening applies nothing twice
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [
+        (v,) for v in range(1, SCHEMA_VERSION + 1)]
     conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION + 1,))
     conn.commit()
     conn.close()
