@@ -66,7 +66,18 @@ if TYPE_CHECKING:
     from .core import ClientCore
     from .events import Event
 
-__all__ = ["create", "invited", "leave", "publish", "receive", "set_subscribed"]
+__all__ = [
+    "create",
+    "forward",
+    "invited",
+    "leave",
+    "pack",
+    "publish",
+    "receive",
+    "roster_event",
+    "set_subscribed",
+    "sign",
+]
 
 _log = logging.getLogger("pigeon.sdk.groups")
 

@@ -45,6 +45,7 @@ from ._wire import (
     wire,
 )
 from .errors import LocalProtocolError, MalformedFrame, UnexpectedFrame, UnknownMessageKind
+from .group import MAX_SUBSCRIPTION_SIZE
 
 __all__ = [
     "INNER_KINDS",
@@ -110,7 +111,7 @@ _DISTRIBUTION: Final = Bytes.exactly(73)
 MAX_SUBSCRIPTIONS_PER_CONTROL: Final = 128
 """Signed subscriptions per ``GroupControl`` (~180 bytes each): with a channel's state
 they stay within one 32 KiB padding bucket (the SDK also packs by size)."""
-_SUBSCRIPTIONS: Final = TupleOf(Pair(Bytes(1, 256), SIGNATURE), 0,
+_SUBSCRIPTIONS: Final = TupleOf(Pair(Bytes(1, MAX_SUBSCRIPTION_SIZE), SIGNATURE), 0,
                                 MAX_SUBSCRIPTIONS_PER_CONTROL)
 _TIMER_MS: Final = UInt(1, L.MAX_DISAPPEARING_TIMER_MS)
 GROUP_ID: Final = Bytes.exactly(16)
