@@ -52,6 +52,7 @@ class RelayApiMixin:
 
     if TYPE_CHECKING:
         _conn: RelayConnection | None
+        _send_conn: RelayConnection | None
         _pump: OutboxPump
         _challenge: Challenge | None
         _loop_task: asyncio.Task[None] | None
@@ -215,7 +216,7 @@ class RelayApiMixin:
 
     async def _ephemeral(self, peer: bytes, **what: Any) -> bool:
         signal = await self._run(lambda c: c.ephemeral(peer, now_ms=self._now_ms(), **what))
-        conn = self._conn
+        conn = self._send_conn
         if signal is None or conn is None:
             return False
         cmid, blob, recipient = signal

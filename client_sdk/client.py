@@ -7,7 +7,11 @@ Theory of operation (docs/sdk.md)
     pinned when a fingerprint is given), ``Connect``/``Challenge``, ``Auth`` (or
     ``Register``), then the *post-login sync* (prekeys due for upload or rotation, the
     contact mailbox, ``Subscribe`` to every mailbox we own), then the outbox pump
-    resumes. When the connection drops, every pending request fails with
+    resumes over a **second, anonymous connection** (``Connect``/``Challenge`` and no
+    ``Auth``: a send needs only the mailbox's capability, so the relay cannot tie the
+    account that receives on one socket to what is sent on the other; DESIGN.md,
+    "Addresses"; ``anonymous_sends=False`` sends over the authenticated one). The two
+    live and die together. When a connection drops, every pending request fails with
     ``ConnectionLost``, ``Disconnected`` is emitted, and the loop reconnects with
     exponential backoff and jitter (``retry_delay_ms``, capped by
     ``reconnect_cap_ms``); ``Reconnected`` follows, and the relay redelivers whatever
@@ -100,7 +104,7 @@ class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, Cl
                  create: bool = True, params: Argon2Params = DEFAULT_PARAMS,
                  durability: Durability = Durability.FULL, config: CoreConfig | None = None,
                  reconnect_cap_ms: int = 30_000, rng: Rng = system_rng,
-                 tune_interpreter: bool = False) -> None:
+                 tune_interpreter: bool = False, anonymous_sends: bool = True) -> None:
         """Use :meth:`open`. Arguments as there."""
         self.path = Path(path)
         self._passphrase = passphrase
@@ -112,6 +116,7 @@ class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, Cl
         self._config = config
         self._reconnect_cap_ms = reconnect_cap_ms
         self._tune = tune_interpreter
+        self._anonymous_sends = anonymous_sends
         self._tuned = False
         self._rng = rng
         self._profile: Profile | None = None
@@ -119,6 +124,8 @@ class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, Cl
         self._executor: ThreadPoolExecutor | None = None
         self._session: aiohttp.ClientSession | None = None
         self._conn: RelayConnection | None = None
+        self._send_conn: RelayConnection | None = None
+        """Where sends go: the anonymous connection (or ``_conn`` without one)."""
         self._connected = asyncio.Event()
         self._closing = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -146,7 +153,7 @@ class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, Cl
              create: bool = True, params: Argon2Params = DEFAULT_PARAMS,
              durability: Durability = Durability.FULL, config: CoreConfig | None = None,
              reconnect_cap_ms: int = 30_000, rng: Rng = system_rng,
-             tune_interpreter: bool = False) -> AsyncClient:
+             tune_interpreter: bool = False, anonymous_sends: bool = True) -> AsyncClient:
         """A client for the profile at *path*; use ``async with`` (or :meth:`start`
         and :meth:`close`).
 
@@ -165,6 +172,9 @@ class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, Cl
                 to 5 ms for the event loop after every SQLite call; about 1.5x the
                 message throughput of a busy client). Off by default: a library
                 leaves the interpreter to the application.
+            anonymous_sends: send messages (and typing signals) over a second,
+                unauthenticated connection, so the relay never sees which account
+                writes to which mailbox (default). False: one connection for all.
 
         Raises (on entering):
             WrongPassphrase, ProfileCorrupt, ProfileLocked, ProfileTooNew,
@@ -173,7 +183,7 @@ class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, Cl
         return cls(path, passphrase, relay_url=relay_url, tls_fingerprint=tls_fingerprint,
                    create=create, params=params, durability=durability, config=config,
                    reconnect_cap_ms=reconnect_cap_ms, rng=rng,
-                   tune_interpreter=tune_interpreter)
+                   tune_interpreter=tune_interpreter, anonymous_sends=anonymous_sends)
 
     def __repr__(self) -> str:
         who = self._core.identity.account_id.hex() if self._core and self._core.has_identity \
@@ -236,8 +246,9 @@ class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, Cl
             task.cancel()
         await asyncio.gather(*self._tasks, *(t for t in [self._loop_task] if t),
                              return_exceptions=True)
-        if self._conn is not None:
-            await self._conn.close()
+        for conn in {self._conn, self._send_conn}:
+            if conn is not None:
+                await conn.close()
         if self._session is not None:
             await self._session.close()
         for queue in self._subscribers:
@@ -369,29 +380,42 @@ class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, Cl
         failures = 0
         while not self._closing.is_set():
             try:
-                async with self._session.ws_connect(
+                async with contextlib.AsyncExitStack() as stack:
+                    ws = await stack.enter_async_context(self._session.ws_connect(
                         url, ssl=ssl if url.startswith("wss") else False,
                         max_msg_size=L.MAX_FRAME_SIZE, heartbeat=30.0,
-                        receive_timeout=None) as ws:
+                        receive_timeout=None))
                     conn = RelayConnection(ws, self._on_frame)
-                    reader = asyncio.ensure_future(conn.read_loop())
+                    readers = [asyncio.ensure_future(conn.read_loop())]
+                    send_conn = conn
                     try:
                         await self._login(conn)
                         await self._after_login(conn)
-                        self._conn = conn
+                        if self._anonymous_sends:
+                            send_ws = await stack.enter_async_context(self._session.ws_connect(
+                                url, ssl=ssl if url.startswith("wss") else False,
+                                max_msg_size=L.MAX_FRAME_SIZE, heartbeat=30.0,
+                                receive_timeout=None))
+                            send_conn = RelayConnection(send_ws, self._on_frame)
+                            readers.append(asyncio.ensure_future(send_conn.read_loop()))
+                            hello = await send_conn.request(lambda rid: Connect(request_id=rid))
+                            assert isinstance(hello, Challenge)  # and no Auth: anonymous
+                        self._conn, self._send_conn = conn, send_conn
                         self._connected.set()
                         stored = await self._run(lambda c: c.due_outbox(now_ms=2**62))
-                        self._pump.attach(conn, stored)
+                        self._pump.attach(send_conn, stored)
                         self._emit([Reconnected(attempt=failures)])
                         self._resume_transfers()
                         failures = 0
-                        await reader
+                        await asyncio.wait(readers, return_when=asyncio.FIRST_COMPLETED)
                     finally:
-                        reader.cancel()
+                        for reader in readers:
+                            reader.cancel()
                         self._connected.clear()
-                        self._conn = None
+                        self._conn = self._send_conn = None
                         self._pump.detach()
-                    reason = f"closed with code {conn.close_code}"
+                    closed = conn if conn.closed else send_conn
+                    reason = f"closed with code {closed.close_code}"
             except aiohttp.ServerFingerprintMismatch:
                 self._fail(CertificatePinMismatch())
                 return

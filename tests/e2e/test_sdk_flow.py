@@ -28,6 +28,7 @@ from client_sdk import (
     PresenceChanged,
     ProfileChanged,
     ReactionChanged,
+    Reconnected,
     TypingChanged,
     UnknownContact,
 )
@@ -39,6 +40,7 @@ from client_sdk.testing import (  # noqa: F401 - fixtures
     relay_pipeline_available,
 )
 from protocol.inner import PresenceState
+from tests.e2e._relay_fixtures import metric_value
 
 
 @pytest.fixture
@@ -223,3 +225,37 @@ async def test_public_state_the_chat_uses(clients: ClientFactory) -> None:
     await alice.block(bob.account_id)
     with pytest.raises(ContactBlocked):
         alice.check_sendable(bob.account_id)
+
+
+async def _connections_become(url: str, expected: float) -> None:
+    async with asyncio.timeout(10):
+        while await metric_value(url, "pigeon_relay_connections") != expected:  # noqa: ASYNC110 - polls another process
+            await asyncio.sleep(0.05)
+
+
+async def test_sends_go_over_a_second_anonymous_connection(clients: ClientFactory) -> None:
+    url = clients.relay.url
+    base = await metric_value(url, "pigeon_relay_connections")
+    alice = await clients("alice")
+    await alice.wait_connected(20)
+    await _connections_become(url, base + 2)  # receives on one, sends on the other
+    bob = await clients("bob", anonymous_sends=False)
+    await bob.wait_connected(20)
+    await _connections_become(url, base + 3)
+    await clients.connect(alice, bob)
+    first = await alice.send_text(bob.account_id, "over the anonymous connection")
+    await clients.next_event(bob, MessageReceived, message_id=first.message_id)
+
+    # The anonymous connection drops: both are made again, and nothing is lost or doubled.
+    a = Inbox(alice)
+    b = Inbox(bob)
+    send_conn = alice._send_conn
+    assert send_conn is not None and send_conn is not alice._conn
+    await send_conn.close()
+    await a.wait(Reconnected)
+    refs = [await alice.send_text(bob.account_id, f"after {i}") for i in range(5)]
+    for ref in refs:
+        await b.wait(MessageReceived, message_id=ref.message_id)
+    await a.wait(MessageStatusChanged, status=MessageStatus.DELIVERED, count=5)
+    await _connections_become(url, base + 3)
+    assert len([e for e in b.events if isinstance(e, MessageReceived)]) == 5
