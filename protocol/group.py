@@ -81,6 +81,7 @@ __all__ = [
     "GROUP_ID_SIZE",
     "MAX_CHANNEL_SUBSCRIBERS",
     "MAX_GROUP_MEMBERS",
+    "MAX_GROUP_STATE_READ_SIZE",
     "MAX_SUBSCRIPTION_SIZE",
     "GroupState",
     "Subscription",
@@ -93,10 +94,13 @@ MAX_GROUP_MEMBERS: Final = 1000
 """Members per group: 1,000 account ids (18 bytes each encoded) fit one control
 message and one multi-recipient ``Send`` (MAX_RECIPIENTS = 2,000)."""
 MAX_GROUP_STATE_SIZE: Final = 32 * 1024 - 256
-"""An encoded state, checked on encode and before parsing: its ``GroupControl`` (the
-state, a signature, ~110 bytes of framing) must pad to the 32 KiB bucket (pigeon_crypto
-padding; the next bucket, 64 KiB, no longer fits one relay blob). 1,000 members take
-~18 KB, leaving room for ~800 admins."""
+"""An encoded state, checked on encode: its ``GroupControl`` (the state, a signature,
+~110 bytes of framing) must pad to the 32 KiB bucket (pigeon_crypto padding; the next
+bucket, 64 KiB, no longer fits one relay blob). 1,000 members take ~18 KB, leaving room
+for ~800 admins."""
+MAX_GROUP_STATE_READ_SIZE: Final = 32 * 1024
+"""Checked before parsing: the limit of earlier versions, which wrote states of up to
+32 KiB; profiles store such states and older clients may still send them."""
 
 MAX_CHANNEL_SUBSCRIBERS: Final = 50_000
 """Subscribers per channel with ``subscriptions``: no state carries them, so the bound is
@@ -109,7 +113,7 @@ _SUBSCRIPTION_ONLY_KEYS: Final = frozenset((12, 13, 14))
 
 _LIMITS: Final = Limits(
     what="group state",
-    max_size=MAX_GROUP_STATE_SIZE,
+    max_size=MAX_GROUP_STATE_READ_SIZE,
     max_bin_len=L.MAX_MANIFEST_SIZE,
     max_str_len=L.MAX_DISPLAY_NAME_SIZE,
     max_array_len=MAX_GROUP_MEMBERS,

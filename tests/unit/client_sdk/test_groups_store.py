@@ -172,6 +172,31 @@ def test_the_largest_state_fits_one_padded_control_message() -> None:
         state(largest + 1).encode()
 
 
+def test_states_earlier_versions_wrote_up_to_32_kib_still_decode() -> None:
+    """Before the 32,512-byte encode limit, states of up to 32 KiB were written: profiles
+    hold them, so reading (and receiving) takes them; only new ones must be smaller."""
+    from protocol._wire import pack
+    from protocol.errors import LocalProtocolError, RemoteProtocolError
+    from protocol.group import MAX_GROUP_STATE_READ_SIZE, MAX_GROUP_STATE_SIZE
+
+    ids = tuple(sorted(bytes([i >> 8, i & 0xFF]) * 8 for i in range(1000)))
+
+    def raw(admins: int) -> tuple[GroupState, bytes]:
+        state = GroupState(group_id=GID, version=2**40, parent=b"\x01" * 32, signer=ids[0],
+                           name="n" * 128, members=ids, admins=ids[:admins], at_ms=2**50)
+        return state, pack((1, state._body()))
+
+    state, old = next(raw(n) for n in range(700, 1001)
+                      if MAX_GROUP_STATE_SIZE < len(raw(n)[1]) <= MAX_GROUP_STATE_READ_SIZE)
+    assert decode_group_state(old) == state
+    with pytest.raises(LocalProtocolError):
+        state.encode()
+    _, too_big = next(raw(n) for n in range(700, 1001)
+                      if len(raw(n)[1]) > MAX_GROUP_STATE_READ_SIZE)
+    with pytest.raises(RemoteProtocolError):
+        decode_group_state(too_big)
+
+
 def _fits(s: GroupState) -> bool:
     from protocol.errors import LocalProtocolError
     try:
