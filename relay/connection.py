@@ -174,7 +174,8 @@ class Connection:
             return None
         self.credits_low_sent = True
         refill_ms = int(1000 / bucket.refill_per_s) + 1
-        frame = CreditsLow(remaining=int(remaining), refill_in_ms=min(refill_ms, 2**32 - 1))
+        frame = CreditsLow(remaining=max(0, int(remaining)),  # in debt after a wide fan-out
+                           refill_in_ms=min(refill_ms, 2**32 - 1))
         return self.send(frame.encode())
 
     # ------------------------------------------------------------------ session

@@ -6,6 +6,10 @@ persist):
 * A :class:`TokenBucket` holds up to ``capacity`` credits and gains ``refill_per_s`` per
   second. A send takes one credit per envelope; an empty bucket refuses the send and says
   how long until it would succeed (the wire's ``RATE_LIMITED`` + ``retry_after_ms``).
+  A send to more mailboxes than the burst (a large group's or channel's fan-out, up to
+  ``MAX_RECIPIENTS``) passes once the bucket is full and leaves it in debt: later sends
+  wait until the debt is refilled, so the sustained rate is still ``refill_per_s``, and
+  a client never has to know the relay's burst to split its sends.
 * Every connection has its own bucket (it bounds what one socket can push), and every
   destination mailbox has one in a bounded :class:`BucketMap` (it bounds what all senders
   together can push into one mailbox, so flooding someone needs many connections *and*
@@ -88,15 +92,18 @@ class TokenBucket:
         return 0.0 if missing <= 0 else missing / self.refill_per_s
 
     def try_take(self, now: float, n: float = 1.0) -> float:
-        """Take *n* credits if available.
+        """Take *n* credits if available. More than the capacity is taken from a full
+        bucket, which is left in debt (negative) until it refills.
 
         Returns:
             0.0 when taken; otherwise the retry-after in seconds (> 0) and nothing is taken.
 
         Raises:
-            ValueError: *n* exceeds the capacity or is negative.
+            ValueError: *n* is negative.
         """
-        wait = self.wait_for(now, n)
+        if n < 0:
+            raise ValueError("n must not be negative")
+        wait = self.wait_for(now, min(n, self.capacity))
         if wait == 0.0:
             self._tokens -= n
         return wait
@@ -185,7 +192,8 @@ def take_send(
     now: float,
 ) -> Refusal | None:
     """Charge one send: one credit per recipient from the connection and one from each
-    recipient mailbox, all or nothing.
+    recipient mailbox, all or nothing. A send to more recipients than the connection's
+    burst waits for a full bucket and leaves it in debt (:meth:`TokenBucket.try_take`).
 
     A mailbox named twice in *recipients* is charged twice (cheap for an honest client,
     which never does that).
@@ -194,12 +202,7 @@ def take_send(
         None when charged; otherwise a :class:`Refusal` and nothing is charged.
     """
     n = float(len(recipients))
-    if n > connection.capacity:
-        # A fan-out wider than the burst could never pass: refuse with the time it takes
-        # to refill completely, and let the client split it (protocol MAX_RECIPIENTS).
-        return Refusal(scope="connection", retry_after_s=connection.capacity
-                       / connection.refill_per_s)
-    wait = connection.try_take(now, n)
+    wait = connection.try_take(now, n)  # wider than the burst: from a full bucket, into debt
     if wait > 0:
         return Refusal(scope="connection", retry_after_s=wait)
     taken: list[TokenBucket] = []

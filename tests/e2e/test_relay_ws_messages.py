@@ -290,6 +290,31 @@ async def test_ephemeral_signals(relay: RelayProcess) -> None:
     await alice.close()
 
 
+async def test_a_fan_out_wider_than_the_burst_passes_and_leaves_the_connection_in_debt(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    rp = launch_relay(tmp_path_factory.mktemp("ws-wide"),
+                      ["--conn-credit-capacity", "10", "--conn-credit-refill", "1"])
+    try:
+        bob = await connect_user(rp.url)
+        boxes = [await bob.create_mailbox() for _ in range(25)]
+        alice = await anonymous(rp.url)
+        wide = await alice.send(boxes, b"to a large group")  # 25 recipients, burst of 10
+        assert isinstance(wide, Sent) and not wide.rejected
+        # 10 - 25 = -15 credits: the next send waits for 16 of them at 1 per second.
+        refused = await alice.send(boxes[:1], b"next")
+        assert isinstance(refused, Error) and refused.code == ErrorCode.RATE_LIMITED
+        assert refused.retry_after_ms is not None and 15_000 <= refused.retry_after_ms <= 16_100
+        low = await alice.next_notice(CreditsLow)
+        assert low.remaining == 0
+        await bob.subscribe(*boxes)
+        got = [await bob.next_delivery() for _ in boxes]
+        assert {d.mailbox_id for d in got} == {b.mailbox_id for b in boxes}
+        for c in (bob, alice):
+            await c.close()
+    finally:
+        rp.kill()
+
+
 async def test_credits_refuse_with_retry_after_and_notice(
         tmp_path_factory: pytest.TempPathFactory) -> None:
     rp = launch_relay(tmp_path_factory.mktemp("ws-credits"),
