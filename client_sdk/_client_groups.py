@@ -65,7 +65,7 @@ class GroupsApiMixin:
     """Mixed into AsyncClient (which provides the attributes declared here)."""
 
     if TYPE_CHECKING:
-        _conn: RelayConnection | None
+        _send_conn: RelayConnection | None
         _pump: OutboxPump
 
         async def _run(self, fn: Callable[[ClientCore], T]) -> T: ...
@@ -438,7 +438,7 @@ class GroupsApiMixin:
         signal = await self._run(lambda c: _groups.ephemeral(
             c, group_id, Typing(message_id=c.rng(16), sent_at_ms=now, active=active),
             now_ms=now))
-        conn = self._conn
+        conn = self._send_conn
         if signal is None or conn is None:
             return False
         cmid, blob, recipients = signal
