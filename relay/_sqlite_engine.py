@@ -119,6 +119,8 @@ class _Op(Generic[T]):
     many: Callable[[sqlite3.Connection, list[Any]], list[T]] | None = None
     """Runs consecutive ops of the same kind together (see :meth:`SqliteEngine.write_many`)."""
     arg: Any = None
+    rank: int | None = None
+    """Reorderable (see :func:`_regroup`): the op's place among its neighbours' kinds."""
 
 
 def _one(many: Callable[[sqlite3.Connection, list[Any]], list[T]], arg: Any
@@ -128,6 +130,33 @@ def _one(many: Callable[[sqlite3.Connection, list[Any]], list[T]], arg: Any
 
 _STOP = object()
 _Outcome = tuple["asyncio.Future[Any]", bool, Any]
+
+
+def _regroup(batch: list[_Op[Any]]) -> list[_Op[Any]]:
+    """Within each stretch of consecutive ranked ops, order the ops by rank, keeping
+    their order within a rank (a stable sort): acks interleaved with appends, from a
+    thousand connections, become one run of each (two statements for the acks, a few
+    for the appends) instead of a run per stretch. Unranked ops stay where they are and
+    bound the stretches, so nothing moves past them. Every op in a batch was queued
+    while the previous commit ran and none has its result yet: the callers are
+    concurrent, and any order of theirs is one they could have observed."""
+    out: list[_Op[Any]] = []
+    stretch: list[_Op[Any]] = []
+    for op in batch:
+        if op.rank is None:
+            if stretch:
+                out += sorted(stretch, key=_rank) if len(stretch) > 1 else stretch
+                stretch = []
+            out.append(op)
+        else:
+            stretch.append(op)
+    if stretch:
+        out += sorted(stretch, key=_rank) if len(stretch) > 1 else stretch
+    return out
+
+
+def _rank(op: _Op[Any]) -> int:
+    return op.rank or 0
 
 
 def _resolve(outcomes: list[_Outcome]) -> None:
@@ -288,15 +317,22 @@ class SqliteEngine:
         return await self._submit(_Op(name, fn, loop, loop.create_future()))
 
     async def write_many(self, name: str,
-                         many: Callable[[sqlite3.Connection, list[A]], list[T]], arg: A) -> T:
+                         many: Callable[[sqlite3.Connection, list[A]], list[T]], arg: A,
+                         *, rank: int | None = None) -> T:
         """Like :meth:`write` for ``many(conn, [arg])[0]``, but consecutive ops of a batch
         with the same *many* run in one call ``many(conn, [arg1, arg2, ...])``, which
         returns their results in order. *many* must give each call the result it would
         get alone, in that order (e.g. one multi-row statement per table for a run of
-        appends). If it raises, the batch falls back to one call per op."""
+        appends). If it raises, the batch falls back to one call per op.
+
+        With a *rank*, the op may also move past adjacent ranked ops of other kinds in
+        its batch (:func:`_regroup`), so that interleaved kinds still make one run each.
+        Only for kinds whose order against each other does not matter among concurrent
+        callers (acks and appends: an ack can only name seqs delivered, i.e. committed
+        by an earlier batch)."""
         loop = asyncio.get_running_loop()
         return await self._submit(_Op(name, _one(many, arg), loop, loop.create_future(),
-                                      many, arg))
+                                      many, arg, rank))
 
     async def _submit(self, op: _Op[T]) -> T:
         name = op.name
@@ -368,7 +404,7 @@ class SqliteEngine:
                         break
                     batch.append(item)  # type: ignore[arg-type]
             if batch:
-                self._run_batch(batch)
+                self._run_batch(_regroup(batch))
             if stop:
                 return
 

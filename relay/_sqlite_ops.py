@@ -298,19 +298,38 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
             mailbox_ids[mailbox_id] = None
             pairs += (mailbox_id, key)
         keys.append(mine)
+    # Multi-recipient sends' records are looked up for every call (a single-recipient
+    # retry of a group send must find its copy too). Hits are rare (retries): with JSON,
+    # the lookup rides along in the mailbox statement (no statement of its own).
+    sends: dict[bytes, tuple[int, int, dict[bytes, int]]] = {}
+    skeys = list({send_dedup_hash(cmid): None for cmid in cmids})
+    sends_done = False
     boxes: dict[bytes, list[Any]] = {}
     ids = list(mailbox_ids)
-    step = _chunks(conn, 1)
-    for i in range(0, len(ids), step):
-        part = ids[i:i + step]
+    step1 = _chunks(conn, 1)
+    for i in range(0, len(ids), step1):
+        part = ids[i:i + step1]
         marks = ",".join("?" * len(part))
         if _JSON:  # one row: each row of a result would hand the GIL back and forth
             sql = (
-                "SELECT json_group_array(json_array(hex(id), hex(capability_hash),"  # noqa: S608
-                f" retire_at_ms, pending, last_seq, serial)) FROM mailboxes WHERE id IN ({marks})"
+                "SELECT (SELECT json_group_array(json_array(hex(id), hex(capability_hash),"  # noqa: S608
+                " retire_at_ms, pending, last_seq, serial))"
+                f" FROM mailboxes WHERE id IN ({marks}))"
             )
+            args = part
+            if not sends_done and len(part) + len(skeys) <= step1:
+                sql += (", (SELECT json_group_array(json_array(hex(send_hash),"  # noqa: S608
+                        " received_at_ms, expires_at_ms, hex(entries))) FROM send_dedup"
+                        f" WHERE send_hash IN ({','.join('?' * len(skeys))}))")
+                args = part + skeys
+            found = conn.execute(sql, args).fetchone()
             rows = [(bytes.fromhex(r[0]), bytes.fromhex(r[1]), *r[2:])
-                    for r in json.loads(conn.execute(sql, part).fetchone()[0])]
+                    for r in json.loads(found[0])]
+            if len(found) > 1:
+                sends_done = True
+                for h, received, expires, entries in json.loads(found[1]):
+                    sends[bytes.fromhex(h)] = (received, expires,
+                                               _entries(bytes.fromhex(entries)))
         else:
             sql = ("SELECT id, capability_hash, retire_at_ms, pending, last_seq, serial"  # noqa: S608
                    f" FROM mailboxes WHERE id IN ({marks})")
@@ -330,19 +349,13 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
         )
         for row in conn.execute(sql, part):
             known[(bytes(row[0]), bytes(row[1]))] = (row[2], row[3], row[4])
-    # Multi-recipient sends' records, looked up for every call: a single-recipient retry
-    # of a group send must find its copy too. Hits are rare (retries), so the statement
-    # almost always returns nothing, in one step.
-    send_keys = {send_dedup_hash(cmid): None for cmid in cmids}
-    sends: dict[bytes, tuple[int, int, dict[bytes, int]]] = {}
-    skeys = list(send_keys)
-    step = _chunks(conn, 1)
-    for i in range(0, len(skeys), step):
-        part = skeys[i:i + step]
-        sql = ("SELECT send_hash, received_at_ms, expires_at_ms, entries"  # noqa: S608
-               f" FROM send_dedup WHERE send_hash IN ({','.join('?' * len(part))})")
-        for row in conn.execute(sql, part):
-            sends[bytes(row[0])] = (row[1], row[2], _entries(bytes(row[3])))
+    if not sends_done:
+        for i in range(0, len(skeys), step1):
+            part = skeys[i:i + step1]
+            sql = ("SELECT send_hash, received_at_ms, expires_at_ms, entries"  # noqa: S608
+                   f" FROM send_dedup WHERE send_hash IN ({','.join('?' * len(part))})")
+            for row in conn.execute(sql, part):
+                sends[bytes(row[0])] = (row[1], row[2], _entries(bytes(row[3])))
     # 2. The decisions, call by call, in order (a later call sees the earlier ones).
     blob_rows: list[tuple[Any, ...]] = []
     delivery_rows: list[tuple[Any, ...]] = []

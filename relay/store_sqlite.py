@@ -61,6 +61,15 @@ from .ports import (
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore", "Synchronous", "WriterMode"]
 
+RANK_ACK = 0
+RANK_APPEND = 1
+"""Acks and appends queued in one batch are regrouped, acks first (see
+``SqliteEngine.write_many``); the callers' order is kept within each kind. An ack names
+seqs delivered, i.e. committed by an earlier batch, so it does not see the batch's
+appends either way (a client acking seqs it was never sent may or may not remove a copy
+queued in the same batch: both are orders its concurrent calls could have taken)."""
+
+
 def _positive(what: str, value: int) -> int:
     if value < 1:
         raise ValueError(f"{what} must be positive")
@@ -298,7 +307,8 @@ class SqliteStore:
         # Appends queued back to back run as one ops.append_many (multi-row statements).
         request = AppendRequest(tuple(recipients), client_msg_id, bytes(blob), now_ms, ttl_ms,
                                 max_pending, dedup_ttl_ms)
-        return (await self._engine.write_many("append", ops.append_lists, [request]))[0]
+        return (await self._engine.write_many("append", ops.append_lists, [request],
+                                              rank=RANK_APPEND))[0]
 
     async def append_many(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
         for request in requests:
@@ -307,7 +317,8 @@ class SqliteStore:
         if not requests:
             return []
         # One op for the whole list; lists queued back to back share one append_many.
-        return await self._engine.write_many("append_many", ops.append_lists, list(requests))
+        return await self._engine.write_many("append_many", ops.append_lists, list(requests),
+                                             rank=RANK_APPEND)
 
     async def fetch(
         self, mailbox_id: bytes, *, after_seq: int = 0, limit: int = 100, now_ms: int
@@ -327,7 +338,7 @@ class SqliteStore:
             return 0
         # Acks queued back to back run as one ops.ack_many (two statements in all).
         return await self._engine.write_many(
-            "ack", ops.ack_many, (mailbox_id, up_to_seq, tuple(seqs)))
+            "ack", ops.ack_many, (mailbox_id, up_to_seq, tuple(seqs)), rank=RANK_ACK)
 
     async def pending_count(self, mailbox_id: bytes) -> int:
         return await self._engine.read(

@@ -16,6 +16,7 @@ import hashlib
 import random
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,50 @@ async def test_without_json_functions_the_results_are_the_same(
         (tmp_path / sub).mkdir()
     await test_a_run_gives_what_one_by_one_gives(tmp_path / "a", 3, 40)
     await test_a_run_of_acks_gives_what_one_by_one_gives(tmp_path / "b", 3)
+
+
+async def test_interleaved_acks_and_appends_regroup_into_one_run_each(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, int]] = []
+    real_append, real_ack = ops.append_lists, ops.ack_many
+
+    def appends(conn: sqlite3.Connection, lists: list[list[AppendRequest]]
+                ) -> list[list[AppendResult]]:
+        calls.append(("append", len(lists)))
+        return real_append(conn, lists)
+
+    def acks(conn: sqlite3.Connection, args: list[ops.AckRequest]) -> list[int]:
+        calls.append(("ack", len(args)))
+        return real_ack(conn, args)
+
+    monkeypatch.setattr(ops, "append_lists", appends)
+    monkeypatch.setattr(ops, "ack_many", acks)
+    store = await _sqlite(tmp_path / "relay.db")
+    rcpt = [Recipient(mailbox_id=m, capability_hash=cap(m)) for m in MAILBOXES[:3]]
+    try:
+        for r in rcpt:  # seq 1 in each mailbox, to be acked
+            await store.append(recipients=[r], client_msg_id=b"\x01" * 16, blob=b"old",
+                               now_ms=T0, ttl_ms=DAY_MS)
+        calls.clear()
+        started = threading.Event()
+
+        def hold(conn: sqlite3.Connection) -> None:
+            started.set()
+            time.sleep(0.3)  # everything below queues behind this op: one batch
+
+        held = asyncio.ensure_future(store._engine.write("hold", hold))
+        await asyncio.to_thread(started.wait)
+        ops_in_order = []
+        for r in rcpt:  # ack, append, ack, append, ...
+            ops_in_order.append(store.ack(r.mailbox_id, up_to_seq=1))
+            ops_in_order.append(store.append(recipients=[r], client_msg_id=b"\x02" * 16,
+                                             blob=b"new", now_ms=T0 + 1, ttl_ms=DAY_MS))
+        results = await asyncio.gather(held, *ops_in_order)
+        assert calls == [("ack", 3), ("append", 3)]
+        assert results[1::2] == [1, 1, 1]  # each ack removed seq 1
+        assert [r.seq_for(m.mailbox_id) for r, m in zip(results[2::2], rcpt, strict=True)
+                ] == [2, 2, 2]
+        for r in rcpt:
+            assert await store.pending_count(r.mailbox_id) == 1
+    finally:
+        await store.close()
