@@ -107,6 +107,8 @@ class _Running:
     flush_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     flushed_at: float = 0.0
     grant: BlobGrant | None = None
+    task: asyncio.Task[Any] | None = None
+    cancelled: bool = False
 
     @property
     def total(self) -> int:
@@ -379,6 +381,37 @@ class FilesMixin:
         await self._set_state(transfer_id, TransferState.RUNNING)
         self._start(record, None)
 
+    async def cancel_transfer(self, transfer_id: bytes) -> None:
+        """Stop a transfer for good and forget it: chunks in flight are abandoned, its
+        stored state is deleted and, for a download, its ``.part`` file removed; the
+        chunks already on the relay expire there (``--blob-ttl``). A cancelled upload
+        sends no message (unless its message was stored already: the upload had
+        finished). Whoever awaits it (``send_file``, ``download_file``,
+        ``wait_transfer``) gets ``TransferFailed`` with reason ``"cancelled"``, and
+        ``TransferFailedEvent`` is emitted. A finished (DONE) transfer is only forgotten.
+
+        Raises:
+            UnknownTransfer: no such transfer.
+        """
+        running = self._running.get(transfer_id)
+        record = running.record if running is not None else await self._run(
+            lambda c: transfer_store(c.store).get_transfer(transfer_id))
+        if record is None:
+            raise UnknownTransfer(transfer_id)
+        if running is not None and running.task is not None:
+            running.cancelled = True
+            running.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running.task
+        await self._run(lambda c: transfer_store(c.store).delete_transfer(transfer_id))
+        if record.direction is TransferDirection.DOWNLOAD:
+            await asyncio.to_thread(_part_path(Path(record.path)).unlink, missing_ok=True)
+        if running is not None and not running.done.done():
+            running.done.set_exception(TransferFailed(transfer_id, CANCELLED))
+        if record.state is not TransferState.DONE:
+            self._emit([TransferFailedEvent(transfer_id=transfer_id, direction=record.direction,
+                                            peer=record.peer, reason=CANCELLED)])
+
     async def wait_transfer(self, transfer_id: bytes) -> TransferInfo:
         """Wait until the transfer is done (a paused one waits for its resume).
 
@@ -447,7 +480,7 @@ class FilesMixin:
             self._running[record.transfer_id] = running
             running.done.add_done_callback(lambda f: f.exception() if not f.cancelled()
                                            else None)
-            self._spawn(self._drive(running))
+            running.task = self._spawn(self._drive(running))
         if progress is not None:
             running.progress.append(progress)
         return running
@@ -508,6 +541,8 @@ class FilesMixin:
                                           path=Path(record.path))])
             running.done.set_result(None)
         except asyncio.CancelledError:
+            if running.cancelled:  # cancel_transfer deletes what was stored, then fails it
+                raise
             if fd >= 0:  # closing: keep what was done (a crash loses at most one interval)
                 with contextlib.suppress(Exception):
                     await self._flush(running, fd, force=True)
@@ -637,6 +672,10 @@ class FilesMixin:
             return
         running.ref = await self._submit(_sending.SendFile(
             peer=peer, message_id=mid, manifest=record.manifest, caption=record.caption))
+
+
+CANCELLED = "cancelled"
+"""The reason of ``TransferFailed`` for a transfer stopped by ``cancel_transfer``."""
 
 
 def _stat_source(path: Path) -> tuple[Path, os.stat_result]:

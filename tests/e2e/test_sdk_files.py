@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -32,6 +32,7 @@ from client_sdk import (
     TransferDirection,
     TransferFailed,
     TransferFailedEvent,
+    TransferStarted,
     TransferState,
     UnknownContact,
     UnknownTransfer,
@@ -193,6 +194,59 @@ async def test_avatar_is_an_encrypted_file_shared_with_contacts(
         await alice.set_profile("Alice", avatar=image, avatar_manifest=manifest)
     with pytest.raises(UnknownContact):
         await alice.download_avatar(b"\x07" * 16, tmp_path / "y")
+
+
+async def test_cancel_an_upload_and_a_download(clients: ClientFactory, tmp_path: Path) -> None:
+    alice, bob = await clients("alice"), await clients("bob")
+    await clients.connect(alice, bob)
+    source = tmp_path / "big.bin"
+    data = os.urandom(4 * MiB)
+    source.write_bytes(data)
+    for client in (alice, bob):
+        client.file_options = FileOptions(chunk_size=64 * 1024, parallel=1)
+    failed = asyncio.ensure_future(clients.next_event(alice, TransferFailedEvent))
+    started = asyncio.ensure_future(clients.next_event(alice, TransferStarted))
+
+    cancels: list[asyncio.Future[None]] = []
+
+    def cancel_soon(client: AsyncClient, tid: asyncio.Future[bytes]) -> Callable[[int, int], None]:
+        def on_progress(done: int, total: int) -> None:
+            if 0 < done < total and not tid.done():
+                tid.set_result(b"")  # only once
+                cancels.append(asyncio.ensure_future(client.cancel_transfer(started_id())))
+        return on_progress
+
+    def started_id() -> bytes:
+        return started.result().transfer_id
+
+    once: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    with pytest.raises(TransferFailed) as info:
+        await alice.send_file(bob.account_id, source, progress=cancel_soon(alice, once))
+    assert info.value.reason == "cancelled"
+    assert (await failed).reason == "cancelled"
+    assert await alice.transfers() == []
+    with pytest.raises(UnknownTransfer):
+        await alice.wait_transfer(started_id())
+    await asyncio.sleep(0.3)
+    assert (await bob.history(alice.account_id)).messages == ()  # no message went out
+
+    # A download cancelled mid-way leaves no part file and no record; a new one works.
+    received = asyncio.ensure_future(next_file(bob))
+    await alice.send_file(bob.account_id, source)
+    event = await received
+    dest = tmp_path / "in" / "big.bin"
+    started = asyncio.ensure_future(clients.next_event(bob, TransferStarted))
+    once = asyncio.get_running_loop().create_future()
+    with pytest.raises(TransferFailed):
+        await bob.download_file(alice.account_id, event.message_id, dest,
+                                progress=cancel_soon(bob, once))
+    assert not dest.exists() and not (dest.parent / "big.bin.part").exists()
+    assert [t for t in await bob.transfers() if t.transfer_id == started_id()] == []
+    path = await bob.download_file(alice.account_id, event.message_id, dest)
+    assert path.read_bytes() == data
+    await asyncio.gather(*cancels)
+    with pytest.raises(UnknownTransfer):
+        await bob.cancel_transfer(b"\x00" * 16)
 
 
 async def test_empty_file(clients: ClientFactory, tmp_path: Path) -> None:
