@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from pigeon_crypto.errors import PigeonError
+from protocol import limits as L
 from protocol.frames import SendEphemeral
 from protocol.group import GroupState
 from protocol.inner import (
     Delete,
     DeleteScope,
+    DisappearingTimer,
     Edit,
     File,
     InnerMessage,
@@ -27,7 +29,14 @@ from protocol.inner import (
 
 from . import _channels, _groups
 from .errors import ClientError, ConnectionLost
-from .events import Event, InvitationReceived, MessageRef, MessageStatusChanged, Reconnected
+from .events import (
+    DisappearingTimerChanged,
+    Event,
+    InvitationReceived,
+    MessageRef,
+    MessageStatusChanged,
+    Reconnected,
+)
 from .groups import GroupChanged, GroupInfo, UnknownGroup
 from .history import (
     DeleteMessage,
@@ -39,6 +48,7 @@ from .history import (
     Page,
     PageCursor,
     React,
+    SetExpireTimer,
 )
 from .store.records import ContactState
 
@@ -394,6 +404,26 @@ class GroupsApiMixin:
         msg = await self._run(lambda c: c.store.get_message(cid, target))
         if msg is None or not msg.outgoing or msg.deleted_at_ms is not None:
             raise ClientError(f"message {target.hex()} is not one of our messages")
+
+    async def set_group_disappearing(self, group_id: bytes, timer_ms: int | None) -> None:
+        """Set the group conversation's disappearing-message timer for every member
+        (one sender-key ``DisappearingTimer`` message; in a channel, admins only):
+        messages stored from now on disappear *timer_ms* after they reach each device.
+
+        Raises:
+            ValueError: *timer_ms* is not 1 ms .. one year (or None).
+            UnknownGroup, NotGroupMember, NotGroupAdmin: as for sending.
+        """
+        if timer_ms is not None and not 0 < timer_ms <= L.MAX_DISAPPEARING_TIMER_MS:
+            raise ValueError("timer_ms must be 1 ms .. one year, or None to keep messages")
+        ref = await self._group_send(
+            group_id,
+            lambda mid, now: DisappearingTimer(message_id=mid, sent_at_ms=now,
+                                               timer_ms=timer_ms),
+            lambda cid, mid: SetExpireTimer(conversation_id=cid, timer_ms=timer_ms, by=None,
+                                            at_ms=self._now_ms()))
+        self._emit([DisappearingTimerChanged(peer=group_id, conversation_id=ref.conversation_id,
+                                             timer_ms=timer_ms, by_peer=False)])
 
     async def edit_group_message(self, group_id: bytes, message_id: bytes, text: str) -> None:
         await self._own_message(group_id, message_id)

@@ -32,6 +32,7 @@ from protocol.errors import RemoteProtocolError
 from protocol.inner import (
     Delete,
     DeleteScope,
+    DisappearingTimer,
     Edit,
     File,
     GroupControl,
@@ -48,6 +49,7 @@ from protocol.inner import (
 from . import _channels
 from ._groups import GROUP_BLOB_PREFIX, GroupView, change_event, conversation_id
 from .events import (
+    DisappearingTimerChanged,
     Event,
     MessageDeleted,
     MessageEdited,
@@ -65,6 +67,7 @@ from .history import (
     MessageStatus,
     NewMessage,
     React,
+    SetExpireTimer,
     UpdateStatus,
     advance_status,
 )
@@ -421,6 +424,10 @@ def _message(core: ClientCore, batch: GroupBatch, group_id: bytes, sender: bytes
                                  by=sender, at_ms=now_ms), events)
         case Typing(active=active):
             return None, [GroupTypingChanged(group_id=group_id, peer=sender, active=active)]
+        case DisappearingTimer(timer_ms=timer_ms):
+            return (SetExpireTimer(conversation_id=cid, timer_ms=timer_ms, by=sender, at_ms=sent),
+                    [DisappearingTimerChanged(peer=group_id, conversation_id=cid,
+                                              timer_ms=timer_ms, by_peer=True)])
         case _:
             return None, []
 

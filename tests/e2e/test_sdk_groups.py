@@ -24,6 +24,7 @@ from client_sdk import (
     ClientError,
     ContactAccepted,
     ContactState,
+    DisappearingTimerChanged,
     Event,
     FileOptions,
     GroupChanged,
@@ -671,3 +672,32 @@ async def test_members_who_are_not_contacts_are_introduced(clients: ClientFactor
     await c.wait_text("hello carol, via the group")
     await carol.send_group_text(gid, "hello bob")
     await b.wait_text("hello bob")
+
+
+async def test_group_disappearing_timer_reaches_every_member(clients: ClientFactory) -> None:
+    alice, bob, carol = await clients("alice"), await clients("bob"), await clients("carol")
+    await mesh(clients, [alice, bob, carol])
+    a, b, c = Inbox(alice), Inbox(bob), Inbox(carol)
+    gid = (await alice.create_group("Ephemeral", [bob.account_id, carol.account_id])).group_id
+    for inbox in (b, c):
+        await inbox.wait_version(1)
+    await bob.send_group_text(gid, "kept")
+    await a.wait_text("kept")
+
+    await alice.set_group_disappearing(gid, 3_600_000)
+    await a.wait(DisappearingTimerChanged, peer=gid, by_peer=False, timer_ms=3_600_000)
+    for inbox in (b, c):
+        await inbox.wait(DisappearingTimerChanged, peer=gid, by_peer=True, timer_ms=3_600_000)
+    await carol.send_group_text(gid, "vanishing")
+    for inbox in (a, b):
+        await inbox.wait_text("vanishing")
+    for client in (alice, bob, carol):
+        stored = {m.body: m for m in (await client.group_history(gid)).messages}
+        assert stored["kept"].expires_at_ms is None
+        assert stored["vanishing"].expires_at_ms is not None, client
+
+    await bob.set_group_disappearing(gid, None)
+    await a.wait(DisappearingTimerChanged, peer=gid, by_peer=True, timer_ms=None)
+    await c.wait(DisappearingTimerChanged, peer=gid, by_peer=True, timer_ms=None)
+    with pytest.raises(ValueError):
+        await alice.set_group_disappearing(gid, 0)
