@@ -141,8 +141,8 @@ class FilesMixin:
 
         async def _submit(self, intent: _sending.Intent) -> MessageRef | None: ...
 
-        async def _request(self, build: Callable[[int], Any],
-                           timeout_s: float = 30.0) -> Frame: ...
+        async def _request(self, build: Callable[[int], Any], timeout_s: float = 30.0, *,
+                           anonymous: bool = False) -> Frame: ...
 
         def _spawn(self, coro: Any) -> asyncio.Task[Any]: ...
 
@@ -488,7 +488,8 @@ class FilesMixin:
     async def _download_grant(self, transfer_id: bytes, blob_id: bytes) -> BlobToken:
         try:
             answer = await self._request(lambda rid: RequestBlobDownload(request_id=rid,
-                                                                         blob_id=blob_id))
+                                                                         blob_id=blob_id),
+                                         anonymous=True)
         except RelayError as exc:
             if exc.code == ErrorCode.NOT_FOUND:
                 raise TransferFailed(transfer_id, "the relay no longer has this file") \

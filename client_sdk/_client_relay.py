@@ -67,8 +67,8 @@ class RelayApiMixin:
 
         async def _connection(self, timeout_s: float = 30.0) -> RelayConnection: ...
 
-        async def _request(self, build: Callable[[int], Any],
-                           timeout_s: float = 30.0) -> Frame: ...
+        async def _request(self, build: Callable[[int], Any], timeout_s: float = 30.0, *,
+                           anonymous: bool = False) -> Frame: ...
 
         async def _subscribe(self, conn: RelayConnection,
                              mailbox_ids: Sequence[bytes]) -> None: ...
@@ -121,7 +121,8 @@ class RelayApiMixin:
 
     async def _fetch_bundle(self, account_id: bytes, fingerprint: bytes | None = None) -> Any:
         frame = await self._request(lambda rid: FetchBundle(request_id=rid,
-                                                            account_id=account_id))
+                                                            account_id=account_id),
+                                    anonymous=True)
         assert isinstance(frame, Bundle)
         return await self._run(lambda c: c.verify_bundle(frame,
                                                          expected_fingerprint=fingerprint))
@@ -166,7 +167,8 @@ class RelayApiMixin:
     async def add_contact_by_username(self, username: str) -> bytes:
         """Look a username up (exact match), verify its binding, invite the account."""
         name = normalize_username(username)
-        found = await self._request(lambda rid: LookupUsername(request_id=rid, username=name))
+        found = await self._request(lambda rid: LookupUsername(request_id=rid, username=name),
+                                    anonymous=True)
         assert isinstance(found, UsernameFound)
         verified = await self._fetch_bundle(found.account_id)
         verify_username(found, verified)

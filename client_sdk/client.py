@@ -493,18 +493,24 @@ class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, Cl
                 await self._run(functools.partial(_drop, rejected=answer.rejected,
                                                   now_ms=self._now_ms()))
 
-    async def _connection(self, timeout_s: float = 30.0) -> RelayConnection:
-        """The live connection, waiting for one (raises the loop's fatal error)."""
+    async def _connection(self, timeout_s: float = 30.0, *,
+                          anonymous: bool = False) -> RelayConnection:
+        """The live connection, waiting for one (raises the loop's fatal error);
+        *anonymous*: the one sends go over (the authenticated one without it)."""
         if self._core is None or not self.core.registered:
             raise NotRegistered()
         await self.wait_connected(timeout_s)
-        conn = self._conn
+        conn = self._send_conn if anonymous else self._conn
         if conn is None:
             raise ConnectionLost("not connected")
         return conn
 
-    async def _request(self, build: Callable[[int], Any], timeout_s: float = 30.0) -> Frame:
-        conn = await self._connection(timeout_s)
+    async def _request(self, build: Callable[[int], Any], timeout_s: float = 30.0, *,
+                       anonymous: bool = False) -> Frame:
+        """A request on the authenticated connection, or with *anonymous* on the
+        anonymous one (lookups and downloads, which the relay allows there, so it
+        cannot tie whose bundle or file is fetched to the account fetching it)."""
+        conn = await self._connection(timeout_s, anonymous=anonymous)
         return await conn.request(build)
 
     # --- account -----------------------------------------------------------------------------

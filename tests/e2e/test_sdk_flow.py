@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -39,6 +40,7 @@ from client_sdk.testing import (  # noqa: F401 - fixtures
     pigeon_relay,
     relay_pipeline_available,
 )
+from protocol.frames import Direction, decode_frame
 from protocol.inner import PresenceState
 from tests.e2e._relay_fixtures import metric_value
 
@@ -227,6 +229,17 @@ async def test_public_state_the_chat_uses(clients: ClientFactory) -> None:
         alice.check_sendable(bob.account_id)
 
 
+def _spy(conn: Any, names: list[str]) -> None:
+    """Record the type of every frame *conn* sends from now on."""
+    send_bytes = conn._send_bytes
+
+    def record(data: bytes) -> None:
+        names.append(type(decode_frame(data, direction=Direction.TO_RELAY)).__name__)
+        send_bytes(data)
+
+    conn._send_bytes = record
+
+
 async def _connections_become(url: str, expected: float) -> None:
     async with asyncio.timeout(10):
         while await metric_value(url, "pigeon_relay_connections") != expected:  # noqa: ASYNC110 - polls another process
@@ -242,9 +255,16 @@ async def test_sends_go_over_a_second_anonymous_connection(clients: ClientFactor
     bob = await clients("bob", anonymous_sends=False)
     await bob.wait_connected(20)
     await _connections_become(url, base + 3)
-    await clients.connect(alice, bob)
+    seen: dict[str, list[str]] = {"authenticated": [], "anonymous": []}
+    for name, conn in (("authenticated", alice._conn), ("anonymous", alice._send_conn)):
+        assert conn is not None
+        _spy(conn, seen[name])
+    await clients.connect(alice, bob)  # Alice fetches Bob's bundle and invites him
     first = await alice.send_text(bob.account_id, "over the anonymous connection")
     await clients.next_event(bob, MessageReceived, message_id=first.message_id)
+    assert {"FetchBundle", "Send"} <= set(seen["anonymous"])
+    assert {"FetchBundle", "Send", "SendEphemeral", "Auth"}.isdisjoint(seen["authenticated"])
+    assert "CreateMailbox" in seen["authenticated"]  # the account's own business
 
     # The anonymous connection drops: both are made again, and nothing is lost or doubled.
     a = Inbox(alice)
