@@ -377,26 +377,25 @@ class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, Cl
         if self._pin is not None:
             ssl = aiohttp.Fingerprint(self._pin)
         self._session = aiohttp.ClientSession()
+        session = self._session
+
+        async def open_ws(stack: contextlib.AsyncExitStack) -> aiohttp.ClientWebSocketResponse:
+            return await stack.enter_async_context(session.ws_connect(
+                url, ssl=ssl if url.startswith("wss") else False,
+                max_msg_size=L.MAX_FRAME_SIZE, heartbeat=30.0, receive_timeout=None))
+
         failures = 0
         while not self._closing.is_set():
             try:
                 async with contextlib.AsyncExitStack() as stack:
-                    ws = await stack.enter_async_context(self._session.ws_connect(
-                        url, ssl=ssl if url.startswith("wss") else False,
-                        max_msg_size=L.MAX_FRAME_SIZE, heartbeat=30.0,
-                        receive_timeout=None))
-                    conn = RelayConnection(ws, self._on_frame)
+                    conn = RelayConnection(await open_ws(stack), self._on_frame)
                     readers = [asyncio.ensure_future(conn.read_loop())]
                     send_conn = conn
                     try:
                         await self._login(conn)
                         await self._after_login(conn)
                         if self._anonymous_sends:
-                            send_ws = await stack.enter_async_context(self._session.ws_connect(
-                                url, ssl=ssl if url.startswith("wss") else False,
-                                max_msg_size=L.MAX_FRAME_SIZE, heartbeat=30.0,
-                                receive_timeout=None))
-                            send_conn = RelayConnection(send_ws, self._on_frame)
+                            send_conn = RelayConnection(await open_ws(stack), self._on_frame)
                             readers.append(asyncio.ensure_future(send_conn.read_loop()))
                             hello = await send_conn.request(lambda rid: Connect(request_id=rid))
                             assert isinstance(hello, Challenge)  # and no Auth: anonymous
@@ -427,12 +426,12 @@ class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, Cl
                     return
                 reason = str(exc)
             except ConnectionLost as exc:
-                if exc.close_code == 4501 or (self._register_waiter is not None):
+                if exc.close_code == 4501 or self._registration_waits():
                     self._fail(exc)
                     return
                 reason = str(exc)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                if self._register_waiter is not None:
+                if self._registration_waits():
                     self._fail(ConnectionLost(f"cannot reach the relay: {exc}"))
                     return
                 reason = f"{type(exc).__name__}: {exc}"
@@ -442,6 +441,10 @@ class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, Cl
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay / 1000):
                     await self._closing.wait()
+
+    def _registration_waits(self) -> bool:
+        """A ``register()`` call waits for this attempt (its failure is final)."""
+        return self._register_waiter is not None and not self._register_waiter.done()
 
     def _fail(self, exc: BaseException) -> None:
         self._fatal = exc
