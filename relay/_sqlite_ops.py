@@ -282,12 +282,13 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
     keys: list[list[tuple[Recipient, bytes]]] = []
     mailbox_ids: dict[bytes, None] = {}
     pairs: list[bytes] = []
-    cmids: dict[bytes, None] = {}
+    cmids: dict[bytes, bytes] = {}  # client_msg_id -> its send_dedup key
     for call in calls:
         seen: set[bytes] = set()
         mine: list[tuple[Recipient, bytes]] = []
         cmid = call.client_msg_id
-        cmids[cmid] = None
+        if cmid not in cmids:
+            cmids[cmid] = send_dedup_hash(cmid)
         for r in call.recipients:
             mailbox_id = r.mailbox_id
             if mailbox_id in seen:
@@ -302,7 +303,7 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
     # retry of a group send must find its copy too). Hits are rare (retries): with JSON,
     # the lookup rides along in the mailbox statement (no statement of its own).
     sends: dict[bytes, tuple[int, int, dict[bytes, int]]] = {}
-    skeys = list({send_dedup_hash(cmid): None for cmid in cmids})
+    skeys = list(cmids.values())
     sends_done = False
     boxes: dict[bytes, list[Any]] = {}
     ids = list(mailbox_ids)
@@ -368,7 +369,7 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
         expires = now_ms + call.ttl_ms
         keep_until = now_ms + max(call.ttl_ms, call.dedup_ttl_ms or 0)
         max_pending = call.max_pending
-        skey = send_dedup_hash(call.client_msg_id)
+        skey = cmids[call.client_msg_id]
         record = sends.get(skey)
         accepted: list[RecipientSeq] = []
         rejected: list[tuple[bytes, RejectReason]] = []
