@@ -117,7 +117,9 @@ def rotate_identity(
 def delete_account(conn: sqlite3.Connection, account_id: bytes) -> bool:
     # ON DELETE CASCADE: mailboxes -> deliveries (trigger drops orphan blobs), dedup;
     # identity_rotations; one_time_prekeys; usernames. Signed / last-resort prekeys and
-    # the contact mailbox live in the row itself.
+    # the contact mailbox live in the row itself. send_dedup records name mailboxes by
+    # serial only (unlinkable once the mailboxes are gone; a re-created id gets a new
+    # serial) and expire with their keep_until_ms.
     return conn.execute("DELETE FROM accounts WHERE id = ?", (account_id,)).rowcount == 1
 
 

@@ -214,7 +214,10 @@ class AccountStore(Protocol):
 
     async def delete_account(self, account_id: bytes) -> bool:
         """Delete the account and everything it owns (mailboxes, their queued messages and
-        idempotency records, prekeys, username) in one transaction. False if absent."""
+        per-mailbox idempotency records, prekeys, username) in one transaction. False if
+        absent. A multi-recipient send's idempotency record (SQLite ``send_dedup``) names
+        its mailboxes only by an internal serial, which nothing maps back once the
+        mailboxes are gone; it stays until it expires (at most the message TTL)."""
         ...
 
     async def list_accounts(
