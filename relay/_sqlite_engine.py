@@ -404,7 +404,12 @@ class SqliteEngine:
                         break
                     batch.append(item)  # type: ignore[arg-type]
             if batch:
-                self._run_batch(_regroup(batch))
+                try:
+                    self._run_batch(_regroup(batch))
+                except Exception as exc:  # never let the writer thread die silently
+                    _log.exception("store writer failed on a batch")
+                    err = StoreError(f"store writer failed: {type(exc).__name__}")
+                    self._finish_failed(batch, err)
             if stop:
                 return
 
@@ -432,6 +437,16 @@ class SqliteEngine:
             by_loop.setdefault(op.loop, []).append((op.future, ok, value))
         for loop, items in by_loop.items():
             # A closed loop means its callers are gone; nothing left to tell them.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, items)
+
+    def _finish_failed(self, batch: list[_Op[Any]], err: BaseException) -> None:
+        with self._lock:
+            self._pending -= len(batch)
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+        for op in batch:
+            by_loop.setdefault(op.loop, []).append((op.future, False, err))
+        for loop, items in by_loop.items():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, items)
 

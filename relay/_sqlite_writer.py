@@ -201,7 +201,11 @@ class WriterProcess:
         items = [(op.name, op.many, op.arg) if op.many is not None else (op.name, None, op.fn)
                  for op in batch]
         try:
-            self._conn.send_bytes(_dumps(items))
+            data = _dumps(items)
+        except Exception:
+            return self._run_transferable(batch, items)
+        try:
+            self._conn.send_bytes(data)
             raw = self._conn.recv_bytes()
         except (OSError, EOFError) as exc:
             raise WriterLost(self._why(exc)) from exc
@@ -214,6 +218,23 @@ class WriterProcess:
         if len(results) != len(batch):
             raise WriterLost("answer does not match the batch")
         return committed, results, seconds
+
+    def _run_transferable(self, batch: Sequence[Any], items: list[Any]
+                          ) -> tuple[bool, list[tuple[bool, Any]], float]:
+        """Some op of *batch* does not pickle (a lambda, say: a caller's bug, not the
+        writer's): that op fails with ``StoreError``, the others run as usual."""
+        bad: dict[int, BaseException] = {}
+        for i, item in enumerate(items):
+            try:
+                _dumps(item)
+            except Exception as exc:
+                bad[i] = StoreError(f"{item[0]}: write not transferable to the writer"
+                                    f" process ({type(exc).__name__})")
+        good = [op for i, op in enumerate(batch) if i not in bad]
+        committed, results, seconds = self.run(good) if good else (True, [], 0.0)
+        it = iter(results)
+        merged = [(False, bad[i]) if i in bad else next(it) for i in range(len(batch))]
+        return committed, merged, seconds
 
     def _why(self, exc: BaseException) -> str:
         code = self._proc.poll()

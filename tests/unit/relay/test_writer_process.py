@@ -155,3 +155,26 @@ def test_the_writer_dies_with_its_parent(tmp_path: Path) -> None:
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(child), "the writer process outlived the relay"
+
+
+async def test_an_op_that_does_not_pickle_fails_alone(tmp_path: Path) -> None:
+    s = await _open(tmp_path / "u.db")
+    rcpt = [Recipient(mailbox_id=MAILBOX, capability_hash=CAP)]
+    try:
+        # In one batch with a good op: the bad one fails, the good one commits, and the
+        # writer keeps serving.
+        bad, good = await asyncio.gather(
+            s._engine.write("bad", lambda conn: 1),
+            s.append(recipients=rcpt, client_msg_id=b"\x04" * 16, blob=b"x", now_ms=T0,
+                     ttl_ms=DAY_MS),
+            return_exceptions=True)
+        assert isinstance(bad, StoreError) and "not transferable" in str(bad)
+        assert not isinstance(good, BaseException) and good.seq_for(MAILBOX) == 1
+        with pytest.raises(StoreError, match="not transferable"):
+            await s._engine.write("bad", lambda conn: 1)
+        assert s.failed is None
+        again = await s.append(recipients=rcpt, client_msg_id=b"\x05" * 16, blob=b"y",
+                               now_ms=T0, ttl_ms=DAY_MS)
+        assert again.seq_for(MAILBOX) == 2
+    finally:
+        await s.close()
