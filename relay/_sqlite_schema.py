@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from ._sqlite_engine import Migration
+from ._sqlite_txn import Migration
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
 

@@ -53,6 +53,7 @@ from typing import Any
 
 from pigeon_crypto.errors import StoreError
 
+from ._sqlite_txn import Synchronous, open_writer, run_batch
 from .ports import AppendRequest, AppendResult, Recipient, RecipientSeq
 
 __all__ = ["WriterLost", "WriterProcess", "main"]
@@ -302,8 +303,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent(parent_pid)
-    from ._sqlite_engine import Synchronous, open_writer, run_batch
-
     conn = Connection(fd)
     try:
         _, path, sync, busy_ms, migrations = pickle.loads(conn.recv_bytes())  # noqa: S301
