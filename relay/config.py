@@ -124,7 +124,7 @@ class RelayConfig:
     blob_dir: Path | None = None
     """Default: ``data_dir / "pigeon-relay-blobs"``."""
     synchronous: SyncMode = SyncMode.FULL
-    store_writer: StoreWriter = StoreWriter.PROCESS
+    store_writer: StoreWriter = StoreWriter.THREAD
 
     message_ttl_ms: int = MAX_MESSAGE_TTL_MS
     max_pending_per_mailbox: int = 10_000

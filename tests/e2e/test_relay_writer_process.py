@@ -1,4 +1,4 @@
-"""The relay's SQLite writer process (``--store-writer process``, the default) lives and
+"""The relay's SQLite writer process (``--store-writer process``) lives and
 dies with the relay: ``kill -9`` of the relay leaves no writer behind (a restart on the
 same data folder would otherwise meet a second writer), and a writer that dies stops the
 relay loudly (CRITICAL log, exit status 70) instead of leaving it up but unable to store.
@@ -40,7 +40,7 @@ def _wait_gone(pid: int, timeout_s: float = 10.0) -> bool:
 
 
 async def test_kill_9_of_the_relay_takes_the_writer_along(relay_factory: RelayFactory) -> None:
-    rp = relay_factory(synchronous_off=False)
+    rp = relay_factory(args=["--store-writer", "process"], synchronous_off=False)
     assert rp.proc is not None
     writers = _children(rp.proc.pid)
     assert len(writers) == 1 and _alive(writers[0])
@@ -62,7 +62,7 @@ async def test_kill_9_of_the_relay_takes_the_writer_along(relay_factory: RelayFa
 
 
 async def test_a_dead_writer_stops_the_relay_loudly(relay_factory: RelayFactory) -> None:
-    rp = relay_factory()
+    rp = relay_factory(args=["--store-writer", "process"])
     assert rp.proc is not None
     bob = await connect_user(rp.url)
     await bob.create_mailbox()
