@@ -256,16 +256,12 @@ def _roster_event(core: ClientCore, view: GroupView, by: bytes,
                                              if not s.sub.subscribed)))
 
 
-def leave(core: ClientCore, group_id: bytes, *, now_ms: int,
+def leave(core: ClientCore, view: GroupView, head: SignedGroupState, *, now_ms: int,
           ) -> tuple[list[OutboxItem], list[Event]]:
-    """A subscriber leaves: a subscription signed by itself, sent to the admins."""
+    """A subscriber leaves: a subscription signed by itself, sent to the admins.
+    *view* is the channel's, loaded and checked by ``_groups.leave`` (*head* its head)."""
     me = core.account_id
-    view = GroupView.load(core, group_id)
-    head = view.head
-    if head is None:
-        raise UnknownGroup(group_id)
-    if not view.active or view.record is None:
-        raise NotGroupMember(group_id)
+    group_id = head.state.group_id
     s = sign(core, Subscription(group_id=group_id, seq=_next_seq(view, me), signer=me,
                                 at_ms=now_ms, subscriber=me, subscribed=False,
                                 authority=head.hash))

@@ -203,7 +203,7 @@ def leave(core: ClientCore, group_id: bytes, *, now_ms: int,
         raise NotGroupMember(group_id)
     st = head.state
     if st.subscriptions and me not in st.admins:
-        return _channels.leave(core, group_id, now_ms=now_ms)
+        return _channels.leave(core, view, head, now_ms=now_ms)
     if st.subscriptions and st.admins == (me,) and view.roster:
         heir = min(view.roster)  # the smallest subscriber takes over
         return change(core, group_id, lambda s: {"admins": (heir,)}, now_ms=now_ms)

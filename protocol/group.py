@@ -190,16 +190,8 @@ def decode_group_state(data: Buffer) -> GroupState:
         RemoteProtocolError: malformed msgpack, an unknown version, bad fields, or a
             broken invariant (see :class:`GroupState`).
     """
-    obj = unpack(data, _LIMITS)
-    if type(obj) is not tuple or len(obj) != 2:
-        raise MalformedFrame("group state", "expected [version, map]")
-    version, body = obj
-    if type(version) is not int or version != L.PROTOCOL_VERSION:
-        raise version_error("group state", version)
-    if type(body) is not dict:
-        raise MalformedFrame("group state", "body is not a map")
-    if not _SUBSCRIPTION_ONLY_KEYS.isdisjoint(body):
-        raise MalformedFrame("group state", "a subscription's key in a state")
+    body = _versioned_body(data, _LIMITS, "group state", _SUBSCRIPTION_ONLY_KEYS,
+                           "a subscription's key in a state")
     return GroupState._from_body(body)
 
 
@@ -249,14 +241,23 @@ def decode_subscription(data: Buffer) -> Subscription:
         RemoteProtocolError: malformed msgpack, an unknown version, bad fields, a state's
             key (4, 5 or 6), or a subscriber subscribing itself.
     """
-    obj = unpack(data, _SUBSCRIPTION_LIMITS)
+    body = _versioned_body(data, _SUBSCRIPTION_LIMITS, "subscription", _STATE_ONLY_KEYS,
+                           "a state's key in a subscription")
+    return Subscription._from_body(body)
+
+
+def _versioned_body(data: Buffer, limits: Limits, what: str, foreign: frozenset[int],
+                    foreign_message: str) -> dict[int, object]:
+    """The map of ``[version, map]`` bytes, refusing the other record's keys
+    (*foreign*): a state never parses as a subscription, nor the reverse."""
+    obj = unpack(data, limits)
     if type(obj) is not tuple or len(obj) != 2:
-        raise MalformedFrame("subscription", "expected [version, map]")
+        raise MalformedFrame(what, "expected [version, map]")
     version, body = obj
     if type(version) is not int or version != L.PROTOCOL_VERSION:
-        raise version_error("subscription", version)
+        raise version_error(what, version)
     if type(body) is not dict:
-        raise MalformedFrame("subscription", "body is not a map")
-    if not _STATE_ONLY_KEYS.isdisjoint(body):
-        raise MalformedFrame("subscription", "a state's key in a subscription")
-    return Subscription._from_body(body)
+        raise MalformedFrame(what, "body is not a map")
+    if not foreign.isdisjoint(body):
+        raise MalformedFrame(what, foreign_message)
+    return body
