@@ -135,7 +135,11 @@ class RelayConnection:
         """
         frame, future = self.start(build)
         try:
-            return await asyncio.wait_for(future, timeout_s)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+            # cancellation that arrives in the same loop turn as the answer, and the
+            # cancelled caller (the connection loop, on close) would run on.
+            async with asyncio.timeout(timeout_s):
+                return await future
         finally:
             self._pending.pop(frame.request_id, None)
 

@@ -88,6 +88,7 @@ from .store.records import retry_delay_ms
 __all__ = ["EVENT_BACKLOG", "AsyncClient"]
 
 _log = logging.getLogger("pigeon.sdk")
+_CLOSE_GRACE_S = 10.0  # for background work to stop once cancelled, on close()
 
 EVENT_BACKLOG: Final = 10_000
 """Events kept for the first ``events()`` iterator; older ones are dropped (logged)."""
@@ -244,8 +245,19 @@ class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, Cl
             self._loop_task.cancel()
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, *(t for t in [self._loop_task] if t),
-                             return_exceptions=True)
+        running = [*self._tasks, *(t for t in [self._loop_task] if t)]
+        if running:
+            _, late = await asyncio.wait(running, timeout=_CLOSE_GRACE_S)
+            if late:
+                # A cancellation swallowed on the way (by a library): closing the
+                # sockets ends the readers the loop waits on, and it sees _closing.
+                _log.warning("background work ignored its cancellation; closing the "
+                             "connection under it")
+                for conn in {self._conn, self._send_conn}:
+                    if conn is not None:
+                        await conn.close()
+                await asyncio.wait(late)
+            await asyncio.gather(*running, return_exceptions=True)  # all done: collects
         for conn in {self._conn, self._send_conn}:
             if conn is not None:
                 await conn.close()

@@ -302,7 +302,10 @@ class Connection:
         if pending:
             await asyncio.wait(pending, timeout=_FINISH_TIMEOUT_S)
         try:
-            await asyncio.wait_for(self.acks.drain(), _FINISH_TIMEOUT_S)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that arrives in the turn the drain finishes, and shutdown would run on.
+            async with asyncio.timeout(_FINISH_TIMEOUT_S):
+                await self.acks.drain()
         except TimeoutError:
             _log.warning("acks of a closed connection still pending")
         if self.account_id is not None:
