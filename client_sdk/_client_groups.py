@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from pigeon_crypto.errors import PigeonError
+from pigeon_crypto.files import FileManifest
 from protocol import limits as L
 from protocol.frames import SendEphemeral
 from protocol.group import GroupState
@@ -37,7 +38,7 @@ from .events import (
     MessageStatusChanged,
     Reconnected,
 )
-from .groups import GroupChanged, GroupInfo, UnknownGroup
+from .groups import GroupChanged, GroupInfo, NotGroupAdmin, UnknownGroup
 from .history import (
     DeleteMessage,
     EditMessage,
@@ -106,6 +107,14 @@ class GroupsApiMixin:
         async def download_file(self, peer: bytes, message_id: bytes,
                                 dest_path: str | os.PathLike[str], *,
                                 progress: Progress | None = None) -> Path: ...
+
+        async def upload_file(self, path: str | os.PathLike[str], *,
+                              media_type: str | None = None,
+                              progress: Progress | None = None) -> bytes: ...
+
+        async def download_manifest(self, peer: bytes, manifest: bytes,
+                                    dest_path: str | os.PathLike[str], *,
+                                    progress: Progress | None = None) -> Path: ...
 
     # --- introductions ---------------------------------------------------------------------
 
@@ -180,18 +189,23 @@ class GroupsApiMixin:
     # --- group state --------------------------------------------------------------------
 
     async def create_group(self, name: str, members: Sequence[bytes], *,
-                           admins: Sequence[bytes] = (), avatar_manifest: bytes | None = None,
+                           admins: Sequence[bytes] = (),
+                           avatar: str | os.PathLike[str] | None = None,
+                           avatar_manifest: bytes | None = None,
                            channel: bool = False) -> GroupInfo:
         """Create a group with us as an admin and send it to every member (each must be
-        an accepted contact). *avatar_manifest* is an encoded file manifest. With
-        *channel*, only admins post; the state still lists every member (at most
-        1,000; see ``create_channel`` for channels that scale).
+        an accepted contact). *avatar* is an image file, encrypted and uploaded first
+        (``upload_file``); or *avatar_manifest*, the encoded manifest of a file already
+        uploaded. With *channel*, only admins post; the state still lists every member
+        (at most 1,000; see ``create_channel`` for channels that scale).
 
         Raises:
             UnknownContact, ContactNotReady, ContactBlocked, IdentityChangeUnacknowledged.
+            ValueError: both *avatar* and *avatar_manifest*, or a manifest that is not one.
         """
-        return await self._create_group(name, members, admins=admins, avatar=avatar_manifest,
-                                  channel=channel, subscriptions=False)
+        manifest = await self._avatar_manifest(avatar, avatar_manifest)
+        return await self._create_group(name, members, admins=admins, avatar=manifest,
+                                        channel=channel, subscriptions=False)
 
     async def _create_group(self, name: str, members: Sequence[bytes], *, admins: Sequence[bytes],
                       avatar: bytes | None, channel: bool, subscriptions: bool) -> GroupInfo:
@@ -205,17 +219,34 @@ class GroupsApiMixin:
 
     async def create_channel(self, name: str, subscribers: Sequence[bytes], *,
                              admins: Sequence[bytes] = (),
+                             avatar: str | os.PathLike[str] | None = None,
                              avatar_manifest: bytes | None = None) -> GroupInfo:
         """A channel: only admins post, subscribers read (up to
         ``MAX_CHANNEL_SUBSCRIBERS``). Its state lists the admins only; each subscriber
         holds its own signed subscription and learns no other subscriber; the admins
-        hold them all. Subscribers need sessions with the admins only.
+        hold them all. Subscribers need sessions with the admins only. *avatar* and
+        *avatar_manifest* as for :meth:`create_group`.
 
         Raises:
             UnknownContact, ContactNotReady, ... for a subscriber we cannot write to.
         """
-        return await self._create_group(name, subscribers, admins=admins, avatar=avatar_manifest,
-                                  channel=True, subscriptions=True)
+        manifest = await self._avatar_manifest(avatar, avatar_manifest)
+        return await self._create_group(name, subscribers, admins=admins, avatar=manifest,
+                                        channel=True, subscriptions=True)
+
+    async def _avatar_manifest(self, avatar: str | os.PathLike[str] | None,
+                               manifest: bytes | None) -> bytes | None:
+        """The manifest a group state names: *avatar* uploaded, or *manifest* checked."""
+        if avatar is not None:
+            if manifest is not None:
+                raise ValueError("give avatar or avatar_manifest, not both")
+            return await self.upload_file(avatar)
+        if manifest is not None:
+            try:
+                FileManifest.from_bytes(manifest)
+            except PigeonError as exc:
+                raise ValueError("avatar_manifest is not an encoded file manifest") from exc
+        return manifest
 
     async def _subscriptions(self, group_id: bytes) -> bool:
         """Whether the group is a channel with subscriptions (UnknownGroup)."""
@@ -263,9 +294,38 @@ class GroupsApiMixin:
     async def rename_group(self, group_id: bytes, name: str) -> GroupInfo:
         return await self._change(group_id, lambda s: {"name": name})
 
-    async def set_group_avatar(self, group_id: bytes, avatar_manifest: bytes | None,
+    async def set_group_avatar(self, group_id: bytes, avatar_manifest: bytes | None = None,
+                               *, avatar: str | os.PathLike[str] | None = None,
                                ) -> GroupInfo:
-        return await self._change(group_id, lambda s: {"avatar": avatar_manifest})
+        """Set the group's avatar (admins only): *avatar*, an image file encrypted and
+        uploaded first, or *avatar_manifest*, a file already uploaded; neither removes
+        it. Members get ``GroupChanged`` and fetch it with :meth:`download_group_avatar`.
+
+        Raises:
+            UnknownGroup, NotGroupAdmin (before anything is uploaded).
+            ValueError: both given, or a manifest that is not one.
+        """
+        info = await self.group(group_id)
+        if not info.active or self.account_id not in info.admins:
+            raise NotGroupAdmin(group_id)
+        manifest = await self._avatar_manifest(avatar, avatar_manifest)
+        return await self._change(group_id, lambda s: {"avatar": manifest})
+
+    async def download_group_avatar(self, group_id: bytes, dest_path: str | os.PathLike[str],
+                                    *, progress: Progress | None = None) -> Path | None:
+        """Download the avatar the group's state names to *dest_path* (None: it has
+        none). Like a contact's avatar it is an encrypted file on the relay, kept until
+        the relay's blob expiry (``--blob-ttl``); an older one must be set again.
+
+        Raises:
+            UnknownGroup.
+            NotAFileMessage: the state names something that is not a file manifest.
+            TransferFailed: as for ``download_file``.
+        """
+        manifest = (await self.group(group_id)).avatar_manifest
+        if manifest is None:
+            return None
+        return await self.download_manifest(group_id, manifest, dest_path, progress=progress)
 
     async def promote(self, group_id: bytes, members: Sequence[bytes]) -> GroupInfo:
         """Make members admins (admins only)."""

@@ -53,12 +53,20 @@ from client_sdk.testing import (  # noqa: F401 - fixtures
     pigeon_relay,
     relay_pipeline_available,
 )
+from pigeon_crypto.files import FileLayout, FileManifest
 from pigeon_crypto.padding import pad_message
 from pigeon_crypto.rng import system_rng
 from pigeon_crypto.sender_keys import OutboundSenderKey
 from pigeon_crypto.signing import Purpose
 from protocol.group import GroupState
 from protocol.inner import GroupControl, InnerMessage, SenderKeyDistribution, Text
+
+_LAYOUT = FileLayout(1000, 64 * 1024)
+_MANIFEST = FileManifest(key=bytes(32), file_id=bytes(16), chunk_size=64 * 1024,
+                         true_size=1000, padded_size=_LAYOUT.padded_size,
+                         chunk_count=_LAYOUT.chunk_count, blob_id=bytes(16),
+                         name="avatar.png").to_bytes()
+"""A well-formed avatar manifest (the state only carries it; nothing downloads it)."""
 
 
 @pytest.fixture
@@ -286,7 +294,7 @@ async def test_concurrent_admin_changes_converge(clients: ClientFactory) -> None
         (lambda: alice.add_members(gid, [dave.account_id]),
          lambda: bob.remove_members(gid, [carol.account_id])),
         (lambda: alice.rename_group(gid, "A again"),
-         lambda: bob.set_group_avatar(gid, b"an encoded manifest")),
+         lambda: bob.set_group_avatar(gid, _MANIFEST)),
     ]
     for first, second in rounds:
         await asyncio.gather(first(), second())
@@ -652,6 +660,39 @@ async def test_files_in_groups(clients: ClientFactory, tmp_path: Path) -> None:
         assert out.read_bytes() == data
     page = await alice.group_history(gid)
     assert [m.kind for m in page.messages] == [MessageKind.FILE]
+
+
+async def test_group_avatar_is_an_encrypted_file(clients: ClientFactory, tmp_path: Path) -> None:
+    alice, bob = await clients("alice"), await clients("bob")
+    await clients.connect(alice, bob)
+    b = Inbox(bob)
+    first, second = tmp_path / "first.png", tmp_path / "second.png"
+    first.write_bytes(os.urandom(70_000))
+    second.write_bytes(os.urandom(5_000))
+    gid = (await alice.create_group("Pictures", [bob.account_id], avatar=first)).group_id
+    info = (await b.wait_version(1)).group
+    assert info.avatar_manifest is not None
+    assert FileManifest.from_bytes(info.avatar_manifest).name == "first.png"
+    got = await bob.download_group_avatar(gid, tmp_path / "bob-first.png")
+    assert got is not None and got.read_bytes() == first.read_bytes()
+
+    before = await bob.transfers()
+    with pytest.raises(NotGroupAdmin):  # checked before anything is uploaded
+        await bob.set_group_avatar(gid, avatar=second)
+    assert await bob.transfers() == before
+    with pytest.raises(ValueError, match="not both"):
+        await alice.set_group_avatar(gid, info.avatar_manifest, avatar=second)
+    with pytest.raises(ValueError, match="not an encoded file manifest"):
+        await alice.set_group_avatar(gid, b"an encoded manifest")
+
+    await alice.set_group_avatar(gid, avatar=second)
+    info = (await b.wait_version(2)).group
+    got = await bob.download_group_avatar(gid, tmp_path / "bob-second.png")
+    assert got is not None and got.read_bytes() == second.read_bytes()
+    await alice.set_group_avatar(gid)  # neither: no avatar
+    assert (await b.wait_version(3)).group.avatar_manifest is None
+    assert await bob.download_group_avatar(gid, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
 
 
 async def test_members_who_are_not_contacts_are_introduced(clients: ClientFactory) -> None:
