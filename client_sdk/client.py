@@ -68,6 +68,7 @@ from . import _sending, _tuning
 from ._client_api import ClientApiMixin
 from ._client_background import BackgroundMixin
 from ._client_files import FilesMixin
+from ._client_group_messages import GroupMessagesMixin
 from ._client_groups import GroupsApiMixin
 from ._client_relay import RelayApiMixin
 from ._connection import RelayConnection, parse_fingerprint, websocket_url
@@ -97,7 +98,8 @@ E = TypeVar("E", bound=Event)
 Handler = Callable[[Any], object]
 
 
-class AsyncClient(GroupsApiMixin, FilesMixin, BackgroundMixin, RelayApiMixin, ClientApiMixin):
+class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixin,
+                  RelayApiMixin, ClientApiMixin):
     """The networked client of one profile (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike[str], passphrase: str | bytes, *,
