@@ -550,10 +550,17 @@ class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixi
         self._registering = True
         self._register_waiter = asyncio.get_running_loop().create_future()
         try:
-            if self._loop_task is not None and not self._loop_task.done():
-                self._loop_task.cancel()
-                with contextlib.suppress(BaseException):
-                    await self._loop_task
+            old = self._loop_task
+            if old is not None and not old.done():
+                old.cancel()
+                # asyncio.wait, not `await old` under suppress(BaseException): that also
+                # swallowed a cancellation of this call, which then ran on (and started
+                # a loop behind close()'s back).
+                await asyncio.wait([old])
+                if not old.cancelled():
+                    old.exception()  # retrieved: the loop is replaced below
+            if self._closing.is_set():
+                raise ConnectionLost("the client is closed")
             self._start_loop()
             async with asyncio.timeout(timeout_s):
                 await self._register_waiter
