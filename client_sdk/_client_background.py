@@ -56,6 +56,7 @@ class BackgroundMixin:
         _rx_wake: asyncio.Event
         _tx: list[tuple[_sending.Intent, asyncio.Future[MessageRef | None]]]
         _tx_wake: asyncio.Event
+        _closing: asyncio.Event
         dropped_envelopes: int
 
         @property
@@ -133,30 +134,43 @@ class BackgroundMixin:
 
     async def _sender(self) -> None:
         """Group commit of send intents: one core call per burst."""
-        while True:
-            await self._tx_wake.wait()
-            self._tx_wake.clear()
-            while self._tx:
-                batch, self._tx = self._tx[:SEND_BATCH], self._tx[SEND_BATCH:]
-                now = self._now_ms()
-                intents = [i for i, _ in batch]
-                try:
-                    done = await self._run(functools.partial(_submit, intents=intents,
-                                                             now_ms=now))
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                self._pump.add(done.items)
-                self._emit(done.events)
-                for (_, future), result in zip(batch, done.results, strict=True):
-                    if future.done():
+        batch: list[tuple[_sending.Intent, asyncio.Future[MessageRef | None]]] = []
+        try:
+            while True:
+                await self._tx_wake.wait()
+                self._tx_wake.clear()
+                while self._tx:
+                    batch, self._tx = self._tx[:SEND_BATCH], self._tx[SEND_BATCH:]
+                    now = self._now_ms()
+                    intents = [i for i, _ in batch]
+                    try:
+                        done = await self._run(functools.partial(_submit, intents=intents,
+                                                                 now_ms=now))
+                    except Exception as exc:
+                        for _, future in batch:
+                            if not future.done():
+                                future.set_exception(exc)
                         continue
-                    if isinstance(result, BaseException):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
+                    self._pump.add(done.items)
+                    self._emit(done.events)
+                    for (_, future), result in zip(batch, done.results, strict=True):
+                        if future.done():
+                            continue
+                        if isinstance(result, BaseException):
+                            future.set_exception(result)
+                        else:
+                            future.set_result(result)
+                    batch = []
+        finally:
+            # Cancelled by close(): the callers of what is queued (and of the batch the
+            # worker may still be storing) must not wait forever for an answer.
+            lost = ConnectionLost("the client closed before the message was stored (a "
+                                  "message already being stored is sent when the "
+                                  "profile is opened again)")
+            pending, self._tx = [*batch, *self._tx], []
+            for _, future in pending:
+                if not future.done():
+                    future.set_exception(lost)
 
     async def _submit(self, intent: _sending.Intent) -> MessageRef | None:
         return await self._queue_intents([intent])[0]
@@ -166,6 +180,8 @@ class BackgroundMixin:
         """Queue intents for the group commit; one future each (no task per intent)."""
         if self._core is None or not self._core.has_identity:
             raise NotRegistered()
+        if self._closing.is_set():  # no sender any more: the futures would never resolve
+            raise ConnectionLost("the client is closed")
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[MessageRef | None]] = [loop.create_future()
                                                               for _ in intents]

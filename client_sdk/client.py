@@ -301,12 +301,15 @@ class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixi
         """Wait until the client is connected and authenticated.
 
         Raises:
-            TimeoutError; or the error that stopped the connection loop for good.
+            TimeoutError; ConnectionLost once the client is closed; or the error that
+            stopped the connection loop for good.
         """
         async with asyncio.timeout(timeout_s):
             while not self._connected.is_set():
                 if self._fatal is not None:
                     raise self._fatal
+                if self._closing.is_set():  # never connects again (timeout_s may be None)
+                    raise ConnectionLost("the client is closed")
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.05):
                         await self._connected.wait()
@@ -340,6 +343,8 @@ class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixi
     async def events(self) -> AsyncIterator[Event]:
         """Every event from now on (the first iterator also gets those emitted since the
         client started). Ends when the client closes."""
+        if self._closing.is_set():  # close() already ended the iterators
+            return
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
         if self._backlog is not None:
             for old in self._backlog:

@@ -5,12 +5,14 @@ without one, and a stand-in connection loop is installed where a test needs one.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from client_sdk import AsyncClient
+from client_sdk._sending import SendText
 from client_sdk.errors import ConnectionLost
 from client_sdk.store import Durability
 
@@ -78,3 +80,35 @@ async def test_close_during_register_starts_no_loop(client: AsyncClient) -> None
         await closing
     assert client._loop_task is loop.task
     assert client._session is None  # no connection loop opened a session after close()
+
+
+async def test_close_fails_the_sends_it_interrupts(client: AsyncClient) -> None:
+    await client._run(lambda c: c.create_identity())
+    gate = threading.Event()
+    assert client._executor is not None
+    busy = asyncio.get_running_loop().run_in_executor(client._executor, gate.wait, _GUARD_S)
+    first = client._queue_intents([SendText(peer=bytes(16), text="a")])
+    for _ in range(3):
+        await asyncio.sleep(0)  # the sender took the first batch to the (busy) worker
+    second = client._queue_intents([SendText(peer=bytes(16), text="b")])
+    closing = asyncio.ensure_future(client.close())
+    await asyncio.sleep(0)
+    gate.set()
+    async with asyncio.timeout(_GUARD_S):
+        await busy
+        await closing
+        for future in (*first, *second):
+            with pytest.raises(ConnectionLost):
+                await future
+    with pytest.raises(ConnectionLost):
+        client._queue_intents([SendText(peer=bytes(16), text="c")])
+
+
+async def test_waiting_for_a_connection_ends_with_close(client: AsyncClient) -> None:
+    waiting = asyncio.ensure_future(client.wait_connected())  # no timeout
+    await asyncio.sleep(0)
+    async with asyncio.timeout(_GUARD_S):
+        await client.close()
+        with pytest.raises(ConnectionLost):
+            await waiting
+        assert [e async for e in client.events()] == []  # after close: ends at once
