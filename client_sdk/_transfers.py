@@ -20,11 +20,12 @@ Theory of operation (docs/sdk.md §15.14; docs/relay.md "Blob HTTP API")
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final, TypeVar
 
 import aiohttp
 from tenacity import (
@@ -46,6 +47,8 @@ REQUEST_TIMEOUT_S: Final = 60.0
 """One chunk request (connect to last byte); a 1 MiB chunk takes milliseconds locally."""
 _RETRY_INITIAL_S: Final = 0.25
 _RETRY_MAX_S: Final = 10.0
+
+T = TypeVar("T")
 
 
 def http_base_url(relay_url: str) -> str:
@@ -157,6 +160,17 @@ async def run_chunks(
     """
     queue = list(reversed(indexes))
     layout = cipher.layout
+    loop = asyncio.get_running_loop()
+    in_thread: set[asyncio.Future[Any]] = set()
+
+    async def thread(fn: Callable[..., T], *args: Any) -> T:
+        # Not asyncio.to_thread: a cancelled worker would leave its pread/pwrite on *fd*
+        # running after we return, and the caller closes *fd* then (its number may be
+        # another file's by the time the write lands). We wait for these on the way out.
+        future = loop.run_in_executor(None, functools.partial(fn, *args))
+        in_thread.add(future)
+        future.add_done_callback(in_thread.discard)
+        return await asyncio.shield(future)
 
     async def one(index: int) -> None:
         async for attempt in AsyncRetrying(
@@ -165,13 +179,13 @@ async def run_chunks(
                 retry=retry_if_exception(is_transient), reraise=True):
             with attempt:
                 if upload:
-                    body = await asyncio.to_thread(_read_and_seal, fd, cipher, index)
+                    body = await thread(_read_and_seal, fd, cipher, index)
                     await _put(http, grant(), index, body)
                     del body
                     size = layout.data_length(index)
                 else:
                     body = await _get(http, grant(), index, layout.ciphertext_length(index))
-                    size = await asyncio.to_thread(_open_and_write, fd, cipher, index, body)
+                    size = await thread(_open_and_write, fd, cipher, index, body)
                     del body
         await on_chunk(index, size)
 
@@ -190,4 +204,6 @@ async def run_chunks(
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+        if in_thread:  # a cancelled worker's chunk read or write (one chunk: bounded)
+            await asyncio.wait(list(in_thread))
 

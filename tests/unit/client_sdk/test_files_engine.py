@@ -5,6 +5,8 @@ and downloads that do not authenticate or are too long."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from client_sdk import _transfers
 from client_sdk._transfers import (
     BlobGrant,
     TokenExpired,
@@ -175,6 +178,37 @@ async def test_download_writes_at_offsets_and_rejects_bad_chunks(
         server.script = lambda r, i: web.Response(body=b"x" * (CS * 3))
         with pytest.raises(TransferError, match="bytes"):
             await run(server, upload=False, fd=fd, c=c, indexes=[0])
+    finally:
+        os.close(fd)
+
+
+async def test_no_chunk_write_outlives_the_call(server: Server, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # One chunk fails while another is being written in a thread: when run_chunks
+    # raises, the caller closes fd, so no write on it may still be running (its number
+    # could be another file's by then).
+    data = os.urandom(2 * CS)
+    c = cipher(len(data))
+    server.stored = {i: c.seal(i, data[i * CS:(i + 1) * CS]) for i in range(2)}
+    writing, written = threading.Event(), threading.Event()
+    real = _transfers._open_and_write
+
+    def open_and_write(fd: int, ci: ChunkCipher, index: int, body: bytes) -> int:
+        if index == 1:
+            writing.wait(2.0)
+            raise TransferError("chunk 1 refused")
+        writing.set()
+        time.sleep(0.05)  # a slow disk
+        size = real(fd, ci, index, body)
+        written.set()
+        return size
+
+    monkeypatch.setattr(_transfers, "_open_and_write", open_and_write)
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)
+    try:
+        with pytest.raises(TransferError, match="chunk 1"):
+            await run(server, upload=False, fd=fd, c=c, indexes=[0, 1])
+        assert written.is_set()
     finally:
         os.close(fd)
 
