@@ -75,6 +75,8 @@ _log = logging.getLogger("pigeon.relay")
 HEALTH_TIMEOUT_S: Final = 2.0
 """A store that does not answer a primary-key read within this is reported unavailable."""
 _EXPIRE_BATCH: Final = 10_000
+_CLOSE_TIMEOUT_S: Final = 10.0
+"""On shutdown, how long the WebSockets get to close (all at once) before they are dropped."""
 _PROBE_ACCOUNT: Final = bytes(16)
 
 
@@ -226,9 +228,24 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_websockets(app: web.Application) -> None:
+    """Close every WebSocket at once, each within :data:`_CLOSE_TIMEOUT_S`.
+
+    ``ws.close()`` waits for the peer to take the close frame (a drain, with the
+    heartbeat already stopped: unbounded) and then for its answer (10 s). One by one,
+    a single peer that stopped reading held shutdown forever, and every dead one cost
+    10 s; a close cancelled at the deadline drops its connection instead."""
     sockets = app[WEBSOCKETS]
-    for ws in list(sockets):
-        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"relay shutting down")
+    closes = [asyncio.ensure_future(ws.close(code=WSCloseCode.GOING_AWAY,
+                                             message=b"relay shutting down"))
+              for ws in list(sockets)]
+    if not closes:
+        return
+    _, late = await asyncio.wait(closes, timeout=_CLOSE_TIMEOUT_S)
+    if late:
+        _log.warning("%d clients did not take the close frame; dropping them", len(late))
+        for task in late:
+            task.cancel()
+    await asyncio.gather(*closes, return_exceptions=True)
 
 
 # --------------------------------------------------------------------------- sweeper

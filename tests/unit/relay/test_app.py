@@ -14,12 +14,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from pigeon_crypto.errors import StoreError
 from protocol import Connect
+from relay import app as relay_app
 from relay.app import create_app, sweep_once
 from relay.blob_http import grant_download, reserve_upload
 from relay.config import RelayConfig, SyncMode
 from relay.ports import BlobTooLarge
 from relay.store_memory import MemoryStore
-from relay.typedefs import BACKGROUND_TASKS, PUSH, STORE
+from relay.typedefs import BACKGROUND_TASKS, PUSH, STORE, WEBSOCKETS
 
 NOW = 1_790_000_000_000
 
@@ -117,3 +118,27 @@ async def test_cleanup_cancels_background_tasks_and_push(tmp_path: Path) -> None
     await asyncio.sleep(0)
     assert all(t.done() for t in tasks.values())
     assert push.wake("https://push.example/x") is False  # closed
+
+
+async def test_shutdown_drops_clients_that_stopped_reading(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A peer that stopped reading leaves the socket paused: ws.close() would wait for it
+    # to drain forever (the heartbeat stops on close), and shutdown closed them in turn.
+    monkeypatch.setattr(relay_app, "_CLOSE_TIMEOUT_S", 0.05)
+    app = create_app(config(tmp_path))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as c:
+        clients = [await c.ws_connect("/v1/ws") for _ in range(2)]
+        for ws in clients:
+            await ws.send_bytes(Connect(request_id=1).encode())
+            await ws.receive()  # the Challenge: the relay holds the socket
+        sockets = list(app[WEBSOCKETS])
+        assert len(sockets) == 2
+        for sws in sockets:
+            transport = sws._req.transport  # type: ignore[union-attr]
+            transport.get_protocol().pause_writing()  # its send buffer is full
+        async with asyncio.timeout(2.0):
+            await relay_app._close_websockets(app)
+            for ws in clients:  # dropped: the clients see the connection end
+                while not ws.closed:
+                    await ws.receive()
+        assert all(sws.closed for sws in sockets)
