@@ -513,7 +513,7 @@ class FilesMixin:
             bitmap, done = bytes(running.bitmap), running.bytes_done
             record = running.record
             if record.direction is TransferDirection.DOWNLOAD:
-                await asyncio.to_thread(os.fsync, fd)
+                await to_end(os.fsync, fd)
             now = self._now_ms()
             await self._run(lambda c: transfer_store(c.store).update_progress(
                 record.transfer_id, bitmap, done, now_ms=now))
@@ -524,7 +524,7 @@ class FilesMixin:
         tid = record.transfer_id
         fd = -1
         try:
-            fd, existed = await asyncio.to_thread(self._open_for, record)
+            fd, existed = await to_end(self._open_for, record, undo=_close_opened)
             if not existed and running.bytes_done:  # the part file was removed: start over
                 running.bitmap[:] = empty_bitmap(record.chunk_count)
                 running.bytes_done = 0
@@ -656,7 +656,7 @@ class FilesMixin:
     async def _finish(self, running: _Running, fd: int) -> None:
         record = running.record
         if record.direction is TransferDirection.DOWNLOAD:
-            await asyncio.to_thread(os.fsync, fd)
+            await to_end(os.fsync, fd)
             return
         peer, mid = record.peer, record.message_id
         if peer == self.core.account_id:  # upload_file: no message goes with it
@@ -673,6 +673,26 @@ class FilesMixin:
             return
         running.ref = await self._submit(_sending.SendFile(
             peer=peer, message_id=mid, manifest=record.manifest, caption=record.caption))
+
+
+async def to_end(fn: Callable[..., T], *args: Any,
+                 undo: Callable[[T], object] | None = None) -> T:
+    """``asyncio.to_thread(fn, *args)``, except that a cancelled caller returns only once
+    *fn* has ended (and, if it returned, after ``undo(result)``): the callers close the
+    file descriptor *fn* works on right after, and a call still running on it then could
+    reach another file that took the same number."""
+    future = asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait({future})
+        if undo is not None and not future.cancelled() and future.exception() is None:
+            undo(future.result())
+        raise
+
+
+def _close_opened(opened: tuple[int, bool]) -> None:
+    os.close(opened[0])
 
 
 CANCELLED = "cancelled"

@@ -4,6 +4,7 @@ and downloads that do not authenticate or are too long."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -15,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from client_sdk import _transfers
+from client_sdk._client_files import to_end
 from client_sdk._transfers import (
     BlobGrant,
     TokenExpired,
@@ -219,3 +221,25 @@ def test_http_base_url() -> None:
     assert http_base_url("https://relay.example/pigeon/") == "https://relay.example/pigeon"
     with pytest.raises(ValueError):
         http_base_url("http://relay.example")  # plain text off loopback
+
+
+async def test_a_cancelled_thread_call_returns_once_the_call_ended() -> None:
+    # The fsyncs and the open of a transfer's file: their caller closes the fd as soon
+    # as it is cancelled, so the call on it must be over by then (and an fd it opened
+    # closed by undo).
+    started, ended = threading.Event(), threading.Event()
+    undone: list[int] = []
+
+    def slow() -> int:
+        started.set()
+        time.sleep(0.05)
+        ended.set()
+        return 7
+
+    task = asyncio.ensure_future(to_end(slow, undo=undone.append))
+    while not started.is_set():  # noqa: ASYNC110 - a thread's event
+        await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ended.is_set() and undone == [7]
