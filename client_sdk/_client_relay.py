@@ -165,14 +165,21 @@ class RelayApiMixin:
         await self._invite_verified(verified)
 
     async def add_contact_by_username(self, username: str) -> bytes:
-        """Look a username up (exact match), verify its binding, invite the account."""
+        """Look a username up (exact match), verify its binding, invite the account (as
+        :meth:`add_contact`: someone who invited us is accepted, a contact stays one)."""
         name = normalize_username(username)
         found = await self._request(lambda rid: LookupUsername(request_id=rid, username=name),
                                     anonymous=True)
         assert isinstance(found, UsernameFound)
         verified = await self._fetch_bundle(found.account_id)
         verify_username(found, verified)
-        await self._invite_verified(verified)
+        contact = self.core.contact(found.account_id)
+        if contact is not None and contact.state is ContactState.PENDING:
+            await self.accept(found.account_id)
+        elif contact is None or contact.state is not ContactState.ACCEPTED:
+            # Not for a contact already accepted: a new invitation would set it back
+            # to INVITED, and neither side could write until the other accepted again.
+            await self._invite_verified(verified)
         return found.account_id
 
     async def add_contact_by_link(self, link: str) -> bytes:

@@ -249,7 +249,10 @@ class Commands:
             await self.client.add_contact(peer)
         assert peer is not None
         name = self.app.name_of(peer)
-        if before is not None and before.state is ContactState.ACCEPTED:
+        after = self.client.contact(peer)
+        if before is None and after is not None and after.state is ContactState.ACCEPTED:
+            self.app.show(f"{name} is a contact: /open {name}")  # found by @username
+        elif before is not None and before.state is ContactState.ACCEPTED:
             self.app.show(f"{name} is already a contact: /open {name}")
         elif before is not None and before.state is ContactState.PENDING:
             self.app.show(f"{name} had invited you: you are now contacts (/open {name})", "ok")

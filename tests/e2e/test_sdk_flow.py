@@ -18,6 +18,7 @@ from client_sdk import (
     AsyncClient,
     ContactAccepted,
     ContactBlocked,
+    ContactState,
     DisappearingTimerChanged,
     Event,
     InvitationReceived,
@@ -99,6 +100,11 @@ async def test_full_flow_three_clients(clients: ClientFactory) -> None:
     await b.wait(InvitationReceived, peer=carol.account_id)
     await bob.accept(carol.account_id)
     await c.wait(ContactAccepted)
+    # Adding a contact again, by username or id, changes nothing (an invitation would
+    # set it back to INVITED and stop both sides writing).
+    assert await carol.add_contact_by_username("bob_42") == bob.account_id
+    await carol.add_contact(bob.account_id)
+    assert carol.contact(bob.account_id).state is ContactState.ACCEPTED  # type: ignore[union-attr]
 
     # Text, reply, receipts.
     hello = await alice.send_text(bob.account_id, "hello Bob")
