@@ -358,7 +358,7 @@ class Option:
             return {
                 "db_path": "`<data-dir>/pigeon-relay.db`",
                 "blob_dir": "`<data-dir>/pigeon-relay-blobs`",
-                "relay_id": "random, kept in `<db stem>.id`",
+                "relay_id": "random, kept in `<db stem>.id` beside the database",
                 "secret_file": "`<db stem>.secret`",
             }.get(self.name, "unset")
         if self.parse is parse_duration:

@@ -67,9 +67,15 @@ def _expand(text: str) -> Path:
 
 
 def _destination(text: str, name: str) -> Path:
-    """Where ``/get`` writes: *text* itself, or *name* inside it if it is a folder.
-    An existing file is never overwritten."""
-    dest = _expand(text.strip("'\""))
+    """Where ``/get`` writes: *text* itself, or *name* inside it if it is a folder (one
+    ending in ``/`` is created). An existing file is never overwritten."""
+    raw = text.strip("'\"")
+    dest = _expand(raw)
+    if raw.endswith("/") and not dest.exists():
+        try:
+            dest.mkdir(parents=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create the folder {dest}: {exc.strerror}") from None
     if dest.is_dir():
         dest = dest / name
     if dest.exists():

@@ -80,7 +80,8 @@ COMMANDS: Final[tuple[CommandSpec, ...]] = (
     CommandSpec("send", "<path>", "send a file to the open conversation (progress bar)",
                 min_args=1, rest=True),
     CommandSpec("get", "<message> <dest>", "download a received file (#id from the chat)",
-                "<message> is the #id shown with the file; <dest> a file or folder.",
+                "<message> is the #id shown with the file; <dest> a file or folder (a new "
+                "folder if it ends with /).",
                 min_args=2, max_args=2),
     CommandSpec("search", "<text>", "search all your conversations", min_args=1, rest=True),
     CommandSpec("history", "[count]", f"the last messages here (default {HISTORY_DEFAULT})",

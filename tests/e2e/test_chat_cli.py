@@ -251,10 +251,9 @@ def test_send_and_get_a_file(chats: dict[str, Chat], tmp_path: Path) -> None:
     bob.expect("error: name the message by the #id shown with it")
     bob.type(f"/get {file_id} {tmp_path / 'no-such-folder' / 'x'}")
     bob.expect("error: no folder")
-    # A folder as destination: the file keeps its name.
+    # A folder as destination: the file keeps its name (a new one ending in / is made).
     downloads = tmp_path / "downloads"
-    downloads.mkdir()
-    bob.type(f"/get {file_id} {downloads}")
+    bob.type(f"/get {file_id} {downloads}/")
     bob.expect(f"saved {file_id} to {downloads / 'photo.bin'} (3.1 MB)")
     assert (downloads / "photo.bin").read_bytes() == payload
     bob.type(f"/get {file_id} {downloads}")
