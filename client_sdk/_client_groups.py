@@ -21,7 +21,7 @@ from .events import (
     MessageRef,
     Reconnected,
 )
-from .groups import GroupChanged, GroupInfo, NotGroupAdmin
+from .groups import GroupChanged, GroupInfo, NotGroupAdmin, NotGroupMember
 from .store.records import ContactState
 
 if TYPE_CHECKING:
@@ -271,11 +271,13 @@ class GroupsApiMixin:
         it. Members get ``GroupChanged`` and fetch it with :meth:`download_group_avatar`.
 
         Raises:
-            UnknownGroup, NotGroupAdmin (before anything is uploaded).
+            UnknownGroup, NotGroupMember, NotGroupAdmin (before anything is uploaded).
             ValueError: both given, or a manifest that is not one.
         """
         info = await self.group(group_id)
-        if not info.active or self.account_id not in info.admins:
+        if not info.active:  # as _groups.change: a group we left is no longer ours
+            raise NotGroupMember(group_id)
+        if self.account_id not in info.admins:
             raise NotGroupAdmin(group_id)
         manifest = await self._avatar_manifest(avatar, avatar_manifest)
         return await self._change(group_id, lambda s: {"avatar": manifest})

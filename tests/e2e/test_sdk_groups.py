@@ -38,6 +38,7 @@ from client_sdk import (
     MessageStatus,
     MessageStatusChanged,
     NotGroupAdmin,
+    NotGroupMember,
     ReactionChanged,
     _groups,
 )
@@ -693,6 +694,11 @@ async def test_group_avatar_is_an_encrypted_file(clients: ClientFactory, tmp_pat
     assert (await b.wait_version(3)).group.avatar_manifest is None
     assert await bob.download_group_avatar(gid, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+    await bob.leave_group(gid)  # no longer a member: as for rename_group, not "not an admin"
+    before = await bob.transfers()
+    with pytest.raises(NotGroupMember):
+        await bob.set_group_avatar(gid, avatar=second)
+    assert await bob.transfers() == before
 
 
 async def test_members_who_are_not_contacts_are_introduced(clients: ClientFactory) -> None:
