@@ -24,7 +24,10 @@ Theory of operation
     **Control messages** are ``GroupControl`` inner messages (the encoded state and the
     signer's identity signature, purpose ``group-control``) sent by the signer over its
     pairwise session to every member of the parent and of the new state (so removed
-    members learn it). The state change and the outbox rows are one transaction.
+    members learn it). A change that keeps the members, when we can write to all of
+    them, is instead one group message on our chain (one blob, not one state per
+    member); receivers do not pass those on. The state change and the outbox rows are
+    one transaction.
 
     **Sender keys.** Each member has one outbound chain per group
     (``pigeon_crypto.sender_keys``). A state in which someone left drops it (in the
@@ -238,6 +241,16 @@ def _publish(core: ClientCore, view: GroupView, state: GroupState, *, now_ms: in
         items = _channels.publish(core, view, old, signed, write, readers=readers,
                                   now_ms=now_ms)
         return items, [change_event(core, view, old, now_ms=now_ms)]
+    if (old is not None and not left and set(old.state.members) == set(state.members)
+            and _reaches_all(core, set(state.members) - {me})):
+        # The same members, each with a session of ours: one sender-key message carries
+        # the state to all of them (pairwise, a 1,000-member state is ~32 MB of outbox).
+        _, _, items = send(core, state.group_id,
+                           lambda mid, now: GroupControl(message_id=mid, sent_at_ms=now,
+                                                         state=signed.encoded,
+                                                         signature=signed.signature),
+                           lambda cid, mid: None, now_ms=now_ms, state_write=write)
+        return items, [change_event(core, view, old, now_ms=now_ms)]
     old_members = () if old is None else old.state.members
     targets = sorted((set(old_members) | set(state.members)) - {me})
     batch = _Batch(core)
@@ -260,6 +273,16 @@ def _publish(core: ClientCore, view: GroupView, state: GroupState, *, now_ms: in
         core.store.write_group(write, now_ms=now_ms)
         items = []
     return items, [change_event(core, view, old, now_ms=now_ms)]
+
+
+def _reaches_all(core: ClientCore, peers: Iterable[bytes]) -> bool:
+    """Whether we can write to every one of *peers* now."""
+    for peer in peers:
+        try:
+            core.sendable(peer)
+        except ClientError:
+            return False
+    return True
 
 
 def _pairwise(core: ClientCore, batch: _Batch, peer: bytes, mailbox_id: bytes,
@@ -431,7 +454,8 @@ def _chain(core: ClientCore, group_id: bytes, members: frozenset[bytes],
 
 def send(core: ClientCore, group_id: bytes, make: Callable[[bytes, int], InnerMessage],
          history: Callable[[int, bytes], HistoryOp | None], *, now_ms: int,
-         message_id: bytes | None = None) -> tuple[bytes, int, list[OutboxItem]]:
+         message_id: bytes | None = None, state_write: GroupWrite | None = None,
+         ) -> tuple[bytes, int, list[OutboxItem]]:
     """Encrypt one group message with our chain and queue one multi-recipient send
     (preceded by the distributions members lack), all in one transaction.
 
@@ -439,6 +463,8 @@ def send(core: ClientCore, group_id: bytes, make: Callable[[bytes, int], InnerMe
         make: ``(message_id, now_ms) -> inner message``.
         history: ``(conversation_id, message_id) -> op`` for our history, or None.
         message_id: the message's id if drawn already (a file's, with its upload).
+        state_write: a new state of ours that the message carries (``GroupControl``),
+            stored in the same transaction.
 
     Returns:
         ``(message_id, conversation_id, outbox rows)``.
@@ -474,8 +500,8 @@ def send(core: ClientCore, group_id: bytes, make: Callable[[bytes, int], InnerMe
     inner = make(mid, now_ms)
     next_chain, message = chain.encrypt(pad_message(inner.encode()))
     blob = bytes([GROUP_BLOB_PREFIX]) + message
-    write = GroupWrite(shares=tuple(shares),
-                       chains=((me, chain.chain_id, group_id),) if fresh else ())
+    write = dataclasses.replace(state_write or GroupWrite(), shares=tuple(shares),
+                                chains=((me, chain.chain_id, group_id),) if fresh else ())
     op = history(cid, mid)
     key = OutboundSenderKeyUpdate(group_id=group_id, key=next_chain)
     if recipients:
