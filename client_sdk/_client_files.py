@@ -17,6 +17,7 @@ import functools
 import logging
 import mimetypes
 import os
+import shutil
 import stat
 import time
 from collections.abc import Callable
@@ -320,7 +321,9 @@ class FilesMixin:
         store_of = transfer_store
         stored = await self._run(lambda c: store_of(c.store).get_transfer(tid))
         if stored is not None and stored.direction is TransferDirection.UPLOAD:
-            raise ClientError("this file was sent from this profile")
+            # Our own upload (a file we sent, our or our group's avatar): the source is
+            # here, if it has not changed since.
+            return await asyncio.to_thread(_copy_source, stored, dest)
         if stored is not None and Path(stored.path) == dest:
             if stored.state is TransferState.DONE and dest.exists():
                 return dest
@@ -673,6 +676,23 @@ class FilesMixin:
             return
         running.ref = await self._submit(_sending.SendFile(
             peer=peer, message_id=mid, manifest=record.manifest, caption=record.caption))
+
+
+def _copy_source(upload: TransferRecord, dest: Path) -> Path:
+    """Copy an upload's source file to *dest* (via a ``.part`` file, then renamed)."""
+    source = Path(upload.path)
+    try:
+        st = source.stat()
+    except OSError:
+        st = None
+    if st is None or (st.st_size, st.st_mtime_ns) != (upload.source_size,
+                                                      upload.source_mtime_ns):
+        raise ClientError(f"this file was sent from this profile and {source} has changed "
+                          "or gone since")
+    part = _part_path(dest)
+    shutil.copyfile(source, part)
+    os.replace(part, dest)
+    return dest
 
 
 async def to_end(fn: Callable[..., T], *args: Any,

@@ -172,7 +172,7 @@ class GroupsApiMixin:
             UnknownContact, ContactNotReady, ContactBlocked, IdentityChangeUnacknowledged.
             ValueError: both *avatar* and *avatar_manifest*, or a manifest that is not one.
         """
-        manifest = await self._avatar_manifest(avatar, avatar_manifest)
+        manifest = await self._avatar_manifest(avatar, avatar_manifest, members)
         return await self._create_group(name, members, admins=admins, avatar=manifest,
                                         channel=channel, subscriptions=False)
 
@@ -199,16 +199,21 @@ class GroupsApiMixin:
         Raises:
             UnknownContact, ContactNotReady, ... for a subscriber we cannot write to.
         """
-        manifest = await self._avatar_manifest(avatar, avatar_manifest)
+        manifest = await self._avatar_manifest(avatar, avatar_manifest, subscribers)
         return await self._create_group(name, subscribers, admins=admins, avatar=manifest,
                                         channel=True, subscriptions=True)
 
     async def _avatar_manifest(self, avatar: str | os.PathLike[str] | None,
-                               manifest: bytes | None) -> bytes | None:
-        """The manifest a group state names: *avatar* uploaded, or *manifest* checked."""
+                               manifest: bytes | None, members: Sequence[bytes] = (),
+                               ) -> bytes | None:
+        """The manifest a group state names: *avatar* uploaded (once every one of
+        *members* is someone we can write to), or *manifest* checked."""
         if avatar is not None:
             if manifest is not None:
                 raise ValueError("give avatar or avatar_manifest, not both")
+            for member in members:  # as _groups.create will: before anything is uploaded
+                if member != self.account_id:
+                    self.core.require_sendable(member)
             return await self.upload_file(avatar)
         if manifest is not None:
             try:

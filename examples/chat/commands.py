@@ -246,7 +246,7 @@ class Commands:
                              "pigeon://contact/ link")
         if peer == self.client.account_id:
             raise UsageError("that is your own account")
-        before = None if peer is None else self.client.contact(peer)
+        inviters = {c.account_id for c in self.client.contacts(ContactState.PENDING)}
         if target.startswith("pigeon://"):
             await self.client.add_contact_by_link(target)
         elif peer is None:
@@ -256,12 +256,10 @@ class Commands:
         assert peer is not None
         name = self.app.name_of(peer)
         after = self.client.contact(peer)
-        if before is None and after is not None and after.state is ContactState.ACCEPTED:
-            self.app.show(f"{name} is a contact: /open {name}")  # found by @username
-        elif before is not None and before.state is ContactState.ACCEPTED:
-            self.app.show(f"{name} is already a contact: /open {name}")
-        elif before is not None and before.state is ContactState.PENDING:
+        if peer in inviters:
             self.app.show(f"{name} had invited you: you are now contacts (/open {name})", "ok")
+        elif after is not None and after.state is ContactState.ACCEPTED:
+            self.app.show(f"{name} is already a contact: /open {name}")
         else:
             self.app.show(f"invitation sent to {peer.hex()}: they become a contact once "
                           "they accept", "ok")

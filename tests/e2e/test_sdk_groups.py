@@ -40,6 +40,7 @@ from client_sdk import (
     NotGroupAdmin,
     NotGroupMember,
     ReactionChanged,
+    UnknownContact,
     _groups,
 )
 from client_sdk._sending import _Batch
@@ -677,6 +678,10 @@ async def test_group_avatar_is_an_encrypted_file(clients: ClientFactory, tmp_pat
     got = await bob.download_group_avatar(gid, tmp_path / "bob-first.png")
     assert got is not None and got.read_bytes() == first.read_bytes()
 
+    before = await alice.transfers()
+    with pytest.raises(UnknownContact):  # every member is checked before the upload
+        await alice.create_group("Nobody", [bytes(16)], avatar=second)
+    assert await alice.transfers() == before
     before = await bob.transfers()
     with pytest.raises(NotGroupAdmin):  # checked before anything is uploaded
         await bob.set_group_avatar(gid, avatar=second)
@@ -690,6 +695,9 @@ async def test_group_avatar_is_an_encrypted_file(clients: ClientFactory, tmp_pat
     info = (await b.wait_version(2)).group
     got = await bob.download_group_avatar(gid, tmp_path / "bob-second.png")
     assert got is not None and got.read_bytes() == second.read_bytes()
+    # The admin who set it gets it too: from its own source file, which is here.
+    mine = await alice.download_group_avatar(gid, tmp_path / "alice-second.png")
+    assert mine is not None and mine.read_bytes() == second.read_bytes()
     await alice.set_group_avatar(gid)  # neither: no avatar
     assert (await b.wait_version(3)).group.avatar_manifest is None
     assert await bob.download_group_avatar(gid, tmp_path / "none.png") is None
