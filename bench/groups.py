@@ -209,31 +209,13 @@ def sdk_rows(quick: bool) -> Rows:
             for _ in range(k):
                 core.submit([SendText(peer=p, text=TEXT) for p in peers], now_ms=_NOW)
             t_pairwise = (time.perf_counter() - t0) / k
-            # A change that keeps the members (one group message on our chain) against
-            # one that does not (the state pairwise to every member: removing one).
-            t0 = time.perf_counter()
-            renamed, _ = _groups.change(core, group_id, lambda s: {"name": "bench 2"},
-                                        now_ms=_NOW)
-            t_rename = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            gone = peers[-1]
-            removed, _ = _groups.change(core, group_id, lambda s, gone=gone: {
-                "members": tuple(m for m in s.members if m != gone)}, now_ms=_NOW)
-            t_remove = time.perf_counter() - t0
             profile.close()
             rows.append({"name": f"SDK send path, {n} members", "create_ms": t_create * 1e3,
                          "first_message_ms": t_first * 1e3,
                          "group_message_ms": t_group * 1e3,
                          "pairwise_to_all_ms": t_pairwise * 1e3,
-                         "pairwise/group": t_pairwise / t_group,
-                         "rename_ms": t_rename * 1e3, "rename_outbox_kb": _kb(renamed),
-                         "remove_one_ms": t_remove * 1e3, "remove_one_outbox_kb": _kb(removed)})
+                         "pairwise/group": t_pairwise / t_group})
     return rows
-
-
-def _kb(items: list[Any]) -> float:
-    """Outbox kilobytes: each row's blob (stored once however many recipients)."""
-    return sum(len(i.entry.blob) for i in items) / 1e3
 
 
 CHANNEL_SIZES = (1000, 10_000)

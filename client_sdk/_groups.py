@@ -24,10 +24,9 @@ Theory of operation
     **Control messages** are ``GroupControl`` inner messages (the encoded state and the
     signer's identity signature, purpose ``group-control``) sent by the signer over its
     pairwise session to every member of the parent and of the new state (so removed
-    members learn it). A change that keeps the members, when we can write to all of
-    them, is instead one group message on our chain (one blob, not one state per
-    member); receivers do not pass those on. The state change and the outbox rows are
-    one transaction.
+    members learn it), marked ``complete`` when we could write to every one of them (the
+    group's first admin then does not pass it on). The state change and the outbox rows
+    are one transaction.
 
     **Sender keys.** Each member has one outbound chain per group
     (``pigeon_crypto.sender_keys``). A state in which someone left drops it (in the
@@ -241,25 +240,17 @@ def _publish(core: ClientCore, view: GroupView, state: GroupState, *, now_ms: in
         items = _channels.publish(core, view, old, signed, write, readers=readers,
                                   now_ms=now_ms)
         return items, [change_event(core, view, old, now_ms=now_ms)]
-    if (old is not None and not left and set(old.state.members) == set(state.members)
-            and _reaches_all(core, set(state.members) - {me})):
-        # The same members, each with a session of ours: one sender-key message carries
-        # the state to all of them (pairwise, a 1,000-member state is ~32 MB of outbox).
-        _, _, items = send(core, state.group_id,
-                           lambda mid, now: GroupControl(message_id=mid, sent_at_ms=now,
-                                                         state=signed.encoded,
-                                                         signature=signed.signature),
-                           lambda cid, mid: None, now_ms=now_ms, state_write=write)
-        return items, [change_event(core, view, old, now_ms=now_ms)]
     old_members = () if old is None else old.state.members
     targets = sorted((set(old_members) | set(state.members)) - {me})
+    complete = _reaches_all(core, targets)  # then the first admin need not pass it on
     batch = _Batch(core)
     outgoing: list[Outgoing] = []
     for peer in targets:
         try:
             _, outbound = core.sendable(peer)
             inner = GroupControl(message_id=core.rng(16), sent_at_ms=now_ms,
-                                 state=signed.encoded, signature=signed.signature)
+                                 state=signed.encoded, signature=signed.signature,
+                                 complete=complete)
             blob, session = batch.encrypt(peer, inner)
         except ClientError as exc:
             _log.info("group change not sent to %s: %s", peer.hex()[:8], type(exc).__name__)
@@ -454,8 +445,7 @@ def _chain(core: ClientCore, group_id: bytes, members: frozenset[bytes],
 
 def send(core: ClientCore, group_id: bytes, make: Callable[[bytes, int], InnerMessage],
          history: Callable[[int, bytes], HistoryOp | None], *, now_ms: int,
-         message_id: bytes | None = None, state_write: GroupWrite | None = None,
-         ) -> tuple[bytes, int, list[OutboxItem]]:
+         message_id: bytes | None = None) -> tuple[bytes, int, list[OutboxItem]]:
     """Encrypt one group message with our chain and queue one multi-recipient send
     (preceded by the distributions members lack), all in one transaction.
 
@@ -463,8 +453,6 @@ def send(core: ClientCore, group_id: bytes, make: Callable[[bytes, int], InnerMe
         make: ``(message_id, now_ms) -> inner message``.
         history: ``(conversation_id, message_id) -> op`` for our history, or None.
         message_id: the message's id if drawn already (a file's, with its upload).
-        state_write: a new state of ours that the message carries (``GroupControl``),
-            stored in the same transaction.
 
     Returns:
         ``(message_id, conversation_id, outbox rows)``.
@@ -500,8 +488,8 @@ def send(core: ClientCore, group_id: bytes, make: Callable[[bytes, int], InnerMe
     inner = make(mid, now_ms)
     next_chain, message = chain.encrypt(pad_message(inner.encode()))
     blob = bytes([GROUP_BLOB_PREFIX]) + message
-    write = dataclasses.replace(state_write or GroupWrite(), shares=tuple(shares),
-                                chains=((me, chain.chain_id, group_id),) if fresh else ())
+    write = GroupWrite(shares=tuple(shares),
+                       chains=((me, chain.chain_id, group_id),) if fresh else ())
     op = history(cid, mid)
     key = OutboundSenderKeyUpdate(group_id=group_id, key=next_chain)
     if recipients:

@@ -175,7 +175,7 @@ def _state_ok(core: ClientCore, view: GroupView, sender: bytes,
 
 
 def _control(core: ClientCore, batch: GroupBatch, sender: bytes, inner: GroupControl,
-             now_ms: int, *, forward: bool = True) -> tuple[GroupWrite | None, list[Event]]:
+             now_ms: int) -> tuple[GroupWrite | None, list[Event]]:
     signed = SignedGroupState.from_wire(inner.state, inner.signature)
     st = signed.state
     me = core.account_id
@@ -195,8 +195,10 @@ def _control(core: ClientCore, batch: GroupBatch, sender: bytes, inner: GroupCon
     batch.changed.add(view.group_id)
     for row in rows:
         st = row.signed.state
-        if (forward and row.status is StateStatus.VALID and st.signer != me and st.admins
-                and st.admins[0] == me):
+        reached_all = (inner.complete and sender == st.signer
+                       and row.signed.hash == signed.hash)  # its signer wrote to everyone
+        if (not reached_all and row.status is StateStatus.VALID and st.signer != me
+                and st.admins and st.admins[0] == me):
             batch.forwards.append((view.group_id, row.signed.hash))
     batch.forwards += [(view.group_id, s.hash) for s in passing]
     events: list[Event] = []
@@ -222,21 +224,6 @@ def _control(core: ClientCore, batch: GroupBatch, sender: bytes, inner: GroupCon
                       drop_outbound=drop if forget is None else None,
                       subscriptions=tuple(taken), subscriptions_gone=tuple(gone),
                       roster=view.roster_write() if taken else None), events
-
-
-def _chain_control(core: ClientCore, batch: GroupBatch, group_id: bytes, sender: bytes,
-                   inner: GroupControl, now_ms: int) -> tuple[GroupWrite | None, list[Event]]:
-    """A state its signer sent over its sender-key chain of the group (a change that
-    kept the members, all of whom it could write to: nobody passes it on)."""
-    try:
-        st = SignedGroupState.from_wire(inner.state, inner.signature).state
-        if st.group_id != group_id or st.signer != sender or st.subscriptions:
-            _log.info("group state on another group's chain dropped")
-            return None, []
-        return _control(core, batch, sender, inner, now_ms, forward=False)
-    except PigeonError as exc:
-        _log.info("group state from %s dropped: %s", sender.hex()[:8], type(exc).__name__)
-        return None, []
 
 
 def _someone_left(old: SignedGroupState | None, new: SignedGroupState | None) -> bool:
@@ -372,13 +359,9 @@ def receive_blob(core: ClientCore, batch: GroupBatch, sender: bytes, envelope: E
                                    received_at_ms=batch.relay_ms or now_ms)
         return Incoming(envelope=envelope, received_at_ms=now_ms,
                         group=GroupWrite(pending_add=(pending,))), []
-    update = SenderKeyRecordUpdate(group_id=group_id, sender=sender, record=record)
-    if isinstance(inner, GroupControl):
-        write, events = _chain_control(core, batch, group_id, sender, inner, now_ms)
-        return Incoming(envelope=envelope, received_at_ms=now_ms, sender_key=update,
-                        group=write), events
     op, events = _message(core, batch, group_id, sender, inner, now_ms)
     _want_receipt(core, batch, group_id, sender, inner)
+    update = SenderKeyRecordUpdate(group_id=group_id, sender=sender, record=record)
     return Incoming(envelope=envelope, received_at_ms=now_ms, sender_key=update,
                     history=op), events
 
@@ -452,19 +435,17 @@ def _message(core: ClientCore, batch: GroupBatch, group_id: bytes, sender: bytes
 
 
 def retry_pending(core: ClientCore, *, now_ms: int,
-                  ) -> tuple[list[Event], list[tuple[bytes, bytes, bytes]], set[bytes]]:
-    """Place the pending group blobs that can be placed now; returns the events, the
-    delivery receipts to send and the groups whose state changed (states that came
-    over a chain)."""
+                  ) -> tuple[list[Event], list[tuple[bytes, bytes, bytes]]]:
+    """Place the pending group blobs that can be placed now (one transaction); returns
+    the events and the delivery receipts to send."""
     pending = core.store.pending_group_blobs(limit=MAX_PENDING_BLOBS)
     if not pending:
-        return [], [], set()
+        return [], []
     batch = GroupBatch(core)
     done: list[int] = []
     updates: dict[tuple[bytes, bytes], SenderKeyRecordUpdate] = {}
     ops: list[HistoryOp] = []
     events: list[Event] = []
-    states: list[GroupWrite] = []  # states that came over a chain, stored in order first
     for p in pending:
         try:
             group_id, record, inner = _open(core, batch, p.sender, p.blob, p.received_at_ms)
@@ -479,24 +460,16 @@ def retry_pending(core: ClientCore, *, now_ms: int,
         done.append(p.id)
         updates[(group_id, p.sender)] = SenderKeyRecordUpdate(group_id=group_id,
                                                               sender=p.sender, record=record)
-        if isinstance(inner, GroupControl):
-            write, evs = _chain_control(core, batch, group_id, p.sender, inner, now_ms)
-            if write is not None:
-                states.append(write)
-            events += evs
-            continue
         op, evs = _message(core, batch, group_id, p.sender, inner, now_ms)
         _want_receipt(core, batch, group_id, p.sender, inner)
         if op is not None:
             ops.append(op)
         events += evs
-    for write in states:
-        core.store.write_group(write, now_ms=now_ms)
     if done:
         core.store.write_group(GroupWrite(sender_keys=tuple(updates.values()),
                                           pending_done=tuple(done), history=tuple(ops)),
                                now_ms=now_ms)
-    return events, batch.to_ack, batch.changed
+    return events, batch.to_ack
 
 
 def receive_ephemeral(core: ClientCore, sender: bytes, blob: bytes, *, now_ms: int,

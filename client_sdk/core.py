@@ -468,11 +468,11 @@ class ClientCore:
         """Process a batch of deliveries (one transaction); see :mod:`._receiving`."""
         received = _receiving.receive(self, deliveries, now_ms=now_ms)
         if received.groups_changed:
-            placed, acks, changed = _groups_receive.retry_pending(self, now_ms=now_ms)
+            placed, acks = _groups_receive.retry_pending(self, now_ms=now_ms)
             received.events += placed
             received.group_receipts += acks
-            received.items += _groups.forward_winners(
-                self, received.groups_changed | changed, now_ms=now_ms)
+            received.items += _groups.forward_winners(self, received.groups_changed,
+                                                      now_ms=now_ms)
         if received.group_forwards:
             received.items += _groups.forward_states(self, received.group_forwards,
                                                      now_ms=now_ms)

@@ -334,7 +334,9 @@ class GroupControl(InnerMessage):
     ``signature`` is Ed25519 by the signer's identity key over ``state`` with purpose
     ``group-control`` (docs/protocol.md §3, §9.14). In a channel with subscriptions,
     ``subscriptions`` carries ``[encoded protocol.group.Subscription, signature]``
-    pairs (same purpose), each made under ``state`` or an earlier state.
+    pairs (same purpose), each made under ``state`` or an earlier state. ``complete``:
+    the signer wrote this state to every member of the old and the new state, so nobody
+    needs to pass it on (absent: false).
     """
 
     KIND: ClassVar[int] = 12
@@ -342,6 +344,7 @@ class GroupControl(InnerMessage):
     signature: bytes = field(repr=False, metadata=wire(4, SIGNATURE))
     subscriptions: tuple[tuple[bytes, bytes], ...] = field(
         default=(), repr=False, metadata=wire(5, _SUBSCRIPTIONS))
+    complete: bool = field(default=False, metadata=wire(6, BOOL))
 
 
 @_kind

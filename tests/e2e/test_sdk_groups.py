@@ -15,6 +15,7 @@ import dataclasses
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -709,46 +710,32 @@ async def test_group_avatar_is_an_encrypted_file(clients: ClientFactory, tmp_pat
     assert await bob.transfers() == before
 
 
-async def test_a_change_that_keeps_the_members_is_one_group_send(
-        clients: ClientFactory) -> None:
+async def test_first_admin_does_not_pass_on_a_state_its_signer_wrote_to_everyone(
+        clients: ClientFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     alice, bob, carol = await clients("alice"), await clients("bob"), await clients("carol")
     await mesh(clients, [alice, bob, carol])
-    a, b, c = Inbox(alice), Inbox(bob), Inbox(carol)
-    gid = (await alice.create_group("Before", [bob.account_id, carol.account_id],
-                                    admins=[bob.account_id])).group_id
-    await b.wait_version(1)
-    await c.wait_version(1)
+    first, second = sorted([alice, bob], key=lambda x: x.account_id)  # admins[0] = first
+    inboxes = {x.account_id: Inbox(x) for x in (alice, bob, carol)}
+    gid = (await first.create_group("G", [second.account_id, carol.account_id],
+                                    admins=[second.account_id])).group_id
+    for x in (second, carol):
+        await inboxes[x.account_id].wait_version(1)
+    passed_on: list[tuple[bytes, bytes]] = []
+    real = _groups.forward_states
 
-    async def rename(client: AsyncClient, name: str) -> list[OutboxItem]:
-        now = client._now_ms()
-        items, events = await client._run(lambda c: _groups.change(
-            c, gid, lambda s: {"name": name}, now_ms=now))
-        client._pump.add(items)
-        client._emit(events)
-        return items
+    def forward_states(core: ClientCore, states: Any, **kw: Any) -> list[OutboxItem]:
+        states = list(states)
+        if core.account_id == first.account_id:
+            passed_on.extend(states)
+        return real(core, states, **kw)
 
-    # Alice has no chain yet: a distribution to each member, then ONE blob for both,
-    # not the state once per member.
-    items = await rename(alice, "After")
-    group_sends = [i for i in items if i.entry.blob[0] == _groups.GROUP_BLOB_PREFIX]
-    assert len(group_sends) == 1 and len(group_sends[0].entry.recipients) == 2
-    assert len(items) == 3 and all(len(i.entry.blob) < 1024 for i in items
-                                   if i not in group_sends)  # distributions only
-    for inbox in (b, c):
-        assert (await inbox.wait_version(2)).group.name == "After"
-    # Bob's change (another admin's) goes the same way.
-    await quiet(alice, bob)
-    items = await rename(bob, "Bob's")
-    assert [len(i.entry.recipients) for i in items
-            if i.entry.blob[0] == _groups.GROUP_BLOB_PREFIX] == [2]
-    for inbox in (a, c):
-        assert (await inbox.wait_version(3)).group.name == "Bob's"
-    await quiet(alice, bob, carol)
-    # A change of members still goes pairwise (the removed member must learn it).
-    items = await rename_members(alice, gid, [bob.account_id])
-    assert all(i.entry.blob[0] != _groups.GROUP_BLOB_PREFIX for i in items)
-    assert (await c.wait_version(4)).group.members == tuple(sorted(
-        [alice.account_id, bob.account_id]))
+    monkeypatch.setattr(_groups, "forward_states", forward_states)
+    # The second admin removes Carol: it writes to everyone, and says so.
+    await rename_members(second, gid, [first.account_id])
+    assert (await inboxes[first.account_id].wait_version(2)).group.members == tuple(
+        sorted([first.account_id, second.account_id]))
+    await quiet(first, second)
+    assert passed_on == []
 
 
 async def rename_members(client: AsyncClient, gid: bytes, members: Sequence[bytes],

@@ -139,6 +139,13 @@ def inner_examples() -> list[InnerMessage]:
             signature=pattern(64, 0x6F),
             subscriptions=((channel_subscription().encode(), pattern(64, 0x70)),),
         ),
+        GroupControl(  # its signer wrote it to every member: nobody passes it on
+            message_id=pattern(16, 0x12),
+            sent_at_ms=t + 11,
+            state=channel_state().encode(),
+            signature=pattern(64, 0x71),
+            complete=True,
+        ),
         SenderKeyDistribution(
             message_id=pattern(16, 0x0E),
             sent_at_ms=t + 12,
