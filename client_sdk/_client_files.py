@@ -49,6 +49,7 @@ from ._transfers import (
     http_base_url,
     is_transient,
     run_chunks,
+    to_end,
 )
 from .errors import ClientError, ConnectionLost, RelayError, UnknownContact
 from .events import Event, MessageRef
@@ -693,22 +694,6 @@ def _copy_source(upload: TransferRecord, dest: Path) -> Path:
     shutil.copyfile(source, part)
     os.replace(part, dest)
     return dest
-
-
-async def to_end(fn: Callable[..., T], *args: Any,
-                 undo: Callable[[T], object] | None = None) -> T:
-    """``asyncio.to_thread(fn, *args)``, except that a cancelled caller returns only once
-    *fn* has ended (and, if it returned, after ``undo(result)``): the callers close the
-    file descriptor *fn* works on right after, and a call still running on it then could
-    reach another file that took the same number."""
-    future = asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        await asyncio.wait({future})
-        if undo is not None and not future.cancelled() and future.exception() is None:
-            undo(future.result())
-        raise
 
 
 def _close_opened(opened: tuple[int, bool]) -> None:

@@ -51,6 +51,22 @@ _RETRY_MAX_S: Final = 10.0
 T = TypeVar("T")
 
 
+async def to_end(fn: Callable[..., T], *args: Any,
+                 undo: Callable[[T], object] | None = None) -> T:
+    """``asyncio.to_thread(fn, *args)``, except that a cancelled caller returns only once
+    *fn* has ended (and, if it returned, after ``undo(result)``): the callers close the
+    file descriptor *fn* works on right after, and a call still running on it then could
+    reach another file that took the same number."""
+    future = asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait({future})
+        if undo is not None and not future.cancelled() and future.exception() is None:
+            undo(future.result())
+        raise
+
+
 def http_base_url(relay_url: str) -> str:
     """``scheme://host:port`` of the relay's HTTP API, from its base or WebSocket URL."""
     ws = urllib.parse.urlsplit(websocket_url(relay_url))
@@ -160,18 +176,6 @@ async def run_chunks(
     """
     queue = list(reversed(indexes))
     layout = cipher.layout
-    loop = asyncio.get_running_loop()
-    in_thread: set[asyncio.Future[Any]] = set()
-
-    async def thread(fn: Callable[..., T], *args: Any) -> T:
-        # Not asyncio.to_thread: a cancelled worker would leave its pread/pwrite on *fd*
-        # running after we return, and the caller closes *fd* then (its number may be
-        # another file's by the time the write lands). We wait for these on the way out.
-        future = loop.run_in_executor(None, functools.partial(fn, *args))
-        in_thread.add(future)
-        future.add_done_callback(in_thread.discard)
-        return await asyncio.shield(future)
-
     async def one(index: int) -> None:
         async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(retries),
@@ -179,13 +183,13 @@ async def run_chunks(
                 retry=retry_if_exception(is_transient), reraise=True):
             with attempt:
                 if upload:
-                    body = await thread(_read_and_seal, fd, cipher, index)
+                    body = await to_end(_read_and_seal, fd, cipher, index)
                     await _put(http, grant(), index, body)
                     del body
                     size = layout.data_length(index)
                 else:
                     body = await _get(http, grant(), index, layout.ciphertext_length(index))
-                    size = await thread(_open_and_write, fd, cipher, index, body)
+                    size = await to_end(_open_and_write, fd, cipher, index, body)
                     del body
         await on_chunk(index, size)
 
@@ -203,7 +207,7 @@ async def run_chunks(
     finally:
         for task in workers:
             task.cancel()
+        # Each worker ends only once its chunk read or write has (to_end): the caller
+        # closes fd next.
         await asyncio.gather(*workers, return_exceptions=True)
-        if in_thread:  # a cancelled worker's chunk read or write (one chunk: bounded)
-            await asyncio.wait(list(in_thread))
 

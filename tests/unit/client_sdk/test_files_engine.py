@@ -16,13 +16,13 @@ import pytest
 from aiohttp import web
 
 from client_sdk import _transfers
-from client_sdk._client_files import to_end
 from client_sdk._transfers import (
     BlobGrant,
     TokenExpired,
     TransferError,
     http_base_url,
     run_chunks,
+    to_end,
 )
 from pigeon_crypto.files import ChunkAuthenticationError, ChunkCipher, FileLayout
 
