@@ -21,7 +21,7 @@ from .events import (
     MessageRef,
     Reconnected,
 )
-from .groups import GroupChanged, GroupInfo, NotGroupAdmin, NotGroupMember
+from .groups import GroupChanged, GroupInfo
 from .store.records import ContactState
 
 if TYPE_CHECKING:
@@ -279,11 +279,7 @@ class GroupsApiMixin:
             UnknownGroup, NotGroupMember, NotGroupAdmin (before anything is uploaded).
             ValueError: both given, or a manifest that is not one.
         """
-        info = await self.group(group_id)
-        if not info.active:  # as _groups.change: a group we left is no longer ours
-            raise NotGroupMember(group_id)
-        if self.account_id not in info.admins:
-            raise NotGroupAdmin(group_id)
+        await self._run(lambda c: _groups.changeable(c, group_id))  # _change's checks
         manifest = await self._avatar_manifest(avatar, avatar_manifest)
         return await self._change(group_id, lambda s: {"avatar": manifest})
 

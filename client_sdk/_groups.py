@@ -98,6 +98,7 @@ from .store.records import (
     OutboxEntry,
     OutboxItem,
     Outgoing,
+    PairwiseMailbox,
     Recipient,
     SessionUpdate,
 )
@@ -156,6 +157,24 @@ def create(core: ClientCore, *, name: str, members: Sequence[bytes], admins: Seq
     return group_id, items, events
 
 
+def changeable(core: ClientCore, group_id: bytes, *, leave: bool = False,
+               ) -> tuple[GroupView, SignedGroupState]:
+    """The group and its head, if we may change it (an admin; any member may leave).
+
+    Raises:
+        UnknownGroup, NotGroupMember, NotGroupAdmin.
+    """
+    view = GroupView.load(core, group_id)
+    head = view.head
+    if head is None:
+        raise UnknownGroup(group_id)
+    if not view.active:
+        raise NotGroupMember(group_id)
+    if not leave and core.account_id not in head.state.admins:
+        raise NotGroupAdmin(group_id)
+    return view, head
+
+
 def change(core: ClientCore, group_id: bytes, mutate: Callable[[GroupState], dict[str, object]],
            *, leave: bool = False, readers: Sequence[bytes] = (), now_ms: int,
            ) -> tuple[list[OutboxItem], list[Event]]:
@@ -167,14 +186,7 @@ def change(core: ClientCore, group_id: bytes, mutate: Callable[[GroupState], dic
         UnknownGroup, NotGroupMember, NotGroupAdmin; ClientError for an invalid result.
     """
     me = core.account_id
-    view = GroupView.load(core, group_id)
-    head = view.head
-    if head is None:
-        raise UnknownGroup(group_id)
-    if not view.active:
-        raise NotGroupMember(group_id)
-    if not leave and me not in head.state.admins:
-        raise NotGroupAdmin(group_id)
+    view, head = changeable(core, group_id, leave=leave)
     fields = mutate(head.state)
     if head.state.subscriptions:  # a channel with subscriptions lists its admins only
         fields["members"] = fields.get("admins", head.state.admins)
@@ -242,12 +254,17 @@ def _publish(core: ClientCore, view: GroupView, state: GroupState, *, now_ms: in
         return items, [change_event(core, view, old, now_ms=now_ms)]
     old_members = () if old is None else old.state.members
     targets = sorted((set(old_members) | set(state.members)) - {me})
-    complete = _reaches_all(core, targets)  # then the first admin need not pass it on
-    batch = _Batch(core)
-    outgoing: list[Outgoing] = []
+    reachable: list[tuple[bytes, PairwiseMailbox]] = []
     for peer in targets:
         try:
-            _, outbound = core.sendable(peer)
+            reachable.append((peer, core.sendable(peer)[1]))
+        except ClientError as exc:
+            _log.info("group change not sent to %s: %s", peer.hex()[:8], type(exc).__name__)
+    complete = len(reachable) == len(targets)  # then the first admin need not pass it on
+    batch = _Batch(core)
+    outgoing: list[Outgoing] = []
+    for peer, outbound in reachable:
+        try:
             inner = GroupControl(message_id=core.rng(16), sent_at_ms=now_ms,
                                  state=signed.encoded, signature=signed.signature,
                                  complete=complete)
@@ -264,16 +281,6 @@ def _publish(core: ClientCore, view: GroupView, state: GroupState, *, now_ms: in
         core.store.write_group(write, now_ms=now_ms)
         items = []
     return items, [change_event(core, view, old, now_ms=now_ms)]
-
-
-def _reaches_all(core: ClientCore, peers: Iterable[bytes]) -> bool:
-    """Whether we can write to every one of *peers* now."""
-    for peer in peers:
-        try:
-            core.sendable(peer)
-        except ClientError:
-            return False
-    return True
 
 
 def _pairwise(core: ClientCore, batch: _Batch, peer: bytes, mailbox_id: bytes,
