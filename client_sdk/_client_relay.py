@@ -155,14 +155,20 @@ class RelayApiMixin:
             InvalidBundle / IdentityMismatch: the relay's bundle does not verify (or
                 is not the identity *fingerprint* names); RelayError(UNKNOWN_ACCOUNT).
         """
-        contact = self.core.contact(account_id)
-        if contact is not None and contact.state is ContactState.PENDING:
-            await self.accept(account_id)
-            return
-        if contact is not None and contact.state is ContactState.ACCEPTED:
+        if await self._already_known(account_id):
             return
         verified = await self._fetch_bundle(account_id, fingerprint)
         await self._invite_verified(verified)
+
+    async def _already_known(self, account_id: bytes) -> bool:
+        """Settle adding someone we know: accept their invitation, or nothing for a
+        contact already accepted (a new invitation would set it back to INVITED, and
+        neither side could write until the other accepted again). False: invite."""
+        contact = self.core.contact(account_id)
+        if contact is not None and contact.state is ContactState.PENDING:
+            await self.accept(account_id)
+            return True
+        return contact is not None and contact.state is ContactState.ACCEPTED
 
     async def add_contact_by_username(self, username: str) -> bytes:
         """Look a username up (exact match), verify its binding, invite the account (as
@@ -173,12 +179,7 @@ class RelayApiMixin:
         assert isinstance(found, UsernameFound)
         verified = await self._fetch_bundle(found.account_id)
         verify_username(found, verified)
-        contact = self.core.contact(found.account_id)
-        if contact is not None and contact.state is ContactState.PENDING:
-            await self.accept(found.account_id)
-        elif contact is None or contact.state is not ContactState.ACCEPTED:
-            # Not for a contact already accepted: a new invitation would set it back
-            # to INVITED, and neither side could write until the other accepted again.
+        if not await self._already_known(found.account_id):
             await self._invite_verified(verified)
         return found.account_id
 

@@ -255,14 +255,10 @@ class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixi
                 # sockets ends the readers the loop waits on, and it sees _closing.
                 _log.warning("background work ignored its cancellation; closing the "
                              "connection under it")
-                for conn in {self._conn, self._send_conn}:
-                    if conn is not None:
-                        await conn.close()
+                await self._close_connections()
                 await asyncio.wait(late)
             await asyncio.gather(*running, return_exceptions=True)  # all done: collects
-        for conn in {self._conn, self._send_conn}:
-            if conn is not None:
-                await conn.close()
+        await self._close_connections()
         if self._session is not None:
             await self._session.close()
         for queue in self._subscribers:
@@ -275,6 +271,11 @@ class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixi
         if self._tuned:
             self._tuned = False
             _tuning.release()
+
+    async def _close_connections(self) -> None:
+        for conn in {self._conn, self._send_conn}:
+            if conn is not None:
+                await conn.close()
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
