@@ -131,6 +131,8 @@ class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixi
         """Where sends go: the anonymous connection (or ``_conn`` without one)."""
         self._connected = asyncio.Event()
         self._closing = asyncio.Event()
+        self._close_task: asyncio.Task[None] | None = None
+        self._executor_stopped = False
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._fatal: BaseException | None = None
@@ -239,10 +241,18 @@ class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixi
             self._start_loop()
 
     async def close(self) -> None:
-        """Stop the connection and background work; close the profile. Idempotent."""
-        if self._closing.is_set():
-            return
-        self._closing.set()
+        """Stop the connection and background work; close the profile. Idempotent:
+        every call returns once the client is closed. The closing runs as a task of
+        its own, so a caller cancelled meanwhile leaves it going on (a later call waits
+        for it), and a closing that was itself cancelled or failed is started again."""
+        self._closing.set()  # before any await: nothing starts a connection after this
+        task = self._close_task
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = self._close_task = asyncio.ensure_future(self._shut_down())
+        await asyncio.shield(task)
+
+    async def _shut_down(self) -> None:
+        """close()'s work; every step may run again (after a cancelled or failed run)."""
         if self._loop_task is not None:
             self._loop_task.cancel()
         for task in list(self._tasks):
@@ -263,11 +273,12 @@ class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixi
             await self._session.close()
         for queue in self._subscribers:
             queue.put_nowait(None)
-        if self._executor is not None:
+        if self._executor is not None and not self._executor_stopped:
             profile = self._profile
             if profile is not None:
                 await asyncio.get_running_loop().run_in_executor(self._executor, profile.close)
             self._executor.shutdown(wait=True)
+            self._executor_stopped = True
         if self._tuned:
             self._tuned = False
             _tuning.release()

@@ -14,7 +14,7 @@ import pytest
 from client_sdk import AsyncClient
 from client_sdk._sending import SendText
 from client_sdk.errors import ConnectionLost
-from client_sdk.store import Durability
+from client_sdk.store import Durability, Profile
 
 from .support import FAST
 
@@ -112,3 +112,58 @@ async def test_waiting_for_a_connection_ends_with_close(client: AsyncClient) -> 
         with pytest.raises(ConnectionLost):
             await waiting
         assert [e async for e in client.events()] == []  # after close: ends at once
+
+
+def _reopen(path: Path) -> None:
+    """Open the profile again: ProfileLocked while a client still holds it."""
+    Profile.open(path, "pass", durability=Durability.OFF).close()
+
+
+async def test_a_cancelled_close_is_finished(client: AsyncClient) -> None:
+    stuck = _SlowLoop()  # background work slow to unwind: close() waits on it
+    client._tasks.add(stuck.task)
+    closing = asyncio.ensure_future(client.close())
+    async with asyncio.timeout(_GUARD_S):
+        await stuck.cancelled.wait()
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(_GUARD_S):
+            await closing
+    stuck.release.set()
+    async with asyncio.timeout(_GUARD_S):
+        await client.close()  # waits for the closing the cancel left going, or redoes it
+    _reopen(client.path)
+
+
+async def test_a_second_close_waits_for_the_first(client: AsyncClient) -> None:
+    stuck = _SlowLoop()
+    client._tasks.add(stuck.task)
+    first = asyncio.ensure_future(client.close())
+    async with asyncio.timeout(_GUARD_S):
+        await stuck.cancelled.wait()
+    second = asyncio.ensure_future(client.close())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not second.done()  # the profile is still open: not closed yet
+    stuck.release.set()
+    async with asyncio.timeout(_GUARD_S):
+        await second
+        await first
+    _reopen(client.path)
+
+
+async def test_a_cancelled_closing_starts_again(client: AsyncClient) -> None:
+    stuck = _SlowLoop()
+    client._tasks.add(stuck.task)
+    closing = asyncio.ensure_future(client.close())
+    async with asyncio.timeout(_GUARD_S):
+        await stuck.cancelled.wait()
+    assert client._close_task is not None
+    client._close_task.cancel()  # as asyncio.run cancels every task left on its way out
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(_GUARD_S):
+            await closing
+    stuck.release.set()
+    async with asyncio.timeout(_GUARD_S):
+        await client.close()
+    _reopen(client.path)
