@@ -50,10 +50,12 @@ Theory of operation
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Final
 
+from pigeon_crypto.files import FILE_ID_SIZE, FILE_KEY_SIZE, encrypt_chunk
 from pigeon_crypto.padding import pad_message
 from pigeon_crypto.ratchet import RatchetState
 from pigeon_crypto.sender_keys import OutboundSenderKey
@@ -62,6 +64,7 @@ from protocol import limits as L
 from protocol.group import MAX_GROUP_MEMBERS, GroupState
 from protocol.inner import (
     GroupControl,
+    GroupControlKey,
     InnerMessage,
     Receipt,
     ReceiptKind,
@@ -110,6 +113,7 @@ if TYPE_CHECKING:
 __all__ = [
     "GROUP_BLOB_PREFIX",
     "MAX_PENDING_STATES",
+    "SEALED_CONTROL_PREFIX",
     "GroupView",
     "authorized",
     "change_event",
@@ -124,6 +128,10 @@ _log = logging.getLogger("pigeon.sdk.groups")
 GROUP_BLOB_PREFIX: Final = 0x81
 """First byte of a group (sender-key) blob on a pairwise mailbox; a Double Ratchet
 message starts with its version, 0x01."""
+SEALED_CONTROL_PREFIX: Final = 0x82
+"""First byte of a sealed ``GroupControl`` on a pairwise mailbox (:func:`seal_control`)."""
+_KEY_BUCKET: Final = 256
+"""The padded size of a ``GroupControlKey`` (114 bytes encoded: the smallest bucket)."""
 # --- control messages -------------------------------------------------------------------------
 
 
@@ -254,26 +262,10 @@ def _publish(core: ClientCore, view: GroupView, state: GroupState, *, now_ms: in
         return items, [change_event(core, view, old, now_ms=now_ms)]
     old_members = () if old is None else old.state.members
     targets = sorted((set(old_members) | set(state.members)) - {me})
-    reachable: list[tuple[bytes, PairwiseMailbox]] = []
-    for peer in targets:
-        try:
-            reachable.append((peer, core.sendable(peer)[1]))
-        except ClientError as exc:
-            _log.info("group change not sent to %s: %s", peer.hex()[:8], type(exc).__name__)
+    reachable = _reachable(core, targets)
     complete = len(reachable) == len(targets)  # then the first admin need not pass it on
     batch = _Batch(core)
-    outgoing: list[Outgoing] = []
-    for peer, outbound in reachable:
-        try:
-            inner = GroupControl(message_id=core.rng(16), sent_at_ms=now_ms,
-                                 state=signed.encoded, signature=signed.signature,
-                                 complete=complete)
-            blob, session = batch.encrypt(peer, inner)
-        except ClientError as exc:
-            _log.info("group change not sent to %s: %s", peer.hex()[:8], type(exc).__name__)
-            continue
-        outgoing.append(_pairwise(core, batch, peer, outbound.mailbox_id, outbound.capability,
-                                  blob, session, now_ms))
+    outgoing = _control_sends(core, batch, reachable, signed, complete=complete, now_ms=now_ms)
     if outgoing:
         outgoing[0] = dataclasses.replace(outgoing[0], group=write)
         items = batch.commit(outgoing)
@@ -281,6 +273,56 @@ def _publish(core: ClientCore, view: GroupView, state: GroupState, *, now_ms: in
         core.store.write_group(write, now_ms=now_ms)
         items = []
     return items, [change_event(core, view, old, now_ms=now_ms)]
+
+
+def sealing_pays(control_size: int, peers: int) -> bool:
+    """Whether to seal a control of *control_size* padded bytes for *peers* members: when
+    one blob plus a key message each (:data:`_KEY_BUCKET`) stores at most half the bytes
+    of a pairwise copy each (below that, the extra message per member is not worth it)."""
+    return peers * control_size >= 2 * (control_size + peers * _KEY_BUCKET)
+
+
+def seal_control(core: ClientCore, padded: bytes) -> tuple[bytes, bytes, bytes]:
+    """Encrypt a padded ``GroupControl`` once: ``(blob, key, seal_id)``. The blob is
+    :data:`SEALED_CONTROL_PREFIX` and the one chunk of a one-chunk file (protocol §8.1)
+    under a fresh key and file id, which only the key messages carry."""
+    key, seal_id = core.rng(FILE_KEY_SIZE), core.rng(FILE_ID_SIZE)
+    chunk = encrypt_chunk(key, seal_id, 0, 1, padded)
+    return bytes([SEALED_CONTROL_PREFIX]) + chunk, key, seal_id
+
+
+def _control_sends(core: ClientCore, batch: _Batch, peers: Sequence[tuple[bytes, PairwiseMailbox]],
+                   signed: SignedGroupState, *, complete: bool, now_ms: int) -> list[Outgoing]:
+    """A signed state to *peers*: sealed (one multi-recipient blob, then a pairwise
+    ``GroupControlKey`` to each, so the blob comes first on every mailbox) when that
+    stores fewer bytes, else a pairwise ``GroupControl`` to each."""
+    control = GroupControl(message_id=core.rng(16), sent_at_ms=now_ms, state=signed.encoded,
+                           signature=signed.signature, complete=complete)
+    padded = pad_message(control.encode())
+    sealed = sealing_pays(len(padded), len(peers))
+    if sealed:
+        blob, key, seal_id = seal_control(core, padded)
+        inner: InnerMessage = GroupControlKey(
+            message_id=control.message_id, sent_at_ms=now_ms,
+            blob_hash=hashlib.sha256(blob).digest(), key=key, seal_id=seal_id)
+    else:
+        inner = control
+    recipients: list[Recipient] = []
+    outgoing: list[Outgoing] = []
+    for peer, outbound in peers:
+        try:
+            encrypted, session = batch.encrypt(peer, dataclasses.replace(
+                inner, message_id=core.rng(16)))
+        except ClientError as exc:
+            _log.info("group change not sent to %s: %s", peer.hex()[:8], type(exc).__name__)
+            continue
+        recipients.append(Recipient(mailbox_id=outbound.mailbox_id,
+                                    capability=outbound.capability))
+        outgoing.append(_pairwise(core, batch, peer, outbound.mailbox_id, outbound.capability,
+                                  encrypted, session, now_ms))
+    if not sealed or not recipients:
+        return outgoing
+    return [Outgoing(entry=e) for e in fan_out(core, recipients, blob, now_ms=now_ms)] + outgoing
 
 
 def _pairwise(core: ClientCore, batch: _Batch, peer: bytes, mailbox_id: bytes,
@@ -309,17 +351,20 @@ def forward_winners(core: ClientCore, group_ids: Iterable[bytes], *, now_ms: int
         missing: set[bytes] = set()
         for mine in ours:
             missing |= reached(view, mine.state) - reached(view, head.state)
-        for peer in sorted(missing - {me}):
-            try:
-                _, outbound = core.sendable(peer)
-                inner = GroupControl(message_id=core.rng(16), sent_at_ms=now_ms,
-                                     state=head.encoded, signature=head.signature)
-                blob, session = batch.encrypt(peer, inner)
-            except ClientError:
-                continue
-            outgoing.append(_pairwise(core, batch, peer, outbound.mailbox_id,
-                                      outbound.capability, blob, session, now_ms))
+        outgoing += _control_sends(core, batch, _reachable(core, sorted(missing - {me})),
+                                   head, complete=False, now_ms=now_ms)
     return batch.commit(outgoing) if outgoing else []
+
+
+def _reachable(core: ClientCore, peers: Iterable[bytes]) -> list[tuple[bytes, PairwiseMailbox]]:
+    """The peers we can write to now, with the mailbox to write to."""
+    out: list[tuple[bytes, PairwiseMailbox]] = []
+    for peer in peers:
+        try:
+            out.append((peer, core.sendable(peer)[1]))
+        except ClientError as exc:
+            _log.info("group change not sent to %s: %s", peer.hex()[:8], type(exc).__name__)
+    return out
 
 
 def forward_states(core: ClientCore, states: Iterable[tuple[bytes, bytes]], *, now_ms: int,
@@ -341,16 +386,9 @@ def forward_states(core: ClientCore, states: Iterable[tuple[bytes, bytes]], *, n
         if row.status is not StateStatus.VALID:
             continue
         signed = row.signed
-        for peer in sorted(reached(view, signed.state) - {me, signed.state.signer}):
-            try:
-                _, outbound = core.sendable(peer)
-                inner = GroupControl(message_id=core.rng(16), sent_at_ms=now_ms,
-                                     state=signed.encoded, signature=signed.signature)
-                blob, session = batch.encrypt(peer, inner)
-            except ClientError:
-                continue
-            outgoing.append(_pairwise(core, batch, peer, outbound.mailbox_id,
-                                      outbound.capability, blob, session, now_ms))
+        peers = sorted(reached(view, signed.state) - {me, signed.state.signer})
+        outgoing += _control_sends(core, batch, _reachable(core, peers), signed,
+                                   complete=False, now_ms=now_ms)
     items = batch.commit(outgoing) if outgoing else []
     return items + _channels.forward(core, subs, now_ms=now_ms) if subs else items
 

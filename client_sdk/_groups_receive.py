@@ -18,12 +18,14 @@ dropped.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from pigeon_crypto.errors import PigeonError
+from pigeon_crypto.files import decrypt_chunk
 from pigeon_crypto.padding import unpad_message
 from pigeon_crypto.sender_keys import SenderKeyDistribution as Distribution
 from pigeon_crypto.sender_keys import SenderKeyRecord
@@ -36,6 +38,7 @@ from protocol.inner import (
     Edit,
     File,
     GroupControl,
+    GroupControlKey,
     InnerMessage,
     Reaction,
     Receipt,
@@ -47,7 +50,13 @@ from protocol.inner import (
 )
 
 from . import _channels
-from ._groups import GROUP_BLOB_PREFIX, GroupView, change_event, conversation_id
+from ._groups import (
+    GROUP_BLOB_PREFIX,
+    SEALED_CONTROL_PREFIX,
+    GroupView,
+    change_event,
+    conversation_id,
+)
 from .events import (
     DisappearingTimerChanged,
     Event,
@@ -74,6 +83,7 @@ from .history import (
 from .store.group_records import (
     GroupWrite,
     PendingGroupBlob,
+    SealedControlPart,
     SignedGroupState,
     StateStatus,
 )
@@ -83,7 +93,7 @@ if TYPE_CHECKING:
     from .core import ClientCore
 
 __all__ = ["GroupBatch", "apply_inner", "group_receipt", "receive_blob", "receive_ephemeral",
-           "retry_pending"]
+           "receive_sealed", "retry_pending"]
 
 _log = logging.getLogger("pigeon.sdk.groups")
 
@@ -92,6 +102,9 @@ PENDING_TTL_MS: Final = 7 * 24 * 3600 * 1000
 mailboxes, shorter than the relay's 30-day expiry."""
 MAX_PENDING_BLOBS: Final = 10_000
 """Pending group blobs kept in all: bounds what contacts can make us store."""
+MAX_SEALED_PARTS: Final = 10_000
+"""Halves of sealed changes waiting for their other half, in all (kept as long as
+pending blobs, :data:`PENDING_TTL_MS`)."""
 _HEADER: Final = struct.Struct(">BII")
 
 
@@ -118,6 +131,9 @@ class GroupBatch:
     """``(author, group_id, message_id)``: group messages to send a delivery receipt for."""
     receipts: dict[tuple[bytes, bytes], set[tuple[bytes, int]]] = field(default_factory=dict)
     """Receipts held per ``(group_id, message_id)`` of ours, with the batch's."""
+    sealed: dict[tuple[bytes, bytes], SealedControlPart | None] = field(default_factory=dict)
+    """Halves of sealed changes the batch added (None: used in the batch)."""
+    sealed_held: int | None = None
 
     def view(self, group_id: bytes) -> GroupView:
         found = self.views.get(group_id)
@@ -130,6 +146,23 @@ class GroupBatch:
         if key not in self.records:
             self.records[key] = self.core.store.load_sender_key_record(group_id, sender)
         return self.records[key]
+
+    def sealed_part(self, sender: bytes, blob_hash: bytes) -> SealedControlPart | None:
+        key = (sender, blob_hash)
+        if key in self.sealed:
+            return self.sealed[key]
+        return self.core.store.sealed_control_part(sender, blob_hash)
+
+    def keep_sealed(self, part: SealedControlPart) -> GroupWrite | None:
+        """Keep one half until the other comes (None: too many held, dropped)."""
+        if self.sealed_held is None:
+            self.sealed_held = self.core.store.sealed_control_count()
+        if self.sealed_held >= MAX_SEALED_PARTS:
+            _log.info("too many halves of sealed group changes; one dropped")
+            return None
+        self.sealed_held += 1
+        self.sealed[(part.sender, part.hash)] = part
+        return GroupWrite(sealed_add=(part,))
 
     def chain_group(self, sender: bytes, chain_id: int) -> bytes | None:
         found = self.chains.get((sender, chain_id))
@@ -147,9 +180,65 @@ def apply_inner(core: ClientCore, batch: GroupBatch, sender: bytes, inner: Inner
             return _control(core, batch, sender, inner, now_ms)
         if isinstance(inner, SenderKeyDistribution):
             return _distribution(batch, sender, inner), []
+        if isinstance(inner, GroupControlKey):
+            return _control_key(core, batch, sender, inner, now_ms)
     except PigeonError as exc:
         _log.info("group message from %s dropped: %s", sender.hex()[:8], type(exc).__name__)
     return None, []
+
+
+# --- sealed controls: one blob for every member, a pairwise key to each ----------------------
+
+
+def receive_sealed(core: ClientCore, batch: GroupBatch, sender: bytes, envelope: EnvelopeRef,
+                   blob: bytes, *, now_ms: int) -> tuple[Incoming, list[Event]]:
+    """A sealed ``GroupControl`` on *sender*'s pairwise mailbox: opened if its key came
+    first, else kept for the key."""
+    digest = hashlib.sha256(blob).digest()
+    incoming = Incoming(envelope=envelope, received_at_ms=now_ms)
+    part = batch.sealed_part(sender, digest)
+    if part is None:
+        write = batch.keep_sealed(SealedControlPart(
+            sender=sender, hash=digest, blob=blob, received_at_ms=batch.relay_ms or now_ms))
+        return dataclasses.replace(incoming, group=write), []
+    if part.key is None:
+        return incoming, []  # the same blob again
+    write, events = _unseal(core, batch, sender, blob, part.key, now_ms)
+    return dataclasses.replace(incoming, group=write), events
+
+
+def _control_key(core: ClientCore, batch: GroupBatch, sender: bytes, inner: GroupControlKey,
+                 now_ms: int) -> tuple[GroupWrite | None, list[Event]]:
+    key = inner.key + inner.seal_id
+    part = batch.sealed_part(sender, inner.blob_hash)
+    if part is None:
+        return batch.keep_sealed(SealedControlPart(
+            sender=sender, hash=inner.blob_hash, key=key,
+            received_at_ms=batch.relay_ms or now_ms)), []
+    if part.blob is None:
+        return None, []  # the same key again
+    return _unseal(core, batch, sender, part.blob, key, now_ms)
+
+
+def _unseal(core: ClientCore, batch: GroupBatch, sender: bytes, blob: bytes, key: bytes,
+            now_ms: int) -> tuple[GroupWrite, list[Event]]:
+    """Open a sealed control with its key and take it as if *sender* had sent it
+    pairwise; the held half goes either way."""
+    digest = hashlib.sha256(blob).digest()
+    batch.sealed[(sender, digest)] = None
+    done = GroupWrite(sealed_done=((sender, digest),))
+    try:
+        inner = decode_inner(unpad_message(decrypt_chunk(key[:32], key[32:], 0, 1, blob[1:])))
+        if not isinstance(inner, GroupControl):
+            raise RemoteProtocolError("a sealed control that is not a GroupControl")
+        write, events = _control(core, batch, sender, inner, now_ms)
+    except PigeonError as exc:
+        _log.info("sealed group change from %s dropped: %s", sender.hex()[:8],
+                  type(exc).__name__)
+        return done, []
+    if write is None:
+        return done, events
+    return dataclasses.replace(write, sealed_done=done.sealed_done), events
 
 
 def _state_ok(core: ClientCore, view: GroupView, sender: bytes,
@@ -438,6 +527,9 @@ def retry_pending(core: ClientCore, *, now_ms: int,
                   ) -> tuple[list[Event], list[tuple[bytes, bytes, bytes]]]:
     """Place the pending group blobs that can be placed now (one transaction); returns
     the events and the delivery receipts to send."""
+    if core.store.sealed_control_count():
+        core.store.write_group(GroupWrite(sealed_expire_before=now_ms - PENDING_TTL_MS),
+                               now_ms=now_ms)
     pending = core.store.pending_group_blobs(limit=MAX_PENDING_BLOBS)
     if not pending:
         return [], []
@@ -489,3 +581,7 @@ def receive_ephemeral(core: ClientCore, sender: bytes, blob: bytes, *, now_ms: i
 
 def is_group_blob(blob: bytes) -> bool:
     return blob[:1] == bytes([GROUP_BLOB_PREFIX])
+
+
+def is_sealed_control(blob: bytes) -> bool:
+    return blob[:1] == bytes([SEALED_CONTROL_PREFIX])

@@ -49,6 +49,7 @@ from protocol.inner import (
     Edit,
     File,
     GroupControl,
+    GroupControlKey,
     InnerMessage,
     MailboxAnnouncement,
     MailboxRotation,
@@ -299,6 +300,12 @@ def _process(core: ClientCore, overlay: _Overlay, d: DeliveryLike, now_ms: int,
         group_in, group_events = _groups_receive.receive_blob(
             core, overlay.groups, peer, envelope, d.blob, now_ms=now_ms)
         return _Pending(group_in, events=group_events)
+    if _groups_receive.is_sealed_control(d.blob):
+        if contact.state is not ContactState.ACCEPTED:
+            return None
+        sealed_in, sealed_events = _groups_receive.receive_sealed(
+            core, overlay.groups, peer, envelope, d.blob, now_ms=now_ms)
+        return _Pending(sealed_in, events=sealed_events)
     state = overlay.session(peer)
     if state is None:
         return None
@@ -439,7 +446,7 @@ def _apply_inner(core: ClientCore, overlay: _Overlay, contact: Contact, pending:
                 overlay.contacts[peer] = updated
                 pending.incoming = dataclasses.replace(pending.incoming, contact=updated)
                 pending.events.append(MailboxRotated(peer=peer))
-        case GroupControl() | SenderKeyDistribution():
+        case GroupControl() | GroupControlKey() | SenderKeyDistribution():
             write, group_events = _groups_receive.apply_inner(core, overlay.groups, peer, inner,
                                                               now_ms=now_ms)
             pending.incoming = dataclasses.replace(pending.incoming, group=write)

@@ -55,6 +55,7 @@ __all__ = [
     "Edit",
     "File",
     "GroupControl",
+    "GroupControlKey",
     "InnerMessage",
     "MailboxAnnouncement",
     "MailboxRotation",
@@ -108,6 +109,9 @@ _DISPLAY_NAME: Final = Str(0, L.MAX_DISPLAY_NAME_SIZE)
 _RELAY_URL: Final = Str(1, L.MAX_RELAY_URL_SIZE, pattern=r"(wss|https)://\S+")
 _GROUP_STATE: Final = Bytes(1, L.MAX_PLACEHOLDER_SIZE)
 _DISTRIBUTION: Final = Bytes.exactly(73)
+_SHA256: Final = Bytes.exactly(32)
+_SEAL_KEY: Final = Bytes.exactly(32)
+_SEAL_ID: Final = Bytes.exactly(16)
 MAX_SUBSCRIPTIONS_PER_CONTROL: Final = 128
 """Signed subscriptions per ``GroupControl`` (~180 bytes each): with a channel's state
 they stay within one 32 KiB padding bucket (the SDK also packs by size)."""
@@ -345,6 +349,24 @@ class GroupControl(InnerMessage):
     subscriptions: tuple[tuple[bytes, bytes], ...] = field(
         default=(), repr=False, metadata=wire(5, _SUBSCRIPTIONS))
     complete: bool = field(default=False, metadata=wire(6, BOOL))
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupControlKey(InnerMessage):
+    """The key to a *sealed* ``GroupControl``: one stored once with a multi-recipient
+    send to every member's pairwise mailbox, encrypted as the single chunk of a file
+    (docs/protocol.md §8.1, §9.14), instead of one pairwise copy per member.
+
+    ``blob_hash`` is SHA-256 of the sealed blob as the relay delivers it (its ``0x82``
+    prefix included); ``key`` and ``seal_id`` are that chunk's file key and file id.
+    Sent pairwise by whoever sealed the control, to each member it sent the blob to.
+    """
+
+    KIND: ClassVar[int] = 15
+    blob_hash: bytes = field(repr=False, metadata=wire(3, _SHA256))
+    key: bytes = field(repr=False, metadata=wire(4, _SEAL_KEY))
+    seal_id: bytes = field(repr=False, metadata=wire(5, _SEAL_ID))
 
 
 @_kind

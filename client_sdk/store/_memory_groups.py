@@ -10,6 +10,7 @@ from .group_records import (
     GroupRecord,
     GroupWrite,
     PendingGroupBlob,
+    SealedControlPart,
     SignedSubscription,
     StoredGroupState,
 )
@@ -26,13 +27,15 @@ class GroupTables:
         default_factory=dict)
     subscriptions: dict[bytes, SignedSubscription] = dataclasses.field(default_factory=dict)
     rosters: dict[bytes, frozenset[bytes]] = dataclasses.field(default_factory=dict)
+    sealed: dict[tuple[bytes, bytes], SealedControlPart] = dataclasses.field(
+        default_factory=dict)
 
     def copy(self) -> GroupTables:
         return GroupTables(groups=dict(self.groups), states=dict(self.states),
                            chains=dict(self.chains), pending=dict(self.pending),
                            next_pending=self.next_pending, receipts=dict(self.receipts),
                            subscriptions=dict(self.subscriptions),
-                           rosters=dict(self.rosters))
+                           rosters=dict(self.rosters), sealed=dict(self.sealed))
 
     def channel_subscriptions(self, group_id: bytes) -> list[SignedSubscription]:
         return [s for s in self.subscriptions.values() if s.sub.group_id == group_id]
@@ -68,6 +71,13 @@ class GroupTables:
             self.subscriptions.setdefault(sub.hash, sub)
         if w.roster is not None:
             self.rosters[w.roster[0]] = frozenset(w.roster[1])
+        for part in w.sealed_add:
+            self.sealed.setdefault((part.sender, part.hash), part)
+        for done in w.sealed_done:
+            self.sealed.pop(done, None)
+        if w.sealed_expire_before is not None:
+            cutoff = w.sealed_expire_before
+            self.sealed = {k: p for k, p in self.sealed.items() if p.received_at_ms >= cutoff}
         for op in w.history:
             apply(op)
         if w.forget_keys is not None:

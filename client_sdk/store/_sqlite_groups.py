@@ -16,6 +16,7 @@ from .group_records import (
     GroupRecord,
     GroupWrite,
     PendingGroupBlob,
+    SealedControlPart,
     SignedGroupState,
     SignedSubscription,
     StateStatus,
@@ -103,6 +104,23 @@ SCHEMA_CHANNEL_ROSTERS: Final = (
 )
 
 
+SCHEMA_SEALED_CONTROLS: Final = (
+    # Sealed group changes (docs/protocol.md §9.14): the blob (one multi-recipient
+    # send) or its key (pairwise), whichever arrived first, until the other comes.
+    """
+    CREATE TABLE group_sealed (
+        sender         BLOB NOT NULL CHECK (length(sender) = 16),
+        hash           BLOB NOT NULL CHECK (length(hash) = 32),  -- SHA-256 of the blob
+        blob           BLOB,                    -- the sealed blob as received
+        key            BLOB,                    -- sealed: key (32) then seal id (16)
+        received_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (sender, hash),
+        CHECK ((blob IS NULL) <> (key IS NULL))
+    ) WITHOUT ROWID
+    """,
+)
+
+
 def load_group(tx: Tx, group_id: bytes) -> GroupRecord | None:
     row = tx.conn.execute("SELECT head, active, updated_at_ms FROM groups WHERE group_id = ?",
                           (group_id,)).fetchone()
@@ -182,6 +200,47 @@ def group_receipts(tx: Tx, group_id: bytes, message_id: bytes) -> list[tuple[byt
     return [(bytes(r[0]), int(r[1])) for r in rows]
 
 
+def _sealed_ad(sender: bytes, blob_hash: bytes) -> bytes:
+    return sender + blob_hash
+
+
+def sealed_control_part(tx: Tx, sender: bytes, blob_hash: bytes) -> SealedControlPart | None:
+    row = tx.conn.execute(
+        "SELECT blob, key, received_at_ms FROM group_sealed WHERE sender = ? AND hash = ?",
+        (sender, blob_hash)).fetchone()
+    if row is None:
+        return None
+    blob, sealed, received = row
+    key = (None if sealed is None
+           else tx.unseal("group_sealed", "key", _sealed_ad(sender, blob_hash), sealed))
+    try:
+        return SealedControlPart(sender=sender, hash=blob_hash,
+                                 blob=None if blob is None else bytes(blob), key=key,
+                                 received_at_ms=int(received))
+    except ValueError as exc:
+        raise tx.corrupt("a stored sealed group change is malformed") from exc
+
+
+def sealed_control_count(tx: Tx) -> int:
+    return int(tx.conn.execute("SELECT count(*) FROM group_sealed").fetchone()[0])
+
+
+def _write_sealed(tx: Tx, w: GroupWrite) -> None:
+    for part in w.sealed_add:
+        key = (None if part.key is None else
+               tx.seal("group_sealed", "key", _sealed_ad(part.sender, part.hash), part.key))
+        tx.conn.execute(
+            "INSERT OR IGNORE INTO group_sealed (sender, hash, blob, key, received_at_ms) "
+            "VALUES (?, ?, ?, ?, ?)", (part.sender, part.hash, part.blob, key,
+                                       part.received_at_ms))
+    for sender, blob_hash in w.sealed_done:
+        tx.conn.execute("DELETE FROM group_sealed WHERE sender = ? AND hash = ?",
+                        (sender, blob_hash))
+    if w.sealed_expire_before is not None:
+        tx.conn.execute("DELETE FROM group_sealed WHERE received_at_ms < ?",
+                        (w.sealed_expire_before,))
+
+
 def write(tx: Tx, w: GroupWrite) -> None:
     """Apply one :class:`GroupWrite` inside the caller's transaction."""
     if w.group is not None:
@@ -234,6 +293,7 @@ def write(tx: Tx, w: GroupWrite) -> None:
             "INSERT INTO channel_rosters (group_id, roster) VALUES (?, ?) "
             "ON CONFLICT (group_id) DO UPDATE SET roster = excluded.roster",
             (group_id, tx.seal("channel_rosters", "roster", group_id, b"".join(ids))))
+    _write_sealed(tx, w)
     for op in w.history:
         history.apply(tx, op)
     if w.forget_keys is not None:

@@ -307,9 +307,17 @@ def _v7(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _v8(conn: sqlite3.Connection) -> None:
+    # Sealed group changes: a blob or its key waiting for the other half.
+    from ._sqlite_groups import SCHEMA_SEALED_CONTROLS
+
+    for statement in SCHEMA_SEALED_CONTROLS:
+        conn.execute(statement)
+
+
 MIGRATIONS: tuple[Migration, ...] = (Migration(1, _v1), Migration(2, _v2), Migration(3, _v3),
                                      Migration(4, _v4), Migration(5, _v5), Migration(6, _v6),
-                                     Migration(7, _v7))
+                                     Migration(7, _v7), Migration(8, _v8))
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "GroupStore",
     "GroupWrite",
     "PendingGroupBlob",
+    "SealedControlPart",
     "SignedGroupState",
     "SignedSubscription",
     "StateStatus",
@@ -137,6 +138,28 @@ class PendingGroupBlob:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SealedControlPart:
+    """Half of a sealed group change from *sender* (docs/protocol.md §9.14): the sealed
+    blob (``blob``) or its key (``key``: the 32-byte key then the 16-byte seal id),
+    whichever arrived first, kept until the other half comes; ``hash`` is SHA-256 of
+    the blob. ``received_at_ms`` is the relay's time of the envelope."""
+
+    sender: bytes
+    hash: bytes
+    blob: bytes | None = field(default=None, repr=False)
+    key: bytes | None = field(default=None, repr=False)
+    received_at_ms: int
+
+    def __post_init__(self) -> None:
+        _check("sender", self.sender, 16)
+        _check("hash", self.hash, 32)
+        if (self.blob is None) == (self.key is None):
+            raise ValueError("a sealed control part is the blob or the key")
+        if self.key is not None:
+            _check("key", self.key, 48)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GroupWrite:
     """Everything one group operation changes, applied in order in one transaction.
 
@@ -158,6 +181,10 @@ class GroupWrite:
             subscriber); ``subscriptions_gone``: hashes of the ones they replace.
         roster: ``(group_id, subscribed ids)``, the channel's roster after this write
             (given with every change of ``subscriptions``).
+        sealed_add: halves of sealed changes to keep until the other half comes.
+        sealed_done: ``(sender, hash)`` of halves used (applied in order, after
+            ``sealed_add``: a half added and used in one batch leaves nothing).
+        sealed_expire_before: drop the halves received before this time.
     """
 
     group: GroupRecord | None = None
@@ -174,6 +201,9 @@ class GroupWrite:
     subscriptions: tuple[SignedSubscription, ...] = ()
     subscriptions_gone: tuple[bytes, ...] = ()
     roster: tuple[bytes, tuple[bytes, ...]] | None = None
+    sealed_add: tuple[SealedControlPart, ...] = ()
+    sealed_done: tuple[tuple[bytes, bytes], ...] = ()
+    sealed_expire_before: int | None = None
 
 
 class GroupStore(Protocol):
@@ -207,6 +237,14 @@ class GroupStore(Protocol):
 
     def group_receipts(self, group_id: bytes, message_id: bytes) -> list[tuple[bytes, int]]:
         """``(member, kind)`` receipts held for one of our group messages."""
+        ...
+
+    def sealed_control_part(self, sender: bytes, blob_hash: bytes) -> SealedControlPart | None:
+        """The half of a sealed change from *sender* held for *blob_hash*, if any."""
+        ...
+
+    def sealed_control_count(self) -> int:
+        """Halves of sealed changes held in all."""
         ...
 
     def write_group(self, write: GroupWrite, *, now_ms: int) -> None:

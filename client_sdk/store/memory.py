@@ -45,6 +45,7 @@ from .group_records import (
     GroupRecord,
     GroupWrite,
     PendingGroupBlob,
+    SealedControlPart,
     SignedSubscription,
     StoredGroupState,
 )
@@ -287,6 +288,12 @@ class MemoryStore:
     def group_receipts(self, group_id: bytes, message_id: bytes) -> list[tuple[bytes, int]]:
         return [(m, k) for (g, mid, m, k) in self._t.groups.receipts
                 if g == group_id and mid == message_id]
+
+    def sealed_control_part(self, sender: bytes, blob_hash: bytes) -> SealedControlPart | None:
+        return self._t.groups.sealed.get((sender, blob_hash))
+
+    def sealed_control_count(self) -> int:
+        return len(self._t.groups.sealed)
 
     def write_group(self, write: GroupWrite, *, now_ms: int) -> None:
         with self._atomic() as t:

@@ -44,6 +44,7 @@ from .group_records import (
     GroupRecord,
     GroupWrite,
     PendingGroupBlob,
+    SealedControlPart,
     SignedSubscription,
     StoredGroupState,
 )
@@ -231,6 +232,14 @@ class SqliteStore:
     def group_receipts(self, group_id: bytes, message_id: bytes) -> list[tuple[bytes, int]]:
         with self._db.read("group_receipts") as tx:
             return _groups.group_receipts(tx, group_id, message_id)
+
+    def sealed_control_part(self, sender: bytes, blob_hash: bytes) -> SealedControlPart | None:
+        with self._db.read("sealed_control_part") as tx:
+            return _groups.sealed_control_part(tx, sender, blob_hash)
+
+    def sealed_control_count(self) -> int:
+        with self._db.read("sealed_control_count") as tx:
+            return _groups.sealed_control_count(tx)
 
     def write_group(self, write: GroupWrite, *, now_ms: int) -> None:
         with self._db.write("write_group") as tx:

@@ -27,7 +27,7 @@ shares and a member's sender-key record. v2+: file transfers (an upload in progr
 a failed download). v3+: a group (two valid states and a pending one, the chain
 index, a pending blob, a group conversation) and a channel we left. v5+: group
 receipts. v6+: a channel with subscriptions (one subscribed, one removed). v7+: that
-channel's stored roster.
+channel's stored roster. v8+: the two halves of sealed group changes (a blob, a key).
 
 Building the fixture of a NEW schema version N (never rebuild a shipped one; the
 builder refuses to overwrite), from /work/main::
@@ -456,6 +456,16 @@ def _build_groups(s: Any, rng: Any, *, version: int, me_key: Any, me: bytes, ada
                                      received_at_ms=NOW + 230),),
             subscriptions=(sub(ada, 1, True), sub(cy, 2, False)), **roster), now_ms=NOW + 231)
         probes["channels"] = [SUB_CHANNEL_ID.hex()]
+    probes["sealed"] = []
+    if version >= 8:
+        from client_sdk.store.group_records import SealedControlPart
+
+        blob_half = SealedControlPart(sender=ada, hash=ident(0x5E, 1, 32), blob=rng(300),
+                                      received_at_ms=NOW + 240)
+        key_half = SealedControlPart(sender=cy, hash=ident(0x5E, 2, 32), key=rng(48),
+                                     received_at_ms=NOW + 241)
+        s.write_group(GroupWrite(sealed_add=(blob_half, key_half)), now_ms=NOW + 241)
+        probes["sealed"] = [[ada.hex(), blob_half.hash.hex()], [cy.hex(), key_half.hash.hex()]]
     return probes
 
 

@@ -181,6 +181,12 @@ def _snapshot_groups(s: Any, version: int, probes: dict[str, Any]) -> dict[str, 
     if version >= 7:
         out["rosters"] = {c: None if (r := s.channel_roster(bytes.fromhex(c))) is None
                           else sorted(a.hex() for a in r) for c in probes["channels"]}
+    if version >= 8:
+        halves = [s.sealed_control_part(bytes.fromhex(a), bytes.fromhex(h))
+                  for a, h in probes["sealed"]]
+        out["sealed"] = [None if p is None else [p.sender.hex(), p.hash.hex(), _h(p.blob),
+                                                 _h(p.key), p.received_at_ms] for p in halves]
+        out["sealed_count"] = s.sealed_control_count()
     return out
 
 

@@ -1,0 +1,217 @@
+"""Sealed group changes (docs/protocol.md §9.14): a state stored once with a
+multi-recipient send and opened with a pairwise ``GroupControlKey``, whichever half
+arrives first; tampered, misattributed and expired halves are dropped. Cores against
+the frame-level fake relay of ``test_core``."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from client_sdk import _groups, _groups_receive
+from client_sdk._sending import _Batch
+from client_sdk.groups import GroupChanged
+from client_sdk.store.records import Outgoing, SessionUpdate
+from pigeon_crypto.files import FileLayout, FileManifest
+from protocol.frames import Delivery
+from protocol.inner import GroupControlKey, InnerMessage
+
+from .test_core import NOW, FakeRelay, Party, _connect
+
+LONG = "a group with a long name"
+_LAYOUT = FileLayout(1000, 64 * 1024)
+AVATAR = FileManifest(key=bytes(32), file_id=bytes(16), chunk_size=64 * 1024, true_size=1000,
+                      padded_size=_LAYOUT.padded_size, chunk_count=_LAYOUT.chunk_count,
+                      blob_id=bytes(16), name="a" * 1000).to_bytes()
+"""An avatar manifest that makes the state pad to 2,048 bytes: sealing pays from 3 members."""
+
+
+@pytest.fixture
+def relay() -> FakeRelay:
+    return FakeRelay()
+
+
+def _group(relay: FakeRelay, n: int = 4) -> list[Party]:
+    """An admin and n - 1 members, each the admin's contact only."""
+    people = [Party(relay, f"p{i}") for i in range(n)]
+    for other in people[1:]:
+        _connect(people[0], other)
+    for p in people:
+        p.take()
+    return people
+
+
+def _create(admin: Party, members: list[Party], name: str) -> bytes:
+    """A group; with the :data:`AVATAR` (a large state) unless *name* is "Club"."""
+    gid, _, events = _groups.create(admin.core, name=name, members=[m.id for m in members],
+                                    admins=[], avatar=None if name == "Club" else AVATAR,
+                                    channel=False, now_ms=admin.now)
+    admin.events += events
+    return gid
+
+
+def _pending(relay: FakeRelay, p: Party) -> list[Delivery]:
+    return relay.deliveries(p.core.subscriptions())
+
+
+def _head(p: Party, gid: bytes) -> bytes | None:
+    record = p.store.load_group(gid)
+    return None if record is None else record.head
+
+
+def test_sealing_pays_when_it_halves_the_bytes() -> None:
+    assert not _groups.sealing_pays(256, 1000)  # a small state: a key costs as much
+    assert not _groups.sealing_pays(512, 1000)  # saves less than half
+    assert not _groups.sealing_pays(32768, 2)   # 65,536 against 33,280: not half
+    assert _groups.sealing_pays(32768, 3)
+    assert not _groups.sealing_pays(1024, 3) and _groups.sealing_pays(1024, 4)
+
+
+def test_a_large_change_is_one_blob_and_a_key_per_member(relay: FakeRelay) -> None:
+    admin, *members = _group(relay)
+    rows_before = len(admin.core.due_outbox(now_ms=NOW))
+    gid = _create(admin, members, LONG)
+    rows = admin.core.due_outbox(now_ms=NOW)[rows_before:]
+    assert len(rows) == 1 + len(members)
+    sealed = rows[0].entry
+    assert sealed.blob[0] == _groups.SEALED_CONTROL_PREFIX and len(sealed.recipients) == 3
+    keys = [r.entry for r in rows[1:]]
+    assert all(len(k.recipients) == 1 and k.blob[0] == 1 for k in keys)  # ratchet messages
+    assert max(len(k.blob) for k in keys) < 600 and len(sealed.blob) > 2048  # keys, one state
+    admin.flush()
+    for m in members:
+        got = _pending(relay, m)
+        assert [d.blob[0] for d in got] == [_groups.SEALED_CONTROL_PREFIX, 1]  # blob first
+        m.sync()
+        [changed] = m.take(GroupChanged)
+        assert changed.group.name == LONG and changed.created
+        assert _head(m, gid) == _head(admin, gid)
+        assert m.store.sealed_control_count() == 0  # nothing held once opened
+
+
+def test_a_small_change_goes_pairwise(relay: FakeRelay) -> None:
+    admin, *members = _group(relay)
+    gid = _create(admin, members, "Club")
+    admin.flush()
+    for m in members:
+        assert all(d.blob[0] == 1 for d in _pending(relay, m))
+        m.sync()
+        assert _head(m, gid) == _head(admin, gid)
+
+
+@pytest.mark.parametrize("batches", ["one", "two"])
+def test_the_key_may_come_before_the_blob(relay: FakeRelay, batches: str) -> None:
+    admin, *members = _group(relay)
+    gid = _create(admin, members, LONG)
+    admin.flush()
+    m = members[0]
+    blob, key = _pending(relay, m)
+    if batches == "one":
+        m.sync([key, blob])
+    else:
+        m.sync([key])
+        assert m.take(GroupChanged) == [] and _head(m, gid) is None
+        assert m.store.sealed_control_count() == 1  # the key, sealed at rest
+        m.sync([blob])
+    assert [e.group.version for e in m.take(GroupChanged)] == [1]  # type: ignore[attr-defined]
+    assert _head(m, gid) == _head(admin, gid)
+    assert m.store.sealed_control_count() == 0
+
+
+def test_blob_then_key_in_separate_batches_and_redelivered(relay: FakeRelay) -> None:
+    admin, *members = _group(relay)
+    gid = _create(admin, members, LONG)
+    admin.flush()
+    m = members[0]
+    blob, key = _pending(relay, m)
+    m.sync([blob])
+    m.sync([blob])  # a redelivery before the key: held once
+    assert m.store.sealed_control_count() == 1 and _head(m, gid) is None
+    m.sync([key])
+    assert _head(m, gid) == _head(admin, gid) and m.store.sealed_control_count() == 0
+
+
+def _redeliver(relay: FakeRelay, d: Delivery, blob: bytes) -> Delivery:
+    box = relay.mailboxes[d.mailbox_id]
+    box["seq"] += 1
+    box["queue"][box["seq"]] = blob
+    return Delivery(mailbox_id=d.mailbox_id, seq=box["seq"], received_at_ms=NOW, blob=blob)
+
+
+def _send_inner(sender: Party, peer: Party, inner: InnerMessage) -> None:
+    """One pairwise inner message as it is (forged keys)."""
+    batch = _Batch(sender.core)
+    _, outbound = sender.core.sendable(peer.id)
+    blob, state = batch.encrypt(peer.id, inner)
+    batch.commit([Outgoing(entry=batch.entry(outbound, blob, NOW),
+                           session=SessionUpdate(peer=peer.id, state=state))])
+    sender.flush()
+
+
+def _key(sender: Party, digest: bytes, key: bytes) -> GroupControlKey:
+    return GroupControlKey(message_id=sender.core.rng(16), sent_at_ms=NOW, blob_hash=digest,
+                           key=key, seal_id=bytes(16))
+
+
+def test_a_tampered_blob_is_never_opened(relay: FakeRelay) -> None:
+    admin, *members = _group(relay)
+    gid = _create(admin, members, LONG)
+    admin.flush()
+    m = members[0]
+    blob, key = _pending(relay, m)
+    forged = blob.blob[:-1] + bytes([blob.blob[-1] ^ 1])
+    m.sync([_redeliver(relay, blob, forged), key])  # the key names the real blob's hash
+    assert _head(m, gid) is None and m.take(GroupChanged) == []
+    assert m.store.sealed_control_count() == 2  # each half waits for its own other half
+    m.sync([blob])  # the real blob
+    assert _head(m, gid) == _head(admin, gid)
+
+
+def test_a_wrong_key_opens_nothing_and_both_halves_go(relay: FakeRelay) -> None:
+    admin, *members = _group(relay)
+    gid = _create(admin, members, LONG)
+    admin.flush()
+    m = members[0]
+    blob, _ = _pending(relay, m)
+    m.sync([blob])
+    digest = hashlib.sha256(blob.blob).digest()
+    _send_inner(admin, m, _key(admin, digest, bytes(32)))  # right sender, wrong key
+    m.sync(_pending(relay, m)[-1:])
+    assert _head(m, gid) is None and m.take(GroupChanged) == []
+    assert m.store.sealed_control_count() == 0  # failed tag: dropped, not kept
+
+
+def test_a_key_opens_only_its_senders_blob(relay: FakeRelay) -> None:
+    """Halves are matched under their sender: another contact naming the admin's blob
+    opens nothing (and its key waits for a blob of its own that never comes)."""
+    admin, *members = _group(relay)
+    m, other = members[0], members[1]
+    _connect(other, m)
+    m.take()
+    gid = _create(admin, members, LONG)
+    admin.flush()
+    blob, key = _pending(relay, m)
+    m.sync([blob])
+    digest = hashlib.sha256(blob.blob).digest()
+    _send_inner(other, m, _key(other, digest, other.core.rng(32)))
+    m.sync([d for d in _pending(relay, m) if d.mailbox_id != key.mailbox_id])
+    assert _head(m, gid) is None  # still waiting for the admin's key
+    assert m.store.sealed_control_part(admin.id, digest) is not None
+    assert m.store.sealed_control_part(other.id, digest) is not None
+    m.sync()  # the admin's key
+    assert _head(m, gid) == _head(admin, gid)
+
+
+def test_halves_expire(relay: FakeRelay) -> None:
+    admin, *members = _group(relay)
+    _create(admin, members, LONG)
+    admin.flush()
+    m = members[0]
+    _blob, key = _pending(relay, m)
+    m.sync([key])
+    assert m.store.sealed_control_count() == 1
+    _groups_receive.retry_pending(m.core, now_ms=NOW + _groups_receive.PENDING_TTL_MS)
+    assert m.store.sealed_control_count() == 1  # not yet
+    _groups_receive.retry_pending(m.core, now_ms=NOW + _groups_receive.PENDING_TTL_MS + 1)
+    assert m.store.sealed_control_count() == 0
