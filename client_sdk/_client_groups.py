@@ -268,9 +268,9 @@ class GroupsApiMixin:
     async def rename_group(self, group_id: bytes, name: str) -> GroupInfo:
         return await self._change(group_id, lambda s: {"name": name})
 
-    async def set_group_avatar(self, group_id: bytes, avatar_manifest: bytes | None = None,
-                               *, avatar: str | os.PathLike[str] | None = None,
-                               ) -> GroupInfo:
+    async def set_group_avatar(self, group_id: bytes, *,
+                               avatar_manifest: bytes | None = None,
+                               avatar: str | os.PathLike[str] | None = None) -> GroupInfo:
         """Set the group's avatar (admins only): *avatar*, an image file encrypted and
         uploaded first, or *avatar_manifest*, a file already uploaded; neither removes
         it. Members get ``GroupChanged`` and fetch it with :meth:`download_group_avatar`.

@@ -297,7 +297,7 @@ async def test_concurrent_admin_changes_converge(clients: ClientFactory) -> None
         (lambda: alice.add_members(gid, [dave.account_id]),
          lambda: bob.remove_members(gid, [carol.account_id])),
         (lambda: alice.rename_group(gid, "A again"),
-         lambda: bob.set_group_avatar(gid, _MANIFEST)),
+         lambda: bob.set_group_avatar(gid, avatar_manifest=_MANIFEST)),
     ]
     for first, second in rounds:
         await asyncio.gather(first(), second())
@@ -688,9 +688,10 @@ async def test_group_avatar_is_an_encrypted_file(clients: ClientFactory, tmp_pat
         await bob.set_group_avatar(gid, avatar=second)
     assert await bob.transfers() == before
     with pytest.raises(ValueError, match="not both"):
-        await alice.set_group_avatar(gid, info.avatar_manifest, avatar=second)
+        await alice.set_group_avatar(gid, avatar_manifest=info.avatar_manifest,
+                                     avatar=second)
     with pytest.raises(ValueError, match="not an encoded file manifest"):
-        await alice.set_group_avatar(gid, b"an encoded manifest")
+        await alice.set_group_avatar(gid, avatar_manifest=b"an encoded manifest")
 
     await alice.set_group_avatar(gid, avatar=second)
     info = (await b.wait_version(2)).group

@@ -1,0 +1,39 @@
+"""The avatar arguments of AsyncClient's calls: keywords only, and a manifest is checked
+as one before anything is stored or sent. No relay: nothing here reaches the network."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from client_sdk import AsyncClient, UnknownGroup
+from client_sdk.store import Durability
+from pigeon_crypto.files import FileLayout, FileManifest
+
+from .support import FAST
+
+_LAYOUT = FileLayout(1000, 64 * 1024)
+_MANIFEST = FileManifest(key=bytes(32), file_id=bytes(16), chunk_size=64 * 1024,
+                         true_size=1000, padded_size=_LAYOUT.padded_size,
+                         chunk_count=_LAYOUT.chunk_count, blob_id=bytes(16),
+                         name="avatar.png").to_bytes()
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[AsyncClient]:
+    client = AsyncClient.open(tmp_path / "alice.pigeon", "pass", params=FAST,
+                              durability=Durability.OFF)
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def test_set_group_avatar_takes_the_manifest_by_keyword(client: AsyncClient) -> None:
+    with pytest.raises(TypeError):
+        await client.set_group_avatar(bytes(16), _MANIFEST)  # type: ignore[misc]
+    with pytest.raises(UnknownGroup):  # by keyword it gets as far as the group's checks
+        await client.set_group_avatar(bytes(16), avatar_manifest=_MANIFEST)
