@@ -82,6 +82,7 @@ BUILT_WITH: dict[int, str] = {
     5: "ac7116fc2296599581740c2c00f18bce34004c42",  # 2db9b32^: schema v5, group_receipts
     6: "d5c78154162203f5b7e77b13063eb62114278178",  # 72f5a19^: schema v6, subscriptions
     7: "aef29ebef952aaf6979b09d7e2991d62505aaf48",  # HEAD then: schema v7, channel_rosters
+    8: "bb57631340756aa69cd15a6bce4f7666cf2cdb58",  # HEAD then: schema v8, group_sealed
 }
 """Schema version -> the commit whose own code wrote ``data/profile_vN.db.gz``."""
 
