@@ -58,6 +58,10 @@ class ClientApiMixin:
         async def upload_file(self, path: str | os.PathLike[str], *,
                               media_type: str | None = None) -> bytes: ...
 
+        async def _avatar_manifest(self, avatar: str | os.PathLike[str] | None,
+                                   manifest: bytes | None, members: Sequence[bytes] = (),
+                                   ) -> bytes | None: ...
+
     # --- our account --------------------------------------------------------------------
 
     @property
@@ -101,11 +105,13 @@ class ClientApiMixin:
                 uploaded. Neither: no avatar.
 
         Contacts get ``ProfileChanged`` and fetch the image with ``download_avatar``.
+
+        Raises:
+            ValueError: both *avatar* and *avatar_manifest*, or a manifest that is not
+                one (nothing is stored or sent), as for a group's avatar.
         """
-        if avatar is not None:
-            if avatar_manifest is not None:
-                raise ValueError("give avatar or avatar_manifest, not both")
-            avatar_manifest = await self.upload_file(avatar)
+        # The group calls' helper: one check of the manifest (or upload) for both.
+        avatar_manifest = await self._avatar_manifest(avatar, avatar_manifest)
 
         def store(core: ClientCore) -> list[Contact]:
             core.store.put_setting("display_name", display_name.encode())
