@@ -280,14 +280,38 @@ async def test_add_rename_admins_leave(clients: ClientFactory) -> None:
         assert (await client.group(gid)).version == 7
 
 
-async def test_concurrent_admin_changes_converge(clients: ClientFactory) -> None:
+_BIG_LAYOUT = FileLayout(100_000, 64 * 1024)
+_BIG_MANIFEST = FileManifest(key=bytes(32), file_id=bytes(16), chunk_size=64 * 1024,
+                             true_size=100_000, padded_size=_BIG_LAYOUT.padded_size,
+                             chunk_count=_BIG_LAYOUT.chunk_count, blob_id=bytes(16),
+                             name="a" * 1000).to_bytes()
+"""An avatar manifest that pads every state of its group to 2,048 bytes: from three
+members to write to, changes are sealed (``_groups.sealing_pays``)."""
+
+
+@pytest.mark.parametrize("sealed", [False, True], ids=["pairwise", "sealed"])
+async def test_concurrent_admin_changes_converge(clients: ClientFactory, sealed: bool,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     alice, bob, carol, dave = (await clients("alice"), await clients("bob"),
                                await clients("carol"), await clients("dave"))
-    await mesh(clients, [alice, bob, carol, dave])
-    inboxes = [Inbox(x) for x in (alice, bob, carol, dave)]
-    gid = (await alice.create_group("Start", [bob.account_id, carol.account_id],
-                                    admins=[bob.account_id])).group_id
-    for inbox in inboxes[1:3]:
+    people = [alice, bob, carol, dave]
+    if sealed:  # a fifth member, so that every change has three members to write to
+        people.append(await clients("erin"))
+    await mesh(clients, people)
+    seals = 0
+    seal = _groups.seal_control
+
+    def counting(*args: Any) -> tuple[bytes, bytes, bytes]:
+        nonlocal seals
+        seals += 1
+        return seal(*args)
+
+    monkeypatch.setattr(_groups, "seal_control", counting)
+    inboxes = [Inbox(x) for x in people]
+    gid = (await alice.create_group(
+        "Start", [bob.account_id, carol.account_id, *(x.account_id for x in people[4:])],
+        admins=[bob.account_id], avatar_manifest=_BIG_MANIFEST if sealed else None)).group_id
+    for inbox in [*inboxes[1:3], *inboxes[4:]]:
         await inbox.wait_version(1)
 
     # Three rounds of changes made at the same version by both admins.
@@ -302,11 +326,14 @@ async def test_concurrent_admin_changes_converge(clients: ClientFactory) -> None
     for first, second in rounds:
         await asyncio.gather(first(), second())
         await quiet(alice, bob)
-        await _settled(clients.clients[:4], gid)
+        await _settled(people, gid)
+    # Sealed: at least the creation and both renames of round 1 (four members to write
+    # to); later changes are sealed when they still have three (it depends on who won).
+    assert seals >= 3 if sealed else seals == 0
 
     heads = [await _head(x, gid) for x in (alice, bob)]
     assert heads[0] == heads[1]
-    for x in (carol, dave):  # a member agrees; a non-member holds a head without it
+    for x in people[2:]:  # a member agrees; a non-member holds a head without it
         info = await x.group(gid)
         if info.active:
             assert await _head(x, gid) == heads[0]
