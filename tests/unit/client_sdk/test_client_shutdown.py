@@ -5,14 +5,17 @@ without one, and a stand-in connection loop is installed where a test needs one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
-from client_sdk import AsyncClient
+from client_sdk import AsyncClient, _client_background, _sending
 from client_sdk._sending import SendText
+from client_sdk.core import ClientCore
 from client_sdk.errors import ConnectionLost
 from client_sdk.store import Durability, Profile
 
@@ -20,6 +23,7 @@ from .support import FAST
 
 _GUARD_S = 2.0
 """Bounds every wait here: a hang fails the test instead of stalling the run."""
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -82,17 +86,33 @@ async def test_close_during_register_starts_no_loop(client: AsyncClient) -> None
     assert client._session is None  # no connection loop opened a session after close()
 
 
-async def test_close_fails_the_sends_it_interrupts(client: AsyncClient) -> None:
+async def test_close_fails_the_sends_it_interrupts(client: AsyncClient,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     await client._run(lambda c: c.create_identity())
+    in_flight = asyncio.Event()
+    taken: list[_sending.Intent] = []
+    run = client._run
+
+    async def spy(fn: Callable[[ClientCore], T]) -> T:
+        if isinstance(fn, functools.partial) and fn.func is _client_background._submit:
+            taken.extend(fn.keywords["intents"])
+            in_flight.set()  # the sender took the batch off the queue, to the worker
+        return await run(fn)
+
+    monkeypatch.setattr(client, "_run", spy)
     gate = threading.Event()
     assert client._executor is not None
     busy = asyncio.get_running_loop().run_in_executor(client._executor, gate.wait, _GUARD_S)
     first = client._queue_intents([SendText(peer=bytes(16), text="a")])
-    for _ in range(3):
-        await asyncio.sleep(0)  # the sender took the first batch to the (busy) worker
+    async with asyncio.timeout(_GUARD_S):
+        await in_flight.wait()
+    assert [i.text for i in taken if isinstance(i, SendText)] == ["a"]
+    assert client._tx == []  # "a" is in the batch only: the queue cannot answer for it
     second = client._queue_intents([SendText(peer=bytes(16), text="b")])
     closing = asyncio.ensure_future(client.close())
-    await asyncio.sleep(0)
+    async with asyncio.timeout(_GUARD_S):
+        # Answered while the worker is still busy: by the cancelled sender, not the worker.
+        await asyncio.wait([*first, *second])
     gate.set()
     async with asyncio.timeout(_GUARD_S):
         await busy
