@@ -55,7 +55,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Final
 
-from pigeon_crypto.files import FILE_ID_SIZE, FILE_KEY_SIZE, encrypt_chunk
+from pigeon_crypto.files import FILE_ID_SIZE, FILE_KEY_SIZE, decrypt_chunk, encrypt_chunk
 from pigeon_crypto.padding import pad_message
 from pigeon_crypto.ratchet import RatchetState
 from pigeon_crypto.sender_keys import OutboundSenderKey
@@ -282,13 +282,23 @@ def sealing_pays(control_size: int, peers: int) -> bool:
     return peers * control_size >= 2 * (control_size + peers * _KEY_BUCKET)
 
 
+def sealed_blob(key: bytes, seal_id: bytes, padded: bytes) -> bytes:
+    """:data:`SEALED_CONTROL_PREFIX` and the one chunk of a one-chunk file (protocol
+    §8.1) with file key *key* and file id *seal_id*: a padded ``GroupControl``, sealed."""
+    return bytes([SEALED_CONTROL_PREFIX]) + encrypt_chunk(key, seal_id, 0, 1, padded)
+
+
+def open_sealed(blob: bytes, key: bytes, seal_id: bytes) -> bytes:
+    """The padded plaintext of :func:`sealed_blob` (ChunkAuthenticationError if it does
+    not authenticate)."""
+    return decrypt_chunk(key, seal_id, 0, 1, blob[1:])
+
+
 def seal_control(core: ClientCore, padded: bytes) -> tuple[bytes, bytes, bytes]:
-    """Encrypt a padded ``GroupControl`` once: ``(blob, key, seal_id)``. The blob is
-    :data:`SEALED_CONTROL_PREFIX` and the one chunk of a one-chunk file (protocol §8.1)
-    under a fresh key and file id, which only the key messages carry."""
+    """Encrypt a padded ``GroupControl`` once under a fresh key and seal id, which only
+    the key messages carry: ``(blob, key, seal_id)``."""
     key, seal_id = core.rng(FILE_KEY_SIZE), core.rng(FILE_ID_SIZE)
-    chunk = encrypt_chunk(key, seal_id, 0, 1, padded)
-    return bytes([SEALED_CONTROL_PREFIX]) + chunk, key, seal_id
+    return sealed_blob(key, seal_id, padded), key, seal_id
 
 
 def _control_sends(core: ClientCore, batch: _Batch, peers: Sequence[tuple[bytes, PairwiseMailbox]],

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from pigeon_crypto.errors import PigeonError
-from pigeon_crypto.files import decrypt_chunk
 from pigeon_crypto.padding import unpad_message
 from pigeon_crypto.sender_keys import SenderKeyDistribution as Distribution
 from pigeon_crypto.sender_keys import SenderKeyRecord
@@ -56,6 +55,7 @@ from ._groups import (
     GroupView,
     change_event,
     conversation_id,
+    open_sealed,
 )
 from .events import (
     DisappearingTimerChanged,
@@ -228,7 +228,7 @@ def _unseal(core: ClientCore, batch: GroupBatch, sender: bytes, blob: bytes, key
     batch.sealed[(sender, digest)] = None
     done = GroupWrite(sealed_done=((sender, digest),))
     try:
-        inner = decode_inner(unpad_message(decrypt_chunk(key[:32], key[32:], 0, 1, blob[1:])))
+        inner = decode_inner(unpad_message(open_sealed(blob, key[:32], key[32:])))
         if not isinstance(inner, GroupControl):
             raise RemoteProtocolError("a sealed control that is not a GroupControl")
         write, events = _control(core, batch, sender, inner, now_ms)

@@ -4,7 +4,9 @@ A channel state with subscriptions and a subscription made under it: the exact b
 of each, their SHA-256 (what a parent or an ``authority`` names), the Ed25519
 signature of each by a fixed key with purpose ``group-control`` (signatures are
 deterministic), and inputs the decoders must reject: the two kinds are disjoint
-although they share a signing purpose.
+although they share a signing purpose. A sealed change of that state: the padded
+``GroupControl``, its sealed blob under a fixed key and seal id, and the
+``GroupControlKey`` naming it.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from typing import Any
 
 import msgpack
 
+from client_sdk._groups import sealed_blob
+from pigeon_crypto.padding import pad_message
 from pigeon_crypto.signing import Purpose, SigningKey
 from protocol.group import GroupState, Subscription
+from protocol.inner import GroupControl, GroupControlKey
 from tests.vectors.gen_frames import TIME_MS, pattern
 
 FILENAME = "groups.json"
@@ -69,6 +74,26 @@ def rejected() -> list[dict[str, str]]:
     ]
 
 
+SEAL_KEY = pattern(32, 0x5A)
+SEAL_ID = pattern(16, 0x5B)
+
+
+def sealed_control() -> dict[str, str]:
+    """A sealed change: the padded ``GroupControl`` of :func:`state`, its sealed blob
+    under a fixed key and seal id, and the ``GroupControlKey`` that opens it."""
+    encoded = state().encode()
+    control = GroupControl(message_id=pattern(16, 0x13), sent_at_ms=TIME_MS + 22,
+                           state=encoded, signature=SigningKey(SIGNER_SEED).sign(
+                               Purpose.GROUP_CONTROL, encoded), complete=True)
+    padded = pad_message(control.encode())
+    blob = sealed_blob(SEAL_KEY, SEAL_ID, padded)
+    key = GroupControlKey(message_id=pattern(16, 0x14), sent_at_ms=TIME_MS + 22,
+                          blob_hash=hashlib.sha256(blob).digest(), key=SEAL_KEY, seal_id=SEAL_ID)
+    return {"control": control.encode().hex(), "padded": padded.hex(), "key": SEAL_KEY.hex(),
+            "seal_id": SEAL_ID.hex(), "blob": blob.hex(),
+            "blob_sha256": hashlib.sha256(blob).hexdigest(), "key_message": key.encode().hex()}
+
+
 def generate() -> dict[str, Any]:
     return {
         "signer_seed": SIGNER_SEED.hex(),
@@ -76,4 +101,5 @@ def generate() -> dict[str, Any]:
         "subscription": _signed(subscription().encode()),
         "removal": _signed(subscription(False).encode()),
         "rejected": rejected(),
+        "sealed_control": sealed_control(),
     }

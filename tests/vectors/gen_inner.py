@@ -19,6 +19,7 @@ from protocol import (
     Edit,
     File,
     GroupControl,
+    GroupControlKey,
     InnerMessage,
     MailboxAnnouncement,
     MailboxRotation,
@@ -155,6 +156,9 @@ def inner_examples() -> list[InnerMessage]:
         DisappearingTimer(message_id=pattern(16, 0x0F), sent_at_ms=t + 13,
                           timer_ms=7 * 24 * 3600 * 1000),
         DisappearingTimer(message_id=pattern(16, 0x10), sent_at_ms=t + 14),
+        GroupControlKey(message_id=pattern(16, 0x15), sent_at_ms=t + 15,
+                        blob_hash=pattern(32, 0x5C), key=pattern(32, 0x5A),
+                        seal_id=pattern(16, 0x5B)),
     ]
 
 
