@@ -15,7 +15,10 @@ For groups of 10, 100 and 1,000 members:
   control message per member), the first message (which carries each member's
   distribution), then steady messages (one transaction: chain state, history, one outbox
   row with the recipient list); baseline: one pairwise text per member as one group
-  commit (``ClientCore.submit``). Milliseconds.
+  commit (``ClientCore.submit``). Milliseconds. Then a rename written pairwise (one
+  ``GroupControl`` per member: the baseline, sealing turned off) and one sealed (one
+  blob and a ``GroupControlKey`` per member, when ``_groups.sealing_pays``), back to
+  back: milliseconds and outbox kilobytes (each blob once, 48 bytes per recipient).
 * **Channels with subscriptions** (``client_sdk._channels`` on the same kind of profile,
   ``synchronous=FULL``, n accepted contacts as subscribers; ``--only channels``,
   ``--channel-sizes``): creating the channel (one control message per subscriber), the
@@ -209,13 +212,43 @@ def sdk_rows(quick: bool) -> Rows:
             for _ in range(k):
                 core.submit([SendText(peer=p, text=TEXT) for p in peers], now_ms=_NOW)
             t_pairwise = (time.perf_counter() - t0) / k
+            renames = _renames(core, group_id)
             profile.close()
             rows.append({"name": f"SDK send path, {n} members", "create_ms": t_create * 1e3,
                          "first_message_ms": t_first * 1e3,
                          "group_message_ms": t_group * 1e3,
                          "pairwise_to_all_ms": t_pairwise * 1e3,
-                         "pairwise/group": t_pairwise / t_group})
+                         "pairwise/group": t_pairwise / t_group, **renames})
     return rows
+
+
+def _outbox_kb(items: list[Any]) -> float:
+    """What outbox rows store: each blob once and 48 bytes per recipient."""
+    return sum(len(i.entry.blob) + 48 * len(i.entry.recipients) for i in items) / 1e3
+
+
+def _renames(core: Any, group_id: bytes) -> dict[str, float]:
+    """A rename written pairwise (the baseline: sealing turned off for it) and one sealed
+    (the SDK's choice, ``_groups.sealing_pays``), back to back on the same group."""
+    from client_sdk import _groups
+
+    def never(size: int, peers: int) -> bool:
+        return False
+
+    out: dict[str, float] = {}
+    pays = _groups.sealing_pays
+    for mode in ("pairwise", "sealed"):
+        _groups.sealing_pays = never if mode == "pairwise" else pays  # type: ignore[assignment]
+        try:
+            t0 = time.perf_counter()
+            items, _ = _groups.change(core, group_id, lambda s, m=mode: {"name": m},  # type: ignore[misc]
+                                      now_ms=_NOW)
+            out[f"rename_{mode}_ms"] = (time.perf_counter() - t0) * 1e3
+            out[f"rename_{mode}_kb"] = _outbox_kb(items)
+        finally:
+            _groups.sealing_pays = pays
+    out["rename_pairwise/sealed_kb"] = out["rename_pairwise_kb"] / out["rename_sealed_kb"]
+    return out
 
 
 CHANNEL_SIZES = (1000, 10_000)
