@@ -8,7 +8,8 @@ Fixtures:
 * ``pigeon_relay``: a real ``pigeon-relay --port 0`` process in a temporary folder
   (``synchronous=OFF``: tests do not need power-loss durability), killed at the end.
   :class:`RelayProcess` has ``url``, ``restart()`` (SIGKILL, then start again on the same
-  data: a crash) and ``stop()``.
+  data: a crash) and ``stop()``. On Linux the relay also gets SIGTERM when the test
+  process dies, even by SIGKILL (``PR_SET_PDEATHSIG``): no relay outlives its tests.
 * ``pigeon_clients``: an async factory ``await pigeon_clients("alice")`` returning an
   opened and registered :class:`~client_sdk.AsyncClient` on a fresh profile (cheap
   Argon2 parameters), closed at the end of the test. ``await pigeon_clients.connect(a,
@@ -36,6 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -68,9 +70,39 @@ START_TIMEOUT_S = 20.0
 E = TypeVar("E", bound=Event)
 
 
+_DIE_WITH_PARENT = """\
+import os, signal, sys
+if sys.platform.startswith("linux"):
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)  # the parent died before the signal was asked for
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+"""Run before the relay in its process (then exec'd into it): the kernel sends it
+SIGTERM when the thread that started it ends, whatever killed the test process. A
+program of its own rather than a ``preexec_fn``, which is unsafe in a process with
+threads (the fork's child may deadlock before exec); the same pid runs the relay."""
+
+_spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pigeon-relay-spawner")
+"""The one thread that starts relays: the parent-death signal follows the thread that
+forked, and this one lives as long as the process (a relay started from a short-lived
+thread would otherwise get SIGTERM when that thread ends)."""
+
+
 def _relay_command() -> list[str]:
     script = shutil.which("pigeon-relay", path=str(Path(sys.executable).parent))
     return [script] if script else [sys.executable, "-m", "relay"]
+
+
+def _dying_with_us(command: list[str]) -> list[str]:
+    """*command*, run on Linux so that it gets SIGTERM when this process dies."""
+    if not sys.platform.startswith("linux"):
+        return command
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
 
 
 @dataclass
@@ -87,9 +119,10 @@ class RelayProcess:
         self._lines = queue.Queue()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIGEON_RELAY_")}
         with open(self.folder / "relay.log", "a", encoding="utf-8") as log:
-            self.proc = subprocess.Popen(  # noqa: S603 - our own console script
-                [*_relay_command(), *self.args], cwd=self.folder, env=env,
-                stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+            self.proc = _spawner.submit(
+                subprocess.Popen,  # our own console script
+                _dying_with_us([*_relay_command(), *self.args]), cwd=self.folder, env=env,
+                stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1).result()
         # The queue is the thread's argument: the previous process's reader may still be
         # draining and must never post its end-of-output into this one's queue.
         threading.Thread(target=self._read, args=(self.proc, self._lines), daemon=True).start()
