@@ -130,6 +130,9 @@ GROUP_BLOB_PREFIX: Final = 0x81
 message starts with its version, 0x01."""
 SEALED_CONTROL_PREFIX: Final = 0x82
 """First byte of a sealed ``GroupControl`` on a pairwise mailbox (:func:`seal_control`)."""
+MAX_SEALED_PADDED: Final = 32768
+"""The largest padded control sealed: the bucket a state of ``MAX_GROUP_STATE_SIZE`` pads
+to (larger, older states go pairwise)."""
 _KEY_BUCKET: Final = 256
 """The padded size of a ``GroupControlKey`` (114 bytes encoded: the smallest bucket)."""
 # --- control messages -------------------------------------------------------------------------
@@ -309,7 +312,7 @@ def _control_sends(core: ClientCore, batch: _Batch, peers: Sequence[tuple[bytes,
     control = GroupControl(message_id=core.rng(16), sent_at_ms=now_ms, state=signed.encoded,
                            signature=signed.signature, complete=complete)
     padded = pad_message(control.encode())
-    sealed = sealing_pays(len(padded), len(peers))
+    sealed = len(padded) <= MAX_SEALED_PADDED and sealing_pays(len(padded), len(peers))
     if sealed:
         blob, key, seal_id = seal_control(core, padded)
         inner: InnerMessage = GroupControlKey(

@@ -51,6 +51,7 @@ from protocol.inner import (
 from . import _channels
 from ._groups import (
     GROUP_BLOB_PREFIX,
+    MAX_SEALED_PADDED,
     SEALED_CONTROL_PREFIX,
     GroupView,
     change_event,
@@ -105,6 +106,9 @@ MAX_PENDING_BLOBS: Final = 10_000
 MAX_SEALED_PARTS: Final = 10_000
 """Halves of sealed changes waiting for their other half, in all (kept as long as
 pending blobs, :data:`PENDING_TTL_MS`)."""
+MAX_SEALED_BLOB: Final = 1 + MAX_SEALED_PADDED + 16
+"""The largest sealed control: the marker, the largest padded control a sender seals
+and the GCM tag. Larger blobs are dropped unheld."""
 _HEADER: Final = struct.Struct(">BII")
 
 
@@ -194,8 +198,11 @@ def receive_sealed(core: ClientCore, batch: GroupBatch, sender: bytes, envelope:
                    blob: bytes, *, now_ms: int) -> tuple[Incoming, list[Event]]:
     """A sealed ``GroupControl`` on *sender*'s pairwise mailbox: opened if its key came
     first, else kept for the key."""
-    digest = hashlib.sha256(blob).digest()
     incoming = Incoming(envelope=envelope, received_at_ms=now_ms)
+    if len(blob) > MAX_SEALED_BLOB:
+        _log.info("an oversized sealed group change from %s dropped", sender.hex()[:8])
+        return incoming, []
+    digest = hashlib.sha256(blob).digest()
     part = batch.sealed_part(sender, digest)
     if part is None:
         write = batch.keep_sealed(SealedControlPart(

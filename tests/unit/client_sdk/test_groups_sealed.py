@@ -215,3 +215,16 @@ def test_halves_expire(relay: FakeRelay) -> None:
     assert m.store.sealed_control_count() == 1  # not yet
     _groups_receive.retry_pending(m.core, now_ms=NOW + _groups_receive.PENDING_TTL_MS + 1)
     assert m.store.sealed_control_count() == 0
+
+
+def test_an_oversized_sealed_blob_is_not_held(relay: FakeRelay) -> None:
+    admin, *members = _group(relay)
+    _create(admin, members, LONG)
+    admin.flush()
+    m = members[0]
+    blob, _ = _pending(relay, m)
+    limit = _groups_receive.MAX_SEALED_BLOB
+    m.sync([_redeliver(relay, blob, blob.blob[:1] + bytes(limit))])  # one byte too many
+    assert m.store.sealed_control_count() == 0
+    m.sync([_redeliver(relay, blob, blob.blob[:1] + bytes(limit - 1))])  # the largest kept
+    assert m.store.sealed_control_count() == 1

@@ -168,6 +168,10 @@ def test_the_largest_state_fits_one_padded_control_message() -> None:
     control = GroupControl(message_id=b"\x02" * 16, sent_at_ms=2**50, state=encoded,
                            signature=b"\x03" * 64).encode()
     assert len(pad_message(control)) <= 32 * 1024  # one relay blob with the ratchet's bytes
+    from client_sdk import _groups, _groups_receive
+    sealed = _groups.sealed_blob(bytes(32), bytes(16), pad_message(control))  # sealed too
+    assert len(pad_message(control)) <= _groups.MAX_SEALED_PADDED
+    assert len(sealed) == _groups_receive.MAX_SEALED_BLOB
     with pytest.raises(LocalProtocolError):
         state(largest + 1).encode()
 
