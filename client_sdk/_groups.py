@@ -63,8 +63,10 @@ from pigeon_crypto.signing import Purpose
 from protocol import limits as L
 from protocol.group import MAX_GROUP_MEMBERS, GroupState
 from protocol.inner import (
+    MAX_STATE_REQUEST_HASHES,
     GroupControl,
     GroupControlKey,
+    GroupStateRequest,
     InnerMessage,
     Receipt,
     ReceiptKind,
@@ -133,6 +135,8 @@ SEALED_CONTROL_PREFIX: Final = 0x82
 MAX_SEALED_PADDED: Final = 32768
 """The largest padded control sealed: the bucket a state of ``MAX_GROUP_STATE_SIZE`` pads
 to (larger, older states go pairwise)."""
+STATE_REQUEST_INTERVAL_MS: Final = 10 * 60 * 1000
+"""How often one missing state is asked for (and one request answered)."""
 _KEY_BUCKET: Final = 256
 """The padded size of a ``GroupControlKey`` (114 bytes encoded: the smallest bucket)."""
 # --- control messages -------------------------------------------------------------------------
@@ -404,6 +408,83 @@ def forward_states(core: ClientCore, states: Iterable[tuple[bytes, bytes]], *, n
                                    complete=False, now_ms=now_ms)
     items = batch.commit(outgoing) if outgoing else []
     return items + _channels.forward(core, subs, now_ms=now_ms) if subs else items
+
+
+# --- missing states --------------------------------------------------------------------------
+
+
+def request_missing(core: ClientCore, group_ids: Iterable[bytes], *, now_ms: int,
+                    ) -> list[OutboxItem]:
+    """Ask for the parents that pending states of *group_ids* wait for and that never
+    reached us (their signer could not write to us, or the message was lost), from two
+    members we can write to: the signer of the waiting state (it holds the parent) and
+    the admins of our head, in that order (an admin's answer is taken even when the
+    parent's signer is not our contact). Each missing state is asked for once per
+    :data:`STATE_REQUEST_INTERVAL_MS`."""
+    asks: dict[tuple[bytes, bytes], list[bytes]] = {}
+    for group_id in group_ids:
+        view = GroupView.load(core, group_id)
+        head = view.head
+        if head is None or not view.active:
+            continue
+        for row in view.states.values():
+            parent = row.signed.state.parent
+            if row.status is not StateStatus.PENDING or parent is None or parent in view.states:
+                continue
+            last = core.state_requests.get((group_id, parent))
+            if last is not None and now_ms - last < STATE_REQUEST_INTERVAL_MS:
+                continue
+            core.state_requests[(group_id, parent)] = now_ms
+            candidates = dict.fromkeys((row.signed.state.signer, *head.state.admins))
+            for peer in [p for p in candidates if _can_write(core, p)][:2]:
+                asks.setdefault((peer, group_id), []).append(parent)
+    batch = _Batch(core)
+    outgoing: list[Outgoing] = []
+    for (peer, group_id), hashes in sorted(asks.items()):
+        for i in range(0, len(hashes), MAX_STATE_REQUEST_HASHES):
+            try:
+                _, outbound = core.sendable(peer)
+                blob, session = batch.encrypt(peer, GroupStateRequest(
+                    message_id=core.rng(16), sent_at_ms=now_ms, group_id=group_id,
+                    hashes=tuple(hashes[i:i + MAX_STATE_REQUEST_HASHES])))
+            except ClientError as exc:
+                _log.info("group state request not sent to %s: %s", peer.hex()[:8],
+                          type(exc).__name__)
+                continue
+            outgoing.append(_pairwise(core, batch, peer, outbound.mailbox_id,
+                                      outbound.capability, blob, session, now_ms))
+    return batch.commit(outgoing) if outgoing else []
+
+
+def _can_write(core: ClientCore, peer: bytes) -> bool:
+    if peer == core.account_id:
+        return False
+    try:
+        core.sendable(peer)
+    except ClientError:
+        return False
+    return True
+
+
+def answer_requests(core: ClientCore, answers: Iterable[tuple[bytes, bytes, bytes]], *,
+                    now_ms: int) -> list[OutboxItem]:
+    """Send each requested state (already checked: the requester was to receive it) to
+    its requester, each at most once per :data:`STATE_REQUEST_INTERVAL_MS`."""
+    batch = _Batch(core)
+    outgoing: list[Outgoing] = []
+    views: dict[bytes, GroupView] = {}
+    for peer, group_id, digest in answers:
+        last = core.state_answers.get((peer, digest))
+        if last is not None and now_ms - last < STATE_REQUEST_INTERVAL_MS:
+            continue
+        view = views.get(group_id) or views.setdefault(group_id, GroupView.load(core, group_id))
+        row = view.states.get(digest)
+        if row is None:
+            continue
+        core.state_answers[(peer, digest)] = now_ms
+        outgoing += _control_sends(core, batch, _reachable(core, [peer]), row.signed,
+                                   complete=False, now_ms=now_ms)
+    return batch.commit(outgoing) if outgoing else []
 
 
 # --- receipts ---------------------------------------------------------------------------------

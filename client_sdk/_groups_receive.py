@@ -38,6 +38,7 @@ from protocol.inner import (
     File,
     GroupControl,
     GroupControlKey,
+    GroupStateRequest,
     InnerMessage,
     Reaction,
     Receipt,
@@ -49,6 +50,7 @@ from protocol.inner import (
 )
 
 from . import _channels
+from ._group_state import reached
 from ._groups import (
     GROUP_BLOB_PREFIX,
     MAX_SEALED_PADDED,
@@ -138,6 +140,8 @@ class GroupBatch:
     sealed: dict[tuple[bytes, bytes], SealedControlPart | None] = field(default_factory=dict)
     """Halves of sealed changes the batch added (None: used in the batch)."""
     sealed_held: int | None = None
+    answers: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
+    """``(requester, group_id, state hash)``: states members asked us for."""
 
     def view(self, group_id: bytes) -> GroupView:
         found = self.views.get(group_id)
@@ -186,6 +190,8 @@ def apply_inner(core: ClientCore, batch: GroupBatch, sender: bytes, inner: Inner
             return _distribution(batch, sender, inner), []
         if isinstance(inner, GroupControlKey):
             return _control_key(core, batch, sender, inner, now_ms)
+        if isinstance(inner, GroupStateRequest):
+            _state_request(batch, sender, inner)
     except PigeonError as exc:
         _log.info("group message from %s dropped: %s", sender.hex()[:8], type(exc).__name__)
     return None, []
@@ -320,6 +326,17 @@ def _control(core: ClientCore, batch: GroupBatch, sender: bytes, inner: GroupCon
                       drop_outbound=drop if forget is None else None,
                       subscriptions=tuple(taken), subscriptions_gone=tuple(gone),
                       roster=view.roster_write() if taken else None), events
+
+
+def _state_request(batch: GroupBatch, sender: bytes, inner: GroupStateRequest) -> None:
+    """Answer (after the batch) with each requested state we hold that its signer sent,
+    or should have sent, to *sender*: a member of its parent or of itself."""
+    view = batch.view(inner.group_id)
+    for digest in inner.hashes:
+        row = view.states.get(digest)
+        if (row is not None and row.status is StateStatus.VALID
+                and sender in reached(view, row.signed.state)):
+            batch.answers.append((sender, inner.group_id, digest))
 
 
 def _someone_left(old: SignedGroupState | None, new: SignedGroupState | None) -> bool:

@@ -50,6 +50,7 @@ from protocol.inner import (
     File,
     GroupControl,
     GroupControlKey,
+    GroupStateRequest,
     InnerMessage,
     MailboxAnnouncement,
     MailboxRotation,
@@ -149,6 +150,8 @@ class Received:
     """``(group_id, state hash)`` to pass on to the other members (``_groups``)."""
     group_receipts: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
     """``(author, group_id, message_id)``: group messages to acknowledge to their author."""
+    group_answers: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
+    """``(requester, group_id, state hash)``: states members asked us for."""
 
     def ack(self, mailbox_id: bytes, seq: int) -> None:
         self.acks.setdefault(mailbox_id, []).append(seq)
@@ -248,6 +251,7 @@ def receive(core: ClientCore, deliveries: Sequence[DeliveryLike], *, now_ms: int
             out.groups_changed |= single.groups_changed
             out.group_forwards += single.group_forwards
             out.group_receipts += single.group_receipts
+            out.group_answers += single.group_answers
             for mailbox_id, seqs in single.acks.items():
                 out.acks.setdefault(mailbox_id, []).extend(seqs)
         return out
@@ -258,6 +262,7 @@ def receive(core: ClientCore, deliveries: Sequence[DeliveryLike], *, now_ms: int
     out.groups_changed = overlay.groups.changed
     out.group_forwards = overlay.groups.forwards
     out.group_receipts = overlay.groups.to_ack
+    out.group_answers = overlay.groups.answers
     for p, key, result in zip(pending, refs, results, strict=True):
         out.ack(*key)
         if result.outcome is ReceiveOutcome.DUPLICATE_ENVELOPE:
@@ -446,7 +451,7 @@ def _apply_inner(core: ClientCore, overlay: _Overlay, contact: Contact, pending:
                 overlay.contacts[peer] = updated
                 pending.incoming = dataclasses.replace(pending.incoming, contact=updated)
                 pending.events.append(MailboxRotated(peer=peer))
-        case GroupControl() | GroupControlKey() | SenderKeyDistribution():
+        case GroupControl() | GroupControlKey() | GroupStateRequest() | SenderKeyDistribution():
             write, group_events = _groups_receive.apply_inner(core, overlay.groups, peer, inner,
                                                               now_ms=now_ms)
             pending.incoming = dataclasses.replace(pending.incoming, group=write)

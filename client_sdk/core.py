@@ -101,6 +101,10 @@ class ClientCore:
         raw = store.get_setting(SETTING_CONTACT_MAILBOX)
         self._contact_mailbox = None if raw is None else (raw[:16], raw[16:])
         self.pending_receipts: dict[bytes, list[bytes]] = {}
+        self.state_requests: dict[tuple[bytes, bytes], int] = {}
+        """``(group_id, state hash)`` -> when we last asked for that missing state."""
+        self.state_answers: dict[tuple[bytes, bytes], int] = {}
+        """``(requester, state hash)`` -> when we last answered a request for it."""
 
     def __repr__(self) -> str:
         who = self._identity.account_id.hex() if self._identity else "unregistered"
@@ -476,6 +480,12 @@ class ClientCore:
         if received.group_forwards:
             received.items += _groups.forward_states(self, received.group_forwards,
                                                      now_ms=now_ms)
+        if received.group_answers:
+            received.items += _groups.answer_requests(self, received.group_answers,
+                                                      now_ms=now_ms)
+        if received.groups_changed:
+            received.items += _groups.request_missing(self, received.groups_changed,
+                                                      now_ms=now_ms)
         if received.group_receipts:
             received.items += _groups.send_receipts(self, received.group_receipts,
                                                     ReceiptKind.DELIVERED, now_ms=now_ms)

@@ -49,6 +49,7 @@ from .group import MAX_SUBSCRIPTION_SIZE
 
 __all__ = [
     "INNER_KINDS",
+    "MAX_STATE_REQUEST_HASHES",
     "Delete",
     "DeleteScope",
     "DisappearingTimer",
@@ -56,6 +57,7 @@ __all__ = [
     "File",
     "GroupControl",
     "GroupControlKey",
+    "GroupStateRequest",
     "InnerMessage",
     "MailboxAnnouncement",
     "MailboxRotation",
@@ -112,6 +114,9 @@ _DISTRIBUTION: Final = Bytes.exactly(73)
 _SHA256: Final = Bytes.exactly(32)
 _SEAL_KEY: Final = Bytes.exactly(32)
 _SEAL_ID: Final = Bytes.exactly(16)
+MAX_STATE_REQUEST_HASHES: Final = 16
+"""States asked for in one ``GroupStateRequest``."""
+_STATE_HASHES: Final = TupleOf(_SHA256, 1, MAX_STATE_REQUEST_HASHES)
 MAX_SUBSCRIPTIONS_PER_CONTROL: Final = 128
 """Signed subscriptions per ``GroupControl`` (~180 bytes each): with a channel's state
 they stay within one 32 KiB padding bucket (the SDK also packs by size)."""
@@ -367,6 +372,18 @@ class GroupControlKey(InnerMessage):
     blob_hash: bytes = field(repr=False, metadata=wire(3, _SHA256))
     key: bytes = field(repr=False, metadata=wire(4, _SEAL_KEY))
     seal_id: bytes = field(repr=False, metadata=wire(5, _SEAL_ID))
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupStateRequest(InnerMessage):
+    """Asks a member for group states by hash: the parents of states we hold whose
+    parent never reached us (docs/protocol.md §9.14, "Missing states"). Answered with
+    the ``GroupControl`` of each requested state that the requester was sent."""
+
+    KIND: ClassVar[int] = 16
+    group_id: bytes = field(metadata=wire(3, GROUP_ID))
+    hashes: tuple[bytes, ...] = field(metadata=wire(4, _STATE_HASHES))
 
 
 @_kind

@@ -20,6 +20,7 @@ from protocol import (
     File,
     GroupControl,
     GroupControlKey,
+    GroupStateRequest,
     InnerMessage,
     MailboxAnnouncement,
     MailboxRotation,
@@ -159,6 +160,9 @@ def inner_examples() -> list[InnerMessage]:
         GroupControlKey(message_id=pattern(16, 0x15), sent_at_ms=t + 15,
                         blob_hash=pattern(32, 0x5C), key=pattern(32, 0x5A),
                         seal_id=pattern(16, 0x5B)),
+        GroupStateRequest(message_id=pattern(16, 0x16), sent_at_ms=t + 16,
+                          group_id=pattern(16, 0x6C),
+                          hashes=(pattern(32, 0x6D), pattern(32, 0x6E))),
     ]
 
 

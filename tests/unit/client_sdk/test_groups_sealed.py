@@ -228,3 +228,85 @@ def test_an_oversized_sealed_blob_is_not_held(relay: FakeRelay) -> None:
     assert m.store.sealed_control_count() == 0
     m.sync([_redeliver(relay, blob, blob.blob[:1] + bytes(limit - 1))])  # the largest kept
     assert m.store.sealed_control_count() == 1
+
+
+# --- missing states: asked for and answered ----------------------------------------------------
+
+
+def _rename(admin: Party, gid: bytes, name: str) -> None:
+    _groups.change(admin.core, gid, lambda s: {"name": name}, now_ms=admin.now)
+    admin.flush()
+
+
+def _lose(relay: FakeRelay, p: Party) -> None:
+    """Everything queued for *p* is lost (dropped from the relay unread)."""
+    for d in _pending(relay, p):
+        del relay.mailboxes[d.mailbox_id]["queue"][d.seq]
+
+
+def _requests(relay: FakeRelay, to: Party) -> int:
+    """Messages waiting for *to* (all of them requests where this is used)."""
+    return len(_pending(relay, to))
+
+
+def test_a_member_asks_for_a_state_it_missed(relay: FakeRelay) -> None:
+    admin, *members = _group(relay, 3)
+    gid = _create(admin, members, "Club")
+    admin.flush()
+    for m in members:
+        m.sync()
+    late = members[0]
+    _rename(admin, gid, "two")
+    _lose(relay, late)          # late never gets version 2
+    members[1].sync()
+    _rename(admin, gid, "three")
+    late.sync()                 # version 3 waits for its parent, and late asks for it
+    assert late.store.load_group(gid).head != _head(admin, gid)  # type: ignore[union-attr]
+    admin.sync()                # the admin answers with version 2
+    late.sync()
+    assert _head(late, gid) == _head(admin, gid)
+    [changed] = [e for e in late.take(GroupChanged) if e.group.version == 3]
+    assert changed.group.name == "three"
+
+
+def test_requests_are_not_repeated_within_the_interval(relay: FakeRelay) -> None:
+    admin, *members = _group(relay, 3)
+    gid = _create(admin, members, "Club")
+    admin.flush()
+    for m in members:
+        m.sync()
+    late = members[0]
+    _rename(admin, gid, "two")
+    _lose(relay, late)
+    _rename(admin, gid, "three")
+    late.sync()  # version 3 waits for version 2: asked for (and sent)
+    assert _requests(relay, admin) == 1
+    assert _groups.request_missing(late.core, [gid], now_ms=NOW + 1) == []
+    later = NOW + _groups.STATE_REQUEST_INTERVAL_MS
+    [again] = _groups.request_missing(late.core, [gid], now_ms=later)
+    assert again.entry.recipients[0].mailbox_id == _pending(relay, admin)[0].mailbox_id
+
+
+def test_only_those_a_state_was_for_get_it(relay: FakeRelay) -> None:
+    """A contact that never was in the group, asking for its states, gets nothing."""
+    from protocol.inner import GroupStateRequest
+
+    admin, *members = _group(relay, 3)
+    outsider = Party(relay, "outsider")
+    _connect(admin, outsider)
+    gid = _create(admin, members, "Club")
+    admin.flush()
+    head = _head(admin, gid)
+    assert head is not None
+    _send_inner(outsider, admin, GroupStateRequest(
+        message_id=outsider.core.rng(16), sent_at_ms=NOW, group_id=gid, hashes=(head,)))
+    queued = len(admin.core.due_outbox(now_ms=NOW))
+    admin.sync()
+    assert len(admin.core.due_outbox(now_ms=NOW)) == queued  # no answer queued
+    _send_inner(members[0], admin, GroupStateRequest(
+        message_id=members[0].core.rng(16), sent_at_ms=NOW, group_id=gid, hashes=(head,)))
+    received = admin.core.receive(_pending(relay, admin), now_ms=NOW)
+    assert len(received.items) == 1  # a member it was for: answered, once
+    _send_inner(members[0], admin, GroupStateRequest(
+        message_id=members[0].core.rng(16), sent_at_ms=NOW, group_id=gid, hashes=(head,)))
+    assert admin.core.receive(_pending(relay, admin), now_ms=NOW + 1).items == []
