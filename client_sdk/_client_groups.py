@@ -206,8 +206,9 @@ class GroupsApiMixin:
     async def _avatar_manifest(self, avatar: str | os.PathLike[str] | None,
                                manifest: bytes | None, members: Sequence[bytes] = (),
                                ) -> bytes | None:
-        """The manifest a group state names: *avatar* uploaded (once every one of
-        *members* is someone we can write to), or *manifest* checked."""
+        """The avatar manifest a call names (a group state's or our profile's): *avatar*
+        uploaded (once every one of *members* is someone we can write to), or *manifest*
+        checked."""
         if avatar is not None:
             if manifest is not None:
                 raise ValueError("give avatar or avatar_manifest, not both")
