@@ -58,6 +58,7 @@ __all__ = [
     "RelayProcess",
     "pigeon_clients",
     "pigeon_relay",
+    "popen_tied",
     "relay_pipeline_available",
     "start_relay",
 ]
@@ -105,6 +106,16 @@ def _dying_with_us(command: list[str]) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
 
 
+def popen_tied(command: list[str], **popen: Any) -> subprocess.Popen[str]:
+    """``subprocess.Popen(command, **popen)`` for a process that must not outlive this one
+    (on Linux it gets SIGTERM when this process dies, even by SIGKILL); the pid is the
+    command's own."""
+    def spawn() -> subprocess.Popen[str]:
+        return subprocess.Popen(_dying_with_us(command), **popen)  # noqa: S603 - ours
+
+    return _spawner.submit(spawn).result()
+
+
 @dataclass
 class RelayProcess:
     """A running relay. ``url`` is its base URL (``http://127.0.0.1:PORT``)."""
@@ -119,10 +130,8 @@ class RelayProcess:
         self._lines = queue.Queue()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIGEON_RELAY_")}
         with open(self.folder / "relay.log", "a", encoding="utf-8") as log:
-            self.proc = _spawner.submit(
-                subprocess.Popen,  # our own console script
-                _dying_with_us([*_relay_command(), *self.args]), cwd=self.folder, env=env,
-                stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1).result()
+            self.proc = popen_tied([*_relay_command(), *self.args], cwd=self.folder, env=env,
+                                   stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
         # The queue is the thread's argument: the previous process's reader may still be
         # draining and must never post its end-of-output into this one's queue.
         threading.Thread(target=self._read, args=(self.proc, self._lines), daemon=True).start()

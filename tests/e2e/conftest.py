@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from client_sdk.testing import popen_tied
+
 LISTENING = "pigeon-relay listening on "
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
@@ -75,7 +77,7 @@ class RelayProcess:
         self._lines = queue.Queue()
         log = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - owned by the process
         try:
-            self.proc = subprocess.Popen(
+            self.proc = popen_tied(  # dies with the test process, even a SIGKILLed one
                 [*relay_command(), *self.args], cwd=self.cwd, env=self.env,
                 stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
             )
