@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ._connection import RelayConnection
     from ._pump import OutboxPump
     from .core import ClientCore
+    from .store.records import OutboxItem
 
 __all__ = ["RECEIVE_BATCH", "SEND_BATCH", "BackgroundMixin"]
 
@@ -189,6 +190,14 @@ class BackgroundMixin:
         self._tx_wake.set()
         return futures
 
+    async def _group_checks(self) -> None:
+        """Every 30 s: ask for group states that are still missing."""
+        while True:
+            await asyncio.sleep(30)
+            items = await self._run(functools.partial(_request_missing, now_ms=self._now_ms()))
+            if items:
+                self._pump.add(items)
+
     async def _maintenance(self) -> None:
         """Hourly: rotate the signed prekey when due, purge disappearing messages."""
         while True:
@@ -216,6 +225,10 @@ def _expired(core: ClientCore, *, frame: MessagesExpired) -> list[Event]:
 def _submit(core: ClientCore, *, intents: list[_sending.Intent], now_ms: int,
             ) -> _sending.Submitted:
     return core.submit(intents, now_ms=now_ms)
+
+
+def _request_missing(core: ClientCore, *, now_ms: int) -> list[OutboxItem]:
+    return core.request_missing_states(now_ms=now_ms)
 
 
 def _purge(core: ClientCore, *, now_ms: int) -> int:

@@ -137,6 +137,8 @@ MAX_SEALED_PADDED: Final = 32768
 to (larger, older states go pairwise)."""
 STATE_REQUEST_INTERVAL_MS: Final = 10 * 60 * 1000
 """How often one missing state is asked for (and one request answered)."""
+STATE_REQUEST_GRACE_MS: Final = 60 * 1000
+"""How long a parent may be missing before it is asked for."""
 _KEY_BUCKET: Final = 256
 """The padded size of a ``GroupControlKey`` (114 bytes encoded: the smallest bucket)."""
 # --- control messages -------------------------------------------------------------------------
@@ -416,26 +418,35 @@ def forward_states(core: ClientCore, states: Iterable[tuple[bytes, bytes]], *, n
 def request_missing(core: ClientCore, group_ids: Iterable[bytes], *, now_ms: int,
                     ) -> list[OutboxItem]:
     """Ask for the parents that pending states of *group_ids* wait for and that never
-    reached us (their signer could not write to us, or the message was lost), from two
-    members we can write to: the signer of the waiting state (it holds the parent) and
-    the admins of our head, in that order (an admin's answer is taken even when the
-    parent's signer is not our contact). Each missing state is asked for once per
-    :data:`STATE_REQUEST_INTERVAL_MS`."""
+    reached us (their signer could not write to us, or the message was lost), once a
+    parent has been missing for :data:`STATE_REQUEST_GRACE_MS` (parents of different
+    signers arrive over different mailboxes, in no common order: most come on their
+    own), from two members we can write to: the signer of the waiting state (it holds
+    the parent) and the admins of our head, in that order (an admin's answer is taken
+    even when the parent's signer is not our contact). Each missing state is asked for
+    once per :data:`STATE_REQUEST_INTERVAL_MS`."""
     asks: dict[tuple[bytes, bytes], list[bytes]] = {}
     for group_id in group_ids:
         view = GroupView.load(core, group_id)
         head = view.head
-        if head is None or not view.active:
-            continue
-        for row in view.states.values():
-            parent = row.signed.state.parent
-            if row.status is not StateStatus.PENDING or parent is None or parent in view.states:
-                continue
+        missing: dict[bytes, bytes] = {}  # parent -> the signer of a state waiting for it
+        if head is not None and view.active:
+            for row in view.states.values():
+                parent = row.signed.state.parent
+                if (row.status is StateStatus.PENDING and parent is not None
+                        and parent not in view.states):
+                    missing.setdefault(parent, row.signed.state.signer)
+        for key in [k for k in core.missing_since if k[0] == group_id and k[1] not in missing]:
+            del core.missing_since[key]
+        for parent, signer in missing.items():
+            since = core.missing_since.setdefault((group_id, parent), now_ms)
             last = core.state_requests.get((group_id, parent))
-            if last is not None and now_ms - last < STATE_REQUEST_INTERVAL_MS:
+            if now_ms - since < STATE_REQUEST_GRACE_MS or (
+                    last is not None and now_ms - last < STATE_REQUEST_INTERVAL_MS):
                 continue
             core.state_requests[(group_id, parent)] = now_ms
-            candidates = dict.fromkeys((row.signed.state.signer, *head.state.admins))
+            assert head is not None
+            candidates = dict.fromkeys((signer, *head.state.admins))
             for peer in [p for p in candidates if _can_write(core, p)][:2]:
                 asks.setdefault((peer, group_id), []).append(parent)
     batch = _Batch(core)

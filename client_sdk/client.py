@@ -237,6 +237,7 @@ class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixi
         self._spawn(self._sender())
         self._spawn(self._pump.run())
         self._spawn(self._maintenance())
+        self._spawn(self._group_checks())
         if self._core is not None and self._core.registered:
             self._start_loop()
 

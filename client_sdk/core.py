@@ -105,6 +105,8 @@ class ClientCore:
         """``(group_id, state hash)`` -> when we last asked for that missing state."""
         self.state_answers: dict[tuple[bytes, bytes], int] = {}
         """``(requester, state hash)`` -> when we last answered a request for it."""
+        self.missing_since: dict[tuple[bytes, bytes], int] = {}
+        """``(group_id, state hash)`` -> since when a pending state waits for it."""
 
     def __repr__(self) -> str:
         who = self._identity.account_id.hex() if self._identity else "unregistered"
@@ -496,6 +498,14 @@ class ClientCore:
                                 for p in received.profile_followups], now_ms=now_ms)
             received.items += done.items
         return received
+
+    def request_missing_states(self, *, now_ms: int) -> list[OutboxItem]:
+        """Ask for the group states still missing after the grace period (called
+        periodically; after every batch that changed a group too)."""
+        if not self.missing_since:
+            return []
+        groups = sorted({group_id for group_id, _ in self.missing_since})
+        return _groups.request_missing(self, groups, now_ms=now_ms)
 
     def receive_ephemeral(self, mailbox_id: bytes, blob: bytes, *, now_ms: int,
                           ) -> list[Event]:

@@ -249,6 +249,13 @@ def _requests(relay: FakeRelay, to: Party) -> int:
     return len(_pending(relay, to))
 
 
+def _ask(p: Party, after_ms: int) -> None:
+    """The periodic check, *after_ms* later; what it queues is sent."""
+    p.now += after_ms
+    p.core.request_missing_states(now_ms=p.now)
+    p.flush()
+
+
 def test_a_member_asks_for_a_state_it_missed(relay: FakeRelay) -> None:
     admin, *members = _group(relay, 3)
     gid = _create(admin, members, "Club")
@@ -260,13 +267,37 @@ def test_a_member_asks_for_a_state_it_missed(relay: FakeRelay) -> None:
     _lose(relay, late)          # late never gets version 2
     members[1].sync()
     _rename(admin, gid, "three")
-    late.sync()                 # version 3 waits for its parent, and late asks for it
+    late.sync()                 # version 3 waits for its parent
+    assert _requests(relay, admin) == 0  # not asked at once: it may still come
+    _ask(late, _groups.STATE_REQUEST_GRACE_MS - 1)
+    assert _requests(relay, admin) == 0
+    _ask(late, 1)               # missing for the grace period: asked for
+    assert _requests(relay, admin) == 1
     assert late.store.load_group(gid).head != _head(admin, gid)  # type: ignore[union-attr]
     admin.sync()                # the admin answers with version 2
     late.sync()
     assert _head(late, gid) == _head(admin, gid)
     [changed] = [e for e in late.take(GroupChanged) if e.group.version == 3]
     assert changed.group.name == "three"
+    assert late.core.missing_since == {}
+
+
+def test_a_parent_that_comes_on_its_own_is_not_asked_for(relay: FakeRelay) -> None:
+    admin, *members = _group(relay, 3)
+    gid = _create(admin, members, "Club")
+    admin.flush()
+    for m in members:
+        m.sync()
+    m = members[0]
+    _rename(admin, gid, "two")
+    _rename(admin, gid, "three")
+    two, three = _pending(relay, m)
+    m.sync([three])             # out of order: version 3 first
+    assert m.core.missing_since != {}
+    m.sync([two])
+    _ask(m, _groups.STATE_REQUEST_GRACE_MS)
+    assert _requests(relay, admin) == 0 and m.core.missing_since == {}
+    assert _head(m, gid) == _head(admin, gid)
 
 
 def test_requests_are_not_repeated_within_the_interval(relay: FakeRelay) -> None:
@@ -279,12 +310,13 @@ def test_requests_are_not_repeated_within_the_interval(relay: FakeRelay) -> None
     _rename(admin, gid, "two")
     _lose(relay, late)
     _rename(admin, gid, "three")
-    late.sync()  # version 3 waits for version 2: asked for (and sent)
+    late.sync()
+    _ask(late, _groups.STATE_REQUEST_GRACE_MS)
     assert _requests(relay, admin) == 1
-    assert _groups.request_missing(late.core, [gid], now_ms=NOW + 1) == []
-    later = NOW + _groups.STATE_REQUEST_INTERVAL_MS
-    [again] = _groups.request_missing(late.core, [gid], now_ms=later)
-    assert again.entry.recipients[0].mailbox_id == _pending(relay, admin)[0].mailbox_id
+    _ask(late, _groups.STATE_REQUEST_INTERVAL_MS - 1)
+    assert _requests(relay, admin) == 1
+    _ask(late, 1)
+    assert _requests(relay, admin) == 2
 
 
 def test_only_those_a_state_was_for_get_it(relay: FakeRelay) -> None:
