@@ -184,5 +184,32 @@ def _v2(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS = (Migration(1, _v1), Migration(2, _v2))
+_V3 = [
+    # Acks and the expiry sweep keep the pending counts and drop unreferenced blobs once
+    # per statement (relay/_sqlite_ops.py: `_removed`): the per-row trigger cost three
+    # B-tree probes and a counter write per acked row (a 1,000-member group message is
+    # 1,000 rows of one blob, and its acks from 1,000 mailboxes probed that blob 1,000
+    # times). The trigger stays only for deliveries that a mailbox's deletion cascades to
+    # (the mailbox, and with it its pending count, is gone by then), so that whatever
+    # deletes a mailbox or an account still leaves no orphan blob. Its WHEN is one
+    # primary-key probe per row; code that deletes deliveries of a live mailbox must keep
+    # the counters and blobs itself.
+    "DROP TRIGGER deliveries_gone",
+    """
+    CREATE TRIGGER deliveries_gone AFTER DELETE ON deliveries
+    WHEN NOT EXISTS (SELECT 1 FROM mailboxes WHERE id = OLD.mailbox_id)
+    BEGIN
+        DELETE FROM blobs WHERE id = OLD.blob_id
+            AND NOT EXISTS (SELECT 1 FROM deliveries WHERE blob_id = OLD.blob_id);
+    END
+    """,
+]
+
+
+def _v3(conn: sqlite3.Connection) -> None:
+    for statement in _V3:
+        conn.execute(statement)
+
+
+MIGRATIONS = (Migration(1, _v1), Migration(2, _v2), Migration(3, _v3))
 SCHEMA_VERSION = MIGRATIONS[-1].version
