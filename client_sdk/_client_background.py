@@ -191,10 +191,10 @@ class BackgroundMixin:
         return futures
 
     async def _group_checks(self) -> None:
-        """Every 30 s: ask for group states that are still missing."""
+        """Every 30 s: the core's group upkeep (expiries, missing states)."""
         while True:
             await asyncio.sleep(30)
-            items = await self._run(functools.partial(_request_missing, now_ms=self._now_ms()))
+            items = await self._run(functools.partial(_group_upkeep, now_ms=self._now_ms()))
             if items:
                 self._pump.add(items)
 
@@ -227,8 +227,8 @@ def _submit(core: ClientCore, *, intents: list[_sending.Intent], now_ms: int,
     return core.submit(intents, now_ms=now_ms)
 
 
-def _request_missing(core: ClientCore, *, now_ms: int) -> list[OutboxItem]:
-    return core.request_missing_states(now_ms=now_ms)
+def _group_upkeep(core: ClientCore, *, now_ms: int) -> list[OutboxItem]:
+    return core.group_upkeep(now_ms=now_ms)
 
 
 def _purge(core: ClientCore, *, now_ms: int) -> int:

@@ -22,11 +22,14 @@ Theory of operation
     make it again).
 
     **Control messages** are ``GroupControl`` inner messages (the encoded state and the
-    signer's identity signature, purpose ``group-control``) sent by the signer over its
-    pairwise session to every member of the parent and of the new state (so removed
-    members learn it), marked ``complete`` when we could write to every one of them (the
-    group's first admin then does not pass it on). The state change and the outbox rows
-    are one transaction.
+    signer's identity signature, purpose ``group-control``) sent by the signer to every
+    member of the parent and of the new state (so removed members learn it), marked
+    ``complete`` when we could write to every one of them (the group's first admin then
+    does not pass it on): over each pairwise session, or *sealed* when that at least
+    halves the bytes (one multi-recipient blob encrypted once, and a pairwise
+    ``GroupControlKey`` to each member). The state change and the outbox rows are one
+    transaction. A member asks for a parent that never reached it
+    (``GroupStateRequest``, after a grace period).
 
     **Sender keys.** Each member has one outbound chain per group
     (``pigeon_crypto.sender_keys``). A state in which someone left drops it (in the
@@ -140,7 +143,7 @@ STATE_REQUEST_INTERVAL_MS: Final = 10 * 60 * 1000
 STATE_REQUEST_GRACE_MS: Final = 60 * 1000
 """How long a parent may be missing before it is asked for."""
 _KEY_BUCKET: Final = 256
-"""The padded size of a ``GroupControlKey`` (114 bytes encoded: the smallest bucket)."""
+"""The padded size of a ``GroupControlKey`` (122 bytes encoded: the smallest bucket)."""
 # --- control messages -------------------------------------------------------------------------
 
 
@@ -322,7 +325,7 @@ def _control_sends(core: ClientCore, batch: _Batch, peers: Sequence[tuple[bytes,
     if sealed:
         blob, key, seal_id = seal_control(core, padded)
         inner: InnerMessage = GroupControlKey(
-            message_id=control.message_id, sent_at_ms=now_ms,
+            message_id=bytes(16), sent_at_ms=now_ms,  # each copy gets its own id below
             blob_hash=hashlib.sha256(blob).digest(), key=key, seal_id=seal_id)
     else:
         inner = control

@@ -1,9 +1,11 @@
 """The receiving side of groups (see :mod:`client_sdk._groups` for the theory).
 
 Called by :mod:`client_sdk._receiving` for what arrives on a contact's pairwise
-mailbox: a ``GroupControl`` or ``SenderKeyDistribution`` inner message (inside the
-pairwise session), or a group blob (:data:`~client_sdk._groups.GROUP_BLOB_PREFIX`,
-a sender-key ciphertext). Everything one envelope changes goes into its
+mailbox: a ``GroupControl``, ``GroupControlKey``, ``GroupStateRequest`` or
+``SenderKeyDistribution`` inner message (inside the pairwise session), a group blob
+(:data:`~client_sdk._groups.GROUP_BLOB_PREFIX`, a sender-key ciphertext) or a sealed
+control (:data:`~client_sdk._groups.SEALED_CONTROL_PREFIX`: held until its key comes,
+or opened with the key that came first). Everything one envelope changes goes into its
 ``Incoming.group`` and is stored with the envelope in one transaction; a
 :class:`GroupBatch` overlays the batch's uncommitted group changes.
 
@@ -22,7 +24,7 @@ import hashlib
 import logging
 import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from pigeon_crypto.errors import PigeonError
 from pigeon_crypto.padding import unpad_message
@@ -95,8 +97,8 @@ from .store.records import EnvelopeRef, Incoming, SenderKeyRecordUpdate
 if TYPE_CHECKING:
     from .core import ClientCore
 
-__all__ = ["GroupBatch", "apply_inner", "group_receipt", "receive_blob", "receive_ephemeral",
-           "receive_sealed", "retry_pending"]
+__all__ = ["GroupBatch", "apply_inner", "expire_sealed", "group_receipt", "receive_blob",
+           "receive_ephemeral", "receive_sealed", "retry_pending"]
 
 _log = logging.getLogger("pigeon.sdk.groups")
 
@@ -106,11 +108,18 @@ mailboxes, shorter than the relay's 30-day expiry."""
 MAX_PENDING_BLOBS: Final = 10_000
 """Pending group blobs kept in all: bounds what contacts can make us store."""
 MAX_SEALED_PARTS: Final = 10_000
-"""Halves of sealed changes waiting for their other half, in all (kept as long as
-pending blobs, :data:`PENDING_TTL_MS`)."""
+"""Sealed blobs waiting for their key, in all (kept as long as pending blobs,
+:data:`PENDING_TTL_MS`). Keys are bounded per sender only: a flood of blobs never
+costs an authenticated key its place."""
+MAX_SEALED_PER_SENDER: Final = 64
+"""Halves of sealed changes held per sender (2 MiB of blobs at most): a contact that
+floods us with blobs only keeps its own sealed changes from being held."""
 MAX_SEALED_BLOB: Final = 1 + MAX_SEALED_PADDED + 16
 """The largest sealed control: the marker, the largest padded control a sender seals
-and the GCM tag. Larger blobs are dropped unheld."""
+and the GCM tag."""
+_SEALED_SIZES: Final = frozenset(1 + (256 << i) + 16 for i in range(8))
+"""The sizes a sealed blob can have: the marker, a padding bucket of 256 to 32,768
+bytes (protocol §8.2) and the tag. Other blobs are dropped unheld."""
 _HEADER: Final = struct.Struct(">BII")
 
 
@@ -140,6 +149,7 @@ class GroupBatch:
     sealed: dict[tuple[bytes, bytes], SealedControlPart | None] = field(default_factory=dict)
     """Halves of sealed changes the batch added (None: used in the batch)."""
     sealed_held: int | None = None
+    sealed_by: dict[bytes, int] = field(default_factory=dict)
     answers: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
     """``(requester, group_id, state hash)``: states members asked us for."""
 
@@ -163,12 +173,22 @@ class GroupBatch:
 
     def keep_sealed(self, part: SealedControlPart) -> GroupWrite | None:
         """Keep one half until the other comes (None: too many held, dropped)."""
-        if self.sealed_held is None:
-            self.sealed_held = self.core.store.sealed_control_count()
-        if self.sealed_held >= MAX_SEALED_PARTS:
-            _log.info("too many halves of sealed group changes; one dropped")
+        store = self.core.store
+        by_sender = self.sealed_by.get(part.sender)
+        if by_sender is None:
+            by_sender = store.sealed_control_count(sender=part.sender)
+        if by_sender >= MAX_SEALED_PER_SENDER:
+            _log.info("too many halves of sealed group changes from %s; one dropped",
+                      part.sender.hex()[:8])
             return None
-        self.sealed_held += 1
+        if part.blob is not None:
+            if self.sealed_held is None:
+                self.sealed_held = store.sealed_control_count(blobs=True)
+            if self.sealed_held >= MAX_SEALED_PARTS:
+                _log.info("too many sealed group blobs held; one dropped")
+                return None
+            self.sealed_held += 1
+        self.sealed_by[part.sender] = by_sender + 1
         self.sealed[(part.sender, part.hash)] = part
         return GroupWrite(sealed_add=(part,))
 
@@ -205,19 +225,26 @@ def receive_sealed(core: ClientCore, batch: GroupBatch, sender: bytes, envelope:
     """A sealed ``GroupControl`` on *sender*'s pairwise mailbox: opened if its key came
     first, else kept for the key."""
     incoming = Incoming(envelope=envelope, received_at_ms=now_ms)
-    if len(blob) > MAX_SEALED_BLOB:
-        _log.info("an oversized sealed group change from %s dropped", sender.hex()[:8])
+    if len(blob) not in _SEALED_SIZES:
+        _log.info("a sealed group change of a size no sender makes from %s dropped",
+                  sender.hex()[:8])
         return incoming, []
     digest = hashlib.sha256(blob).digest()
     part = batch.sealed_part(sender, digest)
     if part is None:
         write = batch.keep_sealed(SealedControlPart(
-            sender=sender, hash=digest, blob=blob, received_at_ms=batch.relay_ms or now_ms))
+            sender=sender, hash=digest, blob=blob, received_at_ms=_arrival(batch, now_ms)))
         return dataclasses.replace(incoming, group=write), []
     if part.key is None:
         return incoming, []  # the same blob again
-    write, events = _unseal(core, batch, sender, blob, part.key, now_ms)
+    write, events = _unseal(core, batch, sender, blob, part, now_ms)
     return dataclasses.replace(incoming, group=write), events
+
+
+def _arrival(batch: GroupBatch, now_ms: int) -> int:
+    """When the relay stored the envelope being processed, never later than our clock
+    (a relay's time in the future would keep a half from ever expiring)."""
+    return min(batch.relay_ms or now_ms, now_ms)
 
 
 def _control_key(core: ClientCore, batch: GroupBatch, sender: bytes, inner: GroupControlKey,
@@ -227,19 +254,25 @@ def _control_key(core: ClientCore, batch: GroupBatch, sender: bytes, inner: Grou
     if part is None:
         return batch.keep_sealed(SealedControlPart(
             sender=sender, hash=inner.blob_hash, key=key,
-            received_at_ms=batch.relay_ms or now_ms)), []
+            received_at_ms=_arrival(batch, now_ms))), []
     if part.blob is None:
         return None, []  # the same key again
-    return _unseal(core, batch, sender, part.blob, key, now_ms)
+    return _unseal(core, batch, sender, part.blob, dataclasses.replace(part, key=key, blob=None),
+                   now_ms)
 
 
-def _unseal(core: ClientCore, batch: GroupBatch, sender: bytes, blob: bytes, key: bytes,
-            now_ms: int) -> tuple[GroupWrite, list[Event]]:
-    """Open a sealed control with its key and take it as if *sender* had sent it
-    pairwise; the held half goes either way."""
+def _unseal(core: ClientCore, batch: GroupBatch, sender: bytes, blob: bytes,
+            held: SealedControlPart, now_ms: int) -> tuple[GroupWrite, list[Event]]:
+    """Open a sealed control with its key (in *held*, the half that came first, or the
+    key just received) and take it as if *sender* had sent it pairwise, at the time the
+    first half reached the relay; the held half goes either way."""
     digest = hashlib.sha256(blob).digest()
     batch.sealed[(sender, digest)] = None
     done = GroupWrite(sealed_done=((sender, digest),))
+    key = held.key
+    assert key is not None
+    relay_ms = batch.relay_ms
+    batch.relay_ms = min(held.received_at_ms, _arrival(batch, now_ms))
     try:
         inner = decode_inner(unpad_message(open_sealed(blob, key[:32], key[32:])))
         if not isinstance(inner, GroupControl):
@@ -249,6 +282,8 @@ def _unseal(core: ClientCore, batch: GroupBatch, sender: bytes, blob: bytes, key
         _log.info("sealed group change from %s dropped: %s", sender.hex()[:8],
                   type(exc).__name__)
         return done, []
+    finally:
+        batch.relay_ms = relay_ms
     if write is None:
         return done, events
     return dataclasses.replace(write, sealed_done=done.sealed_done), events
@@ -551,9 +586,6 @@ def retry_pending(core: ClientCore, *, now_ms: int,
                   ) -> tuple[list[Event], list[tuple[bytes, bytes, bytes]]]:
     """Place the pending group blobs that can be placed now (one transaction); returns
     the events and the delivery receipts to send."""
-    if core.store.sealed_control_count():
-        core.store.write_group(GroupWrite(sealed_expire_before=now_ms - PENDING_TTL_MS),
-                               now_ms=now_ms)
     pending = core.store.pending_group_blobs(limit=MAX_PENDING_BLOBS)
     if not pending:
         return [], []
@@ -588,6 +620,14 @@ def retry_pending(core: ClientCore, *, now_ms: int,
     return events, batch.to_ack
 
 
+def expire_sealed(core: ClientCore, *, now_ms: int) -> None:
+    """Drop the halves of sealed changes held longer than :data:`PENDING_TTL_MS` (their
+    other half is not coming)."""
+    if core.store.sealed_control_count():
+        core.store.write_group(GroupWrite(sealed_expire_before=now_ms - PENDING_TTL_MS),
+                               now_ms=now_ms)
+
+
 def receive_ephemeral(core: ClientCore, sender: bytes, blob: bytes, *, now_ms: int,
                       ) -> list[Event]:
     """A group typing signal: decrypt, keep the chain's state, report; never pending."""
@@ -607,5 +647,18 @@ def is_group_blob(blob: bytes) -> bool:
     return blob[:1] == bytes([GROUP_BLOB_PREFIX])
 
 
-def is_sealed_control(blob: bytes) -> bool:
-    return blob[:1] == bytes([SEALED_CONTROL_PREFIX])
+class _BlobPath(Protocol):
+    def __call__(self, core: ClientCore, batch: GroupBatch, sender: bytes,
+                 envelope: EnvelopeRef, blob: bytes, *, now_ms: int,
+                 ) -> tuple[Incoming, list[Event]]: ...
+
+
+def blob_path(blob: bytes) -> _BlobPath | None:
+    """What takes a blob on a pairwise mailbox that is not a Double Ratchet message: a
+    group message (:data:`GROUP_BLOB_PREFIX`) or a sealed control
+    (:data:`SEALED_CONTROL_PREFIX`); None for anything else."""
+    if is_group_blob(blob):
+        return receive_blob
+    if blob[:1] == bytes([SEALED_CONTROL_PREFIX]):
+        return receive_sealed
+    return None

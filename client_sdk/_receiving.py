@@ -299,18 +299,13 @@ def _process(core: ClientCore, overlay: _Overlay, d: DeliveryLike, now_ms: int,
     contact = overlay.contact(contact.account_id) or contact
     peer = contact.account_id
     overlay.groups.relay_ms = getattr(d, "received_at_ms", None)
-    if _groups_receive.is_group_blob(d.blob):
+    group_path = _groups_receive.blob_path(d.blob)  # not a ratchet message: group bytes
+    if group_path is not None:
         if contact.state is not ContactState.ACCEPTED:
             return None
-        group_in, group_events = _groups_receive.receive_blob(
-            core, overlay.groups, peer, envelope, d.blob, now_ms=now_ms)
+        group_in, group_events = group_path(core, overlay.groups, peer, envelope, d.blob,
+                                            now_ms=now_ms)
         return _Pending(group_in, events=group_events)
-    if _groups_receive.is_sealed_control(d.blob):
-        if contact.state is not ContactState.ACCEPTED:
-            return None
-        sealed_in, sealed_events = _groups_receive.receive_sealed(
-            core, overlay.groups, peer, envelope, d.blob, now_ms=now_ms)
-        return _Pending(sealed_in, events=sealed_events)
     state = overlay.session(peer)
     if state is None:
         return None

@@ -499,9 +499,11 @@ class ClientCore:
             received.items += done.items
         return received
 
-    def request_missing_states(self, *, now_ms: int) -> list[OutboxItem]:
-        """Ask for the group states still missing after the grace period (called
-        periodically; after every batch that changed a group too)."""
+    def group_upkeep(self, *, now_ms: int) -> list[OutboxItem]:
+        """Periodic group work: drop halves of sealed changes whose other half is not
+        coming, and ask for the group states still missing after the grace period
+        (asked for after every batch that changed a group too)."""
+        _groups_receive.expire_sealed(self, now_ms=now_ms)
         if not self.missing_since:
             return []
         groups = sorted({group_id for group_id, _ in self.missing_since})

@@ -221,8 +221,14 @@ def sealed_control_part(tx: Tx, sender: bytes, blob_hash: bytes) -> SealedContro
         raise tx.corrupt("a stored sealed group change is malformed") from exc
 
 
-def sealed_control_count(tx: Tx) -> int:
-    return int(tx.conn.execute("SELECT count(*) FROM group_sealed").fetchone()[0])
+def sealed_control_count(tx: Tx, sender: bytes | None, blobs: bool) -> int:
+    if sender is None:  # a scan: rare (once per batch that holds a blob)
+        row = tx.conn.execute("SELECT count(*) FROM group_sealed "
+                              "WHERE NOT ? OR blob IS NOT NULL", (blobs,)).fetchone()
+    else:  # the primary key's prefix
+        row = tx.conn.execute("SELECT count(*) FROM group_sealed WHERE sender = ? "
+                              "AND (NOT ? OR blob IS NOT NULL)", (sender, blobs)).fetchone()
+    return int(row[0])
 
 
 def _write_sealed(tx: Tx, w: GroupWrite) -> None:

@@ -243,8 +243,10 @@ class GroupStore(Protocol):
         """The half of a sealed change from *sender* held for *blob_hash*, if any."""
         ...
 
-    def sealed_control_count(self) -> int:
-        """Halves of sealed changes held in all."""
+    def sealed_control_count(self, *, sender: bytes | None = None, blobs: bool = False,
+                             ) -> int:
+        """Halves of sealed changes held: in all, or from *sender*; only blobs if
+        *blobs*."""
         ...
 
     def write_group(self, write: GroupWrite, *, now_ms: int) -> None:

@@ -292,8 +292,10 @@ class MemoryStore:
     def sealed_control_part(self, sender: bytes, blob_hash: bytes) -> SealedControlPart | None:
         return self._t.groups.sealed.get((sender, blob_hash))
 
-    def sealed_control_count(self) -> int:
-        return len(self._t.groups.sealed)
+    def sealed_control_count(self, *, sender: bytes | None = None, blobs: bool = False,
+                             ) -> int:
+        return sum(1 for p in self._t.groups.sealed.values()
+                   if (sender is None or p.sender == sender) and (not blobs or p.blob))
 
     def write_group(self, write: GroupWrite, *, now_ms: int) -> None:
         with self._atomic() as t:

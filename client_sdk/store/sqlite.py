@@ -237,9 +237,10 @@ class SqliteStore:
         with self._db.read("sealed_control_part") as tx:
             return _groups.sealed_control_part(tx, sender, blob_hash)
 
-    def sealed_control_count(self) -> int:
+    def sealed_control_count(self, *, sender: bytes | None = None, blobs: bool = False,
+                             ) -> int:
         with self._db.read("sealed_control_count") as tx:
-            return _groups.sealed_control_count(tx)
+            return _groups.sealed_control_count(tx, sender, blobs)
 
     def write_group(self, write: GroupWrite, *, now_ms: int) -> None:
         with self._db.write("write_group") as tx:

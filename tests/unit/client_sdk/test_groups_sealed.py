@@ -14,6 +14,7 @@ from client_sdk._sending import _Batch
 from client_sdk.groups import GroupChanged
 from client_sdk.store.records import Outgoing, SessionUpdate
 from pigeon_crypto.files import FileLayout, FileManifest
+from pigeon_crypto.padding import pad_message
 from protocol.frames import Delivery
 from protocol.inner import GroupControlKey, InnerMessage
 
@@ -211,9 +212,9 @@ def test_halves_expire(relay: FakeRelay) -> None:
     _blob, key = _pending(relay, m)
     m.sync([key])
     assert m.store.sealed_control_count() == 1
-    _groups_receive.retry_pending(m.core, now_ms=NOW + _groups_receive.PENDING_TTL_MS)
+    m.core.group_upkeep(now_ms=NOW + _groups_receive.PENDING_TTL_MS)  # the periodic check
     assert m.store.sealed_control_count() == 1  # not yet
-    _groups_receive.retry_pending(m.core, now_ms=NOW + _groups_receive.PENDING_TTL_MS + 1)
+    m.core.group_upkeep(now_ms=NOW + _groups_receive.PENDING_TTL_MS + 1)
     assert m.store.sealed_control_count() == 0
 
 
@@ -252,7 +253,7 @@ def _requests(relay: FakeRelay, to: Party) -> int:
 def _ask(p: Party, after_ms: int) -> None:
     """The periodic check, *after_ms* later; what it queues is sent."""
     p.now += after_ms
-    p.core.request_missing_states(now_ms=p.now)
+    p.core.group_upkeep(now_ms=p.now)
     p.flush()
 
 
@@ -342,3 +343,128 @@ def test_only_those_a_state_was_for_get_it(relay: FakeRelay) -> None:
     _send_inner(members[0], admin, GroupStateRequest(
         message_id=members[0].core.rng(16), sent_at_ms=NOW, group_id=gid, hashes=(head,)))
     assert admin.core.receive(_pending(relay, admin), now_ms=NOW + 1).items == []
+
+
+# --- limits and rejections ------------------------------------------------------------------
+
+
+def _mailbox_from(relay: FakeRelay, sender: Party, to: Party) -> Delivery:
+    """A delivery on *sender*'s pairwise mailbox at *to* (a template for raw blobs)."""
+    from client_sdk._sending import SendText
+
+    sender.submit(SendText(peer=to.id, text="hello"))
+    sender.flush()
+    [d] = [d for d in _pending(relay, to) if d.blob[0] == 1][-1:]
+    to.sync([d])
+    return d
+
+
+def _junk(n: int) -> bytes:
+    return bytes([_groups.SEALED_CONTROL_PREFIX]) + bytes([n % 256]) * 272  # 1 + 256 + 16
+
+
+def test_a_contact_flooding_blobs_only_blocks_itself(relay: FakeRelay,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_groups_receive, "MAX_SEALED_PER_SENDER", 3)
+    admin, *members = _group(relay)
+    m, other = members[0], members[1]
+    _connect(other, m)
+    template = _mailbox_from(relay, other, m)
+    m.sync([_redeliver(relay, template, _junk(i)) for i in range(5)])
+    assert m.store.sealed_control_count(sender=other.id) == 3  # the rest dropped
+    gid = _create(admin, members, LONG)
+    admin.flush()
+    blob, key = _pending(relay, m)
+    m.sync([blob])
+    m.sync([key])
+    assert _head(m, gid) == _head(admin, gid)  # the admin's halves were held
+
+
+def test_keys_are_held_when_blobs_fill_the_store(relay: FakeRelay,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_groups_receive, "MAX_SEALED_PARTS", 2)
+    admin, *members = _group(relay)
+    m, other = members[0], members[1]
+    _connect(other, m)
+    template = _mailbox_from(relay, other, m)
+    m.sync([_redeliver(relay, template, _junk(i)) for i in range(3)])
+    assert m.store.sealed_control_count(blobs=True) == 2  # full of blobs
+    gid = _create(admin, members, LONG)
+    admin.flush()
+    blob, key = _pending(relay, m)
+    m.sync([key])               # a key is held all the same
+    m.sync([blob])              # and its blob opens at once, without being held
+    assert _head(m, gid) == _head(admin, gid)
+
+
+def test_blobs_of_sizes_no_sender_makes_are_not_held(relay: FakeRelay) -> None:
+    admin, *members = _group(relay)
+    m = members[0]
+    template = _mailbox_from(relay, admin, m)
+    for size in (1, 17, 272, 274, 1 + 300 + 16, 1 + 65536 - 1):
+        blob = bytes([_groups.SEALED_CONTROL_PREFIX]) + bytes(size - 1)
+        m.sync([_redeliver(relay, template, blob)])
+    assert m.store.sealed_control_count() == 0
+    m.sync([_redeliver(relay, template, _junk(0))])  # 1 + 256 + 16: a size a sender makes
+    assert m.store.sealed_control_count() == 1
+
+
+def test_a_relay_time_in_the_future_does_not_keep_a_half(relay: FakeRelay) -> None:
+    admin, *members = _group(relay)
+    _create(admin, members, LONG)
+    admin.flush()
+    m = members[0]
+    _blob, key = _pending(relay, m)
+    m.sync([Delivery(mailbox_id=key.mailbox_id, seq=key.seq, received_at_ms=2**62,
+                     blob=key.blob)])
+    m.core.group_upkeep(now_ms=NOW + _groups_receive.PENDING_TTL_MS + 1)
+    assert m.store.sealed_control_count() == 0
+
+
+def _seal_from(admin: Party, m: Party, relay: FakeRelay, inner: InnerMessage) -> None:
+    """*inner*, sealed by *admin* and sent to *m* with its key: what a member that
+    breaks the rules could send."""
+    padded = pad_message(inner.encode())
+    blob, key, seal_id = _groups.seal_control(admin.core, padded)
+    template = _pending(relay, m)[-1] if _pending(relay, m) else _mailbox_from(relay, admin, m)
+    m.sync([_redeliver(relay, template, blob)])
+    _send_inner(admin, m, GroupControlKey(message_id=admin.core.rng(16), sent_at_ms=NOW,
+                                          blob_hash=hashlib.sha256(blob).digest(), key=key,
+                                          seal_id=seal_id))
+    m.sync()
+
+
+def test_a_sealed_message_that_is_no_control_is_dropped(relay: FakeRelay) -> None:
+    from protocol.inner import Text
+
+    admin, *members = _group(relay)
+    m = members[0]
+    _seal_from(admin, m, relay, Text(message_id=admin.core.rng(16), sent_at_ms=NOW,
+                                     text="not a control"))
+    assert m.store.sealed_control_count() == 0  # opened, dropped, nothing held
+    assert m.take(GroupChanged) == []
+
+
+def test_a_sealed_state_with_a_bad_signature_is_dropped(relay: FakeRelay) -> None:
+    from protocol.group import GroupState
+    from protocol.inner import GroupControl
+
+    admin, *members = _group(relay)
+    m = members[0]
+    state = GroupState(group_id=admin.core.rng(16), version=1, signer=admin.id, name=LONG,
+                       members=tuple(sorted([admin.id, m.id])), admins=(admin.id,),
+                       at_ms=NOW, avatar=AVATAR)
+    forged = GroupControl(message_id=admin.core.rng(16), sent_at_ms=NOW,
+                          state=state.encode(), signature=bytes(64))
+    _seal_from(admin, m, relay, forged)
+    assert m.take(GroupChanged) == [] and m.store.list_groups() == []
+    assert m.store.sealed_control_count() == 0
+
+
+def test_blobs_from_a_blocked_contact_are_not_held(relay: FakeRelay) -> None:
+    admin, *members = _group(relay)
+    m = members[0]
+    template = _mailbox_from(relay, admin, m)
+    m.core.set_state(admin.id, blocked=True, now_ms=NOW)
+    m.sync([_redeliver(relay, template, _junk(0))])
+    assert m.store.sealed_control_count() == 0

@@ -74,6 +74,37 @@ def test_group_write_roundtrip(store: ClientStore) -> None:
     assert store.group_states(bytes(16)) == []
 
 
+def test_sealed_halves_roundtrip_count_and_expire(store: ClientStore) -> None:
+    from client_sdk.store.group_records import SealedControlPart
+
+    blob = SealedControlPart(sender=A, hash=b"\x0a" * 32, blob=b"sealed", received_at_ms=5)
+    key = SealedControlPart(sender=B, hash=b"\x0b" * 32, key=b"k" * 48, received_at_ms=7)
+    with pytest.raises(ValueError, match="the blob or the key"):
+        SealedControlPart(sender=A, hash=b"\x0a" * 32, received_at_ms=5)
+    assert store.sealed_control_count() == 0
+    store.write_group(GroupWrite(sealed_add=(blob, key)), now_ms=8)
+    assert store.sealed_control_part(A, blob.hash) == blob
+    assert store.sealed_control_part(B, key.hash) == key
+    assert store.sealed_control_part(B, blob.hash) is None  # halves are per sender
+    assert store.sealed_control_count() == 2
+    assert store.sealed_control_count(sender=A) == 1
+    assert store.sealed_control_count(blobs=True) == 1
+    assert store.sealed_control_count(sender=B, blobs=True) == 0
+    # Added again: kept as first held. Added and used in one write: nothing left.
+    store.write_group(GroupWrite(sealed_add=(SealedControlPart(
+        sender=A, hash=blob.hash, blob=b"other", received_at_ms=6),)), now_ms=9)
+    assert store.sealed_control_part(A, blob.hash) == blob
+    third = SealedControlPart(sender=A, hash=b"\x0c" * 32, blob=b"x", received_at_ms=9)
+    store.write_group(GroupWrite(sealed_add=(third,), sealed_done=((A, third.hash),)),
+                      now_ms=9)
+    assert store.sealed_control_part(A, third.hash) is None
+    store.write_group(GroupWrite(sealed_expire_before=7), now_ms=10)  # before 7: the blob
+    assert store.sealed_control_part(A, blob.hash) is None
+    assert store.sealed_control_part(B, key.hash) == key
+    store.write_group(GroupWrite(sealed_done=((B, key.hash),)), now_ms=11)
+    assert store.sealed_control_count() == 0
+
+
 def test_group_write_is_part_of_send_and_receive(store: ClientStore) -> None:
     rng = SeededRng(b"groups-store")
     chain = OutboundSenderKey.create(rng)
