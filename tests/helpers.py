@@ -49,3 +49,16 @@ def make_responder(seed: bytes = b"bob", *, one_time: int = 2, kem_one_time: int
     keys.add(spk, last, *kem_ot, *otks)
     return Responder(identity=ident, keys=keys, spk=spk, kem_last_resort=last,
                      kem_one_time=kem_ot, one_time=otks)
+
+
+def avatar_manifest(name: str = "avatar.png", true_size: int = 1000) -> bytes:
+    """An encoded, well-formed manifest of a file that was never uploaded: what a state
+    or a profile names as an avatar where nothing downloads it. A long *name* makes a
+    large manifest (a group state that pads to a larger bucket)."""
+    from pigeon_crypto.files import FileLayout, FileManifest
+
+    layout = FileLayout(true_size, 64 * 1024)
+    return FileManifest(key=bytes(32), file_id=bytes(16), chunk_size=64 * 1024,
+                        true_size=true_size, padded_size=layout.padded_size,
+                        chunk_count=layout.chunk_count, blob_id=bytes(16),
+                        name=name).to_bytes()

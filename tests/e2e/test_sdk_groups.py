@@ -56,19 +56,16 @@ from client_sdk.testing import (  # noqa: F401 - fixtures
     pigeon_relay,
     relay_pipeline_available,
 )
-from pigeon_crypto.files import FileLayout, FileManifest
+from pigeon_crypto.files import FileManifest
 from pigeon_crypto.padding import pad_message
 from pigeon_crypto.rng import system_rng
 from pigeon_crypto.sender_keys import OutboundSenderKey
 from pigeon_crypto.signing import Purpose
 from protocol.group import GroupState
 from protocol.inner import GroupControl, InnerMessage, SenderKeyDistribution, Text
+from tests.helpers import avatar_manifest
 
-_LAYOUT = FileLayout(1000, 64 * 1024)
-_MANIFEST = FileManifest(key=bytes(32), file_id=bytes(16), chunk_size=64 * 1024,
-                         true_size=1000, padded_size=_LAYOUT.padded_size,
-                         chunk_count=_LAYOUT.chunk_count, blob_id=bytes(16),
-                         name="avatar.png").to_bytes()
+_MANIFEST = avatar_manifest()
 """A well-formed avatar manifest (the state only carries it; nothing downloads it)."""
 
 
@@ -280,11 +277,7 @@ async def test_add_rename_admins_leave(clients: ClientFactory) -> None:
         assert (await client.group(gid)).version == 7
 
 
-_BIG_LAYOUT = FileLayout(100_000, 64 * 1024)
-_BIG_MANIFEST = FileManifest(key=bytes(32), file_id=bytes(16), chunk_size=64 * 1024,
-                             true_size=100_000, padded_size=_BIG_LAYOUT.padded_size,
-                             chunk_count=_BIG_LAYOUT.chunk_count, blob_id=bytes(16),
-                             name="a" * 1000).to_bytes()
+_BIG_MANIFEST = avatar_manifest("a" * 1000)
 """An avatar manifest that pads every state of its group to 2,048 bytes: from three
 members to write to, changes are sealed (``_groups.sealing_pays``)."""
 

@@ -10,15 +10,11 @@ import pytest
 
 from client_sdk import AsyncClient, UnknownGroup
 from client_sdk.store import Durability
-from pigeon_crypto.files import FileLayout, FileManifest
+from tests.helpers import avatar_manifest
 
 from .support import FAST
 
-_LAYOUT = FileLayout(1000, 64 * 1024)
-_MANIFEST = FileManifest(key=bytes(32), file_id=bytes(16), chunk_size=64 * 1024,
-                         true_size=1000, padded_size=_LAYOUT.padded_size,
-                         chunk_count=_LAYOUT.chunk_count, blob_id=bytes(16),
-                         name="avatar.png").to_bytes()
+_MANIFEST = avatar_manifest()
 
 
 @pytest.fixture

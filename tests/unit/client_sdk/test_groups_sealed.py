@@ -13,18 +13,15 @@ from client_sdk import _groups, _groups_receive
 from client_sdk._sending import _Batch
 from client_sdk.groups import GroupChanged
 from client_sdk.store.records import Outgoing, SessionUpdate
-from pigeon_crypto.files import FileLayout, FileManifest
 from pigeon_crypto.padding import pad_message
 from protocol.frames import Delivery
 from protocol.inner import GroupControlKey, InnerMessage
+from tests.helpers import avatar_manifest
 
 from .test_core import NOW, FakeRelay, Party, _connect
 
 LONG = "a group with a long name"
-_LAYOUT = FileLayout(1000, 64 * 1024)
-AVATAR = FileManifest(key=bytes(32), file_id=bytes(16), chunk_size=64 * 1024, true_size=1000,
-                      padded_size=_LAYOUT.padded_size, chunk_count=_LAYOUT.chunk_count,
-                      blob_id=bytes(16), name="a" * 1000).to_bytes()
+AVATAR = avatar_manifest("a" * 1000)
 """An avatar manifest that makes the state pad to 2,048 bytes: sealing pays from 3 members."""
 
 
