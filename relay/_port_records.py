@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pigeon_crypto.errors import StoreError
 
@@ -49,6 +51,9 @@ __all__ = [
     "WrongCapability",
     "check_id",
     "invite_code_hash",
+    "unchecked_notification",
+    "unchecked_recipient",
+    "unchecked_recipient_seq",
 ]
 
 ACCOUNT_ID_LEN = 16
@@ -442,3 +447,53 @@ class BlobStatus:
     @property
     def complete(self) -> bool:
         return self.chunks_received == self.chunk_count
+
+
+# --------------------------------------------------------------------------- hot path
+
+# A frozen dataclass's __init__ sets each field through object.__setattr__ and then runs
+# __post_init__: 1.0-1.6 µs per record here, paid per recipient of every send (a
+# 1,000-member group message builds 1,000 of each below). These build the same records
+# from values already validated upstream (the frame decoder checked the ids' lengths, a
+# capability hash is a SHA-256 digest, seqs come from the store) by calling the slots'
+# descriptors directly: ~0.5 µs. Equal, hashable and immutable like the checked ones.
+_new = object.__new__
+
+
+def _setters(cls: type, *names: str) -> tuple[Callable[[Any, Any], None], ...]:
+    """The ``__set__`` of each named slot of *cls* (what ``object.__setattr__`` calls)."""
+    return tuple(vars(cls)[name].__set__ for name in names)
+
+
+_recipient_fields = _setters(Recipient, "mailbox_id", "capability_hash")
+_seq_fields = _setters(RecipientSeq, "mailbox_id", "seq", "duplicate")
+_note_fields = _setters(Notification, "kind", "seq", "payload")
+
+
+def unchecked_recipient(mailbox_id: bytes, capability_hash: bytes) -> Recipient:
+    """``Recipient(mailbox_id=..., capability_hash=...)`` without the length checks."""
+    r: Recipient = _new(Recipient)
+    set_mailbox, set_hash = _recipient_fields
+    set_mailbox(r, mailbox_id)
+    set_hash(r, capability_hash)
+    return r
+
+
+def unchecked_recipient_seq(mailbox_id: bytes, seq: int, duplicate: bool) -> RecipientSeq:
+    """``RecipientSeq(mailbox_id=..., seq=..., duplicate=...)``, for the store's results."""
+    r: RecipientSeq = _new(RecipientSeq)
+    set_mailbox, set_seq, set_duplicate = _seq_fields
+    set_mailbox(r, mailbox_id)
+    set_seq(r, seq)
+    set_duplicate(r, duplicate)
+    return r
+
+
+def unchecked_notification(kind: NotificationKind, seq: int, payload: bytes) -> Notification:
+    """``Notification(kind=..., seq=..., payload=...)``, for the route stages."""
+    n: Notification = _new(Notification)
+    set_kind, set_seq, set_payload = _note_fields
+    set_kind(n, kind)
+    set_seq(n, seq)
+    set_payload(n, payload)
+    return n

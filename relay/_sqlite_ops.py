@@ -34,6 +34,7 @@ from .ports import (
     StoreConflict,
     StoredMessage,
     WrongCapability,
+    unchecked_recipient_seq,
 )
 
 _MAILBOX_COLS = "id, account_id, created_at_ms, last_seq, pending, retire_at_ms, push_url"
@@ -389,7 +390,7 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
                 if old_seq is not None:
                     dup = (old_seq, record[0], record[1])
             if dup is not None:
-                accepted.append(RecipientSeq(mailbox_id=mailbox_id, seq=dup[0], duplicate=True))
+                accepted.append(unchecked_recipient_seq(mailbox_id, dup[0], True))
                 original = original or (dup[1], dup[2])
                 continue
             if max_pending is not None and box[2] >= max_pending:
@@ -409,7 +410,7 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
             delivery_rows.append((mailbox_id, seq, blob_id, now_ms, expires))
             fresh.append((mailbox_id, key, seq, box[5]))
             known[(mailbox_id, key)] = (seq, now_ms, expires)
-            accepted.append(RecipientSeq(mailbox_id=mailbox_id, seq=seq, duplicate=False))
+            accepted.append(unchecked_recipient_seq(mailbox_id, seq, False))
         if len(fresh) > 1 and record is None:
             # One record for the send (the table's key is the client_msg_id's, so only
             # the first send under it gets one; later copies get dedup rows).

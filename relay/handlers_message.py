@@ -47,14 +47,21 @@ from protocol.limits import CLIENT_MSG_ID_SIZE
 from .credits import take_send
 from .pipeline import (
     Batched,
+    DeliveryEncoder,
     FrameCtx,
     Halt,
     Refuse,
-    delivery_bytes,
     ephemeral_delivery_bytes,
     sent_bytes,
 )
-from .ports import AppendRequest, Notification, NotificationKind, Recipient, RejectReason
+from .ports import (
+    AppendRequest,
+    NotificationKind,
+    Recipient,
+    RejectReason,
+    unchecked_notification,
+    unchecked_recipient,
+)
 
 __all__ = [
     "FANOUT_PAYLOAD_BUDGET",
@@ -107,8 +114,8 @@ def check_capability(ctx: FrameCtx[Send] | FrameCtx[SendEphemeral]) -> Awaitable
         if mailbox_id in seen:
             continue  # named twice: one copy, answered once
         seen.add(mailbox_id)
-        recipient = Recipient(mailbox_id=mailbox_id,
-                              capability_hash=_sha256(capability).digest())
+        # The decoder checked the id's length; the hash is a SHA-256 digest.
+        recipient = unchecked_recipient(mailbox_id, _sha256(capability).digest())
         verdict = cache.check(mailbox_id, recipient.capability_hash, now)
         if verdict:
             recipients.append(recipient)
@@ -206,14 +213,20 @@ async def route_durable(ctx: FrameCtx[Send]) -> None:
     if not fresh:
         return
     blob = ctx.frame.blob
-    carry = len(blob) * len(fresh) <= FANOUT_PAYLOAD_BUDGET
-    received = result.received_at_ms
     publish = node.bus.publish
+    if len(blob) * len(fresh) > FANOUT_PAYLOAD_BUDGET:
+        for copy in fresh:
+            if not await publish(copy.mailbox_id, unchecked_notification(_MESSAGE, copy.seq,
+                                                                         b"")):
+                await node.wake(copy.mailbox_id)
+        return
+    # The copies' Delivery frames differ only in mailbox id and seq: the rest (the blob
+    # above all) is encoded once per send.
+    delivery = DeliveryEncoder(result.received_at_ms, blob)
     for copy in fresh:
-        payload = delivery_bytes(copy.mailbox_id, copy.seq, received, blob) if carry else b""
-        taken = await publish(copy.mailbox_id,
-                              Notification(kind=_MESSAGE, seq=copy.seq, payload=payload))
-        if not taken:
+        seq = copy.seq
+        payload = delivery.frame(copy.mailbox_id, seq)
+        if not await publish(copy.mailbox_id, unchecked_notification(_MESSAGE, seq, payload)):
             await node.wake(copy.mailbox_id)
 
 
@@ -234,8 +247,8 @@ async def route_ephemeral(ctx: FrameCtx[SendEphemeral]) -> None:
     now = node.clock_ms()
     dropped = 0
     for recipient in ctx.recipients:
-        note = Notification(kind=_EPHEMERAL,
-                            payload=ephemeral_delivery_bytes(recipient.mailbox_id, now, blob))
+        note = unchecked_notification(
+            _EPHEMERAL, 0, ephemeral_delivery_bytes(recipient.mailbox_id, now, blob))
         if not await node.bus.publish(recipient.mailbox_id, note):
             dropped += 1
     if dropped:

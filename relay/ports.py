@@ -63,6 +63,9 @@ from ._port_records import (
     WrongCapability,
     check_id,
     invite_code_hash,
+    unchecked_notification,
+    unchecked_recipient,
+    unchecked_recipient_seq,
 )
 
 __all__ = [
@@ -116,6 +119,9 @@ __all__ = [
     "WrongCapability",
     "check_id",
     "invite_code_hash",
+    "unchecked_notification",
+    "unchecked_recipient",
+    "unchecked_recipient_seq",
 ]
 
 # --------------------------------------------------------------------------- observer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 
 import pytest
@@ -37,11 +38,21 @@ from relay.metrics import NullMetrics
 from relay.node import CapabilityCache, DedupWindow, Node
 from relay.pipeline import (
     FORK,
+    DeliveryEncoder,
     Route,
     delivery_bytes,
     ephemeral_delivery_bytes,
     error_bytes,
     sent_bytes,
+)
+from relay.ports import (
+    Notification,
+    NotificationKind,
+    Recipient,
+    RecipientSeq,
+    unchecked_notification,
+    unchecked_recipient,
+    unchecked_recipient_seq,
 )
 from relay.resolver import ANONYMOUS, RESOLVER
 
@@ -60,6 +71,35 @@ def test_delivery_bytes_are_the_canonical_encoding(seq: int, size: int) -> None:
                             blob=blob).encode()
     assert decode_frame(data, direction=Direction.TO_CLIENT) == Delivery(
         mailbox_id=mailbox, seq=seq, received_at_ms=received, blob=blob)
+
+
+@pytest.mark.parametrize("size", [1, 255, 256, 65536])
+def test_a_sends_delivery_frames_are_each_the_canonical_encoding(size: int) -> None:
+    """The fan-out encodes everything but mailbox id and seq once per send."""
+    blob, received = os.urandom(size), 1_700_000_000_123
+    encoder = DeliveryEncoder(received, blob)
+    for seq in (1, 127, 128, 255, 256, 65535, 65536, 2**32, 2**63 - 1):
+        mailbox = os.urandom(16)
+        assert encoder.frame(mailbox, seq) == delivery_bytes(mailbox, seq, received, blob)
+        assert encoder.frame(mailbox, seq) == Delivery(
+            mailbox_id=mailbox, seq=seq, received_at_ms=received, blob=blob).encode()
+
+
+def test_unchecked_records_equal_the_checked_ones() -> None:
+    """The hot path's constructors skip only the checks (values validated upstream)."""
+    mailbox, digest = os.urandom(16), os.urandom(32)
+    pairs = [
+        (unchecked_recipient(mailbox, digest),
+         Recipient(mailbox_id=mailbox, capability_hash=digest)),
+        (unchecked_recipient_seq(mailbox, 7, True),
+         RecipientSeq(mailbox_id=mailbox, seq=7, duplicate=True)),
+        (unchecked_notification(NotificationKind.MESSAGE, 7, b"frame"),
+         Notification(kind=NotificationKind.MESSAGE, seq=7, payload=b"frame")),
+    ]
+    for fast, checked in pairs:
+        assert fast == checked and hash(fast) == hash(checked) and repr(fast) == repr(checked)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(fast, dataclasses.fields(fast)[0].name, None)
 
 
 def test_ephemeral_and_error_bytes() -> None:
