@@ -441,13 +441,19 @@ def request_missing(core: ClientCore, group_ids: Iterable[bytes], *, now_ms: int
                     missing.setdefault(parent, row.signed.state.signer)
         for key in [k for k in core.missing_since if k[0] == group_id and k[1] not in missing]:
             del core.missing_since[key]
+        asked = core.groups_asked.get(group_id)
+        chasing = asked is not None and now_ms - asked < STATE_REQUEST_INTERVAL_MS
         for parent, signer in missing.items():
-            since = core.missing_since.setdefault((group_id, parent), now_ms)
+            # While we fill a chain of missing states (an answer's own parent is
+            # missing), the next one is asked for at once: no grace per link.
+            since = core.missing_since.setdefault(
+                (group_id, parent), now_ms - STATE_REQUEST_GRACE_MS if chasing else now_ms)
             last = core.state_requests.get((group_id, parent))
             if now_ms - since < STATE_REQUEST_GRACE_MS or (
                     last is not None and now_ms - last < STATE_REQUEST_INTERVAL_MS):
                 continue
             core.state_requests[(group_id, parent)] = now_ms
+            core.groups_asked[group_id] = now_ms
             assert head is not None
             candidates = dict.fromkeys((signer, *head.state.admins))
             for peer in [p for p in candidates if _can_write(core, p)][:2]:

@@ -107,6 +107,8 @@ class ClientCore:
         """``(requester, state hash)`` -> when we last answered a request for it."""
         self.missing_since: dict[tuple[bytes, bytes], int] = {}
         """``(group_id, state hash)`` -> since when a pending state waits for it."""
+        self.groups_asked: dict[bytes, int] = {}
+        """``group_id`` -> when we last asked for one of its states."""
 
     def __repr__(self) -> str:
         who = self._identity.account_id.hex() if self._identity else "unregistered"

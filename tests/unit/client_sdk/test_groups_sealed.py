@@ -280,6 +280,28 @@ def test_a_member_asks_for_a_state_it_missed(relay: FakeRelay) -> None:
     assert late.core.missing_since == {}
 
 
+def test_a_chain_of_missing_states_is_filled_without_waiting_per_link(
+        relay: FakeRelay) -> None:
+    admin, *members = _group(relay, 3)
+    gid = _create(admin, members, "Club")
+    admin.flush()
+    for m in members:
+        m.sync()
+    late = members[0]
+    _rename(admin, gid, "two")
+    _rename(admin, gid, "three")
+    _lose(relay, late)          # versions 2 and 3 lost
+    _rename(admin, gid, "four")
+    late.sync()                 # version 4 waits for version 3
+    _ask(late, _groups.STATE_REQUEST_GRACE_MS)
+    admin.sync()                # answers version 3, which waits for version 2:
+    late.sync()                 # asked for at once
+    assert _requests(relay, admin) == 1
+    admin.sync()
+    late.sync()
+    assert _head(late, gid) == _head(admin, gid)
+
+
 def test_a_parent_that_comes_on_its_own_is_not_asked_for(relay: FakeRelay) -> None:
     admin, *members = _group(relay, 3)
     gid = _create(admin, members, "Club")
