@@ -231,6 +231,16 @@ def test_an_oversized_sealed_blob_is_not_held(relay: FakeRelay) -> None:
 # --- missing states: asked for and answered ----------------------------------------------------
 
 
+def _club(relay: FakeRelay) -> tuple[Party, list[Party], bytes]:
+    """A small group (its changes go pairwise) that every member holds."""
+    admin, *members = _group(relay, 3)
+    gid = _create(admin, members, "Club")
+    admin.flush()
+    for m in members:
+        m.sync()
+    return admin, members, gid
+
+
 def _rename(admin: Party, gid: bytes, name: str) -> None:
     _groups.change(admin.core, gid, lambda s: {"name": name}, now_ms=admin.now)
     admin.flush()
@@ -255,11 +265,7 @@ def _ask(p: Party, after_ms: int) -> None:
 
 
 def test_a_member_asks_for_a_state_it_missed(relay: FakeRelay) -> None:
-    admin, *members = _group(relay, 3)
-    gid = _create(admin, members, "Club")
-    admin.flush()
-    for m in members:
-        m.sync()
+    admin, members, gid = _club(relay)
     late = members[0]
     _rename(admin, gid, "two")
     _lose(relay, late)          # late never gets version 2
@@ -282,11 +288,7 @@ def test_a_member_asks_for_a_state_it_missed(relay: FakeRelay) -> None:
 
 def test_a_chain_of_missing_states_is_filled_without_waiting_per_link(
         relay: FakeRelay) -> None:
-    admin, *members = _group(relay, 3)
-    gid = _create(admin, members, "Club")
-    admin.flush()
-    for m in members:
-        m.sync()
+    admin, members, gid = _club(relay)
     late = members[0]
     _rename(admin, gid, "two")
     _rename(admin, gid, "three")
@@ -303,11 +305,7 @@ def test_a_chain_of_missing_states_is_filled_without_waiting_per_link(
 
 
 def test_a_parent_that_comes_on_its_own_is_not_asked_for(relay: FakeRelay) -> None:
-    admin, *members = _group(relay, 3)
-    gid = _create(admin, members, "Club")
-    admin.flush()
-    for m in members:
-        m.sync()
+    admin, members, gid = _club(relay)
     m = members[0]
     _rename(admin, gid, "two")
     _rename(admin, gid, "three")
@@ -321,11 +319,7 @@ def test_a_parent_that_comes_on_its_own_is_not_asked_for(relay: FakeRelay) -> No
 
 
 def test_requests_are_not_repeated_within_the_interval(relay: FakeRelay) -> None:
-    admin, *members = _group(relay, 3)
-    gid = _create(admin, members, "Club")
-    admin.flush()
-    for m in members:
-        m.sync()
+    admin, members, gid = _club(relay)
     late = members[0]
     _rename(admin, gid, "two")
     _lose(relay, late)
