@@ -481,3 +481,27 @@ def test_blobs_from_a_blocked_contact_are_not_held(relay: FakeRelay) -> None:
     m.core.set_state(admin.id, blocked=True, now_ms=NOW)
     m.sync([_redeliver(relay, template, _junk(0))])
     assert m.store.sealed_control_count() == 0
+
+
+def test_the_first_admin_passes_a_state_on_sealed(relay: FakeRelay) -> None:
+    """A second admin who can write only to the first admin: the first admin passes its
+    (large) state on to the others, sealed, and they take it from the first admin."""
+    people = sorted((Party(relay, f"q{i}") for i in range(5)), key=lambda p: p.id)
+    first, second, *others = people  # the first admin: the smallest account id
+    for p in people[1:]:
+        _connect(first, p)
+    for p in people:
+        p.take()
+    gid, _, _ = _groups.create(first.core, name=LONG, members=[p.id for p in people[1:]],
+                               admins=[second.id], avatar=AVATAR, channel=False, now_ms=NOW)
+    first.flush()
+    for p in people[1:]:
+        p.sync()
+    _groups.change(second.core, gid, lambda s: {"name": "by the second admin"}, now_ms=NOW)
+    second.flush()              # reaches the first admin only: not complete
+    first.sync()                # takes it and passes it on
+    passed = [d for o in others for d in _pending(relay, o)]
+    assert sum(d.blob[0] == _groups.SEALED_CONTROL_PREFIX for d in passed) == len(others)
+    for o in others:
+        o.sync()
+        assert _head(o, gid) == _head(second, gid) == _head(first, gid)
