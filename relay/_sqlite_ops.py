@@ -596,6 +596,19 @@ def ack_many(conn: sqlite3.Connection, calls: Sequence[AckRequest]) -> list[int]
     return counts
 
 
+def ack_lists(conn: sqlite3.Connection, lists: Sequence[Sequence[AckRequest]]
+              ) -> list[list[int]]:
+    """:func:`ack_many` over several callers' lists at once; results split back."""
+    flat = [request for requests in lists for request in requests]
+    counts = ack_many(conn, flat) if flat else []
+    out: list[list[int]] = []
+    start = 0
+    for requests in lists:
+        out.append(counts[start:start + len(requests)])
+        start += len(requests)
+    return out
+
+
 def pending_count(conn: sqlite3.Connection, mailbox_id: bytes) -> int:
     row = conn.execute("SELECT pending FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
     return 0 if row is None else int(row[0])

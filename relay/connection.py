@@ -16,9 +16,10 @@ Theory of operation:
   frames of one event-loop iteration go to one task as a batch (see
   :mod:`relay.pipeline`), at most :data:`~relay.pipeline.MAX_INFLIGHT` frames at once;
   the reader waits for a slot.
-* Acks (:class:`AckCoalescer`) are finalized through the store's group commit without
-  holding up the reader: the first ack starts a flush task; acks arriving while it runs
-  are merged per mailbox (cumulative maximum, selective union) into the next flush.
+* Acks (:class:`AckCoalescer`, one per node) are finalized through the store's group
+  commit without holding up the reader: the acks of every connection read in one
+  event-loop iteration go to the store as one call, merged per connection and mailbox
+  (cumulative maximum, selective union).
 * :meth:`Connection.finish` unwinds: drops the subscriptions, lets forked sends and the
   last ack flush complete (a send already accepted still gets routed to its recipients),
   and forgets the session.
@@ -58,61 +59,76 @@ _RETRY_STORE_MS: Final = 1000
 
 
 class AckCoalescer:
-    """Merges a connection's acks per mailbox while the previous flush is committing."""
+    """The node's acks: those of every connection read in one event-loop iteration go to
+    the store as one call (:meth:`relay.ports.MessageStore.ack_many`).
 
-    __slots__ = ("_conn", "_pending", "_task")
+    One store call, one task and one future per iteration instead of per ack (a
+    1,000-member group's receivers send about one ack per delivery). Acks of one
+    connection for one mailbox within an iteration are merged (cumulative maximum,
+    selective union); flushes do not wait for each other (acks only ever remove, so
+    their order does not matter). A failed flush answers each of its acks
+    ``UNAVAILABLE`` with the connection's last merged request id for that mailbox (the
+    envelopes are simply delivered again).
+    """
 
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-        self._pending: dict[bytes, tuple[int, set[int] | None, int]] = {}
-        self._task: asyncio.Task[None] | None = None
+    __slots__ = ("_node", "_pending", "_scheduled", "_tasks")
 
-    def add(self, mailbox_id: bytes, up_to_seq: int, seqs: tuple[int, ...], request_id: int
-            ) -> None:
-        """Queue an ack (``up_to_seq`` 0: none cumulative); flushed by the group commit."""
-        old = self._pending.get(mailbox_id)
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._pending: dict[tuple[Connection, bytes], tuple[int, set[int] | None, int]] = {}
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def add(self, conn: Connection, mailbox_id: bytes, up_to_seq: int, seqs: tuple[int, ...],
+            request_id: int) -> None:
+        """Queue an ack (``up_to_seq`` 0: none cumulative); flushed after this iteration."""
+        key = (conn, mailbox_id)
+        old = self._pending.get(key)
         if old is None:
-            self._pending[mailbox_id] = (up_to_seq, set(seqs) if seqs else None, request_id)
+            self._pending[key] = (up_to_seq, set(seqs) if seqs else None, request_id)
         else:
             merged = old[1]
             if seqs:
                 merged = (merged or set()) | set(seqs)
-            self._pending[mailbox_id] = (max(old[0], up_to_seq), merged, request_id)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._flush())
+            self._pending[key] = (max(old[0], up_to_seq), merged, request_id)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._start)
 
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, {}
-                if len(batch) == 1:
-                    (mailbox_id, ack), = batch.items()
-                    await self._one(mailbox_id, *ack)
-                else:
-                    await asyncio.gather(*(self._one(m, *a) for m, a in batch.items()))
-        finally:
-            self._task = None
+    def _start(self) -> None:
+        self._scheduled = False
+        batch, self._pending = self._pending, {}
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._flush(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    async def _one(self, mailbox_id: bytes, up_to: int, seqs: set[int] | None, rid: int
-                   ) -> None:
-        selective = sorted(s for s in seqs if s > up_to) if seqs else ()
+    async def _flush(self, batch: dict[tuple[Connection, bytes],
+                                       tuple[int, set[int] | None, int]]) -> None:
+        requests = [(mailbox_id, up_to or None,
+                     sorted(s for s in seqs if s > up_to) if seqs else ())
+                    for (_, mailbox_id), (up_to, seqs, _) in batch.items()]
         try:
-            await self._conn.node.store.ack(mailbox_id, up_to_seq=up_to or None, seqs=selective)
+            await self._node.store.ack_many(requests)
         except StoreError as exc:
             _log.warning("ack failed: %s", type(exc).__name__)
-            await self._conn.send(error_bytes(rid, ErrorCode.UNAVAILABLE,
-                                              retry_after_ms=_RETRY_STORE_MS))
+            for (conn, _), (_, _, rid) in batch.items():
+                await conn.send(error_bytes(rid, ErrorCode.UNAVAILABLE,
+                                            retry_after_ms=_RETRY_STORE_MS))
 
-    async def drain(self) -> None:
-        while self._task is not None:
-            await asyncio.shield(self._task)
+    async def drain(self, conn: Connection) -> None:
+        """Return once every ack *conn* queued is committed (or answered as failed)."""
+        if any(key[0] is conn for key in self._pending):
+            self._start()  # now, not at the end of this iteration (a later one is a no-op)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
 
 
 class Connection:
     """One client WebSocket and its session (see the module docstring)."""
 
     __slots__ = (
-        "_slot_free", "account_id", "acks", "batch", "challenge", "challenge_used", "connected",
+        "_slot_free", "account_id", "batch", "challenge", "challenge_used", "connected",
         "credits", "credits_low_sent", "forked", "inflight", "lookups", "misbehaviour", "node",
         "owned", "owned_loaded", "pump", "remote", "sink", "tasks", "ws",
     )
@@ -149,7 +165,6 @@ class Connection:
         self.forked = 0
         """Forked frames queued or running (at most ``MAX_INFLIGHT``)."""
         self._slot_free: asyncio.Future[None] | None = None
-        self.acks = AckCoalescer(self)
         self.credits_low_sent = False
 
     # ------------------------------------------------------------------ output
@@ -305,7 +320,7 @@ class Connection:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
             # that arrives in the turn the drain finishes, and shutdown would run on.
             async with asyncio.timeout(_FINISH_TIMEOUT_S):
-                await self.acks.drain()
+                await node.acks.drain(self)
         except TimeoutError:
             _log.warning("acks of a closed connection still pending")
         if self.account_id is not None:

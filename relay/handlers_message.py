@@ -272,4 +272,4 @@ def finalize_ack(ctx: FrameCtx[Ack]) -> None:
     conn, frame = ctx.conn, ctx.frame
     if conn.pump is not None:
         conn.pump.on_ack(frame.mailbox_id, frame.up_to_seq, frame.seqs)
-    conn.acks.add(frame.mailbox_id, frame.up_to_seq, frame.seqs, ctx.request_id)
+    conn.node.acks.add(conn, frame.mailbox_id, frame.up_to_seq, frame.seqs, ctx.request_id)

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 from aiohttp import web
 
 from .config import RelayConfig
+from .connection import AckCoalescer
 from .credits import BucketMap
 from .metrics import Metrics
 from .ports import Bus, Notification, NotificationKind, Store
@@ -180,6 +181,8 @@ class Node:
             max_buckets=_CACHE_ENTRIES)
         self.capabilities = CapabilityCache()
         self.ephemeral = DedupWindow(EPHEMERAL_DEDUP_MS)
+        self.acks = AckCoalescer(self)
+        """Every connection's acks, one store call per event-loop iteration."""
         self.subscribers: dict[bytes, Connection] = {}
         self.sessions: dict[bytes, set[Connection]] = {}
         self._push_urls: dict[bytes, str | None] = {}

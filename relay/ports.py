@@ -355,6 +355,16 @@ class MessageStore(Protocol):
         """
         ...
 
+    async def ack_many(
+        self, requests: Sequence[tuple[bytes, int | None, Sequence[int]]]
+    ) -> list[int]:
+        """:meth:`ack` for each ``(mailbox_id, up_to_seq, seqs)``, in order, committed
+        together; returns what each call would return after the earlier ones (a row is
+        counted for the first request that removes it). The relay passes the acks of
+        every connection read in one event-loop iteration: one store call for all of
+        them, not one per ack."""
+        ...
+
     async def pending_count(self, mailbox_id: bytes) -> int: ...
 
     async def expire(self, *, now_ms: int, limit: int = 10_000) -> ExpiryReport:

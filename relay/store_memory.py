@@ -340,6 +340,11 @@ class MemoryStore(MemoryAccounts):
         doomed.update(seqs)
         return sum(self._remove_delivery(mb, s) for s in sorted(doomed))
 
+    async def ack_many(
+        self, requests: Sequence[tuple[bytes, int | None, Sequence[int]]]
+    ) -> list[int]:
+        return [await self.ack(m, up_to_seq=up, seqs=seqs) for m, up, seqs in requests]
+
     async def pending_count(self, mailbox_id: bytes) -> int:
         mb = self._mailboxes.get(mailbox_id)
         return 0 if mb is None else len(mb.queue)

@@ -336,9 +336,15 @@ class SqliteStore:
     ) -> int:
         if up_to_seq is None and not seqs:
             return 0
-        # Acks queued back to back run as one ops.ack_many (two statements in all).
+        return (await self.ack_many([(mailbox_id, up_to_seq, seqs)]))[0]
+
+    async def ack_many(
+        self, requests: Sequence[tuple[bytes, int | None, Sequence[int]]]
+    ) -> list[int]:
+        # Ack calls queued back to back run as one ops.ack_many (a few statements in all).
         return await self._engine.write_many(
-            "ack", ops.ack_many, (mailbox_id, up_to_seq, tuple(seqs)), rank=RANK_ACK)
+            "ack", ops.ack_lists, [(m, up, tuple(seqs)) for m, up, seqs in requests],
+            rank=RANK_ACK)
 
     async def pending_count(self, mailbox_id: bytes) -> int:
         return await self._engine.read(

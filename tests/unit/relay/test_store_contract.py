@@ -402,6 +402,26 @@ async def test_ack_cumulative_selective_and_blob_gc(
     assert (await send(store, 8, 10)).seq_for(mid(10)) == 8
 
 
+async def test_ack_many_is_the_acks_in_order(store: Store, store_factory: StoreFactory
+                                             ) -> None:
+    """One call for several connections' acks: each counted as if run after the earlier
+    ones (a row for the first ack that removes it), blobs and counts as for one by one."""
+    await account(store, 1, 10, 11)
+    for n in range(1, 6):
+        await send(store, n, 10, 11)  # seqs 1..5 in both, one blob each
+    got = await store.ack_many([(mid(10), 2, ()), (mid(11), None, (1, 3)),
+                                (mid(10), 3, (2, 5)), (mid(12), 9, ()), (mid(11), None, ())])
+    assert got == [2, 2, 2, 0, 0]
+    assert [m.seq for m in await store.fetch(mid(10), now_ms=T0)] == [4]
+    assert [m.seq for m in await store.fetch(mid(11), now_ms=T0)] == [2, 4, 5]
+    assert await store.pending_count(mid(10)) == 1
+    assert await store.pending_count(mid(11)) == 3
+    assert (await store.queue_sizes()).total_blobs == 3  # blobs 1 and 3 went with both
+    assert await store.ack_many([]) == []
+    if store_factory.raw_blob_rows is not None:
+        assert store_factory.raw_blob_rows() == 3
+
+
 async def test_mailbox_quota(store: Store) -> None:
     await account(store, 1, 10, 11)
     for n in range(3):
