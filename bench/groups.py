@@ -393,7 +393,8 @@ class _Sender:
 
 async def _fanout(port: int, pid: int, sizes: tuple[int, ...], messages: dict[int, int],
                   group_window: int, ack_interval_ms: float,
-                  profile: Path | None = None) -> Rows:
+                  profile: Path | None = None,
+                  modes: tuple[str, ...] = ("group", "pairwise")) -> Rows:
     most = max(sizes)
     sockets: list[tuple[WsClient, bytes]] = []
     caps: list[bytes] = []
@@ -414,7 +415,7 @@ async def _fanout(port: int, pid: int, sizes: tuple[int, ...], messages: dict[in
         for n in sizes:
             m = messages[n]
             recipients = tuple((sockets[i][1], caps[i]) for i in range(n))
-            for mode in ("group", "pairwise"):
+            for mode in modes:
                 frames: list[bytes] = []
                 for _ in range(m):
                     if mode == "group":
@@ -462,7 +463,8 @@ async def _fanout(port: int, pid: int, sizes: tuple[int, ...], messages: dict[in
 
 
 def relay_rows(quick: bool, sizes: tuple[int, ...] = SIZES, group_window: int = 4096,
-               ack_interval_ms: float = 100.0, profile: Path | None = None) -> Rows:
+               ack_interval_ms: float = 100.0, profile: Path | None = None,
+               modes: tuple[str, ...] = ("group", "pairwise")) -> Rows:
     messages = ({10: 1000, 100: 200, 1000: 30} if quick
                 else {10: 5000, 100: 1000, 1000: 100})
     with tempfile.TemporaryDirectory(prefix="pigeon-bench-groups-") as tmp:
@@ -470,7 +472,7 @@ def relay_rows(quick: bool, sizes: tuple[int, ...] = SIZES, group_window: int = 
                               Path(tmp) / "relay.log")
         with relay:
             return asyncio.run(_fanout(relay.port, relay.pid, sizes, messages, group_window,
-                                       ack_interval_ms, profile))
+                                       ack_interval_ms, profile, modes))
 
 
 def _commit() -> str:
@@ -491,6 +493,10 @@ def main() -> None:
                         help="deliveries in flight in group mode (sends = this / members)")
     parser.add_argument("--ack-interval-ms", type=float, default=100.0,
                         help="receivers ack what they got every N ms (and every 64 deliveries)")
+    parser.add_argument("--modes", nargs="+", choices=("group", "pairwise"),
+                        default=["group", "pairwise"],
+                        help="relay fan-out: which of the two to run (repeated A/B runs of "
+                             "the group figure alone; figures keep the pairwise baseline)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="sample the relay with py-spy during each run (a separate run: "
                              "the sampler costs CPU); prints where its time goes")
@@ -506,7 +512,7 @@ def main() -> None:
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
         rows += relay_rows(args.quick, tuple(args.sizes), args.group_window,
-                           args.ack_interval_ms, args.profile)
+                           args.ack_interval_ms, args.profile, tuple(args.modes))
     print_rows(rows, f"commit {_commit()}")
     if args.profile is not None:
         for path in sorted(args.profile.glob("relay-*.txt")):
