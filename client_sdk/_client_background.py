@@ -194,7 +194,12 @@ class BackgroundMixin:
         """Every 30 s: the core's group upkeep (expiries, missing states)."""
         while True:
             await asyncio.sleep(30)
-            items = await self._run(functools.partial(_group_upkeep, now_ms=self._now_ms()))
+            try:
+                items = await self._run(functools.partial(_group_upkeep,
+                                                          now_ms=self._now_ms()))
+            except PigeonError as exc:  # a store error: try again next time
+                _log.warning("group upkeep failed: %s", type(exc).__name__)
+                continue
             if items:
                 self._pump.add(items)
 
