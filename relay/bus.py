@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from pigeon_crypto._codec import Reader, check_version, u64, var32
@@ -78,8 +78,23 @@ class InProcessSubscription:
         self._max = max_queue
         self._wake = asyncio.Event()
         self._closed = False
+        self._parked = False
+        self._direct: Callable[[bytes, Notification], bool] | None = None
         self.dropped = 0
         self.coalesced = 0
+
+    def set_direct(self, handler: Callable[[bytes, Notification], bool] | None) -> None:
+        """Let *handler* take notifications synchronously while the consumer is parked.
+
+        While the consumer waits in :meth:`get` on an empty queue with no RESYNC pending,
+        a published notification is first offered to ``handler(mailbox_id, n)``; if it
+        returns True, the notification was handled (exactly as :meth:`get` would have
+        yielded it next: nothing is queued before it) and the consumer stays parked: no
+        queue entry, no wake-up, no task step. If it returns False (or the consumer is
+        busy), the notification is queued as usual, with the bound and coalescing above.
+        The delivery pump uses this to write a live delivery in the publisher's turn.
+        """
+        self._direct = handler
 
     @property
     def mailbox_ids(self) -> frozenset[bytes]:
@@ -116,6 +131,10 @@ class InProcessSubscription:
         """Called by the bus; never blocks. Returns False if *n* was dropped."""
         if self._closed:
             return False
+        direct = self._direct
+        if (direct is not None and self._parked and not self._queue and not self._resync
+                and direct(mailbox_id, n)):
+            return True
         control = n.kind in (NotificationKind.RESYNC, NotificationKind.CLOSED)
         if control or len(self._queue) < self._max:
             self._queue.append((mailbox_id, n))
@@ -147,7 +166,11 @@ class InProcessSubscription:
             if self._queue:
                 return self._queue.popleft()
             self._wake.clear()
-            await self._wake.wait()
+            self._parked = True
+            try:
+                await self._wake.wait()
+            finally:
+                self._parked = False
 
     def __aiter__(self) -> AsyncIterator[tuple[bytes, Notification]]:
         return self

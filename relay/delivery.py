@@ -21,6 +21,11 @@ protocol §9.5):
   mailboxes get their turn). A new subscription starts that way (requested with
   :meth:`relay.ports.Subscription.resync` once ``Subscribed`` is out); so does a mailbox
   whose window reopens, and one whose hints the bus had to coalesce.
+* **Idle pumps.** While the pump waits on an empty queue, the in-process bus hands it a
+  live hint in the publisher's turn (:meth:`DeliveryPump._direct`): an in-order
+  delivery is queued on the socket at once, without a wake-up and step of the pump's
+  task; anything that needs waiting or reading (a gap, a peer that stopped reading)
+  is queued for the pump as before.
 * **A slow subscriber never blocks anyone else.** Only the pump writes deliveries to its
   socket; when the peer stops reading, the pump waits in that write, the bus keeps at
   most ``max_queue`` hints for it (durable ones are coalesced into one ``RESYNC`` per
@@ -46,7 +51,7 @@ from pigeon_crypto.errors import StoreError
 from protocol import MessagesExpired
 
 from .pipeline import delivery_bytes
-from .ports import NotificationKind, Subscription
+from .ports import Notification, NotificationKind, Subscription
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -92,6 +97,9 @@ class DeliveryPump:
         self._sub = sub
         self._window = conn.node.config.delivery_window
         self._cursors: dict[bytes, Cursor] = {}
+        self._set_direct = getattr(sub, "set_direct", None)
+        if self._set_direct is not None:  # the in-process bus: see _direct
+            self._set_direct(self._direct)
         self._task = asyncio.get_running_loop().create_task(self._run(),
                                                             name="pigeon-relay-delivery")
 
@@ -149,12 +157,39 @@ class DeliveryPump:
 
     async def close(self) -> None:
         self._cursors.clear()
+        if self._set_direct is not None:
+            self._set_direct(None)
         await self._sub.close()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
     # ------------------------------------------------------------------ the pump
+
+    def _direct(self, mailbox_id: bytes, note: Notification) -> bool:
+        """A hint published while the pump is parked on an empty queue: do here, in the
+        publisher's turn, what :meth:`_run` would do with it next, when that needs no
+        waiting (a live delivery in order, or a hint to skip). False leaves it to the
+        pump (queued as usual): anything but ``MESSAGE``, a gap or a hint without
+        payload (read from the store), a socket whose peer stopped reading (the pump
+        waits for the drain) or that closed. Saves a task wake-up and step per delivery:
+        a 1,000-member group message is 1,000 of them."""
+        if note.kind is not _MESSAGE:
+            return False
+        cursor = self._cursors.get(mailbox_id)
+        seq = note.seq
+        if cursor is None or cursor.held or cursor.full or seq <= cursor.last:
+            return True  # what the pump does with it: nothing
+        conn = self._conn
+        if seq != cursor.last + 1 or not note.payload or conn.ws.closed:
+            return False
+        if not conn.sink.send_nowait(note.payload):
+            return False
+        cursor.last = seq
+        cursor.unacked.append(seq)
+        if len(cursor.unacked) >= self._window:
+            cursor.full = True
+        return True
 
     async def _run(self) -> None:
         sub = self._sub

@@ -101,6 +101,25 @@ class FrameSink:
         if self._protocol._paused:
             await self._protocol._drain_helper()
 
+    def send_nowait(self, data: bytes) -> bool:
+        """:meth:`send` if it would not wait: False (nothing queued) when frames cannot be
+        queued here (no transport access) or the peer stopped reading; the caller then
+        awaits :meth:`send`. True also when the connection is closing (dropped, as
+        :meth:`send` drops it)."""
+        transport = self._transport
+        if transport is None or self._protocol._paused:
+            return False
+        if transport.is_closing():
+            return True
+        self._pending.append(_frame(data))
+        self._size += len(data)
+        if self._size >= FLUSH_AT:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush_soon)
+        return True
+
     def _flush_soon(self) -> None:
         self._scheduled = False
         self.flush()

@@ -157,3 +157,36 @@ async def test_resync_request_is_local_and_comes_first() -> None:
     await sub.close()
     sub.resync(A)  # closed: no-op
     await bus.close()
+
+
+async def test_a_parked_consumer_takes_notifications_directly() -> None:
+    """``set_direct``: offered first while the consumer waits on an empty queue with no
+    RESYNC pending; queued as usual when it declines or when the consumer is busy."""
+    bus = InProcessBus()
+    sub = await bus.subscribe([A, B])
+    seen: list[tuple[bytes, Notification]] = []
+
+    def direct(mailbox_id: bytes, n: Notification) -> bool:
+        seen.append((mailbox_id, n))
+        return n.seq != 99  # declines seq 99
+
+    sub.set_direct(direct)
+    assert await bus.publish(A, msg(1)) == 1  # nobody waits in get(): queued
+    assert seen == [] and await sub.get() == (A, msg(1))
+    waiter = asyncio.create_task(sub.get())
+    await asyncio.sleep(0)
+    assert await bus.publish(A, msg(2)) == 1  # parked: handled here, the consumer sleeps on
+    assert seen == [(A, msg(2))] and sub.queued == 0
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    assert await bus.publish(B, msg(99)) == 1  # declined: queued and woken
+    assert await asyncio.wait_for(waiter, 5) == (B, msg(99))
+    waiter = asyncio.create_task(sub.get())
+    await asyncio.sleep(0)
+    sub.resync(A)  # a RESYNC pending: everything waits behind it
+    assert await bus.publish(B, msg(3)) == 1
+    assert seen == [(A, msg(2)), (B, msg(99))]
+    assert await asyncio.wait_for(waiter, 5) == (A, Notification(kind=NotificationKind.RESYNC))
+    assert await sub.get() == (B, msg(3))
+    sub.set_direct(None)
+    await bus.close()

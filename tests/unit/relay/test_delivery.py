@@ -1,0 +1,130 @@
+"""The delivery pump's idle path (``relay.delivery.DeliveryPump._direct``, §14.5).
+
+A live delivery published while the pump waits on an empty queue is queued on the
+socket in the publisher's turn, in order and counted in the window, without a wake-up
+of the pump's task; a gap, a peer that stopped reading and a closed socket go to the
+pump as before, which reads the store or waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from relay.bus import InProcessBus
+from relay.config import RelayConfig
+from relay.delivery import DeliveryPump
+from relay.pipeline import delivery_bytes
+from relay.ports import Notification, NotificationKind, StoredMessage
+
+A = b"\xaa" * 16
+T = 1_700_000_000_000
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.paused = False
+
+    def send_nowait(self, data: bytes) -> bool:
+        if self.paused:
+            return False
+        self.frames.append(data)
+        return True
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.stored: dict[int, bytes] = {}
+        self.fetches = 0
+
+    async def get_expiry_notice(self, mailbox_id: bytes) -> None:
+        return None
+
+    async def fetch(self, mailbox_id: bytes, *, after_seq: int, limit: int, now_ms: int
+                    ) -> list[StoredMessage]:
+        self.fetches += 1
+        return [StoredMessage(mailbox_id=mailbox_id, seq=s, received_at_ms=T,
+                              expires_at_ms=T + 1, blob=b)
+                for s, b in sorted(self.stored.items()) if s > after_seq][:limit]
+
+
+class _Conn:
+    """What the pump uses of a connection: its node, socket state, sink and send."""
+
+    def __init__(self, bus: InProcessBus, window: int) -> None:
+        self.store = _Store()
+        self.node = SimpleNamespace(bus=bus, store=self.store, subscribers={},
+                                    config=RelayConfig(delivery_window=window),
+                                    clock_ms=lambda: T)
+        self.ws = SimpleNamespace(closed=False)
+        self.sink = _Sink()
+        self.sent: list[bytes] = []  # through the pump's task (awaited send)
+
+    async def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+def frame(seq: int) -> bytes:
+    return delivery_bytes(A, seq, T, b"blob %d" % seq)
+
+
+async def publish(bus: InProcessBus, seq: int) -> int:
+    return await bus.publish(A, Notification(kind=NotificationKind.MESSAGE, seq=seq,
+                                             payload=frame(seq)))
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_live_deliveries_to_an_idle_pump_are_written_in_the_publishers_turn() -> None:
+    bus = InProcessBus()
+    conn = _Conn(bus, window=3)
+    pump: Any = await DeliveryPump.create(conn)  # type: ignore[arg-type]
+    await pump.subscribe([A])
+    pump.release([A])
+    await settle()  # the backlog read: nothing stored yet
+    assert conn.store.fetches == 1
+    assert await publish(bus, 1) == 1
+    assert conn.sink.frames == [frame(1)]  # before any other task ran
+    assert await publish(bus, 1) == 1  # already written: skipped, as the pump would
+    assert await publish(bus, 2) == 1
+    assert conn.sink.frames == [frame(1), frame(2)] and conn.sent == []
+    # A gap (seq 3 unseen): left to the pump, which reads the store after seq 2.
+    conn.store.stored = {3: b"blob 3", 4: b"blob 4"}
+    assert await publish(bus, 4) == 1
+    assert conn.sink.frames == [frame(1), frame(2)]
+    await settle()
+    assert conn.sent == [frame(3)] and conn.store.fetches == 2  # the window (3) is full
+    assert await publish(bus, 5) == 1  # full window: ignored until acks
+    await settle()
+    assert conn.sent == [frame(3)] and conn.sink.frames == [frame(1), frame(2)]
+    pump.on_ack(A, 3, ())
+    await settle()
+    assert conn.sent == [frame(3), frame(4)]
+    await pump.close()
+    await bus.close()
+
+
+async def test_a_peer_that_stopped_reading_is_left_to_the_pump() -> None:
+    bus = InProcessBus()
+    conn = _Conn(bus, window=100)
+    pump: Any = await DeliveryPump.create(conn)  # type: ignore[arg-type]
+    await pump.subscribe([A])
+    pump.release([A])
+    await settle()
+    conn.sink.paused = True
+    assert await publish(bus, 1) == 1
+    assert conn.sink.frames == []
+    await settle()
+    assert conn.sent == [frame(1)]  # through the pump's awaited send (it waits for drain)
+    conn.sink.paused = False
+    conn.ws.closed = True
+    assert await publish(bus, 2) == 1
+    await settle()
+    assert conn.sink.frames == [] and conn.sent == [frame(1), frame(2)]
+    await pump.close()
+    await bus.close()
