@@ -150,6 +150,8 @@ class GroupBatch:
     """Halves of sealed changes the batch added (None: used in the batch)."""
     sealed_held: int | None = None
     sealed_by: dict[bytes, int] = field(default_factory=dict)
+    waiting: set[bytes] = field(default_factory=set)
+    """Groups in which the batch stored a state that waits for its parent."""
     answers: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
     """``(requester, group_id, state hash)``: states members asked us for."""
 
@@ -330,6 +332,8 @@ def _control(core: ClientCore, batch: GroupBatch, sender: bytes, inner: GroupCon
         return None, []
     record = view.converge(me, now_ms=now_ms) or record
     batch.changed.add(view.group_id)
+    if any(row.status is StateStatus.PENDING for row in rows):
+        batch.waiting.add(view.group_id)
     for row in rows:
         st = row.signed.state
         reached_all = (inner.complete and sender == st.signer

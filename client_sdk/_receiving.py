@@ -152,6 +152,8 @@ class Received:
     """``(author, group_id, message_id)``: group messages to acknowledge to their author."""
     group_answers: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
     """``(requester, group_id, state hash)``: states members asked us for."""
+    groups_waiting: set[bytes] = field(default_factory=set)
+    """Groups in which a state now waits for its parent."""
 
     def ack(self, mailbox_id: bytes, seq: int) -> None:
         self.acks.setdefault(mailbox_id, []).append(seq)
@@ -252,6 +254,7 @@ def receive(core: ClientCore, deliveries: Sequence[DeliveryLike], *, now_ms: int
             out.group_forwards += single.group_forwards
             out.group_receipts += single.group_receipts
             out.group_answers += single.group_answers
+            out.groups_waiting |= single.groups_waiting
             for mailbox_id, seqs in single.acks.items():
                 out.acks.setdefault(mailbox_id, []).extend(seqs)
         return out
@@ -263,6 +266,7 @@ def receive(core: ClientCore, deliveries: Sequence[DeliveryLike], *, now_ms: int
     out.group_forwards = overlay.groups.forwards
     out.group_receipts = overlay.groups.to_ack
     out.group_answers = overlay.groups.answers
+    out.groups_waiting = overlay.groups.waiting
     for p, key, result in zip(pending, refs, results, strict=True):
         out.ack(*key)
         if result.outcome is ReceiveOutcome.DUPLICATE_ENVELOPE:

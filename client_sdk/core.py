@@ -487,9 +487,10 @@ class ClientCore:
         if received.group_answers:
             received.items += _groups.answer_requests(self, received.group_answers,
                                                       now_ms=now_ms)
-        if received.groups_changed:
-            received.items += _groups.request_missing(self, received.groups_changed,
-                                                      now_ms=now_ms)
+        waiting = received.groups_waiting | {
+            g for g, _ in self.missing_since if g in received.groups_changed}
+        if waiting:  # a state waits for a parent, or one we waited for may have come
+            received.items += _groups.request_missing(self, sorted(waiting), now_ms=now_ms)
         if received.group_receipts:
             received.items += _groups.send_receipts(self, received.group_receipts,
                                                     ReceiptKind.DELIVERED, now_ms=now_ms)
