@@ -59,6 +59,11 @@ compared with those of the same client_msg_id, so 128 bits are plenty."""
 _ENTRY = _ENTRY_HASH + 8
 
 
+_LEGACY_SQL = "SELECT value FROM counters WHERE name = 'dedup_legacy_until'"
+"""Until when ``dedup`` rows of schema versions before 4 may answer retries (set by the
+version 4 migration: the latest ``keep_until_ms`` among them; 0 for a new database)."""
+
+
 def send_dedup_hash(client_msg_id: bytes) -> bytes:
     """The key of a multi-recipient send's idempotency record (``send_dedup``)."""
     return hashlib.sha256(SEND_DEDUP_PREFIX + client_msg_id).digest()
@@ -277,12 +282,14 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
     writer's ``BEGIN IMMEDIATE``, so nobody else allocates meanwhile), so the blob rows
     go in one statement too.
     """
+    if not calls:
+        return []
     sha256 = hashlib.sha256
     compare = hmac.compare_digest
-    # 1. What the run needs to know: every mailbox named, every (mailbox, dedup key).
+    # 1. What the run needs to know: every mailbox named, every send record of the
+    # client_msg_ids, and the (mailbox, dedup key) rows of the calls that may have some.
     keys: list[list[tuple[Recipient, bytes]]] = []
     mailbox_ids: dict[bytes, None] = {}
-    pairs: list[bytes] = []
     cmids: dict[bytes, bytes] = {}  # client_msg_id -> its send_dedup key
     for call in calls:
         seen: set[bytes] = set()
@@ -295,17 +302,16 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
             if mailbox_id in seen:
                 continue
             seen.add(mailbox_id)
-            key = sha256(dedup_input(mailbox_id, cmid)).digest()
-            mine.append((r, key))
+            mine.append((r, sha256(dedup_input(mailbox_id, cmid)).digest()))
             mailbox_ids[mailbox_id] = None
-            pairs += (mailbox_id, key)
         keys.append(mine)
-    # Multi-recipient sends' records are looked up for every call (a single-recipient
-    # retry of a group send must find its copy too). Hits are rare (retries): with JSON,
-    # the lookup rides along in the mailbox statement (no statement of its own).
+    # Every call's send record is looked up (a retry must find its copies). Hits are rare
+    # (retries): with JSON, the lookup rides along in the mailbox statement, and so does
+    # the time until which `dedup` rows written before schema v4 may still answer.
     sends: dict[bytes, tuple[int, int, dict[bytes, int]]] = {}
     skeys = list(cmids.values())
     sends_done = False
+    legacy_until: int | None = None
     boxes: dict[bytes, list[Any]] = {}
     ids = list(mailbox_ids)
     step1 = _chunks(conn, 1)
@@ -316,7 +322,7 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
             sql = (
                 "SELECT (SELECT json_group_array(json_array(hex(id), hex(capability_hash),"  # noqa: S608
                 " retire_at_ms, pending, last_seq, serial))"
-                f" FROM mailboxes WHERE id IN ({marks}))"
+                f" FROM mailboxes WHERE id IN ({marks})), ({_LEGACY_SQL})"
             )
             args = part
             if not sends_done and len(part) + len(skeys) <= step1:
@@ -327,9 +333,10 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
             found = conn.execute(sql, args).fetchone()
             rows = [(bytes.fromhex(r[0]), bytes.fromhex(r[1]), *r[2:])
                     for r in json.loads(found[0])]
-            if len(found) > 1:
+            legacy_until = found[1]
+            if len(found) > 2:
                 sends_done = True
-                for h, received, expires, entries in json.loads(found[1]):
+                for h, received, expires, entries in json.loads(found[2]):
                     sends[bytes.fromhex(h)] = (received, expires,
                                                _entries(bytes.fromhex(entries)))
         else:
@@ -340,6 +347,24 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
             # [capability hash, retire_at_ms, pending, last_seq, new copies in this run,
             #  serial]
             boxes[row[0]] = [row[1], row[2], row[3], row[4], 0, row[5]]
+    if not sends_done:
+        for i in range(0, len(skeys), step1):
+            part = skeys[i:i + step1]
+            sql = ("SELECT send_hash, received_at_ms, expires_at_ms, entries"  # noqa: S608
+                   f" FROM send_dedup WHERE send_hash IN ({','.join('?' * len(part))})")
+            for row in conn.execute(sql, part):
+                sends[bytes(row[0])] = (row[1], row[2], _entries(bytes(row[3])))
+    if legacy_until is None:
+        legacy_until = conn.execute(_LEGACY_SQL).fetchone()[0]
+    # Since schema v4 every send's first copies are named by its send record, and `dedup`
+    # rows are written only for copies added under a client_msg_id that already has one:
+    # a call needs the (mailbox, dedup key) lookup only when its record exists, or while
+    # rows of older versions may still answer (until the latest of their keep_until).
+    pairs: list[bytes] = []
+    for call, mine in zip(calls, keys, strict=True):
+        if cmids[call.client_msg_id] in sends or call.now_ms < (legacy_until or 0):
+            for r, key in mine:
+                pairs += (r.mailbox_id, key)
     known: dict[tuple[bytes, bytes], tuple[int, int, int]] = {}
     step = _chunks(conn, 2) * 2
     for i in range(0, len(pairs), step):
@@ -351,18 +376,12 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
         )
         for row in conn.execute(sql, part):
             known[(bytes(row[0]), bytes(row[1]))] = (row[2], row[3], row[4])
-    if not sends_done:
-        for i in range(0, len(skeys), step1):
-            part = skeys[i:i + step1]
-            sql = ("SELECT send_hash, received_at_ms, expires_at_ms, entries"  # noqa: S608
-                   f" FROM send_dedup WHERE send_hash IN ({','.join('?' * len(part))})")
-            for row in conn.execute(sql, part):
-                sends[bytes(row[0])] = (row[1], row[2], _entries(bytes(row[3])))
     # 2. The decisions, call by call, in order (a later call sees the earlier ones).
     blob_rows: list[tuple[Any, ...]] = []
     delivery_rows: list[tuple[Any, ...]] = []
     dedup_rows: list[tuple[Any, ...]] = []
     send_rows: list[tuple[Any, ...]] = []
+    extended: dict[bytes, int] = {}  # send record -> keep_until of copies added under it
     next_blob: int | None = None
     results: list[AppendResult] = []
     for call, mine in zip(calls, keys, strict=True):
@@ -411,15 +430,20 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
             fresh.append((mailbox_id, key, seq, box[5]))
             known[(mailbox_id, key)] = (seq, now_ms, expires)
             accepted.append(unchecked_recipient_seq(mailbox_id, seq, False))
-        if len(fresh) > 1 and record is None:
-            # One record for the send (the table's key is the client_msg_id's, so only
-            # the first send under it gets one; later copies get dedup rows).
+        if not fresh:
+            pass
+        elif record is None:
+            # One record for the send, however many copies (the table's key is the
+            # client_msg_id's, so only the first send under it gets one).
             entries = {_entry(k, serial): q for _, k, q, serial in fresh}
             sends[skey] = (now_ms, expires, entries)
             send_rows.append((skey, now_ms, expires, keep_until,
                               b"".join(e + q.to_bytes(8, "big") for e, q in entries.items())))
         else:
+            # Copies added later under it get dedup rows (their own times), and the record
+            # lives at least as long: it is what makes a retry look them up.
             dedup_rows += [(m, k, q, now_ms, expires, keep_until) for m, k, q, _ in fresh]
+            extended[skey] = max(keep_until, extended.get(skey, 0))
         received, expires_at = (now_ms, expires) if blob_id or original is None else original
         results.append(AppendResult(received_at_ms=received, expires_at_ms=expires_at,
                                     accepted=tuple(accepted), rejected=tuple(rejected)))
@@ -436,6 +460,9 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
         if send_rows:
             _insert_rows(conn, "INSERT INTO send_dedup (send_hash, received_at_ms,"
                          " expires_at_ms, keep_until_ms, entries) VALUES ", send_rows, 5)
+        if extended:
+            conn.executemany("UPDATE send_dedup SET keep_until_ms = max(keep_until_ms, ?)"
+                             " WHERE send_hash = ?", [(k, h) for h, k in extended.items()])
         counters = [(m, b[3], b[4]) for m, b in boxes.items() if b[4]]
         if _UPDATE_FROM:
             step = _chunks(conn, 3)

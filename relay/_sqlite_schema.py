@@ -211,5 +211,23 @@ def _v3(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS = (Migration(1, _v1), Migration(2, _v2), Migration(3, _v3))
+_V4 = [
+    # Every send's first copies get a `send_dedup` record, a single-recipient send's too
+    # (one entry), instead of `dedup` rows; copies added later under a client_msg_id that
+    # already has a record still get `dedup` rows. So a send needs the per-recipient
+    # `dedup` lookup only when its record exists (a retry), not for every recipient of
+    # every send (1,000 keys per 1,000-member group message, one per single send). Rows
+    # written before this version still answer retries: until the latest of their
+    # keep_until_ms, recorded here, every send looks them up as before.
+    "INSERT INTO counters (name, value) SELECT 'dedup_legacy_until',"
+    " coalesce(max(keep_until_ms), 0) FROM dedup",
+]
+
+
+def _v4(conn: sqlite3.Connection) -> None:
+    for statement in _V4:
+        conn.execute(statement)
+
+
+MIGRATIONS = (Migration(1, _v1), Migration(2, _v2), Migration(3, _v3), Migration(4, _v4))
 SCHEMA_VERSION = MIGRATIONS[-1].version

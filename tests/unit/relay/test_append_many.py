@@ -280,3 +280,91 @@ async def test_interleaved_acks_and_appends_regroup_into_one_run_each(
             assert await store.pending_count(r.mailbox_id) == 1
     finally:
         await store.close()
+
+
+class _Spy:
+    """A connection that records the SQL it runs."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.sql: list[str] = []
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        self.sql.append(sql)
+        return self.conn.execute(sql, *args)
+
+    def executemany(self, sql: str, rows: object) -> sqlite3.Cursor:
+        self.sql.append(sql)
+        return self.conn.executemany(sql, rows)  # type: ignore[arg-type]
+
+    def getlimit(self, what: int) -> int:
+        return self.conn.getlimit(what)
+
+    def looked_up_dedup(self) -> bool:
+        found = any("JOIN dedup" in s for s in self.sql)
+        self.sql.clear()
+        return found
+
+
+def _append(spy: _Spy, recipients: list[bytes], cmid: int, now: int) -> AppendResult:
+    spy.conn.execute("BEGIN IMMEDIATE")
+    result = ops.append_many(spy, [AppendRequest(  # type: ignore[arg-type]
+        tuple(Recipient(mailbox_id=m, capability_hash=cap(m)) for m in recipients),
+        cmid.to_bytes(16, "big"), b"blob", now, DAY_MS, None, 2 * DAY_MS)])[0]
+    spy.conn.execute("COMMIT")
+    return result
+
+
+async def test_a_send_without_a_record_needs_no_dedup_lookup(tmp_path: Path) -> None:
+    """Schema v4: every send's first copies are named by its send record (a single
+    recipient's too), so only a retry, whose record exists, looks up `dedup` rows, which
+    are written only for copies added under an existing record."""
+    await (await _sqlite(tmp_path / "relay.db")).close()
+    spy = _Spy(sqlite3.connect(tmp_path / "relay.db", isolation_level=None))
+    try:
+        a, b, c = MAILBOXES[:3]
+        first = _append(spy, [a, b], 1, T0)
+        assert not spy.looked_up_dedup()
+        assert not _append(spy, [c], 2, T0 + 1).accepted[0].duplicate
+        assert not spy.looked_up_dedup()
+        assert spy.conn.execute("SELECT count(*) FROM dedup").fetchone() == (0,)
+        assert spy.conn.execute("SELECT count(*) FROM send_dedup").fetchone() == (2,)
+        # A retry to a larger set: the record exists, so the lookup runs; c's copy is
+        # new and gets a dedup row with its own times; the record lives as long.
+        retry = _append(spy, [a, b, c], 1, T0 + 5)
+        assert spy.looked_up_dedup()
+        assert [(r.seq, r.duplicate) for r in retry.accepted] == [
+            (1, True), (1, True), (2, False)]
+        assert spy.conn.execute("SELECT keep_until_ms FROM dedup").fetchall() == [
+            (T0 + 5 + 2 * DAY_MS,)]
+        assert spy.conn.execute("SELECT max(keep_until_ms) FROM send_dedup").fetchone() == (
+            T0 + 5 + 2 * DAY_MS,)
+        again = _append(spy, [c], 1, T0 + 9)  # c's copy answers with its own times
+        assert [(r.seq, r.duplicate) for r in again.accepted] == [(2, True)]
+        assert again.received_at_ms == T0 + 5 != first.received_at_ms
+        assert _append(spy, [b], 2, T0 + 9).accepted[0].duplicate is False  # c only had 2
+    finally:
+        spy.conn.close()
+
+
+async def test_rows_of_older_versions_are_looked_up_until_they_expire(tmp_path: Path) -> None:
+    """A database upgraded to v4 keeps answering from its older `dedup` rows: every send
+    looks them up until the latest keep_until among them (``dedup_legacy_until``)."""
+    await (await _sqlite(tmp_path / "relay.db")).close()
+    spy = _Spy(sqlite3.connect(tmp_path / "relay.db", isolation_level=None))
+    try:
+        a, b = MAILBOXES[:2]
+        key = hashlib.sha256(b"\x01" + a + (7).to_bytes(16, "big")).digest()
+        spy.conn.execute("INSERT INTO dedup VALUES (?, ?, 9, ?, ?, ?)",
+                         (a, key, T0, T0 + DAY_MS, T0 + 100))
+        spy.conn.execute("UPDATE counters SET value = ? WHERE name = 'dedup_legacy_until'",
+                         (T0 + 100,))
+        retry = _append(spy, [a, b], 7, T0 + 10)  # no record: found by the old row
+        assert spy.looked_up_dedup()
+        assert [(r.seq, r.duplicate) for r in retry.accepted] == [(9, True), (1, False)]
+        _append(spy, [a], 8, T0 + 20)
+        assert spy.looked_up_dedup()
+        _append(spy, [a], 9, T0 + 100)  # past the window: records only
+        assert not spy.looked_up_dedup()
+    finally:
+        spy.conn.close()

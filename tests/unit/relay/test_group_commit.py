@@ -216,8 +216,17 @@ async def test_the_file_holds_no_client_msg_id_and_no_sender(
     await store.append(recipients=[RCPT], client_msg_id=cmid, blob=b"m", now_ms=T0, ttl_ms=DAY_MS)
     conn = sqlite3.connect(tmp_path / "relay.db")
     try:
-        rows = conn.execute("SELECT mailbox_id, dedup_hash, seq FROM dedup").fetchall()
-        assert rows == [(MAILBOX, hashlib.sha256(dedup_input(MAILBOX, cmid)).digest(), 1)]
+        # Its idempotency record (schema v4: a send record even for one copy): keyed by a
+        # hash of the client_msg_id, naming the copy by a hash of its dedup hash and the
+        # mailbox's serial, and its seq; no mailbox id.
+        assert conn.execute("SELECT count(*) FROM dedup").fetchone() == (0,)
+        (serial,) = conn.execute("SELECT serial FROM mailboxes WHERE id = ?",
+                                 (MAILBOX,)).fetchone()
+        key = hashlib.sha256(dedup_input(MAILBOX, cmid)).digest()
+        entry = hashlib.sha256(key + serial.to_bytes(8, "big")).digest()[:16]
+        rows = conn.execute("SELECT send_hash, entries FROM send_dedup").fetchall()
+        assert rows == [(hashlib.sha256(b"pigeon relay send v1\x00" + cmid).digest(),
+                         entry + (1).to_bytes(8, "big"))]
         columns = {
             (t, c[1])
             for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
