@@ -38,7 +38,8 @@ one retried to a larger set of recipients, one with a refused recipient), some a
 (cumulatively and selectively), one expired and swept (an expiry notice and no idempotency
 record left), one past its TTL but not yet swept. Idempotency records: version 1 keeps one
 ``dedup`` row per copy, versions 2 and 3 one ``send_dedup`` record per multi-recipient
-send. File blobs do not live in the database (``FolderBlobStore``), so no fixture has any.
+send, version 4 one per send (and a ``dedup`` row for the copy a retry added). File blobs
+do not live in the database (``FolderBlobStore``), so no fixture has any.
 
 Building the fixture of a NEW schema version N (never rebuild a shipped one; the builder
 refuses to overwrite), from /work/main::
@@ -86,6 +87,7 @@ BUILT_WITH: dict[int, str] = {
     1: "ac7116fc2296599581740c2c00f18bce34004c42",  # schema v1: dedup rows per copy
     2: "6318265d06366f53033c99e32a56ab9e0813c9dd",  # HEAD then: schema v2, send_dedup
     3: "ea054744e52740e3f0b2e242d79102e42169d11a",  # the bump: counters per ack statement
+    4: "a6682cb89d7a9f6d8f764e3979bb3542d3c240b1",  # the bump: a send record for every send
 }
 """Relay schema version -> the commit whose own code wrote ``data/relay_vN.db.gz``."""
 
