@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from protocol import dedup_input
@@ -517,50 +517,19 @@ def fetch(
     ]
 
 
-def _removed(conn: sqlite3.Connection, counts: dict[bytes, int], blob_ids: Iterable[int]
-             ) -> None:
-    """After deliveries of live mailboxes were deleted: lower each mailbox's pending count
-    by *counts* [mailbox] and drop the blobs among *blob_ids* that no delivery names any
-    more. Once per statement what schema v2's ``deliveries_gone`` trigger did per row
-    (v3 keeps the trigger only for a deleted mailbox's cascade)."""
-    if counts:
-        rows = list(counts.items())
-        if _UPDATE_FROM:
-            step = _chunks(conn, 2)
-            for i in range(0, len(rows), step):
-                part = rows[i:i + step]
-                sql = (
-                    "UPDATE mailboxes SET pending = pending - v.column2"  # noqa: S608 - placeholders
-                    f" FROM (VALUES {_rows(len(part), 2)}) AS v WHERE mailboxes.id = v.column1"
-                )
-                conn.execute(sql, [v for row in part for v in row])
-        else:
-            conn.executemany("UPDATE mailboxes SET pending = pending - ? WHERE id = ?",
-                             [(n, m) for m, n in rows])
-    ids = list(dict.fromkeys(blob_ids))
-    step = _chunks(conn, 1)
-    for i in range(0, len(ids), step):
-        chunk = ids[i:i + step]
-        conn.execute(
-            f"DELETE FROM blobs WHERE id IN ({','.join('?' * len(chunk))})"  # noqa: S608
-            " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE blob_id = blobs.id)", chunk)
-
-
 def ack(
     conn: sqlite3.Connection, mailbox_id: bytes, up_to_seq: int | None, seqs: Sequence[int]
 ) -> int:
-    blob_ids: list[int] = []
+    removed = 0
     if up_to_seq is not None:
-        blob_ids += (r[0] for r in conn.execute(
-            "DELETE FROM deliveries WHERE mailbox_id = ? AND seq <= ? RETURNING blob_id",
-            (mailbox_id, up_to_seq)))
+        removed += conn.execute(
+            "DELETE FROM deliveries WHERE mailbox_id = ? AND seq <= ?", (mailbox_id, up_to_seq)
+        ).rowcount
     for seq in sorted(set(seqs)):
-        blob_ids += (r[0] for r in conn.execute(
-            "DELETE FROM deliveries WHERE mailbox_id = ? AND seq = ? RETURNING blob_id",
-            (mailbox_id, seq)))
-    if blob_ids:
-        _removed(conn, {mailbox_id: len(blob_ids)}, blob_ids)
-    return len(blob_ids)
+        removed += conn.execute(
+            "DELETE FROM deliveries WHERE mailbox_id = ? AND seq = ?", (mailbox_id, seq)
+        ).rowcount
+    return removed
 
 
 AckRequest = tuple[bytes, "int | None", tuple[int, ...]]
@@ -568,14 +537,13 @@ AckRequest = tuple[bytes, "int | None", tuple[int, ...]]
 
 
 def ack_many(conn: sqlite3.Connection, calls: Sequence[AckRequest]) -> list[int]:
-    """:func:`ack` for each call, in order, in a few statements instead of one per call.
+    """:func:`ack` for each call, in order, in two statements instead of one per call.
 
-    First one query lists every queued ``(call, seq, blob)`` the calls name, as one JSON
-    row (one step: a statement's rows would each hand the GIL back and forth); each row
-    is counted for the first call that names it, which is what running the calls one by
-    one would report. Then one DELETE removes them all, one UPDATE lowers the pending
-    counts of the mailboxes named and one DELETE drops the blobs left without a delivery
-    (:func:`_removed`; schema v3: no per-row trigger).
+    First one query lists every queued ``(call, seq)`` the calls name, as one JSON row
+    (one step: a statement's rows would each hand the GIL back and forth); each row is
+    counted for the first call that names it, which is what running the calls one by
+    one would report. Then one DELETE removes them all (the ``deliveries_gone`` trigger
+    still keeps the counters and drops unreferenced blobs, row by row, inside SQLite).
     """
     if len(calls) == 1 or not _JSON:
         return [ack(conn, m, up, seqs) for m, up, seqs in calls]
@@ -592,23 +560,20 @@ def ack_many(conn: sqlite3.Connection, calls: Sequence[AckRequest]) -> list[int]
         return [0] * len(calls)
     sql = (
         f"WITH v(i, m, up, s) AS (VALUES {_rows(rows, 4)})"  # noqa: S608 - placeholders
-        " SELECT json_group_array(json_array(i, seq, blob_id)) FROM ("
-        " SELECT v.i AS i, d.seq AS seq, d.blob_id AS blob_id FROM v JOIN deliveries d"
+        " SELECT json_group_array(json_array(i, seq)) FROM ("
+        " SELECT v.i AS i, d.seq AS seq FROM v JOIN deliveries d"
         " ON d.mailbox_id = v.m AND d.seq <= v.up WHERE v.up IS NOT NULL"
-        " UNION ALL SELECT v.i, d.seq, d.blob_id FROM v JOIN deliveries d"
+        " UNION ALL SELECT v.i, d.seq FROM v JOIN deliveries d"
         " ON d.mailbox_id = v.m AND d.seq = v.s WHERE v.s IS NOT NULL)"
     )
     found = json.loads(conn.execute(sql, values).fetchone()[0])
     counts = [0] * len(calls)
-    gone: dict[tuple[bytes, int], int] = {}
-    per_mailbox: dict[bytes, int] = {}
-    for i, seq, blob_id in sorted(found):
-        mailbox_id = calls[i][0]
-        key = (mailbox_id, seq)
+    gone: dict[tuple[bytes, int], None] = {}
+    for i, seq in sorted(found):
+        key = (calls[i][0], seq)
         if key not in gone:
-            gone[key] = blob_id
+            gone[key] = None
             counts[i] += 1
-            per_mailbox[mailbox_id] = per_mailbox.get(mailbox_id, 0) + 1
     pairs = list(gone)
     step = _chunks(conn, 2)
     for start in range(0, len(pairs), step):
@@ -618,8 +583,6 @@ def ack_many(conn: sqlite3.Connection, calls: Sequence[AckRequest]) -> list[int]
             f" (SELECT column1, column2 FROM (VALUES {_rows(len(part), 2)}))"
         )
         conn.execute(sql, [v for pair in part for v in pair])
-    if gone:
-        _removed(conn, per_mailbox, gone.values())
     return counts
 
 
@@ -645,20 +608,19 @@ def expire(conn: sqlite3.Connection, now_ms: int, limit: int) -> ExpiryReport:
     rows = conn.execute(
         "DELETE FROM deliveries WHERE (mailbox_id, seq) IN ("
         " SELECT mailbox_id, seq FROM deliveries WHERE expires_at_ms <= ?"
-        " ORDER BY expires_at_ms, mailbox_id, seq LIMIT ?) RETURNING mailbox_id, seq, blob_id",
+        " ORDER BY expires_at_ms, mailbox_id, seq LIMIT ?) RETURNING mailbox_id, seq",
         (now_ms, limit),
     ).fetchall()
     per_mailbox: dict[bytes, tuple[int, int]] = {}
-    for mailbox_id, seq, _ in rows:
+    for mailbox_id, seq in rows:
         count, top = per_mailbox.get(bytes(mailbox_id), (0, 0))
         per_mailbox[bytes(mailbox_id)] = (count + 1, max(top, seq))
     for mailbox_id, (count, top) in per_mailbox.items():
         conn.execute(
             "UPDATE mailboxes SET expired_count = expired_count + ?,"
-            " expired_up_to_seq = max(expired_up_to_seq, ?), pending = pending - ? WHERE id = ?",
-            (count, top, count, mailbox_id),
+            " expired_up_to_seq = max(expired_up_to_seq, ?) WHERE id = ?",
+            (count, top, mailbox_id),
         )
-    _removed(conn, {}, (r[2] for r in rows))
     dedup = conn.execute(
         "DELETE FROM dedup WHERE (mailbox_id, dedup_hash) IN ("
         " SELECT mailbox_id, dedup_hash FROM dedup WHERE keep_until_ms <= ? LIMIT ?)",

@@ -1,11 +1,11 @@
-"""Pending counts and blob clean-up without the per-row trigger (relay schema v3).
+"""Pending counts and blob clean-up through acks, expiry and deletions.
 
-Since v3, whatever deletes deliveries of a live mailbox (one ack, a run of acks, the
-expiry sweep) lowers ``mailboxes.pending`` and drops unreferenced blobs itself, once per
-statement; the ``deliveries_gone`` trigger only cleans up after a deleted mailbox's
-cascade. The oracle is the in-memory store fed the same calls, and the table itself:
-after every step each mailbox's ``pending`` equals its delivery rows, and the blob rows
-are exactly the blobs some delivery still names.
+Whatever deletes deliveries (one ack, a run of acks, the expiry sweep, a deleted
+mailbox's or account's cascade) must leave each mailbox's ``pending`` equal to its
+delivery rows and the blob rows exactly the blobs some delivery still names (schema v3
+and v4 kept both once per statement in code; v5 is back to the per-row
+``deliveries_gone`` trigger, which was cheaper). The oracle is the in-memory store fed
+the same calls, and the tables themselves.
 """
 
 from __future__ import annotations

@@ -66,10 +66,11 @@ ADDED_COLUMNS_BY: dict[int, dict[str, list[str]]] = {2: {"mailboxes": ["serial"]
 """Columns a migration to version N adds to an existing table (``ALTER TABLE``, which
 rewrites the table's SQL); every other object of an older database must come through
 unchanged."""
-REPLACED_BY: dict[int, list[str]] = {3: ["deliveries_gone"]}
+REPLACED_BY: dict[int, list[str]] = {3: ["deliveries_gone"], 5: ["deliveries_gone"]}
 """Triggers a migration to version N drops and creates again under the same name (v3:
-``deliveries_gone`` only cleans up after a deleted mailbox's cascade; acks and the
-expiry sweep keep the counters and blobs once per statement)."""
+``deliveries_gone`` only cleans up after a deleted mailbox's cascade, acks and the
+expiry sweep keep the counters and blobs once per statement; v5: back to v2's trigger,
+for every deleted row)."""
 SEEDED_BY: dict[int, dict[str, list[tuple[Any, ...]]]] = {
     2: {"counters": [("mailbox_serial", 0)]}}
 """Rows a migration to version N inserts into a table it creates; every other new table
@@ -134,8 +135,8 @@ def query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 def check_database(path: Path) -> None:
     assert query(path, "PRAGMA integrity_check") == [("ok",)]
     assert query(path, "PRAGMA foreign_key_check") == []
-    # No blob outlives its last delivery row, and the pending counts are exact (acks and
-    # the expiry sweep keep both since v3; the deliveries_gone trigger before).
+    # No blob outlives its last delivery row, and the pending counts are exact (the
+    # deliveries_gone trigger; in v3 and v4, acks and the expiry sweep per statement).
     assert query(path, "SELECT count(*) FROM blobs WHERE id NOT IN"
                        " (SELECT blob_id FROM deliveries)") == [(0,)]
     assert query(path, "SELECT count(*) FROM mailboxes m WHERE pending != (SELECT count(*)"
