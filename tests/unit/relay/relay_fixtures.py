@@ -20,26 +20,27 @@ Files per version:
     compare, and use the probes as the oracle for what retries, bundles and invites must
     still do.
 
-What a fixture holds (:func:`build`; the store API is the same in versions 1 to 3, only
+What a fixture holds (:func:`build`; the store API is the same in versions 1 to 5, only
 what it writes differs; version 3 stores what version 2 did, and keeps the pending counts
-and blobs per statement instead of by a per-row trigger). Invites: two used (by Alice and
-Carol), one used by Dave (whose account is gone), one unused, one unused with a future
-expiry, one expired, one revoked (gone). Accounts: Alice, with an identity rotation (the
-chain has one record), a signed and a last-resort KEM prekey signed by the new key,
-one-time X25519 prekeys (one of the old key's consumed by a bundle fetch, the others kept
-through the rotation) and one-time ML-KEM prekeys (the old key's dropped by the rotation),
-a username claimed twice (the second replaces the first), a contact mailbox, a push
-registration inherited by a rotated mailbox, a rotated mailbox still accepting sends, a
-rotated mailbox deleted by the expiry sweep; Bob, with a signed and a last-resort prekey
-only (bundles fall back to it), a username, a replaced send capability; Carol, without
-prekeys (no bundle), a username she released and a deleted mailbox; Dave, deleted with
-everything he owned. Messages: single- and multi-recipient sends (one by ``append_many``,
-one retried to a larger set of recipients, one with a refused recipient), some acked
-(cumulatively and selectively), one expired and swept (an expiry notice and no idempotency
-record left), one past its TTL but not yet swept. Idempotency records: version 1 keeps one
-``dedup`` row per copy, versions 2 and 3 one ``send_dedup`` record per multi-recipient
-send, version 4 one per send (and a ``dedup`` row for the copy a retry added). File blobs
-do not live in the database (``FolderBlobStore``), so no fixture has any.
+and blobs per statement instead of by a per-row trigger, which version 5 restores).
+Invites: two used (by Alice and Carol), one used by Dave (whose account is gone), one
+unused, one unused with a future expiry, one expired, one revoked (gone). Accounts: Alice,
+with an identity rotation (the chain has one record), a signed and a last-resort KEM
+prekey signed by the new key, one-time X25519 prekeys (one of the old key's consumed by a
+bundle fetch, the others kept through the rotation) and one-time ML-KEM prekeys (the old
+key's dropped by the rotation), a username claimed twice (the second replaces the first),
+a contact mailbox, a push registration inherited by a rotated mailbox, a rotated mailbox
+still accepting sends, a rotated mailbox deleted by the expiry sweep; Bob, with a signed
+and a last-resort prekey only (bundles fall back to it), a username, a replaced send
+capability; Carol, without prekeys (no bundle), a username she released and a deleted
+mailbox; Dave, deleted with everything he owned. Messages: single- and multi-recipient
+sends (one by ``append_many``, one retried to a larger set of recipients, one with a
+refused recipient), some acked (cumulatively and selectively), one expired and swept (an
+expiry notice and no idempotency record left), one past its TTL but not yet swept.
+Idempotency records: version 1 keeps one ``dedup`` row per copy, versions 2 and 3 one
+``send_dedup`` record per multi-recipient send, versions 4 and 5 one per send (and a
+``dedup`` row for the copy a retry added). File blobs do not live in the database
+(``FolderBlobStore``), so no fixture has any.
 
 Building the fixture of a NEW schema version N (never rebuild a shipped one; the builder
 refuses to overwrite), from /work/main::
@@ -88,6 +89,7 @@ BUILT_WITH: dict[int, str] = {
     2: "6318265d06366f53033c99e32a56ab9e0813c9dd",  # HEAD then: schema v2, send_dedup
     3: "ea054744e52740e3f0b2e242d79102e42169d11a",  # the bump: counters per ack statement
     4: "a6682cb89d7a9f6d8f764e3979bb3542d3c240b1",  # the bump: a send record for every send
+    5: "b2daafa6cf53ef7b5145d84a0ab83c84ac1ea50f",  # the bump: v2's per-row trigger again
 }
 """Relay schema version -> the commit whose own code wrote ``data/relay_vN.db.gz``."""
 
