@@ -1,5 +1,5 @@
 """Channels with subscriptions: channels that scale past a state's member list
-(docs/protocol.md §9.14 "Channels with subscriptions", docs/sdk.md §15.15).
+(docs/protocol.md §9.14 "Channels with subscriptions", docs/sdk.md §15.14).
 
 Theory of operation
     A channel's subscribers do not need to know each other: they read the admins'

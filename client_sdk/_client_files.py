@@ -1,5 +1,5 @@
 """The AsyncClient's file methods: ``send_file``, ``download_file``, pause and resume
-(docs/sdk.md §15.14). Mixed into :class:`~client_sdk.client.AsyncClient`.
+(docs/sdk.md §15.13). Mixed into :class:`~client_sdk.client.AsyncClient`.
 
 Each transfer runs as one task (:meth:`FilesMixin._drive`) that owns its file
 descriptor and its HTTP session, and moves the chunks its stored bitmap does not mark

@@ -1,5 +1,5 @@
 """The group messages part of :class:`~client_sdk.client.AsyncClient`'s API (docs/sdk.md
-§15.15): texts, files, edits, reactions, deletes, receipts, typing, the disappearing
+§15.14): texts, files, edits, reactions, deletes, receipts, typing, the disappearing
 timer and history of a group conversation. Each send is one sender-key message and one
 multi-recipient send (``_groups.send``), queued on the outbox pump."""
 

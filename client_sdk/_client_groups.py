@@ -1,5 +1,5 @@
 """The groups and channels part of :class:`~client_sdk.client.AsyncClient`'s API
-(docs/sdk.md §15.15). Each call runs the core's group logic (``_groups``) on the
+(docs/sdk.md §15.14). Each call runs the core's group logic (``_groups``) on the
 worker, queues the stored rows on the outbox pump and emits the events."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Groups in the core: group state and its convergence, control messages, sender keys
-and group sends (docs/sdk.md §15.15, docs/protocol.md §9.14). Receiving is in
+and group sends (docs/sdk.md §15.14, docs/protocol.md §9.14). Receiving is in
 :mod:`client_sdk._groups_receive`.
 
 Theory of operation

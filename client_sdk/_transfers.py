@@ -1,6 +1,6 @@
 """The HTTP side of file transfers: chunks to and from the relay's blob store.
 
-Theory of operation (docs/sdk.md §15.14; docs/relay.md "Blob HTTP API")
+Theory of operation (docs/sdk.md §15.13; docs/relay.md "Blob HTTP API")
     A transfer moves the chunks of one blob that its bitmap does not mark done.
     ``parallel`` workers share a queue of chunk indexes; each moves one chunk at a time
     (upload: ``os.pread`` of the chunk's file bytes and :meth:`ChunkCipher.seal` in a

@@ -1,4 +1,4 @@
-"""File transfer: the public types, errors and events (docs/sdk.md §15.14).
+"""File transfer: the public types, errors and events (docs/sdk.md §15.13).
 
 A file is encrypted in chunks (protocol §8.1, :class:`pigeon_crypto.files.ChunkCipher`)
 and stored as one relay blob; its manifest travels in a ``File`` message. The methods

@@ -1,4 +1,4 @@
-"""Public types of groups and channels (docs/sdk.md §15.15): what a group looks like
+"""Public types of groups and channels (docs/sdk.md §15.14): what a group looks like
 to the application, its events and its errors. The logic is in ``_groups`` (sending and
 convergence) and ``_groups_receive``; the API in ``_client_groups``."""
 

@@ -1,4 +1,4 @@
-"""Send a file to a contact, or receive one, with a progress bar (docs/sdk.md §15.14).
+"""Send a file to a contact, or receive one, with a progress bar (docs/sdk.md §15.13).
 
 Usage::
 

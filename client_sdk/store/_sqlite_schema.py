@@ -259,7 +259,7 @@ def _v1(conn: sqlite3.Connection) -> None:
 
 
 def _v2(conn: sqlite3.Connection) -> None:
-    # File transfers (docs/sdk.md §15.14); statements in client_sdk.store.transfers.
+    # File transfers (docs/sdk.md §15.13); statements in client_sdk.store.transfers.
     from .transfers import SCHEMA_V2
 
     for statement in SCHEMA_V2:
@@ -267,7 +267,7 @@ def _v2(conn: sqlite3.Connection) -> None:
 
 
 def _v3(conn: sqlite3.Connection) -> None:
-    # Groups (docs/sdk.md §15.15); statements in client_sdk.store._sqlite_groups.
+    # Groups (docs/sdk.md §15.14); statements in client_sdk.store._sqlite_groups.
     from ._sqlite_groups import SCHEMA_GROUPS
 
     for statement in SCHEMA_GROUPS:
@@ -284,7 +284,7 @@ def _v4(conn: sqlite3.Connection) -> None:
 
 
 def _v5(conn: sqlite3.Connection) -> None:
-    # Aggregated receipts of group messages (docs/sdk.md §15.15).
+    # Aggregated receipts of group messages (docs/sdk.md §15.14).
     from ._sqlite_groups import SCHEMA_GROUP_RECEIPTS
 
     for statement in SCHEMA_GROUP_RECEIPTS:
@@ -292,7 +292,7 @@ def _v5(conn: sqlite3.Connection) -> None:
 
 
 def _v6(conn: sqlite3.Connection) -> None:
-    # Channels with subscriptions (docs/sdk.md §15.15): the admins' roster.
+    # Channels with subscriptions (docs/sdk.md §15.14): the admins' roster.
     from ._sqlite_groups import SCHEMA_CHANNEL_SUBSCRIPTIONS
 
     for statement in SCHEMA_CHANNEL_SUBSCRIPTIONS:

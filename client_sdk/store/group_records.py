@@ -1,4 +1,4 @@
-"""Stored forms of groups (docs/sdk.md §15.15): signed states, the group row, the
+"""Stored forms of groups (docs/sdk.md §15.14): signed states, the group row, the
 chain index, pending group blobs, and :class:`GroupWrite`, what one group operation
 changes, stored inside the same transaction as the send or the receipt that caused it
 (``Outgoing.group`` / ``Incoming.group``) or alone (``GroupStore.write_group``).

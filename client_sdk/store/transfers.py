@@ -1,4 +1,4 @@
-"""Transfer state of file uploads and downloads, kept in the profile (docs/sdk.md §15.14).
+"""Transfer state of file uploads and downloads, kept in the profile (docs/sdk.md §15.13).
 
 A transfer survives the process: which chunks are done (a bitmap, in clear: it reveals
 only a chunk count, which the relay sees anyway) and a sealed record with everything
