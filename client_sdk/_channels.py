@@ -49,10 +49,10 @@ from protocol.group import (
 )
 from protocol.inner import MAX_SUBSCRIPTIONS_PER_CONTROL, GroupControl
 
-from ._group_state import GroupView, change_event, group_info
+from ._group_state import GroupView, change_event, group_info, member_view
 from ._sending import _Batch
 from .errors import ClientError
-from .groups import GroupChanged, NotGroupAdmin, NotGroupMember, UnknownGroup
+from .groups import GroupChanged
 from .store.group_records import (
     GroupWrite,
     SignedGroupState,
@@ -197,25 +197,13 @@ def create(core: ClientCore, *, name: str, subscribers: Sequence[bytes],
     return group_id, items, [change_event(core, view, None, now_ms=now_ms)]
 
 
-def _admin_view(core: ClientCore, group_id: bytes) -> tuple[GroupView, SignedGroupState]:
-    view = GroupView.load(core, group_id)
-    head = view.head
-    if head is None:
-        raise UnknownGroup(group_id)
-    if not view.active:
-        raise NotGroupMember(group_id)
-    if core.account_id not in head.state.admins:
-        raise NotGroupAdmin(group_id)
-    return view, head
-
-
 def set_subscribed(core: ClientCore, group_id: bytes, ids: Iterable[bytes], subscribed: bool,
                    *, now_ms: int) -> tuple[list[OutboxItem], list[Event]]:
     """Subscribe or remove subscribers (admins only): one new subscription each, sent to
     its subscriber and to the other admins. Removing drops our outbound chain (the next
     post rotates)."""
     me = core.account_id
-    view, head = _admin_view(core, group_id)
+    view, head = member_view(core, group_id, admin=True)
     st = head.state
     roster = view.roster
     wanted = sorted(i for i in set(ids) - set(st.admins) if (i in roster) != subscribed)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final
 
 from protocol.group import GroupState
 
-from .groups import GroupChanged, GroupInfo, UnknownGroup
+from .groups import GroupChanged, GroupInfo, NotGroupAdmin, NotGroupMember, UnknownGroup
 from .history import ConversationKind
 from .store.group_records import (
     GroupRecord,
@@ -253,6 +253,24 @@ def change_event(core: ClientCore, view: GroupView, old: SignedGroupState | None
                         removed=diff(o.members, st.members),
                         promoted=diff(st.admins, o.admins), demoted=diff(o.admins, st.admins),
                         renamed=o.name != st.name)
+
+
+def member_view(core: ClientCore, group_id: bytes, *, admin: bool = False,
+                ) -> tuple[GroupView, SignedGroupState]:
+    """The group and its head, if we are a member (and an admin, if *admin*).
+
+    Raises:
+        UnknownGroup, NotGroupMember, NotGroupAdmin.
+    """
+    view = GroupView.load(core, group_id)
+    head = view.head
+    if head is None:
+        raise UnknownGroup(group_id)
+    if not view.active:
+        raise NotGroupMember(group_id)
+    if admin and core.account_id not in head.state.admins:
+        raise NotGroupAdmin(group_id)
+    return view, head
 
 
 def reached(view: GroupView, state: GroupState) -> set[bytes]:

@@ -84,6 +84,7 @@ from ._group_state import (
     change_event,
     conversation_id,
     group_info,
+    member_view,
     reached,
 )
 from ._sending import _Batch
@@ -184,15 +185,7 @@ def changeable(core: ClientCore, group_id: bytes, *, leave: bool = False,
     Raises:
         UnknownGroup, NotGroupMember, NotGroupAdmin.
     """
-    view = GroupView.load(core, group_id)
-    head = view.head
-    if head is None:
-        raise UnknownGroup(group_id)
-    if not view.active:
-        raise NotGroupMember(group_id)
-    if not leave and core.account_id not in head.state.admins:
-        raise NotGroupAdmin(group_id)
-    return view, head
+    return member_view(core, group_id, admin=not leave)
 
 
 def change(core: ClientCore, group_id: bytes, mutate: Callable[[GroupState], dict[str, object]],
@@ -576,12 +569,7 @@ def sendable_group(core: ClientCore, group_id: bytes) -> tuple[GroupView, Signed
     Raises:
         UnknownGroup, NotGroupMember, NotGroupAdmin (a channel).
     """
-    view = GroupView.load(core, group_id)
-    head = view.head
-    if head is None:
-        raise UnknownGroup(group_id)
-    if not view.active:
-        raise NotGroupMember(group_id)
+    view, head = member_view(core, group_id)
     if head.state.channel and core.account_id not in head.state.admins:
         raise NotGroupAdmin(group_id)
     return view, head
