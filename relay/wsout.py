@@ -91,13 +91,7 @@ class FrameSink:
             return
         if self._transport.is_closing():
             return
-        self._pending.append(_frame(data))
-        self._size += len(data)
-        if self._size >= FLUSH_AT:
-            self.flush()
-        elif not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._flush_soon)
+        self._queue(data)
         if self._protocol._paused:
             await self._protocol._drain_helper()
 
@@ -111,6 +105,12 @@ class FrameSink:
             return False
         if transport.is_closing():
             return True
+        self._queue(data)
+        return True
+
+    def _queue(self, data: bytes) -> None:
+        """Add one frame to the batch: written at once past ``FLUSH_AT``, else at the end
+        of this loop iteration."""
         self._pending.append(_frame(data))
         self._size += len(data)
         if self._size >= FLUSH_AT:
@@ -118,7 +118,6 @@ class FrameSink:
         elif not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush_soon)
-        return True
 
     def _flush_soon(self) -> None:
         self._scheduled = False
