@@ -13,11 +13,22 @@ bindings, invite code *hashes*. No table has a column for a sender.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 
 from ._sqlite_txn import Migration
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+
+_DELIVERIES_GONE = """
+    CREATE TRIGGER deliveries_gone AFTER DELETE ON deliveries
+    BEGIN
+        UPDATE mailboxes SET pending = pending - 1 WHERE id = OLD.mailbox_id;
+        DELETE FROM blobs WHERE id = OLD.blob_id
+            AND NOT EXISTS (SELECT 1 FROM deliveries WHERE blob_id = OLD.blob_id);
+    END
+    """
+"""The per-row trigger of versions 1, 2 and 5 (version 5 restores it word for word)."""
 
 _V1 = [
     """
@@ -90,14 +101,7 @@ _V1 = [
     # Whatever removes a delivery (ack, expiry, cascade from a mailbox or account deletion;
     # SQLite fires triggers for FK cascades) keeps the pending count and drops the blob
     # with its last reference. (The append op increments pending itself.)
-    """
-    CREATE TRIGGER deliveries_gone AFTER DELETE ON deliveries
-    BEGIN
-        UPDATE mailboxes SET pending = pending - 1 WHERE id = OLD.mailbox_id;
-        DELETE FROM blobs WHERE id = OLD.blob_id
-            AND NOT EXISTS (SELECT 1 FROM deliveries WHERE blob_id = OLD.blob_id);
-    END
-    """,
+    _DELIVERIES_GONE,
     # Idempotency per recipient mailbox: SHA-256(protocol.dedup_input(mailbox, client_msg_id)).
     # Outlives the delivery row (a retry after the ack must not re-queue) until
     # keep_until_ms (the relay's maximum TTL after receipt). expires_at_ms is the message's,
@@ -142,11 +146,6 @@ _V1 = [
 ]
 
 
-def _v1(conn: sqlite3.Connection) -> None:
-    for statement in _V1:
-        conn.execute(statement)
-
-
 _V2 = [
     # One idempotency record per multi-recipient send instead of one `dedup` row per
     # recipient (a 1,000-member group send wrote 1,000 rows into two random-keyed
@@ -179,11 +178,6 @@ _V2 = [
 ]
 
 
-def _v2(conn: sqlite3.Connection) -> None:
-    for statement in _V2:
-        conn.execute(statement)
-
-
 _V3 = [
     # Acks and the expiry sweep keep the pending counts and drop unreferenced blobs once
     # per statement (relay/_sqlite_ops.py: `_removed`): the per-row trigger cost three
@@ -206,11 +200,6 @@ _V3 = [
 ]
 
 
-def _v3(conn: sqlite3.Connection) -> None:
-    for statement in _V3:
-        conn.execute(statement)
-
-
 _V4 = [
     # Every send's first copies get a `send_dedup` record, a single-recipient send's too
     # (one entry), instead of `dedup` rows; copies added later under a client_msg_id that
@@ -224,11 +213,6 @@ _V4 = [
 ]
 
 
-def _v4(conn: sqlite3.Connection) -> None:
-    for statement in _V4:
-        conn.execute(statement)
-
-
 _V5 = [
     # Back to version 2's per-row trigger (the version 3 change did not pay): one
     # UPDATE ... FROM (VALUES ...) of the pending counts per ack statement cost 3.2-4.0 us
@@ -238,22 +222,15 @@ _V5 = [
     # back). The trigger again keeps the pending count and drops the blob with its last
     # delivery for whatever deletes it (ack, expiry, cascade).
     "DROP TRIGGER deliveries_gone",
-    """
-    CREATE TRIGGER deliveries_gone AFTER DELETE ON deliveries
-    BEGIN
-        UPDATE mailboxes SET pending = pending - 1 WHERE id = OLD.mailbox_id;
-        DELETE FROM blobs WHERE id = OLD.blob_id
-            AND NOT EXISTS (SELECT 1 FROM deliveries WHERE blob_id = OLD.blob_id);
-    END
-    """,
+    _DELIVERIES_GONE,
 ]
 
 
-def _v5(conn: sqlite3.Connection) -> None:
-    for statement in _V5:
+def _run(statements: list[str], conn: sqlite3.Connection) -> None:
+    for statement in statements:
         conn.execute(statement)
 
 
-MIGRATIONS = (Migration(1, _v1), Migration(2, _v2), Migration(3, _v3), Migration(4, _v4),
-              Migration(5, _v5))
+MIGRATIONS = tuple(Migration(n, functools.partial(_run, statements))  # pickles (writer process)
+                   for n, statements in enumerate((_V1, _V2, _V3, _V4, _V5), start=1))
 SCHEMA_VERSION = MIGRATIONS[-1].version
