@@ -13,8 +13,8 @@ import hashlib
 import hmac
 import json
 import sqlite3
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Sequence, Sized
+from typing import Any, TypeVar
 
 from protocol import dedup_input
 
@@ -45,6 +45,8 @@ _JSON = sqlite3.sqlite_version_info >= (3, 38, 0)
 """JSON functions are built in from SQLite 3.38 (``ack_many`` falls back to one DELETE
 per call before)."""
 """``UPDATE ... FROM`` (one statement for every counter of a run) needs SQLite 3.33."""
+
+R = TypeVar("R")
 
 
 def dedup_hash(mailbox_id: bytes, client_msg_id: bytes) -> bytes:
@@ -486,13 +488,7 @@ def append_lists(conn: sqlite3.Connection, lists: Sequence[Sequence[AppendReques
                  ) -> list[list[AppendResult]]:
     """:func:`append_many` over several callers' lists at once; results split back."""
     flat = [request for requests in lists for request in requests]
-    results = append_many(conn, flat)
-    out: list[list[AppendResult]] = []
-    start = 0
-    for requests in lists:
-        out.append(results[start:start + len(requests)])
-        start += len(requests)
-    return out
+    return _split_back(lists, append_many(conn, flat))
 
 
 def fetch(
@@ -590,11 +586,15 @@ def ack_lists(conn: sqlite3.Connection, lists: Sequence[Sequence[AckRequest]]
               ) -> list[list[int]]:
     """:func:`ack_many` over several callers' lists at once; results split back."""
     flat = [request for requests in lists for request in requests]
-    counts = ack_many(conn, flat) if flat else []
-    out: list[list[int]] = []
+    return _split_back(lists, ack_many(conn, flat) if flat else [])
+
+
+def _split_back(lists: Sequence[Sized], results: list[R]) -> list[list[R]]:
+    """*results* of the concatenated *lists*, cut back into one list per input list."""
+    out: list[list[R]] = []
     start = 0
     for requests in lists:
-        out.append(counts[start:start + len(requests)])
+        out.append(results[start:start + len(requests)])
         start += len(requests)
     return out
 
