@@ -58,6 +58,16 @@ def _head(p: Party, gid: bytes) -> bytes | None:
     return None if record is None else record.head
 
 
+def _sealed_change(relay: FakeRelay) -> tuple[Party, list[Party], bytes, Delivery, Delivery]:
+    """A large group created and sent: ``(admin, members, gid, blob, key)``, the two
+    halves waiting for the first member."""
+    admin, *members = _group(relay)
+    gid = _create(admin, members, LONG)
+    admin.flush()
+    blob, key = _pending(relay, members[0])
+    return admin, members, gid, blob, key
+
+
 def test_sealing_pays_when_it_halves_the_bytes() -> None:
     assert not _groups.sealing_pays(256, 1000)  # a small state: a key costs as much
     assert not _groups.sealing_pays(512, 1000)  # saves less than half
@@ -100,11 +110,8 @@ def test_a_small_change_goes_pairwise(relay: FakeRelay) -> None:
 
 @pytest.mark.parametrize("batches", ["one", "two"])
 def test_the_key_may_come_before_the_blob(relay: FakeRelay, batches: str) -> None:
-    admin, *members = _group(relay)
-    gid = _create(admin, members, LONG)
-    admin.flush()
+    admin, members, gid, blob, key = _sealed_change(relay)
     m = members[0]
-    blob, key = _pending(relay, m)
     if batches == "one":
         m.sync([key, blob])
     else:
@@ -118,11 +125,8 @@ def test_the_key_may_come_before_the_blob(relay: FakeRelay, batches: str) -> Non
 
 
 def test_blob_then_key_in_separate_batches_and_redelivered(relay: FakeRelay) -> None:
-    admin, *members = _group(relay)
-    gid = _create(admin, members, LONG)
-    admin.flush()
+    admin, members, gid, blob, key = _sealed_change(relay)
     m = members[0]
-    blob, key = _pending(relay, m)
     m.sync([blob])
     m.sync([blob])  # a redelivery before the key: held once
     assert m.store.sealed_control_count() == 1 and _head(m, gid) is None
@@ -153,11 +157,8 @@ def _key(sender: Party, digest: bytes, key: bytes) -> GroupControlKey:
 
 
 def test_a_tampered_blob_is_never_opened(relay: FakeRelay) -> None:
-    admin, *members = _group(relay)
-    gid = _create(admin, members, LONG)
-    admin.flush()
+    admin, members, gid, blob, key = _sealed_change(relay)
     m = members[0]
-    blob, key = _pending(relay, m)
     forged = blob.blob[:-1] + bytes([blob.blob[-1] ^ 1])
     m.sync([_redeliver(relay, blob, forged), key])  # the key names the real blob's hash
     assert _head(m, gid) is None and m.take(GroupChanged) == []
@@ -167,11 +168,8 @@ def test_a_tampered_blob_is_never_opened(relay: FakeRelay) -> None:
 
 
 def test_a_wrong_key_opens_nothing_and_both_halves_go(relay: FakeRelay) -> None:
-    admin, *members = _group(relay)
-    gid = _create(admin, members, LONG)
-    admin.flush()
+    admin, members, gid, blob, _ = _sealed_change(relay)
     m = members[0]
-    blob, _ = _pending(relay, m)
     m.sync([blob])
     digest = hashlib.sha256(blob.blob).digest()
     _send_inner(admin, m, _key(admin, digest, bytes(32)))  # right sender, wrong key
@@ -202,11 +200,8 @@ def test_a_key_opens_only_its_senders_blob(relay: FakeRelay) -> None:
 
 
 def test_halves_expire(relay: FakeRelay) -> None:
-    admin, *members = _group(relay)
-    _create(admin, members, LONG)
-    admin.flush()
+    _admin, members, _gid, _blob, key = _sealed_change(relay)
     m = members[0]
-    _blob, key = _pending(relay, m)
     m.sync([key])
     assert m.store.sealed_control_count() == 1
     m.core.group_upkeep(now_ms=NOW + _groups_receive.PENDING_TTL_MS)  # the periodic check
@@ -216,11 +211,8 @@ def test_halves_expire(relay: FakeRelay) -> None:
 
 
 def test_an_oversized_sealed_blob_is_not_held(relay: FakeRelay) -> None:
-    admin, *members = _group(relay)
-    _create(admin, members, LONG)
-    admin.flush()
+    _admin, members, _gid, blob, _ = _sealed_change(relay)
     m = members[0]
-    blob, _ = _pending(relay, m)
     limit = _groups_receive.MAX_SEALED_BLOB
     m.sync([_redeliver(relay, blob, blob.blob[:1] + bytes(limit))])  # one byte too many
     assert m.store.sealed_control_count() == 0
@@ -423,11 +415,8 @@ def test_blobs_of_sizes_no_sender_makes_are_not_held(relay: FakeRelay) -> None:
 
 
 def test_a_relay_time_in_the_future_does_not_keep_a_half(relay: FakeRelay) -> None:
-    admin, *members = _group(relay)
-    _create(admin, members, LONG)
-    admin.flush()
+    _admin, members, _gid, _blob, key = _sealed_change(relay)
     m = members[0]
-    _blob, key = _pending(relay, m)
     m.sync([Delivery(mailbox_id=key.mailbox_id, seq=key.seq, received_at_ms=2**62,
                      blob=key.blob)])
     m.core.group_upkeep(now_ms=NOW + _groups_receive.PENDING_TTL_MS + 1)
