@@ -62,3 +62,13 @@ def avatar_manifest(name: str = "avatar.png", true_size: int = 1000) -> bytes:
                         true_size=true_size, padded_size=layout.padded_size,
                         chunk_count=layout.chunk_count, blob_id=bytes(16),
                         name=name).to_bytes()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process *pid* is running (Linux; a zombie nobody reaped yet counts as
+    gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

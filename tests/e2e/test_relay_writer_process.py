@@ -11,6 +11,7 @@ import signal
 import time
 
 from protocol import Sent
+from tests.helpers import process_alive
 
 from .conftest import RelayFactory
 from .wsclient import anonymous, connect_user
@@ -24,26 +25,20 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _wait_gone(pid: int, timeout_s: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout_s
-    while _alive(pid) and time.monotonic() < deadline:
+    while process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return not _alive(pid)
+    return not process_alive(pid)
 
 
 async def test_kill_9_of_the_relay_takes_the_writer_along(relay_factory: RelayFactory) -> None:
     rp = relay_factory(args=["--store-writer", "process"], synchronous_off=False)
     assert rp.proc is not None
     writers = _children(rp.proc.pid)
-    assert len(writers) == 1 and _alive(writers[0])
+    assert len(writers) == 1 and process_alive(writers[0])
     bob = await connect_user(rp.url)
     box = await bob.create_mailbox()
     alice = await anonymous(rp.url)

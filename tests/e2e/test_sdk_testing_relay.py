@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from client_sdk.testing import RelayProcess, start_relay
+from tests.helpers import process_alive
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="PR_SET_PDEATHSIG is Linux only")
@@ -32,13 +33,6 @@ _START_S = 30.0
 _GONE_S = 10.0
 
 
-def _alive(pid: int) -> bool:
-    """Running (a zombie no one reaped yet counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _line(proc: subprocess.Popen[str], timeout_s: float) -> str:
@@ -57,18 +51,18 @@ def test_the_relay_dies_with_a_killed_parent(tmp_path: Path) -> None:
         line = _line(parent, _START_S)
         relay_pid = int(line.split()[0])
         assert line.split()[1].startswith("http://127.0.0.1:")
-        assert _alive(relay_pid)
+        assert process_alive(relay_pid)
         parent.send_signal(signal.SIGKILL)  # nothing of the parent's runs after this
         parent.wait(timeout=10)
         deadline = time.monotonic() + _GONE_S
-        while _alive(relay_pid) and time.monotonic() < deadline:
+        while process_alive(relay_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(relay_pid), "the relay outlived the process that started it"
+        assert not process_alive(relay_pid), "the relay outlived the process that started it"
     finally:
         if parent.poll() is None:
             parent.kill()
             parent.wait(timeout=10)
-        if relay_pid and _alive(relay_pid):
+        if relay_pid and process_alive(relay_pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(relay_pid, signal.SIGKILL)
 

@@ -23,6 +23,7 @@ import pytest
 from pigeon_crypto.errors import StoreError
 from relay.ports import NotFound, Recipient, RejectReason, WrongCapability
 from relay.store_sqlite import SqliteStore, WriterMode
+from tests.helpers import process_alive
 
 REPO = Path(__file__).resolve().parents[3]
 T0 = 1_700_000_000_000
@@ -38,12 +39,6 @@ def _writer_pid(store: SqliteStore) -> int:
     return remote.pid
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 async def _open(path: Path, **kwargs: object) -> SqliteStore:
@@ -147,14 +142,14 @@ def test_the_writer_dies_with_its_parent(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         child = int(proc.stdout.readline())
-        assert _alive(child)
+        assert process_alive(child)
     finally:
         proc.kill()
         proc.wait()
     deadline = time.monotonic() + 10
-    while _alive(child) and time.monotonic() < deadline:
+    while process_alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(child), "the writer process outlived the relay"
+    assert not process_alive(child), "the writer process outlived the relay"
 
 
 async def test_an_op_that_does_not_pickle_fails_alone(tmp_path: Path) -> None:
