@@ -2,6 +2,7 @@
 Run: python -m examples.echo_bot PROFILE RELAY_URL (passphrase: $PIGEON_PASSPHRASE or asked)"""
 
 import asyncio
+import contextlib
 import getpass
 import os
 import sys
@@ -23,5 +24,6 @@ async def echo_bot(profile: str, relay_url: str, passphrase: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(echo_bot(sys.argv[1], sys.argv[2], os.environ.get("PIGEON_PASSPHRASE")
-                         or getpass.getpass("passphrase: ")))
+    with contextlib.suppress(KeyboardInterrupt):    # Ctrl-C: stop quietly
+        asyncio.run(echo_bot(sys.argv[1], sys.argv[2], os.environ.get("PIGEON_PASSPHRASE")
+                             or getpass.getpass("passphrase: ")))

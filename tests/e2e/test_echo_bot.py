@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -83,3 +84,25 @@ async def test_echo_bot_accepts_and_echoes(pigeon_relay: RelayProcess,  # noqa: 
     async with echo_bot(profile, pigeon_relay.url) as again:
         assert again == link
         assert await _echoed(alice, bot, ["still there?"]) == ["still there?"]
+
+
+async def test_ctrl_c_stops_the_bot_quietly(pigeon_relay: RelayProcess,  # noqa: F811
+                                            tmp_path: Path) -> None:
+    env = {**os.environ, "PIGEON_PASSPHRASE": "echo bot passphrase"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "examples.echo_bot", str(tmp_path / "bot.pigeon"),
+        pigeon_relay.url, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        async with asyncio.timeout(TIMEOUT_S):
+            assert (await proc.stdout.readline()).startswith(b"echo bot ready")
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(TIMEOUT_S):
+            err = await proc.stderr.read()
+            assert await proc.wait() == 0
+        assert b"Traceback" not in err, err.decode(errors="replace")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
