@@ -3,18 +3,21 @@
 To add an adapter (PostgreSQL, say), write a factory ``def _postgres(tmp_path) ->
 StoreFactory`` (skip with ``pytest.skip`` when its server is not configured) and add it to
 ``FACTORIES``. Tests that need persistence across close/reopen are skipped for factories
-with ``persistent=False``.
+with ``persistent=False``. A factory whose stores live outside ``tmp_path`` (a PostgreSQL
+schema) gives a ``cleanup``, awaited after the test.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from pigeon_crypto.errors import StoreError
@@ -32,7 +35,9 @@ from relay.ports import (
     invite_code_hash,
 )
 from relay.store_memory import MemoryStore
+from relay.store_postgres import PostgresStore
 from relay.store_sqlite import SqliteStore, WriterMode
+from tests.services import postgres_dsn, unique_name
 
 DAY_MS = 86_400_000
 T0 = 1_700_000_000_000
@@ -47,6 +52,8 @@ class StoreFactory:
     persistent: bool
     raw_blob_rows: Callable[[], int] | None = None
     """Counts physical blob rows, for adapters where that is observable."""
+    cleanup: Callable[[], Awaitable[None]] | None = None
+    """Removes what the stores left outside ``tmp_path`` (awaited after the test)."""
 
 
 def _memory(tmp_path: Path) -> StoreFactory:
@@ -77,13 +84,52 @@ def _sqlite_process(tmp_path: Path) -> StoreFactory:
     return _sqlite(tmp_path, WriterMode.PROCESS)
 
 
+def _run_aside(coro: Coroutine[None, None, int]) -> int:
+    """Run *coro* to completion on a loop of its own (for the synchronous raw_blob_rows)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _postgres(tmp_path: Path) -> StoreFactory:
+    dsn = postgres_dsn()
+    schema = unique_name("contract")
+
+    async def open_() -> Store:
+        return await PostgresStore.open(dsn, schema=schema, min_connections=1,
+                                        max_connections=4)
+
+    async def count_blobs() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return int(await conn.fetchval(f"SELECT count(*) FROM {schema}.blobs"))
+        finally:
+            await conn.close()
+
+    async def cleanup() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        finally:
+            await conn.close()
+
+    return StoreFactory(name="postgres", open=open_, persistent=True,
+                        raw_blob_rows=lambda: _run_aside(count_blobs()), cleanup=cleanup)
+
+
 FACTORIES: dict[str, Callable[[Path], StoreFactory]] = {
-    "memory": _memory, "sqlite": _sqlite, "sqlite-process": _sqlite_process}
+    "memory": _memory, "sqlite": _sqlite, "sqlite-process": _sqlite_process,
+    "postgres": _postgres}
 
 
 @pytest.fixture(params=sorted(FACTORIES))
-def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    return FACTORIES[request.param](tmp_path)
+async def store_factory(request: pytest.FixtureRequest, tmp_path: Path
+                        ) -> AsyncIterator[StoreFactory]:
+    factory = FACTORIES[request.param](tmp_path)
+    try:
+        yield factory
+    finally:
+        if factory.cleanup is not None:
+            await factory.cleanup()
 
 
 @pytest.fixture

@@ -1,0 +1,592 @@
+"""The SQL behind :class:`relay.store_postgres.PostgresStore`: mailboxes, messages, queues.
+
+Same rules as ``_pg_accounts``: each function runs inside the store's READ COMMITTED
+transaction, never commits, and raises the ``relay.ports`` errors for expected refusals.
+
+Concurrency (several relay nodes on one database):
+
+* An append locks every mailbox it names (``FOR NO KEY UPDATE``, in id order, so two
+  appends never wait on each other in a cycle) before it reads anything that decides the
+  result. Seqs come from the locked ``last_seq``; the idempotency records are read in a
+  *later* statement, whose snapshot includes whatever the previous holder of the lock
+  committed. So two nodes appending to one mailbox get dense, distinct seqs, and a resend
+  racing its original finds it.
+* A send's ``send_dedup`` record is keyed by its client_msg_id, which two nodes may be
+  storing at once for *different* mailboxes (no common lock). The record is inserted
+  ``ON CONFLICT DO NOTHING``; the loser records its copies as ``dedup`` rows instead and
+  extends the winner's record, which is what the SQLite adapter does for copies added
+  under a client_msg_id that already has a record.
+* Removing deliveries (ack, expiry, deletion) goes through the ``deliveries_gone``
+  statement trigger (``relay._pg_schema``), which keeps the pending counts and blob
+  reference counts under row locks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+from typing import Any
+
+from protocol import dedup_input
+
+from ._pg_accounts import Conn, lock_account
+from ._sqlite_ops import send_dedup_hash
+from .ports import (
+    AppendRequest,
+    AppendResult,
+    ExpiryNotice,
+    ExpiryReport,
+    MailboxQueue,
+    MailboxRecord,
+    NotFound,
+    QueueSizes,
+    Recipient,
+    RecipientSeq,
+    RejectReason,
+    StoreConflict,
+    StoredMessage,
+    WrongCapability,
+    unchecked_recipient_seq,
+)
+
+_MAILBOX_COLS = "id, account_id, created_at_ms, last_seq, pending, retire_at_ms, push_url"
+_ENTRY_HASH = 16
+"""Bytes of a recipient's dedup hash kept in a ``send_dedup`` entry (as in SQLite)."""
+_ENTRY = _ENTRY_HASH + 8
+
+
+def _entry(key: bytes, serial: int) -> bytes:
+    """A recipient's name in a ``send_dedup`` record: its dedup hash bound to the
+    mailbox's serial (a re-created mailbox does not inherit the old one's entries)."""
+    return hashlib.sha256(key + serial.to_bytes(8, "big")).digest()[:_ENTRY_HASH]
+
+
+def _entries(raw: bytes) -> dict[bytes, int]:
+    return {raw[i:i + _ENTRY_HASH]: int.from_bytes(raw[i + _ENTRY_HASH:i + _ENTRY], "big")
+            for i in range(0, len(raw), _ENTRY)}
+
+
+def _mailbox(row: Any) -> MailboxRecord:
+    return MailboxRecord(
+        mailbox_id=row[0],
+        account_id=row[1],
+        created_at_ms=row[2],
+        last_seq=row[3],
+        pending=row[4],
+        retire_at_ms=row[5],
+        push_url=row[6],
+    )
+
+
+# --------------------------------------------------------------------------- mailboxes
+
+
+async def create_mailbox(
+    conn: Conn, account_id: bytes, mailbox_id: bytes, capability_hash: bytes, now_ms: int,
+    push_url: str | None = None,
+) -> MailboxRecord:
+    # KEY SHARE: the account cannot be deleted until this commits.
+    if not await lock_account(conn, account_id, share=True):
+        raise NotFound("account")
+    inserted = await conn.fetchval(
+        "INSERT INTO mailboxes (id, account_id, capability_hash, created_at_ms, push_url)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING RETURNING 1",
+        mailbox_id, account_id, capability_hash, now_ms, push_url,
+    )
+    if inserted is None:
+        raise StoreConflict("mailbox")
+    return MailboxRecord(
+        mailbox_id=mailbox_id, account_id=account_id, created_at_ms=now_ms, last_seq=0,
+        pending=0, retire_at_ms=None, push_url=push_url,
+    )
+
+
+async def get_mailbox(conn: Conn, mailbox_id: bytes) -> MailboxRecord | None:
+    row = await conn.fetchrow(
+        f"SELECT {_MAILBOX_COLS} FROM mailboxes WHERE id = $1",  # noqa: S608 - constant columns
+        mailbox_id,
+    )
+    return None if row is None else _mailbox(row)
+
+
+async def list_mailboxes(conn: Conn, account_id: bytes) -> list[MailboxRecord]:
+    rows = await conn.fetch(
+        f"SELECT {_MAILBOX_COLS} FROM mailboxes WHERE account_id = $1"  # noqa: S608
+        " ORDER BY created_at_ms, id",
+        account_id,
+    )
+    return [_mailbox(r) for r in rows]
+
+
+async def rotate_mailbox(
+    conn: Conn, account_id: bytes, mailbox_id: bytes, new_mailbox_id: bytes,
+    capability_hash: bytes, retire_at_ms: int, now_ms: int,
+) -> MailboxRecord:
+    old = await conn.fetchrow(
+        "SELECT account_id, retire_at_ms, push_url FROM mailboxes WHERE id = $1"
+        " FOR NO KEY UPDATE",
+        mailbox_id,
+    )
+    if old is None or old[0] != account_id or old[1] is not None:
+        raise NotFound("mailbox")
+    new = await create_mailbox(conn, account_id, new_mailbox_id, capability_hash, now_ms,
+                               push_url=old[2])
+    await conn.execute("UPDATE mailboxes SET retire_at_ms = $1 WHERE id = $2",
+                       retire_at_ms, mailbox_id)
+    return new
+
+
+async def replace_capability(
+    conn: Conn, account_id: bytes, mailbox_id: bytes, capability_hash: bytes
+) -> None:
+    found = await conn.fetchval(
+        "UPDATE mailboxes SET capability_hash = $1 WHERE id = $2 AND account_id = $3"
+        " RETURNING 1",
+        capability_hash, mailbox_id, account_id,
+    )
+    if found is None:
+        raise NotFound("mailbox")
+
+
+async def set_contact_mailbox(
+    conn: Conn, account_id: bytes, mailbox_id: bytes, capability: bytes
+) -> None:
+    # KEY SHARE on the mailbox: it is not deleted (which would clear the designation)
+    # between this check and the account update.
+    stored = await conn.fetchval(
+        "SELECT capability_hash FROM mailboxes WHERE id = $1 AND account_id = $2"
+        " FOR KEY SHARE",
+        mailbox_id, account_id,
+    )
+    if stored is None:
+        raise NotFound("mailbox")
+    if not hmac.compare_digest(stored, hashlib.sha256(capability).digest()):
+        raise WrongCapability()
+    await conn.execute(
+        "UPDATE accounts SET contact_mailbox_id = $1, contact_capability = $2 WHERE id = $3",
+        mailbox_id, capability, account_id,
+    )
+
+
+async def set_push_url(
+    conn: Conn, account_id: bytes, mailbox_ids: Sequence[bytes], push_url: str | None
+) -> None:
+    wanted = set(mailbox_ids)
+    if not wanted:
+        return
+    updated = await conn.fetchval(
+        "WITH u AS (UPDATE mailboxes SET push_url = $1 WHERE id = ANY($2::bytea[])"
+        " AND account_id = $3 RETURNING 1) SELECT count(*) FROM u",
+        push_url, list(wanted), account_id,
+    )
+    if updated != len(wanted):
+        raise NotFound("mailbox")  # rolls back the ones already set
+
+
+async def delete_mailbox(conn: Conn, account_id: bytes, mailbox_id: bytes) -> bool:
+    return await conn.fetchval(
+        "DELETE FROM mailboxes WHERE id = $1 AND account_id = $2 RETURNING 1",
+        mailbox_id, account_id,
+    ) is not None
+
+
+async def check_capabilities(
+    conn: Conn, recipients: Sequence[Recipient], now_ms: int
+) -> frozenset[bytes]:
+    if not recipients:
+        return frozenset()
+    rows = await conn.fetch(
+        "SELECT id, capability_hash, retire_at_ms FROM mailboxes WHERE id = ANY($1::bytea[])",
+        list({r.mailbox_id for r in recipients}),
+    )
+    boxes = {row[0]: (row[1], row[2]) for row in rows}
+    ok: set[bytes] = set()
+    for r in recipients:
+        box = boxes.get(r.mailbox_id)
+        if (box is not None and hmac.compare_digest(box[0], r.capability_hash)
+                and (box[1] is None or box[1] > now_ms)):
+            ok.add(r.mailbox_id)
+    return frozenset(ok)
+
+
+# --------------------------------------------------------------------------- messages
+
+_LOCK_MAILBOXES = (
+    "SELECT id, capability_hash, retire_at_ms, pending, last_seq, serial FROM mailboxes"
+    " WHERE id = ANY($1::bytea[]) ORDER BY id FOR NO KEY UPDATE"
+)
+_SEND_RECORDS = (
+    "SELECT send_hash, received_at_ms, expires_at_ms, entries FROM send_dedup"
+    " WHERE send_hash = ANY($1::bytea[])"
+)
+_DEDUP_ROWS = (
+    "SELECT d.mailbox_id, d.dedup_hash, d.seq, d.received_at_ms, d.expires_at_ms"
+    " FROM unnest($1::bytea[], $2::bytea[]) AS k(m, h)"
+    " JOIN dedup d ON d.mailbox_id = k.m AND d.dedup_hash = k.h"
+)
+_WRITE = """
+    WITH nb AS MATERIALIZED (
+        SELECT nextval('blob_ids') AS id, t.ord, t.data, t.refs
+        FROM unnest($1::bytea[], $2::integer[]) WITH ORDINALITY AS t(data, refs, ord)
+    ), ib AS (
+        INSERT INTO blobs (id, size, refs, data)
+        SELECT id, length(data), refs, data FROM nb
+    ), idl AS (
+        INSERT INTO deliveries (mailbox_id, seq, blob_id, received_at_ms, expires_at_ms)
+        SELECT d.m, d.s, nb.id, d.r, d.e
+        FROM unnest($3::bytea[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
+            AS d(m, s, b, r, e)
+        JOIN nb ON nb.ord = d.b
+    ), idd AS (
+        INSERT INTO dedup (mailbox_id, dedup_hash, seq, received_at_ms, expires_at_ms,
+                           keep_until_ms)
+        SELECT * FROM unnest($8::bytea[], $9::bytea[], $10::bigint[], $11::bigint[],
+                             $12::bigint[], $13::bigint[])
+    ), ext AS (
+        UPDATE send_dedup s SET keep_until_ms = greatest(s.keep_until_ms, x.k)
+        FROM unnest($14::bytea[], $15::bigint[]) AS x(h, k) WHERE s.send_hash = x.h
+    ), cnt AS (
+        UPDATE mailboxes m SET last_seq = c.s, pending = m.pending + c.n
+        FROM unnest($16::bytea[], $17::bigint[], $18::bigint[]) AS c(id, s, n)
+        WHERE m.id = c.id
+    )
+    INSERT INTO send_dedup (send_hash, received_at_ms, expires_at_ms, keep_until_ms, entries)
+    SELECT * FROM unnest($19::bytea[], $20::bigint[], $21::bigint[], $22::bigint[],
+                         $23::bytea[])
+    ON CONFLICT (send_hash) DO NOTHING RETURNING send_hash
+"""
+"""Every write of an append run in one statement (one round trip). Blob ids are drawn in
+``nb`` and joined back to the deliveries by ordinal; the last INSERT reports which send
+records went in (the others lost a race, see the module docstring)."""
+_LOST_RACE = """
+    WITH idd AS (
+        INSERT INTO dedup (mailbox_id, dedup_hash, seq, received_at_ms, expires_at_ms,
+                           keep_until_ms)
+        SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[],
+                             $5::bigint[], $6::bigint[])
+    )
+    UPDATE send_dedup s SET keep_until_ms = greatest(s.keep_until_ms, x.k)
+    FROM unnest($7::bytea[], $8::bigint[]) AS x(h, k) WHERE s.send_hash = x.h
+"""
+
+
+def _columns(rows: Sequence[Sequence[Any]], n: int) -> list[list[Any]]:
+    """*rows* of *n* values as *n* column lists (for ``unnest``)."""
+    if not rows:
+        return [[] for _ in range(n)]
+    return [list(col) for col in zip(*rows, strict=True)]
+
+
+async def append_many(conn: Conn, calls: Sequence[AppendRequest]) -> list[AppendResult]:
+    """Run *calls* in order in a handful of statements, with exactly the results of
+    running them one by one (the SQLite adapter's ``append_many`` decisions).
+
+    Round trips: lock the mailboxes; read the send records; read ``dedup`` rows only when
+    a record exists (a retry); one statement for every write; one more only when another
+    node stored a send record for the same client_msg_id meanwhile.
+    """
+    if not calls:
+        return []
+    sha256 = hashlib.sha256
+    compare = hmac.compare_digest
+    # 1. What the run needs to know.
+    keys: list[list[tuple[Recipient, bytes]]] = []
+    mailbox_ids: dict[bytes, None] = {}
+    cmids: dict[bytes, bytes] = {}  # client_msg_id -> its send_dedup key
+    for call in calls:
+        seen: set[bytes] = set()
+        mine: list[tuple[Recipient, bytes]] = []
+        cmid = call.client_msg_id
+        if cmid not in cmids:
+            cmids[cmid] = send_dedup_hash(cmid)
+        for r in call.recipients:
+            mailbox_id = r.mailbox_id
+            if mailbox_id in seen:
+                continue
+            seen.add(mailbox_id)
+            mine.append((r, sha256(dedup_input(mailbox_id, cmid)).digest()))
+            mailbox_ids[mailbox_id] = None
+        keys.append(mine)
+    # [capability hash, retire_at_ms, pending, last_seq, new copies in this run, serial]
+    boxes: dict[bytes, list[Any]] = {}
+    if mailbox_ids:
+        for row in await conn.fetch(_LOCK_MAILBOXES, list(mailbox_ids)):
+            boxes[row[0]] = [row[1], row[2], row[3], row[4], 0, row[5]]
+    # After the locks, in a new statement: sees what earlier holders committed.
+    sends: dict[bytes, tuple[int, int, dict[bytes, int]]] = {}
+    if boxes:
+        for row in await conn.fetch(_SEND_RECORDS, list(cmids.values())):
+            sends[row[0]] = (row[1], row[2], _entries(row[3]))
+    known: dict[tuple[bytes, bytes], tuple[int, int, int]] = {}
+    pair_m: list[bytes] = []
+    pair_h: list[bytes] = []
+    for call, mine in zip(calls, keys, strict=True):
+        if cmids[call.client_msg_id] in sends:
+            for r, key in mine:
+                if r.mailbox_id in boxes:
+                    pair_m.append(r.mailbox_id)
+                    pair_h.append(key)
+    if pair_m:
+        for row in await conn.fetch(_DEDUP_ROWS, pair_m, pair_h):
+            known[(row[0], row[1])] = (row[2], row[3], row[4])
+    # 2. The decisions, call by call, in order (a later call sees the earlier ones).
+    blob_rows: list[tuple[bytes, int]] = []  # (data, refs)
+    delivery_rows: list[tuple[bytes, int, int, int, int]] = []  # blob ordinal, 1-based
+    dedup_rows: list[tuple[bytes, bytes, int, int, int, int]] = []
+    send_rows: list[tuple[bytes, int, int, int, bytes]] = []
+    # send key -> dedup rows for its copies, should its record lose a race
+    send_fallback: dict[bytes, list[tuple[bytes, bytes, int, int, int, int]]] = {}
+    extended: dict[bytes, int] = {}  # send record -> keep_until of copies added under it
+    results: list[AppendResult] = []
+    for call, mine in zip(calls, keys, strict=True):
+        now_ms = call.now_ms
+        expires = now_ms + call.ttl_ms
+        keep_until = now_ms + max(call.ttl_ms, call.dedup_ttl_ms or 0)
+        max_pending = call.max_pending
+        skey = cmids[call.client_msg_id]
+        record = sends.get(skey)
+        accepted: list[RecipientSeq] = []
+        rejected: list[tuple[bytes, RejectReason]] = []
+        fresh: list[tuple[bytes, bytes, int, int]] = []  # (mailbox, key, seq, serial): new
+        original: tuple[int, int] | None = None
+        blob_ord = 0
+        for r, key in mine:
+            mailbox_id = r.mailbox_id
+            box = boxes.get(mailbox_id)
+            if (box is None or not compare(box[0], r.capability_hash)
+                    or (box[1] is not None and box[1] <= now_ms)):
+                rejected.append((mailbox_id, RejectReason.WRONG_CAPABILITY))
+                continue
+            dup = known.get((mailbox_id, key))
+            if dup is None and record is not None:
+                old_seq = record[2].get(_entry(key, box[5]))
+                if old_seq is not None:
+                    dup = (old_seq, record[0], record[1])
+            if dup is not None:
+                accepted.append(unchecked_recipient_seq(mailbox_id, dup[0], True))
+                original = original or (dup[1], dup[2])
+                continue
+            if max_pending is not None and box[2] >= max_pending:
+                rejected.append((mailbox_id, RejectReason.QUOTA_EXCEEDED))
+                continue
+            if not blob_ord:
+                blob_rows.append((call.blob, 0))
+                blob_ord = len(blob_rows)
+            seq = box[3] + 1
+            box[2] += 1
+            box[3] = seq
+            box[4] += 1
+            delivery_rows.append((mailbox_id, seq, blob_ord, now_ms, expires))
+            fresh.append((mailbox_id, key, seq, box[5]))
+            known[(mailbox_id, key)] = (seq, now_ms, expires)
+            accepted.append(unchecked_recipient_seq(mailbox_id, seq, False))
+        if blob_ord:
+            blob_rows[blob_ord - 1] = (call.blob, len(fresh))
+        if not fresh:
+            pass
+        elif record is None:
+            entries = {_entry(k, serial): q for _, k, q, serial in fresh}
+            sends[skey] = (now_ms, expires, entries)
+            send_rows.append((skey, now_ms, expires, keep_until,
+                              b"".join(e + q.to_bytes(8, "big") for e, q in entries.items())))
+            send_fallback[skey] = [(m, k, q, now_ms, expires, keep_until)
+                                   for m, k, q, _ in fresh]
+        else:
+            dedup_rows += [(m, k, q, now_ms, expires, keep_until) for m, k, q, _ in fresh]
+            extended[skey] = max(keep_until, extended.get(skey, 0))
+        received, expires_at = (now_ms, expires) if blob_ord or original is None else original
+        results.append(AppendResult(received_at_ms=received, expires_at_ms=expires_at,
+                                    accepted=tuple(accepted), rejected=tuple(rejected)))
+    if not blob_rows:
+        return results
+    # 3. The writes, one statement.
+    counters = [(m, b[3], b[4]) for m, b in boxes.items() if b[4]]
+    ext = sorted(extended.items())  # a stable lock order over the records
+    inserted = await conn.fetch(
+        _WRITE,
+        *_columns(blob_rows, 2), *_columns(delivery_rows, 5), *_columns(dedup_rows, 6),
+        [h for h, _ in ext], [k for _, k in ext], *_columns(counters, 3),
+        *_columns(send_rows, 5),
+    )
+    lost = set(send_fallback) - {row[0] for row in inserted}
+    if lost:
+        # Another node stored a record for this client_msg_id (for other mailboxes: ours
+        # are locked) after we looked. Our copies are ours all the same; record them as
+        # copies added under an existing record.
+        rows = [row for skey in sorted(lost) for row in send_fallback[skey]]
+        keep = sorted((skey, max(row[5] for row in send_fallback[skey])) for skey in lost)
+        await conn.execute(_LOST_RACE, *_columns(rows, 6),
+                           [h for h, _ in keep], [k for _, k in keep])
+    return results
+
+
+async def fetch(
+    conn: Conn, mailbox_id: bytes, after_seq: int, limit: int, now_ms: int
+) -> list[StoredMessage]:
+    rows = await conn.fetch(
+        "SELECT d.seq, d.received_at_ms, d.expires_at_ms, b.data"
+        " FROM deliveries d JOIN blobs b ON b.id = d.blob_id"
+        " WHERE d.mailbox_id = $1 AND d.seq > $2 AND d.expires_at_ms > $3"
+        " ORDER BY d.seq LIMIT $4",
+        mailbox_id, after_seq, now_ms, limit,
+    )
+    return [StoredMessage(mailbox_id=mailbox_id, seq=r[0], received_at_ms=r[1],
+                          expires_at_ms=r[2], blob=r[3]) for r in rows]
+
+
+AckRequest = tuple[bytes, "int | None", tuple[int, ...]]
+"""``(mailbox_id, up_to_seq, seqs)`` of one ack call."""
+
+_ACK = """
+    WITH v AS (
+        SELECT * FROM unnest($1::integer[], $2::bytea[], $3::bigint[], $4::bigint[])
+            AS v(i, m, up, s)
+    ), hit AS (
+        SELECT DISTINCT ON (m, seq) i, m, seq FROM (
+            SELECT v.i, d.mailbox_id AS m, d.seq FROM v
+                JOIN deliveries d ON d.mailbox_id = v.m AND d.seq <= v.up
+                WHERE v.up IS NOT NULL
+            UNION ALL
+            SELECT v.i, d.mailbox_id, d.seq FROM v
+                JOIN deliveries d ON d.mailbox_id = v.m AND d.seq = v.s
+                WHERE v.s IS NOT NULL
+        ) x ORDER BY m, seq, i
+    ), gone AS (
+        DELETE FROM deliveries d USING hit
+            WHERE d.mailbox_id = hit.m AND d.seq = hit.seq RETURNING hit.i
+    )
+    SELECT i, count(*) FROM gone GROUP BY i
+"""
+"""Every ack of a run in one statement: each queued row named is counted for the first
+call that names it (what running them one by one would report), and removed once; a row
+a concurrent ack removed first is not counted."""
+
+
+async def ack_many(conn: Conn, calls: Sequence[AckRequest]) -> list[int]:
+    idx: list[int] = []
+    mailbox_ids: list[bytes] = []
+    ups: list[int | None] = []
+    seqs: list[int | None] = []
+    for i, (mailbox_id, up_to_seq, selected) in enumerate(calls):
+        if up_to_seq is not None:
+            idx.append(i)
+            mailbox_ids.append(mailbox_id)
+            ups.append(up_to_seq)
+            seqs.append(None)
+        for seq in set(selected):
+            idx.append(i)
+            mailbox_ids.append(mailbox_id)
+            ups.append(None)
+            seqs.append(seq)
+    counts = [0] * len(calls)
+    if not idx:
+        return counts
+    for row in await conn.fetch(_ACK, idx, mailbox_ids, ups, seqs):
+        counts[row[0]] = row[1]
+    return counts
+
+
+async def pending_count(conn: Conn, mailbox_id: bytes) -> int:
+    value = await conn.fetchval("SELECT pending FROM mailboxes WHERE id = $1", mailbox_id)
+    return 0 if value is None else int(value)
+
+
+async def expire(conn: Conn, now_ms: int, limit: int) -> ExpiryReport:
+    # SKIP LOCKED: sweepers of several nodes take disjoint rows instead of queueing.
+    rows = await conn.fetch(
+        "DELETE FROM deliveries WHERE (mailbox_id, seq) IN ("
+        " SELECT mailbox_id, seq FROM deliveries WHERE expires_at_ms <= $1"
+        " ORDER BY expires_at_ms, mailbox_id, seq LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        " RETURNING mailbox_id, seq",
+        now_ms, limit,
+    )
+    per_mailbox: dict[bytes, tuple[int, int]] = {}
+    for mailbox_id, seq in rows:
+        count, top = per_mailbox.get(mailbox_id, (0, 0))
+        per_mailbox[mailbox_id] = (count + 1, max(top, seq))
+    if per_mailbox:
+        notes = sorted(per_mailbox.items())
+        await conn.execute(
+            "UPDATE mailboxes m SET expired_count = m.expired_count + x.c,"
+            " expired_up_to_seq = greatest(m.expired_up_to_seq, x.s)"
+            " FROM unnest($1::bytea[], $2::bigint[], $3::bigint[]) AS x(id, c, s)"
+            " WHERE m.id = x.id",
+            [m for m, _ in notes], [c for _, (c, _) in notes], [s for _, (_, s) in notes],
+        )
+    dedup = await conn.fetchval(
+        "WITH g AS (DELETE FROM dedup WHERE (mailbox_id, dedup_hash) IN ("
+        " SELECT mailbox_id, dedup_hash FROM dedup WHERE keep_until_ms <= $1 LIMIT $2"
+        " FOR UPDATE SKIP LOCKED) RETURNING 1) SELECT count(*) FROM g",
+        now_ms, limit,
+    )
+    send_records = await conn.fetch(
+        "DELETE FROM send_dedup WHERE send_hash IN ("
+        " SELECT send_hash FROM send_dedup WHERE keep_until_ms <= $1 LIMIT $2"
+        " FOR UPDATE SKIP LOCKED) AND keep_until_ms <= $1 RETURNING length(entries)",
+        now_ms, limit,
+    )
+    # The conditions again on the outer DELETE: they are re-checked on the newest row
+    # version should an append to the mailbox commit meanwhile.
+    retired = await conn.fetch(
+        "DELETE FROM mailboxes WHERE id IN (SELECT id FROM mailboxes"
+        " WHERE retire_at_ms <= $1 AND pending = 0 ORDER BY retire_at_ms LIMIT $2"
+        " FOR UPDATE SKIP LOCKED) AND retire_at_ms <= $1 AND pending = 0 RETURNING id",
+        now_ms, limit,
+    )
+    return ExpiryReport(
+        notices=tuple(ExpiryNotice(mailbox_id=m, count=c, up_to_seq=s)
+                      for m, (c, s) in sorted(per_mailbox.items())),
+        messages_removed=len(rows),
+        # Counted per mailbox record, as the other adapters count them.
+        dedup_removed=dedup + sum(n // _ENTRY for (n,) in send_records),
+        retired=tuple(sorted(r[0] for r in retired)),
+        more=max(len(rows), dedup, len(send_records), len(retired)) >= limit,
+    )
+
+
+async def get_expiry_notice(conn: Conn, mailbox_id: bytes) -> ExpiryNotice | None:
+    row = await conn.fetchrow(
+        "SELECT expired_count, expired_up_to_seq FROM mailboxes WHERE id = $1", mailbox_id
+    )
+    if row is None or row[0] == 0:
+        return None
+    return ExpiryNotice(mailbox_id=mailbox_id, count=row[0], up_to_seq=row[1])
+
+
+async def clear_expiry_notice(conn: Conn, notice: ExpiryNotice) -> None:
+    # Subtract what was reported: expiries recorded since the notice was read stay pending.
+    await conn.execute(
+        "UPDATE mailboxes SET"
+        " expired_up_to_seq = CASE WHEN expired_count <= $1 THEN 0 ELSE expired_up_to_seq END,"
+        " expired_count = greatest(expired_count - $1, 0) WHERE id = $2",
+        notice.count, notice.mailbox_id,
+    )
+
+
+# --------------------------------------------------------------------------- admin
+
+
+async def queue_sizes(conn: Conn, limit: int) -> QueueSizes:
+    # One statement: one snapshot for the totals and the list.
+    row = await conn.fetchrow(
+        "SELECT (SELECT count(*) FROM deliveries),"
+        " (SELECT count(*) FROM blobs), (SELECT coalesce(sum(size), 0) FROM blobs),"
+        " (SELECT coalesce(array_agg(ROW(q.id, q.account_id, q.pending, q.oldest)"
+        "   ORDER BY q.pending DESC, q.id), '{}') FROM ("
+        "   SELECT m.id, m.account_id, m.pending,"
+        "   (SELECT min(received_at_ms) FROM deliveries d WHERE d.mailbox_id = m.id) AS oldest"
+        "   FROM mailboxes m WHERE m.pending > 0 ORDER BY m.pending DESC, m.id LIMIT $1) q)",
+        limit,
+    )
+    assert row is not None
+    return QueueSizes(
+        total_messages=row[0],
+        total_blobs=row[1],
+        total_blob_bytes=int(row[2]),
+        mailboxes=tuple(
+            MailboxQueue(mailbox_id=q[0], account_id=q[1], pending=q[2],
+                         oldest_received_at_ms=q[3])
+            for q in row[3]
+        ),
+    )

@@ -1,0 +1,511 @@
+"""A relay :class:`~relay.ports.Store` on PostgreSQL, for several relay nodes on one database.
+
+``PostgresStore`` is the async facade over an asyncpg pool; the SQL lives in ``_pg_ops``
+(mailboxes, messages, queues) and ``_pg_accounts`` (accounts, prekeys, usernames,
+invites), the schema in ``_pg_schema``. It behaves like the SQLite adapter (the contract
+suite runs on both); what differs is that other nodes write the same tables at the same
+time, so:
+
+* Every port method that writes is one READ COMMITTED transaction and returns only after
+  its COMMIT (``synchronous_commit`` is the server's, ``on`` by default: durable). Row
+  locks and ``ON CONFLICT`` make each decision race-free across nodes (see the module
+  docstrings of ``_pg_ops`` and ``_pg_accounts``). A transaction PostgreSQL aborts as a
+  deadlock victim or serialization failure is run again, a few times.
+* Reads are single statements (one snapshot each), outside any transaction.
+* asyncpg and OS errors are raised as ``StoreError`` (``from`` the original) whose text
+  names the operation and the error class only: PostgreSQL's messages may quote key
+  values. Expected refusals raise the ``relay.ports`` errors, as the other adapters do.
+
+Usage::
+
+    store = await PostgresStore.open("postgresql://relay@db/relay", schema="pigeon")
+    try:
+        ...
+    finally:
+        await store.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+from asyncpg import Record
+from asyncpg.pool import Pool
+
+from pigeon_crypto.errors import StoreError
+
+from . import _pg_accounts as accounts
+from . import _pg_ops as ops
+from ._pg_accounts import Conn
+from ._pg_schema import MIGRATIONS, SCHEMA_VERSION, check_schema_name, lock_key
+from .ports import (
+    ACCOUNT_ID_LEN,
+    CAPABILITY_HASH_LEN,
+    CLIENT_MSG_ID_LEN,
+    MAILBOX_ID_LEN,
+    AccountRecord,
+    AccountSummary,
+    AppendRequest,
+    AppendResult,
+    ExpiryNotice,
+    ExpiryReport,
+    InviteRecord,
+    MailboxRecord,
+    NullObserver,
+    OneTimePrekey,
+    PrekeyBundleRecord,
+    PrekeyCounts,
+    QueueSizes,
+    Recipient,
+    Store,
+    StoredMessage,
+    StoreObserver,
+    UsernameRecord,
+    check_id,
+)
+
+__all__ = ["SCHEMA_VERSION", "PostgresStore"]
+
+_log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT_S = 10.0
+"""How long opening a connection may take before the call fails with ``StoreError``."""
+CLOSE_TIMEOUT_S = 30.0
+"""How long :meth:`PostgresStore.close` waits for calls in flight before cutting them off."""
+MAX_ATTEMPTS = 5
+"""Runs of one write transaction when PostgreSQL aborts it as a deadlock victim or a
+serialization failure (rare: locks are taken in a fixed order; see ``_pg_ops``)."""
+
+_FOREIGN: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
+    TimeoutError,
+)
+"""What the driver, the server or the network raise; wrapped as ``StoreError``."""
+
+
+def _positive(what: str, value: int) -> int:
+    if value < 1:
+        raise ValueError(f"{what} must be positive")
+    return value
+
+
+def _wrap(what: str, exc: BaseException) -> StoreError:
+    """A ``StoreError`` naming *what* failed and the error class, never its message
+    (PostgreSQL quotes key values in constraint errors)."""
+    code = getattr(exc, "sqlstate", None)
+    detail = type(exc).__name__ + (f", SQLSTATE {code}" if code else "")
+    err = StoreError(f"{what} failed ({detail})")
+    err.__cause__ = exc
+    return err
+
+
+def _observe(call: Callable[..., None], **fields: Any) -> None:
+    """Metrics must never break the store: a failing observer is logged, not propagated."""
+    try:
+        call(**fields)
+    except Exception:
+        _log.exception("store observer failed")
+
+
+async def _set_up(conn: Conn, schema: str) -> None:
+    """Create *schema* and its tables, or bring them up to :data:`SCHEMA_VERSION`.
+
+    One transaction under an advisory lock, so nodes starting together do it once.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", lock_key(schema))
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {schema}.schema_version (version integer NOT NULL)")
+        current = await conn.fetchval(f"SELECT max(version) FROM {schema}.schema_version")  # noqa: S608 - checked name
+        current = current or 0
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"database schema version {current} is newer than this code ({SCHEMA_VERSION})"
+            )
+        for version, statements in MIGRATIONS:
+            if version > current:
+                for statement in statements:
+                    await conn.execute(statement)
+                await conn.execute(
+                    f"INSERT INTO {schema}.schema_version (version) VALUES ($1)",  # noqa: S608
+                    version,
+                )
+
+
+class PostgresStore:
+    """Implements :class:`relay.ports.Store` on PostgreSQL (one schema, shared by nodes)."""
+
+    def __init__(self, pool: Pool[Record], schema: str, observer: StoreObserver) -> None:
+        """Use :meth:`open`."""
+        self._pool = pool
+        self._schema = schema
+        self._observer = observer
+        self._closed = False
+
+    def __repr__(self) -> str:
+        # The DSN may carry a password: show the schema only.
+        return f"PostgresStore(schema={self._schema!r}, closed={self._closed})"
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        schema: str = "pigeon",
+        observer: StoreObserver | None = None,
+        min_connections: int = 2,
+        max_connections: int = 10,
+    ) -> PostgresStore:
+        """Connect a pool to *dsn* and create or update the tables in *schema*.
+
+        Args:
+            dsn: a libpq connection URI or string (``postgresql://user@host/db``).
+            schema: where the tables live: a plain lower-case identifier. Nodes sharing a
+                relay use the same database and schema.
+            observer: receives per-call latencies and per-transaction commits.
+            min_connections: connections opened at once and kept.
+            max_connections: most connections; calls beyond wait for one.
+
+        Raises:
+            ValueError: a bad schema name or connection counts.
+            StoreError: the server cannot be reached or refuses us, the set-up fails, or
+                the schema's version is newer than this code.
+        """
+        check_schema_name(schema)
+        if not 1 <= min_connections <= max_connections:
+            raise ValueError("need 1 <= min_connections <= max_connections")
+        try:
+            pool: Pool[Record] = await asyncpg.create_pool(
+                dsn,
+                min_size=min_connections,
+                max_size=max_connections,
+                timeout=CONNECT_TIMEOUT_S,
+                server_settings={"search_path": schema, "application_name": "pigeon-relay"},
+            )
+        except StoreError:
+            raise
+        except Exception as exc:  # bad DSN text, refused, auth...: one answer
+            raise _wrap("opening the store", exc) from exc
+        try:
+            async with pool.acquire() as conn:
+                await _set_up(conn, schema)
+        except BaseException as exc:
+            pool.terminate()
+            if isinstance(exc, _FOREIGN):
+                raise _wrap("setting up the schema", exc) from exc
+            raise
+        return cls(pool, schema, observer or NullObserver())
+
+    async def close(self) -> None:
+        """Let calls in flight finish, then close every connection. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await asyncio.wait_for(self._pool.close(), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            self._pool.terminate()
+        except _FOREIGN as exc:
+            self._pool.terminate()
+            raise _wrap("closing the store", exc) from exc
+
+    # ------------------------------------------------------------------ engine
+
+    async def _write(self, name: str, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run *fn* in one transaction, again if PostgreSQL aborts it as a deadlock
+        victim or serialization failure; return once it has committed."""
+        if self._closed:
+            raise StoreError("store is closed")
+        start = time.perf_counter()
+        ok = False
+        try:
+            for attempt in range(1, MAX_ATTEMPTS + 1):
+                began = time.perf_counter()
+                committed = False
+                try:
+                    async with self._pool.acquire() as conn, conn.transaction():
+                        result = await fn(conn)
+                    committed = True
+                except asyncpg.TransactionRollbackError as exc:
+                    if attempt == MAX_ATTEMPTS:
+                        raise _wrap(name, exc) from exc
+                    await asyncio.sleep(random.uniform(0, 0.01 * attempt))  # noqa: S311 - jitter
+                    continue
+                except _FOREIGN as exc:
+                    raise _wrap(name, exc) from exc
+                finally:
+                    _observe(self._observer.on_commit, ops=1,
+                             seconds=time.perf_counter() - began, ok=committed)
+                ok = True
+                return result
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            _observe(self._observer.on_operation, name=name,
+                     seconds=time.perf_counter() - start, ok=ok)
+
+    async def _read(self, name: str, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run *fn* (single-statement reads) on a pooled connection."""
+        if self._closed:
+            raise StoreError("store is closed")
+        start = time.perf_counter()
+        ok = False
+        try:
+            async with self._pool.acquire() as conn:
+                result = await fn(conn)
+            ok = True
+            return result
+        except _FOREIGN as exc:
+            raise _wrap(name, exc) from exc
+        finally:
+            _observe(self._observer.on_operation, name=name,
+                     seconds=time.perf_counter() - start, ok=ok)
+
+    # ------------------------------------------------------------------ accounts
+
+    async def create_account(
+        self,
+        *,
+        account_id: bytes,
+        identity_key: bytes,
+        now_ms: int,
+        invite_code_hash: bytes | None = None,
+    ) -> AccountRecord:
+        check_id("account_id", account_id, ACCOUNT_ID_LEN)
+        if invite_code_hash is not None:
+            check_id("invite_code_hash", invite_code_hash, CAPABILITY_HASH_LEN)
+        key = bytes(identity_key)
+        return await self._write("create_account", lambda c: accounts.create_account(
+            c, account_id, key, now_ms, invite_code_hash))
+
+    async def get_account(self, account_id: bytes) -> AccountRecord | None:
+        return await self._read("get_account", lambda c: accounts.get_account(c, account_id))
+
+    async def rotate_identity(
+        self, *, account_id: bytes, identity_key: bytes, rotation: bytes, now_ms: int
+    ) -> AccountRecord:
+        check_id("account_id", account_id, ACCOUNT_ID_LEN)
+        key, record = bytes(identity_key), bytes(rotation)
+        return await self._write("rotate_identity", lambda c: accounts.rotate_identity(
+            c, account_id, key, record, now_ms))
+
+    async def delete_account(self, account_id: bytes) -> bool:
+        return await self._write("delete_account",
+                                 lambda c: accounts.delete_account(c, account_id))
+
+    async def list_accounts(
+        self, *, after: bytes | None = None, limit: int = 100
+    ) -> list[AccountSummary]:
+        _positive("limit", limit)
+        return await self._read("list_accounts",
+                                lambda c: accounts.list_accounts(c, after, limit))
+
+    # ------------------------------------------------------------------ mailboxes
+
+    async def create_mailbox(
+        self, *, account_id: bytes, mailbox_id: bytes, capability_hash: bytes, now_ms: int
+    ) -> MailboxRecord:
+        check_id("account_id", account_id, ACCOUNT_ID_LEN)
+        check_id("mailbox_id", mailbox_id, MAILBOX_ID_LEN)
+        check_id("capability_hash", capability_hash, CAPABILITY_HASH_LEN)
+        return await self._write("create_mailbox", lambda c: ops.create_mailbox(
+            c, account_id, mailbox_id, capability_hash, now_ms))
+
+    async def get_mailbox(self, mailbox_id: bytes) -> MailboxRecord | None:
+        return await self._read("get_mailbox", lambda c: ops.get_mailbox(c, mailbox_id))
+
+    async def list_mailboxes(self, account_id: bytes) -> list[MailboxRecord]:
+        return await self._read("list_mailboxes", lambda c: ops.list_mailboxes(c, account_id))
+
+    async def rotate_mailbox(
+        self,
+        *,
+        account_id: bytes,
+        mailbox_id: bytes,
+        new_mailbox_id: bytes,
+        capability_hash: bytes,
+        retire_at_ms: int,
+        now_ms: int,
+    ) -> MailboxRecord:
+        check_id("new_mailbox_id", new_mailbox_id, MAILBOX_ID_LEN)
+        check_id("capability_hash", capability_hash, CAPABILITY_HASH_LEN)
+        return await self._write("rotate_mailbox", lambda c: ops.rotate_mailbox(
+            c, account_id, mailbox_id, new_mailbox_id, capability_hash, retire_at_ms, now_ms))
+
+    async def replace_capability(
+        self, *, account_id: bytes, mailbox_id: bytes, capability_hash: bytes
+    ) -> None:
+        check_id("capability_hash", capability_hash, CAPABILITY_HASH_LEN)
+        await self._write("replace_capability", lambda c: ops.replace_capability(
+            c, account_id, mailbox_id, capability_hash))
+
+    async def set_contact_mailbox(
+        self, *, account_id: bytes, mailbox_id: bytes, capability: bytes
+    ) -> None:
+        cap = bytes(capability)
+        await self._write("set_contact_mailbox", lambda c: ops.set_contact_mailbox(
+            c, account_id, mailbox_id, cap))
+
+    async def set_push_url(
+        self, *, account_id: bytes, mailbox_ids: Sequence[bytes], push_url: str | None
+    ) -> None:
+        ids = tuple(mailbox_ids)
+        await self._write("set_push_url",
+                          lambda c: ops.set_push_url(c, account_id, ids, push_url))
+
+    async def delete_mailbox(self, *, account_id: bytes, mailbox_id: bytes) -> bool:
+        return await self._write("delete_mailbox",
+                                 lambda c: ops.delete_mailbox(c, account_id, mailbox_id))
+
+    async def check_capabilities(
+        self, recipients: Sequence[Recipient], *, now_ms: int
+    ) -> frozenset[bytes]:
+        rs = tuple(recipients)
+        return await self._read("check_capabilities",
+                                lambda c: ops.check_capabilities(c, rs, now_ms))
+
+    # ------------------------------------------------------------------ messages
+
+    async def append(
+        self,
+        *,
+        recipients: Sequence[Recipient],
+        client_msg_id: bytes,
+        blob: bytes,
+        now_ms: int,
+        ttl_ms: int,
+        max_pending: int | None = None,
+        dedup_ttl_ms: int | None = None,
+    ) -> AppendResult:
+        check_id("client_msg_id", client_msg_id, CLIENT_MSG_ID_LEN)
+        _positive("ttl_ms", ttl_ms)
+        request = AppendRequest(tuple(recipients), client_msg_id, bytes(blob), now_ms, ttl_ms,
+                                max_pending, dedup_ttl_ms)
+        return (await self._write("append", lambda c: ops.append_many(c, [request])))[0]
+
+    async def append_many(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        for request in requests:  # all or nothing: check before the transaction
+            check_id("client_msg_id", request.client_msg_id, CLIENT_MSG_ID_LEN)
+            _positive("ttl_ms", request.ttl_ms)
+        if not requests:
+            return []
+        calls = list(requests)
+        return await self._write("append_many", lambda c: ops.append_many(c, calls))
+
+    async def fetch(
+        self, mailbox_id: bytes, *, after_seq: int = 0, limit: int = 100, now_ms: int
+    ) -> list[StoredMessage]:
+        _positive("limit", limit)
+        return await self._read("fetch", lambda c: ops.fetch(
+            c, mailbox_id, after_seq, limit, now_ms))
+
+    async def ack(
+        self, mailbox_id: bytes, *, up_to_seq: int | None = None, seqs: Sequence[int] = ()
+    ) -> int:
+        if up_to_seq is None and not seqs:
+            return 0
+        return (await self.ack_many([(mailbox_id, up_to_seq, seqs)]))[0]
+
+    async def ack_many(
+        self, requests: Sequence[tuple[bytes, int | None, Sequence[int]]]
+    ) -> list[int]:
+        calls = [(m, up, tuple(seqs)) for m, up, seqs in requests]
+        if not calls:
+            return []
+        return await self._write("ack", lambda c: ops.ack_many(c, calls))
+
+    async def pending_count(self, mailbox_id: bytes) -> int:
+        return await self._read("pending_count", lambda c: ops.pending_count(c, mailbox_id))
+
+    async def expire(self, *, now_ms: int, limit: int = 10_000) -> ExpiryReport:
+        _positive("limit", limit)
+        return await self._write("expire", lambda c: ops.expire(c, now_ms, limit))
+
+    async def get_expiry_notice(self, mailbox_id: bytes) -> ExpiryNotice | None:
+        return await self._read("get_expiry_notice",
+                                lambda c: ops.get_expiry_notice(c, mailbox_id))
+
+    async def clear_expiry_notice(self, notice: ExpiryNotice) -> None:
+        await self._write("clear_expiry_notice", lambda c: ops.clear_expiry_notice(c, notice))
+
+    # ------------------------------------------------------------------ prekeys
+
+    async def upload_prekeys(
+        self,
+        *,
+        account_id: bytes,
+        signed_prekey: bytes | None = None,
+        last_resort_kem: bytes | None = None,
+        one_time_x25519: Sequence[OneTimePrekey] = (),
+        one_time_kem: Sequence[OneTimePrekey] = (),
+        replace_one_time: bool = False,
+    ) -> PrekeyCounts:
+        x25519, kem = tuple(one_time_x25519), tuple(one_time_kem)
+        return await self._write("upload_prekeys", lambda c: accounts.upload_prekeys(
+            c, account_id, signed_prekey, last_resort_kem, x25519, kem, replace_one_time))
+
+    async def fetch_prekey_bundle(self, account_id: bytes) -> PrekeyBundleRecord | None:
+        # A write: consuming one-time prekeys must be atomic.
+        return await self._write("fetch_prekey_bundle",
+                                 lambda c: accounts.fetch_prekey_bundle(c, account_id))
+
+    async def prekey_counts(self, account_id: bytes) -> PrekeyCounts:
+        return await self._read("prekey_counts",
+                                lambda c: accounts.prekey_counts(c, account_id))
+
+    # ------------------------------------------------------------------ usernames
+
+    async def claim_username(
+        self, *, account_id: bytes, username: str, binding: bytes, now_ms: int
+    ) -> UsernameRecord:
+        if not username:
+            raise ValueError("username must not be empty")
+        signed = bytes(binding)
+        return await self._write("claim_username", lambda c: accounts.claim_username(
+            c, account_id, username, signed, now_ms))
+
+    async def lookup_username(self, username: str) -> UsernameRecord | None:
+        return await self._read("lookup_username",
+                                lambda c: accounts.lookup_username(c, username))
+
+    async def release_username(self, account_id: bytes) -> bool:
+        return await self._write("release_username",
+                                 lambda c: accounts.release_username(c, account_id))
+
+    # ------------------------------------------------------------------ invites
+
+    async def create_invite(
+        self, *, code_hash: bytes, now_ms: int, expires_at_ms: int | None = None
+    ) -> InviteRecord:
+        check_id("code_hash", code_hash, CAPABILITY_HASH_LEN)
+        return await self._write("create_invite", lambda c: accounts.create_invite(
+            c, code_hash, now_ms, expires_at_ms))
+
+    async def consume_invite(self, *, code_hash: bytes, now_ms: int) -> bool:
+        return await self._write("consume_invite",
+                                 lambda c: accounts.consume_invite(c, code_hash, now_ms))
+
+    async def revoke_invite(self, code_hash: bytes) -> bool:
+        return await self._write("revoke_invite",
+                                 lambda c: accounts.revoke_invite(c, code_hash))
+
+    async def list_invites(self) -> list[InviteRecord]:
+        return await self._read("list_invites", accounts.list_invites)
+
+    # ------------------------------------------------------------------ admin
+
+    async def queue_sizes(self, *, limit: int = 100) -> QueueSizes:
+        _positive("limit", limit)
+        return await self._read("queue_sizes", lambda c: ops.queue_sizes(c, limit))
+
+
+def _conforms(store: PostgresStore) -> Store:  # pragma: no cover - checked by mypy
+    return store
