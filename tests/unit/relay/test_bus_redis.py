@@ -1,0 +1,378 @@
+"""RedisBus behaviour beyond the Bus contract: confirmed SUBSCRIBEs, oversized payloads,
+invalidations, garbage on a channel, connection loss and reconnection, close.
+
+Tests that stop the server or pause every client run their own throwaway
+``redis-server`` on a free loopback port (skipped when it is not installed); the others
+use the shared test server with a fresh prefix each (``tests.services``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from redis.asyncio import Redis
+
+from pigeon_crypto.errors import TransportError
+from relay.bus import encode_notification
+from relay.bus_redis import REMOTE_PAYLOAD_MAX, RedisBus
+from tests.services import redis_url, unique_name
+from tests.unit.relay.test_bus_contract import (
+    CLOSED,
+    MARKER,
+    RESYNC,
+    WAIT_S,
+    A,
+    B,
+    C,
+    barrier,
+    eph,
+    eventually,
+    get,
+    msg,
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ThrowawayRedis:
+    """A ``redis-server`` of this test's own, stopped and restarted at will."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                if time.monotonic() > deadline or self._proc.poll() is not None:
+                    self.stop()
+                    pytest.fail("the throwaway redis-server did not start")
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait(WAIT_S)
+
+
+@pytest.fixture
+def own_redis() -> Iterator[ThrowawayRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not on PATH")
+    server = ThrowawayRedis()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def shared() -> AsyncIterator[tuple[str, str]]:
+    """The shared test server's URL and a fresh prefix."""
+    yield redis_url(), unique_name("bus")
+
+
+@pytest.fixture
+async def nodes(shared: tuple[str, str]) -> AsyncIterator[tuple[RedisBus, RedisBus]]:
+    url, prefix = shared
+    one = await RedisBus.open(url, prefix=prefix)
+    two = await RedisBus.open(url, prefix=prefix)
+    yield one, two
+    await one.close()
+    await two.close()
+
+
+async def _pubsub_client_id(raw: Redis, bus: RedisBus, prefix: str) -> str | None:
+    name = f"{prefix}:bus:{bus.origin.hex()}"
+    for client in await raw.client_list():
+        if client.get("name") == name:
+            return str(client["id"])
+    return None
+
+
+# --------------------------------------------------------------------------- subscribing
+
+
+async def test_add_returns_once_the_subscribe_is_confirmed(own_redis: ThrowawayRedis) -> None:
+    one = await RedisBus.open(own_redis.url, prefix="p")
+    two = await RedisBus.open(own_redis.url, prefix="p")
+    raw = Redis.from_url(own_redis.url)
+    try:
+        sub = await two.subscribe()
+        await raw.execute_command("CLIENT", "PAUSE", "400", "ALL")  # Redis answers late
+        started = time.monotonic()
+        await asyncio.wait_for(sub.add(A), WAIT_S)
+        assert time.monotonic() - started >= 0.3  # add waited for the confirmation
+        assert await one.publish(A, msg(1)) == 1  # so the other node's publish counts it
+        assert await get(sub) == (A, msg(1))
+        # subscribe() with ids waits for all of them.
+        many = [bytes([i]) * 16 for i in range(1, 41)]
+        await raw.execute_command("CLIENT", "PAUSE", "300", "ALL")
+        started = time.monotonic()
+        multi = await asyncio.wait_for(two.subscribe(many), WAIT_S)
+        assert time.monotonic() - started >= 0.2
+        assert two.stats().channels == 41
+        assert await asyncio.gather(*(one.publish(m, msg(1)) for m in many)) == [1] * 40
+        assert {(await get(multi))[0] for _ in many} == set(many)
+    finally:
+        await raw.aclose()
+        await one.close()
+        await two.close()
+
+
+async def test_a_publish_right_after_add_is_received(nodes: tuple[RedisBus, RedisBus]) -> None:
+    one, two = nodes
+    sub = await two.subscribe()
+    for i in range(1, 31):
+        mailbox_id = bytes([i]) * 16
+        await sub.add(mailbox_id)
+        assert await one.publish(mailbox_id, msg(i)) == 1
+        assert await get(sub) == (mailbox_id, msg(i))
+
+
+async def test_a_refused_subscribe_leaves_nothing_behind(nodes: tuple[RedisBus, RedisBus]) -> None:
+    one, _ = nodes
+    with pytest.raises(ValueError):
+        await one.subscribe([A, b"short"])
+    assert one.stats().subscriptions == 0 and one.stats().channels == 0
+    assert one.subscribers(A) == 0
+
+
+# --------------------------------------------------------------------------- publishing
+
+
+async def test_publishes_of_one_iteration_share_a_round_trip(
+    nodes: tuple[RedisBus, RedisBus], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    one, two = nodes
+    batches: list[int] = []
+    send = one._send
+
+    async def recording(batch: list[tuple[bytes, bytes, asyncio.Future[int]]]) -> list[int]:
+        batches.append(len(batch))
+        return await send(batch)
+
+    monkeypatch.setattr(one, "_send", recording)
+    there = await two.subscribe([A], max_queue=1000)
+    here = await one.subscribe([B])
+    items = [(A, msg(i)) if i % 2 else (B, msg(i)) for i in range(1, 51)]
+    counts = await asyncio.gather(*(one.publish(m, n) for m, n in items))
+    assert batches == [50]
+    assert counts == [1] * 50  # A: the remote node; B: the local one (not itself again)
+    assert await one.publish_many(items) == [1] * 50
+    assert batches == [50, 50]
+    for _ in range(3):
+        await one.publish(C, msg(1))
+    assert batches == [50, 50, 1, 1, 1]  # awaited one by one: one round trip each
+    assert [(await get(there))[1].seq for _ in range(50)] == [i for i in range(1, 51) if i % 2] * 2
+    assert here.queued == 50
+
+
+async def test_a_big_payload_goes_without_it(nodes: tuple[RedisBus, RedisBus]) -> None:
+    one, two = nodes
+    here = await one.subscribe([A])
+    there = await two.subscribe([A])
+    big, edge = b"x" * (REMOTE_PAYLOAD_MAX + 1), b"y" * REMOTE_PAYLOAD_MAX
+    assert await one.publish(A, msg(1, big)) == 2
+    assert await one.publish(A, msg(2, edge)) == 2
+    assert await one.publish(A, eph(big)) == 1  # an ephemeral one has no store to fall back to
+    await barrier(one, two, A)
+    assert [await get(here) for _ in range(4)] == [
+        (A, msg(1, big)), (A, msg(2, edge)), (A, eph(big)), (A, MARKER)]
+    assert [await get(there) for _ in range(3)] == [(A, msg(1)), (A, msg(2, edge)), (A, MARKER)]
+    assert there.queued == 0 and one.stats().stripped == 1
+    with pytest.raises(ValueError):
+        await one.publish(A, msg(3, b"z" * ((1 << 20) + 1)))
+
+
+# --------------------------------------------------------------------------- invalidation
+
+
+async def test_invalidate_reaches_the_other_nodes_only(nodes: tuple[RedisBus, RedisBus]) -> None:
+    one, two = nodes
+    seen_one: list[bytes] = []
+    seen_two: list[bytes] = []
+
+    def broken(mailbox_id: bytes) -> None:
+        raise RuntimeError("a buggy handler")
+
+    one.on_invalidate(seen_one.append)
+    two.on_invalidate(broken)  # must not stop the next handler or the listener
+    two.on_invalidate(seen_two.append)
+    await one.invalidate(A)
+    await eventually(lambda: seen_two == [A], "the invalidation")
+    await two.invalidate(B)  # ordered after one's own: it would have come back by now
+    await eventually(lambda: seen_one == [B], "the other invalidation")
+    assert seen_one == [B] and seen_two == [A]
+    with pytest.raises(ValueError):
+        await one.invalidate(b"short")
+    there = await two.subscribe([C])
+    assert await one.publish(C, msg(1)) == 1
+    assert await get(there) == (C, msg(1))
+
+
+# --------------------------------------------------------------------------- garbage
+
+
+async def test_garbage_is_counted_and_dropped(
+    nodes: tuple[RedisBus, RedisBus], shared: tuple[str, str],
+) -> None:
+    one, two = nodes
+    url, prefix = shared
+    there = await two.subscribe([A])
+    channel, inv = f"{prefix}:mb:{A.hex()}", f"{prefix}:inv"
+    stranger = b"\x01" + b"\x07" * 8
+    raw = Redis.from_url(url)
+    try:
+        for channel_name, data in [
+            (channel, b""),
+            (channel, b"\x01"),
+            (channel, b"\x02" + stranger[1:] + encode_notification(A, msg(1))),  # version
+            (channel, stranger + b"junk"),
+            (channel, stranger + encode_notification(A, msg(1))[:-1]),  # truncated
+            (channel, stranger + encode_notification(B, msg(1))),  # not this channel's
+            (inv, stranger + b"abc"),
+        ]:
+            assert await raw.publish(channel_name, data) == (2 if channel_name == inv else 1)
+        await one.publish(A, msg(9))
+        await eventually(lambda: two.stats().received == 1, "the good message")
+        assert await get(there) == (A, msg(9)) and there.queued == 0
+        assert two.stats().bad_messages == 7 and two.stats().reconnects == 0
+        # A well-formed message from a node this one does not know is fine.
+        assert await raw.publish(channel, stranger + encode_notification(A, msg(10))) == 1
+        assert await get(there) == (A, msg(10))
+    finally:
+        await raw.aclose()
+
+
+# --------------------------------------------------------------------------- outages
+
+
+async def test_a_killed_connection_reconnects_and_resyncs(
+    nodes: tuple[RedisBus, RedisBus], shared: tuple[str, str],
+) -> None:
+    one, two = nodes
+    url, prefix = shared
+    both = await two.subscribe([A, B])
+    only_b = await two.subscribe([B])
+    raw = Redis.from_url(url)
+    try:
+        client_id = await _pubsub_client_id(raw, two, prefix)
+        assert client_id is not None
+        await raw.execute_command("CLIENT", "KILL", "ID", client_id)
+        await eventually(lambda: two.stats().reconnects == 1, "the reconnection")
+        assert await _pubsub_client_id(raw, two, prefix) not in (None, client_id)
+    finally:
+        await raw.aclose()
+    assert {await get(both) for _ in range(2)} == {(A, RESYNC), (B, RESYNC)}
+    assert await get(only_b) == (B, RESYNC)
+    assert both.queued == 0 and only_b.queued == 0
+    assert two.stats().channels == 2
+    assert await one.publish(A, msg(1)) == 1
+    assert await one.publish(B, msg(1)) == 1
+    assert [await get(both) for _ in range(2)] == [(A, msg(1)), (B, msg(1))]
+    assert await get(only_b) == (B, msg(1))
+
+
+async def test_an_outage_serves_local_subscribers_then_resyncs(
+    own_redis: ThrowawayRedis, caplog: pytest.LogCaptureFixture,
+) -> None:
+    one = await RedisBus.open(own_redis.url, prefix="p")
+    two = await RedisBus.open(own_redis.url, prefix="p")
+    try:
+        here = await one.subscribe([A])
+        there = await two.subscribe([A])
+        caplog.set_level(logging.INFO, logger="pigeon.relay.bus_redis")
+        await asyncio.to_thread(own_redis.stop)
+        for seq in range(1, 6):  # local delivery goes on, remote counts 0, no exception
+            assert await asyncio.wait_for(one.publish(A, msg(seq)), WAIT_S) == 1
+        await asyncio.wait_for(one.invalidate(A), WAIT_S)
+        assert [(await get(here))[1].seq for _ in range(5)] == [1, 2, 3, 4, 5]
+        assert one.stats().publish_failures == 6
+        await asyncio.wait_for(here.add(B), WAIT_S)  # no Redis to confirm: at once
+        await asyncio.sleep(0.3)  # a few reconnection attempts
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert sum("publish failed" in r.getMessage() for r in warnings) == 1
+        assert sum("connection lost" in r.getMessage() for r in warnings) == 2  # per node
+        await asyncio.to_thread(own_redis.start)
+        await eventually(lambda: (one.stats().reconnects, two.stats().reconnects) == (1, 1),
+                         "both reconnections")
+        assert {await get(here) for _ in range(2)} == {(A, RESYNC), (B, RESYNC)}
+        assert await get(there) == (A, RESYNC)
+        assert await two.publish(B, msg(7)) == 1  # one's SUBSCRIBE made during the outage
+        assert await two.publish(A, msg(6)) == 2
+        assert [await get(here) for _ in range(2)] == [(B, msg(7)), (A, msg(6))]
+        assert await get(there) == (A, msg(6))
+        assert one.stats().publish_failures == 6 and await one.publish(C, msg(1)) == 0
+        assert any("restored" in r.getMessage() for r in caplog.records)
+        for record in caplog.records:  # no ids or payloads in the logs
+            assert A.hex() not in record.getMessage() and B.hex() not in record.getMessage()
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_open_fails_when_redis_does_not_answer() -> None:
+    started = time.monotonic()
+    with pytest.raises(TransportError):
+        await RedisBus.open(f"redis://127.0.0.1:{_free_port()}/0", prefix="p")
+    assert time.monotonic() - started < WAIT_S
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "pigeon-relay-bus-redis"]
+
+
+# --------------------------------------------------------------------------- close
+
+
+async def test_close_is_clean_and_idempotent(shared: tuple[str, str]) -> None:
+    url, prefix = shared
+    bus = await RedisBus.open(url, prefix=prefix)
+    other = await RedisBus.open(url, prefix=prefix)
+    raw = Redis.from_url(url)
+    try:
+        sub = await bus.subscribe([A])
+        await other.subscribe([B])
+        waiter = asyncio.create_task(sub.get())
+        in_flight = [asyncio.create_task(bus.publish(B, CLOSED)) for _ in range(20)]
+        await asyncio.sleep(0)
+        await bus.close()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(waiter, WAIT_S)
+        done = await asyncio.wait_for(asyncio.gather(*in_flight), WAIT_S)  # none hangs
+        assert all(n in (0, 1) for n in done)
+        await bus.close()
+        await sub.close()
+        assert await bus.publish(A, msg(1)) == 0
+        with pytest.raises(TransportError):
+            await bus.subscribe([A])
+        listeners = [t for t in asyncio.all_tasks() if t.get_name() == "pigeon-relay-bus-redis"]
+        assert len(listeners) == 1  # the other node's
+        for _ in range(100):
+            if await _pubsub_client_id(raw, bus, prefix) is None:
+                break
+            await asyncio.sleep(0.02)
+        assert await _pubsub_client_id(raw, bus, prefix) is None
+        assert await _pubsub_client_id(raw, other, prefix) is not None
+    finally:
+        await raw.aclose()
+        await other.close()
