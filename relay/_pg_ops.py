@@ -265,6 +265,11 @@ _LOST_RACE = """
                            keep_until_ms)
         SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[],
                              $5::bigint[], $6::bigint[])
+        -- A row left here is one the sweep has not reached yet (it goes no later than
+        -- the record it was written under, which is gone): the new copy replaces it.
+        ON CONFLICT (mailbox_id, dedup_hash) DO UPDATE SET seq = excluded.seq,
+            received_at_ms = excluded.received_at_ms, expires_at_ms = excluded.expires_at_ms,
+            keep_until_ms = excluded.keep_until_ms
     )
     UPDATE send_dedup s SET keep_until_ms = greatest(s.keep_until_ms, x.k)
     FROM unnest($7::bytea[], $8::bigint[]) AS x(h, k) WHERE s.send_hash = x.h

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "check_schema_name", "lock_key"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "check_schema_name", "lock_key", "quoted"]
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 """A plain, unquoted PostgreSQL identifier (lower case: unquoted names fold to it)."""
@@ -43,6 +43,11 @@ def check_schema_name(name: str) -> str:
     if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name) or name.startswith("pg_"):
         raise ValueError("schema must be a plain lower-case identifier (a-z, 0-9, _)")
     return name
+
+
+def quoted(schema: str) -> str:
+    """*schema* (checked) as a quoted identifier: a reserved word (``user``) works too."""
+    return f'"{check_schema_name(schema)}"'
 
 
 def lock_key(schema: str) -> str:

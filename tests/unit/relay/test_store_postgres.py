@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -24,6 +25,7 @@ from relay.ports import (
     InviteRejected,
     OneTimePrekey,
     Recipient,
+    RecordingObserver,
     StoreConflict,
     invite_code_hash,
 )
@@ -303,7 +305,60 @@ async def test_schema_names_must_be_plain_identifiers(dsn: str, name: str) -> No
         await PostgresStore.open(dsn, schema=name)
 
 
+async def test_a_reserved_word_is_a_schema_name_like_any_other(
+    dsn: str, admin: asyncpg.Connection
+) -> None:
+    await admin.execute('DROP SCHEMA IF EXISTS "user" CASCADE')
+    try:
+        store = await PostgresStore.open(dsn, schema="user", min_connections=1)
+        try:
+            await account(store, 1, 10)
+            assert (await send(store, 1, 10)).seq_for(mid(10)) == 1
+        finally:
+            await store.close()
+        assert await admin.fetchval('SELECT count(*) FROM "user".deliveries') == 1
+    finally:
+        await admin.execute('DROP SCHEMA IF EXISTS "user" CASCADE')
+
+
+async def test_the_observer_sees_calls_and_commits(dsn: str, schema: str) -> None:
+    observer = RecordingObserver()
+    store = await PostgresStore.open(dsn, schema=schema, min_connections=1, observer=observer)
+    try:
+        await account(store, 1, 10)
+        await send(store, 1, 10)
+        await store.get_mailbox(mid(10))
+        with pytest.raises(StoreConflict):
+            await store.create_mailbox(account_id=aid(1), mailbox_id=mid(10),
+                                       capability_hash=cap(10), now_ms=T0)
+    finally:
+        await store.close()
+    assert observer.operations == {"create_account": 1, "create_mailbox": 2, "append": 1,
+                                   "get_mailbox": 1}
+    assert (observer.commits, observer.failed_commits) == (4, 1)
+
+
 # --------------------------------------------------------------------------- failures
+
+
+async def test_the_dsn_and_its_password_stay_out_of_reprs_and_errors(
+    dsn: str, schema: str
+) -> None:
+    parts = urlsplit(dsn)
+    user = parts.username or getpass.getuser()
+    secret = "hunter2-do-not-show"
+    with_password = urlunsplit(parts._replace(
+        netloc=f"{user}:{secret}@{parts.hostname}:{parts.port or 5432}"))
+    store = await PostgresStore.open(with_password, schema=schema, min_connections=1)
+    try:
+        assert secret not in repr(store) and schema in repr(store)
+    finally:
+        await store.close()
+    refused = urlunsplit(parts._replace(netloc=f"{user}:{secret}@127.0.0.1:1"))
+    with pytest.raises(StoreError) as caught:
+        await PostgresStore.open(refused, schema=schema)
+    assert secret not in str(caught.value) and "127.0.0.1" not in str(caught.value)
+
 
 
 @pytest.mark.parametrize("bad", ["postgresql://127.0.0.1:1/test", "postgresql://[::1/x",
