@@ -19,9 +19,11 @@ Theory of operation (docs/protocol.md §10.10; the semantics are :mod:`relay.bus
   order on that one connection, so each confirmation is matched to the oldest
   unconfirmed SUBSCRIBE of its channel.
 * **Coalesced publishes.** Publishes queue up during an event-loop iteration and go to
-  Redis as one pipeline, one batch at a time (the next batch collects while one is in
-  flight), so a batch of N costs one round trip and the per-mailbox order is kept.
-  Each caller still gets its own receiver count.
+  Redis pipelined on one publisher connection, one batch at a time (the next batch
+  collects while one is in flight), so a batch of N costs one round trip and the
+  per-mailbox order is kept. Each caller still gets its own receiver count. A caller
+  that awaits each publish before the next still pays a round trip each:
+  :meth:`RedisBus.publish_many` sends a group's copies in one.
 * **Wire.** A message is an envelope around :func:`~relay.bus.encode_notification`:
 
   ======  =========  ===================================================
@@ -56,14 +58,15 @@ import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import ConnectionPool
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pigeon_crypto.errors import PigeonError, TransportError
 
@@ -261,17 +264,14 @@ class RedisBus:
         self._channels: dict[bytes, _Channel] = {self._inv.name: self._inv}
         self._subs: dict[RedisSubscription, None] = {}
         self._handlers: list[Callable[[bytes], None]] = []
-        # Publisher: one retry on a fresh connection (a PUBLISH repeated after a lost
-        # reply duplicates a hint, which consumers tolerate).
-        self._client = Redis.from_url(
-            url, retry=Retry(NoBackoff(), 1), socket_connect_timeout=_CONNECT_TIMEOUT_S,
-            socket_timeout=_IO_TIMEOUT_S)
-        # Pub/sub: RESP2 arrays, no socket timeout (idle is normal; PINGs detect a dead
-        # peer), no retries inside redis-py (the supervisor reconnects and re-subscribes).
-        self._ps_pool: ConnectionPool = ConnectionPool.from_url(
+        # Two connections, RESP2, no retries inside redis-py (this class retries) and no
+        # per-read socket timeout (a publish batch has one deadline; the pub/sub
+        # connection is idle by nature and PINGed instead).
+        self._pool: ConnectionPool = ConnectionPool.from_url(
             url, protocol=2, retry=Retry(NoBackoff(), 0), socket_timeout=None,
-            socket_connect_timeout=_CONNECT_TIMEOUT_S,
-            client_name=f"{prefix}:bus:{self._origin.hex()}")
+            socket_connect_timeout=_CONNECT_TIMEOUT_S)
+        self._pub = self._connection(f"{prefix}:pub:{self._origin.hex()}")
+        self._ps_name = f"{prefix}:bus:{self._origin.hex()}"
         self._conn: AbstractConnection | None = None  # set once every channel is live
         self._outbox: list[tuple[bytes, ...]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -299,7 +299,7 @@ class RedisBus:
         """
         bus = cls(url, prefix=prefix)
         try:
-            await bus._client.ping()
+            await _connect(bus._pub)
             bus._supervisor = asyncio.get_running_loop().create_task(
                 bus._supervise(), name="pigeon-relay-bus-redis")
             await asyncio.wait_for(bus._ready.wait(), _OPEN_TIMEOUT_S)
@@ -409,12 +409,10 @@ class RedisBus:
             # back rather than make every send path wait for a connect timeout.
             self._publish_failures += len(batch)
             return [0] * len(batch)
+        packed = b"".join([_pack_publish(channel, data) for channel, data, _ in batch])
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for channel, data, _ in batch:
-                    pipe.publish(channel, data)
-                results: list[Any] = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
+            results = await self._pipeline(packed, len(batch))
+        except (RedisError, OSError, TimeoutError) as exc:
             self._publish_failures += len(batch)
             if not self._publish_down:
                 self._publish_down = True
@@ -424,9 +422,38 @@ class RedisBus:
         if self._publish_down:
             self._publish_down = False
             _log.info("redis bus: publishing again")
-        counts = [r if isinstance(r, int) else 0 for r in results]
-        self._publish_failures += sum(not isinstance(r, int) for r in results)
-        return counts
+        self._publish_failures += sum(r < 0 for r in results)
+        return [max(r, 0) for r in results]
+
+    async def _pipeline(self, packed: bytes, replies: int) -> list[int]:
+        """Send *packed* PUBLISH commands, read their receiver counts (-1: refused).
+        Once more on a fresh connection if the first one failed (a PUBLISH repeated after
+        a lost reply duplicates a hint, which consumers tolerate)."""
+        conn = self._pub
+        for attempt in (1, 2):
+            try:
+                async with asyncio.timeout(_IO_TIMEOUT_S):
+                    if not conn.is_connected:
+                        await _connect(conn)
+                    await conn.send_packed_command(packed, check_health=False)
+                    results = []
+                    for _ in range(replies):
+                        try:
+                            reply = await conn.read_response()
+                        except ResponseError:  # one refused command (ACL...), read on
+                            reply = -1
+                        results.append(reply if isinstance(reply, int) else -1)
+                    return results
+            except (RedisError, OSError, TimeoutError) as exc:
+                await conn.disconnect(nowait=True)  # half-read replies: start afresh
+                if attempt == 2 or isinstance(exc, TimeoutError | RedisTimeoutError):
+                    raise  # a slow Redis gets no second deadline on the send path
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _connection(self, name: str) -> AbstractConnection:
+        conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+        conn.client_name = name
+        return conn
 
     def _maybe_counted(self, channel: bytes) -> bool:
         ch = self._channels.get(channel)
@@ -537,12 +564,12 @@ class RedisBus:
         """One pub/sub connection: subscribe everything, then read until it fails.
         Returns after a healthy session (the supervisor then reconnects at once)."""
         loop = asyncio.get_running_loop()
-        conn = self._ps_pool.make_connection()  # type: ignore[no-untyped-call]
+        conn = self._connection(self._ps_name)
         started = loop.time()
         ready = False
         error: Exception = RedisConnectionError("closed")
         try:
-            await conn.connect()
+            await _connect(conn)
             await self._sync(conn)
             self._go_live(conn)
             ready = True
@@ -713,8 +740,19 @@ class RedisBus:
         self._batch.clear()
         await self._local.close()
         self._subs.clear()
-        await self._client.aclose()
-        await self._ps_pool.disconnect()
+        await self._pub.disconnect()
+        await self._pool.disconnect()
+
+
+async def _connect(conn: AbstractConnection) -> None:
+    await conn.connect()  # type: ignore[no-untyped-call]
+
+
+def _pack_publish(channel: bytes, data: bytes) -> bytes:
+    """``PUBLISH channel data`` in RESP (redis-py's generic packer costs more per command
+    than the whole round trip share of a batched one)."""
+    return b"".join((b"*3\r\n$7\r\nPUBLISH\r\n$", str(len(channel)).encode(), b"\r\n",
+                     channel, b"\r\n$", str(len(data)).encode(), b"\r\n", data, b"\r\n"))
 
 
 def _conforms(bus: RedisBus, sub: RedisSubscription) -> tuple[Bus, Subscription]:

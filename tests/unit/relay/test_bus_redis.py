@@ -295,6 +295,25 @@ async def test_a_killed_connection_reconnects_and_resyncs(
     assert await get(only_b) == (B, msg(1))
 
 
+async def test_a_killed_publisher_connection_is_replaced_at_once(
+    nodes: tuple[RedisBus, RedisBus], shared: tuple[str, str],
+) -> None:
+    one, two = nodes
+    url, prefix = shared
+    there = await two.subscribe([A])
+    raw = Redis.from_url(url)
+    try:
+        name = f"{prefix}:pub:{one.origin.hex()}"
+        ids = [str(c["id"]) for c in await raw.client_list() if c.get("name") == name]
+        assert len(ids) == 1
+        await raw.execute_command("CLIENT", "KILL", "ID", ids[0])
+    finally:
+        await raw.aclose()
+    assert await one.publish(A, msg(1)) == 1  # retried on a fresh connection
+    assert await get(there) == (A, msg(1))
+    assert one.stats().publish_failures == 0
+
+
 async def test_an_outage_serves_local_subscribers_then_resyncs(
     own_redis: ThrowawayRedis, caplog: pytest.LogCaptureFixture,
 ) -> None:
