@@ -134,9 +134,17 @@ async def rotate_identity(
 
 
 async def delete_account(conn: Conn, account_id: bytes) -> bool:
-    # ON DELETE CASCADE: mailboxes -> deliveries (the deliveries_gone trigger drops blobs
-    # with their last reference), dedup; identity_rotations; one_time_prekeys; usernames.
-    # send_dedup records name mailboxes by serial only and expire with keep_until_ms.
+    # The mailboxes first, in id order, then all their queued copies in one statement
+    # (one deliveries_gone call: blobs locked in id order), as acks and appends lock
+    # them; a cascade would take them in index order, one mailbox at a time.
+    mailbox_ids = [r[0] for r in await conn.fetch(
+        "SELECT id FROM mailboxes WHERE account_id = $1 ORDER BY id FOR UPDATE", account_id)]
+    if mailbox_ids:
+        await conn.execute("DELETE FROM deliveries WHERE mailbox_id = ANY($1::bytea[])",
+                           mailbox_ids)
+    # ON DELETE CASCADE: mailboxes (and dedup); identity_rotations; one_time_prekeys;
+    # usernames. send_dedup records name mailboxes by serial only and expire with
+    # keep_until_ms.
     return await conn.fetchval(
         "DELETE FROM accounts WHERE id = $1 RETURNING 1", account_id) is not None
 

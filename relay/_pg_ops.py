@@ -443,29 +443,10 @@ async def fetch(
 AckRequest = tuple[bytes, "int | None", tuple[int, ...]]
 """``(mailbox_id, up_to_seq, seqs)`` of one ack call."""
 
-_ACK = """
-    WITH v AS (
-        SELECT * FROM unnest($1::integer[], $2::bytea[], $3::bigint[], $4::bigint[])
-            AS v(i, m, up, s)
-    ), hit AS (
-        SELECT DISTINCT ON (m, seq) i, m, seq FROM (
-            SELECT v.i, d.mailbox_id AS m, d.seq FROM v
-                JOIN deliveries d ON d.mailbox_id = v.m AND d.seq <= v.up
-                WHERE v.up IS NOT NULL
-            UNION ALL
-            SELECT v.i, d.mailbox_id, d.seq FROM v
-                JOIN deliveries d ON d.mailbox_id = v.m AND d.seq = v.s
-                WHERE v.s IS NOT NULL
-        ) x ORDER BY m, seq, i
-    ), gone AS (
-        DELETE FROM deliveries d USING hit
-            WHERE d.mailbox_id = hit.m AND d.seq = hit.seq RETURNING hit.i
-    )
-    SELECT i, count(*) FROM gone GROUP BY i
-"""
-"""Every ack of a run in one statement: each queued row named is counted for the first
-call that names it (what running them one by one would report), and removed once; a row
-a concurrent ack removed first is not counted."""
+_ACK = "SELECT ack_call, ack_removed FROM ack_deliveries($1, $2, $3, $4)"
+"""Every ack of a run in one statement (the function is in ``relay._pg_schema``): each
+queued row named is counted for the first call that names it (what running them one by
+one would report), and removed once; a row a concurrent ack removed first is not counted."""
 
 
 async def ack_many(conn: Conn, calls: Sequence[AckRequest]) -> list[int]:
@@ -498,14 +479,26 @@ async def pending_count(conn: Conn, mailbox_id: bytes) -> int:
 
 
 async def expire(conn: Conn, now_ms: int, limit: int) -> ExpiryReport:
-    # SKIP LOCKED: sweepers of several nodes take disjoint rows instead of queueing.
-    rows = await conn.fetch(
-        "DELETE FROM deliveries WHERE (mailbox_id, seq) IN ("
-        " SELECT mailbox_id, seq FROM deliveries WHERE expires_at_ms <= $1"
-        " ORDER BY expires_at_ms, mailbox_id, seq LIMIT $2 FOR UPDATE SKIP LOCKED)"
-        " RETURNING mailbox_id, seq",
+    # The due rows' mailboxes are locked first, in id order (see ack_deliveries in
+    # relay._pg_schema); a row another node's sweep or an ack removed meanwhile is not
+    # counted (the DELETE re-reads after the locks).
+    due = await conn.fetch(
+        "SELECT mailbox_id, seq FROM deliveries WHERE expires_at_ms <= $1"
+        " ORDER BY expires_at_ms, mailbox_id, seq LIMIT $2",
         now_ms, limit,
     )
+    rows: list[Any] = []
+    if due:
+        await conn.execute(
+            "SELECT 1 FROM mailboxes WHERE id = ANY($1::bytea[]) ORDER BY id FOR NO KEY UPDATE",
+            list({r[0] for r in due}),
+        )
+        rows = await conn.fetch(
+            "DELETE FROM deliveries d USING unnest($1::bytea[], $2::bigint[]) AS x(m, s)"
+            " WHERE d.mailbox_id = x.m AND d.seq = x.s AND d.expires_at_ms <= $3"
+            " RETURNING d.mailbox_id, d.seq",
+            [r[0] for r in due], [r[1] for r in due], now_ms,
+        )
     per_mailbox: dict[bytes, tuple[int, int]] = {}
     for mailbox_id, seq in rows:
         count, top = per_mailbox.get(mailbox_id, (0, 0))

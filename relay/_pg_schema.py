@@ -162,6 +162,36 @@ _V1 = [
         REFERENCING OLD TABLE AS gone
         FOR EACH STATEMENT EXECUTE FUNCTION deliveries_gone()
     """,
+    # Acks of several calls in one round trip (relay._pg_ops.ack_many): the mailboxes are
+    # locked first, in id order, as everything else that deletes deliveries locks them
+    # (deleting a mailbox, the expiry sweep), so that an ack and a deletion never wait on
+    # each other in a cycle. Each queued row named is counted for the first call naming it.
+    """
+    CREATE FUNCTION ack_deliveries(ci integer[], cm bytea[], cup bigint[], cs bigint[])
+    RETURNS TABLE (ack_call integer, ack_removed bigint) LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM 1 FROM mailboxes WHERE id = ANY(cm) ORDER BY id FOR NO KEY UPDATE;
+        RETURN QUERY
+        WITH v AS (
+            SELECT * FROM unnest(ci, cm, cup, cs) AS v(i, m, up, s)
+        ), hit AS (
+            SELECT DISTINCT ON (x.m, x.seq) x.i, x.m, x.seq FROM (
+                SELECT v.i, d.mailbox_id AS m, d.seq FROM v
+                    JOIN deliveries d ON d.mailbox_id = v.m AND d.seq <= v.up
+                    WHERE v.up IS NOT NULL
+                UNION ALL
+                SELECT v.i, d.mailbox_id, d.seq FROM v
+                    JOIN deliveries d ON d.mailbox_id = v.m AND d.seq = v.s
+                    WHERE v.s IS NOT NULL
+            ) x ORDER BY x.m, x.seq, x.i
+        ), gone AS (
+            DELETE FROM deliveries d USING hit
+                WHERE d.mailbox_id = hit.m AND d.seq = hit.seq RETURNING hit.i
+        )
+        SELECT gone.i, count(*) FROM gone GROUP BY gone.i;
+    END
+    $$
+    """,
     # Idempotency per recipient mailbox for copies added under a client_msg_id that
     # already has a send_dedup record: SHA-256(protocol.dedup_input(mailbox, client_msg_id)).
     # Outlives the delivery row until keep_until_ms; names the recipient mailbox only.

@@ -319,8 +319,7 @@ class PostgresStore:
 
     async def delete_account(self, account_id: bytes) -> bool:
         return await self._write("delete_account",
-                                 lambda c: accounts.delete_account(c, account_id),
-                                 one_statement=True)
+                                 lambda c: accounts.delete_account(c, account_id))
 
     async def list_accounts(
         self, *, after: bytes | None = None, limit: int = 100

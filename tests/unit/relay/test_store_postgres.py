@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import getpass
 import hashlib
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
@@ -227,6 +228,52 @@ async def test_acks_on_two_nodes_drop_a_shared_blob_with_its_last_copy(
     assert await admin.fetchval(f"SELECT count(*) FROM {schema}.blobs") == 0
     assert (await one.queue_sizes()).total_messages == 0
     assert [await two.pending_count(mid(m)) for m in (10, 11, 12, 13)] == [0, 0, 0, 0]
+
+
+async def test_a_mixed_load_on_two_nodes_keeps_the_counters_true(
+    nodes: tuple[PostgresStore, PostgresStore], admin: asyncpg.Connection, schema: str
+) -> None:
+    """Appends, acks, sweeps and mailbox deletions from both nodes at once: afterwards
+    every pending count and blob reference count matches the rows, no blob is orphaned
+    and no call failed (deadlock victims are retried)."""
+    one, two = nodes
+    await account(one, 1, *range(10, 22))
+    rnd = random.Random(7)
+
+    async def worker(w: int) -> None:
+        s = one if w % 2 else two
+        for i in range(40):
+            op = rnd.random()
+            if op < 0.5:
+                ms = rnd.sample(range(10, 22), rnd.randint(1, 5))
+                await s.append(recipients=[rcpt(m) for m in ms],
+                               client_msg_id=cmid(rnd.randrange(100)), blob=b"x",
+                               now_ms=T0 + i, ttl_ms=rnd.randint(1, 60))
+            elif op < 0.8:
+                await s.ack_many([(mid(rnd.randrange(10, 22)), rnd.randrange(20),
+                                   (rnd.randrange(20),)) for _ in range(rnd.randint(1, 3))])
+            elif op < 0.9:
+                await s.expire(now_ms=T0 + i, limit=rnd.randint(1, 20))
+            else:
+                m = rnd.randrange(10, 22)
+                if await s.delete_mailbox(account_id=aid(1), mailbox_id=mid(m)):
+                    await s.create_mailbox(account_id=aid(1), mailbox_id=mid(m),
+                                           capability_hash=cap(m), now_ms=T0 + i)
+
+    await asyncio.gather(*(worker(w) for w in range(8)))
+    q = f"SET LOCAL search_path = {schema}"
+    async with admin.transaction():
+        await admin.execute(q)
+        assert await admin.fetch(
+            "SELECT id FROM mailboxes m WHERE pending <>"
+            " (SELECT count(*) FROM deliveries d WHERE d.mailbox_id = m.id)") == []
+        assert await admin.fetch(
+            "SELECT id FROM blobs b WHERE refs <>"
+            " (SELECT count(*) FROM deliveries d WHERE d.blob_id = b.id)") == []
+        assert await admin.fetchval(
+            "SELECT count(*) FROM mailboxes m WHERE last_seq <"
+            " (SELECT coalesce(max(seq), 0) FROM deliveries d WHERE d.mailbox_id = m.id)") == 0
+        assert await admin.fetchval("SELECT count(*) FROM blobs") > 0
 
 
 async def test_two_nodes_share_one_invite_and_one_username(
