@@ -8,10 +8,12 @@ Theory of operation (STYLE.md section 6):
   open) and unwinds them in reverse at shutdown:
 
   1. identity: relay id and blob-token key (created beside the database on first start);
-  2. store: :class:`relay.store_sqlite.SqliteStore` (WAL, group commit), with the metrics
-     facade as its observer (commit batch sizes, latencies);
+  2. store: :class:`relay.store_sqlite.SqliteStore` (WAL, group commit), or with
+     ``--store-url`` :class:`relay.store_postgres.PostgresStore` (several nodes on one
+     database), with the metrics facade as its observer (commit batch sizes, latencies);
   3. blobs: :class:`relay.blobs.FolderBlobStore`;
-  4. bus: :class:`relay.bus.InProcessBus`;
+  4. bus: :class:`relay.bus.InProcessBus`, or with ``--bus-url``
+     :class:`relay.bus_redis.RedisBus` (notifications between those nodes);
   5. push: :class:`relay.push.PushNotifier` (its pending wake-ups are cancelled and
      awaited on the way out);
   6. background: the expiry sweeper (messages, retired mailboxes, blobs, idle credit
@@ -48,7 +50,7 @@ from .credits import BucketMap
 from .metrics import create_metrics
 from .node import install_pipeline
 from .openapi import openapi_document
-from .ports import Notification, NotificationKind, Store
+from .ports import Bus, Notification, NotificationKind, Store, StoreObserver
 from .push import PushNotifier
 from .store_sqlite import SqliteStore, Synchronous, WriterMode
 from .typedefs import (
@@ -68,7 +70,9 @@ from .typedefs import (
 )
 from .ws import websocket_handler
 
-__all__ = ["HEALTH_TIMEOUT_S", "create_app", "relay_version", "sweep_once"]
+__all__ = [
+    "HEALTH_TIMEOUT_S", "create_app", "open_bus", "open_store", "relay_version", "sweep_once",
+]
 
 _log = logging.getLogger("pigeon.relay")
 
@@ -149,15 +153,27 @@ async def _identity_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
-async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
-    store = await SqliteStore.open(
+async def open_store(config: RelayConfig, *, observer: StoreObserver | None = None,
+                     on_fatal: Callable[[], None] | None = None) -> Store:
+    """The store *config* names: the SQLite file, or the PostgreSQL database of
+    ``--store-url`` (imported only then: asyncpg is an extra)."""
+    if config.store_url is not None:
+        from .store_postgres import PostgresStore  # asyncpg: an extra
+
+        return await PostgresStore.open(config.store_url, schema=config.store_schema,
+                                        observer=observer)
+    return await SqliteStore.open(
         config.database, synchronous=Synchronous(config.synchronous.value),
-        observer=app[METRICS], writer=WriterMode(config.store_writer.value),
-        on_fatal=_writer_lost,
+        observer=observer, writer=WriterMode(config.store_writer.value), on_fatal=on_fatal,
     )
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = await open_store(app[CONFIG], observer=app[METRICS], on_fatal=_writer_lost)
     app[STORE] = store
-    app[METRICS].add_probe("store_writes", lambda: store.pending_writes)
+    if isinstance(store, SqliteStore):
+        sqlite = store
+        app[METRICS].add_probe("store_writes", lambda: sqlite.pending_writes)
     try:
         yield
     finally:
@@ -190,8 +206,18 @@ async def _blobs_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def open_bus(config: RelayConfig) -> Bus:
+    """The bus *config* names: in-process, or Redis pub/sub between the nodes of one
+    database (``--bus-url``; redis-py is imported only then)."""
+    if config.bus_url is not None:
+        from .bus_redis import RedisBus  # redis-py: an extra
+
+        return await RedisBus.open(config.bus_url, prefix=config.bus_prefix)
+    return InProcessBus()
+
+
 async def _bus_ctx(app: web.Application) -> AsyncIterator[None]:
-    bus = InProcessBus()
+    bus = await open_bus(app[CONFIG])
     app[BUS] = bus
     try:
         yield

@@ -259,6 +259,12 @@ class InProcessBus:
             subscriptions=len(self._subs),
         )
 
+    async def invalidate(self, mailbox_id: bytes) -> None:
+        """One node: there is no other node's cache to clear."""
+
+    def on_invalidate(self, handler: Callable[[bytes], None]) -> None:
+        """One node: no other node will invalidate anything."""
+
     async def close(self) -> None:
         self._closed = True
         for sub in list(self._subs):

@@ -60,7 +60,7 @@ from .config import (
 )
 from .logs import setup_logging
 from .ports import ACCOUNT_ID_LEN, InviteRecord, Store, StoreConflict, invite_code_hash
-from .store_sqlite import SqliteStore, Synchronous
+from .store_sqlite import SqliteStore
 from .tls import certificate_fingerprint, format_fingerprint, server_ssl_context
 
 __all__ = ["LISTENING_PREFIX", "main", "serve"]
@@ -119,6 +119,7 @@ def _serve_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_from(vars(args), os.environ)
+        config.check_shared_identity()
     except ConfigError as exc:
         parser.error(str(exc))
     setup_logging(config.log_level, config.log_format)
@@ -203,8 +204,14 @@ async def serve(config: RelayConfig, *, ready: Callable[[str], None] | None = No
                                 f"{exc.strerror or exc}") from exc
         host, port = runner.addresses[0][:2]
         url = f"{config.scheme}://{_url_host(str(host))}:{port}"
-        _log.info("relay %s listening on %s (database %s, blobs %s)", relay_version(), url,
-                  config.database, config.blobs)
+        database = ("PostgreSQL, schema " + config.store_schema
+                    if config.store_url is not None else str(config.database))
+        _log.info("relay %s listening on %s (database %s, blobs %s, bus %s)", relay_version(),
+                  url, database, config.blobs,
+                  "Redis" if config.bus_url is not None else "in-process")
+        if config.store_url is not None and config.bus_url is None:
+            _log.warning("a shared database without --bus-url: clients of this node hear "
+                         "of messages sent through other nodes only when they reconnect")
         if ssl_context is not None:
             _log.info("TLS certificate SHA-256 fingerprint (clients pin this): %s",
                       fingerprint)
@@ -287,6 +294,9 @@ def _admin_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", metavar="DIR", help="[PIGEON_RELAY_DATA_DIR]")
     parser.add_argument("--db", dest="db_path", metavar="FILE", help="[PIGEON_RELAY_DB]")
     parser.add_argument("--blob-dir", metavar="DIR", help="[PIGEON_RELAY_BLOB_DIR]")
+    parser.add_argument("--store-url", metavar="URL",
+                        help="a PostgreSQL store instead [PIGEON_RELAY_STORE_URL]")
+    parser.add_argument("--store-schema", metavar="NAME", help="[PIGEON_RELAY_STORE_SCHEMA]")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -316,17 +326,20 @@ def _admin_parser() -> argparse.ArgumentParser:
 def _admin_main(argv: Sequence[str]) -> int:
     parser = _admin_parser()
     args = parser.parse_args(argv)
-    flags = {"data_dir": args.data_dir, "db_path": args.db_path, "blob_dir": args.blob_dir}
+    flags = {"data_dir": args.data_dir, "db_path": args.db_path, "blob_dir": args.blob_dir,
+             "store_url": args.store_url, "store_schema": args.store_schema}
     env = {k: v for k, v in os.environ.items()
            if k in ("PIGEON_RELAY_DATA_DIR", "PIGEON_RELAY_DB", "PIGEON_RELAY_BLOB_DIR",
-                    "PIGEON_RELAY_SECRET_FILE", "PIGEON_RELAY_RELAY_ID")}
+                    "PIGEON_RELAY_SECRET_FILE", "PIGEON_RELAY_RELAY_ID",
+                    "PIGEON_RELAY_STORE_URL", "PIGEON_RELAY_STORE_SCHEMA")}
     try:
         config = config_from(flags, env)
     except ConfigError as exc:
         parser.error(str(exc))
     setup_logging("WARNING")
     creates = args.command == "invite" and args.action == "create"
-    if not creates and args.command != "info" and not config.database.exists():
+    if (not creates and args.command != "info" and config.store_url is None
+            and not config.database.exists()):
         print(f"pigeon-relay: error: no relay database at {config.database} "
               "(use --data-dir or --db)", file=sys.stderr)
         return 1
@@ -342,8 +355,9 @@ def _admin_main(argv: Sequence[str]) -> int:
 
 
 async def _with_store(config: RelayConfig, fn: Callable[[Store], Awaitable[int]]) -> int:
-    store = await SqliteStore.open(config.database,
-                                   synchronous=Synchronous(config.synchronous.value))
+    from .app import open_store
+
+    store = await open_store(config)
     try:
         return await fn(store)
     finally:
@@ -500,7 +514,8 @@ def _info(config: RelayConfig, out: _Output) -> int:
         relay_id = config.relay_id.hex()
     elif config.relay_id_path.exists():
         relay_id = config.relay_id_path.read_text(encoding="ascii").strip()
-    obj = {"relay_id": relay_id, "database": str(config.database),
+    database = "postgresql" if config.store_url is not None else str(config.database)
+    obj = {"relay_id": relay_id, "database": database,
            "blob_dir": str(config.blobs), "secret_file": str(config.secret_path),
            "version": relay_version()}
     out.emit(obj, [f"{k}: {v if v is not None else '-'}" for k, v in obj.items()])

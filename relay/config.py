@@ -125,6 +125,16 @@ class RelayConfig:
     """Default: ``data_dir / "pigeon-relay-blobs"``."""
     synchronous: SyncMode = SyncMode.FULL
     store_writer: StoreWriter = StoreWriter.THREAD
+    store_url: str | None = field(default=None, repr=False)
+    """None: the SQLite file. ``postgresql://…``: a PostgreSQL database that several nodes
+    share (the ``postgres`` extra). Not in the repr: a DSN may hold a password."""
+    store_schema: str = "pigeon"
+    """The PostgreSQL schema the relay's tables live in."""
+    bus_url: str | None = field(default=None, repr=False)
+    """None: the in-process bus. ``redis://…``: Redis pub/sub between the nodes of one
+    database (the ``redis`` extra)."""
+    bus_prefix: str = "pigeon"
+    """Prefix of the relay's Redis channels (nodes of one database use the same one)."""
 
     message_ttl_ms: int = MAX_MESSAGE_TTL_MS
     max_pending_per_mailbox: int = 10_000
@@ -208,8 +218,28 @@ class RelayConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive")
+        if self.store_url is not None and not self.store_url.startswith(
+                ("postgresql://", "postgres://")):
+            raise ConfigError("store-url must be a postgresql:// URL")
+        if not _IDENTIFIER.match(self.store_schema):
+            raise ConfigError("store-schema must be a lower-case identifier (a-z, 0-9, _)")
+        if self.bus_url is not None and not self.bus_url.startswith(
+                ("redis://", "rediss://", "unix://")):
+            raise ConfigError("bus-url must be a redis://, rediss:// or unix:// URL")
+        if not _IDENTIFIER.match(self.bus_prefix):
+            raise ConfigError("bus-prefix must be a lower-case identifier (a-z, 0-9, _)")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError("log-level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+
+    def check_shared_identity(self) -> None:
+        """Raise ConfigError if a relay on a shared database would make up its own
+        identity: every node of one database must bind logins to the same relay id and
+        sign blob tokens with the same key, so with ``store_url`` both are given."""
+        if self.store_url is not None and (self.relay_id is None or self.secret_file is None):
+            raise ConfigError(
+                "store-url needs relay-id and secret-file, the same on every node of the "
+                "database (relay id: 32 hex digits, e.g. from `openssl rand -hex 16`; the "
+                "secret file is created on first start, then copied to the other nodes)")
 
     @property
     def database(self) -> Path:
@@ -239,6 +269,8 @@ class RelayConfig:
     def scheme(self) -> str:
         return "https" if self.tls else "http"
 
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 # --------------------------------------------------------------------------- parsers
 
@@ -360,6 +392,8 @@ class Option:
                 "blob_dir": "`<data-dir>/pigeon-relay-blobs`",
                 "relay_id": "random, kept in `<db stem>.id` beside the database",
                 "secret_file": "`<db stem>.secret`",
+                "store_url": "unset: the SQLite file",
+                "bus_url": "unset: in-process",
             }.get(self.name, "unset")
         if self.parse is parse_duration:
             return f"`{format_duration(value)}`"
@@ -390,6 +424,14 @@ OPTIONS: Final[tuple[Option, ...]] = (
        "SQLite durability: FULL (power loss), NORMAL (process crash), OFF (tests)", "MODE"),
     _o("store_writer", "--store-writer", _parse_enum(StoreWriter),
        "where the SQLite writer runs: process (a child process) or thread", "MODE"),
+    _o("store_url", "--store-url", str,
+       "PostgreSQL database shared by several nodes (postgresql://…; prefer the variable: "
+       "a password on the command line is visible to other users)", "URL"),
+    _o("store_schema", "--store-schema", str, "PostgreSQL schema of the relay's tables",
+       "NAME"),
+    _o("bus_url", "--bus-url", str, "Redis for notifications between nodes (redis://…)",
+       "URL"),
+    _o("bus_prefix", "--bus-prefix", str, "prefix of the relay's Redis channels", "NAME"),
     _o("message_ttl_ms", "--message-ttl", parse_duration,
        "how long undelivered envelopes are kept (at most 30d)", "DURATION"),
     _o("max_pending_per_mailbox", "--max-pending", _parse_int,
@@ -548,6 +590,7 @@ def load_or_create_identity(config: RelayConfig) -> RelayIdentity:
         ConfigError: a file exists but is malformed.
         OSError: the folder is not writable.
     """
+    config.check_shared_identity()
     config.database.parent.mkdir(parents=True, exist_ok=True)
     relay_id = config.relay_id
     if relay_id is None:

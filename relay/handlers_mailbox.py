@@ -132,6 +132,7 @@ async def rotate_mailbox(ctx: FrameCtx[RotateMailbox]) -> None:
     node.capabilities.put(new_id, frame.capability_hash)
     node.capabilities.retire(frame.mailbox_id, retire_at)
     node.set_push_url(new_id, record.push_url)
+    await node.mailbox_changed(frame.mailbox_id)  # other nodes learn its retirement
     inherit = conn.pump is not None and frame.mailbox_id in conn.pump
     if inherit:
         pump = await _subscribe_here(conn, [new_id])
@@ -211,4 +212,5 @@ async def register_push(ctx: FrameCtx[RegisterPush]) -> None:
         raise Refuse(ErrorCode.NO_SUCH_MAILBOX) from None
     for mailbox_id in frame.mailbox_ids:
         node.set_push_url(mailbox_id, frame.url)
+        await node.mailbox_changed(mailbox_id)
     await conn.send(Ok(request_id=ctx.request_id).encode())

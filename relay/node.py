@@ -195,13 +195,19 @@ class Node:
         self._unstalled.set()
         self._poller: asyncio.Task[None] | None = None
         self.stalls = 0
+        bus.on_invalidate(self.forget_mailbox)
 
     # ------------------------------------------------------------------ mailboxes
 
     def forget_mailbox(self, mailbox_id: bytes) -> None:
-        """Drop everything cached about a deleted mailbox."""
+        """Drop everything cached about a mailbox (deleted, or changed on another node)."""
         self.capabilities.forget(mailbox_id)
         self._push_urls.pop(mailbox_id, None)
+
+    async def mailbox_changed(self, mailbox_id: bytes) -> None:
+        """A mailbox's capability or push URL changed here: other nodes of the same
+        database forget what they cached about it (this node updated its own cache)."""
+        await self.bus.invalidate(mailbox_id)
 
     async def close_mailbox(self, mailbox_id: bytes) -> None:
         """A mailbox is gone: forget it and tell whoever receives it (bus ``CLOSED``)."""
@@ -209,6 +215,7 @@ class Node:
         holder = self.subscribers.pop(mailbox_id, None)
         if holder is not None and holder.pump is not None:
             await holder.pump.drop(mailbox_id)
+        await self.bus.invalidate(mailbox_id)
         await self.bus.publish(mailbox_id, Notification(kind=NotificationKind.CLOSED))
 
     def set_push_url(self, mailbox_id: bytes, url: str | None) -> None:

@@ -24,7 +24,7 @@ memory, a future PostgreSQL) returns exactly the same values, which the contract
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from ._port_records import (
@@ -513,6 +513,16 @@ class Bus(Protocol):
     async def subscribe(
         self, mailbox_ids: Sequence[bytes] = (), *, max_queue: int | None = None
     ) -> Subscription: ...
+
+    async def invalidate(self, mailbox_id: bytes) -> None:
+        """Tell every other node that *mailbox_id* changed (capability retired or gone,
+        push URL changed): their handlers given to :meth:`on_invalidate` run with it.
+        A single-node bus has no one to tell."""
+        ...
+
+    def on_invalidate(self, handler: Callable[[bytes], None]) -> None:
+        """Call *handler* with each mailbox id another node invalidates."""
+        ...
 
     async def close(self) -> None: ...
 

@@ -194,3 +194,55 @@ def test_malformed_identity_files_are_refused(tmp_path: Path) -> None:
     config.secret_path.write_text("00" * 8)  # too short for an HMAC key
     with pytest.raises(ConfigError, match="token secret"):
         load_or_create_identity(config)
+
+
+# --------------------------------------------------------------------------- scale-out
+
+PG = "postgresql://relay:hunter2@db.example:5432/pigeon"
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"store_url": "mysql://db/pigeon"},
+    {"store_url": "/var/lib/pigeon.db"},
+    {"bus_url": "http://redis:6379"},
+    {"store_schema": "Pigeon"},
+    {"store_schema": "pigeon; DROP TABLE accounts"},
+    {"bus_prefix": "a:b"},
+])
+def test_scale_out_urls_and_names_are_checked(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        RelayConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_scale_out_settings_from_the_environment_and_not_in_reprs() -> None:
+    env = {"PIGEON_RELAY_STORE_URL": PG, "PIGEON_RELAY_BUS_URL": "redis://:pw@cache:6379/1",
+           "PIGEON_RELAY_STORE_SCHEMA": "relay_a", "PIGEON_RELAY_BUS_PREFIX": "relay_a"}
+    c = config_from({}, env)
+    assert (c.store_url, c.bus_url) == (PG, "redis://:pw@cache:6379/1")
+    assert (c.store_schema, c.bus_prefix) == ("relay_a", "relay_a")
+    assert "hunter2" not in repr(c) and ":pw@" not in repr(c)
+
+
+def test_a_shared_database_needs_a_given_relay_id_and_secret(tmp_path: Path) -> None:
+    """Nodes that made up their own relay ids would refuse each other's logins."""
+    secret = tmp_path / "token.secret"
+    for partial in ({}, {"relay_id": bytes(16)}, {"secret_file": secret}):
+        config = RelayConfig(data_dir=tmp_path, store_url=PG, **partial)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="relay-id and secret-file"):
+            config.check_shared_identity()
+        with pytest.raises(ConfigError, match="relay-id and secret-file"):
+            load_or_create_identity(config)
+    assert not secret.exists() and not (tmp_path / "pigeon-relay.id").exists()
+    shared = RelayConfig(data_dir=tmp_path, store_url=PG, relay_id=bytes(range(16)),
+                         secret_file=secret)
+    shared.check_shared_identity()
+    assert load_or_create_identity(shared).relay_id == bytes(range(16))
+    RelayConfig(data_dir=tmp_path).check_shared_identity()  # SQLite: made up on first start
+
+
+def test_serve_refuses_a_shared_database_without_identity(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli._serve_main(["--store-url", PG, "--port", "0"])
+    assert exc.value.code == 2
+    assert "relay-id and secret-file" in capsys.readouterr().err

@@ -1,0 +1,272 @@
+"""Several relay nodes on one PostgreSQL database and one Redis bus.
+
+Each node is a real ``pigeon-relay`` process with ``--store-url`` and ``--bus-url``, the
+same ``--relay-id``, ``--secret-file`` and blob folder, exactly as docs/relay.md "Several
+nodes" tells an operator. Clients on different nodes talk as if there were one relay:
+sends through one node reach live subscribers of another at once (Redis), nothing is lost
+when a node is killed with ``kill -9``, and what one node caches about a mailbox is
+forgotten when another changes it. Each test has its own schema and channel prefix.
+
+Needs the PostgreSQL and Redis servers of ``tests/services.py`` (skipped without them,
+except under CI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from client_sdk import GroupChanged, MessageReceived
+from client_sdk.testing import ClientFactory, RelayProcess, start_relay
+from protocol import Error, ErrorCode, MailboxCreated, Ok, RegisterPush, RotateMailbox, Sent
+
+from ..services import postgres_dsn, redis_url, unique_name
+from ._relay_fixtures import self_signed
+from .conftest import run_cli
+from .wsclient import RelayClient, anonymous, connect_user, now_ms
+
+pytest.importorskip("asyncpg", reason="the postgres extra is not installed")
+pytest.importorskip("redis", reason="the redis extra is not installed")
+
+
+@dataclass
+class Cluster:
+    """What the nodes of one deployment share, and the nodes started so far."""
+
+    folder: Path
+    dsn: str
+    schema: str
+    redis: str
+    prefix: str
+    relay_id: str
+    nodes: list[RelayProcess]
+
+    def args(self, *extra: str) -> list[str]:
+        return ["--store-url", self.dsn, "--store-schema", self.schema,
+                "--bus-url", self.redis, "--bus-prefix", self.prefix,
+                "--relay-id", self.relay_id, "--secret-file", str(self.folder / "token.secret"),
+                "--blob-dir", str(self.folder / "blobs"), *extra]
+
+    def node(self, *extra: str, env: dict[str, str] | None = None) -> RelayProcess:
+        folder = self.folder / f"node{len(self.nodes)}"
+        if env:
+            old = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
+        try:
+            rp = start_relay(folder, self.args(*extra))
+        finally:
+            if env:
+                for k, v in old.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+        self.nodes.append(rp)
+        return rp
+
+
+async def _drop_schema(dsn: str, schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    dsn, redis = postgres_dsn(), redis_url()
+    c = Cluster(folder=tmp_path, dsn=dsn, schema=unique_name("relay"), redis=redis,
+                prefix=unique_name("relay"), relay_id=os.urandom(16).hex(), nodes=[])
+    try:
+        yield c
+    finally:
+        for rp in c.nodes:
+            rp.kill()
+        await _drop_schema(dsn, c.schema)
+
+
+@pytest.fixture
+async def factories(cluster: Cluster, tmp_path: Path) -> AsyncIterator[
+        tuple[ClientFactory, ClientFactory]]:
+    a = ClientFactory(cluster.node(), tmp_path / "clients-a")
+    b = ClientFactory(cluster.node(), tmp_path / "clients-b")
+    (tmp_path / "clients-a").mkdir()
+    (tmp_path / "clients-b").mkdir()
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_clients_on_two_nodes_talk_as_on_one_relay(
+        factories: tuple[ClientFactory, ClientFactory], tmp_path: Path) -> None:
+    on_a, on_b = factories
+    alice, bob = await on_a("alice"), await on_b("bob")
+    await on_a.connect(alice, bob)  # the invitation and its answer cross nodes both ways
+    got = asyncio.ensure_future(on_b.next_event(bob, MessageReceived))
+    await asyncio.sleep(0)
+    sent = await alice.send_text(bob.account_id, "through node A, to node B")
+    received = await got
+    assert (received.message_id, received.text) == (sent.message_id,
+                                                     "through node A, to node B")
+    back = asyncio.ensure_future(on_a.next_event(alice, MessageReceived))
+    await asyncio.sleep(0)
+    await bob.send_text(alice.account_id, "and back")
+    assert (await back).text == "and back"
+
+    # A file: uploaded through node A, fetched through node B (shared folder and key).
+    source = tmp_path / "notes.bin"
+    source.write_bytes(os.urandom(300_000))
+    arrived = asyncio.ensure_future(on_b.next_event(bob, MessageReceived, timeout_s=60))
+    await asyncio.sleep(0)
+    await alice.send_file(bob.account_id, source)
+    file = await arrived
+    saved = await bob.download_file(alice.account_id, file.message_id, tmp_path / "saved.bin")
+    assert saved.read_bytes() == source.read_bytes()
+
+
+async def test_a_group_spread_over_nodes(cluster: Cluster,
+                                         factories: tuple[ClientFactory, ClientFactory]) -> None:
+    on_a, on_b = factories
+    alice, bob, carol = await on_a("alice"), await on_b("bob"), await on_b("carol")
+    await on_a.connect(alice, bob)
+    await on_a.connect(alice, carol)
+    changed = [asyncio.ensure_future(on_b.next_event(member, GroupChanged, timeout_s=30))
+               for member in (bob, carol)]
+    await asyncio.sleep(0)
+    group = await alice.create_group("across", [bob.account_id, carol.account_id])
+    for wait in changed:
+        assert (await wait).group.group_id == group.group_id
+    texts = [asyncio.ensure_future(on_b.next_event(member, MessageReceived, timeout_s=30))
+             for member in (bob, carol)]
+    await asyncio.sleep(0)
+    await alice.send_group_text(group.group_id, "one send, two nodes")
+    for wait in texts:
+        assert (await wait).text == "one send, two nodes"
+
+
+async def test_kill_9_a_node_loses_nothing_it_acknowledged(cluster: Cluster) -> None:
+    """Sends acked (``Sent``) by node A survive A's kill -9 and reach the recipient on
+    node B exactly once, live while A ran, the rest from the database."""
+    node_a, node_b = cluster.node(), cluster.node()
+    bob = await connect_user(node_b.url)
+    box = await bob.create_mailbox()
+    await bob.subscribe(box)
+    sender = await anonymous(node_a.url)
+    acked: list[bytes] = []
+    for i in range(40):
+        blob = b"envelope %03d" % i
+        assert isinstance(await sender.send([box], blob), Sent)
+        acked.append(blob)
+    node_a.kill()
+    got = await bob.deliveries_of(40, wait_s=20)
+    assert [d.blob for d in got] == acked
+    assert [d.seq for d in got] == list(range(1, 41))
+    await bob.ack(box, up_to_seq=40)
+    await bob.no_delivery(0.5)
+    # Restarted, node A serves the same database: a sender there reaches Bob again.
+    # Restarted, node A serves the same database: a sender there reaches Bob again, and
+    # Bob, logging in again through node A, gets nothing he acked a second time.
+    node_a.restart()
+    again = await anonymous(node_a.url)
+    assert isinstance(await again.send([box], b"after the crash"), Sent)
+    last = await bob.next_delivery(wait_s=10)
+    assert (last.blob, last.seq) == (b"after the crash", 41)
+    await bob.ack(box, up_to_seq=41)
+    await asyncio.sleep(0.3)
+    await bob.close()
+    assert bob.identity is not None
+    bob_again = await RelayClient.open(node_a.url)
+    await bob_again.auth(bob.identity)  # a login signed for the relay id every node shares
+    await bob_again.subscribe(box)
+    await bob_again.no_delivery(0.5)
+    for client in (bob_again, again, sender):
+        await client.close()
+
+
+async def test_a_rotated_mailbox_is_retired_on_every_node(cluster: Cluster) -> None:
+    node_a, node_b = cluster.node(), cluster.node()
+    bob = await connect_user(node_a.url)
+    box = await bob.create_mailbox()
+    sender = await anonymous(node_b.url)
+    assert isinstance(await sender.send([box], b"cached on B"), Sent)
+    await bob.expect(MailboxCreated, lambda rid: RotateMailbox(
+        request_id=rid, mailbox_id=box.mailbox_id, capability_hash=os.urandom(32),
+        retire_at_ms=now_ms() + 200))
+    await asyncio.sleep(0.5)
+    answer = await sender.send([box], b"too late")
+    assert isinstance(answer, Error) and answer.code is ErrorCode.WRONG_CAPABILITY, answer
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.hits = 0
+        self.event = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.hits += 1
+        self.event.set()
+        return web.Response(status=201)
+
+
+async def test_a_push_url_set_on_one_node_is_used_by_another(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """Node B caches "no push URL" for Bob's mailbox; Bob registers one through node A;
+    B must forget its cache (the bus's invalidation) and wake Bob on the next send."""
+    cert, key = self_signed(tmp_path)
+    receiver = Receiver()
+    app = web.Application()
+    app.router.add_post("/wake/{token}", receiver.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        env = {"SSL_CERT_FILE": str(cert)}
+        node_a = cluster.node("--push-allow-http", env=env)
+        node_b = cluster.node("--push-allow-http", env=env)
+        bob = await connect_user(node_a.url)
+        box = await bob.create_mailbox()
+        sender = await anonymous(node_b.url)
+        assert isinstance(await sender.send([box], b"nobody to wake"), Sent)
+        await asyncio.sleep(0.3)
+        assert receiver.hits == 0
+        url = f"https://127.0.0.1:{port}/wake/{os.urandom(8).hex()}"
+        assert isinstance(await bob.request(lambda rid: RegisterPush(
+            request_id=rid, mailbox_ids=(box.mailbox_id,), url=url)), Ok)
+        await asyncio.sleep(0.3)  # the invalidation crosses Redis
+        assert isinstance(await sender.send([box], b"wake up"), Sent)
+        await asyncio.wait_for(receiver.event.wait(), 10)
+        assert receiver.hits == 1
+    finally:
+        await runner.cleanup()
+
+
+def test_admin_commands_on_the_shared_database(cluster: Cluster) -> None:
+    node = cluster.node()
+    assert node.url
+    env = {"PIGEON_RELAY_STORE_URL": cluster.dsn, "PIGEON_RELAY_STORE_SCHEMA": cluster.schema}
+    out = run_cli(["admin", "--json", "invite", "create", "--count", "2"], env=env,
+                  cwd=cluster.folder)
+    assert out.returncode == 0, out.stderr
+    listed = run_cli(["admin", "--json", "invite", "list"], env=env, cwd=cluster.folder)
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 2
+    queues = run_cli(["admin", "--json", "queues"], env=env, cwd=cluster.folder)
+    assert queues.returncode == 0, queues.stderr
+    assert not (cluster.folder / "pigeon-relay.db").exists()  # no SQLite file made up
