@@ -31,7 +31,6 @@ from typing import Any
 from protocol import dedup_input
 
 from ._pg_accounts import Conn, lock_account
-from ._sqlite_ops import send_dedup_hash
 from .ports import (
     AppendRequest,
     AppendResult,
@@ -47,6 +46,7 @@ from .ports import (
     StoreConflict,
     StoredMessage,
     WrongCapability,
+    send_dedup_hash,
     unchecked_recipient_seq,
 )
 

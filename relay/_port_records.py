@@ -11,7 +11,7 @@ import enum
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from pigeon_crypto.errors import StoreError
 
@@ -51,6 +51,7 @@ __all__ = [
     "WrongCapability",
     "check_id",
     "invite_code_hash",
+    "send_dedup_hash",
     "unchecked_notification",
     "unchecked_recipient",
     "unchecked_recipient_seq",
@@ -73,6 +74,15 @@ def check_id(what: str, value: bytes, length: int) -> bytes:
     if not isinstance(value, bytes) or len(value) != length:
         raise ValueError(f"{what} must be {length} bytes")
     return value
+
+
+SEND_DEDUP_PREFIX: Final = b"pigeon relay send v1\x00"
+
+
+def send_dedup_hash(client_msg_id: bytes) -> bytes:
+    """The key of a send's idempotency record (``send_dedup``), the same in every store
+    adapter: ``SHA-256(b"pigeon relay send v1\\0" || client_msg_id)``."""
+    return hashlib.sha256(SEND_DEDUP_PREFIX + client_msg_id).digest()
 
 
 def invite_code_hash(code: str) -> bytes:

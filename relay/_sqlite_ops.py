@@ -34,6 +34,7 @@ from .ports import (
     StoreConflict,
     StoredMessage,
     WrongCapability,
+    send_dedup_hash,
     unchecked_recipient_seq,
 )
 
@@ -54,7 +55,6 @@ def dedup_hash(mailbox_id: bytes, client_msg_id: bytes) -> bytes:
     return hashlib.sha256(dedup_input(mailbox_id, client_msg_id)).digest()
 
 
-SEND_DEDUP_PREFIX = b"pigeon relay send v1\x00"
 _ENTRY_HASH = 16
 """Bytes of a recipient's dedup hash kept in a ``send_dedup`` entry: entries are only
 compared with those of the same client_msg_id, so 128 bits are plenty."""
@@ -64,11 +64,6 @@ _ENTRY = _ENTRY_HASH + 8
 _LEGACY_SQL = "SELECT value FROM counters WHERE name = 'dedup_legacy_until'"
 """Until when ``dedup`` rows of schema versions before 4 may answer retries (set by the
 version 4 migration: the latest ``keep_until_ms`` among them; 0 for a new database)."""
-
-
-def send_dedup_hash(client_msg_id: bytes) -> bytes:
-    """The key of a multi-recipient send's idempotency record (``send_dedup``)."""
-    return hashlib.sha256(SEND_DEDUP_PREFIX + client_msg_id).digest()
 
 
 def _entry(key: bytes, serial: int) -> bytes:

@@ -25,12 +25,12 @@ import pytest
 from aiohttp import web
 
 from client_sdk import GroupChanged, MessageReceived
-from client_sdk.testing import ClientFactory, RelayProcess, start_relay
+from client_sdk.testing import ClientFactory
 from protocol import Error, ErrorCode, MailboxCreated, Ok, RegisterPush, RotateMailbox, Sent
 
 from ..services import postgres_dsn, redis_url, unique_name
 from ._relay_fixtures import self_signed
-from .conftest import run_cli
+from .conftest import RelayProcess, launch_relay, run_cli
 from .wsclient import RelayClient, anonymous, connect_user, now_ms
 
 pytest.importorskip("asyncpg", reason="the postgres extra is not installed")
@@ -57,18 +57,8 @@ class Cluster:
 
     def node(self, *extra: str, env: dict[str, str] | None = None) -> RelayProcess:
         folder = self.folder / f"node{len(self.nodes)}"
-        if env:
-            old = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)
-        try:
-            rp = start_relay(folder, self.args(*extra))
-        finally:
-            if env:
-                for k, v in old.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
+        folder.mkdir()
+        rp = launch_relay(folder, self.args(*extra), env)  # killed by the fixture
         self.nodes.append(rp)
         return rp
 
@@ -99,8 +89,8 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
 @pytest.fixture
 async def factories(cluster: Cluster, tmp_path: Path) -> AsyncIterator[
         tuple[ClientFactory, ClientFactory]]:
-    a = ClientFactory(cluster.node(), tmp_path / "clients-a")
-    b = ClientFactory(cluster.node(), tmp_path / "clients-b")
+    a = ClientFactory(cluster.node(), tmp_path / "clients-a")  # type: ignore[arg-type]
+    b = ClientFactory(cluster.node(), tmp_path / "clients-b")  # type: ignore[arg-type]
     (tmp_path / "clients-a").mkdir()
     (tmp_path / "clients-b").mkdir()
     try:

@@ -20,7 +20,6 @@ import asyncpg
 import pytest
 
 from pigeon_crypto.errors import StoreError
-from relay._sqlite_ops import send_dedup_hash
 from relay.ports import (
     AppendResult,
     InviteRejected,
@@ -29,6 +28,7 @@ from relay.ports import (
     RecordingObserver,
     StoreConflict,
     invite_code_hash,
+    send_dedup_hash,
 )
 from relay.store_postgres import SCHEMA_VERSION, PostgresStore
 from tests.services import postgres_dsn, unique_name
