@@ -225,6 +225,13 @@ class InProcessBus:
         self._subs.pop(sub, None)
 
     async def publish(self, mailbox_id: bytes, notification: Notification) -> int:
+        return self._publish(mailbox_id, notification)
+
+    async def publish_many(self, items: Sequence[tuple[bytes, Notification]]) -> list[int]:
+        publish = self._publish
+        return [publish(mailbox_id, notification) for mailbox_id, notification in items]
+
+    def _publish(self, mailbox_id: bytes, notification: Notification) -> int:
         self._published += 1
         taken = 0
         for sub in list(self._by_mailbox.get(mailbox_id, ())):
@@ -240,6 +247,8 @@ class InProcessBus:
         size = self._max_queue if max_queue is None else max_queue
         if size < 1:
             raise ValueError("max_queue must be positive")
+        for mailbox_id in mailbox_ids:  # before registering: a bad id leaves nothing behind
+            check_id("mailbox_id", mailbox_id, MAILBOX_ID_LEN)
         sub = InProcessSubscription(self, size)
         self._subs[sub] = None
         for mailbox_id in mailbox_ids:
@@ -262,7 +271,7 @@ class InProcessBus:
     async def invalidate(self, mailbox_id: bytes) -> None:
         """One node: there is no other node's cache to clear."""
 
-    def on_invalidate(self, handler: Callable[[bytes], None]) -> None:
+    def on_invalidate(self, handler: Callable[[bytes | None], None]) -> None:
         """One node: no other node will invalidate anything."""
 
     async def close(self) -> None:

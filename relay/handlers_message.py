@@ -213,21 +213,24 @@ async def route_durable(ctx: FrameCtx[Send]) -> None:
     if not fresh:
         return
     blob = ctx.frame.blob
-    publish = node.bus.publish
     if len(blob) * len(fresh) > FANOUT_PAYLOAD_BUDGET:
-        for copy in fresh:
-            if not await publish(copy.mailbox_id, unchecked_notification(_MESSAGE, copy.seq,
-                                                                         b"")):
-                await node.wake(copy.mailbox_id)
+        notes = [(copy.mailbox_id, unchecked_notification(_MESSAGE, copy.seq, b""))
+                 for copy in fresh]
+    else:
+        # The copies' Delivery frames differ only in mailbox id and seq: the rest (the
+        # blob above all) is encoded once per send.
+        frame = DeliveryEncoder(result.received_at_ms, blob).frame
+        notes = [(copy.mailbox_id,
+                  unchecked_notification(_MESSAGE, copy.seq, frame(copy.mailbox_id, copy.seq)))
+                 for copy in fresh]
+    if len(notes) == 1:
+        mailbox_id, note = notes[0]
+        if not await node.bus.publish(mailbox_id, note):
+            await node.wake(mailbox_id)
         return
-    # The copies' Delivery frames differ only in mailbox id and seq: the rest (the blob
-    # above all) is encoded once per send.
-    delivery = DeliveryEncoder(result.received_at_ms, blob)
-    for copy in fresh:
-        seq = copy.seq
-        payload = delivery.frame(copy.mailbox_id, seq)
-        if not await publish(copy.mailbox_id, unchecked_notification(_MESSAGE, seq, payload)):
-            await node.wake(copy.mailbox_id)
+    for (mailbox_id, _), taken in zip(notes, await node.bus.publish_many(notes), strict=True):
+        if not taken:
+            await node.wake(mailbox_id)
 
 
 # --------------------------------------------------------------------------- ephemeral
@@ -245,12 +248,12 @@ async def route_ephemeral(ctx: FrameCtx[SendEphemeral]) -> None:
     node = ctx.conn.node
     blob = ctx.frame.blob
     now = node.clock_ms()
-    dropped = 0
-    for recipient in ctx.recipients:
-        note = unchecked_notification(
-            _EPHEMERAL, 0, ephemeral_delivery_bytes(recipient.mailbox_id, now, blob))
-        if not await node.bus.publish(recipient.mailbox_id, note):
-            dropped += 1
+    counts = await node.bus.publish_many([
+        (recipient.mailbox_id,
+         unchecked_notification(_EPHEMERAL, 0,
+                                ephemeral_delivery_bytes(recipient.mailbox_id, now, blob)))
+        for recipient in ctx.recipients])
+    dropped = counts.count(0)
     if dropped:
         node.metrics.ephemeral_dropped(dropped)
 

@@ -121,6 +121,9 @@ class CapabilityCache:
     def forget(self, mailbox_id: bytes) -> None:
         self._entries.pop(mailbox_id, None)
 
+    def clear(self) -> None:
+        self._entries.clear()
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -195,7 +198,7 @@ class Node:
         self._unstalled.set()
         self._poller: asyncio.Task[None] | None = None
         self.stalls = 0
-        bus.on_invalidate(self.forget_mailbox)
+        bus.on_invalidate(self._invalidated)
 
     # ------------------------------------------------------------------ mailboxes
 
@@ -203,6 +206,15 @@ class Node:
         """Drop everything cached about a mailbox (deleted, or changed on another node)."""
         self.capabilities.forget(mailbox_id)
         self._push_urls.pop(mailbox_id, None)
+
+    def _invalidated(self, mailbox_id: bytes | None) -> None:
+        """Another node changed *mailbox_id*; None: invalidations may have been missed
+        (the bus was cut off), so forget every cached mailbox."""
+        if mailbox_id is not None:
+            self.forget_mailbox(mailbox_id)
+        else:
+            self.capabilities.clear()
+            self._push_urls.clear()
 
     async def mailbox_changed(self, mailbox_id: bytes) -> None:
         """A mailbox's capability or push URL changed here: other nodes of the same

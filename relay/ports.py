@@ -512,6 +512,11 @@ class Bus(Protocol):
         """Returns how many subscriptions received it (0: nobody is listening)."""
         ...
 
+    async def publish_many(self, items: Sequence[tuple[bytes, Notification]]) -> list[int]:
+        """:meth:`publish` each ``(mailbox_id, notification)`` in order; the counts in the
+        same order. A group send's copies: a cross-node bus sends them in one round trip."""
+        ...
+
     async def subscribe(
         self, mailbox_ids: Sequence[bytes] = (), *, max_queue: int | None = None
     ) -> Subscription: ...
@@ -522,8 +527,10 @@ class Bus(Protocol):
         A single-node bus has no one to tell."""
         ...
 
-    def on_invalidate(self, handler: Callable[[bytes], None]) -> None:
-        """Call *handler* with each mailbox id another node invalidates."""
+    def on_invalidate(self, handler: Callable[[bytes | None], None]) -> None:
+        """Call *handler* with each mailbox id another node invalidates, and with None
+        when invalidations may have been missed (a cross-node bus that was cut off and
+        reconnected): then everything cached about mailboxes is suspect."""
         ...
 
     async def close(self) -> None: ...

@@ -190,3 +190,21 @@ async def test_a_parked_consumer_takes_notifications_directly() -> None:
     assert await sub.get() == (B, msg(3))
     sub.set_direct(None)
     await bus.close()
+
+
+async def test_a_bad_mailbox_id_leaves_no_subscription_behind() -> None:
+    bus = InProcessBus()
+    with pytest.raises(ValueError):
+        await bus.subscribe([A, b"short"])
+    assert bus.stats().subscriptions == 0 and bus.subscribers(A) == 0
+    await bus.close()
+
+
+async def test_publish_many_is_publish_in_order() -> None:
+    bus = InProcessBus()
+    sub = await bus.subscribe([A, B])
+    assert await bus.publish_many([(A, msg(1)), (C, msg(1)), (B, msg(1)), (A, msg(2))]) == [
+        1, 0, 1, 1]
+    assert [await sub.get() for _ in range(3)] == [(A, msg(1)), (B, msg(1)), (A, msg(2))]
+    assert bus.stats().published == 4
+    await bus.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+from collections.abc import Callable
 
 import pytest
 from aiohttp import web
@@ -23,6 +24,7 @@ from protocol import (
     Sent,
     decode_frame,
 )
+from relay.bus import InProcessBus
 from relay.config import RelayConfig
 from relay.credits import BucketMap
 from relay.handlers_auth import require_auth
@@ -183,7 +185,8 @@ class _QueuedStore:
 async def test_readers_pause_while_the_store_lags() -> None:
     store = _QueuedStore()
     node = Node(web.Application(), config=RelayConfig(max_pending_writes=100),
-                relay_id=bytes(16), store=store, bus=None, push=None,  # type: ignore[arg-type]
+                relay_id=bytes(16), store=store, bus=InProcessBus(),
+                push=None,  # type: ignore[arg-type]
                 metrics=NullMetrics(), clock_ms=lambda: 0, monotonic=lambda: 0.0,
                 mailbox_credits=BucketMap(10, 1, max_buckets=10))
     assert not node.store_lagging()
@@ -198,3 +201,29 @@ async def test_readers_pause_while_the_store_lags() -> None:
     await asyncio.wait_for(waiter, 1)
     assert not node.store_lagging() and node.stalls == 1
     await node.close()
+
+
+class _InvalidatingBus(InProcessBus):
+    """Records the node's invalidation handler, as a cross-node bus would call it."""
+
+    def on_invalidate(self, handler: Callable[[bytes | None], None]) -> None:
+        self.handler = handler
+
+
+async def test_other_nodes_invalidations_clear_the_caches() -> None:
+    bus = _InvalidatingBus()
+    node = Node(web.Application(), config=RelayConfig(), relay_id=bytes(16),
+                store=_QueuedStore(), bus=bus, push=None,  # type: ignore[arg-type]
+                metrics=NullMetrics(), clock_ms=lambda: 0, monotonic=lambda: 0.0,
+                mailbox_credits=BucketMap(10, 1, max_buckets=10))
+    one, two = b"\x01" * 16, b"\x02" * 16
+    for mailbox_id in (one, two):
+        node.capabilities.put(mailbox_id, bytes(32))
+        node.set_push_url(mailbox_id, "https://push.example/x")
+    bus.handler(one)  # another node changed mailbox one
+    assert node.capabilities.check(one, bytes(32), 0) is None
+    assert node.capabilities.check(two, bytes(32), 0) is True
+    assert list(node._push_urls) == [two]
+    bus.handler(None)  # the bus was cut off: anything may have changed
+    assert node.capabilities.check(two, bytes(32), 0) is None
+    assert len(node.capabilities) == 0 and not node._push_urls
