@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -219,6 +220,9 @@ async def open_bus(config: RelayConfig) -> Bus:
 async def _bus_ctx(app: web.Application) -> AsyncIterator[None]:
     bus = await open_bus(app[CONFIG])
     app[BUS] = bus
+    stats = getattr(bus, "stats", None)
+    if stats is not None:  # both adapters: a dataclass of counters and levels
+        app[METRICS].add_bus_stats(lambda: dataclasses.asdict(stats()))
     try:
         yield
     finally:

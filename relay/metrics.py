@@ -21,7 +21,7 @@ Theory of operation:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final, Protocol
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ _LATENCY_BUCKETS: Final = (
 )
 
 Probe = Callable[[], float]
+BusProbe = Callable[[], Mapping[str, int]]
 
 
 class Metrics(Protocol):
@@ -86,6 +87,11 @@ class Metrics(Protocol):
 
     def add_probe(self, queue: str, probe: Probe) -> None:
         """Sample ``queue_depth{queue=...}`` from *probe* at every scrape."""
+        ...
+
+    def add_bus_stats(self, stats: BusProbe) -> None:
+        """Sample ``bus{stat=...}`` from *stats* (the bus's counters and levels) at every
+        scrape."""
         ...
 
     def on_commit(self, *, ops: int, seconds: float, ok: bool) -> None: ...
@@ -148,6 +154,9 @@ class NullMetrics:
     def add_probe(self, queue: str, probe: Probe) -> None:
         pass
 
+    def add_bus_stats(self, stats: BusProbe) -> None:
+        pass
+
     def on_commit(self, *, ops: int, seconds: float, ok: bool) -> None:
         pass
 
@@ -194,6 +203,11 @@ class PrometheusMetrics:
                                   registry=r)
         self._queue = Gauge(f"{p}_queue_depth", "Items waiting in a relay queue.", ["queue"],
                             registry=r)
+        self._bus = Gauge(f"{p}_bus", "Notification bus: counts since start (published, "
+                          "delivered, dropped, coalesced; with Redis also received, "
+                          "publish_failures, reconnects, bad_messages...) and levels "
+                          "(subscriptions, channels).", ["stat"], registry=r)
+        self._bus_stats: BusProbe | None = None
         self._push = Counter(f"{p}_push_wakeups", "Push wake-ups, by result.", ["result"],
                              registry=r)
         self._blob_bytes = Counter(f"{p}_blob_bytes", "Blob bytes transferred over HTTP.",
@@ -268,6 +282,9 @@ class PrometheusMetrics:
         self._probes[queue] = probe
         self._queue.labels(queue).set(0)
 
+    def add_bus_stats(self, stats: BusProbe) -> None:
+        self._bus_stats = stats
+
     def on_commit(self, *, ops: int, seconds: float, ok: bool) -> None:
         self._batch.observe(ops)
         self._commit_seconds.observe(seconds)
@@ -291,6 +308,12 @@ class PrometheusMetrics:
                 self._queue.labels(queue).set(probe())
             except Exception:  # a broken probe must not break the scrape
                 _log.exception("queue probe failed", extra={"queue": queue})
+        if self._bus_stats is not None:
+            try:
+                for stat, value in self._bus_stats().items():
+                    self._bus.labels(stat).set(value)
+            except Exception:
+                _log.exception("bus stats failed")
         return generate_latest(self.registry)
 
     @property

@@ -69,3 +69,18 @@ async def test_observes_a_real_store(tmp_path: Path) -> None:
     assert batch["pigeon_relay_commit_batch_size_count"] >= 3
     ops = {s.labels.get("op") for s in families["pigeon_relay_store_seconds"].samples}
     assert {"create_account", "create_mailbox", "append"} <= ops
+
+
+async def test_bus_stats_are_sampled_at_scrape() -> None:
+    from relay.bus import InProcessBus
+    from relay.ports import Notification, NotificationKind
+
+    metrics, bus = m.PrometheusMetrics(), InProcessBus()
+    metrics.add_bus_stats(lambda: {"published": bus.stats().published, "channels": 3})
+    await bus.publish(b"\x01" * 16, Notification(kind=NotificationKind.RESYNC))
+    text = metrics.render().decode()
+    assert 'pigeon_relay_bus{stat="published"} 1.0' in text
+    assert 'pigeon_relay_bus{stat="channels"} 3.0' in text
+    metrics.add_bus_stats(lambda: {"x": 1 // 0})  # a broken sampler never breaks a scrape
+    assert b"pigeon_relay_frames_in" in metrics.render()
+    m.NullMetrics().add_bus_stats(lambda: {})
