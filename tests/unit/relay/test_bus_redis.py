@@ -13,13 +13,17 @@ import logging
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from pigeon_crypto.errors import TransportError
+from relay._redis_peers import Peers
 from relay.bus import encode_notification
 from relay.bus_redis import REMOTE_PAYLOAD_MAX, RedisBus
 from tests.services import redis_url, unique_name
@@ -31,6 +35,7 @@ from tests.unit.relay.test_bus_contract import (
     A,
     B,
     C,
+    D,
     barrier,
     eph,
     eventually,
@@ -167,13 +172,15 @@ async def test_publishes_of_one_iteration_share_a_round_trip(
 ) -> None:
     one, two = nodes
     batches: list[int] = []
-    send = one._send
+    send = one._publisher._send
 
     async def recording(batch: list[tuple[bytes, bytes, asyncio.Future[int]]]) -> list[int]:
-        batches.append(len(batch))
+        hints = sum(channel != one._hb for channel, _, _ in batch)  # a heartbeat may join
+        if hints:
+            batches.append(hints)
         return await send(batch)
 
-    monkeypatch.setattr(one, "_send", recording)
+    monkeypatch.setattr(one._publisher, "_send", recording)
     there = await two.subscribe([A], max_queue=1000)
     here = await one.subscribe([B])
     items = [(A, msg(i)) if i % 2 else (B, msg(i)) for i in range(1, 51)]
@@ -322,6 +329,9 @@ async def test_an_outage_serves_local_subscribers_then_resyncs(
     try:
         here = await one.subscribe([A])
         there = await two.subscribe([A])
+        seen: list[list[bytes | None]] = [[], []]
+        one.on_invalidate(seen[0].append)
+        two.on_invalidate(seen[1].append)
         caplog.set_level(logging.INFO, logger="pigeon.relay.bus_redis")
         await asyncio.to_thread(own_redis.stop)
         for seq in range(1, 6):  # local delivery goes on, remote counts 0, no exception
@@ -337,6 +347,13 @@ async def test_an_outage_serves_local_subscribers_then_resyncs(
         await asyncio.to_thread(own_redis.start)
         await eventually(lambda: (one.stats().reconnects, two.stats().reconnects) == (1, 1),
                          "both reconnections")
+        # Each says it was cut off, but only a node already back hears it (one that is
+        # not RESYNCs everything on its own reconnect): the first back hears the other.
+        await eventually(lambda: one.stats().losses_announced
+                         + two.stats().losses_announced >= 1, "an announcement")
+        await asyncio.sleep(0.5)  # the second one's, if any (merged into the RESYNCs)
+        assert one.stats().losses_announced + two.stats().losses_announced in (1, 2)
+        assert all(s and set(s) == {None} for s in seen)  # cached mailboxes: all suspect
         assert {await get(here) for _ in range(2)} == {(A, RESYNC), (B, RESYNC)}
         assert await get(there) == (A, RESYNC)
         assert await two.publish(B, msg(7)) == 1  # one's SUBSCRIBE made during the outage
@@ -395,3 +412,174 @@ async def test_close_is_clean_and_idempotent(shared: tuple[str, str]) -> None:
     finally:
         await raw.aclose()
         await other.close()
+
+
+# --------------------------------------------------------------------------- heartbeats
+
+BEAT_S, TIMEOUT_S = 0.1, 0.6
+"""Fast heartbeats for these tests (the defaults are 1 s and 3 s)."""
+
+_HELPER = """
+import asyncio, sys
+from relay.bus_redis import RedisBus
+
+async def main() -> None:
+    bus = await RedisBus.open(sys.argv[1], prefix=sys.argv[2], heartbeat_s=float(sys.argv[3]),
+                              peer_timeout_s=float(sys.argv[4]))
+    await bus.subscribe([bytes.fromhex(sys.argv[5])])
+    print("ready", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+async def beating(shared: tuple[str, str]) -> AsyncIterator[tuple[RedisBus, RedisBus]]:
+    """Two nodes with fast heartbeats, each knowing the other."""
+    url, prefix = shared
+    one = await RedisBus.open(url, prefix=prefix, heartbeat_s=BEAT_S, peer_timeout_s=TIMEOUT_S)
+    two = await RedisBus.open(url, prefix=prefix, heartbeat_s=BEAT_S, peer_timeout_s=TIMEOUT_S)
+    try:
+        await eventually(lambda: one.stats().peers == two.stats().peers == 1, "the peers")
+        yield one, two
+    finally:
+        await one.close()
+        await two.close()
+
+
+def _invalidations(bus: RedisBus) -> list[bytes | None]:
+    seen: list[bytes | None] = []
+    bus.on_invalidate(seen.append)
+    return seen
+
+
+async def _resyncs(sub: object, n: int) -> set[tuple[bytes, object]]:
+    return {await get(sub) for _ in range(n)}
+
+
+async def test_a_killed_peer_makes_every_local_subscription_resync(
+    shared: tuple[str, str], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A node killed with SIGKILL (no goodbye; its last hints may never have reached
+    Redis) is declared gone after the timeout: every mailbox of every subscription on
+    the other node is read from the store again."""
+    url, prefix = shared
+    two = await RedisBus.open(url, prefix=prefix, heartbeat_s=BEAT_S, peer_timeout_s=TIMEOUT_S)
+    helper = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HELPER, url, prefix, str(BEAT_S), str(TIMEOUT_S), D.hex(),
+        stdout=asyncio.subprocess.PIPE, cwd=Path(__file__).parents[3])
+    try:
+        assert helper.stdout is not None
+        assert await asyncio.wait_for(helper.stdout.readline(), 20) == b"ready\n"
+        seen = _invalidations(two)
+        caplog.set_level(logging.INFO, logger="pigeon.relay.bus_redis")
+        both = await two.subscribe([A, B])
+        only_c = await two.subscribe([C])
+        await eventually(lambda: two.stats().peers == 1, "the helper's heartbeat")
+        assert await two.publish(D, msg(1)) == 1  # the helper is a live node
+        await asyncio.sleep(3 * TIMEOUT_S)  # healthy: nothing to resync
+        assert both.queued == only_c.queued == 0 and seen == []
+        helper.kill()
+        killed = time.monotonic()
+        assert await _resyncs(both, 2) == {(A, RESYNC), (B, RESYNC)}
+        assert await get(only_c) == (C, RESYNC)
+        assert time.monotonic() - killed < TIMEOUT_S + 1.0
+        assert seen == [None]  # its invalidations may have been lost too
+        stats = two.stats()
+        assert (stats.peers, stats.peers_lost, stats.reconnects) == (0, 1, 0)
+        assert both.queued == only_c.queued == 0
+        await asyncio.sleep(2 * TIMEOUT_S)  # once per lost peer, not on every tick
+        assert both.queued == 0 and seen == [None] and two.stats().peers_lost == 1
+        lost = [r for r in caplog.records if "went silent" in r.getMessage()]
+        assert len(lost) == 1
+        for record in caplog.records:
+            assert A.hex() not in record.getMessage() and prefix not in record.getMessage()
+    finally:
+        if helper.returncode is None:
+            helper.kill()
+        await helper.wait()
+        await two.close()
+
+
+async def test_a_peer_that_stops_beating_is_gone(beating: tuple[RedisBus, RedisBus]) -> None:
+    one, two = beating
+    seen = _invalidations(two)
+    there = await two.subscribe([A, B])
+    await one._beats.close()  # alive, connected, silent
+    assert await _resyncs(there, 2) == {(A, RESYNC), (B, RESYNC)}
+    assert seen == [None] and two.stats().peers_lost == 1
+    assert one.stats().peers_lost == 0  # two still beats
+
+
+async def test_heartbeats_alone_never_resync(beating: tuple[RedisBus, RedisBus]) -> None:
+    one, two = beating
+    seen = [_invalidations(one), _invalidations(two)]
+    subs = [await one.subscribe([A]), await two.subscribe([A, B])]
+    await asyncio.sleep(10 * BEAT_S)
+    time.sleep(2 * TIMEOUT_S)  # noqa: ASYNC251 - a stalled event loop heard nobody: it blames nobody
+    await asyncio.sleep(10 * BEAT_S)
+    for bus in (one, two):
+        stats = bus.stats()
+        assert (stats.peers, stats.peers_lost, stats.losses_announced) == (1, 0, 0)
+        assert stats.remote_takers == 0 and stats.publish_failures == 0
+    assert [sub.queued for sub in subs] == [0, 0] and seen == [[], []]
+    assert await one.publish(A, msg(1)) == 2
+    assert await get(subs[1]) == (A, msg(1))
+
+
+async def test_failed_publishes_are_announced_once_redis_answers(
+    beating: tuple[RedisBus, RedisBus], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    one, two = beating
+    seen_one, seen_two = _invalidations(one), _invalidations(two)
+    there = await two.subscribe([A, B])
+
+    async def refused(packed: bytes, replies: int) -> list[int]:
+        raise RedisConnectionError("the publisher is cut off")
+
+    monkeypatch.setattr(one._publisher, "_pipeline", refused)
+    assert await one.publish(A, msg(1)) == 0  # the hint is lost
+    await asyncio.sleep(2 * BEAT_S)  # shorter than the timeout: nobody is declared gone
+    assert there.queued == 0 and one.stats().publish_failures == 1
+    monkeypatch.undo()
+    assert await _resyncs(there, 2) == {(A, RESYNC), (B, RESYNC)}
+    assert seen_two == [None] and seen_one == []
+    assert two.stats().losses_announced == 1 and two.stats().peers_lost == 0
+    await asyncio.sleep(3 * BEAT_S)
+    assert there.queued == 0 and two.stats().losses_announced == 1  # said once
+
+
+async def test_a_node_cut_off_says_so_after_reconnecting(
+    beating: tuple[RedisBus, RedisBus], shared: tuple[str, str],
+) -> None:
+    one, two = beating
+    _, prefix = shared
+    seen_one, seen_two = _invalidations(one), _invalidations(two)
+    here, there = await one.subscribe([C]), await two.subscribe([A, B])
+    raw = Redis.from_url(shared[0])
+    try:
+        client_id = await _pubsub_client_id(raw, one, prefix)
+        assert client_id is not None
+        await raw.execute_command("CLIENT", "KILL", "ID", client_id)
+    finally:
+        await raw.aclose()
+    assert await get(here) == (C, RESYNC)  # its own subscriptions, as before
+    assert await _resyncs(there, 2) == {(A, RESYNC), (B, RESYNC)}  # the other node's
+    assert seen_one == [None] and seen_two == [None]
+    assert one.stats().reconnects == 1 and two.stats().losses_announced == 1
+    assert two.stats().peers_lost == 0
+
+
+def test_the_peer_table_is_bounded() -> None:
+    peers = Peers(timeout_s=3.0, limit=2)
+    assert peers.heard(b"a" * 8, 0.0, 1.0) == 0
+    assert peers.heard(b"b" * 8, 1.0, 1.0) == 0
+    assert peers.heard(b"a" * 8, 2.0, 1.0) == 0  # heard again: now the most recent
+    assert peers.heard(b"c" * 8, 2.5, 1.0) == 1  # b, the least recently heard, goes
+    assert len(peers) == 2 and peers.next_deadline() == 5.0
+    assert peers.heard(b"d" * 8, 2.6, 2.0) == 1  # a slow beater: three of its periods
+    assert peers.expire(5.4) == 0 and peers.expire(5.5) == 1  # c; a made room for d
+    assert peers.next_deadline() == pytest.approx(8.6)
+    peers.postpone(1.0)
+    assert peers.expire(9.0) == 0 and peers.expire(9.6) == 1 and len(peers) == 0
