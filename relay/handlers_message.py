@@ -56,6 +56,7 @@ from .pipeline import (
 )
 from .ports import (
     AppendRequest,
+    Notification,
     NotificationKind,
     Recipient,
     RejectReason,
@@ -205,32 +206,40 @@ def reply_sent(ctx: FrameCtx[Send]) -> Awaitable[None]:
     return conn.send(sent_bytes(ctx.request_id))
 
 
-async def route_durable(ctx: FrameCtx[Send]) -> None:
-    """Forked stage: tell subscribers (bus ``MESSAGE``), or wake an offline owner."""
-    node = ctx.conn.node
-    result = ctx.result
-    fresh = [r for r in result.accepted if not r.duplicate]
-    if not fresh:
-        return
-    blob = ctx.frame.blob
-    if len(blob) * len(fresh) > FANOUT_PAYLOAD_BUDGET:
-        notes = [(copy.mailbox_id, unchecked_notification(_MESSAGE, copy.seq, b""))
-                 for copy in fresh]
-    else:
-        # The copies' Delivery frames differ only in mailbox id and seq: the rest (the
-        # blob above all) is encoded once per send.
-        frame = DeliveryEncoder(result.received_at_ms, blob).frame
-        notes = [(copy.mailbox_id,
-                  unchecked_notification(_MESSAGE, copy.seq, frame(copy.mailbox_id, copy.seq)))
-                 for copy in fresh]
+async def _route_durable(ctxs: list[FrameCtx[Send]]) -> None:
+    node = ctxs[0].conn.node
+    notes: list[tuple[bytes, Notification]] = []
+    for ctx in ctxs:
+        result = ctx.result
+        fresh = [r for r in result.accepted if not r.duplicate]
+        if not fresh:
+            continue
+        blob = ctx.frame.blob
+        if len(blob) * len(fresh) > FANOUT_PAYLOAD_BUDGET:
+            notes += [(copy.mailbox_id, unchecked_notification(_MESSAGE, copy.seq, b""))
+                      for copy in fresh]
+        else:
+            # The copies' Delivery frames differ only in mailbox id and seq: the rest
+            # (the blob above all) is encoded once per send.
+            frame = DeliveryEncoder(result.received_at_ms, blob).frame
+            notes += [(copy.mailbox_id, unchecked_notification(
+                _MESSAGE, copy.seq, frame(copy.mailbox_id, copy.seq))) for copy in fresh]
     if len(notes) == 1:
         mailbox_id, note = notes[0]
         if not await node.bus.publish(mailbox_id, note):
             await node.wake(mailbox_id)
         return
-    for (mailbox_id, _), taken in zip(notes, await node.bus.publish_many(notes), strict=True):
-        if not taken:
-            await node.wake(mailbox_id)
+    if notes:
+        for (mailbox_id, _), taken in zip(notes, await node.bus.publish_many(notes),
+                                          strict=True):
+            if not taken:
+                await node.wake(mailbox_id)
+
+
+route_durable: Final = Batched(_route_durable)
+"""Forked, batched stage: tell subscribers (bus ``MESSAGE``), or wake an offline owner.
+Every copy of every send of the batch goes in one ``publish_many`` (a bus between nodes
+answers it in one round trip, where one call per send would wait for one each, in turn)."""
 
 
 # --------------------------------------------------------------------------- ephemeral
