@@ -1,5 +1,5 @@
 """What :class:`relay.bus_redis.RedisBus` nodes say to each other through Redis: the
-envelope of every message, the heartbeat body, and ``PUBLISH`` packed in RESP.
+envelope of every message and the heartbeat body.
 
 Every message, on every channel, is an envelope (big-endian):
 
@@ -93,10 +93,3 @@ def decode_heartbeat(data: bytes) -> Heartbeat:
     if interval_ms == 0:
         raise DecodeError("heartbeat", "interval 0")
     return Heartbeat(hello=bool(flags & HELLO), lost=bool(flags & LOST), interval_ms=interval_ms)
-
-
-def pack_publish(channel: bytes, data: bytes) -> bytes:
-    """``PUBLISH channel data`` in RESP (redis-py's generic packer costs more per command
-    than the whole round trip share of a batched one: ``python -m bench.bus``)."""
-    return b"".join((b"*3\r\n$7\r\nPUBLISH\r\n$", str(len(channel)).encode(), b"\r\n",
-                     channel, b"\r\n$", str(len(data)).encode(), b"\r\n", data, b"\r\n"))

@@ -535,7 +535,7 @@ async def test_failed_publishes_are_announced_once_redis_answers(
     seen_one, seen_two = _invalidations(one), _invalidations(two)
     there = await two.subscribe([A, B])
 
-    async def refused(packed: bytes, replies: int) -> list[int]:
+    async def refused(packed: list[bytes], replies: int) -> list[int]:
         raise RedisConnectionError("the publisher is cut off")
 
     monkeypatch.setattr(one._publisher, "_pipeline", refused)
