@@ -46,8 +46,21 @@ _SUBSCRIBE_CHUNK: Final = 1000
 _Pending = tuple[bytes, bytes, "asyncio.Future[int]"]
 
 
+HANDSHAKE_TIMEOUT_S: Final = 5.0
+"""Connecting and the handshake (CLIENT SETNAME, AUTH): redis-py bounds only the TCP
+connect, and a server that accepts and then stays silent (a load balancer whose backend
+died, a stopped Redis) would hold the caller for ever."""
+
+
 async def connect(conn: AbstractConnection) -> None:
-    await conn.connect()  # type: ignore[no-untyped-call]
+    """Open *conn*; raise ``redis.exceptions.ConnectionError`` when it takes longer than
+    :data:`HANDSHAKE_TIMEOUT_S`."""
+    try:
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+            await conn.connect()  # type: ignore[no-untyped-call]
+    except TimeoutError:
+        await conn.disconnect(nowait=True)
+        raise RedisConnectionError("no answer to the handshake") from None
 
 
 class Publisher:

@@ -149,7 +149,9 @@ class Heartbeats:
                 self._hello = self._lost = False  # a failed PUBLISH sets LOST again
                 self._send(data)
                 next_beat = now + self._heartbeat_s
-            wake = min(next_beat, self._peers.next_deadline())
+            wake = next_beat
+            if self._listening():  # deaf, it blames no one: past deadlines must not spin it
+                wake = min(wake, self._peers.next_deadline())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(wake - now, 0.0)):
                     await self._now.wait()

@@ -38,9 +38,11 @@ once, and the deletion goes through the group commit (coalesced per mailbox).
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Awaitable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
+from pigeon_crypto.errors import StoreError
 from protocol import Ack, ErrorCode, Send, SendEphemeral, Sent
 from protocol.limits import CLIENT_MSG_ID_SIZE
 
@@ -77,6 +79,11 @@ __all__ = [
     "take_credits",
     "validate_send",
 ]
+
+if TYPE_CHECKING:
+    from .node import Node
+
+_log = logging.getLogger("pigeon.relay.message")
 
 FANOUT_PAYLOAD_BUDGET: Final = 1 << 20
 """Bytes of encoded ``Delivery`` frames one send may put on the bus (blob size times new
@@ -227,13 +234,22 @@ async def _route_durable(ctxs: list[FrameCtx[Send]]) -> None:
     if len(notes) == 1:
         mailbox_id, note = notes[0]
         if not await node.bus.publish(mailbox_id, note):
-            await node.wake(mailbox_id)
+            await _wake(node, mailbox_id)
         return
     if notes:
         for (mailbox_id, _), taken in zip(notes, await node.bus.publish_many(notes),
                                           strict=True):
             if not taken:
-                await node.wake(mailbox_id)
+                await _wake(node, mailbox_id)
+
+
+async def _wake(node: Node, mailbox_id: bytes) -> None:
+    """Wake an offline owner; a store that fails to name the push URL costs that one
+    wake-up, not the batch (whose senders all have their ``Sent`` already)."""
+    try:
+        await node.wake(mailbox_id)
+    except StoreError as exc:
+        _log.warning("push wake-up skipped: store failed: %s", type(exc).__name__)
 
 
 route_durable: Final = Batched(_route_durable)

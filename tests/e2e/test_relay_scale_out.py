@@ -26,7 +26,16 @@ from aiohttp import web
 
 from client_sdk import GroupChanged, MessageReceived
 from client_sdk.testing import ClientFactory
-from protocol import Error, ErrorCode, MailboxCreated, Ok, RegisterPush, RotateMailbox, Sent
+from protocol import (
+    Error,
+    ErrorCode,
+    MailboxCreated,
+    Ok,
+    RegisterPush,
+    RotateMailbox,
+    SendEphemeral,
+    Sent,
+)
 
 from ..services import postgres_dsn, redis_url, unique_name
 from ._relay_fixtures import self_signed
@@ -190,6 +199,9 @@ async def test_kill_9_a_node_loses_nothing_it_acknowledged(cluster: Cluster) -> 
 
 
 async def test_a_rotated_mailbox_is_retired_on_every_node(cluster: Cluster) -> None:
+    """Node B caches Bob's capability; Bob rotates the mailbox through node A. B must
+    forget its cache (the bus's invalidation): an ephemeral signal, which only the
+    capability check stands between, is refused once the old mailbox retired."""
     node_a, node_b = cluster.node(), cluster.node()
     bob = await connect_user(node_a.url)
     box = await bob.create_mailbox()
@@ -199,6 +211,10 @@ async def test_a_rotated_mailbox_is_retired_on_every_node(cluster: Cluster) -> N
         request_id=rid, mailbox_id=box.mailbox_id, capability_hash=os.urandom(32),
         retire_at_ms=now_ms() + 200))
     await asyncio.sleep(0.5)
+    refused = await sender.error(lambda rid: SendEphemeral(
+        request_id=rid, client_msg_id=os.urandom(16), blob=b"typing",
+        recipients=(box.recipient,)))
+    assert refused.code is ErrorCode.WRONG_CAPABILITY
     answer = await sender.send([box], b"too late")
     assert isinstance(answer, Error) and answer.code is ErrorCode.WRONG_CAPABILITY, answer
 

@@ -377,6 +377,32 @@ async def test_open_fails_when_redis_does_not_answer() -> None:
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "pigeon-relay-bus-redis"]
 
 
+async def test_open_fails_when_redis_accepts_and_stays_silent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A load balancer whose backend died: the TCP connect succeeds, nothing answers."""
+    import relay._redis_conn as conn_module
+
+    monkeypatch.setattr(conn_module, "HANDSHAKE_TIMEOUT_S", 0.5)
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # never answers, never closes
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        started = time.monotonic()
+        with pytest.raises(TransportError):
+            await RedisBus.open(f"redis://127.0.0.1:{port}/0", prefix="p")
+        assert time.monotonic() - started < WAIT_S
+        assert held  # it did connect: the handshake is what timed out
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
 # --------------------------------------------------------------------------- close
 
 

@@ -227,3 +227,28 @@ async def test_other_nodes_invalidations_clear_the_caches() -> None:
     bus.handler(None)  # the bus was cut off: anything may have changed
     assert node.capabilities.check(two, bytes(32), 0) is None
     assert len(node.capabilities) == 0 and not node._push_urls
+
+
+async def test_a_failed_wake_up_costs_that_wake_up_only() -> None:
+    """Every send of the batch already has its Sent: a store error while looking up one
+    offline owner's push URL must not fail the batch or skip the other wake-ups."""
+    from types import SimpleNamespace
+
+    from pigeon_crypto.errors import StoreError
+
+    woken: list[bytes] = []
+
+    async def wake(mailbox_id: bytes) -> None:
+        if mailbox_id == b"\x01" * 16:
+            raise StoreError("down")
+        woken.append(mailbox_id)
+
+    node = SimpleNamespace(bus=InProcessBus(), wake=wake)  # nobody subscribed: all wake
+    ctxs = [SimpleNamespace(
+        conn=SimpleNamespace(node=node), frame=SimpleNamespace(blob=b"x" * 10),
+        result=SimpleNamespace(received_at_ms=1, accepted=[
+            SimpleNamespace(mailbox_id=bytes([i]) * 16, seq=1, duplicate=False)
+            for i in ids]))
+        for ids in ((1, 2), (3,))]
+    await route_durable.fn(ctxs)  # type: ignore[arg-type]
+    assert woken == [b"\x02" * 16, b"\x03" * 16]
