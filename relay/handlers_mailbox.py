@@ -106,7 +106,7 @@ async def create_mailbox(ctx: FrameCtx[CreateMailbox]) -> None:
     else:  # pragma: no cover
         raise Refuse(ErrorCode.INTERNAL)
     conn.owned.add(mailbox_id)
-    node.capabilities.put(mailbox_id, frame.capability_hash)
+    node.capabilities.put(mailbox_id, frame.capability_hash, node.clock_ms())
     node.set_push_url(mailbox_id, None)
     await conn.send(MailboxCreated(request_id=ctx.request_id, mailbox_id=mailbox_id).encode())
 
@@ -129,7 +129,7 @@ async def rotate_mailbox(ctx: FrameCtx[RotateMailbox]) -> None:
     except StoreConflict:  # pragma: no cover - a 128-bit collision
         raise Refuse(ErrorCode.INTERNAL) from None
     conn.owned.add(new_id)
-    node.capabilities.put(new_id, frame.capability_hash)
+    node.capabilities.put(new_id, frame.capability_hash, now)
     node.capabilities.retire(frame.mailbox_id, retire_at)
     node.set_push_url(new_id, record.push_url)
     await node.mailbox_changed(frame.mailbox_id)  # other nodes learn its retirement

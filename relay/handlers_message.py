@@ -146,7 +146,7 @@ async def _check_in_store(ctx: FrameCtx[Send] | FrameCtx[SendEphemeral],
     merged = list(zip(ctx.indices, ctx.recipients, strict=True))
     for index, recipient in unknown:
         if recipient.mailbox_id in good:
-            node.capabilities.put(recipient.mailbox_id, recipient.capability_hash)
+            node.capabilities.put(recipient.mailbox_id, recipient.capability_hash, now)
             merged.append((index, recipient))
         else:
             ctx.rejected.append((index, ErrorCode.WRONG_CAPABILITY))

@@ -75,6 +75,8 @@ EPHEMERAL_DEDUP_MS: Final = 60_000
 typing signal or an SDP offer are useless after a minute anyway)."""
 _CACHE_ENTRIES: Final = 100_000
 """Bound of each node-wide cache (oldest entries evicted first)."""
+CAPABILITY_TTL_MS: Final = 60_000
+"""How long a capability the store confirmed is trusted without asking it again."""
 _PRESSURE_POLL_S: Final = 0.002
 """How often a stalled node looks at the store's queue again."""
 
@@ -88,35 +90,46 @@ class _Queued(Protocol):
 
 
 class CapabilityCache:
-    """Mailbox id -> confirmed capability hash and known retirement time (FIFO-bounded)."""
+    """Mailbox id -> confirmed capability hash and known retirement time (FIFO-bounded).
 
-    __slots__ = ("_entries", "_max")
+    An entry is trusted for :data:`CAPABILITY_TTL_MS` after the store confirmed it, then
+    asked again: a retirement the cache never heard of (decided on another node whose
+    invalidation was lost, or an entry re-cached from the store during a rotation's
+    grace period, which ``check_capabilities`` does not date) holds within that bound.
+    """
 
-    def __init__(self, max_entries: int = _CACHE_ENTRIES) -> None:
-        self._entries: dict[bytes, tuple[bytes, int | None]] = {}
+    __slots__ = ("_entries", "_max", "_ttl")
+
+    def __init__(self, max_entries: int = _CACHE_ENTRIES,
+                 ttl_ms: int | None = None) -> None:
+        self._entries: dict[bytes, tuple[bytes, int | None, int]] = {}
         self._max = max_entries
+        self._ttl = CAPABILITY_TTL_MS if ttl_ms is None else ttl_ms
 
     def check(self, mailbox_id: bytes, capability_hash: bytes, now_ms: int) -> bool | None:
         """True: known good; False: known wrong (or retired); None: ask the store."""
         entry = self._entries.get(mailbox_id)
         if entry is None:
             return None
-        good, retire_at = entry
+        good, retire_at, stale_at = entry
         if retire_at is not None and retire_at <= now_ms:
             return False
+        if stale_at <= now_ms:
+            del self._entries[mailbox_id]
+            return None
         return hmac.compare_digest(good, capability_hash)
 
-    def put(self, mailbox_id: bytes, capability_hash: bytes, retire_at_ms: int | None = None
-            ) -> None:
+    def put(self, mailbox_id: bytes, capability_hash: bytes, now_ms: int,
+            retire_at_ms: int | None = None) -> None:
         entries = self._entries
         if mailbox_id not in entries and len(entries) >= self._max:
             del entries[next(iter(entries))]
-        entries[mailbox_id] = (capability_hash, retire_at_ms)
+        entries[mailbox_id] = (capability_hash, retire_at_ms, now_ms + self._ttl)
 
     def retire(self, mailbox_id: bytes, retire_at_ms: int) -> None:
         entry = self._entries.get(mailbox_id)
         if entry is not None:
-            self._entries[mailbox_id] = (entry[0], retire_at_ms)
+            self._entries[mailbox_id] = (entry[0], retire_at_ms, entry[2])
 
     def forget(self, mailbox_id: bytes) -> None:
         self._entries.pop(mailbox_id, None)

@@ -150,19 +150,22 @@ def test_route_construction_rules() -> None:
 
 
 def test_capability_cache() -> None:
-    cache = CapabilityCache(max_entries=2)
+    cache = CapabilityCache(max_entries=2, ttl_ms=1000)
     a, b, c, h = os.urandom(16), os.urandom(16), os.urandom(16), os.urandom(32)
     assert cache.check(a, h, 0) is None
-    cache.put(a, h)
+    cache.put(a, h, 0)
     assert cache.check(a, h, 0) is True
     assert cache.check(a, os.urandom(32), 0) is False
     cache.retire(a, 100)
     assert cache.check(a, h, 99) is True and cache.check(a, h, 100) is False
-    cache.put(b, h)
-    cache.put(c, h)  # evicts the oldest
+    cache.put(b, h, 0)
+    cache.put(c, h, 0)  # evicts the oldest
     assert len(cache) == 2 and cache.check(a, h, 0) is None
     cache.forget(b)
     assert cache.check(b, h, 0) is None
+    # Trusted for the TTL only: then the store is asked again.
+    assert cache.check(c, h, 999) is True
+    assert cache.check(c, h, 1000) is None and len(cache) == 0
 
 
 def test_dedup_window() -> None:
@@ -218,7 +221,7 @@ async def test_other_nodes_invalidations_clear_the_caches() -> None:
                 mailbox_credits=BucketMap(10, 1, max_buckets=10))
     one, two = b"\x01" * 16, b"\x02" * 16
     for mailbox_id in (one, two):
-        node.capabilities.put(mailbox_id, bytes(32))
+        node.capabilities.put(mailbox_id, bytes(32), 0)
         node.set_push_url(mailbox_id, "https://push.example/x")
     bus.handler(one)  # another node changed mailbox one
     assert node.capabilities.check(one, bytes(32), 0) is None
