@@ -201,7 +201,8 @@ class Node:
         """Every connection's acks, one store call per event-loop iteration."""
         self.subscribers: dict[bytes, Connection] = {}
         self.sessions: dict[bytes, set[Connection]] = {}
-        self._push_urls: dict[bytes, str | None] = {}
+        self._push_urls: dict[bytes, tuple[str | None, int]] = {}
+        """Mailbox id -> (push URL, when to ask the store again)."""
         self._pending_writes: Callable[[], int] | None = None
         if isinstance(store, _Queued):
             queued: _Queued = store
@@ -244,16 +245,20 @@ class Node:
         await self.bus.publish(mailbox_id, Notification(kind=NotificationKind.CLOSED))
 
     def set_push_url(self, mailbox_id: bytes, url: str | None) -> None:
+        """Cache *mailbox_id*'s push URL for :data:`CAPABILITY_TTL_MS` (then the store is
+        asked again: another node may have changed it and its invalidation been lost, or
+        arrived while our read of the old value was in flight)."""
         urls = self._push_urls
         if mailbox_id not in urls and len(urls) >= _CACHE_ENTRIES:
             del urls[next(iter(urls))]
-        urls[mailbox_id] = url
+        urls[mailbox_id] = (url, self.clock_ms() + CAPABILITY_TTL_MS)
 
     async def wake(self, mailbox_id: bytes) -> None:
         """An envelope arrived for a mailbox nobody receives live: POST its push URL, if any."""
-        try:
-            url = self._push_urls[mailbox_id]
-        except KeyError:
+        cached = self._push_urls.get(mailbox_id)
+        if cached is not None and cached[1] > self.clock_ms():
+            url = cached[0]
+        else:
             record = await self.store.get_mailbox(mailbox_id)
             url = record.push_url if record is not None else None
             self.set_push_url(mailbox_id, url)

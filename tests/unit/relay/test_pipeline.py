@@ -255,3 +255,33 @@ async def test_a_failed_wake_up_costs_that_wake_up_only() -> None:
         for ids in ((1, 2), (3,))]
     await route_durable.fn(ctxs)  # type: ignore[arg-type]
     assert woken == [b"\x02" * 16, b"\x03" * 16]
+
+
+async def test_push_urls_are_asked_again_after_the_ttl() -> None:
+    from types import SimpleNamespace
+
+    from relay.node import CAPABILITY_TTL_MS
+
+    urls = ["https://push.example/old"]
+    reads: list[bytes] = []
+
+    class Store(_QueuedStore):
+        async def get_mailbox(self, mailbox_id: bytes) -> object:
+            reads.append(mailbox_id)
+            return SimpleNamespace(push_url=urls[0])
+
+    woken: list[str] = []
+    clock = [0]
+    node = Node(web.Application(), config=RelayConfig(), relay_id=bytes(16), store=Store(),
+                bus=InProcessBus(), push=SimpleNamespace(wake=woken.append),  # type: ignore[arg-type]
+                metrics=NullMetrics(), clock_ms=lambda: clock[0], monotonic=lambda: 0.0,
+                mailbox_credits=BucketMap(10, 1, max_buckets=10))
+    box = b"\x07" * 16
+    await node.wake(box)
+    urls[0] = "https://push.example/new"  # changed through another node; its notice lost
+    clock[0] = CAPABILITY_TTL_MS - 1
+    await node.wake(box)
+    clock[0] = CAPABILITY_TTL_MS
+    await node.wake(box)
+    assert woken == ["https://push.example/old"] * 2 + ["https://push.example/new"]
+    assert len(reads) == 2
