@@ -6,8 +6,8 @@ transaction, never commits, and raises the ``relay.ports`` errors for expected r
 Concurrency (several relay nodes on one database):
 
 * An append locks every mailbox it names (``FOR NO KEY UPDATE``, in id order, so two
-  appends never wait on each other in a cycle) before it reads anything that decides the
-  result. Seqs come from the locked ``last_seq``; the idempotency records are read in a
+  appends never wait on each other's mailboxes in a cycle) before it reads anything that
+  decides the result. Seqs come from the locked ``last_seq``; the idempotency records are read in a
   *later* statement, whose snapshot includes whatever the previous holder of the lock
   committed. So two nodes appending to one mailbox get dense, distinct seqs, and a resend
   racing its original finds it.
@@ -15,7 +15,12 @@ Concurrency (several relay nodes on one database):
   storing at once for *different* mailboxes (no common lock). The record is inserted
   ``ON CONFLICT DO NOTHING``; the loser records its copies as ``dedup`` rows instead and
   extends the winner's record, which is what the SQLite adapter does for copies added
-  under a client_msg_id that already has a record.
+  under a client_msg_id that already has a record. Two batches that each extend one
+  client_msg_id's record and insert another's, the other way round, can deadlock there:
+  rare, and the store runs the victim again.
+* The send records an append reads are locked ``FOR KEY SHARE``, which the sweep's
+  ``FOR UPDATE SKIP LOCKED`` passes over: a record is not swept between the read and
+  the extension of its life.
 * Removing deliveries (ack, expiry, deletion) goes through the ``deliveries_gone``
   statement trigger (``relay._pg_schema``), which keeps the pending counts and blob
   reference counts under row locks.
@@ -218,8 +223,11 @@ _LOCK_MAILBOXES = (
 )
 _SEND_RECORDS = (
     "SELECT send_hash, received_at_ms, expires_at_ms, entries FROM send_dedup"
-    " WHERE send_hash = ANY($1::bytea[])"
+    " WHERE send_hash = ANY($1::bytea[]) FOR KEY SHARE"
 )
+"""``FOR KEY SHARE``: the sweep (``FOR UPDATE SKIP LOCKED``) passes over a record this
+append may extend, so it cannot go between the read and the extension; the lock does not
+conflict with another append's extension (a non-key ``UPDATE``)."""
 _DEDUP_ROWS = (
     "SELECT d.mailbox_id, d.dedup_hash, d.seq, d.received_at_ms, d.expires_at_ms"
     " FROM unnest($1::bytea[], $2::bytea[]) AS k(m, h)"
@@ -343,6 +351,7 @@ async def append_many(conn: Conn, calls: Sequence[AppendRequest]) -> list[Append
     # send key -> dedup rows for its copies, should its record lose a race
     send_fallback: dict[bytes, list[tuple[bytes, bytes, int, int, int, int]]] = {}
     extended: dict[bytes, int] = {}  # send record -> keep_until of copies added under it
+    created: dict[bytes, int] = {}  # send key -> its row in send_rows (a record new here)
     results: list[AppendResult] = []
     for call, mine in zip(calls, keys, strict=True):
         now_ms = call.now_ms
@@ -393,13 +402,22 @@ async def append_many(conn: Conn, calls: Sequence[AppendRequest]) -> list[Append
         elif record is None:
             entries = {_entry(k, serial): q for _, k, q, serial in fresh}
             sends[skey] = (now_ms, expires, entries)
+            created[skey] = len(send_rows)
             send_rows.append((skey, now_ms, expires, keep_until,
                               b"".join(e + q.to_bytes(8, "big") for e, q in entries.items())))
             send_fallback[skey] = [(m, k, q, now_ms, expires, keep_until)
                                    for m, k, q, _ in fresh]
         else:
             dedup_rows += [(m, k, q, now_ms, expires, keep_until) for m, k, q, _ in fresh]
-            extended[skey] = max(keep_until, extended.get(skey, 0))
+            at = created.get(skey)
+            if at is None:
+                extended[skey] = max(keep_until, extended.get(skey, 0))
+            else:
+                # The record is inserted by the same statement as the extensions, which
+                # cannot see it: it goes in with the latest keep_until of its copies.
+                new = send_rows[at]
+                if keep_until > new[3]:
+                    send_rows[at] = (new[0], new[1], new[2], keep_until, new[4])
         received, expires_at = (now_ms, expires) if blob_ord or original is None else original
         results.append(AppendResult(received_at_ms=received, expires_at_ms=expires_at,
                                     accepted=tuple(accepted), rejected=tuple(rejected)))
@@ -420,7 +438,9 @@ async def append_many(conn: Conn, calls: Sequence[AppendRequest]) -> list[Append
         # are locked) after we looked. Our copies are ours all the same; record them as
         # copies added under an existing record.
         rows = [row for skey in sorted(lost) for row in send_fallback[skey]]
-        keep = sorted((skey, max(row[5] for row in send_fallback[skey])) for skey in lost)
+        # The winner's record must last as long as every copy this run added under the
+        # client_msg_id (the later calls' too): the folded keep_until of ours.
+        keep = sorted((skey, send_rows[created[skey]][3]) for skey in lost)
         await conn.execute(_LOST_RACE, *_columns(rows, 6),
                            [h for h, _ in keep], [k for _, k in keep])
     return results
@@ -480,8 +500,9 @@ async def pending_count(conn: Conn, mailbox_id: bytes) -> int:
 
 async def expire(conn: Conn, now_ms: int, limit: int) -> ExpiryReport:
     # The due rows' mailboxes are locked first, in id order (see ack_deliveries in
-    # relay._pg_schema); a row another node's sweep or an ack removed meanwhile is not
-    # counted (the DELETE re-reads after the locks).
+    # relay._pg_schema): a sweep on another node holding some of them is waited for
+    # until its transaction ends. A row it or an ack removed meanwhile is not counted
+    # (the DELETE re-reads after the locks).
     due = await conn.fetch(
         "SELECT mailbox_id, seq FROM deliveries WHERE expires_at_ms <= $1"
         " ORDER BY expires_at_ms, mailbox_id, seq LIMIT $2",

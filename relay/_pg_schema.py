@@ -20,8 +20,10 @@ Differences that several relay nodes on one database need:
   the counter under the blob's row lock.
 * ``deliveries_gone`` is a statement-level trigger over the deleted rows (an ack of a
   1,000-member fan-out is one statement, not 1,000 trigger calls). It locks the mailboxes,
-  then the blobs, each in id order, so that two of them never wait on each other in a
-  cycle; appends lock mailboxes in the same order and never wait on a blob.
+  then the blobs, each in id order, so that two of them do not wait on each other's
+  mailboxes or blobs in a cycle; appends lock mailboxes in the same order and never wait
+  on a blob. Deadlocks elsewhere are rare but possible (see ``relay.store_postgres``),
+  and the store runs the victim again.
 """
 
 from __future__ import annotations
@@ -164,8 +166,9 @@ _V1 = [
     """,
     # Acks of several calls in one round trip (relay._pg_ops.ack_many): the mailboxes are
     # locked first, in id order, as everything else that deletes deliveries locks them
-    # (deleting a mailbox, the expiry sweep), so that an ack and a deletion never wait on
-    # each other in a cycle. Each queued row named is counted for the first call naming it.
+    # (deleting a mailbox, the expiry sweep), so that an ack and a deletion do not wait on
+    # each other's mailboxes in a cycle. Each queued row named is counted for the first
+    # call naming it.
     """
     CREATE FUNCTION ack_deliveries(ci integer[], cm bytea[], cup bigint[], cs bigint[])
     RETURNS TABLE (ack_call integer, ack_removed bigint) LANGUAGE plpgsql AS $$

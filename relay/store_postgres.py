@@ -10,8 +10,15 @@ time, so:
   one, an ack say, runs as PostgreSQL's implicit transaction) and returns only after its
   COMMIT (``synchronous_commit`` is the server's, ``on`` by default: durable). Row locks
   and ``ON CONFLICT`` make each decision race-free across nodes (see the module
-  docstrings of ``_pg_ops`` and ``_pg_accounts``). A transaction PostgreSQL aborts as a
-  deadlock victim or serialization failure is run again, a few times.
+  docstrings of ``_pg_ops`` and ``_pg_accounts``). Most locks are taken in a fixed order,
+  so deadlocks are rare, but not impossible (an account deletion racing a mailbox
+  creation and an append to it; two batches extending and inserting ``send_dedup``
+  records of the same client_msg_ids): a transaction PostgreSQL aborts as a deadlock
+  victim or serialization failure is run again, up to :data:`MAX_ATTEMPTS` times.
+* No call waits on another node for ever: statements, lock waits and waits for a pooled
+  connection time out, and the server ends a session left idle in a transaction or whose
+  host stopped answering keepalives, releasing its locks (``COMMAND_TIMEOUT_S`` and the
+  constants after it). A timeout is a ``StoreError``, as any driver error.
 * Reads are single statements (one snapshot each), outside any transaction.
 * asyncpg and OS errors are raised as ``StoreError`` (``from`` the original) whose text
   names the operation and the error class only: PostgreSQL's messages may quote key
@@ -79,17 +86,50 @@ T = TypeVar("T")
 
 CONNECT_TIMEOUT_S = 10.0
 """How long opening a connection may take before the call fails with ``StoreError``."""
+COMMAND_TIMEOUT_S = 30.0
+"""Longest statement: the server cancels it (``statement_timeout``), and the client gives
+up on an answer a little later (the server may be the one stalled). ``StoreError``."""
+LOCK_TIMEOUT_S = 10.0
+"""Longest wait for one lock (``lock_timeout``): a node stalled while holding a mailbox's
+row lock costs the others this, then ``StoreError`` (the relay answers UNAVAILABLE)."""
+IDLE_IN_TRANSACTION_TIMEOUT_S = 60.0
+"""A session that leaves its transaction open and idle this long is ended by the server
+(``idle_in_transaction_session_timeout``), which releases its locks: a node that stalls
+mid-transaction blocks the others for at most this."""
+ACQUIRE_TIMEOUT_S = 10.0
+"""Longest wait for a pooled connection when all are busy; then ``StoreError``."""
+TCP_KEEPALIVE_IDLE_S = 30
+"""Idle seconds before the server probes a node's connection (``tcp_keepalives_idle``)..."""
+TCP_KEEPALIVE_INTERVAL_S = 10
+"""...seconds between probes (``tcp_keepalives_interval``)..."""
+TCP_KEEPALIVE_COUNT = 3
+"""...and unanswered probes before it drops the connection, aborting its transaction
+(``tcp_keepalives_count``): a node whose host vanished holds its locks about a minute,
+not the OS default of two hours. Ignored on a Unix-domain socket."""
+TCP_USER_TIMEOUT_S = 60
+"""How long data the server sent may stay unacknowledged before it drops the connection
+(``tcp_user_timeout``, PostgreSQL 12+, which the schema needs anyway)."""
+CLIENT_TIMEOUT_MARGIN_S = 5.0
+"""The client waits this much longer than ``statement_timeout`` for an answer."""
+SETUP_TIMEOUT_S = 600.0
+"""The schema set-up (migrations, under an advisory lock another node may hold while it
+migrates) runs without the server timeouts and with this client timeout."""
 CLOSE_TIMEOUT_S = 30.0
 """How long :meth:`PostgresStore.close` waits for calls in flight before cutting them off."""
 MAX_ATTEMPTS = 5
 """Runs of one write transaction when PostgreSQL aborts it as a deadlock victim or a
-serialization failure (rare: locks are taken in a fixed order; see ``_pg_ops``)."""
+serialization failure (rare: most locks are taken in a fixed order; see ``_pg_ops``)."""
 
 _FOREIGN: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
     TimeoutError,
 )
 """What the driver, the server or the network raise; wrapped as ``StoreError``."""
+
+
+def _server_ms(seconds: float) -> str:
+    """A duration setting's value in milliseconds (0 would turn the timeout off)."""
+    return str(max(1, round(seconds * 1000)))
 
 
 def _positive(what: str, value: int) -> int:
@@ -128,12 +168,19 @@ async def _set_up(conn: Conn, schema: str) -> None:
     One transaction under an advisory lock, so nodes starting together do it once.
     """
     name = quoted(schema)
+    wait = SETUP_TIMEOUT_S
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", lock_key(schema))
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {name}")
+        # Migrations may take long, and so may another node's, holding the advisory lock.
+        await conn.execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0",
+                           timeout=wait)
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", lock_key(schema),
+                           timeout=wait)
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {name}", timeout=wait)
         await conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {name}.schema_version (version integer NOT NULL)")
-        current = await conn.fetchval(f"SELECT max(version) FROM {name}.schema_version")  # noqa: S608 - checked name
+            f"CREATE TABLE IF NOT EXISTS {name}.schema_version (version integer NOT NULL)",
+            timeout=wait)
+        current = await conn.fetchval(f"SELECT max(version) FROM {name}.schema_version",  # noqa: S608 - checked name
+                                      timeout=wait)
         current = current or 0
         if current > SCHEMA_VERSION:
             raise StoreError(
@@ -142,19 +189,21 @@ async def _set_up(conn: Conn, schema: str) -> None:
         for version, statements in MIGRATIONS:
             if version > current:
                 for statement in statements:
-                    await conn.execute(statement)
+                    await conn.execute(statement, timeout=wait)
                 await conn.execute(
                     f"INSERT INTO {name}.schema_version (version) VALUES ($1)",  # noqa: S608
-                    version,
+                    version, timeout=wait,
                 )
 
 
 class PostgresStore:
     """Implements :class:`relay.ports.Store` on PostgreSQL (one schema, shared by nodes)."""
 
-    def __init__(self, pool: Pool[Record], schema: str, observer: StoreObserver) -> None:
+    def __init__(self, pool: Pool[Record], schema: str, observer: StoreObserver,
+                 acquire_timeout_s: float = ACQUIRE_TIMEOUT_S) -> None:
         """Use :meth:`open`."""
         self._pool = pool
+        self._acquire_timeout = acquire_timeout_s
         self._schema = schema
         self._observer = observer
         self._closed = False
@@ -172,6 +221,10 @@ class PostgresStore:
         observer: StoreObserver | None = None,
         min_connections: int = 2,
         max_connections: int = 10,
+        command_timeout_s: float = COMMAND_TIMEOUT_S,
+        lock_timeout_s: float = LOCK_TIMEOUT_S,
+        idle_in_transaction_timeout_s: float = IDLE_IN_TRANSACTION_TIMEOUT_S,
+        acquire_timeout_s: float = ACQUIRE_TIMEOUT_S,
     ) -> PostgresStore:
         """Connect a pool to *dsn* and create or update the tables in *schema*.
 
@@ -182,23 +235,46 @@ class PostgresStore:
             observer: receives per-call latencies and per-transaction commits.
             min_connections: connections opened at once and kept.
             max_connections: most connections; calls beyond wait for one.
+            command_timeout_s: longest statement (:data:`COMMAND_TIMEOUT_S`).
+            lock_timeout_s: longest wait for one lock (:data:`LOCK_TIMEOUT_S`).
+            idle_in_transaction_timeout_s: the server ends a session idle this long in a
+                transaction (:data:`IDLE_IN_TRANSACTION_TIMEOUT_S`).
+            acquire_timeout_s: longest wait for a pooled connection
+                (:data:`ACQUIRE_TIMEOUT_S`).
+
+        Every timeout that runs out is a ``StoreError``.
 
         Raises:
-            ValueError: a bad schema name or connection counts.
+            ValueError: a bad schema name, connection counts or timeouts.
             StoreError: the server cannot be reached or refuses us, the set-up fails, or
                 the schema's version is newer than this code.
         """
         check_schema_name(schema)
         if not 1 <= min_connections <= max_connections:
             raise ValueError("need 1 <= min_connections <= max_connections")
+        timeouts = (command_timeout_s, lock_timeout_s, idle_in_transaction_timeout_s,
+                    acquire_timeout_s)
+        if not all(t > 0 for t in timeouts):
+            raise ValueError("timeouts must be positive")
         try:
             pool: Pool[Record] = await asyncpg.create_pool(
                 dsn,
                 min_size=min_connections,
                 max_size=max_connections,
                 timeout=CONNECT_TIMEOUT_S,
-                server_settings={"search_path": quoted(schema),
-                                 "application_name": "pigeon-relay"},
+                command_timeout=command_timeout_s + CLIENT_TIMEOUT_MARGIN_S,
+                server_settings={
+                    "search_path": quoted(schema),
+                    "application_name": "pigeon-relay",
+                    "statement_timeout": _server_ms(command_timeout_s),
+                    "lock_timeout": _server_ms(lock_timeout_s),
+                    "idle_in_transaction_session_timeout":
+                        _server_ms(idle_in_transaction_timeout_s),
+                    "tcp_keepalives_idle": str(TCP_KEEPALIVE_IDLE_S),
+                    "tcp_keepalives_interval": str(TCP_KEEPALIVE_INTERVAL_S),
+                    "tcp_keepalives_count": str(TCP_KEEPALIVE_COUNT),
+                    "tcp_user_timeout": str(TCP_USER_TIMEOUT_S * 1000),
+                },
                 reset=_keep_session,
             )
         except StoreError:
@@ -206,14 +282,14 @@ class PostgresStore:
         except Exception as exc:  # bad DSN text, refused, auth...: one answer
             raise _wrap("opening the store", exc) from exc
         try:
-            async with pool.acquire() as conn:
+            async with pool.acquire(timeout=acquire_timeout_s) as conn:
                 await _set_up(conn, schema)
         except BaseException as exc:
             pool.terminate()
             if isinstance(exc, _FOREIGN):
                 raise _wrap("setting up the schema", exc) from exc
             raise
-        return cls(pool, schema, observer or NullObserver())
+        return cls(pool, schema, observer or NullObserver(), acquire_timeout_s)
 
     async def close(self) -> None:
         """Let calls in flight finish, then close every connection. Idempotent."""
@@ -248,7 +324,7 @@ class PostgresStore:
                 began = time.perf_counter()
                 committed = False
                 try:
-                    async with self._pool.acquire() as conn:
+                    async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
                         if one_statement:
                             result = await fn(conn)
                         else:
@@ -279,7 +355,7 @@ class PostgresStore:
         start = time.perf_counter()
         ok = False
         try:
-            async with self._pool.acquire() as conn:
+            async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
                 result = await fn(conn)
             ok = True
             return result

@@ -609,6 +609,24 @@ async def test_dedup_records_outlive_a_short_ttl(store: Store) -> None:
     assert not await send_short(T0 + 10_001)
 
 
+async def test_one_client_msg_id_twice_in_a_batch_keeps_the_longer_dedup(
+    store: Store,
+) -> None:
+    """An earlier call in a batch creates the send record with a short life; a later call
+    with the same client_msg_id adds a copy for another mailbox that lives longer. The
+    record lives as long as that copy: a resend to it after the short TTL is a duplicate."""
+    await account(store, 1, 10, 11)
+    first, second = await store.append_many([
+        AppendRequest((rcpt(10),), cmid(1), b"short", T0, 1_000),
+        AppendRequest((rcpt(11),), cmid(1), b"long", T0, 100_000),
+    ])
+    assert not first.duplicate and not second.duplicate
+    await store.expire(now_ms=T0 + 2_000)
+    again = await send(store, 1, 11, now_ms=T0 + 3_000, ttl_ms=100_000)
+    assert again.duplicate and again.seq_for(mid(11)) == 1
+    assert await store.pending_count(mid(11)) == 1
+
+
 async def test_expiry_sweep_is_batched(store: Store) -> None:
     await account(store, 1, 10)
     for n in range(1, 6):

@@ -21,6 +21,7 @@ import pytest
 
 from pigeon_crypto.errors import StoreError
 from relay.ports import (
+    AppendRequest,
     AppendResult,
     InviteRejected,
     OneTimePrekey,
@@ -212,6 +213,43 @@ async def test_one_client_msg_id_to_other_mailboxes_on_two_nodes(
     retry = await send(one, 1, 20, now_ms=T0 + 30)
     assert retry.duplicate and retry.seq_for(mid(20)) == 1
     assert await two.pending_count(mid(20)) == 1
+
+
+async def test_a_lost_race_extends_the_winner_to_the_batchs_longest_copy(
+    nodes: tuple[PostgresStore, PostgresStore], admin: asyncpg.Connection, schema: str,
+    dsn: str,
+) -> None:
+    """The record a batch would create for a client_msg_id loses the race; the winner's
+    record is extended to the latest keep_until of every copy the batch added under that
+    client_msg_id, the later calls' included."""
+    one, two = nodes
+    await account(one, 1, 20, 21)
+    tx = admin.transaction()
+    await tx.start()
+    await admin.execute(f"INSERT INTO {schema}.send_dedup VALUES ($1, $2, $3, $4, '')",
+                        send_dedup_hash(cmid(1)), T0, T0 + 10, T0 + 10)
+    task = asyncio.create_task(one.append_many([
+        AppendRequest((rcpt(20),), cmid(1), b"short", T0, 100),
+        AppendRequest((rcpt(21),), cmid(1), b"long", T0, 10_000),
+    ]))
+    watcher = await asyncpg.connect(dsn)
+    try:
+        for _ in range(500):
+            waiting = await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND application_name = 'pigeon-relay' AND query LIKE '%nextval(''blob_ids'')%'")
+            if waiting:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await watcher.close()
+    assert waiting and not task.done()
+    await tx.commit()
+    assert [r.duplicate for r in await task] == [False, False]
+    await two.expire(now_ms=T0 + 1_000)
+    retry = await send(two, 1, 21, now_ms=T0 + 2_000)
+    assert retry.duplicate and retry.seq_for(mid(21)) == 1
+    assert await one.pending_count(mid(21)) == 1
 
 
 async def test_acks_on_two_nodes_drop_a_shared_blob_with_its_last_copy(
@@ -467,5 +505,77 @@ async def test_a_server_gone_is_a_store_error(dsn: str, schema: str) -> None:
         assert caught.value.__cause__ is not None
         with pytest.raises(StoreError):
             await store.get_mailbox(mid(10))
+    finally:
+        await store.close()
+
+
+# --------------------------------------------------------------------------- timeouts
+
+
+async def test_a_mailbox_locked_by_a_stalled_node_is_a_store_error_not_a_hang(
+    dsn: str, schema: str, admin: asyncpg.Connection
+) -> None:
+    """Another session (a node stalled mid-transaction) holds a mailbox's row lock: an
+    append to it fails after the lock timeout, and a call that finds every pooled
+    connection busy fails after the acquire timeout; neither waits for the other node."""
+    store = await PostgresStore.open(dsn, schema=schema, min_connections=1, max_connections=1,
+                                     lock_timeout_s=1.0, acquire_timeout_s=0.2)
+    try:
+        await account(store, 1, 10)
+        tx = admin.transaction()
+        await tx.start()
+        await admin.execute(f"SELECT 1 FROM {schema}.mailboxes WHERE id = $1 FOR UPDATE",
+                            mid(10))
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with pytest.raises(StoreError) as caught:
+            await send(store, 1, 10)
+        assert loop.time() - began < 5
+        assert isinstance(caught.value.__cause__, asyncpg.LockNotAvailableError)
+        # The one connection is busy waiting on the lock: the next call cannot have it.
+        waiting = asyncio.create_task(send(store, 2, 10))
+        await asyncio.sleep(0.05)
+        with pytest.raises(StoreError) as caught:
+            await store.get_mailbox(mid(10))
+        assert isinstance(caught.value.__cause__, TimeoutError)
+        with pytest.raises(StoreError):
+            await waiting
+        await tx.rollback()
+        assert not (await send(store, 1, 10)).duplicate  # nothing was left half-done
+        assert await store.pending_count(mid(10)) == 1
+    finally:
+        await store.close()
+
+
+async def test_the_sessions_carry_the_timeouts(dsn: str, schema: str) -> None:
+    store = await PostgresStore.open(dsn, schema=schema, min_connections=1, max_connections=1,
+                                     command_timeout_s=7, lock_timeout_s=3,
+                                     idle_in_transaction_timeout_s=11)
+    try:
+        async with store._pool.acquire() as conn:  # the pooled sessions themselves
+            got = [await conn.fetchval(f"SELECT current_setting('{name}')") for name in (
+                "statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")]
+        assert got == ["7s", "3s", "11s"]
+    finally:
+        await store.close()
+    with pytest.raises(ValueError):
+        await PostgresStore.open(dsn, schema=schema, lock_timeout_s=0)
+
+
+async def test_a_statement_over_the_command_timeout_is_a_store_error(
+    dsn: str, schema: str, admin: asyncpg.Connection
+) -> None:
+    """With no lock timeout to speak of, a wait still ends at the statement timeout."""
+    store = await PostgresStore.open(dsn, schema=schema, min_connections=1, max_connections=2,
+                                     command_timeout_s=0.3, lock_timeout_s=60)
+    try:
+        await account(store, 1, 10)
+        async with admin.transaction():
+            await admin.execute(f"SELECT 1 FROM {schema}.mailboxes WHERE id = $1 FOR UPDATE",
+                                mid(10))
+            with pytest.raises(StoreError) as caught:
+                await send(store, 1, 10)
+            assert isinstance(caught.value.__cause__,
+                              asyncpg.QueryCanceledError | TimeoutError)
     finally:
         await store.close()
