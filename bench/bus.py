@@ -19,7 +19,11 @@ publishes ``--messages`` MESSAGE notifications with 200-byte payloads to that ma
   in place of redis-py's ``Connection.pack_commands``, which the bus uses: the bus
   packed by hand until this showed no clear gain (docs/benchmarks.md);
 * redis-py's own client pipeline (``Redis.pipeline(transaction=False)``, ``--batch``
-  PUBLISHes per ``execute``), no bus: what a plain redis-py user would write.
+  PUBLISHes per ``execute``), no bus: what a plain redis-py user would write (the
+  messages tagged as the bus tags them, so the follower takes them).
+
+Every bus message carries an HMAC-SHA256 tag (:class:`relay._redis_wire.Tagger`); the
+cost of tagging one hint alone is printed after the table.
 
 Modes run in interleaved rounds (the order rotates); the best round of each is shown,
 with the ratio to the baseline of the same run, and the packing cost alone (a batch).
@@ -40,6 +44,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 
 from bench._report import machine_line
+from relay._redis_wire import Tagger, bus_key
 from relay.bus import InProcessBus, encode_notification
 from relay.bus_redis import RedisBus
 from relay.ports import Notification, NotificationKind
@@ -47,6 +52,8 @@ from relay.ports import Notification, NotificationKind
 MAILBOX = b"\x5a" * 16
 PAYLOAD = b"\xa5" * 200
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+KEY = bus_key(b"\x5a" * 32)
+"""The bench deployment's bus key (the follower process derives the same)."""
 _DEADLINE_S = 120.0
 """The whole run stops here (a wedged Redis must not hang the benchmark)."""
 
@@ -60,7 +67,7 @@ def _notes(n: int) -> list[Notification]:
 
 async def _follow(url: str, prefix: str) -> None:
     """The second node: follow the mailbox, drain it, print ``received`` per stdin line."""
-    bus = await RedisBus.open(url, prefix=prefix)
+    bus = await RedisBus.open(url, prefix=prefix, key=KEY)
     sub = await bus.subscribe([MAILBOX], max_queue=1 << 20)
 
     async def drain() -> None:
@@ -125,10 +132,10 @@ def hand_pack(batch: list[tuple[bytes, bytes, object]]) -> list[bytes]:
 async def _modes(url: str, prefix: str, batch: int) -> dict[str, tuple[Publish, object]]:
     """name -> (publish all, the bus or client to close)."""
     local = InProcessBus()
-    one = await RedisBus.open(url, prefix=prefix)
+    one = await RedisBus.open(url, prefix=prefix, key=KEY)
     client = Redis.from_url(url)
     channel = f"{prefix}:mb:{MAILBOX.hex()}".encode()
-    head = one._head
+    head, seal = one._head, Tagger(KEY).seal
 
     async def baseline(notes: list[Notification]) -> None:
         sub = await local.subscribe([MAILBOX], max_queue=len(notes))
@@ -161,7 +168,7 @@ async def _modes(url: str, prefix: str, batch: int) -> dict[str, tuple[Publish, 
         for i in range(0, len(notes), batch):
             pipe = client.pipeline(transaction=False)
             for note in notes[i:i + batch]:
-                pipe.publish(channel, head + encode_notification(MAILBOX, note))
+                pipe.publish(channel, seal(head + encode_notification(MAILBOX, note)))
             await pipe.execute()
 
     return {
@@ -174,11 +181,24 @@ async def _modes(url: str, prefix: str, batch: int) -> dict[str, tuple[Publish, 
     }
 
 
+def _tag_cost_us(rounds: int = 20_000) -> float:
+    """Microseconds to tag one hint of a 200-byte payload (``Tagger.seal``)."""
+    message = b"\x02" + b"\x00" * 8 + encode_notification(MAILBOX, _notes(1)[0])
+    seal = Tagger(KEY).seal
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(rounds):
+            seal(message)
+        best = min(best, 1e6 * (time.perf_counter() - start) / rounds)
+    return best
+
+
 def _pack_cost_us(batch: int, rounds: int = 200) -> tuple[float, float]:
     """Microseconds per PUBLISH to pack a batch: by hand, and by redis-py."""
     channel = b"pigeon:mb:" + MAILBOX.hex().encode()
-    data = b"\x01" + b"\x00" * 8 + encode_notification(MAILBOX, _notes(1)[0])
-    items = [(channel, data, None)] * batch
+    data = b"\x02" + b"\x00" * 8 + encode_notification(MAILBOX, _notes(1)[0]) + b"\x00" * 16
+    items: list[tuple[bytes, bytes, object]] = [(channel, data, None)] * batch
     out = []
     for pack in (hand_pack, redis_py_pack):
         start = time.perf_counter()
@@ -238,6 +258,7 @@ async def _run(args: argparse.Namespace, prefix: str, follower: _Follower) -> No
     print()
     print(f"packing a batch of {args.batch}, per PUBLISH: by hand {hand:.2f} µs, redis-py "
           f"pack_commands {generic:.2f} µs ({generic / hand:.1f}x)")
+    print(f"tagging one hint (HMAC-SHA256, best of 5): {_tag_cost_us():.2f} µs")
 
 
 async def _reachable(url: str) -> str | None:

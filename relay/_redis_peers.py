@@ -7,6 +7,12 @@ or three of its own periods if longer) is gone; a heartbeat flagged LOST says it
 failed to publish. Either calls ``resync()``. A heartbeat flagged HELLO (its sender
 (re)joined and knows no peer) is answered at once. No peer is blamed while this node
 cannot listen (its pub/sub connection is down, or its event loop stalled).
+
+A beat carries its sender's wall clock (strictly increasing per origin). One more than
+:data:`~relay._redis_wire.MAX_CLOCK_SKEW_MS` off this node's clock, or not newer than
+the last taken from its origin, is refused (``stale``): a captured beat replayed by
+whoever can publish on Redis (its tag is genuine) neither keeps a dead peer alive nor
+makes every node RESYNC again.
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Final
 
-from ._redis_wire import HEAD_LEN, decode_heartbeat, encode_heartbeat
+from ._redis_wire import HEAD_LEN, MAX_CLOCK_SKEW_MS, decode_heartbeat, encode_heartbeat
 
 _log = logging.getLogger("pigeon.relay.bus_redis")
 
@@ -33,6 +40,25 @@ class Peers:
         self._timeout_s = timeout_s
         self._limit = limit
         self._deadlines: dict[bytes, float] = {}
+        self._last_ms: dict[bytes, int] = {}
+        """The newest ``sent_ms`` taken from each origin (gone ones too) within the
+        clock window, least recently taken first: anything older is a replay."""
+
+    def took(self, origin: bytes, sent_ms: int, now_ms: int) -> bool:
+        """Whether a beat *origin* sent at *sent_ms* is fresh (then it is noted): within
+        :data:`MAX_CLOCK_SKEW_MS` of *now_ms* and newer than the last one taken."""
+        if abs(now_ms - sent_ms) > MAX_CLOCK_SKEW_MS:
+            return False
+        last = self._last_ms.get(origin)
+        if last is not None and sent_ms <= last:
+            return False
+        self._last_ms.pop(origin, None)
+        self._last_ms[origin] = sent_ms
+        while True:  # forget what the window refuses anyway (only real nodes get here)
+            oldest = next(iter(self._last_ms))
+            if self._last_ms[oldest] >= now_ms - MAX_CLOCK_SKEW_MS:
+                return True
+            del self._last_ms[oldest]
 
     def __len__(self) -> int:
         return len(self._deadlines)
@@ -71,7 +97,8 @@ class Heartbeats:
 
     def __init__(self, head: bytes, *, heartbeat_s: float, peer_timeout_s: float,
                  max_peers: int, send: Callable[[bytes], None],
-                 listening: Callable[[], bool], resync: Callable[[], None]) -> None:
+                 listening: Callable[[], bool], resync: Callable[[], None],
+                 wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> None:
         if not 0.001 <= heartbeat_s < peer_timeout_s:
             raise ValueError("need 0.001 <= heartbeat_s < peer_timeout_s")
         self._head = head
@@ -82,6 +109,9 @@ class Heartbeats:
         self._send = send
         self._listening = listening
         self._resync = resync
+        self._wall_ms = wall_ms
+        self._sent_ms = 0
+        """The last beat's ``sent_ms``: the next one is later even if the clock is not."""
         self._now = asyncio.Event()
         self._hello = False
         """The next beat asks the others to answer (this node knows no peer)."""
@@ -90,6 +120,7 @@ class Heartbeats:
         self._task: asyncio.Task[None] | None = None
         self.peers_lost = 0
         self.losses_announced = 0
+        self.stale = 0
 
     @property
     def peers(self) -> int:
@@ -113,15 +144,23 @@ class Heartbeats:
     def publish_failed(self) -> None:
         self._lost = True
 
-    def received(self, data: bytes) -> None:
-        """A whole heartbeat message from another node.
+    def received(self, message: bytes) -> None:
+        """A heartbeat message from another node, its tag checked (and removed).
 
         Raises:
             DecodeError: not a heartbeat.
         """
-        beat = decode_heartbeat(data)
+        beat = decode_heartbeat(message)
+        origin = message[1:HEAD_LEN]
+        if not self._peers.took(origin, beat.sent_ms, self._wall_ms()):
+            if not self.stale:
+                _log.warning("redis bus: a heartbeat was refused for its time (a replay, "
+                             "or the clocks of two nodes differ by more than %d s)",
+                             MAX_CLOCK_SKEW_MS // 1000)
+            self.stale += 1
+            return
         now = asyncio.get_running_loop().time()
-        if self._peers.heard(data[1:HEAD_LEN], now, beat.interval_ms / 1000):
+        if self._peers.heard(origin, now, beat.interval_ms / 1000):
             self._gone(1)
         if beat.hello:
             self._now.set()  # the newcomer learns of this node within a round trip
@@ -144,8 +183,9 @@ class Heartbeats:
             now = loop.time()
             if now >= next_beat or self._now.is_set():
                 self._now.clear()
+                self._sent_ms = max(self._wall_ms(), self._sent_ms + 1)
                 data = encode_heartbeat(self._head, hello=self._hello, lost=self._lost,
-                                        interval_ms=self._interval_ms)
+                                        interval_ms=self._interval_ms, sent_ms=self._sent_ms)
                 self._hello = self._lost = False  # a failed PUBLISH sets LOST again
                 self._send(data)
                 next_beat = now + self._heartbeat_s

@@ -22,13 +22,22 @@ Theory of operation (docs/protocol.md §10.13; the semantics are :mod:`relay.bus
   kept. A caller that awaits each publish before the next still pays a round trip each:
   :meth:`RedisBus.publish_many` sends a group's copies in one.
 * **Wire** (:mod:`relay._redis_wire` has the tables). Every message is ``version`` (1
-  byte, ``1``) ‖ ``origin`` (8 random bytes per node: a node skips its own) ‖ body: an
-  :func:`~relay.bus.encode_notification` on a mailbox channel, a 16-byte mailbox id on
-  ``<prefix>:inv``, a heartbeat on ``<prefix>:hb``: ``flags`` (1 byte: bit 0 HELLO,
-  bit 1 LOST) ‖ ``interval_ms`` (u32). A durable notification whose payload exceeds
-  :data:`REMOTE_PAYLOAD_MAX` goes without its payload (the consumer reads the store); an
-  oversized EPHEMERAL one is not sent to other nodes. Undecodable messages are counted
-  (``bad_messages``) and dropped.
+  byte, ``2``) ‖ ``origin`` (8 random bytes per node: a node skips its own) ‖ body ‖
+  ``tag`` (16 bytes: HMAC-SHA256 of all before it, truncated, under the bus key, which
+  every node derives from the deployment's token secret: :func:`relay._redis_wire.bus_key`).
+  The body is an :func:`~relay.bus.encode_notification` on a mailbox channel, a 16-byte
+  mailbox id on ``<prefix>:inv``, a heartbeat on ``<prefix>:hb``: ``flags`` (1 byte:
+  bit 0 HELLO, bit 1 LOST) ‖ ``interval_ms`` (u32) ‖ ``sent_ms`` (u64, the sender's
+  wall clock). A durable notification whose payload exceeds :data:`REMOTE_PAYLOAD_MAX`
+  goes without its payload (the consumer reads the store); an oversized EPHEMERAL one
+  is not sent to other nodes. A message whose tag does not verify is counted
+  (``forged``) and dropped unread; one of another version, or that does not decode, is
+  counted (``bad_messages``) and dropped. So whoever can PUBLISH on Redis without the
+  token secret cannot inject a hint, an invalidation or a heartbeat. It can replay a
+  captured one: a hint names a seq consumers already have, or an ephemeral the client
+  drops as a duplicate; an invalidation costs a cache miss; a heartbeat is refused
+  when it is not newer than the last one of its origin or more than 30 s off this
+  node's clock (``stale_beats``; nodes' clocks must agree within that).
 * **Outages.** Local subscribers are served throughout. The pub/sub connection is
   re-opened with jittered exponential backoff; once every channel is subscribed again,
   each local subscription gets a RESYNC for each of its mailboxes and the
@@ -72,11 +81,16 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from pigeon_crypto.errors import PigeonError, TransportError
+from pigeon_crypto.errors import (
+    InvalidSignature,
+    PigeonError,
+    TransportError,
+    UnsupportedVersion,
+)
 
 from ._redis_conn import Publisher, PubSub, connect
 from ._redis_peers import Heartbeats
-from ._redis_wire import HEAD_LEN, ORIGIN_LEN, head, is_envelope
+from ._redis_wire import HEAD_LEN, ORIGIN_LEN, Tagger, head
 from .bus import (
     DEFAULT_MAX_QUEUE,
     MAX_NOTIFICATION_PAYLOAD,
@@ -135,6 +149,11 @@ class RedisBusStats:
     """Notifications and invalidations that did not reach Redis (heartbeats aside)."""
     reconnects: int
     bad_messages: int
+    """Messages that did not decode or carry another wire version, dropped."""
+    forged: int
+    """Messages whose tag did not verify (no tag, a damaged one, another key), dropped."""
+    stale_beats: int
+    """Heartbeats refused for their time: replayed, or the sender's clock too far off."""
     channels: int
     """Mailbox channels this node's pub/sub connection is subscribed to now."""
     peers: int
@@ -239,11 +258,14 @@ class RedisBus:
     """Implements :class:`relay.ports.Bus` across nodes over Redis pub/sub (see the module
     docstring). Create it with :meth:`open`."""
 
-    def __init__(self, url: str, *, prefix: str, max_queue: int = DEFAULT_MAX_QUEUE,
-                 heartbeat_s: float = HEARTBEAT_S, peer_timeout_s: float = PEER_TIMEOUT_S,
-                 ) -> None:
+    def __init__(self, url: str, *, prefix: str, key: bytes,
+                 max_queue: int = DEFAULT_MAX_QUEUE, heartbeat_s: float = HEARTBEAT_S,
+                 peer_timeout_s: float = PEER_TIMEOUT_S) -> None:
         if not prefix or any(c.isspace() for c in prefix):
             raise ValueError("prefix must be a non-empty word")
+        self._tagger = Tagger(key)
+        self._forged = 0
+        self._old_versions = 0
         self._local = InProcessBus(max_queue=max_queue)
         self._origin = secrets.token_bytes(ORIGIN_LEN)
         self._head = head(self._origin)
@@ -276,17 +298,21 @@ class RedisBus:
         self._stripped = 0
 
     @classmethod
-    async def open(cls, url: str, *, prefix: str = "pigeon",
+    async def open(cls, url: str, *, prefix: str = "pigeon", key: bytes,
                    heartbeat_s: float = HEARTBEAT_S,
                    peer_timeout_s: float = PEER_TIMEOUT_S) -> RedisBus:
         """Connect, subscribe to the invalidation and heartbeat channels and start the
-        listener and the heartbeat.
+        listener and the heartbeat. *key* is the bus key every node of the deployment
+        shares (:func:`relay._redis_wire.bus_key` of the token secret): it tags what
+        this node publishes and checks what it hears.
 
         Raises:
             TransportError: Redis did not answer within a few seconds.
-            ValueError: a bad prefix, or ``heartbeat_s`` not below ``peer_timeout_s``.
+            ValueError: a bad prefix or key, or ``heartbeat_s`` not below
+            ``peer_timeout_s``.
         """
-        bus = cls(url, prefix=prefix, heartbeat_s=heartbeat_s, peer_timeout_s=peer_timeout_s)
+        bus = cls(url, prefix=prefix, key=key, heartbeat_s=heartbeat_s,
+                  peer_timeout_s=peer_timeout_s)
         try:
             await connect(bus._publisher._conn)
             bus._pubsub.start()
@@ -348,7 +374,7 @@ class RedisBus:
         (the next heartbeat that gets through says LOST, and they forget everything)."""
         check_id("mailbox_id", mailbox_id, MAILBOX_ID_LEN)
         if not self._closed:
-            await self._publisher.enqueue(self._inv, self._head + mailbox_id)
+            await self._publisher.enqueue(self._inv, self._tagger.seal(self._head + mailbox_id))
 
     def on_invalidate(self, handler: Callable[[bytes | None], None]) -> None:
         """Call ``handler(mailbox_id)`` for each invalidation from another node, and
@@ -365,13 +391,14 @@ class RedisBus:
                 return None  # nothing to fetch instead: other nodes do not get it
             self._stripped += 1
             n = Notification(kind=n.kind, seq=n.seq)
-        return self._head + encode_notification(mailbox_id, n)
+        return self._tagger.seal(self._head + encode_notification(mailbox_id, n))
 
     def _publish_failed(self) -> None:
         self._beats.publish_failed()
 
     def _send_beat(self, data: bytes) -> None:
-        self._publisher.enqueue(self._hb, data).add_done_callback(self._beat_done)
+        self._publisher.enqueue(self._hb, self._tagger.seal(data)).add_done_callback(
+            self._beat_done)
 
     def _beat_done(self, future: asyncio.Future[int]) -> None:
         if not future.cancelled():  # not a notification's taker
@@ -438,19 +465,28 @@ class RedisBus:
         self._beats.deaf(announce=self._pubsub.ready.is_set())
 
     async def _on_message(self, channel: bytes, data: object) -> None:
-        if not is_envelope(data):
+        if not isinstance(data, bytes):
             self._pubsub.bad += 1
             return
-        assert isinstance(data, bytes)
-        if data[1:HEAD_LEN] == self._origin:
+        if data[1:HEAD_LEN] == self._origin and data[:1] == self._head[:1]:
             return  # our own publish: local subscribers had it in the publisher's turn
+        try:
+            message = self._tagger.open(data)
+        except InvalidSignature:
+            self._refuse_forged()
+            return
+        except PigeonError as exc:
+            self._pubsub.bad += 1
+            if isinstance(exc, UnsupportedVersion):
+                self._refuse_version()
+            return
         if channel == self._hb:
             try:
-                self._beats.received(data)
+                self._beats.received(message)
             except PigeonError:
                 self._pubsub.bad += 1
             return
-        body = data[HEAD_LEN:]
+        body = message[HEAD_LEN:]
         if channel == self._inv:
             if len(body) != MAILBOX_ID_LEN:
                 self._pubsub.bad += 1
@@ -467,6 +503,18 @@ class RedisBus:
             return
         self._received += 1
         await self._local.publish(mailbox_id, note)
+
+    def _refuse_forged(self) -> None:
+        if not self._forged:  # once: no content, no channel
+            _log.warning("redis bus: a message with a bad tag was dropped (a node with "
+                         "another token secret, or someone else publishing on this Redis)")
+        self._forged += 1
+
+    def _refuse_version(self) -> None:
+        if not self._old_versions:
+            _log.warning("redis bus: a message of another wire version was dropped (a "
+                         "node of another relay version on this prefix?)")
+        self._old_versions += 1
 
     # ------------------------------------------------------------------ the rest
 
@@ -488,6 +536,8 @@ class RedisBus:
             publish_failures=self._publisher.failures,
             reconnects=self._pubsub.reconnects,
             bad_messages=self._pubsub.bad,
+            forged=self._forged,
+            stale_beats=self._beats.stale,
             channels=self._pubsub.channels,
             peers=self._beats.peers,
             peers_lost=self._beats.peers_lost,

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from pigeon_crypto.errors import TransportError
+from relay._redis_wire import bus_key
 from relay.bus import InProcessBus
 from relay.bus_redis import RedisBus
 from relay.ports import Notification, NotificationKind
@@ -25,6 +26,8 @@ B = b"\xbb" * 16
 C = b"\xcc" * 16
 D = b"\xdd" * 16
 WAIT_S = 5.0
+KEY = bus_key(b"\x42" * 32)
+"""The bus key of the test deployment (every node of one relay shares it)."""
 
 AnyBus = InProcessBus | RedisBus
 MakeBus = Callable[[], Awaitable[AnyBus]]
@@ -68,7 +71,7 @@ async def make_bus(request: pytest.FixtureRequest) -> AsyncIterator[MakeBus]:
         url, prefix = redis_url(), unique_name("bus")
 
         async def make() -> AnyBus:
-            opened.append(await RedisBus.open(url, prefix=prefix))
+            opened.append(await RedisBus.open(url, prefix=prefix, key=KEY))
             return opened[-1]
     yield make
     for bus in opened:
@@ -79,8 +82,8 @@ async def make_bus(request: pytest.FixtureRequest) -> AsyncIterator[MakeBus]:
 async def nodes() -> AsyncIterator[tuple[RedisBus, RedisBus]]:
     """Two nodes of one relay: two RedisBus instances sharing a prefix."""
     url, prefix = redis_url(), unique_name("bus")
-    one = await RedisBus.open(url, prefix=prefix)
-    two = await RedisBus.open(url, prefix=prefix)
+    one = await RedisBus.open(url, prefix=prefix, key=KEY)
+    two = await RedisBus.open(url, prefix=prefix, key=KEY)
     yield one, two
     await one.close()
     await two.close()

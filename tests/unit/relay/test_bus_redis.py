@@ -9,6 +9,7 @@ use the shared test server with a fresh prefix each (``tests.services``).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import shutil
 import socket
@@ -22,13 +23,21 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from pigeon_crypto.errors import TransportError
+from pigeon_crypto.errors import (
+    DecodeError,
+    InvalidSignature,
+    TransportError,
+    UnknownVersion,
+    VersionTooOld,
+)
 from relay._redis_peers import Peers
+from relay._redis_wire import MAX_CLOCK_SKEW_MS, Tagger, bus_key, encode_heartbeat, head
 from relay.bus import encode_notification
 from relay.bus_redis import REMOTE_PAYLOAD_MAX, RedisBus
 from tests.services import redis_url, unique_name
 from tests.unit.relay.test_bus_contract import (
     CLOSED,
+    KEY,
     MARKER,
     RESYNC,
     WAIT_S,
@@ -101,8 +110,8 @@ async def shared() -> AsyncIterator[tuple[str, str]]:
 @pytest.fixture
 async def nodes(shared: tuple[str, str]) -> AsyncIterator[tuple[RedisBus, RedisBus]]:
     url, prefix = shared
-    one = await RedisBus.open(url, prefix=prefix)
-    two = await RedisBus.open(url, prefix=prefix)
+    one = await RedisBus.open(url, prefix=prefix, key=KEY)
+    two = await RedisBus.open(url, prefix=prefix, key=KEY)
     yield one, two
     await one.close()
     await two.close()
@@ -120,8 +129,8 @@ async def _pubsub_client_id(raw: Redis, bus: RedisBus, prefix: str) -> str | Non
 
 
 async def test_add_returns_once_the_subscribe_is_confirmed(own_redis: ThrowawayRedis) -> None:
-    one = await RedisBus.open(own_redis.url, prefix="p")
-    two = await RedisBus.open(own_redis.url, prefix="p")
+    one = await RedisBus.open(own_redis.url, prefix="p", key=KEY)
+    two = await RedisBus.open(own_redis.url, prefix="p", key=KEY)
     raw = Redis.from_url(own_redis.url)
     try:
         sub = await two.subscribe()
@@ -248,29 +257,129 @@ async def test_garbage_is_counted_and_dropped(
     one, two = nodes
     url, prefix = shared
     there = await two.subscribe([A])
-    channel, inv = f"{prefix}:mb:{A.hex()}", f"{prefix}:inv"
-    stranger = b"\x01" + b"\x07" * 8
+    channel, inv, hb = f"{prefix}:mb:{A.hex()}", f"{prefix}:inv", f"{prefix}:hb"
+    stranger = head(b"\x07" * 8)
+    seal = Tagger(KEY).seal  # well tagged, badly formed: a node's bug, not a forgery
     raw = Redis.from_url(url)
     try:
         for channel_name, data in [
             (channel, b""),
-            (channel, b"\x01"),
-            (channel, b"\x02" + stranger[1:] + encode_notification(A, msg(1))),  # version
-            (channel, stranger + b"junk"),
-            (channel, stranger + encode_notification(A, msg(1))[:-1]),  # truncated
-            (channel, stranger + encode_notification(B, msg(1))),  # not this channel's
-            (inv, stranger + b"abc"),
+            (channel, b"\x01" + stranger[1:] + encode_notification(A, msg(1))),  # version 1
+            (channel, seal(b"\x01" + stranger[1:] + encode_notification(A, msg(1)))),
+            (channel, seal(b"\x03" + stranger[1:] + encode_notification(A, msg(1)))),
+            (channel, seal(stranger + b"junk")),
+            (channel, seal(stranger + encode_notification(A, msg(1))[:-1])),  # truncated
+            (channel, seal(stranger + encode_notification(B, msg(1)))),  # not this channel's
+            (inv, seal(stranger + b"abc")),
+            (hb, seal(stranger + b"\x00\x00\x00\x00\x64")),  # a version 1 heartbeat body
         ]:
-            assert await raw.publish(channel_name, data) == (2 if channel_name == inv else 1)
+            assert await raw.publish(channel_name, data) == (1 if channel_name == channel else 2)
         await one.publish(A, msg(9))
         await eventually(lambda: two.stats().received == 1, "the good message")
         assert await get(there) == (A, msg(9)) and there.queued == 0
-        assert two.stats().bad_messages == 7 and two.stats().reconnects == 0
-        # A well-formed message from a node this one does not know is fine.
-        assert await raw.publish(channel, stranger + encode_notification(A, msg(10))) == 1
+        stats = two.stats()
+        assert (stats.bad_messages, stats.forged, stats.reconnects) == (9, 0, 0)
+        # A well-formed message of a node of this deployment (it has the key) is fine.
+        assert await raw.publish(channel, seal(stranger + encode_notification(A, msg(10)))) == 1
         assert await get(there) == (A, msg(10))
     finally:
         await raw.aclose()
+
+
+OTHER_KEY = bus_key(b"\x43" * 32)
+"""Another deployment's bus key (or a node given the wrong secret file)."""
+
+
+async def test_messages_without_the_key_are_dropped_unread(
+    nodes: tuple[RedisBus, RedisBus], shared: tuple[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whoever can PUBLISH on Redis but lacks the token secret injects nothing."""
+    one, two = nodes
+    url, prefix = shared
+    caplog.set_level(logging.INFO, logger="pigeon.relay.bus_redis")
+    seen = _invalidations(two)
+    there = await two.subscribe([A])
+    channel, inv = f"{prefix}:mb:{A.hex()}", f"{prefix}:inv"
+    stranger = head(b"\x07" * 8)
+    hint = stranger + encode_notification(A, msg(10, b"secret payload"))
+    good = Tagger(KEY).seal(hint)
+    seal_other = Tagger(OTHER_KEY).seal
+    forgeries = [
+        (channel, b"\x02"),  # no room for a tag
+        (channel, seal_other(stranger)[:-1]),
+        (channel, hint),  # no tag (its last 16 bytes taken for one)
+        (channel, hint + bytes(16)),  # a zero tag
+        (channel, Tagger(OTHER_KEY).seal(hint)),  # another key's tag
+        (channel, good[:-1] + bytes([good[-1] ^ 0x01])),  # one tag bit flipped
+        (channel, bytes([good[0]]) + good[1:9] + bytes([good[9] ^ 0x80]) + good[10:]),  # body
+        (inv, stranger + A),
+        (inv, Tagger(OTHER_KEY).seal(stranger + A)),
+    ]
+    raw = Redis.from_url(url)
+    try:
+        for channel_name, data in forgeries:
+            await raw.publish(channel_name, data)
+        await barrier(one, two, A)  # Redis delivers in order: the forgeries came first
+        assert await get(there) == (A, MARKER) and there.queued == 0
+        stats = two.stats()
+        assert (stats.forged, stats.bad_messages, stats.received) == (9, 0, 1)
+        assert seen == [] and one.stats().forged == 2  # one hears the invalidations only
+        assert await raw.publish(channel, good) == 1  # the same, tagged with the key
+        assert await get(there) == (A, msg(10, b"secret payload"))
+    finally:
+        await raw.aclose()
+    warnings = [r.getMessage() for r in caplog.records if "bad tag" in r.getMessage()]
+    assert len(warnings) == 2  # once per node
+    for record in caplog.records:  # neither ids, payloads nor tags in the logs
+        text = record.getMessage()
+        assert A.hex() not in text and "secret payload" not in text and good[-16:].hex() not in text
+
+
+async def test_nodes_with_different_keys_do_not_hear_each_other(
+        shared: tuple[str, str]) -> None:
+    url, prefix = shared
+    one = await RedisBus.open(url, prefix=prefix, key=KEY, heartbeat_s=BEAT_S,
+                              peer_timeout_s=TIMEOUT_S)
+    other = await RedisBus.open(url, prefix=prefix, key=OTHER_KEY, heartbeat_s=BEAT_S,
+                                peer_timeout_s=TIMEOUT_S)
+    try:
+        seen = _invalidations(other)
+        there = await other.subscribe([A])
+        await one.publish(A, msg(1))  # Redis counts the subscriber; the node drops it
+        await one.invalidate(A)
+        await eventually(lambda: other.stats().forged >= 5, "the hint, the invalidation and "
+                         "the heartbeats")
+        await asyncio.sleep(5 * BEAT_S)
+        assert there.queued == 0 and seen == [] and other.stats().received == 0
+        for bus in (one, other):
+            stats = bus.stats()
+            assert (stats.peers, stats.peers_lost, stats.losses_announced) == (0, 0, 0)
+            assert stats.forged >= 3 and stats.bad_messages == 0
+    finally:
+        await one.close()
+        await other.close()
+
+
+def test_the_bus_key_is_hkdf_of_the_token_secret() -> None:
+    secret = bytes(range(32))
+    prk = hmac.digest(bytes(32), secret, "sha256")  # RFC 5869: no salt = zeros
+    assert bus_key(secret) == hmac.digest(prk, b"pigeon relay bus v1\x01", "sha256")
+    assert bus_key(secret + b"\x00") != bus_key(secret)
+    with pytest.raises(ValueError):
+        bus_key(bytes(31))
+    with pytest.raises(ValueError):
+        Tagger(bytes(16))
+    tagger = Tagger(KEY)
+    assert repr(tagger) == "Tagger(key=<hidden>)" and KEY.hex() not in repr(tagger)
+    sealed = tagger.seal(head(bytes(8)) + b"body")
+    assert len(sealed) == 1 + 8 + 4 + 16 and tagger.open(sealed) == sealed[:-16]
+    for bad, error in [(b"\x01" + sealed[1:], VersionTooOld),
+                       (b"\x03" + sealed[1:], UnknownVersion),
+                       (b"", DecodeError), (sealed[:24], InvalidSignature),
+                       (sealed[:-1] + bytes([sealed[-1] ^ 1]), InvalidSignature)]:
+        with pytest.raises(error):
+            tagger.open(bad)
 
 
 # --------------------------------------------------------------------------- outages
@@ -324,8 +433,8 @@ async def test_a_killed_publisher_connection_is_replaced_at_once(
 async def test_an_outage_serves_local_subscribers_then_resyncs(
     own_redis: ThrowawayRedis, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    one = await RedisBus.open(own_redis.url, prefix="p")
-    two = await RedisBus.open(own_redis.url, prefix="p")
+    one = await RedisBus.open(own_redis.url, prefix="p", key=KEY)
+    two = await RedisBus.open(own_redis.url, prefix="p", key=KEY)
     try:
         here = await one.subscribe([A])
         there = await two.subscribe([A])
@@ -372,7 +481,7 @@ async def test_an_outage_serves_local_subscribers_then_resyncs(
 async def test_open_fails_when_redis_does_not_answer() -> None:
     started = time.monotonic()
     with pytest.raises(TransportError):
-        await RedisBus.open(f"redis://127.0.0.1:{_free_port()}/0", prefix="p")
+        await RedisBus.open(f"redis://127.0.0.1:{_free_port()}/0", prefix="p", key=KEY)
     assert time.monotonic() - started < WAIT_S
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "pigeon-relay-bus-redis"]
 
@@ -393,7 +502,7 @@ async def test_open_fails_when_redis_accepts_and_stays_silent(
     try:
         started = time.monotonic()
         with pytest.raises(TransportError):
-            await RedisBus.open(f"redis://127.0.0.1:{port}/0", prefix="p")
+            await RedisBus.open(f"redis://127.0.0.1:{port}/0", prefix="p", key=KEY)
         assert time.monotonic() - started < WAIT_S
         assert held  # it did connect: the handshake is what timed out
     finally:
@@ -408,8 +517,8 @@ async def test_open_fails_when_redis_accepts_and_stays_silent(
 
 async def test_close_is_clean_and_idempotent(shared: tuple[str, str]) -> None:
     url, prefix = shared
-    bus = await RedisBus.open(url, prefix=prefix)
-    other = await RedisBus.open(url, prefix=prefix)
+    bus = await RedisBus.open(url, prefix=prefix, key=KEY)
+    other = await RedisBus.open(url, prefix=prefix, key=KEY)
     raw = Redis.from_url(url)
     try:
         sub = await bus.subscribe([A])
@@ -450,8 +559,8 @@ import asyncio, sys
 from relay.bus_redis import RedisBus
 
 async def main() -> None:
-    bus = await RedisBus.open(sys.argv[1], prefix=sys.argv[2], heartbeat_s=float(sys.argv[3]),
-                              peer_timeout_s=float(sys.argv[4]))
+    bus = await RedisBus.open(sys.argv[1], prefix=sys.argv[2], key=bytes.fromhex(sys.argv[6]),
+                              heartbeat_s=float(sys.argv[3]), peer_timeout_s=float(sys.argv[4]))
     await bus.subscribe([bytes.fromhex(sys.argv[5])])
     print("ready", flush=True)
     await asyncio.sleep(60)
@@ -464,8 +573,10 @@ asyncio.run(main())
 async def beating(shared: tuple[str, str]) -> AsyncIterator[tuple[RedisBus, RedisBus]]:
     """Two nodes with fast heartbeats, each knowing the other."""
     url, prefix = shared
-    one = await RedisBus.open(url, prefix=prefix, heartbeat_s=BEAT_S, peer_timeout_s=TIMEOUT_S)
-    two = await RedisBus.open(url, prefix=prefix, heartbeat_s=BEAT_S, peer_timeout_s=TIMEOUT_S)
+    one = await RedisBus.open(url, prefix=prefix, key=KEY, heartbeat_s=BEAT_S,
+                               peer_timeout_s=TIMEOUT_S)
+    two = await RedisBus.open(url, prefix=prefix, key=KEY, heartbeat_s=BEAT_S,
+                               peer_timeout_s=TIMEOUT_S)
     try:
         await eventually(lambda: one.stats().peers == two.stats().peers == 1, "the peers")
         yield one, two
@@ -491,9 +602,11 @@ async def test_a_killed_peer_makes_every_local_subscription_resync(
     Redis) is declared gone after the timeout: every mailbox of every subscription on
     the other node is read from the store again."""
     url, prefix = shared
-    two = await RedisBus.open(url, prefix=prefix, heartbeat_s=BEAT_S, peer_timeout_s=TIMEOUT_S)
+    two = await RedisBus.open(url, prefix=prefix, key=KEY, heartbeat_s=BEAT_S,
+                               peer_timeout_s=TIMEOUT_S)
     helper = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _HELPER, url, prefix, str(BEAT_S), str(TIMEOUT_S), D.hex(),
+        KEY.hex(),
         stdout=asyncio.subprocess.PIPE, cwd=Path(__file__).parents[3])
     try:
         assert helper.stdout is not None
@@ -595,6 +708,107 @@ async def test_a_node_cut_off_says_so_after_reconnecting(
     assert seen_one == [None] and seen_two == [None]
     assert one.stats().reconnects == 1 and two.stats().losses_announced == 1
     assert two.stats().peers_lost == 0
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def test_forged_heartbeats_count_for_nothing(
+    beating: tuple[RedisBus, RedisBus], shared: tuple[str, str],
+) -> None:
+    """A LOST (or HELLO) heartbeat without a good tag neither adds a peer nor RESYNCs."""
+    one, two = beating
+    url, prefix = shared
+    seen = _invalidations(two)
+    there = await two.subscribe([A, B])
+    beat = encode_heartbeat(head(b"\x07" * 8), hello=True, lost=True, interval_ms=100,
+                            sent_ms=_wall_ms())
+    good = Tagger(KEY).seal(beat)
+    raw = Redis.from_url(url)
+    try:
+        for data in [beat, beat + bytes(16), Tagger(OTHER_KEY).seal(beat),
+                     good[:-1] + bytes([good[-1] ^ 0x40])]:
+            assert await raw.publish(f"{prefix}:hb", data) == 2
+    finally:
+        await raw.aclose()
+    await eventually(lambda: two.stats().forged == 4, "the forgeries")
+    await asyncio.sleep(2 * TIMEOUT_S)  # a forged peer would have gone by now
+    assert there.queued == 0 and seen == []
+    for bus in (one, two):
+        stats = bus.stats()
+        assert (stats.peers, stats.peers_lost, stats.losses_announced) == (1, 0, 0)
+        assert stats.forged == 4
+
+
+async def test_a_replayed_heartbeat_is_refused(
+    beating: tuple[RedisBus, RedisBus], shared: tuple[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A genuine heartbeat captured on Redis and published again (its tag is good) is
+    refused: not newer than its origin's last, or too far from this node's clock."""
+    one, two = beating
+    url, prefix = shared
+    hb = f"{prefix}:hb"
+    caplog.set_level(logging.INFO, logger="pigeon.relay.bus_redis")
+    seen = _invalidations(two)
+    there = await two.subscribe([A, B])
+    raw = Redis.from_url(url)
+    pubsub = raw.pubsub()
+    try:
+        await pubsub.subscribe(hb)
+        captured = None
+        deadline = time.monotonic() + WAIT_S
+        while captured is None:  # one of one's own beats
+            assert time.monotonic() < deadline, "no heartbeat of one's captured"
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is not None and message["data"][1:9] == one.origin:
+                captured = message["data"]
+        seal = Tagger(KEY).seal
+        now = _wall_ms()
+        lost = seal(encode_heartbeat(head(b"\x07" * 8), hello=False, lost=True,
+                                     interval_ms=60_000, sent_ms=now))  # a slow node
+        assert await raw.publish(hb, lost) == 3
+        assert await _resyncs(there, 2) == {(A, RESYNC), (B, RESYNC)}  # the real one
+        assert seen == [None] and two.stats().losses_announced == 1
+        for data in [
+            captured, lost, lost,  # replays
+            seal(encode_heartbeat(head(b"\x07" * 8), hello=False, lost=True,
+                                  interval_ms=60_000, sent_ms=now - 1)),  # older
+            seal(encode_heartbeat(head(b"\x08" * 8), hello=False, lost=True, interval_ms=100,
+                                  sent_ms=now - MAX_CLOCK_SKEW_MS - 1_000)),  # too old
+            seal(encode_heartbeat(head(b"\x09" * 8), hello=False, lost=True, interval_ms=100,
+                                  sent_ms=now + MAX_CLOCK_SKEW_MS + 5_000)),  # too new
+        ]:
+            await raw.publish(hb, data)
+    finally:
+        await pubsub.aclose()
+        await raw.aclose()
+    await eventually(lambda: two.stats().stale_beats == 6, "the refusals")
+    await asyncio.sleep(2 * TIMEOUT_S)
+    assert there.queued == 0 and seen == [None]
+    stats = two.stats()
+    assert (stats.losses_announced, stats.peers_lost, stats.peers) == (1, 0, 2)
+    assert (stats.forged, stats.bad_messages) == (0, 0)
+    assert one.stats().stale_beats == 5  # all but its own
+    assert sum("refused for its time" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_heartbeats_are_refused_out_of_the_window_or_order() -> None:
+    peers = Peers(timeout_s=3.0, limit=4)
+    now = 1_000_000
+    assert peers.took(b"a" * 8, now, now)
+    assert not peers.took(b"a" * 8, now, now + 1)  # the same again
+    assert not peers.took(b"a" * 8, now - 1, now + 1)  # older
+    assert peers.took(b"a" * 8, now + 1, now + 1)
+    assert not peers.took(b"b" * 8, now - MAX_CLOCK_SKEW_MS - 1, now)
+    assert not peers.took(b"b" * 8, now + MAX_CLOCK_SKEW_MS + 1, now)
+    assert peers.took(b"b" * 8, now + MAX_CLOCK_SKEW_MS, now)  # a clock ahead, in bounds
+    peers.clear()  # deaf: the peers are forgotten, their last beats are not
+    assert not peers.took(b"a" * 8, now + 1, now + 2)
+    later = now + 2 * MAX_CLOCK_SKEW_MS
+    assert peers.took(b"c" * 8, later, later)
+    assert list(peers._last_ms) == [b"b" * 8, b"c" * 8]  # a's is out of the window now
 
 
 def test_the_peer_table_is_bounded() -> None:
