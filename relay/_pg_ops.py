@@ -33,8 +33,7 @@ import hmac
 from collections.abc import Sequence
 from typing import Any
 
-from protocol import dedup_input
-
+from ._append_plan import _ENTRY, Box, SendRecord, _entries, plan, prepare
 from ._pg_accounts import Conn, lock_account
 from .ports import (
     AppendRequest,
@@ -46,30 +45,12 @@ from .ports import (
     NotFound,
     QueueSizes,
     Recipient,
-    RecipientSeq,
-    RejectReason,
     StoreConflict,
     StoredMessage,
     WrongCapability,
-    send_dedup_hash,
-    unchecked_recipient_seq,
 )
 
 _MAILBOX_COLS = "id, account_id, created_at_ms, last_seq, pending, retire_at_ms, push_url"
-_ENTRY_HASH = 16
-"""Bytes of a recipient's dedup hash kept in a ``send_dedup`` entry (as in SQLite)."""
-_ENTRY = _ENTRY_HASH + 8
-
-
-def _entry(key: bytes, serial: int) -> bytes:
-    """A recipient's name in a ``send_dedup`` record: its dedup hash bound to the
-    mailbox's serial (a re-created mailbox does not inherit the old one's entries)."""
-    return hashlib.sha256(key + serial.to_bytes(8, "big")).digest()[:_ENTRY_HASH]
-
-
-def _entries(raw: bytes) -> dict[bytes, int]:
-    return {raw[i:i + _ENTRY_HASH]: int.from_bytes(raw[i + _ENTRY_HASH:i + _ENTRY], "big")
-            for i in range(0, len(raw), _ENTRY)}
 
 
 def _mailbox(row: Any) -> MailboxRecord:
@@ -301,33 +282,18 @@ async def append_many(conn: Conn, calls: Sequence[AppendRequest]) -> list[Append
     """
     if not calls:
         return []
-    sha256 = hashlib.sha256
-    compare = hmac.compare_digest
     # 1. What the run needs to know.
-    keys: list[list[tuple[Recipient, bytes]]] = []
-    mailbox_ids: dict[bytes, None] = {}
-    cmids: dict[bytes, bytes] = {}  # client_msg_id -> its send_dedup key
-    for call in calls:
-        seen: set[bytes] = set()
-        mine: list[tuple[Recipient, bytes]] = []
-        cmid = call.client_msg_id
-        if cmid not in cmids:
-            cmids[cmid] = send_dedup_hash(cmid)
-        for r in call.recipients:
-            mailbox_id = r.mailbox_id
-            if mailbox_id in seen:
-                continue
-            seen.add(mailbox_id)
-            mine.append((r, sha256(dedup_input(mailbox_id, cmid)).digest()))
-            mailbox_ids[mailbox_id] = None
-        keys.append(mine)
+    lookups = prepare(calls)
+    keys = lookups.keys
+    cmids = lookups.cmids
+    mailbox_ids = lookups.mailbox_ids
     # [capability hash, retire_at_ms, pending, last_seq, new copies in this run, serial]
-    boxes: dict[bytes, list[Any]] = {}
+    boxes: dict[bytes, Box] = {}
     if mailbox_ids:
         for row in await conn.fetch(_LOCK_MAILBOXES, list(mailbox_ids)):
             boxes[row[0]] = [row[1], row[2], row[3], row[4], 0, row[5]]
     # After the locks, in a new statement: sees what earlier holders committed.
-    sends: dict[bytes, tuple[int, int, dict[bytes, int]]] = {}
+    sends: dict[bytes, SendRecord] = {}
     if boxes:
         for row in await conn.fetch(_SEND_RECORDS, list(cmids.values())):
             sends[row[0]] = (row[1], row[2], _entries(row[3]))
@@ -344,106 +310,33 @@ async def append_many(conn: Conn, calls: Sequence[AppendRequest]) -> list[Append
         for row in await conn.fetch(_DEDUP_ROWS, pair_m, pair_h):
             known[(row[0], row[1])] = (row[2], row[3], row[4])
     # 2. The decisions, call by call, in order (a later call sees the earlier ones).
-    blob_rows: list[tuple[bytes, int]] = []  # (data, refs)
-    delivery_rows: list[tuple[bytes, int, int, int, int]] = []  # blob ordinal, 1-based
-    dedup_rows: list[tuple[bytes, bytes, int, int, int, int]] = []
-    send_rows: list[tuple[bytes, int, int, int, bytes]] = []
-    # send key -> dedup rows for its copies, should its record lose a race
-    send_fallback: dict[bytes, list[tuple[bytes, bytes, int, int, int, int]]] = {}
-    extended: dict[bytes, int] = {}  # send record -> keep_until of copies added under it
-    created: dict[bytes, int] = {}  # send key -> its row in send_rows (a record new here)
-    results: list[AppendResult] = []
-    for call, mine in zip(calls, keys, strict=True):
-        now_ms = call.now_ms
-        expires = now_ms + call.ttl_ms
-        keep_until = now_ms + max(call.ttl_ms, call.dedup_ttl_ms or 0)
-        max_pending = call.max_pending
-        skey = cmids[call.client_msg_id]
-        record = sends.get(skey)
-        accepted: list[RecipientSeq] = []
-        rejected: list[tuple[bytes, RejectReason]] = []
-        fresh: list[tuple[bytes, bytes, int, int]] = []  # (mailbox, key, seq, serial): new
-        original: tuple[int, int] | None = None
-        blob_ord = 0
-        for r, key in mine:
-            mailbox_id = r.mailbox_id
-            box = boxes.get(mailbox_id)
-            if (box is None or not compare(box[0], r.capability_hash)
-                    or (box[1] is not None and box[1] <= now_ms)):
-                rejected.append((mailbox_id, RejectReason.WRONG_CAPABILITY))
-                continue
-            dup = known.get((mailbox_id, key))
-            if dup is None and record is not None:
-                old_seq = record[2].get(_entry(key, box[5]))
-                if old_seq is not None:
-                    dup = (old_seq, record[0], record[1])
-            if dup is not None:
-                accepted.append(unchecked_recipient_seq(mailbox_id, dup[0], True))
-                original = original or (dup[1], dup[2])
-                continue
-            if max_pending is not None and box[2] >= max_pending:
-                rejected.append((mailbox_id, RejectReason.QUOTA_EXCEEDED))
-                continue
-            if not blob_ord:
-                blob_rows.append((call.blob, 0))
-                blob_ord = len(blob_rows)
-            seq = box[3] + 1
-            box[2] += 1
-            box[3] = seq
-            box[4] += 1
-            delivery_rows.append((mailbox_id, seq, blob_ord, now_ms, expires))
-            fresh.append((mailbox_id, key, seq, box[5]))
-            known[(mailbox_id, key)] = (seq, now_ms, expires)
-            accepted.append(unchecked_recipient_seq(mailbox_id, seq, False))
-        if blob_ord:
-            blob_rows[blob_ord - 1] = (call.blob, len(fresh))
-        if not fresh:
-            pass
-        elif record is None:
-            entries = {_entry(k, serial): q for _, k, q, serial in fresh}
-            sends[skey] = (now_ms, expires, entries)
-            created[skey] = len(send_rows)
-            send_rows.append((skey, now_ms, expires, keep_until,
-                              b"".join(e + q.to_bytes(8, "big") for e, q in entries.items())))
-            send_fallback[skey] = [(m, k, q, now_ms, expires, keep_until)
-                                   for m, k, q, _ in fresh]
-        else:
-            dedup_rows += [(m, k, q, now_ms, expires, keep_until) for m, k, q, _ in fresh]
-            at = created.get(skey)
-            if at is None:
-                extended[skey] = max(keep_until, extended.get(skey, 0))
-            else:
-                # The record is inserted by the same statement as the extensions, which
-                # cannot see it: it goes in with the latest keep_until of its copies.
-                new = send_rows[at]
-                if keep_until > new[3]:
-                    send_rows[at] = (new[0], new[1], new[2], keep_until, new[4])
-        received, expires_at = (now_ms, expires) if blob_ord or original is None else original
-        results.append(AppendResult(received_at_ms=received, expires_at_ms=expires_at,
-                                    accepted=tuple(accepted), rejected=tuple(rejected)))
-    if not blob_rows:
-        return results
+    # Blobs are referred to by their 1-based ordinal in the run (``_WRITE`` joins on it).
+    out = plan(calls, lookups, boxes, sends, known)
+    if not out.blobs:
+        return out.results
     # 3. The writes, one statement.
     counters = [(m, b[3], b[4]) for m, b in boxes.items() if b[4]]
-    ext = sorted(extended.items())  # a stable lock order over the records
+    ext = sorted(out.extended.items())  # a stable lock order over the records
+    send_rows = out.send_rows
     inserted = await conn.fetch(
         _WRITE,
-        *_columns(blob_rows, 2), *_columns(delivery_rows, 5), *_columns(dedup_rows, 6),
+        out.blobs, out.blob_refs, *_columns(out.deliveries, 5),
+        *_columns(out.dedup_rows, 6),
         [h for h, _ in ext], [k for _, k in ext], *_columns(counters, 3),
         *_columns(send_rows, 5),
     )
-    lost = set(send_fallback) - {row[0] for row in inserted}
+    lost = set(out.created) - {row[0] for row in inserted}
     if lost:
         # Another node stored a record for this client_msg_id (for other mailboxes: ours
         # are locked) after we looked. Our copies are ours all the same; record them as
         # copies added under an existing record.
-        rows = [row for skey in sorted(lost) for row in send_fallback[skey]]
+        rows = [row for skey in sorted(lost) for row in out.fallback_rows(skey)]
         # The winner's record must last as long as every copy this run added under the
         # client_msg_id (the later calls' too): the folded keep_until of ours.
-        keep = sorted((skey, send_rows[created[skey]][3]) for skey in lost)
+        keep = sorted((skey, send_rows[out.created[skey]][3]) for skey in lost)
         await conn.execute(_LOST_RACE, *_columns(rows, 6),
                            [h for h, _ in keep], [k for _, k in keep])
-    return results
+    return out.results
 
 
 async def fetch(

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from protocol import dedup_input
 
+from ._append_plan import _ENTRY, Box, SendRecord, _entries, plan, prepare
 from ._sqlite_accounts import account_exists
 from .ports import (
     AppendRequest,
@@ -29,13 +30,9 @@ from .ports import (
     NotFound,
     QueueSizes,
     Recipient,
-    RecipientSeq,
-    RejectReason,
     StoreConflict,
     StoredMessage,
     WrongCapability,
-    send_dedup_hash,
-    unchecked_recipient_seq,
 )
 
 _MAILBOX_COLS = "id, account_id, created_at_ms, last_seq, pending, retire_at_ms, push_url"
@@ -55,26 +52,9 @@ def dedup_hash(mailbox_id: bytes, client_msg_id: bytes) -> bytes:
     return hashlib.sha256(dedup_input(mailbox_id, client_msg_id)).digest()
 
 
-_ENTRY_HASH = 16
-"""Bytes of a recipient's dedup hash kept in a ``send_dedup`` entry: entries are only
-compared with those of the same client_msg_id, so 128 bits are plenty."""
-_ENTRY = _ENTRY_HASH + 8
-
-
 _LEGACY_SQL = "SELECT value FROM counters WHERE name = 'dedup_legacy_until'"
 """Until when ``dedup`` rows of schema versions before 4 may answer retries (set by the
 version 4 migration: the latest ``keep_until_ms`` among them; 0 for a new database)."""
-
-
-def _entry(key: bytes, serial: int) -> bytes:
-    """A recipient's name in a ``send_dedup`` record: its dedup hash bound to the
-    mailbox's serial (a re-created mailbox does not inherit the old one's entries)."""
-    return hashlib.sha256(key + serial.to_bytes(8, "big")).digest()[:_ENTRY_HASH]
-
-
-def _entries(raw: bytes) -> dict[bytes, int]:
-    return {raw[i:i + _ENTRY_HASH]: int.from_bytes(raw[i + _ENTRY_HASH:i + _ENTRY], "big")
-            for i in range(0, len(raw), _ENTRY)}
 
 
 def _mailbox(row: Any) -> MailboxRecord:
@@ -281,36 +261,20 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
     """
     if not calls:
         return []
-    sha256 = hashlib.sha256
-    compare = hmac.compare_digest
     # 1. What the run needs to know: every mailbox named, every send record of the
     # client_msg_ids, and the (mailbox, dedup key) rows of the calls that may have some.
-    keys: list[list[tuple[Recipient, bytes]]] = []
-    mailbox_ids: dict[bytes, None] = {}
-    cmids: dict[bytes, bytes] = {}  # client_msg_id -> its send_dedup key
-    for call in calls:
-        seen: set[bytes] = set()
-        mine: list[tuple[Recipient, bytes]] = []
-        cmid = call.client_msg_id
-        if cmid not in cmids:
-            cmids[cmid] = send_dedup_hash(cmid)
-        for r in call.recipients:
-            mailbox_id = r.mailbox_id
-            if mailbox_id in seen:
-                continue
-            seen.add(mailbox_id)
-            mine.append((r, sha256(dedup_input(mailbox_id, cmid)).digest()))
-            mailbox_ids[mailbox_id] = None
-        keys.append(mine)
+    lookups = prepare(calls)
+    keys = lookups.keys
+    cmids = lookups.cmids
     # Every call's send record is looked up (a retry must find its copies). Hits are rare
     # (retries): with JSON, the lookup rides along in the mailbox statement, and so does
     # the time until which `dedup` rows written before schema v4 may still answer.
-    sends: dict[bytes, tuple[int, int, dict[bytes, int]]] = {}
+    sends: dict[bytes, SendRecord] = {}
     skeys = list(cmids.values())
     sends_done = False
     legacy_until: int | None = None
-    boxes: dict[bytes, list[Any]] = {}
-    ids = list(mailbox_ids)
+    boxes: dict[bytes, Box] = {}
+    ids = list(lookups.mailbox_ids)
     step1 = _chunks(conn, 1)
     for i in range(0, len(ids), step1):
         part = ids[i:i + step1]
@@ -374,92 +338,35 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
         for row in conn.execute(sql, part):
             known[(bytes(row[0]), bytes(row[1]))] = (row[2], row[3], row[4])
     # 2. The decisions, call by call, in order (a later call sees the earlier ones).
-    blob_rows: list[tuple[Any, ...]] = []
-    delivery_rows: list[tuple[Any, ...]] = []
-    dedup_rows: list[tuple[Any, ...]] = []
-    send_rows: list[tuple[Any, ...]] = []
-    extended: dict[bytes, int] = {}  # send record -> keep_until of copies added under it
-    next_blob: int | None = None
-    results: list[AppendResult] = []
-    for call, mine in zip(calls, keys, strict=True):
-        now_ms = call.now_ms
-        expires = now_ms + call.ttl_ms
-        keep_until = now_ms + max(call.ttl_ms, call.dedup_ttl_ms or 0)
-        max_pending = call.max_pending
-        skey = cmids[call.client_msg_id]
-        record = sends.get(skey)
-        accepted: list[RecipientSeq] = []
-        rejected: list[tuple[bytes, RejectReason]] = []
-        fresh: list[tuple[bytes, bytes, int, int]] = []  # (mailbox, key, seq, serial): new
-        original: tuple[int, int] | None = None
-        blob_id = 0
-        for r, key in mine:
-            mailbox_id = r.mailbox_id
-            box = boxes.get(mailbox_id)
-            if (box is None or not compare(box[0], r.capability_hash)
-                    or (box[1] is not None and box[1] <= now_ms)):
-                rejected.append((mailbox_id, RejectReason.WRONG_CAPABILITY))
-                continue
-            dup = known.get((mailbox_id, key))
-            if dup is None and record is not None:
-                old_seq = record[2].get(_entry(key, box[5]))
-                if old_seq is not None:
-                    dup = (old_seq, record[0], record[1])
-            if dup is not None:
-                accepted.append(unchecked_recipient_seq(mailbox_id, dup[0], True))
-                original = original or (dup[1], dup[2])
-                continue
-            if max_pending is not None and box[2] >= max_pending:
-                rejected.append((mailbox_id, RejectReason.QUOTA_EXCEEDED))
-                continue
-            if not blob_id:
-                if next_blob is None:
-                    next_blob = conn.execute(
-                        "SELECT coalesce(max(id), 0) FROM blobs").fetchone()[0]
-                next_blob += 1
-                blob_id = next_blob
-                blob_rows.append((blob_id, len(call.blob), call.blob))
-            seq = box[3] + 1
-            box[2] += 1
-            box[3] = seq
-            box[4] += 1
-            delivery_rows.append((mailbox_id, seq, blob_id, now_ms, expires))
-            fresh.append((mailbox_id, key, seq, box[5]))
-            known[(mailbox_id, key)] = (seq, now_ms, expires)
-            accepted.append(unchecked_recipient_seq(mailbox_id, seq, False))
-        if not fresh:
-            pass
-        elif record is None:
-            # One record for the send, however many copies (the table's key is the
-            # client_msg_id's, so only the first send under it gets one).
-            entries = {_entry(k, serial): q for _, k, q, serial in fresh}
-            sends[skey] = (now_ms, expires, entries)
-            send_rows.append((skey, now_ms, expires, keep_until,
-                              b"".join(e + q.to_bytes(8, "big") for e, q in entries.items())))
-        else:
-            # Copies added later under it get dedup rows (their own times), and the record
-            # lives at least as long: it is what makes a retry look them up.
-            dedup_rows += [(m, k, q, now_ms, expires, keep_until) for m, k, q, _ in fresh]
-            extended[skey] = max(keep_until, extended.get(skey, 0))
-        received, expires_at = (now_ms, expires) if blob_id or original is None else original
-        results.append(AppendResult(received_at_ms=received, expires_at_ms=expires_at,
-                                    accepted=tuple(accepted), rejected=tuple(rejected)))
+    # Blob ids are one past the highest in use, asked only when a blob is stored.
+    top: list[int] = []
+
+    def blob_base() -> int:
+        top.append(conn.execute("SELECT coalesce(max(id), 0) FROM blobs").fetchone()[0])
+        return top[0]
+
+    out = plan(calls, lookups, boxes, sends, known, blob_base)
     # 3. The writes: one multi-row statement per table (chunked at the parameter limit).
-    if blob_rows:
-        _insert_rows(conn, "INSERT INTO blobs (id, size, data) VALUES ", blob_rows, 3)
+    if out.blobs:
+        base = top[0]
+        _insert_rows(conn, "INSERT INTO blobs (id, size, data) VALUES ",
+                     [(base + i, len(data), data) for i, data in enumerate(out.blobs, 1)],
+                     3)
         _insert_rows(conn, "INSERT INTO deliveries"
                      " (mailbox_id, seq, blob_id, received_at_ms, expires_at_ms) VALUES ",
-                     delivery_rows, 5)
-        if dedup_rows:
+                     out.deliveries, 5)
+        if out.dedup_rows:
             _insert_rows(conn, "INSERT INTO dedup (mailbox_id, dedup_hash, seq,"
                          " received_at_ms, expires_at_ms, keep_until_ms) VALUES ",
-                         dedup_rows, 6)
-        if send_rows:
+                         out.dedup_rows, 6)
+        if out.send_rows:
             _insert_rows(conn, "INSERT INTO send_dedup (send_hash, received_at_ms,"
-                         " expires_at_ms, keep_until_ms, entries) VALUES ", send_rows, 5)
-        if extended:
+                         " expires_at_ms, keep_until_ms, entries) VALUES ",
+                         out.send_rows, 5)
+        if out.extended:
             conn.executemany("UPDATE send_dedup SET keep_until_ms = max(keep_until_ms, ?)"
-                             " WHERE send_hash = ?", [(k, h) for h, k in extended.items()])
+                             " WHERE send_hash = ?",
+                             [(k, h) for h, k in out.extended.items()])
         counters = [(m, b[3], b[4]) for m, b in boxes.items() if b[4]]
         if _UPDATE_FROM:
             step = _chunks(conn, 3)
@@ -476,7 +383,7 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
                 "UPDATE mailboxes SET last_seq = ?, pending = pending + ? WHERE id = ?",
                 [(seq, n, m) for m, seq, n in counters],
             )
-    return results
+    return out.results
 
 
 def append_lists(conn: sqlite3.Connection, lists: Sequence[Sequence[AppendRequest]]
