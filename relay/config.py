@@ -492,7 +492,8 @@ OPTIONS: Final[tuple[Option, ...]] = (
        "grace period for connections on SIGTERM", "DURATION"),
     _o("relay_id", "--relay-id", _parse_relay_id,
        "fixed relay id, hex (several nodes on one database)", "HEX"),
-    _o("secret_file", "--secret-file", Path, "key file of blob tokens and the Redis bus (shared by nodes)", "FILE"),
+    _o("secret_file", "--secret-file", Path,
+       "key file of blob tokens and the Redis bus (shared by nodes)", "FILE"),
 )
 
 
