@@ -155,14 +155,17 @@ async def _identity_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def open_store(config: RelayConfig, *, observer: StoreObserver | None = None,
-                     on_fatal: Callable[[], None] | None = None) -> Store:
+                     on_fatal: Callable[[], None] | None = None,
+                     create: bool = True) -> Store:
     """The store *config* names: the SQLite file, or the PostgreSQL database of
-    ``--store-url`` (imported only then: asyncpg is an extra)."""
+    ``--store-url`` (imported only then: asyncpg is an extra). With *create* false, a
+    PostgreSQL schema without the relay's tables is a ``StoreError`` (the admin CLI checks
+    for the SQLite file itself)."""
     if config.store_url is not None:
         from .store_postgres import PostgresStore  # asyncpg: an extra
 
         return await PostgresStore.open(config.store_url, schema=config.store_schema,
-                                        observer=observer)
+                                        observer=observer, create=create)
     return await SqliteStore.open(
         config.database, synchronous=Synchronous(config.synchronous.value),
         observer=observer, writer=WriterMode(config.store_writer.value), on_fatal=on_fatal,

@@ -347,17 +347,19 @@ def _admin_main(argv: Sequence[str]) -> int:
     try:
         if args.command == "info":
             return _info(config, out)
-        return asyncio.run(_with_store(config, lambda store: _ADMIN[args.command](store, args,
-                                                                                  config, out)))
+        return asyncio.run(_with_store(
+            config, lambda store: _ADMIN[args.command](store, args, config, out),
+            create=creates))
     except (PigeonError, ConfigError, OSError) as exc:
         print(f"pigeon-relay: error: {exc}", file=sys.stderr)
         return 1
 
 
-async def _with_store(config: RelayConfig, fn: Callable[[Store], Awaitable[int]]) -> int:
+async def _with_store(config: RelayConfig, fn: Callable[[Store], Awaitable[int]], *,
+                      create: bool = False) -> int:
     from .app import open_store
 
-    store = await open_store(config)
+    store = await open_store(config, create=create)
     try:
         return await fn(store)
     finally:
@@ -514,7 +516,8 @@ def _info(config: RelayConfig, out: _Output) -> int:
         relay_id = config.relay_id.hex()
     elif config.relay_id_path.exists():
         relay_id = config.relay_id_path.read_text(encoding="ascii").strip()
-    database = "postgresql" if config.store_url is not None else str(config.database)
+    database = (f"postgresql, schema {config.store_schema}" if config.store_url is not None
+                else str(config.database))
     obj = {"relay_id": relay_id, "database": database,
            "blob_dir": str(config.blobs), "secret_file": str(config.secret_path),
            "version": relay_version()}

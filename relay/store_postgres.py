@@ -40,7 +40,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import asyncpg
 from asyncpg import Record
@@ -132,6 +132,16 @@ def _server_ms(seconds: float) -> str:
     return str(max(1, round(seconds * 1000)))
 
 
+_OPEN_HINTS: Final = {
+    "InvalidCatalogNameError": "the database named in the store URL does not exist",
+    "InvalidPasswordError": "the server refused the user or password of the store URL",
+    "InvalidAuthorizationSpecificationError": "the server refused the store URL's user",
+    "ConnectionRefusedError": "nothing listens at the store URL's host and port",
+}
+"""What the operator should check, by error class (the server's own message may quote
+values, so it is not shown)."""
+
+
 def _positive(what: str, value: int) -> int:
     if value < 1:
         raise ValueError(f"{what} must be positive")
@@ -162,13 +172,19 @@ async def _keep_session(conn: object) -> None:
     rolls back a transaction left open (a cancelled call) before calling this."""
 
 
-async def _set_up(conn: Conn, schema: str) -> None:
+async def _set_up(conn: Conn, schema: str, *, create: bool = True) -> None:
     """Create *schema* and its tables, or bring them up to :data:`SCHEMA_VERSION`.
 
-    One transaction under an advisory lock, so nodes starting together do it once.
+    One transaction under an advisory lock, so nodes starting together do it once. With
+    *create* false a schema without the relay's tables is an error (``StoreError``), not
+    made: the admin CLI must not turn a mistyped name into an empty deployment.
     """
     name = quoted(schema)
     wait = SETUP_TIMEOUT_S
+    if not create and not await conn.fetchval(
+            "SELECT to_regclass($1) IS NOT NULL", f"{name}.schema_version", timeout=wait):
+        raise StoreError(f"no relay tables in schema {schema!r} of this database "
+                         "(check --store-schema)")
     async with conn.transaction():
         # Migrations may take long, and so may another node's, holding the advisory lock.
         await conn.execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0",
@@ -225,6 +241,7 @@ class PostgresStore:
         lock_timeout_s: float = LOCK_TIMEOUT_S,
         idle_in_transaction_timeout_s: float = IDLE_IN_TRANSACTION_TIMEOUT_S,
         acquire_timeout_s: float = ACQUIRE_TIMEOUT_S,
+        create: bool = True,
     ) -> PostgresStore:
         """Connect a pool to *dsn* and create or update the tables in *schema*.
 
@@ -241,6 +258,7 @@ class PostgresStore:
                 transaction (:data:`IDLE_IN_TRANSACTION_TIMEOUT_S`).
             acquire_timeout_s: longest wait for a pooled connection
                 (:data:`ACQUIRE_TIMEOUT_S`).
+            create: make the schema and tables when missing (False: a ``StoreError``).
 
         Every timeout that runs out is a ``StoreError``.
 
@@ -280,10 +298,14 @@ class PostgresStore:
         except StoreError:
             raise
         except Exception as exc:  # bad DSN text, refused, auth...: one answer
-            raise _wrap("opening the store", exc) from exc
+            err = _wrap("opening the store", exc)
+            hint = _OPEN_HINTS.get(type(exc).__name__)
+            if hint is not None:
+                err = StoreError(f"{err}: {hint}")
+            raise err from exc
         try:
             async with pool.acquire(timeout=acquire_timeout_s) as conn:
-                await _set_up(conn, schema)
+                await _set_up(conn, schema, create=create)
         except BaseException as exc:
             pool.terminate()
             if isinstance(exc, _FOREIGN):

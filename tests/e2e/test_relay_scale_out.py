@@ -279,3 +279,7 @@ def test_admin_commands_on_the_shared_database(cluster: Cluster) -> None:
     queues = run_cli(["admin", "--json", "queues"], env=env, cwd=cluster.folder)
     assert queues.returncode == 0, queues.stderr
     assert not (cluster.folder / "pigeon-relay.db").exists()  # no SQLite file made up
+    # A mistyped schema is an error, not a new empty deployment.
+    typo = {**env, "PIGEON_RELAY_STORE_SCHEMA": cluster.schema + "_typo"}
+    wrong = run_cli(["admin", "--json", "queues"], env=typo, cwd=cluster.folder)
+    assert wrong.returncode == 1 and "no relay tables" in wrong.stderr, wrong.stderr

@@ -455,6 +455,27 @@ async def test_a_bad_dsn_is_a_store_error(bad: str) -> None:
     assert caught.value.__cause__ is not None
 
 
+async def test_open_says_what_to_check(dsn: str) -> None:
+    parts = urlsplit(dsn)
+    missing = urlunsplit(parts._replace(path="/no_such_database_here"))
+    with pytest.raises(StoreError, match="database named in the store URL does not exist"):
+        await PostgresStore.open(missing, schema="pigeon_never_created")
+    with pytest.raises(StoreError, match="nothing listens"):
+        await PostgresStore.open("postgresql://127.0.0.1:1/test", schema="x")
+
+
+async def test_without_create_a_schema_without_tables_is_refused(
+        dsn: str, schema: str, admin: asyncpg.Connection) -> None:
+    with pytest.raises(StoreError, match="no relay tables"):
+        await PostgresStore.open(dsn, schema=schema, create=False)
+    assert not await admin.fetchval(  # and nothing was made
+        "SELECT count(*) FROM information_schema.schemata WHERE schema_name = $1", schema)
+    store = await PostgresStore.open(dsn, schema=schema)  # a node makes it
+    await store.close()
+    store = await PostgresStore.open(dsn, schema=schema, create=False)  # then admin opens it
+    await store.close()
+
+
 class _Proxy:
     """A TCP relay to the server that the test can cut: the server "goes away"."""
 
