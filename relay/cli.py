@@ -119,9 +119,13 @@ def _serve_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_from(vars(args), os.environ)
-        config.check_shared_identity()
     except ConfigError as exc:
         parser.error(str(exc))
+    try:
+        config.check_shared_identity()
+    except ConfigError as exc:  # the options parse: no usage dump above the reason
+        print(f"pigeon-relay: error: {exc}", file=sys.stderr)
+        return 2
     setup_logging(config.log_level, config.log_format)
     try:
         asyncio.run(serve(config))
