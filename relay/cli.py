@@ -515,16 +515,19 @@ async def _queues(store: Store, args: argparse.Namespace, config: RelayConfig,
 
 
 def _info(config: RelayConfig, out: _Output) -> int:
+    shared = config.store_url is not None
     relay_id = None
     if config.relay_id is not None:
         relay_id = config.relay_id.hex()
-    elif config.relay_id_path.exists():
+    elif not shared and config.relay_id_path.exists():
         relay_id = config.relay_id_path.read_text(encoding="ascii").strip()
-    database = (f"postgresql, schema {config.store_schema}" if config.store_url is not None
-                else str(config.database))
-    obj = {"relay_id": relay_id, "database": database,
-           "blob_dir": str(config.blobs), "secret_file": str(config.secret_path),
-           "version": relay_version()}
+    # A shared database's nodes are given their relay id, secret file and blob folder on
+    # their own command lines: only what this command was given can be shown.
+    database = f"postgresql, schema {config.store_schema}" if shared else str(config.database)
+    blob_dir = str(config.blobs) if not shared or config.blob_dir is not None else None
+    secret = str(config.secret_path) if not shared or config.secret_file is not None else None
+    obj = {"relay_id": relay_id, "database": database, "blob_dir": blob_dir,
+           "secret_file": secret, "version": relay_version()}
     out.emit(obj, [f"{k}: {v if v is not None else '-'}" for k, v in obj.items()])
     return 0
 

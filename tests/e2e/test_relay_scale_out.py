@@ -279,6 +279,11 @@ def test_admin_commands_on_the_shared_database(cluster: Cluster) -> None:
     queues = run_cli(["admin", "--json", "queues"], env=env, cwd=cluster.folder)
     assert queues.returncode == 0, queues.stderr
     assert not (cluster.folder / "pigeon-relay.db").exists()  # no SQLite file made up
+    info = run_cli(["admin", "--json", "info"], env=env, cwd=cluster.folder)
+    assert info.returncode == 0, info.stderr
+    shown = json.loads(info.stdout)
+    assert shown["database"] == f"postgresql, schema {cluster.schema}"
+    assert shown["relay_id"] is None and shown["secret_file"] is None  # given per node
     # A mistyped schema is an error, not a new empty deployment.
     typo = {**env, "PIGEON_RELAY_STORE_SCHEMA": cluster.schema + "_typo"}
     wrong = run_cli(["admin", "--json", "queues"], env=typo, cwd=cluster.folder)
