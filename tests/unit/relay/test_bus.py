@@ -1,4 +1,6 @@
-"""The in-process bus: routing, bounded queues, drop and coalesce accounting, codec."""
+"""The in-process bus beyond the Bus contract (tests/unit/relay/test_bus_contract.py, which
+runs routing, waiting, bounded queues and closing on it too): its own arguments, the
+codec, RESYNC requests, the direct path and publish_many."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import asyncio
 
 import pytest
 
-from pigeon_crypto.errors import DecodeError, TransportError, UnknownVersion
+from pigeon_crypto.errors import DecodeError, UnknownVersion
 from relay.bus import InProcessBus, decode_notification, encode_notification
 from relay.ports import Notification, NotificationKind
 
@@ -21,92 +23,6 @@ def msg(seq: int) -> Notification:
 
 def eph(payload: bytes) -> Notification:
     return Notification(kind=NotificationKind.EPHEMERAL, payload=payload)
-
-
-async def test_routes_to_subscribers_of_the_mailbox_only() -> None:
-    bus = InProcessBus()
-    sub_a = await bus.subscribe([A])
-    sub_ab = await bus.subscribe([A, B])
-    assert await bus.publish(A, msg(1)) == 2
-    assert await bus.publish(B, eph(b"typing")) == 1
-    assert await bus.publish(C, eph(b"nobody")) == 0  # route-if-subscribed: drop
-    assert await sub_a.get() == (A, msg(1))
-    assert await sub_ab.get() == (A, msg(1))
-    assert await sub_ab.get() == (B, eph(b"typing"))
-    assert bus.subscribers(A) == 2 and bus.subscribers(C) == 0
-    await sub_ab.remove(A)
-    assert await bus.publish(A, msg(2)) == 1
-    await sub_a.add(C)
-    assert await bus.publish(C, msg(1)) == 1
-    assert [await sub_a.get() for _ in range(2)] == [(A, msg(2)), (C, msg(1))]
-    stats = bus.stats()
-    assert (stats.published, stats.delivered, stats.subscriptions) == (5, 5, 2)
-    await bus.close()
-
-
-async def test_get_waits_for_a_publish() -> None:
-    bus = InProcessBus()
-    sub = await bus.subscribe([A])
-    waiter = asyncio.create_task(sub.get())
-    await asyncio.sleep(0)
-    assert not waiter.done()
-    await bus.publish(A, msg(5))
-    assert await asyncio.wait_for(waiter, 5) == (A, msg(5))
-    await bus.close()
-
-
-async def test_full_queue_drops_ephemeral_and_coalesces_durable() -> None:
-    bus = InProcessBus()
-    slow = await bus.subscribe([A, B], max_queue=3)
-    fast = await bus.subscribe([A], max_queue=100)
-    for seq in (1, 2, 3):
-        await bus.publish(A, msg(seq))  # fills slow
-    assert await bus.publish(A, eph(b"x")) == 1  # fast took it, slow dropped it
-    assert slow.dropped == 1
-    for seq in (4, 5, 6):
-        assert await bus.publish(A, msg(seq)) == 2  # coalesced in slow: still "taken"
-    await bus.publish(B, msg(1))
-    assert (slow.coalesced, slow.dropped) == (4, 1)
-    # Control notifications are never lost.
-    await bus.publish(B, Notification(kind=NotificationKind.CLOSED))
-    # RESYNC markers first (A's stale hints are discarded), then what is left.
-    got = [await slow.get() for _ in range(3)]
-    assert got == [
-        (A, Notification(kind=NotificationKind.RESYNC)),
-        (B, Notification(kind=NotificationKind.RESYNC)),
-        (B, Notification(kind=NotificationKind.CLOSED)),
-    ]
-    assert slow.queued == 0
-    assert [(await fast.get())[1].seq for _ in range(7)] == [1, 2, 3, 0, 4, 5, 6]
-    stats = bus.stats()
-    assert (stats.dropped, stats.coalesced) == (1, 4)
-    await bus.close()
-
-
-async def test_close_ends_iteration_and_unsubscribes() -> None:
-    bus = InProcessBus()
-    sub = await bus.subscribe([A])
-    await bus.publish(A, msg(1))
-    seen: list[tuple[bytes, Notification]] = []
-
-    async def consume() -> None:
-        async for item in sub:
-            seen.append(item)
-
-    task = asyncio.create_task(consume())
-    await asyncio.sleep(0.01)
-    await sub.close()
-    await asyncio.wait_for(task, 5)
-    assert seen == [(A, msg(1))]
-    assert await bus.publish(A, msg(2)) == 0
-    with pytest.raises(TransportError):
-        await sub.add(B)
-    async with await bus.subscribe([B]) as scoped:
-        assert bus.subscribers(B) == 1
-    assert scoped.closed and bus.subscribers(B) == 0
-    await bus.close()
-    with pytest.raises(TransportError):
-        await bus.subscribe([A])
 
 
 async def test_rejects_bad_arguments() -> None:
