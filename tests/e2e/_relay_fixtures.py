@@ -9,16 +9,20 @@ read-only look at the relay's SQLite file.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import json
+import os
 import sqlite3
 import ssl
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -28,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from .conftest import RelayProcess, run_cli
 
 __all__ = [
+    "PushReceiver",
     "admin_json",
     "bearer",
     "client_ssl_context",
@@ -35,6 +40,7 @@ __all__ = [
     "get_chunk",
     "head_chunk",
     "metric_value",
+    "push_receiver",
     "put_chunk",
     "self_signed",
 ]
@@ -129,3 +135,43 @@ async def get_chunk(http: aiohttp.ClientSession, url: str, grant: Any, index: in
 async def head_chunk(http: aiohttp.ClientSession, url: str, grant: Any, index: int) -> int:
     async with http.head(f"{url}{grant.url_path}/{index}", headers=bearer(grant.token)) as r:
         return r.status
+
+
+class PushReceiver:
+    """A local HTTPS push endpoint that records every request (path, headers, body)."""
+
+    def __init__(self, cert: Path) -> None:
+        self.cert = cert
+        """Its self-signed certificate: give it to relays as ``SSL_CERT_FILE``."""
+        self.port = 0
+        self.hits: list[tuple[str, dict[str, str], bytes]] = []
+        self.event = asyncio.Event()
+
+    def url(self) -> str:
+        """A fresh push URL on this receiver."""
+        return f"https://127.0.0.1:{self.port}/wake/{os.urandom(8).hex()}"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.hits.append((request.path, dict(request.headers), await request.read()))
+        self.event.set()
+        return web.Response(status=201)
+
+
+@asynccontextmanager
+async def push_receiver(folder: Path) -> AsyncIterator[PushReceiver]:
+    """Serve a :class:`PushReceiver` on 127.0.0.1 (a free port) with a certificate made
+    in *folder*, until the block ends."""
+    cert, key = self_signed(folder)
+    receiver = PushReceiver(cert)
+    app = web.Application()
+    app.router.add_post("/wake/{token}", receiver.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+        receiver.port = runner.addresses[0][1]
+        yield receiver
+    finally:
+        await runner.cleanup()

@@ -16,13 +16,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from client_sdk import GroupChanged, MessageReceived
 from client_sdk.testing import ClientFactory
@@ -38,7 +36,7 @@ from protocol import (
 )
 
 from ..services import postgres_dsn, redis_url, unique_name
-from ._relay_fixtures import self_signed
+from ._relay_fixtures import push_receiver
 from .conftest import RelayProcess, launch_relay, run_cli
 from .wsclient import RelayClient, anonymous, connect_user, now_ms
 
@@ -219,34 +217,12 @@ async def test_a_rotated_mailbox_is_retired_on_every_node(cluster: Cluster) -> N
     assert isinstance(answer, Error) and answer.code is ErrorCode.WRONG_CAPABILITY, answer
 
 
-class Receiver:
-    def __init__(self) -> None:
-        self.hits = 0
-        self.event = asyncio.Event()
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.hits += 1
-        self.event.set()
-        return web.Response(status=201)
-
-
 async def test_a_push_url_set_on_one_node_is_used_by_another(
         cluster: Cluster, tmp_path: Path) -> None:
     """Node B caches "no push URL" for Bob's mailbox; Bob registers one through node A;
     B must forget its cache (the bus's invalidation) and wake Bob on the next send."""
-    cert, key = self_signed(tmp_path)
-    receiver = Receiver()
-    app = web.Application()
-    app.router.add_post("/wake/{token}", receiver.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        env = {"SSL_CERT_FILE": str(cert)}
+    async with push_receiver(tmp_path) as receiver:
+        env = {"SSL_CERT_FILE": str(receiver.cert)}
         node_a = cluster.node("--push-allow-http", env=env)
         node_b = cluster.node("--push-allow-http", env=env)
         bob = await connect_user(node_a.url)
@@ -254,16 +230,14 @@ async def test_a_push_url_set_on_one_node_is_used_by_another(
         sender = await anonymous(node_b.url)
         assert isinstance(await sender.send([box], b"nobody to wake"), Sent)
         await asyncio.sleep(0.3)
-        assert receiver.hits == 0
-        url = f"https://127.0.0.1:{port}/wake/{os.urandom(8).hex()}"
+        assert not receiver.hits
+        url = receiver.url()
         assert isinstance(await bob.request(lambda rid: RegisterPush(
             request_id=rid, mailbox_ids=(box.mailbox_id,), url=url)), Ok)
         await asyncio.sleep(0.3)  # the invalidation crosses Redis
         assert isinstance(await sender.send([box], b"wake up"), Sent)
         await asyncio.wait_for(receiver.event.wait(), 10)
-        assert receiver.hits == 1
-    finally:
-        await runner.cleanup()
+        assert len(receiver.hits) == 1
 
 
 def test_admin_commands_on_the_shared_database(cluster: Cluster) -> None:

@@ -11,49 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import os
-import ssl
 from pathlib import Path
-
-from aiohttp import web
 
 from protocol import ErrorCode, Ok, RegisterPush, Sent
 
-from ._relay_fixtures import self_signed
+from ._relay_fixtures import push_receiver
 from .conftest import RelayFactory
 from .wsclient import anonymous, connect_user
 
 
-class Receiver:
-    """An HTTPS server that records every request."""
-
-    def __init__(self) -> None:
-        self.hits: list[tuple[str, dict[str, str], bytes]] = []
-        self.event = asyncio.Event()
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.hits.append((request.path, dict(request.headers), await request.read()))
-        self.event.set()
-        return web.Response(status=201)
-
-
 async def test_push_wakes_an_offline_owner_with_nothing_in_it(
         relay_factory: RelayFactory, tmp_path: Path) -> None:
-    cert, key = self_signed(tmp_path)
-    receiver = Receiver()
-    app = web.Application()
-    app.router.add_post("/wake/{token}", receiver.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        rp = relay_factory(["--push-allow-http"], env={"SSL_CERT_FILE": str(cert)})
+    async with push_receiver(tmp_path) as receiver:
+        rp = relay_factory(["--push-allow-http"], env={"SSL_CERT_FILE": str(receiver.cert)})
         bob = await connect_user(rp.url)
         box = await bob.create_mailbox()
-        url = f"https://127.0.0.1:{port}/wake/{os.urandom(8).hex()}"
+        url = receiver.url()
+        port = receiver.port
         err = await bob.error(lambda rid: RegisterPush(request_id=rid,
                                                        mailbox_ids=(os.urandom(16),), url=url))
         assert err.code in (ErrorCode.NO_SUCH_MAILBOX, ErrorCode.FORBIDDEN)
@@ -83,5 +57,3 @@ async def test_push_wakes_an_offline_owner_with_nothing_in_it(
         await asyncio.sleep(2.5)  # past the notifier's per-URL interval
         assert len(receiver.hits) == 1
         await alice.close()
-    finally:
-        await runner.cleanup()
