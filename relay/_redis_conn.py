@@ -104,7 +104,8 @@ class Publisher:
                         batch, counts, before, strict=True):
                     if counted or self._maybe_counted(channel):
                         count = max(count - 1, 0)
-                    self.remote_takers += count
+                    if channel != self._quiet:  # heartbeats are no notification's takers
+                        self.remote_takers += count
                     if not future.done():
                         future.set_result(count)
                 batch = []

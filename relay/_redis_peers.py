@@ -102,7 +102,6 @@ class Heartbeats:
         if not 0.001 <= heartbeat_s < peer_timeout_s:
             raise ValueError("need 0.001 <= heartbeat_s < peer_timeout_s")
         self._head = head
-        self._origin = head[1:HEAD_LEN]
         self._heartbeat_s = heartbeat_s
         self._interval_ms = max(round(heartbeat_s * 1000), 1)
         self._peers = Peers(peer_timeout_s, max_peers)

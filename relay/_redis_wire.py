@@ -61,6 +61,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from pigeon_crypto.errors import DecodeError, InvalidSignature, UnknownVersion, VersionTooOld
 
+from .config import TOKEN_SECRET_LEN
+
 ENVELOPE_VERSION: Final = 2
 """2: tagged. 1 (untagged) is refused: a node of version 1 cannot be trusted."""
 ORIGIN_LEN: Final = 8
@@ -69,8 +71,8 @@ HEAD_LEN: Final = 1 + ORIGIN_LEN
 TAG_LEN: Final = 16
 """HMAC-SHA256 truncated to 128 bits: a forger's chance is 2^-128 per try."""
 KEY_LEN: Final = 32
-SECRET_MIN_LEN: Final = 32
-"""The token secret's minimum (``relay.config.TOKEN_SECRET_LEN``)."""
+SECRET_MIN_LEN: Final = TOKEN_SECRET_LEN
+"""The token secret's minimum (the relay's own, ``relay.config.TOKEN_SECRET_LEN``)."""
 BUS_KEY_INFO: Final = b"pigeon relay bus v1"
 MAX_CLOCK_SKEW_MS: Final = 30_000
 """A heartbeat further than this from the receiver's clock is refused: replays of a

@@ -265,7 +265,7 @@ class RedisBus:
             raise ValueError("prefix must be a non-empty word")
         self._tagger = Tagger(key)
         self._forged = 0
-        self._old_versions = 0
+        self._old_version_seen = False
         self._local = InProcessBus(max_queue=max_queue)
         self._origin = secrets.token_bytes(ORIGIN_LEN)
         self._head = head(self._origin)
@@ -350,7 +350,7 @@ class RedisBus:
         if wire is None or self._closed:
             return local
         return local + await self._publisher.enqueue(
-            self._mb_prefix + mailbox_id.hex().encode(), wire)
+            self._channel(mailbox_id), wire)
 
     async def publish_many(self, items: Sequence[tuple[bytes, Notification]]) -> list[int]:
         """:meth:`publish` for each ``(mailbox_id, notification)``, in order, with one
@@ -362,7 +362,7 @@ class RedisBus:
             self._published += 1
             counts.append(await self._local.publish(mailbox_id, notification))
             futures.append(None if wire is None or self._closed else self._publisher.enqueue(
-                self._mb_prefix + mailbox_id.hex().encode(), wire))
+                self._channel(mailbox_id), wire))
         for i, future in enumerate(futures):
             if future is not None:
                 counts[i] += await future
@@ -373,14 +373,17 @@ class RedisBus:
         ``on_invalidate`` handlers run). Best effort: lost while Redis is unreachable
         (the next heartbeat that gets through says LOST, and they forget everything)."""
         check_id("mailbox_id", mailbox_id, MAILBOX_ID_LEN)
-        if not self._closed:
-            await self._publisher.enqueue(self._inv, self._tagger.seal(self._head + mailbox_id))
+        if not self._closed:  # queued behind this node's earlier publishes; not awaited
+            self._publisher.enqueue(self._inv, self._tagger.seal(self._head + mailbox_id))
 
     def on_invalidate(self, handler: Callable[[bytes | None], None]) -> None:
         """Call ``handler(mailbox_id)`` for each invalidation from another node, and
         ``handler(None)`` when invalidations may have been missed (this node's pub/sub
         connection was cut off, a peer went silent or announced lost publishes)."""
         self._handlers.append(handler)
+
+    def _channel(self, mailbox_id: bytes) -> bytes:
+        return self._mb_prefix + mailbox_id.hex().encode()
 
     def _wire(self, mailbox_id: bytes, n: Notification) -> bytes | None:
         if len(n.payload) > REMOTE_PAYLOAD_MAX:
@@ -397,12 +400,7 @@ class RedisBus:
         self._beats.publish_failed()
 
     def _send_beat(self, data: bytes) -> None:
-        self._publisher.enqueue(self._hb, self._tagger.seal(data)).add_done_callback(
-            self._beat_done)
-
-    def _beat_done(self, future: asyncio.Future[int]) -> None:
-        if not future.cancelled():  # not a notification's taker
-            self._publisher.remote_takers -= future.result()
+        self._publisher.enqueue(self._hb, self._tagger.seal(data))
 
     def _connection(self, name: str) -> AbstractConnection:
         conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
@@ -419,8 +417,6 @@ class RedisBus:
         Raises:
             ValueError: a bad id or ``max_queue < 1``. TransportError: the bus is closed.
         """
-        for mailbox_id in mailbox_ids:
-            check_id("mailbox_id", mailbox_id, MAILBOX_ID_LEN)
         inner = await self._local.subscribe(max_queue=max_queue)
         sub = RedisSubscription(self, inner)
         self._subs[sub] = None
@@ -432,11 +428,11 @@ class RedisBus:
         return sub
 
     async def _retain(self, mailbox_ids: Iterable[bytes]) -> None:
-        await self._pubsub.retain([self._mb_prefix + m.hex().encode() for m in mailbox_ids])
+        await self._pubsub.retain([self._channel(m) for m in mailbox_ids])
 
     def _release(self, mailbox_id: bytes) -> None:
         if not self._closed:
-            self._pubsub.release(self._mb_prefix + mailbox_id.hex().encode())
+            self._pubsub.release(self._channel(mailbox_id))
 
     def _resync_all(self) -> None:
         """Hints may have been missed: every local subscription reads the store."""
@@ -468,7 +464,7 @@ class RedisBus:
         if not isinstance(data, bytes):
             self._pubsub.bad += 1
             return
-        if data[1:HEAD_LEN] == self._origin and data[:1] == self._head[:1]:
+        if data.startswith(self._head):
             return  # our own publish: local subscribers had it in the publisher's turn
         try:
             message = self._tagger.open(data)
@@ -498,7 +494,7 @@ class RedisBus:
         except PigeonError:
             self._pubsub.bad += 1
             return
-        if channel != self._mb_prefix + mailbox_id.hex().encode():
+        if channel != self._channel(mailbox_id):
             self._pubsub.bad += 1  # a message naming another mailbox than its channel's
             return
         self._received += 1
@@ -511,10 +507,10 @@ class RedisBus:
         self._forged += 1
 
     def _refuse_version(self) -> None:
-        if not self._old_versions:
+        if not self._old_version_seen:
             _log.warning("redis bus: a message of another wire version was dropped (a "
                          "node of another relay version on this prefix?)")
-        self._old_versions += 1
+        self._old_version_seen = True
 
     # ------------------------------------------------------------------ the rest
 

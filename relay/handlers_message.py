@@ -231,11 +231,6 @@ async def _route_durable(ctxs: list[FrameCtx[Send]]) -> None:
             frame = DeliveryEncoder(result.received_at_ms, blob).frame
             notes += [(copy.mailbox_id, unchecked_notification(
                 _MESSAGE, copy.seq, frame(copy.mailbox_id, copy.seq))) for copy in fresh]
-    if len(notes) == 1:
-        mailbox_id, note = notes[0]
-        if not await node.bus.publish(mailbox_id, note):
-            await _wake(node, mailbox_id)
-        return
     if notes:
         for (mailbox_id, _), taken in zip(notes, await node.bus.publish_many(notes),
                                           strict=True):

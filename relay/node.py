@@ -101,10 +101,10 @@ class CapabilityCache:
     __slots__ = ("_entries", "_max", "_ttl")
 
     def __init__(self, max_entries: int = _CACHE_ENTRIES,
-                 ttl_ms: int | None = None) -> None:
+                 ttl_ms: int = CAPABILITY_TTL_MS) -> None:
         self._entries: dict[bytes, tuple[bytes, int | None, int]] = {}
         self._max = max_entries
-        self._ttl = CAPABILITY_TTL_MS if ttl_ms is None else ttl_ms
+        self._ttl = ttl_ms
 
     def check(self, mailbox_id: bytes, capability_hash: bytes, now_ms: int) -> bool | None:
         """True: known good; False: known wrong (or retired); None: ask the store."""
@@ -241,7 +241,7 @@ class Node:
         holder = self.subscribers.pop(mailbox_id, None)
         if holder is not None and holder.pump is not None:
             await holder.pump.drop(mailbox_id)
-        await self.bus.invalidate(mailbox_id)
+        await self.mailbox_changed(mailbox_id)
         await self.bus.publish(mailbox_id, Notification(kind=NotificationKind.CLOSED))
 
     def set_push_url(self, mailbox_id: bytes, url: str | None) -> None:
