@@ -69,6 +69,16 @@ class Lookups:
     cmids: dict[bytes, bytes]
 
 
+def accepts(row: Any, r: Recipient, now_ms: int) -> bool:
+    """Whether *r*'s capability opens a mailbox whose *row* starts with (capability hash,
+    retire_at_ms): the capability check of both stores' ``check_capabilities``."""
+    return (
+        row is not None
+        and hmac.compare_digest(bytes(row[0]), r.capability_hash)
+        and (row[1] is None or row[1] > now_ms)
+    )
+
+
 def prepare(calls: Sequence[AppendRequest]) -> Lookups:
     sha256 = hashlib.sha256
     keys: list[list[tuple[Recipient, bytes]]] = []
@@ -189,7 +199,6 @@ def plan(
             box[4] += 1
             delivery_rows.append((mailbox_id, seq, blob_ref, now_ms, expires))
             fresh.append((mailbox_id, key, seq, box[5]))
-            known[(mailbox_id, key)] = (seq, now_ms, expires)
             accepted.append(unchecked_recipient_seq(mailbox_id, seq, False))
         if fresh:
             blob_refs.append(len(fresh))
@@ -208,6 +217,9 @@ def plan(
                 # record lives at least as long: it is what makes a retry look them up.
                 dedup_rows += [(m, k, q, now_ms, expires, keep_until)
                                for m, k, q, _ in fresh]
+                # A later call of this run finds these copies here (a new record's
+                # copies it finds in the record's entries, above).
+                known.update(((m, k), (q, now_ms, expires)) for m, k, q, _ in fresh)
                 at = created.get(skey)
                 if at is None:
                     extended[skey] = max(keep_until, extended.get(skey, 0))

@@ -166,10 +166,10 @@ async def list_accounts(conn: Conn, after: bytes | None, limit: int) -> list[Acc
 async def prekey_counts(conn: Conn, account_id: bytes) -> PrekeyCounts:
     row = await conn.fetchrow(
         "SELECT signed_prekey IS NOT NULL, last_resort_kem IS NOT NULL,"
-        " (SELECT count(*) FROM one_time_prekeys WHERE account_id = a.id AND kind = 1),"
-        " (SELECT count(*) FROM one_time_prekeys WHERE account_id = a.id AND kind = 2)"
+        " (SELECT count(*) FROM one_time_prekeys WHERE account_id = a.id AND kind = $2),"
+        " (SELECT count(*) FROM one_time_prekeys WHERE account_id = a.id AND kind = $3)"
         " FROM accounts a WHERE a.id = $1",
-        account_id,
+        account_id, _X25519, _KEM,
     )
     if row is None:
         raise NotFound("account")

@@ -33,7 +33,7 @@ import hmac
 from collections.abc import Sequence
 from typing import Any
 
-from ._append_plan import _ENTRY, Box, SendRecord, _entries, plan, prepare
+from ._append_plan import _ENTRY, Box, SendRecord, _entries, accepts, plan, prepare
 from ._pg_accounts import Conn, lock_account
 from .ports import (
     AppendRequest,
@@ -187,13 +187,8 @@ async def check_capabilities(
         list({r.mailbox_id for r in recipients}),
     )
     boxes = {row[0]: (row[1], row[2]) for row in rows}
-    ok: set[bytes] = set()
-    for r in recipients:
-        box = boxes.get(r.mailbox_id)
-        if (box is not None and hmac.compare_digest(box[0], r.capability_hash)
-                and (box[1] is None or box[1] > now_ms)):
-            ok.add(r.mailbox_id)
-    return frozenset(ok)
+    return frozenset(r.mailbox_id for r in recipients
+                     if accepts(boxes.get(r.mailbox_id), r, now_ms))
 
 
 # --------------------------------------------------------------------------- messages

@@ -57,7 +57,7 @@ from ._sqlite_txn import (
     run_batch,
 )
 from ._sqlite_writer import WriterLost, WriterProcess
-from .ports import NullObserver, StoreObserver
+from .ports import NullObserver, StoreObserver, observe
 
 __all__ = ["Migration", "SqliteEngine", "Synchronous", "WriterMode", "connect", "open_writer",
            "run_batch"]
@@ -142,15 +142,6 @@ def _resolve(outcomes: list[_Outcome]) -> None:
             fut.set_result(value)
         else:
             fut.set_exception(value)
-
-
-def _observe(call: Callable[..., None], **fields: Any) -> None:
-    """Metrics must never break the store: a failing observer is logged, not propagated
-    (on the writer thread it would otherwise kill the thread and strand every caller)."""
-    try:
-        call(**fields)
-    except Exception:
-        _log.exception("store observer failed")
 
 
 class SqliteEngine:
@@ -317,7 +308,7 @@ class SqliteEngine:
             ok = True
             return result
         finally:
-            _observe(self._observer.on_operation, name=name,
+            observe(self._observer.on_operation, name=name,
                      seconds=time.perf_counter() - start, ok=ok)
 
     async def read(self, name: str, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -332,7 +323,7 @@ class SqliteEngine:
             ok = True
             return result
         finally:
-            _observe(self._observer.on_operation, name=name,
+            observe(self._observer.on_operation, name=name,
                      seconds=time.perf_counter() - start, ok=ok)
 
     def _read_in_thread(self, name: str, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -396,7 +387,7 @@ class SqliteEngine:
             conn = self._writer_conn
             assert conn is not None
             committed, results, seconds = run_batch(conn, batch)
-        _observe(self._observer.on_commit, ops=len(batch), seconds=seconds, ok=committed)
+        observe(self._observer.on_commit, ops=len(batch), seconds=seconds, ok=committed)
         with self._lock:
             self._pending -= len(batch)
         by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from protocol import dedup_input
 
-from ._append_plan import _ENTRY, Box, SendRecord, _entries, plan, prepare
+from ._append_plan import _ENTRY, Box, SendRecord, _entries, accepts, plan, prepare
 from ._sqlite_accounts import account_exists
 from .ports import (
     AppendRequest,
@@ -185,15 +185,6 @@ def delete_mailbox(conn: sqlite3.Connection, account_id: bytes, mailbox_id: byte
     return cur.rowcount == 1
 
 
-def _accepts(row: Any, r: Recipient, now_ms: int) -> bool:
-    """*row* starts with (capability_hash, retire_at_ms)."""
-    return (
-        row is not None
-        and hmac.compare_digest(bytes(row[0]), r.capability_hash)
-        and (row[1] is None or row[1] > now_ms)
-    )
-
-
 def check_capabilities(
     conn: sqlite3.Connection, recipients: Sequence[Recipient], now_ms: int
 ) -> frozenset[bytes]:
@@ -202,28 +193,12 @@ def check_capabilities(
         row = conn.execute(
             "SELECT capability_hash, retire_at_ms FROM mailboxes WHERE id = ?", (r.mailbox_id,)
         ).fetchone()
-        if _accepts(row, r, now_ms):
+        if accepts(row, r, now_ms):
             ok.add(r.mailbox_id)
     return frozenset(ok)
 
 
 # --------------------------------------------------------------------------- messages
-
-
-def append(
-    conn: sqlite3.Connection,
-    recipients: Sequence[Recipient],
-    client_msg_id: bytes,
-    blob: bytes,
-    now_ms: int,
-    ttl_ms: int,
-    max_pending: int | None,
-    dedup_ttl_ms: int | None,
-) -> AppendResult:
-    """One append (:func:`append_many` with a single call)."""
-    args = AppendRequest(tuple(recipients), client_msg_id, blob, now_ms, ttl_ms, max_pending,
-                         dedup_ttl_ms)
-    return append_many(conn, [args])[0]
 
 
 def _rows(n: int, cols: int) -> str:

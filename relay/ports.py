@@ -23,9 +23,10 @@ memory, a future PostgreSQL) returns exactly the same values, which the contract
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ._port_records import (
     ACCOUNT_ID_LEN,
@@ -120,6 +121,7 @@ __all__ = [
     "WrongCapability",
     "check_id",
     "invite_code_hash",
+    "observe",
     "send_dedup_hash",
     "unchecked_notification",
     "unchecked_recipient",
@@ -140,6 +142,15 @@ class StoreObserver(Protocol):
     def on_commit(self, *, ops: int, seconds: float, ok: bool) -> None: ...
 
     def on_operation(self, *, name: str, seconds: float, ok: bool) -> None: ...
+
+
+def observe(call: Callable[..., None], **fields: Any) -> None:
+    """Call an observer method: metrics must never break a store, so one that fails is
+    logged, not propagated (on a writer thread it would strand every caller)."""
+    try:
+        call(**fields)
+    except Exception:
+        logging.getLogger("pigeon.relay.store").exception("store observer failed")
 
 
 class NullObserver:

@@ -40,7 +40,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 import asyncpg
 from asyncpg import Record
@@ -76,6 +76,7 @@ from .ports import (
     StoreObserver,
     UsernameRecord,
     check_id,
+    observe,
 )
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
@@ -156,14 +157,6 @@ def _wrap(what: str, exc: BaseException) -> StoreError:
     err = StoreError(f"{what} failed ({detail})")
     err.__cause__ = exc
     return err
-
-
-def _observe(call: Callable[..., None], **fields: Any) -> None:
-    """Metrics must never break the store: a failing observer is logged, not propagated."""
-    try:
-        call(**fields)
-    except Exception:
-        _log.exception("store observer failed")
 
 
 async def _keep_session(conn: object) -> None:
@@ -361,13 +354,13 @@ class PostgresStore:
                 except _FOREIGN as exc:
                     raise _wrap(name, exc) from exc
                 finally:
-                    _observe(self._observer.on_commit, ops=1,
+                    observe(self._observer.on_commit, ops=1,
                              seconds=time.perf_counter() - began, ok=committed)
                 ok = True
                 return result
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
-            _observe(self._observer.on_operation, name=name,
+            observe(self._observer.on_operation, name=name,
                      seconds=time.perf_counter() - start, ok=ok)
 
     async def _read(self, name: str, fn: Callable[[Conn], Awaitable[T]]) -> T:
@@ -384,7 +377,7 @@ class PostgresStore:
         except _FOREIGN as exc:
             raise _wrap(name, exc) from exc
         finally:
-            _observe(self._observer.on_operation, name=name,
+            observe(self._observer.on_operation, name=name,
                      seconds=time.perf_counter() - start, ok=ok)
 
     # ------------------------------------------------------------------ accounts
