@@ -14,6 +14,7 @@ import getpass
 import hashlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -159,6 +160,23 @@ async def test_two_nodes_racing_for_the_last_one_time_prekey_hand_it_out_once(
     assert (counts.one_time_x25519, counts.one_time_kem) == (0, 0)
 
 
+async def _wait_for_the_write_to_block(dsn: str, task: asyncio.Task[Any]) -> None:
+    """Until the append *task* runs its write (INSERT ... ON CONFLICT) and waits for a
+    lock the test holds; fails if it never does."""
+    watcher = await asyncpg.connect(dsn)
+    try:
+        for _ in range(500):
+            waiting = await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND application_name = 'pigeon-relay' AND query LIKE '%nextval(''blob_ids'')%'")
+            if waiting:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await watcher.close()
+    assert waiting and not task.done()
+
+
 async def test_a_resend_racing_across_nodes_is_stored_once(
     nodes: tuple[PostgresStore, PostgresStore],
 ) -> None:
@@ -189,18 +207,7 @@ async def test_one_client_msg_id_to_other_mailboxes_on_two_nodes(
     await admin.execute(f"INSERT INTO {schema}.send_dedup VALUES ($1, $2, $3, $4, '')",
                         send_dedup_hash(cmid(1)), T0, T0 + 10, T0 + 10)
     task = asyncio.create_task(send(one, 1, 20))
-    watcher = await asyncpg.connect(dsn)
-    try:
-        for _ in range(500):  # until its write (INSERT ... ON CONFLICT) waits for ours
-            waiting = await watcher.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND application_name = 'pigeon-relay' AND query LIKE '%nextval(''blob_ids'')%'")
-            if waiting:
-                break
-            await asyncio.sleep(0.01)
-    finally:
-        await watcher.close()
-    assert waiting and not task.done()
+    await _wait_for_the_write_to_block(dsn, task)
     await tx.commit()
     first = await task
     assert (first.seq_for(mid(20)), first.duplicate) == (1, False)
@@ -232,18 +239,7 @@ async def test_a_lost_race_extends_the_winner_to_the_batchs_longest_copy(
         AppendRequest((rcpt(20),), cmid(1), b"short", T0, 100),
         AppendRequest((rcpt(21),), cmid(1), b"long", T0, 10_000),
     ]))
-    watcher = await asyncpg.connect(dsn)
-    try:
-        for _ in range(500):
-            waiting = await watcher.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND application_name = 'pigeon-relay' AND query LIKE '%nextval(''blob_ids'')%'")
-            if waiting:
-                break
-            await asyncio.sleep(0.01)
-    finally:
-        await watcher.close()
-    assert waiting and not task.done()
+    await _wait_for_the_write_to_block(dsn, task)
     await tx.commit()
     assert [r.duplicate for r in await task] == [False, False]
     await two.expire(now_ms=T0 + 1_000)
