@@ -23,10 +23,11 @@ channel                  body
 =======================  =========================================================
 ``<prefix>:mb:<hex id>``  :func:`relay.bus.encode_notification` (a hint)
 ``<prefix>:inv``          the 16-byte mailbox id (an invalidation)
+``<prefix>:acct``         ``0x61`` then the 16-byte account id (an account deletion)
 ``<prefix>:hb``           a heartbeat (13 bytes, below)
 =======================  =========================================================
 
-The channel is not under the tag; the bodies of the three channels differ in length and
+The channel is not under the tag; the bodies of the four channels differ in length and
 a hint names its mailbox, which must be its channel's, so a message moved to another
 channel does not decode there.
 
@@ -74,6 +75,8 @@ KEY_LEN: Final = 32
 SECRET_MIN_LEN: Final = TOKEN_SECRET_LEN
 """The token secret's minimum (the relay's own, ``relay.config.TOKEN_SECRET_LEN``)."""
 BUS_KEY_INFO: Final = b"pigeon relay bus v1"
+ACCOUNT_GONE: Final = b"\x61"
+"""First byte of an account deletion's body (so it is 17 bytes, unlike an invalidation)."""
 MAX_CLOCK_SKEW_MS: Final = 30_000
 """A heartbeat further than this from the receiver's clock is refused: replays of a
 captured beat are bounded to this window (and then by the per-origin order); nodes'

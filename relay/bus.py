@@ -115,6 +115,12 @@ class InProcessSubscription:
         self._ids.add(mailbox_id)
         self._bus._index(self, mailbox_id)
 
+    async def add_many(self, mailbox_ids: Sequence[bytes]) -> None:
+        for mailbox_id in mailbox_ids:  # before adding any: a bad id adds nothing
+            check_id("mailbox_id", mailbox_id, MAILBOX_ID_LEN)
+        for mailbox_id in mailbox_ids:
+            await self.add(mailbox_id)
+
     async def remove(self, mailbox_id: bytes) -> None:
         self._ids.discard(mailbox_id)
         self._resync.pop(mailbox_id, None)
@@ -251,8 +257,7 @@ class InProcessBus:
             check_id("mailbox_id", mailbox_id, MAILBOX_ID_LEN)
         sub = InProcessSubscription(self, size)
         self._subs[sub] = None
-        for mailbox_id in mailbox_ids:
-            await sub.add(mailbox_id)
+        await sub.add_many(mailbox_ids)
         return sub
 
     def subscribers(self, mailbox_id: bytes) -> int:
@@ -273,6 +278,12 @@ class InProcessBus:
 
     def on_invalidate(self, handler: Callable[[bytes | None], None]) -> None:
         """One node: no other node will invalidate anything."""
+
+    async def account_deleted(self, account_id: bytes) -> None:
+        """One node: the node closes its own sessions of the account."""
+
+    def on_account_deleted(self, handler: Callable[[bytes], None]) -> None:
+        """One node: no other node will delete an account."""
 
     async def close(self) -> None:
         self._closed = True

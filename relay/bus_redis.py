@@ -26,18 +26,21 @@ Theory of operation (docs/protocol.md §10.13; the semantics are :mod:`relay.bus
   ``tag`` (16 bytes: HMAC-SHA256 of all before it, truncated, under the bus key, which
   every node derives from the deployment's token secret: :func:`relay._redis_wire.bus_key`).
   The body is an :func:`~relay.bus.encode_notification` on a mailbox channel, a 16-byte
-  mailbox id on ``<prefix>:inv``, a heartbeat on ``<prefix>:hb``: ``flags`` (1 byte:
+  mailbox id on ``<prefix>:inv``, ``0x61`` and a 16-byte account id on ``<prefix>:acct``, a
+  heartbeat on ``<prefix>:hb``: ``flags`` (1 byte:
   bit 0 HELLO, bit 1 LOST) ‖ ``interval_ms`` (u32) ‖ ``sent_ms`` (u64, the sender's
   wall clock). A durable notification whose payload exceeds :data:`REMOTE_PAYLOAD_MAX`
   goes without its payload (the consumer reads the store); an oversized EPHEMERAL one
   is not sent to other nodes. A message whose tag does not verify is counted
   (``forged``) and dropped unread; one of another version, or that does not decode, is
   counted (``bad_messages``) and dropped. So whoever can PUBLISH on Redis without the
-  token secret cannot inject a hint, an invalidation or a heartbeat. It can replay a
-  captured one: a hint names a seq consumers already have, or an ephemeral the client
-  drops as a duplicate; an invalidation costs a cache miss; a heartbeat is refused
-  when it is not newer than the last one of its origin or more than 30 s off this
-  node's clock (``stale_beats``; nodes' clocks must agree within that).
+  token secret cannot inject a hint, an invalidation, an account deletion or a
+  heartbeat. It can replay a captured one: a hint names a seq consumers already have,
+  or an ephemeral the client drops as a duplicate; an invalidation costs a cache miss;
+  an account deletion closes that account's sessions on other nodes (were it registered
+  again, its clients reconnect; the store is untouched); a heartbeat is refused when it
+  is not newer than the last one of its origin or more than 30 s off this node's clock
+  (``stale_beats``; nodes' clocks must agree within that).
 * **Outages.** Local subscribers are served throughout. The pub/sub connection is
   re-opened with jittered exponential backoff; once every channel is subscribed again,
   each local subscription gets a RESYNC for each of its mailboxes and the
@@ -64,6 +67,10 @@ Theory of operation (docs/protocol.md §10.13; the semantics are :mod:`relay.bus
   publish.
 * **Invalidation.** :meth:`RedisBus.invalidate` tells the other nodes to forget what they
   cached about a mailbox (``on_invalidate`` handlers); it is best effort, like the hints.
+* **Account deletion.** :meth:`RedisBus.account_deleted` tells the other nodes that an
+  account is gone (``on_account_deleted`` handlers close its sessions there, as the
+  deleting node closes its own); best effort too: a session a lost message leaves open
+  can do nothing with an account the store no longer has.
 """
 
 from __future__ import annotations
@@ -90,7 +97,7 @@ from pigeon_crypto.errors import (
 
 from ._redis_conn import Publisher, PubSub, connect
 from ._redis_peers import Heartbeats
-from ._redis_wire import HEAD_LEN, ORIGIN_LEN, Tagger, head
+from ._redis_wire import ACCOUNT_GONE, HEAD_LEN, ORIGIN_LEN, Tagger, head
 from .bus import (
     DEFAULT_MAX_QUEUE,
     MAX_NOTIFICATION_PAYLOAD,
@@ -99,7 +106,7 @@ from .bus import (
     decode_notification,
     encode_notification,
 )
-from .ports import MAILBOX_ID_LEN, Bus, Notification, Subscription, check_id
+from .ports import ACCOUNT_ID_LEN, MAILBOX_ID_LEN, Bus, Notification, Subscription, check_id
 
 __all__ = [
     "HEARTBEAT_S",
@@ -206,9 +213,10 @@ class RedisSubscription:
         Raises:
             ValueError: the id has the wrong length. TransportError: closed.
         """
-        await self._add_many((mailbox_id,))
+        await self.add_many((mailbox_id,))
 
-    async def _add_many(self, mailbox_ids: Sequence[bytes]) -> None:
+    async def add_many(self, mailbox_ids: Sequence[bytes]) -> None:
+        """:meth:`add` for each of *mailbox_ids*, with one SUBSCRIBE for all of them."""
         for mailbox_id in mailbox_ids:
             check_id("mailbox_id", mailbox_id, MAILBOX_ID_LEN)
         if self._inner.closed:
@@ -271,9 +279,11 @@ class RedisBus:
         self._head = head(self._origin)
         self._mb_prefix = f"{prefix}:mb:".encode()
         self._inv = f"{prefix}:inv".encode()
+        self._acct = f"{prefix}:acct".encode()
         self._hb = f"{prefix}:hb".encode()
         self._subs: dict[RedisSubscription, None] = {}
         self._handlers: list[Callable[[bytes | None], None]] = []
+        self._account_handlers: list[Callable[[bytes], None]] = []
         # Two connections, RESP2, no retries inside redis-py (the adapters retry) and no
         # per-read socket timeout (a publish batch has one deadline; the pub/sub
         # connection is idle by nature and PINGed instead).
@@ -282,7 +292,8 @@ class RedisBus:
             socket_connect_timeout=_CONNECT_TIMEOUT_S)
         pub = self._connection(f"{prefix}:pub:{self._origin.hex()}")
         ps_name = f"{prefix}:bus:{self._origin.hex()}"
-        self._pubsub = PubSub(lambda: self._connection(ps_name), fixed=(self._inv, self._hb),
+        self._pubsub = PubSub(lambda: self._connection(ps_name),
+                              fixed=(self._inv, self._acct, self._hb),
                               on_message=self._on_message, on_live=self._on_live,
                               on_lost=self._on_lost)
         self._publisher = Publisher(pub, maybe_counted=self._pubsub.maybe_counted,
@@ -382,6 +393,20 @@ class RedisBus:
         connection was cut off, a peer went silent or announced lost publishes)."""
         self._handlers.append(handler)
 
+    async def account_deleted(self, account_id: bytes) -> None:
+        """Tell every other node that *account_id* was deleted (its ``on_account_deleted``
+        handlers run: they close its sessions there). Best effort, like an invalidation:
+        lost while Redis is unreachable, and a session left open on another node can do
+        nothing with an account the store no longer has."""
+        check_id("account_id", account_id, ACCOUNT_ID_LEN)
+        if not self._closed:
+            self._publisher.enqueue(
+                self._acct, self._tagger.seal(self._head + ACCOUNT_GONE + account_id))
+
+    def on_account_deleted(self, handler: Callable[[bytes], None]) -> None:
+        """Call ``handler(account_id)`` for each account another node deleted."""
+        self._account_handlers.append(handler)
+
     def _channel(self, mailbox_id: bytes) -> bytes:
         return self._mb_prefix + mailbox_id.hex().encode()
 
@@ -421,7 +446,7 @@ class RedisBus:
         sub = RedisSubscription(self, inner)
         self._subs[sub] = None
         try:
-            await sub._add_many(mailbox_ids)
+            await sub.add_many(mailbox_ids)
         except BaseException:
             await sub.close()
             raise
@@ -488,6 +513,16 @@ class RedisBus:
                 self._pubsub.bad += 1
                 return
             self._tell_handlers(body)
+            return
+        if channel == self._acct:
+            if len(body) != 1 + ACCOUNT_ID_LEN or body[:1] != ACCOUNT_GONE:
+                self._pubsub.bad += 1
+                return
+            for handler in self._account_handlers:
+                try:
+                    handler(body[1:])
+                except Exception as exc:  # as for invalidations: the listener goes on
+                    _log.error("redis bus: account handler failed (%s)", type(exc).__name__)
             return
         try:
             mailbox_id, note = decode_notification(body)

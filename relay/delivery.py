@@ -122,7 +122,7 @@ class DeliveryPump:
         ``Subscribed`` is written."""
         for mailbox_id in mailbox_ids:
             self._cursors[mailbox_id] = Cursor()
-            await self._sub.add(mailbox_id)
+        await self._sub.add_many(mailbox_ids)
 
     def release(self, mailbox_ids: Iterable[bytes]) -> None:
         """Let delivery begin: each mailbox is read from the store, then follows live."""

@@ -33,8 +33,6 @@ import hmac
 import secrets
 from typing import Final
 
-from aiohttp import WSCloseCode
-
 from pigeon_crypto.errors import InvalidSignature, PigeonError
 from pigeon_crypto.identity import IdentityPublicKey, IdentityRotation, account_id_for
 from pigeon_crypto.signing import Purpose
@@ -224,7 +222,7 @@ async def delete_account(ctx: FrameCtx[DeleteAccount]) -> None:
     await node.store.delete_account(account_id)
     for record in mailboxes:
         await node.close_mailbox(record.mailbox_id)
+    await node.bus.account_deleted(account_id)
     await conn.send(Ok(request_id=ctx.request_id).encode())
-    for other in list(node.sessions.get(account_id, ())):
-        await other.ws.close(code=WSCloseCode.OK, message=b"account deleted")
+    await node.close_sessions(account_id)
     raise Halt

@@ -36,7 +36,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from .config import RelayConfig
 from .connection import AckCoalescer
@@ -212,7 +212,9 @@ class Node:
         self._unstalled.set()
         self._poller: asyncio.Task[None] | None = None
         self.stalls = 0
+        self._closing: set[asyncio.Task[None]] = set()
         bus.on_invalidate(self._invalidated)
+        bus.on_account_deleted(self._account_deleted)
 
     # ------------------------------------------------------------------ mailboxes
 
@@ -270,6 +272,18 @@ class Node:
     def add_session(self, account_id: bytes, conn: Connection) -> None:
         self.sessions.setdefault(account_id, set()).add(conn)
 
+    async def close_sessions(self, account_id: bytes) -> None:
+        """Close every connection of this node logged in as *account_id* (deleted)."""
+        for conn in list(self.sessions.get(account_id, ())):
+            await conn.ws.close(code=WSCloseCode.OK, message=b"account deleted")
+
+    def _account_deleted(self, account_id: bytes) -> None:
+        """Another node deleted *account_id*: close its sessions here too."""
+        if account_id in self.sessions:
+            task = asyncio.get_running_loop().create_task(self.close_sessions(account_id))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     def remove_session(self, account_id: bytes, conn: Connection) -> None:
         conns = self.sessions.get(account_id)
         if conns is not None:
@@ -305,6 +319,8 @@ class Node:
         await self._unstalled.wait()
 
     async def close(self) -> None:
+        for task in list(self._closing):
+            task.cancel()
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):

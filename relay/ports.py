@@ -497,6 +497,12 @@ class Subscription(Protocol):
 
     async def add(self, mailbox_id: bytes) -> None: ...
 
+    async def add_many(self, mailbox_ids: Sequence[bytes]) -> None:
+        """:meth:`add` each of *mailbox_ids*; a cross-node bus follows them all in one
+        round trip (a login subscribing to a few hundred mailboxes waits once). Every id
+        is checked before any is added."""
+        ...
+
     async def remove(self, mailbox_id: bytes) -> None: ...
 
     def resync(self, mailbox_id: bytes) -> None:
@@ -542,6 +548,16 @@ class Bus(Protocol):
         """Call *handler* with each mailbox id another node invalidates, and with None
         when invalidations may have been missed (a cross-node bus that was cut off and
         reconnected): then everything cached about mailboxes is suspect."""
+        ...
+
+    async def account_deleted(self, account_id: bytes) -> None:
+        """Tell every other node that *account_id* was deleted: their handlers given to
+        :meth:`on_account_deleted` run with it (and close its sessions there). A
+        single-node bus has no one to tell."""
+        ...
+
+    def on_account_deleted(self, handler: Callable[[bytes], None]) -> None:
+        """Call *handler* with each account id another node deleted."""
         ...
 
     async def close(self) -> None: ...

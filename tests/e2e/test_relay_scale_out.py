@@ -25,6 +25,7 @@ import pytest
 from client_sdk import GroupChanged, MessageReceived
 from client_sdk.testing import ClientFactory
 from protocol import (
+    DeleteAccount,
     Error,
     ErrorCode,
     MailboxCreated,
@@ -221,6 +222,29 @@ async def test_a_rotated_mailbox_is_retired_on_every_node(cluster: Cluster) -> N
     assert refused.code is ErrorCode.WRONG_CAPABILITY
     answer = await sender.send([box], b"too late")
     assert isinstance(answer, Error) and answer.code is ErrorCode.WRONG_CAPABILITY, answer
+
+
+async def test_deleting_an_account_closes_its_sessions_on_every_node(
+        cluster: Cluster) -> None:
+    """Bob deletes his account through node A while another of his sessions, subscribed
+    to his mailbox, is on node B: B closes it too (the bus's account deletion), as one
+    relay closes every session of a deleted account."""
+    node_a, node_b = cluster.node(), cluster.node()
+    bob = await connect_user(node_a.url)
+    me = bob.identity
+    assert me is not None
+    box = await bob.create_mailbox()
+    elsewhere = await RelayClient.open(node_b.url)
+    await elsewhere.auth(me)
+    await elsewhere.subscribe(box)
+    bystander = await connect_user(node_b.url)  # another account's session stays open
+    assert isinstance(await bob.request(lambda rid: DeleteAccount(request_id=rid)), Ok)
+    for client in (bob, elsewhere):
+        await asyncio.wait_for(client.closed.wait(), 5)
+    assert elsewhere.close_code == 1000
+    await bystander.create_mailbox()  # still served
+    assert not bystander.closed.is_set()
+    await bystander.close()
 
 
 async def test_a_push_url_set_on_one_node_is_used_by_another(

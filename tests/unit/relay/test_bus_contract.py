@@ -241,7 +241,20 @@ async def test_rejects_bad_arguments(make_bus: MakeBus) -> None:
     sub = await bus.subscribe()
     with pytest.raises(ValueError):
         await sub.add(b"short")
+    with pytest.raises(ValueError):
+        await sub.add_many([A, b"short"])  # checked before any is added
     assert sub.mailbox_ids == frozenset()
+    assert await bus.publish(A, msg(1)) == 0
+
+
+async def test_add_many_follows_each_mailbox_once(make_bus: MakeBus) -> None:
+    bus = await make_bus()
+    sub = await bus.subscribe([A])
+    await sub.add_many([B, A, C, B])
+    assert sub.mailbox_ids == frozenset({A, B, C})
+    assert await bus.publish_many([(m, msg(1)) for m in (A, B, C, D)]) == [1, 1, 1, 0]
+    assert [await get(sub) for _ in range(3)] == [(A, msg(1)), (B, msg(1)), (C, msg(1))]
+    assert sub.queued == 0
 
 
 # --------------------------------------------------------------------------- two nodes

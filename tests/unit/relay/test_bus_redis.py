@@ -155,6 +155,35 @@ async def test_add_returns_once_the_subscribe_is_confirmed(own_redis: ThrowawayR
         await two.close()
 
 
+async def _subscribe_calls(raw: Redis) -> int:
+    stats = await raw.info("commandstats")
+    return int(stats.get("cmdstat_subscribe", {}).get("calls", 0))
+
+
+async def test_add_many_is_one_subscribe(own_redis: ThrowawayRedis) -> None:
+    """A login that follows many mailboxes waits for one SUBSCRIBE, not one per mailbox
+    (each is a round trip to Redis)."""
+    one = await RedisBus.open(own_redis.url, prefix="p", key=KEY)
+    two = await RedisBus.open(own_redis.url, prefix="p", key=KEY)
+    raw = Redis.from_url(own_redis.url)
+    try:
+        sub = await two.subscribe()
+        many = [bytes([i]) * 16 for i in range(1, 61)]
+        before = await _subscribe_calls(raw)
+        await sub.add_many(many)
+        assert await _subscribe_calls(raw) - before == 1
+        assert two.stats().channels == 60 and sub.mailbox_ids == frozenset(many)
+        assert await one.publish_many([(m, msg(1)) for m in many]) == [1] * 60
+        assert {(await get(sub))[0] for _ in many} == set(many)
+        # Following them again (or some of them) subscribes nothing more.
+        await sub.add_many(many[:10])
+        assert await _subscribe_calls(raw) - before == 1
+    finally:
+        await raw.aclose()
+        await one.close()
+        await two.close()
+
+
 async def test_a_publish_right_after_add_is_received(nodes: tuple[RedisBus, RedisBus]) -> None:
     one, two = nodes
     sub = await two.subscribe()
@@ -248,6 +277,30 @@ async def test_invalidate_reaches_the_other_nodes_only(nodes: tuple[RedisBus, Re
     assert await get(there) == (C, msg(1))
 
 
+async def test_an_account_deletion_reaches_the_other_nodes_only(
+        nodes: tuple[RedisBus, RedisBus]) -> None:
+    one, two = nodes
+    gone_one: list[bytes] = []
+    gone_two: list[bytes] = []
+
+    def broken(account_id: bytes) -> None:
+        raise RuntimeError("a buggy handler")
+
+    one.on_account_deleted(gone_one.append)
+    two.on_account_deleted(broken)  # must not stop the next handler or the listener
+    two.on_account_deleted(gone_two.append)
+    invalidated: list[bytes | None] = []
+    two.on_invalidate(invalidated.append)
+    await one.account_deleted(A)
+    await eventually(lambda: gone_two == [A], "the account deletion")
+    await two.account_deleted(B)  # ordered after one's own: it would have come back by now
+    await eventually(lambda: gone_one == [B], "the other account deletion")
+    assert gone_one == [B] and gone_two == [A]
+    assert invalidated == []  # a deletion is no invalidation (their bodies differ)
+    with pytest.raises(ValueError):
+        await one.account_deleted(b"short")
+
+
 # --------------------------------------------------------------------------- garbage
 
 
@@ -258,6 +311,9 @@ async def test_garbage_is_counted_and_dropped(
     url, prefix = shared
     there = await two.subscribe([A])
     channel, inv, hb = f"{prefix}:mb:{A.hex()}", f"{prefix}:inv", f"{prefix}:hb"
+    acct = f"{prefix}:acct"
+    gone: list[bytes] = []
+    two.on_account_deleted(gone.append)
     stranger = head(b"\x07" * 8)
     seal = Tagger(KEY).seal  # well tagged, badly formed: a node's bug, not a forgery
     raw = Redis.from_url(url)
@@ -271,14 +327,18 @@ async def test_garbage_is_counted_and_dropped(
             (channel, seal(stranger + encode_notification(A, msg(1))[:-1])),  # truncated
             (channel, seal(stranger + encode_notification(B, msg(1)))),  # not this channel's
             (inv, seal(stranger + b"abc")),
+            (inv, seal(stranger + b"a" + A)),  # an account deletion's body
+            (acct, seal(stranger + A)),  # an invalidation's body
+            (acct, seal(stranger + b"b" + A)),
             (hb, seal(stranger + b"\x00\x00\x00\x00\x64")),  # a version 1 heartbeat body
         ]:
             assert await raw.publish(channel_name, data) == (1 if channel_name == channel else 2)
+        assert not gone
         await one.publish(A, msg(9))
         await eventually(lambda: two.stats().received == 1, "the good message")
         assert await get(there) == (A, msg(9)) and there.queued == 0
         stats = two.stats()
-        assert (stats.bad_messages, stats.forged, stats.reconnects) == (9, 0, 0)
+        assert (stats.bad_messages, stats.forged, stats.reconnects) == (12, 0, 0)
         # A well-formed message of a node of this deployment (it has the key) is fine.
         assert await raw.publish(channel, seal(stranger + encode_notification(A, msg(10)))) == 1
         assert await get(there) == (A, msg(10))
