@@ -73,10 +73,12 @@ class InProcessSubscription:
     def __init__(self, bus: InProcessBus, max_queue: int) -> None:
         self._bus = bus
         self._ids: set[bytes] = set()
-        self._queue: deque[tuple[bytes, Notification]] = deque()
+        # Made when something is queued and dropped once drained: an idle connection's
+        # subscription holds no deque (a block, ~0.6 KB) and no Event (its waiters' deque).
+        self._queue: deque[tuple[bytes, Notification]] | None = None
         self._resync: dict[bytes, None] = {}  # insertion-ordered set
         self._max = max_queue
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._parked = False
         self._direct: Callable[[bytes, Notification], bool] | None = None
@@ -106,7 +108,7 @@ class InProcessSubscription:
 
     @property
     def queued(self) -> int:
-        return len(self._queue) + len(self._resync)
+        return (len(self._queue) if self._queue else 0) + len(self._resync)
 
     async def add(self, mailbox_id: bytes) -> None:
         check_id("mailbox_id", mailbox_id, MAILBOX_ID_LEN)
@@ -131,7 +133,12 @@ class InProcessSubscription:
         if self._closed or mailbox_id not in self._ids:
             return
         self._resync[mailbox_id] = None
-        self._wake.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _offer(self, mailbox_id: bytes, n: Notification) -> bool:
         """Called by the bus; never blocks. Returns False if *n* was dropped."""
@@ -142,8 +149,11 @@ class InProcessSubscription:
                 and direct(mailbox_id, n)):
             return True
         control = n.kind in (NotificationKind.RESYNC, NotificationKind.CLOSED)
-        if control or len(self._queue) < self._max:
-            self._queue.append((mailbox_id, n))
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        if control or len(queue) < self._max:
+            queue.append((mailbox_id, n))
         elif n.durable:
             self._resync[mailbox_id] = None
             self.coalesced += 1
@@ -152,31 +162,37 @@ class InProcessSubscription:
             self.dropped += 1
             self._bus._dropped += 1
             return False
-        self._wake.set()
+        self._wake()
         return True
 
     async def get(self) -> tuple[bytes, Notification]:
         """Next notification; RESYNC markers first. Raises StopAsyncIteration once closed
-        (queued notifications are discarded on close)."""
+        (queued notifications are discarded on close). One consumer at a time (the
+        delivery pump): a second concurrent call raises RuntimeError."""
         while True:
             if self._closed:
                 raise StopAsyncIteration
             if self._resync:
                 mailbox_id = next(iter(self._resync))
                 del self._resync[mailbox_id]
-                self._queue = deque(
-                    (m, n) for m, n in self._queue
-                    if not (m == mailbox_id and n.kind is NotificationKind.MESSAGE)
-                )
+                if self._queue:
+                    self._queue = deque(
+                        (m, n) for m, n in self._queue
+                        if not (m == mailbox_id and n.kind is NotificationKind.MESSAGE)
+                    )
                 return mailbox_id, Notification(kind=NotificationKind.RESYNC)
             if self._queue:
                 return self._queue.popleft()
-            self._wake.clear()
+            self._queue = None
+            if self._waiter is not None:
+                raise RuntimeError("a subscription has one consumer at a time")
+            self._waiter = asyncio.get_running_loop().create_future()
             self._parked = True
             try:
-                await self._wake.wait()
+                await self._waiter
             finally:
                 self._parked = False
+                self._waiter = None
 
     def __aiter__(self) -> AsyncIterator[tuple[bytes, Notification]]:
         return self
@@ -191,9 +207,9 @@ class InProcessSubscription:
         for mailbox_id in list(self._ids):
             self._bus._unindex(self, mailbox_id)
         self._bus._forget(self)
-        self._queue.clear()
+        self._queue = None
         self._resync.clear()
-        self._wake.set()
+        self._wake()
 
     async def __aenter__(self) -> InProcessSubscription:
         return self

@@ -247,6 +247,23 @@ async def test_rejects_bad_arguments(make_bus: MakeBus) -> None:
     assert await bus.publish(A, msg(1)) == 0
 
 
+async def test_one_consumer_at_a_time_and_a_cancelled_get_loses_nothing(
+        make_bus: MakeBus) -> None:
+    bus = await make_bus()
+    sub = await bus.subscribe([A])
+    first = asyncio.ensure_future(sub.get())
+    await asyncio.sleep(0)  # parked
+    with pytest.raises(RuntimeError):
+        await sub.get()
+    assert await bus.publish(A, msg(1)) == 1
+    assert await asyncio.wait_for(first, WAIT_S) == (A, msg(1))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(sub.get(), 0.05)
+    assert await bus.publish(A, msg(2)) == 1  # after a cancelled wait
+    assert await get(sub) == (A, msg(2))
+    assert sub.queued == 0
+
+
 async def test_add_many_follows_each_mailbox_once(make_bus: MakeBus) -> None:
     bus = await make_bus()
     sub = await bus.subscribe([A])
