@@ -17,6 +17,9 @@ its store calls on the thread it is called from), :class:`~client_sdk.AsyncClien
 (sockets, reconnects, retries, the worker thread). Persistence: :mod:`client_sdk.store`.
 """
 
+from pigeon_crypto.errors import InvalidBundle
+from protocol.inner import PresenceState, ReceiptKind
+
 from .client import AsyncClient
 from .core import ClientCore, CoreConfig
 from .errors import (
@@ -29,10 +32,13 @@ from .errors import (
     IdentityMismatch,
     InvalidContactLink,
     NotRegistered,
+    PigeonError,
     ProfileCorrupt,
     ProfileLocked,
     ProfileNotFound,
+    ProfileTooNew,
     RelayError,
+    TransportError,
     UnknownContact,
     WrongPassphrase,
 )
@@ -80,7 +86,15 @@ from .groups import (
     NotGroupMember,
     UnknownGroup,
 )
-from .history import MessageKind, MessageStatus
+from .history import (
+    ConversationKind,
+    MessageKind,
+    MessageStatus,
+    Page,
+    SearchHit,
+    SearchPage,
+    StoredMessage,
+)
 from .payloads import ContactLink
 from .store import Contact, ContactState, Durability
 
@@ -96,6 +110,7 @@ __all__ = [
     "ContactLink",
     "ContactNotReady",
     "ContactState",
+    "ConversationKind",
     "CoreConfig",
     "DisappearingTimerChanged",
     "Disconnected",
@@ -111,6 +126,7 @@ __all__ = [
     "IdentityChangeUnacknowledged",
     "IdentityChanged",
     "IdentityMismatch",
+    "InvalidBundle",
     "InvalidContactLink",
     "InvitationReceived",
     "MailboxRotated",
@@ -126,15 +142,23 @@ __all__ = [
     "NotGroupAdmin",
     "NotGroupMember",
     "NotRegistered",
+    "Page",
+    "PigeonError",
     "PresenceChanged",
+    "PresenceState",
     "ProfileChanged",
     "ProfileCorrupt",
     "ProfileLocked",
     "ProfileNotFound",
+    "ProfileTooNew",
     "ReactionChanged",
+    "ReceiptKind",
     "ReceiptReceived",
     "Reconnected",
     "RelayError",
+    "SearchHit",
+    "SearchPage",
+    "StoredMessage",
     "TransferCompleted",
     "TransferDirection",
     "TransferFailed",
@@ -142,6 +166,7 @@ __all__ = [
     "TransferInfo",
     "TransferStarted",
     "TransferState",
+    "TransportError",
     "TypingChanged",
     "UnknownContact",
     "UnknownGroup",

@@ -16,6 +16,7 @@ from protocol.inner import DeleteScope
 from . import _sending
 from .errors import UnknownContact
 from .events import MessageRef
+from .groups import UnknownGroup
 from .history import (
     Conversation,
     ConversationKind,
@@ -28,6 +29,7 @@ from .store.records import Contact, ContactState
 
 if TYPE_CHECKING:
     from .core import ClientCore
+    from .groups import GroupInfo
     from .store.profile import Profile
 
 __all__ = ["ClientApiMixin"]
@@ -57,6 +59,8 @@ class ClientApiMixin:
 
         async def upload_file(self, path: str | os.PathLike[str], *,
                               media_type: str | None = None) -> bytes: ...
+
+        async def group(self, group_id: bytes) -> GroupInfo: ...
 
         async def _avatar_manifest(self, avatar: str | os.PathLike[str] | None,
                                    manifest: bytes | None, members: Sequence[bytes] = (),
@@ -199,8 +203,22 @@ class ClientApiMixin:
 
     async def search(self, text: str, *, peer: bytes | None = None,
                      limit: int = 50) -> SearchPage:
-        """Full-text search of history (all conversations, or the one with *peer*)."""
-        cid = None if peer is None else (await self.conversation(peer)).id
+        """Full-text search of history: all conversations, or the one with *peer* (a
+        contact's account id or a group id). Every word of *text* must appear; case
+        and diacritics do not matter, punctuation only separates words.
+
+        Raises:
+            UnknownContact: *peer* is neither a contact nor a group of ours.
+        """
+        if peer is None:
+            cid = None
+        elif self.core.contact(peer) is not None:
+            cid = (await self.conversation(peer)).id
+        else:
+            try:
+                cid = (await self.group(peer)).conversation_id
+            except UnknownGroup:
+                raise UnknownContact(peer) from None
         now = self._now_ms()
         return await self._run(lambda c: c.store.search(text, conversation_id=cid,
                                                         limit=limit, now_ms=now))

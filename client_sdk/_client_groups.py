@@ -267,6 +267,12 @@ class GroupsApiMixin:
             "admins": tuple(m for m in s.admins if m not in gone)})
 
     async def rename_group(self, group_id: bytes, name: str) -> GroupInfo:
+        """Give the group a new name (admins only): a signed control message to every
+        member, who each get ``GroupChanged``. Returns the group as it is now.
+
+        Raises:
+            UnknownGroup, NotGroupMember, NotGroupAdmin.
+        """
         return await self._change(group_id, lambda s: {"name": name})
 
     async def set_group_avatar(self, group_id: bytes, *,

@@ -263,7 +263,16 @@ class RelayApiMixin:
     async def send_text(self, peer: bytes, text: str, *,
                         reply_to: bytes | None = None) -> MessageRef:
         """Encrypt, store (PENDING) and queue a text message; returns once it is stored
-        (the status then moves by ``MessageStatusChanged`` events)."""
+        (the status then moves by ``MessageStatusChanged`` events).
+
+        Raises:
+            UnknownContact: *peer* is no contact of ours (nor is anyone before
+                ``register``).
+            ContactNotReady, ContactBlocked, IdentityChangeUnacknowledged: the contact
+                cannot be written to now.
+            protocol.errors.InvalidValue: *text* is empty or over
+                ``protocol.limits.MAX_TEXT_SIZE`` bytes of UTF-8.
+        """
         ref = await self._submit(_sending.SendText(peer=peer, text=text, reply_to=reply_to))
         assert ref is not None
         return ref

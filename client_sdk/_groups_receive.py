@@ -72,6 +72,7 @@ from .events import (
     ReactionChanged,
     ReceiptReceived,
 )
+from .files import file_info
 from .groups import GroupReceiptsChanged, GroupTypingChanged
 from .history import (
     DeleteMessage,
@@ -541,7 +542,8 @@ def _message(core: ClientCore, batch: GroupBatch, group_id: bytes, sender: bytes
                                reply_to=reply_to),
                     [MessageReceived(peer=sender, conversation_id=cid, message_id=mid,
                                      kind=MessageKind.TEXT, text=text, reply_to=reply_to,
-                                     sent_at_ms=sent, received_at_ms=now_ms)])
+                                     sent_at_ms=sent, received_at_ms=now_ms,
+                                     group_id=group_id)])
         case File(manifest=manifest, caption=caption, reply_to=reply_to):
             return (NewMessage(conversation_id=cid, message_id=mid, sender=sender,
                                sent_at_ms=inner.sent_at_ms, received_at_ms=now_ms,
@@ -549,22 +551,25 @@ def _message(core: ClientCore, batch: GroupBatch, group_id: bytes, sender: bytes
                                reply_to=reply_to),
                     [MessageReceived(peer=sender, conversation_id=cid, message_id=mid,
                                      kind=MessageKind.FILE, text=caption, attachment=manifest,
-                                     reply_to=reply_to, sent_at_ms=sent,
-                                     received_at_ms=now_ms)])
+                                     file=file_info(manifest), reply_to=reply_to,
+                                     sent_at_ms=sent, received_at_ms=now_ms,
+                                     group_id=group_id)])
         case Edit(target=target, text=text):
             return (EditMessage(conversation_id=cid, target=target, editor=sender, text=text,
                                 edited_at_ms=inner.sent_at_ms),
                     [MessageEdited(peer=sender, conversation_id=cid, message_id=target,
-                                   text=text, edited_at_ms=inner.sent_at_ms)])
+                                   text=text, edited_at_ms=inner.sent_at_ms,
+                                   group_id=group_id)])
         case Reaction(target=target, emoji=emoji, remove=remove):
             return (React(conversation_id=cid, target=target, reactor=sender, emoji=emoji,
                           remove=remove, at_ms=inner.sent_at_ms),
                     [ReactionChanged(peer=sender, conversation_id=cid, message_id=target,
-                                     emoji=emoji, removed=remove)])
+                                     emoji=emoji, removed=remove, group_id=group_id)])
         case Delete(target=target, scope=DeleteScope.FOR_EVERYONE):
             return (DeleteMessage(conversation_id=cid, target=target, by=sender,
                                   scope=DeleteScope.FOR_EVERYONE, at_ms=inner.sent_at_ms),
-                    [MessageDeleted(peer=sender, conversation_id=cid, message_id=target)])
+                    [MessageDeleted(peer=sender, conversation_id=cid, message_id=target,
+                                    group_id=group_id)])
         case Receipt(kind=kind, message_ids=ids):
             status = MessageStatus.READ if kind is ReceiptKind.READ else MessageStatus.DELIVERED
             events: list[Event] = [ReceiptReceived(peer=sender, kind=kind, message_ids=ids)]

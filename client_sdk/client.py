@@ -353,6 +353,52 @@ class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixi
         self._handlers.append(entry)
         return lambda: self._handlers.remove(entry) if entry in self._handlers else None
 
+    async def wait_for(self, event_type: type[E], *, timeout_s: float | None = None,
+                       check: Callable[[E], bool] | None = None, **match: Any) -> E:
+        """The next event of *event_type* from now on whose attributes equal *match*
+        (and for which *check*, if given, returns True)::
+
+            got = await client.wait_for(MessageReceived, peer=bob, timeout_s=10)
+
+        A bounded wait for one event: unlike ``asyncio.wait_for`` around the
+        :meth:`events` iterator (whose timeout closes the iterator), nothing is left
+        closed when it times out. Only events emitted after the call count.
+
+        Raises:
+            TimeoutError: none came within *timeout_s* (None: wait as long as it takes).
+            ConnectionLost: the client closed meanwhile.
+        """
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[E] = loop.create_future()
+
+        def offer(event: E) -> None:
+            if waiter.done() or any(getattr(event, k) != v for k, v in match.items()):
+                return
+            try:
+                if check is not None and not check(event):
+                    return
+            except Exception as exc:  # the caller's predicate: its error is the answer
+                waiter.set_exception(exc)
+                return
+            waiter.set_result(event)
+
+        remove = self.on(event_type, offer)
+        closed = loop.create_task(self._closing.wait())
+        try:
+            either: list[asyncio.Future[Any]] = [waiter, closed]
+            done, _ = await asyncio.wait(either, timeout=timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if waiter in done:
+                return waiter.result()
+            if closed in done:
+                raise ConnectionLost("the client is closed")
+            raise TimeoutError(f"no {event_type.__name__} within {timeout_s} s")
+        finally:
+            remove()
+            closed.cancel()
+            if not waiter.done():
+                waiter.cancel()
+
     async def events(self) -> AsyncIterator[Event]:
         """Every event from now on (the first iterator also gets those emitted since the
         client started). Ends when the client closes."""
@@ -557,10 +603,15 @@ class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixi
         Returns the account id.
 
         Raises:
+            ClientError: the profile names no relay (pass ``relay_url`` to
+                ``AsyncClient.open``).
             RelayError: e.g. ``INVITE_REQUIRED``/``INVITE_INVALID``.
             ConnectionLost: the relay could not be reached (or closed the connection,
                 e.g. with 4501 if it has no frame pipeline).
+            TimeoutError: registration did not finish within *timeout_s*.
         """
+        if self._relay_url is None:  # said now, not as a timeout after *timeout_s*
+            raise ClientError("no relay URL: pass relay_url to AsyncClient.open")
         await self._run(lambda c: c.create_identity())
         if self.core.registered and self.connected:
             return self.core.account_id

@@ -44,6 +44,7 @@ __all__ = [
     "IdentityMismatch",
     "InvalidContactLink",
     "NotRegistered",
+    "PigeonError",
     "ProfileCorrupt",
     "ProfileError",
     "ProfileExists",
@@ -55,6 +56,7 @@ __all__ = [
     "StoreClosed",
     "StoreConflict",
     "StoreError",
+    "TransportError",
     "UnknownContact",
     "WrongPassphrase",
 ]

@@ -81,6 +81,8 @@ class MessageReceived(Event):
         file: the manifest's public part (name, size, media type, transfer id) of a
             FILE, for ``download_file``; None if the manifest does not decode.
         sent_at_ms: the author's clock, clamped to ``received_at_ms`` for ordering.
+        group_id: the group it was posted in (``peer`` is then its author); None for
+            a direct message.
     """
 
     peer: bytes
@@ -93,6 +95,7 @@ class MessageReceived(Event):
     reply_to: bytes | None = None
     sent_at_ms: int
     received_at_ms: int
+    group_id: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,33 +112,39 @@ class MessageStatusChanged(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MessageEdited(Event):
-    """A contact edited one of their messages (history holds the new text)."""
+    """A contact edited one of their messages (history holds the new text); in a group
+    (``group_id``), ``peer`` is the author."""
 
     peer: bytes
     conversation_id: int
     message_id: bytes
     text: str = field(repr=False)
     edited_at_ms: int
+    group_id: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MessageDeleted(Event):
-    """A contact deleted one of their messages for everyone (a tombstone stays)."""
+    """A contact deleted one of their messages for everyone (a tombstone stays); in a
+    group (``group_id``), ``peer`` is the author."""
 
     peer: bytes
     conversation_id: int
     message_id: bytes
+    group_id: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReactionChanged(Event):
-    """A contact added (or, with ``removed``, withdrew) a reaction."""
+    """A contact added (or, with ``removed``, withdrew) a reaction; in a group
+    (``group_id``), ``peer`` is the one who reacted."""
 
     peer: bytes
     conversation_id: int
     message_id: bytes
     emoji: str
     removed: bool = False
+    group_id: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -278,20 +278,9 @@ class ClientFactory:
     @staticmethod
     async def next_event(client: AsyncClient, kind: type[E], *, timeout_s: float = 20.0,
                          **match: Any) -> E:
-        """The next event of *kind* (with attributes equal to *match*) from now on."""
-        waiter: asyncio.Future[E] = asyncio.get_running_loop().create_future()
-
-        def check(event: Event) -> None:
-            if (isinstance(event, kind) and not waiter.done()
-                    and all(getattr(event, k) == v for k, v in match.items())):
-                waiter.set_result(event)
-
-        remove = client.on(Event, check)
-        try:
-            async with asyncio.timeout(timeout_s):
-                return await waiter
-        finally:
-            remove()
+        """The next event of *kind* (with attributes equal to *match*) from now on
+        (:meth:`AsyncClient.wait_for`)."""
+        return await client.wait_for(kind, timeout_s=timeout_s, **match)
 
     async def close(self) -> None:
         for client in self.clients:

@@ -97,8 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pigeon-relay",
-        description="Run a Pigeon relay. Commands: serve (default), admin, fingerprint "
-                    "(`pigeon-relay admin --help`).",
+        description="Run a Pigeon relay. Commands: serve (default), admin (`pigeon-relay "
+                    "admin --help`), fingerprint (`pigeon-relay fingerprint --help`).",
         epilog="Every option can also be set with the environment variable shown in "
                "brackets. Durations: 30d, 12h, 15m, 90s, 250ms. Sizes: 1GiB, 16MiB, 64KiB.",
     )

@@ -552,12 +552,16 @@ async def test_edits_reactions_deletes_receipts_typing(clients: ClientFactory) -
     for inbox in (b, c):
         [edited] = await inbox.wait(MessageEdited, message_id=ref.message_id)
         assert edited.text == "final text"  # type: ignore[attr-defined]
+        assert edited.group_id == gid  # type: ignore[attr-defined]
     await bob.react_in_group(gid, ref.message_id, "👍")
     [reaction] = await a.wait(ReactionChanged, message_id=ref.message_id)
     assert reaction.peer == bob.account_id  # type: ignore[attr-defined]
+    assert reaction.group_id == gid  # type: ignore[attr-defined]
     await c.wait(ReactionChanged, message_id=ref.message_id)
     reply = await bob.send_group_text(gid, "a reply", reply_to=ref.message_id)
-    assert (await c.wait_text("a reply")).reply_to == ref.message_id
+    got = await c.wait_text("a reply")
+    assert got.reply_to == ref.message_id and got.group_id == gid
+    assert got.peer == bob.account_id
     # Receipts go to the author only, who aggregates them: DELIVERED once both
     # delivered (automatic), READ once both read.
     await a.wait(MessageStatusChanged, message_id=ref.message_id,
@@ -579,10 +583,16 @@ async def test_edits_reactions_deletes_receipts_typing(clients: ClientFactory) -
     page = await bob.group_history(gid)
     first = next(m for m in page.messages if m.message_id == ref.message_id)
     assert first.body == "final text" and first.reactions
+    found = await bob.search("FINAL", peer=gid)  # a group id names its conversation
+    assert [h.message.message_id for h in found.hits] == [ref.message_id]
+    assert (await bob.search("final", peer=alice.account_id)).hits == ()
+    with pytest.raises(UnknownContact):
+        await bob.search("final", peer=os.urandom(16))
     with pytest.raises(ClientError):  # only the author edits or deletes
         await alice.edit_group_message(gid, reply.message_id, "not mine")
     await alice.delete_in_group(gid, ref.message_id)
-    await b.wait(MessageDeleted, message_id=ref.message_id)
+    [deleted] = await b.wait(MessageDeleted, message_id=ref.message_id)
+    assert deleted.group_id == gid  # type: ignore[attr-defined]
     await c.wait(MessageDeleted, message_id=ref.message_id)
     assert await alice.send_group_typing(gid)  # Alice's chain is with everyone
     [typing] = await b.wait(GroupTypingChanged, group_id=gid)
@@ -677,6 +687,8 @@ async def test_files_in_groups(clients: ClientFactory, tmp_path: Path) -> None:
         [event] = await inbox.wait(MessageReceived, kind=MessageKind.FILE)
         assert isinstance(event, MessageReceived)
         assert event.peer == alice.account_id and event.text == "for everyone"
+        assert event.group_id == gid and event.file is not None
+        assert event.file.name == "notes.bin" and event.file.size == len(data)
         assert event.conversation_id == (await client.group(gid)).conversation_id
         out = await client.download_group_file(gid, event.message_id,
                                                tmp_path / f"{client.account_id.hex()}.bin")

@@ -15,6 +15,8 @@ from aiohttp import WSMsgType, web
 
 from client_sdk import (
     AsyncClient,
+    ClientError,
+    ConnectionLost,
     ContactAccepted,
     Event,
     InvitationReceived,
@@ -289,3 +291,51 @@ async def test_wrong_passphrase(tmp_path: Path, fake: tuple[WsFakeRelay, str]) -
     with pytest.raises(WrongPassphrase):
         async with AsyncClient.open(tmp_path / "carol.pigeon", "nope", relay_url=url):
             pass
+
+
+async def test_register_without_a_relay_says_so_at_once(tmp_path: Path) -> None:
+    """A new profile opened without ``relay_url`` knows no relay: ``register`` says so
+    at once rather than as a TimeoutError after ``timeout_s``."""
+    async with AsyncClient.open(tmp_path / "nowhere.pigeon", "pass", params=FAST,
+                                durability=Durability.OFF) as client:
+        with pytest.raises(ClientError, match="no relay URL"):
+            await asyncio.wait_for(client.register(timeout_s=30), 5)
+        assert not client.core.registered
+
+
+async def test_wait_for_one_event_bounded(tmp_path: Path) -> None:
+    """``wait_for``: the next matching event from now on; a timeout leaves the client
+    and its other listeners as they were; closing the client ends the wait."""
+    async with AsyncClient.open(tmp_path / "w.pigeon", "pass", params=FAST,
+                                durability=Durability.OFF) as client:
+        seen: list[Event] = []
+        client.on(Event, seen.append)
+        handlers = len(client._handlers)
+
+        def typing(peer: bytes, active: bool) -> TypingChanged:
+            return TypingChanged(peer=peer, active=active)
+
+        waiting = asyncio.ensure_future(client.wait_for(
+            TypingChanged, peer=b"b" * 16, check=lambda e: e.active, timeout_s=5))
+        await asyncio.sleep(0)
+        client._emit([typing(b"a" * 16, True), typing(b"b" * 16, False),
+                      typing(b"b" * 16, True)])
+        got = await waiting
+        assert got == typing(b"b" * 16, True) and len(seen) == 3
+        with pytest.raises(TimeoutError):
+            await client.wait_for(TypingChanged, timeout_s=0.05)
+        client._emit([typing(b"c" * 16, True)])  # listeners still there; no waiter left
+        assert len(seen) == 4 and len(client._handlers) == handlers
+
+        def broken(event: TypingChanged) -> bool:
+            raise ValueError("the predicate's own error")
+
+        waiting = asyncio.ensure_future(client.wait_for(TypingChanged, check=broken))
+        await asyncio.sleep(0)
+        client._emit([typing(b"d" * 16, True)])
+        with pytest.raises(ValueError, match="predicate"):
+            await waiting
+        waiting = asyncio.ensure_future(client.wait_for(MessageReceived))
+        await asyncio.sleep(0)
+    with pytest.raises(ConnectionLost):
+        await asyncio.wait_for(waiting, 5)
