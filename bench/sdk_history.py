@@ -14,7 +14,9 @@ each). Then, on the reopened profile:
 * **search**: ``store.search(word, limit=50)`` for words sampled uniformly from the
   stored vocabulary (the target) and, as a harder case, sampled by frequency (common
   words dominate), each in NEWEST order (newest stored first; the SDK default) and in
-  RANK order (BM25 over every match). Baseline: ``body LIKE '%word%'`` on a few words.
+  RANK order (BM25 over every match); and the first three letters of the uniform words
+  (a search box while the word is typed: the last term is a prefix from three letters
+  on). Baseline: ``body LIKE '%word%'`` on a few words.
 
 Prints p50/p99 in milliseconds, the targets (page p99 <= 5 ms, search p99 <= 50 ms),
 whether they are met, the build time and the file size. Figures: docs/client-store.md.
@@ -208,6 +210,9 @@ def main() -> None:
                 for sample, words in (("uniform", uniform), ("by frequency", weighted))
                 for order in SearchOrder
             }
+            # What a search box sends while the word is being typed: its first letters.
+            typed = [w[:3] for w in uniform]
+            as_you_type = bench_search(store, typed, SearchOrder.NEWEST)
             like = []
             with profile._db.read("baseline") as tx:
                 for w in uniform[:3]:
@@ -228,6 +233,8 @@ def main() -> None:
                 else None
             print(line(f"search top 50, {order.value}, {sample} words", times, target,
                        f"   {mean_hits:4.1f} hits"))
+        print(line("search top 50, newest, first 3 letters", as_you_type[0], None,
+                   f"   {as_you_type[1]:4.1f} hits"))
         newest = percentiles(results[("uniform", SearchOrder.NEWEST)][0])[0]
         print(line("  baseline: body LIKE '%word%' (3 words)", like, None,
                    f"   x{percentiles(like)[0] / newest:.0f} FTS newest (p50)"))

@@ -36,6 +36,8 @@ from __future__ import annotations
 import enum
 import re
 import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -74,6 +76,7 @@ __all__ = [
     "fts_match_expression",
     "index_terms",
     "ordering_time",
+    "search_matches",
     "search_terms",
 ]
 
@@ -85,6 +88,10 @@ MAX_PAGE = 500
 """Largest page a caller may ask for: bounds one query's work and memory."""
 MAX_SEARCH_TERMS = 16
 """Terms per search query: more only slows the query down without narrowing much."""
+PREFIX_MIN_LEN = 3
+"""A query's last term matches the words it begins only from this many characters on
+(``"hel"`` finds "hello"; ``"he"`` only "he"): a one- or two-letter prefix would make
+FTS5 merge the postings of a large part of the vocabulary at every keystroke."""
 
 
 class ConversationKind(enum.IntEnum):
@@ -494,8 +501,30 @@ def search_terms(text: str) -> list[str]:
     return index_terms(text)[:MAX_SEARCH_TERMS]
 
 
+def search_matches(terms: Sequence[str], words: Iterable[str]) -> int:
+    """How many of *words* (a message's :func:`index_terms`) the query *terms* match,
+    0 unless every term matches one: whole words, except a last term of at least
+    :data:`PREFIX_MIN_LEN` characters, which also matches the words it begins (search as
+    you type: ``"hel"`` finds "hello"). The rule of :func:`fts_match_expression`, for
+    stores without FTS5."""
+    *whole, last = terms
+    counts = Counter(words)
+    hits = 0
+    for term in whole:
+        if term not in counts:
+            return 0
+        hits += counts[term]
+    if len(last) < PREFIX_MIN_LEN:
+        started = counts[last]
+    else:
+        started = sum(n for word, n in counts.items() if word.startswith(last))
+    return hits + started if started else 0
+
+
 def fts_match_expression(text: str) -> str | None:
-    """An FTS5 MATCH expression for user text: every term quoted, all required.
+    """An FTS5 MATCH expression for user text: every term quoted, all required, the
+    last one a prefix from :data:`PREFIX_MIN_LEN` characters on (``"hel"*``: search
+    as you type).
 
     Quoting means user input is never parsed as FTS5 syntax (``AND``, ``"``, ``*``,
     column filters), so no input can raise a syntax error or widen the query.
@@ -504,4 +533,5 @@ def fts_match_expression(text: str) -> str | None:
     terms = search_terms(text)
     if not terms:
         return None
-    return " ".join('"' + t.replace('"', '""') + '"' for t in terms)
+    quoted = " ".join('"' + t.replace('"', '""') + '"' for t in terms)
+    return quoted + "*" if len(terms[-1]) >= PREFIX_MIN_LEN else quoted

@@ -9,7 +9,6 @@ for tests, not for a million messages.
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 from collections.abc import Iterable
 from typing import assert_never
 
@@ -45,6 +44,7 @@ from ..history import (
     expiry_for,
     index_terms,
     ordering_time,
+    search_matches,
     search_terms,
 )
 
@@ -191,10 +191,11 @@ class HistoryTables:
                 continue
             if now_ms is not None and m.expires_at_ms is not None and m.expires_at_ms <= now_ms:
                 continue
-            words = Counter(index_terms(m.body))
-            if all(t in words for t in terms):
+            words = index_terms(m.body)
+            matched = search_matches(terms, words)
+            if matched:
                 # A stand-in for BM25 (lower is better): matched share of the body.
-                hits.append((-sum(words[t] for t in terms) / sum(words.values()), rowid))
+                hits.append((-matched / len(words), rowid))
         if order is SearchOrder.NEWEST:
             hits.sort(key=lambda h: -h[1])
             if cursor is not None:

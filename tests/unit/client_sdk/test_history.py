@@ -284,7 +284,8 @@ def test_delete_for_me_removes_the_row(store: ClientStore) -> None:
 def test_search_terms_are_quoted() -> None:
     assert search_terms("Héllo, WORLD_x 42!") == ["hello", "world", "x", "42"]
     assert fts_match_expression('say "AND" OR body:* NEAR(') == (
-        '"say" "and" "or" "body" "near"')
+        '"say" "and" "or" "body" "near"*')  # the last term is a prefix
+    assert fts_match_expression("on at") == '"on" "at"'  # from three characters on
     assert fts_match_expression("  ,;  ") is None
 
 
@@ -299,6 +300,13 @@ def test_search_basics(store: ClientStore) -> None:
     assert ids(h.message for h in store.search("noon", conversation_id=b).hits) == [
         message_id(3)]
     assert store.search("dinner").hits == ()
+    # Search as you type: the last word may be the start of one, the others are whole.
+    assert ids(h.message for h in store.search("Caf").hits) == [message_id(1)]
+    assert ids(h.message for h in store.search("meet caf").hits) == [message_id(1)]
+    assert store.search("mee cafe").hits == ()
+    assert len(store.search("noo").hits) == 3
+    assert store.search("no").hits == ()  # a prefix from three characters on only
+    assert ids(h.message for h in store.search("noon wor").hits) == [message_id(2)]
     for nasty in ['"', "AND", "*", "body:noon", "NEAR(noon", "noon)", "", "  "]:
         store.search(nasty)  # never an FTS5 syntax error
     assert store.search('"noon"').hits  # quotes are just punctuation
