@@ -204,8 +204,10 @@ class ClientApiMixin:
     async def search(self, text: str, *, peer: bytes | None = None,
                      limit: int = 50) -> SearchPage:
         """Full-text search of history: all conversations, or the one with *peer* (a
-        contact's account id or a group id). Every word of *text* must appear; case
-        and diacritics do not matter, punctuation only separates words.
+        contact's account id or a group id), newest first. Every word of *text* must
+        appear, the last one possibly as the start of a word from three characters on
+        (search as you type); case and diacritics do not matter, punctuation only
+        separates words.
 
         Raises:
             UnknownContact: *peer* is neither a contact nor a group of ours.

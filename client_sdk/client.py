@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import inspect
 import logging
@@ -348,7 +349,10 @@ class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixi
 
     def on(self, event_type: type[E], handler: Callable[[E], object]) -> Callable[[], None]:
         """Call *handler* for every event of *event_type* (subclasses included; ``Event``
-        for all). Coroutine handlers are awaited in order. Returns an unsubscribe."""
+        for all), in the order the handlers were added; a coroutine handler runs as a
+        task of its own, started then. A handler that raises is logged ("event handler
+        failed") and the others go on. Only events emitted after this call reach it.
+        Returns an unsubscribe."""
         entry = (event_type, handler)
         self._handlers.append(entry)
         return lambda: self._handlers.remove(entry) if entry in self._handlers else None
@@ -365,9 +369,14 @@ class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixi
         closed when it times out. Only events emitted after the call count.
 
         Raises:
+            TypeError: *match* names something *event_type* does not have.
             TimeoutError: none came within *timeout_s* (None: wait as long as it takes).
             ConnectionLost: the client closed meanwhile.
         """
+        known = {f.name for f in dataclasses.fields(event_type)}
+        unknown = sorted(set(match) - known)
+        if unknown:  # a misspelt keyword would otherwise never match
+            raise TypeError(f"{event_type.__name__} has no field {', '.join(unknown)}")
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[E] = loop.create_future()
 
@@ -426,7 +435,7 @@ class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixi
                     try:
                         result = handler(event)
                         if inspect.isawaitable(result):
-                            self._spawn(result)
+                            self._spawn(_handled(result))
                     except Exception:
                         _log.exception("event handler failed")
             if self._backlog is not None:
@@ -636,6 +645,14 @@ class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixi
         finally:
             self._register_waiter = None
         return self.core.account_id
+
+async def _handled(awaitable: Awaitable[object]) -> None:
+    """An async event handler's run: its failure is logged as a sync handler's is."""
+    try:
+        await awaitable
+    except Exception:
+        _log.exception("event handler failed")
+
 
 # Worker-side helpers (module functions, so that the calls type-check without lambdas).
 

@@ -250,6 +250,14 @@ class ClientCore:
         self.cache_contact(contact)
 
     def contact(self, peer: bytes) -> Contact | None:
+        """The contact with account id *peer*, or None.
+
+        Raises:
+            TypeError: *peer* is a str (a hex id: ``bytes.fromhex`` it first).
+        """
+        if isinstance(peer, str):
+            raise TypeError("peer must be bytes (an account or group id), not str: "
+                            "bytes.fromhex() a hex id first")
         return self._contacts.get(peer)
 
     def contacts(self, state: ContactState | None = None) -> list[Contact]:

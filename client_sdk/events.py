@@ -79,7 +79,9 @@ class MessageReceived(Event):
         text: the text (for a file: its caption).
         attachment: the encoded file manifest of a FILE (holds the file key).
         file: the manifest's public part (name, size, media type, transfer id) of a
-            FILE, for ``download_file``; None if the manifest does not decode.
+            FILE, for ``download_file(peer, message_id, ...)``, or
+            ``download_group_file(group_id, message_id, ...)`` when ``group_id`` is set;
+            None if the manifest does not decode.
         sent_at_ms: the author's clock, clamped to ``received_at_ms`` for ordering.
         group_id: the group it was posted in (``peer`` is then its author); None for
             a direct message.
@@ -142,7 +144,7 @@ class ReactionChanged(Event):
     peer: bytes
     conversation_id: int
     message_id: bytes
-    emoji: str
+    emoji: str = field(repr=False)
     removed: bool = False
     group_id: bytes | None = None
 
@@ -164,7 +166,7 @@ class InvitationReceived(Event):
     our pairwise mailbox only from the acceptance)."""
 
     peer: bytes
-    profile_name: str | None
+    profile_name: str | None = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,7 +175,7 @@ class ContactAccepted(Event):
     mailbox announcement arrived), False when we accepted theirs."""
 
     peer: bytes
-    profile_name: str | None
+    profile_name: str | None = field(repr=False)
     by_peer: bool
 
 
@@ -183,7 +185,7 @@ class ProfileChanged(Event):
     avatar (an encoded file manifest)."""
 
     peer: bytes
-    display_name: str | None
+    display_name: str | None = field(repr=False)
     avatar_manifest: bytes | None = field(default=None, repr=False)
 
 

@@ -486,14 +486,16 @@ _TOKEN = re.compile(r"[^\W_]+")
 
 
 def _fold(token: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", token.casefold())
+    decomposed = unicodedata.normalize("NFD", token.lower())
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
 def index_terms(text: str) -> list[str]:
-    """Split text into terms the way the FTS5 ``unicode61`` tokenizer does (runs of
-    letters and digits; case and diacritics folded)."""
-    return [_fold(t) for t in _TOKEN.findall(text)]
+    """Split text into terms the way the FTS5 ``unicode61 remove_diacritics 2``
+    tokenizer does: runs of letters and digits, lowercased, diacritics removed
+    ("Café" and a decomposed "Cafe\u0301" are both ``cafe``), nothing else folded
+    ("Straße" stays ``straße``, a ligature stays one: what the index holds)."""
+    return [_fold(t) for t in _TOKEN.findall(unicodedata.normalize("NFC", text))]
 
 
 def search_terms(text: str) -> list[str]:

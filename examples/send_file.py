@@ -93,9 +93,13 @@ async def _receive(client: AsyncClient, peer: bytes | None, folder: Path, count:
                 continue
             dest = await asyncio.to_thread(safe_name, event.file.name, folder)
             with _bar() as progress:
-                path = await client.download_file(
-                    event.peer, event.message_id, dest,
-                    progress=_updater(progress, f"receive {dest.name}", event.file.size))
+                update = _updater(progress, f"receive {dest.name}", event.file.size)
+                if event.group_id is not None:  # posted in a group (peer: its author)
+                    path = await client.download_group_file(
+                        event.group_id, event.message_id, dest, progress=update)
+                else:
+                    path = await client.download_file(event.peer, event.message_id, dest,
+                                                      progress=update)
             print(f"received {path.name} ({event.file.size} bytes) from "
                   f"{event.peer.hex()}", flush=True)
             got += 1

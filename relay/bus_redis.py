@@ -149,11 +149,13 @@ class RedisBusStats:
     received: int
     """Notifications from other nodes handed to this node's subscriptions."""
     remote_takers: int
-    """Other nodes that had a subscriber for this node's publishes (sum of counts)."""
+    """Other nodes that had a subscriber for this node's publishes (sum of counts; an
+    invalidation or account deletion counts every other node)."""
     stripped: int
     """Sent to other nodes without their payload (larger than REMOTE_PAYLOAD_MAX)."""
     publish_failures: int
-    """Notifications and invalidations that did not reach Redis (heartbeats aside)."""
+    """Notifications, invalidations and account deletions that did not reach Redis
+    (heartbeats aside)."""
     reconnects: int
     bad_messages: int
     """Messages that did not decode or carry another wire version, dropped."""

@@ -6,6 +6,7 @@ pump, batching, acks, reconnect and the event API."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -301,6 +302,9 @@ async def test_register_without_a_relay_says_so_at_once(tmp_path: Path) -> None:
         with pytest.raises(ClientError, match="no relay URL"):
             await asyncio.wait_for(client.register(timeout_s=30), 5)
         assert not client.core.registered
+        for call in (client.history, client.conversation):  # a hex str, not bytes
+            with pytest.raises(TypeError, match=r"bytes\.fromhex"):
+                await call("ab" * 16)  # type: ignore[operator]
 
 
 async def test_wait_for_one_event_bounded(tmp_path: Path) -> None:
@@ -324,6 +328,8 @@ async def test_wait_for_one_event_bounded(tmp_path: Path) -> None:
         assert got == typing(b"b" * 16, True) and len(seen) == 3
         with pytest.raises(TimeoutError):
             await client.wait_for(TypingChanged, timeout_s=0.05)
+        with pytest.raises(TypeError, match="no field per"):
+            await client.wait_for(TypingChanged, per=b"b" * 16, timeout_s=5)
         client._emit([typing(b"c" * 16, True)])  # listeners still there; no waiter left
         assert len(seen) == 4 and len(client._handlers) == handlers
 
@@ -339,3 +345,29 @@ async def test_wait_for_one_event_bounded(tmp_path: Path) -> None:
         await asyncio.sleep(0)
     with pytest.raises(ConnectionLost):
         await asyncio.wait_for(waiting, 5)
+
+
+async def test_a_failing_handler_is_logged_and_the_others_go_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with AsyncClient.open(tmp_path / "h.pigeon", "pass", params=FAST,
+                                durability=Durability.OFF) as client:
+        seen: list[Event] = []
+
+        def broken(event: Event) -> None:
+            raise RuntimeError("sync handler bug")
+
+        async def broken_async(event: Event) -> None:
+            raise RuntimeError("async handler bug")
+
+        client.on(TypingChanged, broken)
+        client.on(TypingChanged, broken_async)
+        client.on(TypingChanged, seen.append)
+        with caplog.at_level(logging.ERROR, logger="pigeon.sdk"):
+            for active in (True, False):
+                client._emit([TypingChanged(peer=b"p" * 16, active=active)])
+            await asyncio.sleep(0.05)
+        assert len(seen) == 2  # later handlers and later events still served
+        failures = [r for r in caplog.records if r.getMessage() == "event handler failed"]
+        assert len(failures) == 4  # two per event, sync and async alike
+        assert {str(r.exc_info[1]) for r in failures if r.exc_info} == {
+            "sync handler bug", "async handler bug"}

@@ -300,6 +300,11 @@ def test_search_basics(store: ClientStore) -> None:
     assert ids(h.message for h in store.search("noon", conversation_id=b).hits) == [
         message_id(3)]
     assert store.search("dinner").hits == ()
+    # Folded as the FTS5 tokenizer folds: case and diacritics only, whatever the form.
+    store.apply(text(b, 4, "Straße in Köln, nai\u0308ve", sender=CAROL), now_ms=NOW)
+    for query in ("STRAẞE", "straße", "koln", "Köln", "naïve", "naive", "nai\u0308ve"):
+        assert ids(h.message for h in store.search(query).hits) == [message_id(4)], query
+    assert store.search("strasse").hits == ()  # no full case folding (ß is not ss)
     # Search as you type: the last word may be the start of one, the others are whole.
     assert ids(h.message for h in store.search("Caf").hits) == [message_id(1)]
     assert ids(h.message for h in store.search("meet caf").hits) == [message_id(1)]
