@@ -24,6 +24,7 @@ from client_sdk import (
     AsyncClient,
     FileOptions,
     FileTooLarge,
+    GroupChanged,
     MessageKind,
     MessageReceived,
     NotAFileMessage,
@@ -430,6 +431,33 @@ async def test_example_script_sends_and_receives(clients: ClientFactory,
         env=env("alice"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, b_err = await asyncio.wait_for(bad.communicate(), 60)
     assert bad.returncode == 1 and "UnknownContact" in b_err.decode()
+
+
+async def test_example_script_receives_a_group_file(clients: ClientFactory,
+                                                    tmp_path: Path) -> None:
+    """A file posted in a group reaches ``send_file receive`` as one from its author
+    (``--from``), fetched through the group (``download_group_file``)."""
+    alice, bob = await clients("alice"), await clients("bob")
+    await clients.connect(alice, bob)
+    joined = asyncio.ensure_future(bob.wait_for(GroupChanged, timeout_s=30))
+    gid = (await alice.create_group("Files", [bob.account_id])).group_id
+    assert (await joined).group.group_id == gid
+    b_profile, a_id = bob.path, alice.account_id
+    await bob.close()
+    source = tmp_path / "minutes.txt"
+    digest = await asyncio.to_thread(write_random, source, 300_000)
+    out_dir = tmp_path / "inbox"
+    receiver = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "examples.send_file", "--profile", str(b_profile),
+        "--relay", clients.relay.url, "receive", "--from", a_id.hex(), "--dir",
+        str(out_dir), "--timeout", "60",
+        env={**os.environ, "PIGEON_PASSPHRASE": "passphrase of bob"}, cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    await alice.send_group_file(gid, source)
+    r_out, r_err = await asyncio.wait_for(receiver.communicate(), 90)
+    assert receiver.returncode == 0, r_err.decode()[-2000:]
+    assert "received minutes.txt (300000 bytes)" in r_out.decode()
+    assert sha256_of(out_dir / "minutes.txt") == digest
 
 
 def _send_and_die(profile: str, url: str, peer_hex: str, source: str, fraction: str) -> None:
