@@ -46,7 +46,7 @@ from pigeon_crypto.errors import StoreError
 from .blob_http import add_blob_routes
 from .blobs import FolderBlobStore
 from .bus import InProcessBus
-from .config import RelayConfig, RelayIdentity, load_or_create_identity
+from .config import RelayConfig, load_or_create_identity
 from .credits import BucketMap
 from .metrics import create_metrics
 from .node import install_pipeline
@@ -210,21 +210,21 @@ async def _blobs_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
-async def open_bus(config: RelayConfig, identity: RelayIdentity) -> Bus:
+async def open_bus(config: RelayConfig, token_secret: bytes) -> Bus:
     """The bus *config* names: in-process, or Redis pub/sub between the nodes of one
     database (``--bus-url``; redis-py is imported only then), its messages tagged under
-    a key derived from *identity*'s token secret, which every node shares."""
+    a key derived from the deployment's *token_secret*, which every node shares."""
     if config.bus_url is not None:
         from ._redis_wire import bus_key
         from .bus_redis import RedisBus  # redis-py: an extra
 
         return await RedisBus.open(config.bus_url, prefix=config.bus_prefix,
-                                   key=bus_key(identity.token_secret))
+                                   key=bus_key(token_secret))
     return InProcessBus()
 
 
 async def _bus_ctx(app: web.Application) -> AsyncIterator[None]:
-    bus = await open_bus(app[CONFIG], app[IDENTITY])  # after _identity_ctx
+    bus = await open_bus(app[CONFIG], app[IDENTITY].token_secret)  # after _identity_ctx
     app[BUS] = bus
     stats = getattr(bus, "stats", None)
     if stats is not None:  # both adapters: a dataclass of counters and levels

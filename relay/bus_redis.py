@@ -397,12 +397,14 @@ class RedisBus:
 
     async def account_deleted(self, account_id: bytes) -> None:
         """Tell every other node that *account_id* was deleted (its ``on_account_deleted``
-        handlers run: they close its sessions there). Best effort, like an invalidation:
-        lost while Redis is unreachable, and a session left open on another node can do
-        nothing with an account the store no longer has."""
+        handlers run: they close its sessions there). Returns once Redis took it, with
+        whatever this node published before (a deletion is rare; ``pigeon-relay admin``
+        closes the bus right after). Best effort, like an invalidation: lost while Redis
+        is unreachable, and a session left open on another node can do nothing with an
+        account the store no longer has."""
         check_id("account_id", account_id, ACCOUNT_ID_LEN)
         if not self._closed:
-            self._publisher.enqueue(
+            await self._publisher.enqueue(
                 self._acct, self._tagger.seal(self._head + ACCOUNT_GONE + account_id))
 
     def on_account_deleted(self, handler: Callable[[bytes], None]) -> None:

@@ -56,10 +56,19 @@ from .config import (
     RelayConfig,
     SyncMode,
     config_from,
+    load_token_secret,
     parse_duration,
 )
 from .logs import setup_logging
-from .ports import ACCOUNT_ID_LEN, InviteRecord, Store, StoreConflict, invite_code_hash
+from .ports import (
+    ACCOUNT_ID_LEN,
+    InviteRecord,
+    Notification,
+    NotificationKind,
+    Store,
+    StoreConflict,
+    invite_code_hash,
+)
 from .store_sqlite import SqliteStore
 from .tls import certificate_fingerprint, format_fingerprint, server_ssl_context
 
@@ -301,6 +310,12 @@ def _admin_parser() -> argparse.ArgumentParser:
     parser.add_argument("--store-url", metavar="URL",
                         help="a PostgreSQL store instead [PIGEON_RELAY_STORE_URL]")
     parser.add_argument("--store-schema", metavar="NAME", help="[PIGEON_RELAY_STORE_SCHEMA]")
+    parser.add_argument("--bus-url", metavar="URL",
+                        help="the nodes' Redis bus: `accounts delete` tells them (closes the "
+                             "account's live sessions) [PIGEON_RELAY_BUS_URL]")
+    parser.add_argument("--bus-prefix", metavar="NAME", help="[PIGEON_RELAY_BUS_PREFIX]")
+    parser.add_argument("--secret-file", metavar="FILE",
+                        help="the nodes' token secret (keys the bus) [PIGEON_RELAY_SECRET_FILE]")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -331,11 +346,14 @@ def _admin_main(argv: Sequence[str]) -> int:
     parser = _admin_parser()
     args = parser.parse_args(argv)
     flags = {"data_dir": args.data_dir, "db_path": args.db_path, "blob_dir": args.blob_dir,
-             "store_url": args.store_url, "store_schema": args.store_schema}
+             "store_url": args.store_url, "store_schema": args.store_schema,
+             "bus_url": args.bus_url, "bus_prefix": args.bus_prefix,
+             "secret_file": args.secret_file}
     env = {k: v for k, v in os.environ.items()
            if k in ("PIGEON_RELAY_DATA_DIR", "PIGEON_RELAY_DB", "PIGEON_RELAY_BLOB_DIR",
                     "PIGEON_RELAY_SECRET_FILE", "PIGEON_RELAY_RELAY_ID",
-                    "PIGEON_RELAY_STORE_URL", "PIGEON_RELAY_STORE_SCHEMA")}
+                    "PIGEON_RELAY_STORE_URL", "PIGEON_RELAY_STORE_SCHEMA",
+                    "PIGEON_RELAY_BUS_URL", "PIGEON_RELAY_BUS_PREFIX")}
     try:
         config = config_from(flags, env)
     except ConfigError as exc:
@@ -467,9 +485,34 @@ async def _accounts(store: Store, args: argparse.Namespace, config: RelayConfig,
         account_id = b""
     if len(account_id) != ACCOUNT_ID_LEN:
         raise ConfigError("an account id is 32 hex digits")
+    secret = load_token_secret(config) if config.bus_url is not None else None
+    mailboxes = [r.mailbox_id for r in await store.list_mailboxes(account_id)]
     deleted = await store.delete_account(account_id)
-    out.emit({"deleted": deleted}, ["deleted" if deleted else "no such account"])
+    told = deleted and secret is not None
+    if told:
+        assert secret is not None
+        await _tell_nodes(config, secret, account_id, mailboxes)
+    out.emit({"deleted": deleted, "nodes_told": told},
+             ["deleted" if deleted else "no such account"]
+             + (["the relay's nodes were told (its live sessions close)"] if told else []))
     return 0 if deleted else 1
+
+
+async def _tell_nodes(config: RelayConfig, secret: bytes, account_id: bytes,
+                      mailboxes: Sequence[bytes]) -> None:
+    """What a node's ``DeleteAccount`` tells the others, said on the bus: forget the
+    mailboxes, stop delivering them (``CLOSED``), close the account's sessions."""
+    from .app import open_bus
+
+    bus = await open_bus(config, secret)
+    try:
+        for mailbox_id in mailboxes:
+            await bus.invalidate(mailbox_id)
+        await bus.publish_many([(m, Notification(kind=NotificationKind.CLOSED))
+                                for m in mailboxes])
+        await bus.account_deleted(account_id)  # returns once Redis took all of it
+    finally:
+        await bus.close()
 
 
 def _folder_usage(root: Path) -> tuple[int, int]:

@@ -53,6 +53,7 @@ __all__ = [
     "format_duration",
     "format_size",
     "load_or_create_identity",
+    "load_token_secret",
     "parse_bool",
     "parse_duration",
     "parse_size",
@@ -582,6 +583,18 @@ def _create_once(path: Path, value: bytes, *, mode: int) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def load_token_secret(config: RelayConfig) -> bytes:
+    """Read the deployment's token secret, never creating it (``pigeon-relay admin``).
+
+    Raises:
+        ConfigError: no such file, or a malformed one.
+    """
+    if not config.secret_path.exists():
+        raise ConfigError(f"no token secret at {config.secret_path} (--secret-file)")
+    return _read_hex_file(config.secret_path, "token secret",
+                          tuple(range(TOKEN_SECRET_LEN, 129)))
 
 
 def load_or_create_identity(config: RelayConfig) -> RelayIdentity:

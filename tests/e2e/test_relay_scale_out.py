@@ -292,3 +292,34 @@ def test_admin_commands_on_the_shared_database(cluster: Cluster) -> None:
     typo = {**env, "PIGEON_RELAY_STORE_SCHEMA": cluster.schema + "_typo"}
     wrong = run_cli(["admin", "--json", "queues"], env=typo, cwd=cluster.folder)
     assert wrong.returncode == 1 and "no relay tables" in wrong.stderr, wrong.stderr
+
+
+async def test_admin_deleting_an_account_tells_the_nodes(cluster: Cluster) -> None:
+    """``pigeon-relay admin accounts delete`` with the bus: the node closes the account's
+    live session and forgets its cached capability (an ephemeral signal, which only the
+    cache stands between, is refused at once), as after a DeleteAccount frame."""
+    node = cluster.node()
+    bob = await connect_user(node.url)
+    assert bob.identity is not None
+    box = await bob.create_mailbox()
+    await bob.subscribe(box)
+    sender = await anonymous(node.url)
+    assert isinstance(await sender.send([box], b"the capability is cached now"), Sent)
+    args = ["admin", "--json", "--store-url", cluster.dsn, "--store-schema", cluster.schema,
+            "--bus-url", cluster.redis, "--bus-prefix", cluster.prefix,
+            "--secret-file", str(cluster.folder / "token.secret")]
+    out = await asyncio.to_thread(
+        run_cli, [*args, "accounts", "delete", bob.identity.account_id.hex()],
+        cwd=cluster.folder)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"deleted": True, "nodes_told": True}
+    await asyncio.wait_for(bob.closed.wait(), 5)
+    refused = await sender.error(lambda rid: SendEphemeral(
+        request_id=rid, client_msg_id=os.urandom(16), blob=b"typing",
+        recipients=(box.recipient,)))
+    assert refused.code is ErrorCode.WRONG_CAPABILITY
+    again = await asyncio.to_thread(
+        run_cli, [*args, "accounts", "delete", bob.identity.account_id.hex()],
+        cwd=cluster.folder)
+    assert again.returncode == 1
+    assert json.loads(again.stdout) == {"deleted": False, "nodes_told": False}
