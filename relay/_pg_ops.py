@@ -36,6 +36,7 @@ from typing import Any
 from ._append_plan import _ENTRY, Box, SendRecord, _entries, accepts, plan, prepare
 from ._pg_accounts import Conn, lock_account
 from .ports import (
+    AckRequest,
     AppendRequest,
     AppendResult,
     ExpiryNotice,
@@ -348,8 +349,6 @@ async def fetch(
                           expires_at_ms=r[2], blob=r[3]) for r in rows]
 
 
-AckRequest = tuple[bytes, "int | None", tuple[int, ...]]
-"""``(mailbox_id, up_to_seq, seqs)`` of one ack call."""
 
 _ACK = "SELECT ack_call, ack_removed FROM ack_deliveries($1, $2, $3, $4)"
 """Every ack of a run in one statement (the function is in ``relay._pg_schema``): each

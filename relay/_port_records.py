@@ -23,6 +23,7 @@ __all__ = [
     "PREKEY_ID_MAX",
     "AccountRecord",
     "AccountSummary",
+    "AckRequest",
     "AppendRequest",
     "AppendResult",
     "BlobConflict",
@@ -77,6 +78,10 @@ def check_id(what: str, value: bytes, length: int) -> bytes:
 
 
 SEND_DEDUP_PREFIX: Final = b"pigeon relay send v1\x00"
+
+
+AckRequest = tuple[bytes, "int | None", tuple[int, ...]]
+"""``(mailbox_id, up_to_seq, seqs)`` of one ack: what the stores' batched ack takes."""
 
 
 def send_dedup_hash(client_msg_id: bytes) -> bytes:

@@ -21,6 +21,7 @@ from protocol import dedup_input
 from ._append_plan import _ENTRY, Box, SendRecord, _entries, accepts, plan, prepare
 from ._sqlite_accounts import account_exists
 from .ports import (
+    AckRequest,
     AppendRequest,
     AppendResult,
     ExpiryNotice,
@@ -405,8 +406,6 @@ def ack(
     return removed
 
 
-AckRequest = tuple[bytes, "int | None", tuple[int, ...]]
-"""``(mailbox_id, up_to_seq, seqs)`` of one :func:`ack` call."""
 
 
 def ack_many(conn: sqlite3.Connection, calls: Sequence[AckRequest]) -> list[int]:
