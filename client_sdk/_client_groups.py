@@ -109,17 +109,31 @@ class GroupsApiMixin:
         await self._introduce(event.group)
 
     async def _introduce(self, info: GroupInfo) -> None:
-        if not self.group_introductions or not info.active or info.channel:
+        """Become contacts with whom we must write to, or read from, in *info*: every
+        member of a group; in a channel, an admin with the readers and the other
+        admins, a reader with the admins only (readers are never introduced to each
+        other). Between peers, the smaller account id invites and the other accepts;
+        in a channel an admin invites the readers (a subscriber knows no roster)."""
+        if not self.group_introductions or not info.active:
             return
         me = self.account_id
-        for member in info.members:
+        admins = frozenset(info.admins)
+        if info.channel and me not in admins:
+            peers: Sequence[bytes] = info.admins  # they invite us; we accept theirs
+        else:
+            peers = info.members
+        for member in peers:
             if member == me or member in self._introducing:
                 continue
             contact = self.core.contact(member)
             if contact is not None and contact.state is not ContactState.PENDING:
                 continue
-            if contact is None and member < me:
-                continue  # the other member invites us; we accept (_accept_co_member)
+            if contact is None:
+                invites_us = member < me
+                if info.channel:  # an admin invites the readers; admins as in a group
+                    invites_us = me not in admins or (member in admins and member < me)
+                if invites_us:
+                    continue  # the other invites us; we accept (_accept_co_member)
             self._introducing.add(member)
             try:
                 if contact is None:
@@ -137,10 +151,21 @@ class GroupsApiMixin:
             return
 
         def shares_a_group(c: ClientCore) -> bool:
+            """A group we are both in, or a channel one of us administers and the
+            other is in (its readers do not meet each other)."""
+            me = c.account_id
             for record in c.store.list_groups():
-                head = _groups.GroupView.load(c, record.group_id).head
-                if (record.active and head is not None and not head.state.channel
-                        and peer in head.state.members):
+                if not record.active:
+                    continue
+                view = _groups.GroupView.load(c, record.group_id)
+                head = view.head
+                if head is None:
+                    continue
+                st = head.state
+                if not st.channel:
+                    if peer in st.members:
+                        return True
+                elif peer in st.admins or (me in st.admins and peer in view.audience()):
                     return True
             return False
 

@@ -17,7 +17,14 @@ import os
 import msgpack
 import pytest
 
-from client_sdk import AsyncClient, GroupChanged, MessageReceived, NotGroupAdmin, _groups
+from client_sdk import (
+    AsyncClient,
+    ContactState,
+    GroupChanged,
+    MessageReceived,
+    NotGroupAdmin,
+    _groups,
+)
 from client_sdk.store import Durability
 from client_sdk.testing import (  # noqa: F401 - fixtures
     FAST_PARAMS,
@@ -111,6 +118,32 @@ async def test_channel_admin_posts_subscribers_read(clients: ClientFactory) -> N
     await alice.send_group_text(gid, "issue 4")
     await d.wait_text("issue 4")
     assert d.texts() == ["issue 1", "marker", "issue 4"]
+
+
+async def test_a_promoted_subscriber_is_introduced_to_the_readers(
+        clients: ClientFactory) -> None:  # noqa: F811
+    """Bob, a subscriber who knows no other reader, is promoted: he invites the readers
+    of his roster, they accept an admin of a channel they read (but never each other),
+    and his posts reach them."""
+    alice, bob, carol, dave = (await clients("alice"), await clients("bob"),
+                               await clients("carol"), await clients("dave"))
+    for reader in (bob, carol, dave):
+        await clients.connect(alice, reader)
+    c, d = Inbox(carol), Inbox(dave)
+    gid = (await alice.create_channel("Desk", [bob.account_id, carol.account_id,
+                                               dave.account_id])).group_id
+    await c.wait(GroupChanged)
+    await d.wait(GroupChanged)
+    await alice.promote(gid, [bob.account_id])
+    async with asyncio.timeout(30):
+        while not all((k := bob.contact(r.account_id)) is not None  # noqa: ASYNC110
+                      and k.state is ContactState.ACCEPTED for r in (carol, dave)):
+            await asyncio.sleep(0.05)
+    await bob.send_group_text(gid, "from the new admin")
+    for inbox in (c, d):
+        await inbox.wait_text("from the new admin")
+    # Readers are not introduced to each other.
+    assert carol.contact(dave.account_id) is None and dave.contact(carol.account_id) is None
 
 
 async def test_second_admin_gets_the_roster_and_posts(clients: ClientFactory) -> None:  # noqa: F811
