@@ -23,7 +23,7 @@ channel                  body
 =======================  =========================================================
 ``<prefix>:mb:<hex id>``  :func:`relay.bus.encode_notification` (a hint)
 ``<prefix>:inv``          the 16-byte mailbox id (an invalidation)
-``<prefix>:acct``         ``0x61`` then the 16-byte account id (an account deletion)
+``<prefix>:acct``         ``0x61`` then the 16-byte account id (revoked sessions)
 ``<prefix>:hb``           a heartbeat (13 bytes, below)
 =======================  =========================================================
 
@@ -76,7 +76,7 @@ SECRET_MIN_LEN: Final = TOKEN_SECRET_LEN
 """The token secret's minimum (the relay's own, ``relay.config.TOKEN_SECRET_LEN``)."""
 BUS_KEY_INFO: Final = b"pigeon relay bus v1"
 ACCOUNT_GONE: Final = b"\x61"
-"""First byte of an account deletion's body (so it is 17 bytes, unlike an invalidation)."""
+"""First byte of a session revocation's body (17 bytes, unlike an invalidation)."""
 MAX_CLOCK_SKEW_MS: Final = 30_000
 """A heartbeat further than this from the receiver's clock is refused: replays of a
 captured beat are bounded to this window (and then by the per-origin order); nodes'

@@ -295,11 +295,11 @@ class InProcessBus:
     def on_invalidate(self, handler: Callable[[bytes | None], None]) -> None:
         """One node: no other node will invalidate anything."""
 
-    async def account_deleted(self, account_id: bytes) -> None:
+    async def sessions_revoked(self, account_id: bytes) -> None:
         """One node: the node closes its own sessions of the account."""
 
-    def on_account_deleted(self, handler: Callable[[bytes], None]) -> None:
-        """One node: no other node will delete an account."""
+    def on_sessions_revoked(self, handler: Callable[[bytes], None]) -> None:
+        """One node: no other node will revoke sessions."""
 
     async def close(self) -> None:
         self._closed = True

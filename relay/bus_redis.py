@@ -34,10 +34,10 @@ Theory of operation (docs/protocol.md §10.13; the semantics are :mod:`relay.bus
   is not sent to other nodes. A message whose tag does not verify is counted
   (``forged``) and dropped unread; one of another version, or that does not decode, is
   counted (``bad_messages``) and dropped. So whoever can PUBLISH on Redis without the
-  token secret cannot inject a hint, an invalidation, an account deletion or a
+  token secret cannot inject a hint, an invalidation, a session revocation or a
   heartbeat. It can replay a captured one: a hint names a seq consumers already have,
   or an ephemeral the client drops as a duplicate; an invalidation costs a cache miss;
-  an account deletion closes that account's sessions on other nodes (were it registered
+  a session revocation closes that account's sessions on other nodes (were it registered
   again, its clients reconnect; the store is untouched); a heartbeat is refused when it
   is not newer than the last one of its origin or more than 30 s off this node's clock
   (``stale_beats``; nodes' clocks must agree within that).
@@ -67,10 +67,11 @@ Theory of operation (docs/protocol.md §10.13; the semantics are :mod:`relay.bus
   publish.
 * **Invalidation.** :meth:`RedisBus.invalidate` tells the other nodes to forget what they
   cached about a mailbox (``on_invalidate`` handlers); it is best effort, like the hints.
-* **Account deletion.** :meth:`RedisBus.account_deleted` tells the other nodes that an
-  account is gone (``on_account_deleted`` handlers close its sessions there, as the
-  deleting node closes its own); best effort too: a session a lost message leaves open
-  can do nothing with an account the store no longer has.
+* **Revoked sessions.** :meth:`RedisBus.sessions_revoked` tells the other nodes that an
+  account was deleted or its identity rotated (``on_sessions_revoked`` handlers close
+  its sessions there, as that node closes its own); best effort too: a session a lost
+  message leaves open can do nothing with an account the store no longer has, nor
+  change an account whose current key it did not prove.
 """
 
 from __future__ import annotations
@@ -150,11 +151,11 @@ class RedisBusStats:
     """Notifications from other nodes handed to this node's subscriptions."""
     remote_takers: int
     """Other nodes that had a subscriber for this node's publishes (sum of counts; an
-    invalidation or account deletion counts every other node)."""
+    invalidation or session revocation counts every other node)."""
     stripped: int
     """Sent to other nodes without their payload (larger than REMOTE_PAYLOAD_MAX)."""
     publish_failures: int
-    """Notifications, invalidations and account deletions that did not reach Redis
+    """Notifications, invalidations and session revocations that did not reach Redis
     (heartbeats aside)."""
     reconnects: int
     bad_messages: int
@@ -395,20 +396,22 @@ class RedisBus:
         connection was cut off, a peer went silent or announced lost publishes)."""
         self._handlers.append(handler)
 
-    async def account_deleted(self, account_id: bytes) -> None:
-        """Tell every other node that *account_id* was deleted (its ``on_account_deleted``
-        handlers run: they close its sessions there). Returns once Redis took it, with
-        whatever this node published before (a deletion is rare; ``pigeon-relay admin``
-        closes the bus right after). Best effort, like an invalidation: lost while Redis
-        is unreachable, and a session left open on another node can do nothing with an
-        account the store no longer has."""
+    async def sessions_revoked(self, account_id: bytes) -> None:
+        """Tell every other node that *account_id* was deleted or its identity rotated
+        (its ``on_sessions_revoked`` handlers run: they close its sessions there).
+        Returns once Redis took it, with whatever this node published before (it is
+        rare; ``pigeon-relay admin`` closes the bus right after). Best effort, like an
+        invalidation: lost while Redis is unreachable; a session left open on another
+        node can do nothing with an account the store no longer has, nor change one
+        whose current key it did not prove."""
         check_id("account_id", account_id, ACCOUNT_ID_LEN)
         if not self._closed:
             await self._publisher.enqueue(
                 self._acct, self._tagger.seal(self._head + ACCOUNT_GONE + account_id))
 
-    def on_account_deleted(self, handler: Callable[[bytes], None]) -> None:
-        """Call ``handler(account_id)`` for each account another node deleted."""
+    def on_sessions_revoked(self, handler: Callable[[bytes], None]) -> None:
+        """Call ``handler(account_id)`` for each account whose sessions another node
+        revoked."""
         self._account_handlers.append(handler)
 
     def _channel(self, mailbox_id: bytes) -> bytes:

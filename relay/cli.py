@@ -510,7 +510,7 @@ async def _tell_nodes(config: RelayConfig, secret: bytes, account_id: bytes,
             await bus.invalidate(mailbox_id)
         await bus.publish_many([(m, Notification(kind=NotificationKind.CLOSED))
                                 for m in mailboxes])
-        await bus.account_deleted(account_id)  # returns once Redis took all of it
+        await bus.sessions_revoked(account_id)  # returns once Redis took all of it
     finally:
         await bus.close()
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Final
@@ -129,8 +130,8 @@ class Connection:
 
     __slots__ = (
         "_slot_free", "account_id", "batch", "challenge", "challenge_used", "connected",
-        "credits", "credits_low_sent", "forked", "inflight", "lookups", "misbehaviour", "node",
-        "owned", "owned_loaded", "pump", "remote", "sink", "tasks", "ws",
+        "credits", "credits_low_sent", "forked", "identity_key", "inflight", "lookups",
+        "misbehaviour", "node", "owned", "owned_loaded", "pump", "remote", "sink", "tasks", "ws",
     )
 
     def __init__(self, node: Node, ws: web.WebSocketResponse, remote: str) -> None:
@@ -152,6 +153,8 @@ class Connection:
         """``(nonce, server_time_ms)`` of this connection's challenge."""
         self.challenge_used = False
         self.account_id: bytes | None = None
+        self.identity_key: bytes | None = None
+        """The identity key this session proved (or rotated to)."""
         self.owned: set[bytes] = set()
         """Mailboxes known to belong to ``account_id`` (confirmed by the store)."""
         self.owned_loaded = False
@@ -195,9 +198,22 @@ class Connection:
 
     # ------------------------------------------------------------------ session
 
-    def authenticate(self, account_id: bytes) -> None:
+    def authenticate(self, account_id: bytes, identity_key: bytes) -> None:
         self.account_id = account_id
+        self.identity_key = identity_key
         self.node.add_session(account_id, self)
+
+    async def require_current_identity(self) -> None:
+        """Raise ``Refuse(AUTH_FAILED)`` unless this session's identity key is still the
+        account's: a session that logged in with a key rotated away since (closed by the
+        rotation, but a notice from another node may be lost, or its login may have
+        raced the rotation) cannot change or delete what the account owns."""
+        record = await self.node.store.get_account(self.account_id or b"")
+        if record is None:
+            raise Refuse(ErrorCode.UNKNOWN_ACCOUNT)
+        if self.identity_key is None or not hmac.compare_digest(record.identity_key,
+                                                                 self.identity_key):
+            raise Refuse(ErrorCode.AUTH_FAILED, message="identity rotated: log in again")
 
     async def load_owned(self) -> None:
         """Fill :attr:`owned` from the store (once per connection)."""

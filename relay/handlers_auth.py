@@ -115,10 +115,10 @@ def _verify_challenge(conn: Connection, identity: IdentityPublicKey, account_id:
         raise Refuse(ErrorCode.AUTH_FAILED) from None
 
 
-async def _welcome(ctx: FrameCtx[Auth] | FrameCtx[Register], account_id: bytes, *,
-                   new_account: bool) -> None:
+async def _welcome(ctx: FrameCtx[Auth] | FrameCtx[Register], account_id: bytes,
+                   identity_key: bytes, *, new_account: bool) -> None:
     conn = ctx.conn
-    conn.authenticate(account_id)
+    conn.authenticate(account_id, identity_key)
     await conn.send(Welcome(request_id=ctx.request_id, account_id=account_id,
                             server_time_ms=conn.node.clock_ms(),
                             new_account=new_account).encode())
@@ -134,7 +134,7 @@ async def handle_auth(ctx: FrameCtx[Auth]) -> None:
         raise Refuse(ErrorCode.UNKNOWN_ACCOUNT)
     identity = IdentityPublicKey.from_bytes(record.identity_key)  # verified at registration
     _verify_challenge(conn, identity, frame.account_id, frame.signature, nonce, issued)
-    await _welcome(ctx, frame.account_id, new_account=False)
+    await _welcome(ctx, frame.account_id, record.identity_key, new_account=False)
 
 
 async def handle_register(ctx: FrameCtx[Register]) -> None:
@@ -153,7 +153,7 @@ async def handle_register(ctx: FrameCtx[Register]) -> None:
         if record is not None:
             if not hmac.compare_digest(record.identity_key, frame.identity_key):
                 raise Refuse(ErrorCode.ACCOUNT_EXISTS)
-            await _welcome(ctx, frame.account_id, new_account=False)
+            await _welcome(ctx, frame.account_id, frame.identity_key, new_account=False)
             return
         code_hash = None
         if node.config.invite_only:
@@ -168,7 +168,7 @@ async def handle_register(ctx: FrameCtx[Register]) -> None:
             raise Refuse(ErrorCode.INVITE_INVALID) from None
         except StoreConflict:
             continue
-        await _welcome(ctx, frame.account_id, new_account=True)
+        await _welcome(ctx, frame.account_id, frame.identity_key, new_account=True)
         return
     raise Refuse(ErrorCode.ACCOUNT_EXISTS)  # pragma: no cover - created and gone meanwhile
 
@@ -207,10 +207,15 @@ async def rotate_identity(ctx: FrameCtx[RotateIdentity]) -> None:
                      message="rotation must start from the current key with the next serial")
     nonce, issued = conn.challenge
     _verify_challenge(conn, rotation.new, account_id, frame.signature, nonce, issued)
-    await node.store.rotate_identity(account_id=account_id,
-                                     identity_key=rotation.new.to_bytes(),
+    new_key = rotation.new.to_bytes()
+    await node.store.rotate_identity(account_id=account_id, identity_key=new_key,
                                      rotation=frame.rotation, now_ms=node.clock_ms())
+    conn.identity_key = new_key
+    # Every other session of the account proved the old key: end them, here and on the
+    # other nodes (whoever else holds the old key keeps nothing).
+    await node.bus.sessions_revoked(account_id)
     await conn.send(Ok(request_id=ctx.request_id).encode())
+    await node.close_sessions(account_id, reason=b"identity rotated", keep=conn)
 
 
 async def delete_account(ctx: FrameCtx[DeleteAccount]) -> None:
@@ -218,11 +223,12 @@ async def delete_account(ctx: FrameCtx[DeleteAccount]) -> None:
     node = conn.node
     account_id = conn.account_id
     assert account_id is not None  # require_auth ran
+    await conn.require_current_identity()
     mailboxes = await node.store.list_mailboxes(account_id)
     await node.store.delete_account(account_id)
     for record in mailboxes:
         await node.close_mailbox(record.mailbox_id)
-    await node.bus.account_deleted(account_id)
+    await node.bus.sessions_revoked(account_id)
     await conn.send(Ok(request_id=ctx.request_id).encode())
-    await node.close_sessions(account_id)
+    await node.close_sessions(account_id, reason=b"account deleted")
     raise Halt

@@ -214,7 +214,7 @@ class Node:
         self.stalls = 0
         self._closing: set[asyncio.Task[None]] = set()
         bus.on_invalidate(self._invalidated)
-        bus.on_account_deleted(self._account_deleted)
+        bus.on_sessions_revoked(self._sessions_revoked)
 
     # ------------------------------------------------------------------ mailboxes
 
@@ -272,20 +272,25 @@ class Node:
     def add_session(self, account_id: bytes, conn: Connection) -> None:
         self.sessions.setdefault(account_id, set()).add(conn)
 
-    async def close_sessions(self, account_id: bytes) -> None:
-        """Close every connection of this node logged in as *account_id* (deleted); one
-        that fails to close does not keep the others open."""
+    async def close_sessions(self, account_id: bytes, *, reason: bytes,
+                             keep: Connection | None = None) -> None:
+        """Close every connection of this node logged in as *account_id* but *keep*
+        (the account was deleted, or its identity rotated); one that fails to close
+        does not keep the others open."""
         for conn in list(self.sessions.get(account_id, ())):
+            if conn is keep:
+                continue
             try:
-                await conn.ws.close(code=WSCloseCode.OK, message=b"account deleted")
+                await conn.ws.close(code=WSCloseCode.OK, message=reason)
             except Exception as exc:  # its socket is going away anyway
-                _log.warning("closing a deleted account's session failed: %s",
-                             type(exc).__name__)
+                _log.warning("closing a revoked session failed: %s", type(exc).__name__)
 
-    def _account_deleted(self, account_id: bytes) -> None:
-        """Another node deleted *account_id*: close its sessions here too."""
+    def _sessions_revoked(self, account_id: bytes) -> None:
+        """Another node deleted *account_id* or rotated its identity: close its sessions
+        here too."""
         if account_id in self.sessions:
-            task = asyncio.get_running_loop().create_task(self.close_sessions(account_id))
+            task = asyncio.get_running_loop().create_task(
+                self.close_sessions(account_id, reason=b"session revoked"))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 

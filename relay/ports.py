@@ -552,14 +552,15 @@ class Bus(Protocol):
         reconnected): then everything cached about mailboxes is suspect."""
         ...
 
-    async def account_deleted(self, account_id: bytes) -> None:
-        """Tell every other node that *account_id* was deleted: their handlers given to
-        :meth:`on_account_deleted` run with it (and close its sessions there). A
+    async def sessions_revoked(self, account_id: bytes) -> None:
+        """Tell every other node that *account_id*'s sessions are revoked (the account
+        was deleted, or its identity key rotated): their handlers given to
+        :meth:`on_sessions_revoked` run with it (and close its sessions there). A
         single-node bus has no one to tell."""
         ...
 
-    def on_account_deleted(self, handler: Callable[[bytes], None]) -> None:
-        """Call *handler* with each account id another node deleted."""
+    def on_sessions_revoked(self, handler: Callable[[bytes], None]) -> None:
+        """Call *handler* with each account id whose sessions another node revoked."""
         ...
 
     async def close(self) -> None: ...

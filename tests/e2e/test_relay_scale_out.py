@@ -24,6 +24,7 @@ import pytest
 
 from client_sdk import GroupChanged, MessageReceived
 from client_sdk.testing import ClientFactory
+from pigeon_crypto.identity import IdentityRotation
 from protocol import (
     DeleteAccount,
     Error,
@@ -31,15 +32,18 @@ from protocol import (
     MailboxCreated,
     Ok,
     RegisterPush,
+    RotateIdentity,
     RotateMailbox,
     SendEphemeral,
     Sent,
+    Subscribe,
+    UploadPrekeys,
 )
 
 from ..services import postgres_dsn, redis_url, unique_name
 from ._relay_fixtures import metric_value, push_receiver
 from .conftest import RelayProcess, launch_relay, run_cli
-from .wsclient import RelayClient, anonymous, connect_user, now_ms
+from .wsclient import Identity, RelayClient, anonymous, connect_user, now_ms
 
 pytest.importorskip("asyncpg", reason="the postgres extra is not installed")
 pytest.importorskip("redis", reason="the redis extra is not installed")
@@ -323,3 +327,39 @@ async def test_admin_deleting_an_account_tells_the_nodes(cluster: Cluster) -> No
         cwd=cluster.folder)
     assert again.returncode == 1
     assert json.loads(again.stdout) == {"deleted": False, "nodes_told": False}
+
+
+async def test_a_rotated_identity_ends_the_old_keys_sessions_on_every_node(
+        cluster: Cluster) -> None:
+    """Bob rotates his identity through node A. A session that proved the old key on
+    node B is closed (the bus); one on a node that never hears of it (another bus
+    prefix: a lost notice) may no longer change or delete anything of the account."""
+    node_a, node_b = cluster.node(), cluster.node()
+    deaf = cluster.node("--bus-prefix", unique_name("deaf"))
+    bob = await connect_user(node_a.url)
+    old = bob.identity
+    assert old is not None
+    box = await bob.create_mailbox()
+    sessions = []
+    for node in (node_b, deaf):
+        session = await RelayClient.open(node.url)
+        await session.auth(old)
+        sessions.append(session)
+    on_b, on_deaf = sessions
+    new = Identity()
+    rotation = IdentityRotation.create(account_id=old.account_id, serial=1, old=old.keys,
+                                       new=new.keys)
+    by_new = bob.sign_challenge(new, account_id=old.account_id)
+    assert isinstance(await bob.request(lambda rid: RotateIdentity(
+        request_id=rid, rotation=rotation.to_bytes(), signature=by_new)), Ok)
+    await asyncio.wait_for(on_b.closed.wait(), 5)
+    assert on_b.close_code == 1000
+    assert not on_deaf.closed.is_set()
+    for make in (lambda rid: DeleteAccount(request_id=rid),
+                 lambda rid: Subscribe(request_id=rid, mailbox_ids=(box.mailbox_id,)),
+                 lambda rid: UploadPrekeys(request_id=rid, one_time_prekeys=(bytes(37),))):
+        err = await on_deaf.error(make)
+        assert err.code is ErrorCode.AUTH_FAILED, err
+    # The account is whole: the rotating session still owns and uses its mailbox.
+    await bob.subscribe(box)
+    await on_deaf.close()

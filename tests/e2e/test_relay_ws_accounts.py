@@ -135,8 +135,13 @@ async def test_identity_rotation(relay: RelayProcess) -> None:
                                                      rotation=skipped.to_bytes(),
                                                      signature=by_new))
     assert err.code == ErrorCode.INVALID_FIELD  # serials count from 1
+    thief = await RelayClient.open(relay.url)  # another session that proved the old key
+    await thief.auth(old)
     assert isinstance(await bob.request(lambda rid: RotateIdentity(
         request_id=rid, rotation=rotation.to_bytes(), signature=by_new)), Ok)
+    # Every other session of the account proved a key that is no longer its own: closed.
+    await asyncio.wait_for(thief.closed.wait(), 5)
+    assert thief.close_code == 1000 and not bob.closed.is_set()
     # What the old key signed is gone: no bundle until prekeys signed by the new key are up.
     stranger = await anonymous(relay.url)
     gone = await fetch(stranger, old.account_id)

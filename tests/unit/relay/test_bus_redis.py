@@ -286,19 +286,19 @@ async def test_an_account_deletion_reaches_the_other_nodes_only(
     def broken(account_id: bytes) -> None:
         raise RuntimeError("a buggy handler")
 
-    one.on_account_deleted(gone_one.append)
-    two.on_account_deleted(broken)  # must not stop the next handler or the listener
-    two.on_account_deleted(gone_two.append)
+    one.on_sessions_revoked(gone_one.append)
+    two.on_sessions_revoked(broken)  # must not stop the next handler or the listener
+    two.on_sessions_revoked(gone_two.append)
     invalidated: list[bytes | None] = []
     two.on_invalidate(invalidated.append)
-    await one.account_deleted(A)
+    await one.sessions_revoked(A)
     await eventually(lambda: gone_two == [A], "the account deletion")
-    await two.account_deleted(B)  # ordered after one's own: it would have come back by now
+    await two.sessions_revoked(B)  # ordered after one's own: it would have come back by now
     await eventually(lambda: gone_one == [B], "the other account deletion")
     assert gone_one == [B] and gone_two == [A]
     assert invalidated == []  # a deletion is no invalidation (their bodies differ)
     with pytest.raises(ValueError):
-        await one.account_deleted(b"short")
+        await one.sessions_revoked(b"short")
 
 
 # --------------------------------------------------------------------------- garbage
@@ -313,7 +313,7 @@ async def test_garbage_is_counted_and_dropped(
     channel, inv, hb = f"{prefix}:mb:{A.hex()}", f"{prefix}:inv", f"{prefix}:hb"
     acct = f"{prefix}:acct"
     gone: list[bytes] = []
-    two.on_account_deleted(gone.append)
+    two.on_sessions_revoked(gone.append)
     stranger = head(b"\x07" * 8)
     seal = Tagger(KEY).seal  # well tagged, badly formed: a node's bug, not a forgery
     raw = Redis.from_url(url)
