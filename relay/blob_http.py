@@ -51,7 +51,15 @@ from aiohttp import web
 
 from pigeon_crypto.errors import StoreError
 
-from .blobs import BLOB_ID_LEN, MAX_CHUNKS, BlobOp, BlobTokenError, blob_token, verify_blob_token
+from .blobs import (
+    BLOB_ID_LEN,
+    MAX_CHUNKS,
+    BlobOp,
+    BlobTokenError,
+    EmptyChunk,
+    blob_token,
+    verify_blob_token,
+)
 from .ports import BlobConflict, BlobNotFound, BlobStatus, BlobTooLarge
 from .typedefs import BLOB_STORE, CLOCK_MS, CONFIG, IDENTITY, METRICS
 
@@ -242,6 +250,8 @@ async def _put_chunk(request: web.Request) -> web.Response:
         return _error(413, f"upload exceeds {exc.limit} bytes")
     except BlobConflict:
         return _error(409, "chunk differs from the stored one")
+    except EmptyChunk:
+        return _error(400, "an empty chunk: only an empty file has one")
     except (BlobNotFound, ValueError):
         return _error(404, "no such blob or chunk")
     except (aiohttp.ClientPayloadError, ConnectionResetError):

@@ -68,6 +68,7 @@ __all__ = [
     "BlobOp",
     "BlobTokenError",
     "ChunkReader",
+    "EmptyChunk",
     "FolderBlobStore",
     "blob_token",
     "verify_blob_token",
@@ -83,6 +84,10 @@ DEFAULT_MAX_BLOB_SIZE = 4 * 1024**3
 DEFAULT_MAX_CHUNK_SIZE = 16 * 1024 * 1024
 """pigeon_crypto's largest chunk size (its default is 64 KiB)."""
 MAX_CHUNKS = 65_536
+
+
+class EmptyChunk(ValueError):
+    """A chunk without a byte, for a blob that is not empty (refused: 400)."""
 """The protocol's ``MAX_FILE_CHUNKS``."""
 WRITE_BUFFER = 256 * 1024
 """Bytes of an upload collected before one write call (fewer thread hops, bounded memory)."""
@@ -241,11 +246,18 @@ class FolderBlobStore:
                 raise BlobNotFound()
             state = self._states.setdefault(blob_id, state)  # another task may have won
         self._states.move_to_end(blob_id)
-        while len(self._states) > STATE_CACHE:
-            oldest, s = next(iter(self._states.items()))
-            if s.users or s.inflight:
-                break
-            del self._states[oldest]
+        if len(self._states) > STATE_CACHE:
+            # Oldest first, past the ones in use (a slow upload must not pin the cache
+            # open for everything reserved after it).
+            excess = len(self._states) - STATE_CACHE
+            idle: list[bytes] = []
+            for key, st in self._states.items():
+                if not (st.users or st.inflight):
+                    idle.append(key)
+                    if len(idle) == excess:
+                        break
+            for key in idle:
+                del self._states[key]
         return state
 
     @staticmethod
@@ -267,8 +279,10 @@ class FolderBlobStore:
         d = self._dir(blob_id)
         if size > self.max_blob_size:
             raise BlobTooLarge(self.max_blob_size)
-        if size < 0 or not 1 <= chunk_count <= MAX_CHUNKS:
-            raise ValueError("size must be >= 0 and chunk_count in 1..MAX_CHUNKS")
+        if size < 0 or not 1 <= chunk_count <= min(MAX_CHUNKS, max(1, size)):
+            # Every chunk holds a byte at least (one empty chunk: an empty file), so a
+            # reservation cannot ask for a folder of empty files.
+            raise ValueError("size must be >= 0 and chunk_count in 1..min(MAX_CHUNKS, size)")
         async with self._locked(blob_id):
             with contextlib.suppress(BlobNotFound):
                 s = await self._state(blob_id)
@@ -318,6 +332,8 @@ class FolderBlobStore:
                         buf.clear()
                 if buf:
                     await _io(f.write, bytes(buf))
+                if n == 0 and s.size > 0:
+                    raise EmptyChunk("an empty chunk: only an empty file has one")
                 await _io(_flush_fsync, f)
             finally:
                 await _io(f.close)

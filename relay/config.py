@@ -150,6 +150,10 @@ class RelayConfig:
     """Blobs live as long as the messages whose manifests name them."""
     blob_token_ttl_ms: int = _DAY_MS
     """Validity of an upload or download token: long enough to resume on a bad network."""
+    blob_quota_per_day: int = 4 * 1024 * 1024 * 1024
+    """Bytes one account may reserve for files per day (a token bucket of this capacity,
+    refilled over a day; each chunk also counts 4 KiB, the least a file costs on disk).
+    At least ``blob_max_size``, or the largest files could never be reserved."""
 
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -208,7 +212,8 @@ class RelayConfig:
             raise ConfigError("relay-id must be 16 or 32 bytes")
         positive = (
             "max_pending_per_mailbox", "max_frame_size", "max_connections", "blob_max_size",
-            "blob_max_chunk_size", "blob_ttl_ms", "blob_token_ttl_ms", "conn_credit_capacity",
+            "blob_max_chunk_size", "blob_ttl_ms", "blob_token_ttl_ms", "blob_quota_per_day",
+            "conn_credit_capacity",
             "conn_credit_refill_per_s", "mailbox_credit_capacity",
             "mailbox_credit_refill_per_s", "mailbox_credit_buckets", "misbehaviour_threshold",
             "lookup_credit_capacity", "lookup_credit_refill_per_s", "challenge_window_ms",
@@ -219,6 +224,8 @@ class RelayConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive")
+        if self.blob_quota_per_day < self.blob_max_size:
+            raise ConfigError("blob-quota must be at least blob-max-size")
         if self.store_url is not None and not self.store_url.startswith(
                 ("postgresql://", "postgres://")):
             raise ConfigError("store-url must be a postgresql:// URL")
@@ -447,6 +454,8 @@ OPTIONS: Final[tuple[Option, ...]] = (
     _o("blob_ttl_ms", "--blob-ttl", parse_duration, "how long blobs are kept", "DURATION"),
     _o("blob_token_ttl_ms", "--blob-token-ttl", parse_duration,
        "validity of blob upload/download tokens", "DURATION"),
+    _o("blob_quota_per_day", "--blob-quota", parse_size,
+       "file bytes one account may reserve per day (each chunk counts 4 KiB more)", "SIZE"),
     _o("tls_cert", "--tls-cert", Path, "PEM certificate (chain); enables HTTPS/WSS", "FILE"),
     _o("tls_key", "--tls-key", Path, "PEM private key of --tls-cert", "FILE"),
     _o("invite_only", "--invite-only", parse_bool,

@@ -12,13 +12,19 @@ refuses files above ``config.blob_max_size`` with ``TOO_LARGE``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Final
+
 from protocol import BlobToken, ErrorCode, RequestBlobDownload, RequestBlobUpload
 
 from .blob_http import BlobTransfer, grant_download, reserve_upload
+from .blobs import MAX_CHUNKS
 from .pipeline import FrameCtx, Refuse
 from .ports import BlobTooLarge
 
-__all__ = ["request_download", "request_upload"]
+if TYPE_CHECKING:
+    from .connection import Connection
+
+__all__ = ["CHUNK_COST", "request_download", "request_upload"]
 
 
 def _token(request_id: int, transfer: BlobTransfer) -> bytes:
@@ -26,8 +32,31 @@ def _token(request_id: int, transfer: BlobTransfer) -> bytes:
                      url_path=transfer.url_path, expires_at_ms=transfer.expires_at_ms).encode()
 
 
+CHUNK_COST: Final = 4096
+"""What each chunk counts against the account's blob quota on top of its bytes: the
+least a file costs on disk (one block), so many tiny chunks are not free."""
+
+
+def _take_quota(conn: Connection, frame: RequestBlobUpload) -> None:
+    """Charge the account's daily blob quota (``--blob-quota``) or refuse."""
+    node = conn.node
+    config = node.config
+    if frame.size > config.blob_max_size:
+        raise Refuse(ErrorCode.TOO_LARGE, message="file above this relay's limit")
+    if not 1 <= frame.chunk_count <= min(MAX_CHUNKS, max(1, frame.size)):
+        raise Refuse(ErrorCode.INVALID_FIELD, message="chunk_count")  # nothing charged
+    assert conn.account_id is not None  # require_auth ran
+    cost = min(frame.size + frame.chunk_count * CHUNK_COST, config.blob_quota_per_day)
+    wait = node.blob_credits.try_take(conn.account_id, node.monotonic(), cost)
+    if wait:
+        node.metrics.credit_refused("blob")
+        raise Refuse(ErrorCode.RATE_LIMITED, retry_after_ms=max(1, int(wait * 1000) + 1),
+                     message="blob quota")
+
+
 async def request_upload(ctx: FrameCtx[RequestBlobUpload]) -> None:
     conn, frame = ctx.conn, ctx.frame
+    _take_quota(conn, frame)
     try:
         transfer = await reserve_upload(conn.node.app, size=frame.size,
                                         chunk_count=frame.chunk_count)

@@ -195,6 +195,10 @@ class Node:
         self.lookup_credits: BucketMap[str] = BucketMap(
             config.lookup_credit_capacity, config.lookup_credit_refill_per_s,
             max_buckets=_CACHE_ENTRIES)
+        self.blob_credits: BucketMap[bytes] = BucketMap(
+            config.blob_quota_per_day, config.blob_quota_per_day / 86_400,
+            max_buckets=_CACHE_ENTRIES)
+        """File bytes each account may still reserve (``--blob-quota`` a day)."""
         self.capabilities = CapabilityCache()
         self.ephemeral = DedupWindow(EPHEMERAL_DEDUP_MS)
         self.acks = AckCoalescer(self)

@@ -110,3 +110,27 @@ async def test_tls_session_with_pinned_certificate(relay_factory: RelayFactory,
     # A client that does not trust this certificate gets no session at all.
     with pytest.raises(aiohttp.ClientConnectorError):
         await RelayClient.open(rp.url, ssl_context=ssl.create_default_context())
+
+
+async def test_an_account_reserves_at_most_its_daily_blob_quota(
+        relay_factory: RelayFactory) -> None:
+    """``--blob-quota``: the file bytes (plus 4 KiB a chunk) one account may reserve per
+    day. Past it, ``RATE_LIMITED`` with a retry time; other accounts are not charged; a
+    reservation of one empty chunk per byte and no more is all a file may ask for."""
+    rp = relay_factory(["--blob-max-size", "1MiB", "--blob-quota", "2MiB"])
+    alice, bob = await connect_user(rp.url), await connect_user(rp.url)
+    mib = 1024 * 1024
+    for _ in range(2):  # 2 x (1 MiB - 8 KiB + 2 chunks of 4 KiB) = the quota
+        await alice.expect(BlobToken, lambda rid: RequestBlobUpload(
+            request_id=rid, size=mib - 8192, chunk_count=2))
+    err = await alice.error(lambda rid: RequestBlobUpload(request_id=rid, size=1000,
+                                                          chunk_count=1))
+    assert err.code == ErrorCode.RATE_LIMITED and err.retry_after_ms is not None
+    assert err.retry_after_ms > 1000  # ~5 KiB at 2 MiB a day: about 3.5 minutes
+    await bob.expect(BlobToken, lambda rid: RequestBlobUpload(request_id=rid, size=mib,
+                                                             chunk_count=16))
+    err = await bob.error(lambda rid: RequestBlobUpload(request_id=rid, size=3,
+                                                        chunk_count=4))
+    assert err.code == ErrorCode.INVALID_FIELD  # more chunks than bytes
+    for c in (alice, bob):
+        await c.close()

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from relay import blobs
 from relay.blobs import (
     BlobOp,
     BlobTokenError,
+    EmptyChunk,
     FolderBlobStore,
     blob_token,
     verify_blob_token,
@@ -126,6 +128,47 @@ async def test_reservations(store: FolderBlobStore) -> None:
     with pytest.raises(ValueError):
         await store.write_chunk(ID, 2, pieces(b"x"))
     assert await store.status(OTHER) is None
+
+
+async def test_every_chunk_holds_a_byte(store: FolderBlobStore) -> None:
+    """No folder of empty files: a reservation has at most one chunk per byte, and an
+    empty chunk is refused unless the whole file is empty."""
+    with pytest.raises(ValueError):
+        await store.reserve(ID, size=1, chunk_count=2, expires_at_ms=T0)
+    with pytest.raises(ValueError):
+        await store.reserve(ID, size=0, chunk_count=2, expires_at_ms=T0)
+    await store.reserve(ID, size=3, chunk_count=3, expires_at_ms=T0)
+    with pytest.raises(EmptyChunk):
+        await store.write_chunk(ID, 0, pieces(b""))
+    status = await store.status(ID)
+    assert status is not None and status.chunks_received == 0
+    assert [p.name for p in store._dir(ID).iterdir() if p.name != "meta"] == []
+    await store.reserve(OTHER, size=0, chunk_count=1, expires_at_ms=T0)  # an empty file
+    done = await store.write_chunk(OTHER, 0, pieces(b""))
+    assert done.chunks_received == 1
+
+
+async def test_a_blob_in_use_does_not_pin_the_state_cache(
+        store: FolderBlobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(blobs, "STATE_CACHE", 8)
+    await store.reserve(ID, size=10, chunk_count=1, expires_at_ms=T0)
+    release = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield b"12345"
+        await release.wait()
+        yield b"67890"
+
+    upload = asyncio.ensure_future(store.write_chunk(ID, 0, slow()))
+    await asyncio.sleep(0.05)  # the oldest entry is in use
+    for i in range(30):
+        blob_id = bytes([i]) * 16
+        await store.reserve(blob_id, size=1, chunk_count=1, expires_at_ms=T0)
+        await store.status(blob_id)
+        assert len(store._states) <= 9  # the limit, plus the one in use
+    assert ID in store._states
+    release.set()
+    assert (await upload).bytes_received == 10
 
 
 async def test_size_limits(store: FolderBlobStore) -> None:
