@@ -38,6 +38,7 @@ import contextlib
 import enum
 import hashlib
 import hmac
+import logging
 import os
 import shutil
 import struct
@@ -74,6 +75,8 @@ __all__ = [
     "verify_blob_token",
 ]
 
+_log = logging.getLogger("pigeon.relay.blobs")
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -94,6 +97,9 @@ WRITE_BUFFER = 256 * 1024
 READ_CHUNK = 64 * 1024
 """Bytes per piece of a download."""
 STATE_CACHE = 4096
+DEBRIS_GRACE_MS = 10 * 60 * 1000
+"""A blob folder without metadata is removed by the sweep only this long after it was
+last changed: younger, it may be a reservation being written (by another node)."""
 """Blobs whose byte counts are kept in memory; others are recounted from disk on use."""
 _META = struct.Struct(">BQIQ")
 _META_VERSION = 1
@@ -410,16 +416,25 @@ class FolderBlobStore:
             try:
                 raw = (d / "meta").read_bytes()
             except FileNotFoundError:
-                return True  # debris of an interrupted reservation
+                # Debris of an interrupted reservation, once old enough not to be one
+                # that another process (a node sharing the folder) is writing now.
+                try:
+                    return d.stat().st_mtime * 1000 < now_ms - DEBRIS_GRACE_MS
+                except FileNotFoundError:
+                    return False
             return len(raw) != _META.size or _META.unpack(raw)[3] <= now_ms
 
         removed = 0
         for blob_id in await _io(candidates):
             d = self._dir(blob_id)
             async with self._locked(blob_id):
-                if await _io(expired, d):
-                    self._states.pop(blob_id, None)
-                    removed += await _io(_remove_tree, d)
+                try:
+                    if await _io(expired, d):
+                        self._states.pop(blob_id, None)
+                        removed += await _io(_remove_tree, d)
+                except StoreError as exc:  # one blob (raced by another node) is no reason
+                    _log.warning("blob sweep skipped one blob: %s",  # to stop the pass
+                                 type(exc.__cause__ or exc).__name__)
         return removed
 
 

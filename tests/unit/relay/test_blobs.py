@@ -209,12 +209,18 @@ async def test_expiry_sweep_and_delete(store: FolderBlobStore, tmp_path: Path) -
     assert [p async for p in reader] == [b"old"]
     assert await store.status(ID) is None and await store.status(OTHER) is None
     assert await read_chunk(store, keep, 0) == b"new"
-    # A folder without metadata (interrupted reservation) is debris.
+    # A folder without metadata (an interrupted reservation) is debris once it is older
+    # than DEBRIS_GRACE_MS; a younger one may be a reservation another node is writing.
     debris = tmp_path / "blobs" / "aa" / ("aa" * 16)
     debris.mkdir(parents=True)
     (debris / "0.1234.tmp").write_bytes(b"junk")
+    young = tmp_path / "blobs" / "bb" / ("bb" * 16)
+    young.mkdir(parents=True)
+    now_s = (T0 + 100) / 1000
+    os.utime(debris, (now_s - blobs.DEBRIS_GRACE_MS / 1000 - 1,) * 2)
+    os.utime(young, (now_s - 5,) * 2)
     await store.sweep(now_ms=T0 + 100)
-    assert not debris.exists()
+    assert not debris.exists() and young.exists()
     assert await store.delete(keep) is True
     assert await store.delete(keep) is False
     with pytest.raises(BlobNotFound):
