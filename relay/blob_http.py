@@ -81,6 +81,7 @@ _PIECE: Final = 64 * 1024
 _MAX_TIME_MS: Final = 2**63 - 1
 _BEARER = re.compile(r"^\s*Bearer\s+([0-9A-Fa-f]{64})\s*$", re.IGNORECASE)
 _ROUTE_BLOB = r"{blob_id:[0-9a-f]{32}}/{expires_at_ms:[0-9]{1,19}}"
+_EMPTY_SUFFIX = re.compile(r"\s*bytes\s*=\s*-0+\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -297,10 +298,13 @@ async def blob_status(request: web.Request) -> web.Response:
 
 def _byte_range(request: web.Request, size: int) -> tuple[int, int] | web.Response | None:
     """``(start, stop)`` of a ``Range`` request, None without one, or a 416 response."""
-    if aiohttp.hdrs.RANGE not in request.headers:
-        return None
+    header = request.headers.get(aiohttp.hdrs.RANGE)
+    if header is None or not header.lstrip().lower().startswith("bytes="):
+        return None  # no range, or a unit other than bytes: ignored (RFC 9110 §14.2)
     unsatisfiable = _error(416, "range not satisfiable",
                            **{aiohttp.hdrs.CONTENT_RANGE: f"bytes */{size}"})
+    if _EMPTY_SUFFIX.match(header):
+        return unsatisfiable  # "bytes=-0": the last zero bytes
     try:
         rng = request.http_range
     except ValueError:
@@ -353,9 +357,9 @@ async def _get_chunk(request: web.Request) -> web.StreamResponse:
         if rng is not None:
             resp.headers[aiohttp.hdrs.CONTENT_RANGE] = f"bytes {start}-{stop - 1}/{size}"
         await resp.prepare(request)
-        # The store streams a chunk from its start: skip to the range (chunks are at most
-        # blob_max_chunk_size, and only resumed downloads pay for the skipped bytes).
-        pos = 0
+        if start:
+            await reader.skip(start)  # no byte before the range is read
+        pos = start
         metrics = request.app[METRICS]
         async for piece in reader:
             end = pos + len(piece)

@@ -156,6 +156,12 @@ class ChunkReader:
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._pieces()
 
+    async def skip(self, offset: int) -> None:
+        """Start the iteration *offset* bytes into the chunk (a ranged download reads
+        no byte before its range)."""
+        if self._f is not None:
+            await _io(self._f.seek, offset)
+
     async def _pieces(self) -> AsyncIterator[bytes]:
         try:
             while self._f is not None:

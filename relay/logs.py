@@ -50,6 +50,9 @@ REDACTED: Final = "[redacted]"
 
 _HEX_RUN = re.compile(r"(?<![0-9A-Za-z])[0-9A-Fa-f]{32,}(?![0-9A-Za-z])")
 _B64_RUN = re.compile(r"(?<![A-Za-z0-9_\-])[A-Za-z0-9_\-]{40,}={0,2}")
+_BLOB_PATH = re.compile(r"(/v1/blobs/)[^/\s]+/[0-9]+")
+"""A blob URL's id and token expiry: the expiry, one per grant, would link an upload to
+its downloads in an access log as well as the id would."""
 _BYTES_LITERAL = re.compile(r"""\bb(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")""")
 _SECRET_NAME = re.compile(
     r"token|secret|key|capab|passw|authoriz|payload|blob|frame|cookie|nonce|signature",
@@ -67,9 +70,10 @@ def _looks_random(run: str) -> bool:
 
 
 def redact_text(text: str) -> str:
-    """Replace bytes literals (``b'...'``, as in an exception message), long hex runs and
-    random-looking base64url runs by ``[redacted]``."""
+    """Replace bytes literals (``b'...'``, as in an exception message), a blob URL's id
+    and expiry, long hex runs and random-looking base64url runs by ``[redacted]``."""
     text = _BYTES_LITERAL.sub("b'" + REDACTED + "'", text)
+    text = _BLOB_PATH.sub(r"\g<1>" + REDACTED, text)
     text = _HEX_RUN.sub(REDACTED, text)
     return _B64_RUN.sub(lambda m: REDACTED if _looks_random(m.group(0)) else m.group(0), text)
 

@@ -574,6 +574,10 @@ class BlobReader(Protocol):
 
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
+    async def skip(self, offset: int) -> None:
+        """Start the iteration *offset* bytes in (before iterating)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -218,6 +218,12 @@ async def test_blob_resume_and_idempotent_reupload(shared: RelayProcess,
     async with http.get(f"{down}/1", headers={**dauth, "Range": "bytes=7000-"}) as resp:
         assert resp.status == 416
         assert resp.headers["Content-Range"] == "bytes */7000"
+    async with http.get(f"{down}/1", headers={**dauth, "Range": "bytes=-0"}) as resp:
+        assert resp.status == 416  # the last zero bytes: nothing to send
+    async with http.get(f"{down}/1", headers={**dauth, "Range": "items=0-3"}) as resp:
+        assert resp.status == 200 and await resp.read() == chunks[1]  # an unknown unit
+    async with http.get(f"{down}/1", headers={**dauth, "Range": "bytes=6990-"}) as resp:
+        assert resp.status == 206 and await resp.read() == chunks[1][6990:]
 
 
 async def test_blob_oversize_is_refused_while_streaming(shared: RelayProcess,

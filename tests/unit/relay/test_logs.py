@@ -119,3 +119,10 @@ def test_redaction_keeps_what_operators_need() -> None:
     assert redact_text("listening on http://127.0.0.1:8765") == (
         "listening on http://127.0.0.1:8765")
     assert redact_text("id " + "ab" * 16) == "id [redacted]"
+
+
+def test_a_blob_url_loses_its_id_and_token_expiry() -> None:
+    """The expiry in a blob URL is one per grant: left in an access log, it would link
+    an upload to its downloads as well as the id would."""
+    line = ('127.0.0.1 "GET /v1/blobs/' + "ab" * 16 + '/1796413252320/12 HTTP/1.1" 206 5')
+    assert redact_text(line) == '127.0.0.1 "GET /v1/blobs/[redacted]/12 HTTP/1.1" 206 5'
