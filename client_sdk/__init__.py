@@ -18,6 +18,7 @@ its store calls on the thread it is called from), :class:`~client_sdk.AsyncClien
 """
 
 from pigeon_crypto.errors import InvalidBundle
+from protocol.errors import InvalidUsername
 from protocol.inner import PresenceState, ReceiptKind
 
 from .client import AsyncClient
@@ -128,6 +129,7 @@ __all__ = [
     "IdentityMismatch",
     "InvalidBundle",
     "InvalidContactLink",
+    "InvalidUsername",
     "InvitationReceived",
     "MailboxRotated",
     "MessageDeleted",

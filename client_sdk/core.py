@@ -33,6 +33,7 @@ import logging
 from collections.abc import Sequence
 
 from pigeon_crypto import safety
+from pigeon_crypto.errors import PigeonError
 from pigeon_crypto.identity import IdentityKeyPair, IdentityRotation
 from pigeon_crypto.ratchet import RatchetState
 from pigeon_crypto.rng import Rng, system_rng
@@ -434,9 +435,14 @@ class ClientCore:
         return safety.scannable_safety_number(self.account_id, ours, peer, theirs)
 
     def verify_scanned(self, peer: bytes, scanned: bytes, *, now_ms: int) -> bool:
-        """Compare a scanned QR payload; on a match mark the contact verified."""
+        """Compare a scanned QR payload; on a match mark the contact verified. False for
+        a mismatch and for bytes that are no safety-number code at all (a QR scanner
+        hands over whatever it read)."""
         ours, theirs = self._identities(peer)
-        ok = safety.verify_scanned(self.account_id, ours, peer, theirs, scanned)
+        try:
+            ok = safety.verify_scanned(self.account_id, ours, peer, theirs, scanned)
+        except PigeonError:  # malformed, truncated, another version: not this contact's
+            return False
         if ok:
             self.set_verified(peer, True, now_ms=now_ms)
         return ok

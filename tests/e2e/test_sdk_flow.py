@@ -90,6 +90,10 @@ async def test_full_flow_three_clients(clients: ClientFactory) -> None:
     await a.wait(ProfileChanged, display_name="Bob")
     assert (await alice.conversation(bob.account_id)).title == "Bob"
     assert alice.safety_number(bob.account_id) == bob.safety_number(alice.account_id)
+    scanned = bob.scannable_safety_number(alice.account_id)
+    for garbage in (b"garbage", scanned[:-1], b"\x07" + scanned[1:]):  # any QR code
+        assert await alice.verify_safety_number(bob.account_id, garbage) is False
+    assert not alice.contact(bob.account_id).verified  # type: ignore[union-attr]
     assert await alice.verify_safety_number(bob.account_id,
                                             bob.scannable_safety_number(alice.account_id))
     assert alice.contact(bob.account_id).verified  # type: ignore[union-attr]
