@@ -21,7 +21,7 @@ from pigeon_crypto.errors import InvalidBundle
 from protocol.errors import InvalidUsername
 from protocol.inner import PresenceState, ReceiptKind
 
-from .client import AsyncClient
+from .client import AsyncClient, EventWaiter
 from .core import ClientCore, CoreConfig
 from .errors import (
     CertificatePinMismatch,
@@ -117,6 +117,7 @@ __all__ = [
     "Disconnected",
     "Durability",
     "Event",
+    "EventWaiter",
     "FileInfo",
     "FileOptions",
     "FileTooLarge",

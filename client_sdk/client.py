@@ -45,7 +45,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import aiohttp
 
@@ -87,7 +87,7 @@ from .frames import auth_frame, register_frame
 from .store.profile import Durability, Profile
 from .store.records import retry_delay_ms
 
-__all__ = ["EVENT_BACKLOG", "AsyncClient"]
+__all__ = ["EVENT_BACKLOG", "AsyncClient", "EventWaiter"]
 
 _log = logging.getLogger("pigeon.sdk")
 _CLOSE_GRACE_S = 10.0  # for background work to stop once cancelled, on close()
@@ -97,6 +97,80 @@ EVENT_BACKLOG: Final = 10_000
 
 E = TypeVar("E", bound=Event)
 Handler = Callable[[Any], object]
+
+
+class EventWaiter(Generic[E]):
+    """One event to come, listened for since :meth:`AsyncClient.expect` made this."""
+
+    def __init__(self, client: AsyncClient, event_type: type[E],
+                 check: Callable[[E], bool] | None, match: dict[str, Any]) -> None:
+        known = {f.name for f in dataclasses.fields(event_type)}
+        unknown = sorted(set(match) - known)
+        if unknown:  # a misspelt keyword would otherwise never match
+            raise TypeError(f"{event_type.__name__} has no field {', '.join(unknown)}")
+        self._client = client
+        self._name = event_type.__name__
+        self._check = check
+        self._match = match
+        self._future: asyncio.Future[E] = asyncio.get_running_loop().create_future()
+        self._remove: Callable[[], None] | None = client.on(event_type, self._offer)
+
+    def _offer(self, event: E) -> None:
+        future = self._future
+        if future.done() or any(getattr(event, k) != v for k, v in self._match.items()):
+            return
+        try:
+            if self._check is not None and not self._check(event):
+                return
+        except Exception as exc:  # the caller's predicate: its error is the answer
+            future.set_exception(exc)
+        else:
+            future.set_result(event)
+        self._stop()
+
+    def _stop(self) -> None:
+        remove, self._remove = self._remove, None
+        if remove is not None:
+            remove()
+
+    async def wait(self, timeout_s: float | None = None) -> E:
+        """The event (at once if it came already).
+
+        Raises:
+            TimeoutError: none within *timeout_s* (None: as long as it takes); the
+                waiter goes on listening, so it can be waited for again.
+            ConnectionLost: the client closed.
+            Exception: what *check* raised.
+        """
+        future = self._future
+        if future.cancelled() or (not future.done() and self._remove is None):
+            raise ClientError("this waiter was cancelled")
+        if not future.done():
+            closed = asyncio.ensure_future(self._client._closing.wait())
+            try:
+                either: list[asyncio.Future[Any]] = [future, closed]
+                await asyncio.wait(either, timeout=timeout_s,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closed.cancel()
+            if not future.done():
+                if self._client._closing.is_set():
+                    self.cancel()
+                    raise ConnectionLost("the client is closed")
+                raise TimeoutError(f"no {self._name} within {timeout_s} s")
+        return future.result()
+
+    def cancel(self) -> None:
+        """Stop listening (a later :meth:`wait` raises, unless the event came)."""
+        self._stop()
+        if not self._future.done():
+            self._future.cancel()
+
+    async def __aenter__(self) -> EventWaiter[E]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cancel()
 
 
 class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixin,
@@ -357,6 +431,23 @@ class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixi
         self._handlers.append(entry)
         return lambda: self._handlers.remove(entry) if entry in self._handlers else None
 
+    def expect(self, event_type: type[E], *, check: Callable[[E], bool] | None = None,
+               **match: Any) -> EventWaiter[E]:
+        """Start listening now for the next event of *event_type* whose attributes equal
+        *match* (and for which *check*, if given, returns True); wait for it later, so
+        that an answer to what you do in between cannot slip past::
+
+            async with client.expect(MessageReceived, peer=bob) as reply:
+                await client.send_text(bob, "ping")
+                got = await reply.wait(timeout_s=10)
+
+        Leaving the ``async with`` (or :meth:`EventWaiter.cancel`) stops listening.
+
+        Raises:
+            TypeError: *match* names something *event_type* does not have.
+        """
+        return EventWaiter(self, event_type, check, match)
+
     async def wait_for(self, event_type: type[E], *, timeout_s: float | None = None,
                        check: Callable[[E], bool] | None = None, **match: Any) -> E:
         """The next event of *event_type* from now on whose attributes equal *match*
@@ -366,47 +457,16 @@ class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixi
 
         A bounded wait for one event: unlike ``asyncio.wait_for`` around the
         :meth:`events` iterator (whose timeout closes the iterator), nothing is left
-        closed when it times out. Only events emitted after the call count.
+        closed when it times out. Only events emitted after the call count: to wait for
+        the answer to something you do, use :meth:`expect` before doing it.
 
         Raises:
             TypeError: *match* names something *event_type* does not have.
             TimeoutError: none came within *timeout_s* (None: wait as long as it takes).
             ConnectionLost: the client closed meanwhile.
         """
-        known = {f.name for f in dataclasses.fields(event_type)}
-        unknown = sorted(set(match) - known)
-        if unknown:  # a misspelt keyword would otherwise never match
-            raise TypeError(f"{event_type.__name__} has no field {', '.join(unknown)}")
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[E] = loop.create_future()
-
-        def offer(event: E) -> None:
-            if waiter.done() or any(getattr(event, k) != v for k, v in match.items()):
-                return
-            try:
-                if check is not None and not check(event):
-                    return
-            except Exception as exc:  # the caller's predicate: its error is the answer
-                waiter.set_exception(exc)
-                return
-            waiter.set_result(event)
-
-        remove = self.on(event_type, offer)
-        closed = loop.create_task(self._closing.wait())
-        try:
-            either: list[asyncio.Future[Any]] = [waiter, closed]
-            done, _ = await asyncio.wait(either, timeout=timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if waiter in done:
-                return waiter.result()
-            if closed in done:
-                raise ConnectionLost("the client is closed")
-            raise TimeoutError(f"no {event_type.__name__} within {timeout_s} s")
-        finally:
-            remove()
-            closed.cancel()
-            if not waiter.done():
-                waiter.cancel()
+        async with self.expect(event_type, check=check, **match) as waiter:
+            return await waiter.wait(timeout_s)
 
     async def events(self) -> AsyncIterator[Event]:
         """Every event from now on (the first iterator also gets those emitted since the

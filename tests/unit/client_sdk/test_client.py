@@ -371,3 +371,28 @@ async def test_a_failing_handler_is_logged_and_the_others_go_on(
         assert len(failures) == 4  # two per event, sync and async alike
         assert {str(r.exc_info[1]) for r in failures if r.exc_info} == {
             "sync handler bug", "async handler bug"}
+
+
+async def test_expect_listens_from_the_call_on(tmp_path: Path) -> None:
+    """``expect`` registers at once: an event emitted before ``wait`` is not missed (the
+    race ``wait_for`` leaves to whoever triggers the event first); a timeout leaves it
+    listening; leaving the ``async with`` stops it."""
+    async with AsyncClient.open(tmp_path / "e.pigeon", "pass", params=FAST,
+                                durability=Durability.OFF) as client:
+        handlers = len(client._handlers)
+        async with client.expect(TypingChanged, peer=b"b" * 16) as waiter:
+            assert len(client._handlers) == handlers + 1
+            with pytest.raises(TimeoutError):
+                await waiter.wait(0.02)
+            client._emit([TypingChanged(peer=b"a" * 16, active=True),
+                          TypingChanged(peer=b"b" * 16, active=True)])  # before wait()
+            assert len(client._handlers) == handlers  # answered: it stopped listening
+            got = await waiter.wait(1)
+            assert got.peer == b"b" * 16 and await waiter.wait() is got
+        async with client.expect(TypingChanged) as never:
+            pass
+        assert len(client._handlers) == handlers
+        with pytest.raises(ClientError, match="cancelled"):
+            await never.wait(1)
+        with pytest.raises(TypeError, match="no field per"):
+            client.expect(TypingChanged, per=b"b" * 16)
