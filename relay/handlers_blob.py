@@ -24,7 +24,7 @@ from .ports import BlobTooLarge
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["CHUNK_COST", "request_download", "request_upload"]
+__all__ = ["CHUNK_COST", "request_download", "request_upload", "take_request_credit"]
 
 
 def _token(request_id: int, transfer: BlobTransfer) -> bytes:
@@ -65,6 +65,20 @@ async def request_upload(ctx: FrameCtx[RequestBlobUpload]) -> None:
     except ValueError:
         raise Refuse(ErrorCode.INVALID_FIELD, message="chunk_count") from None
     await conn.send(_token(ctx.request_id, transfer))
+
+
+def take_request_credit(ctx: FrameCtx[RequestBlobUpload] | FrameCtx[RequestBlobDownload]
+                        ) -> None:
+    """Stage: one credit of the connection's bucket (the one sends draw from): a blob
+    grant costs a store look-up, and downloads need no account, so they are bounded
+    per connection like sends."""
+    conn = ctx.conn
+    node = conn.node
+    wait = conn.credits.try_take(node.monotonic())
+    if wait:
+        node.metrics.credit_refused("connection")
+        raise Refuse(ErrorCode.RATE_LIMITED, retry_after_ms=max(1, int(wait * 1000) + 1),
+                     message="connection credits")
 
 
 async def request_download(ctx: FrameCtx[RequestBlobDownload]) -> None:

@@ -50,7 +50,7 @@ from .handlers_auth import (
     require_auth,
     rotate_identity,
 )
-from .handlers_blob import request_download, request_upload
+from .handlers_blob import request_download, request_upload, take_request_credit
 from .handlers_directory import (
     claim_username,
     fetch_bundle,
@@ -123,8 +123,8 @@ RESOLVER: Final[dict[type[Frame], Route]] = dict((
     _row(Unsubscribe, require_auth, unsubscribe),
     _row(RegisterPush, require_auth, register_push),
     # blobs
-    _row(RequestBlobUpload, require_auth, request_upload),
-    _row(RequestBlobDownload, request_download),
+    _row(RequestBlobUpload, require_auth, take_request_credit, request_upload),
+    _row(RequestBlobDownload, take_request_credit, request_download),
 ))
 """Every frame a client may send, with its stages."""
 

@@ -134,3 +134,18 @@ async def test_an_account_reserves_at_most_its_daily_blob_quota(
     assert err.code == ErrorCode.INVALID_FIELD  # more chunks than bytes
     for c in (alice, bob):
         await c.close()
+
+
+async def test_blob_grants_draw_on_the_connection_credits(relay_factory: RelayFactory) -> None:
+    """An anonymous connection asking for download tokens (a store look-up each) is
+    bounded like one that sends: past its bucket, ``RATE_LIMITED``."""
+    rp = relay_factory(["--conn-credit-capacity", "3", "--conn-credit-refill", "0.1"])
+    stranger = await anonymous(rp.url)
+    for _ in range(3):
+        err = await stranger.error(lambda rid: RequestBlobDownload(
+            request_id=rid, blob_id=os.urandom(16)))
+        assert err.code == ErrorCode.NOT_FOUND
+    err = await stranger.error(lambda rid: RequestBlobDownload(request_id=rid,
+                                                               blob_id=os.urandom(16)))
+    assert err.code == ErrorCode.RATE_LIMITED and (err.retry_after_ms or 0) > 1000
+    await stranger.close()
