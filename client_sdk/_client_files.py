@@ -82,6 +82,10 @@ __all__ = ["FilesMixin"]
 _log = logging.getLogger("pigeon.sdk.files")
 
 _OUTAGE_BACKOFF_S = (1.0, 30.0)
+_GRANT_ATTEMPTS = 5
+"""Blob grant requests made while rate-limited: waited out and retried this often."""
+_GRANT_MAX_WAIT_MS = 30_000
+"""A longer retry_after (the daily blob quota) is raised to the caller at once."""
 """After a chunk exhausted its retries on transient errors, the transfer waits (doubling
 from 1 s up to 30 s) and goes on: it stays RUNNING while the client is open."""
 
@@ -232,7 +236,7 @@ class FilesMixin:
             true_size=size, padded_size=layout.padded_size, chunk_count=layout.chunk_count,
             name=source.name, media_type=mt)
         try:
-            answer = await self._request(lambda rid: RequestBlobUpload(
+            answer = await self._grant_request(lambda rid: RequestBlobUpload(
                 request_id=rid, size=layout.ciphertext_size, chunk_count=layout.chunk_count))
         except RelayError as exc:
             if exc.code == ErrorCode.TOO_LARGE:
@@ -491,9 +495,9 @@ class FilesMixin:
 
     async def _download_grant(self, transfer_id: bytes, blob_id: bytes) -> BlobToken:
         try:
-            answer = await self._request(lambda rid: RequestBlobDownload(request_id=rid,
-                                                                         blob_id=blob_id),
-                                         anonymous=True)
+            answer = await self._grant_request(
+                lambda rid: RequestBlobDownload(request_id=rid, blob_id=blob_id),
+                anonymous=True)
         except RelayError as exc:
             if exc.code == ErrorCode.NOT_FOUND:
                 raise TransferFailed(transfer_id, "the relay no longer has this file") \
@@ -501,6 +505,24 @@ class FilesMixin:
             raise
         assert isinstance(answer, BlobToken)
         return answer
+
+    async def _grant_request(self, build: Callable[[int], Any], *,
+                             anonymous: bool = False) -> Frame:
+        """A blob grant request; a short rate limit (the connection's credits, which
+        the outbox draws on too, or the relay being overloaded) is waited out and
+        retried, a few times, instead of failing the transfer. The daily blob quota
+        (a wait of minutes or more) is the caller's to see."""
+        for attempt in range(_GRANT_ATTEMPTS):
+            try:
+                return await self._request(build, anonymous=anonymous)
+            except RelayError as exc:
+                wait_ms = exc.retry_after_ms
+                if (exc.code not in (ErrorCode.RATE_LIMITED, ErrorCode.OVERLOADED)
+                        or wait_ms is None or wait_ms > _GRANT_MAX_WAIT_MS
+                        or attempt == _GRANT_ATTEMPTS - 1):
+                    raise
+                await asyncio.sleep(wait_ms / 1000)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _grant(self, record: TransferRecord) -> BlobGrant:
         assert self._relay_url is not None

@@ -297,6 +297,45 @@ async def test_size_limits_refuse_before_any_upload(
         small_relay.kill()
 
 
+async def test_rate_limited_blob_grants_are_waited_out(
+        clients: ClientFactory, tmp_path: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A relay with small connection buckets: the grants of four concurrent uploads
+    and downloads run out of credits and are retried after ``retry_after_ms``, instead
+    of failing the transfers."""
+    tight = start_relay(tmp_path_factory.mktemp("tight-relay"),
+                        ["--conn-credit-capacity", "2", "--conn-credit-refill", "4"])
+    try:
+        carol = AsyncClient.open(tmp_path / "carol.pigeon", "pw", relay_url=tight.url,
+                                 params=FAST_PARAMS, durability=Durability.OFF)
+        dave = AsyncClient.open(tmp_path / "dave.pigeon", "pw", relay_url=tight.url,
+                                params=FAST_PARAMS, durability=Durability.OFF)
+        async with carol, dave:
+            await carol.register()
+            await dave.register()
+            await clients.connect(carol, dave)
+            sources = []
+            for i in range(4):
+                source = tmp_path / f"note-{i}.bin"
+                write_random(source, 20_000 + i)
+                sources.append(source)
+            got: list[MessageReceived] = []
+            dave.on(MessageReceived, got.append)
+            refs = await asyncio.gather(*(carol.send_file(dave.account_id, s, caption=str(i))
+                                          for i, s in enumerate(sources)))
+            async with asyncio.timeout(60):
+                while len(got) < len(sources):  # noqa: ASYNC110 - events land in the list
+                    await asyncio.sleep(0.05)
+            paths = await asyncio.gather(*(
+                dave.download_file(carol.account_id, ref.message_id,
+                                   tmp_path / f"got-{i}.bin")
+                for i, ref in enumerate(refs)))
+            for source, path in zip(sources, paths, strict=True):
+                assert path.read_bytes() == source.read_bytes()
+    finally:
+        tight.kill()
+
+
 async def test_relay_restart_mid_upload_is_retried(clients: ClientFactory,
                                                    tmp_path: Path) -> None:
     alice, bob = await clients("alice"), await clients("bob")
