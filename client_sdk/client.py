@@ -163,8 +163,11 @@ class EventWaiter(Generic[E]):
     def cancel(self) -> None:
         """Stop listening (a later :meth:`wait` raises, unless the event came)."""
         self._stop()
-        if not self._future.done():
-            self._future.cancel()
+        future = self._future
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()  # a raising check nobody waited for: retrieved, not logged
 
     async def __aenter__(self) -> EventWaiter[E]:
         return self

@@ -33,7 +33,7 @@ import logging
 from collections.abc import Sequence
 
 from pigeon_crypto import safety
-from pigeon_crypto.errors import PigeonError
+from pigeon_crypto.errors import DecodeError, UnsupportedVersion
 from pigeon_crypto.identity import IdentityKeyPair, IdentityRotation
 from pigeon_crypto.ratchet import RatchetState
 from pigeon_crypto.rng import Rng, system_rng
@@ -441,7 +441,7 @@ class ClientCore:
         ours, theirs = self._identities(peer)
         try:
             ok = safety.verify_scanned(self.account_id, ours, peer, theirs, scanned)
-        except PigeonError:  # malformed, truncated, another version: not this contact's
+        except (DecodeError, UnsupportedVersion):  # not a code of ours: not this contact's
             return False
         if ok:
             self.set_verified(peer, True, now_ms=now_ms)

@@ -87,21 +87,21 @@ DEFAULT_MAX_BLOB_SIZE = 4 * 1024**3
 DEFAULT_MAX_CHUNK_SIZE = 16 * 1024 * 1024
 """pigeon_crypto's largest chunk size (its default is 64 KiB)."""
 MAX_CHUNKS = 65_536
-
-
-class EmptyChunk(ValueError):
-    """A chunk without a byte, for a blob that is not empty (refused: 400)."""
 """The protocol's ``MAX_FILE_CHUNKS``."""
 WRITE_BUFFER = 256 * 1024
 """Bytes of an upload collected before one write call (fewer thread hops, bounded memory)."""
 READ_CHUNK = 64 * 1024
 """Bytes per piece of a download."""
 STATE_CACHE = 4096
+"""Blobs whose byte counts are kept in memory; others are recounted from disk on use."""
 DEBRIS_GRACE_MS = 10 * 60 * 1000
 """A blob folder without metadata is removed by the sweep only this long after it was
 last changed: younger, it may be a reservation being written (by another node)."""
-"""Blobs whose byte counts are kept in memory; others are recounted from disk on use."""
 _META = struct.Struct(">BQIQ")
+
+
+class EmptyChunk(ValueError):
+    """A chunk without a byte, for a blob that is not empty (refused: 400)."""
 _META_VERSION = 1
 
 
@@ -264,7 +264,7 @@ class FolderBlobStore:
             excess = len(self._states) - STATE_CACHE
             idle: list[bytes] = []
             for key, st in self._states.items():
-                if not (st.users or st.inflight):
+                if key != blob_id and not (st.users or st.inflight):  # not the one asked
                     idle.append(key)
                     if len(idle) == excess:
                         break

@@ -130,7 +130,8 @@ class Connection:
 
     __slots__ = (
         "_slot_free", "account_id", "batch", "challenge", "challenge_used", "connected",
-        "credits", "credits_low_sent", "forked", "identity_key", "inflight", "lookups",
+        "credits", "credits_low_sent", "forked", "identity_checked_ms", "identity_key",
+        "inflight", "lookups",
         "misbehaviour", "node", "owned", "owned_loaded", "pump", "remote", "sink", "tasks", "ws",
     )
 
@@ -155,6 +156,8 @@ class Connection:
         self.account_id: bytes | None = None
         self.identity_key: bytes | None = None
         """The identity key this session proved (or rotated to)."""
+        self.identity_checked_ms = 0
+        """When the store last confirmed :attr:`identity_key` as the account's."""
         self.owned: set[bytes] = set()
         """Mailboxes known to belong to ``account_id`` (confirmed by the store)."""
         self.owned_loaded = False
@@ -200,20 +203,34 @@ class Connection:
 
     def authenticate(self, account_id: bytes, identity_key: bytes) -> None:
         self.account_id = account_id
-        self.identity_key = identity_key
+        self.set_identity(identity_key)
         self.node.add_session(account_id, self)
 
+    def set_identity(self, identity_key: bytes) -> None:
+        """This session proved *identity_key* just now (a login, a rotation)."""
+        self.identity_key = identity_key
+        self.identity_checked_ms = self.node.clock_ms()
+
+    def identity_recent(self, within_ms: int) -> Awaitable[None] | None:
+        """:meth:`require_current_identity` unless the store confirmed the key within
+        *within_ms* (frequent frames, an ``Ack``, pay a store read that often only)."""
+        if self.node.clock_ms() - self.identity_checked_ms < within_ms:
+            return None
+        return self.require_current_identity()
+
     async def require_current_identity(self) -> None:
-        """Raise ``Refuse(AUTH_FAILED)`` unless this session's identity key is still the
-        account's: a session that logged in with a key rotated away since (closed by the
-        rotation, but a notice from another node may be lost, or its login may have
-        raced the rotation) cannot change or delete what the account owns."""
+        """Raise ``Refuse(AUTH_FAILED)`` and close this connection unless its identity
+        key is still the account's: a session that logged in with a key rotated away
+        since (closed by the rotation, but a notice from another node may be lost, or
+        its login may have raced the rotation) can change nothing of the account."""
         record = await self.node.store.get_account(self.account_id or b"")
         if record is None:
             raise Refuse(ErrorCode.UNKNOWN_ACCOUNT)
         if self.identity_key is None or not hmac.compare_digest(record.identity_key,
                                                                  self.identity_key):
+            self.node.close_soon([self], reason=b"identity rotated")
             raise Refuse(ErrorCode.AUTH_FAILED, message="identity rotated: log in again")
+        self.identity_checked_ms = self.node.clock_ms()
 
     async def load_owned(self) -> None:
         """Fill :attr:`owned` from the store (once per connection)."""

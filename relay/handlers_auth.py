@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Awaitable
 from typing import Final
 
 from pigeon_crypto.errors import InvalidSignature, PigeonError
@@ -54,16 +55,19 @@ from protocol import (
 from protocol.limits import NONCE_SIZE
 
 from .connection import Connection
+from .node import IDENTITY_RECHECK_MS
 from .pipeline import FrameCtx, Halt, Refuse
 from .ports import InviteRejected, NotFound, StoreConflict, invite_code_hash
 
 __all__ = [
+    "current_identity",
     "delete_account",
     "handle_auth",
     "handle_connect",
     "handle_ping",
     "handle_register",
     "notify_prekeys_low",
+    "recent_identity",
     "require_auth",
     "rotate_identity",
 ]
@@ -75,6 +79,17 @@ def require_auth(ctx: FrameCtx[object]) -> None:
     """Stage: account-bound frames need an authenticated connection."""
     if ctx.conn.account_id is None:
         raise Refuse(ErrorCode.UNAUTHORIZED)
+
+
+def current_identity(ctx: FrameCtx[object]) -> Awaitable[None]:
+    """Stage (after :func:`require_auth`): what changes or deletes the account's things
+    needs the key this session proved to be the account's still (one store read)."""
+    return ctx.conn.require_current_identity()
+
+
+def recent_identity(ctx: FrameCtx[object]) -> Awaitable[None] | None:
+    """Stage: :func:`current_identity` at most every ``IDENTITY_RECHECK_MS`` (acks)."""
+    return ctx.conn.identity_recent(IDENTITY_RECHECK_MS)
 
 
 async def handle_connect(ctx: FrameCtx[Connect]) -> None:
@@ -210,12 +225,13 @@ async def rotate_identity(ctx: FrameCtx[RotateIdentity]) -> None:
     new_key = rotation.new.to_bytes()
     await node.store.rotate_identity(account_id=account_id, identity_key=new_key,
                                      rotation=frame.rotation, now_ms=node.clock_ms())
-    conn.identity_key = new_key
+    conn.set_identity(new_key)
     # Every other session of the account proved the old key: end them, here and on the
     # other nodes (whoever else holds the old key keeps nothing).
     await node.bus.sessions_revoked(account_id)
     await conn.send(Ok(request_id=ctx.request_id).encode())
-    await node.close_sessions(account_id, reason=b"identity rotated", keep=conn)
+    node.close_soon([c for c in node.sessions.get(account_id, ()) if c is not conn],
+                    reason=b"identity rotated")  # not awaited: this session reads on
 
 
 async def delete_account(ctx: FrameCtx[DeleteAccount]) -> None:
@@ -223,7 +239,6 @@ async def delete_account(ctx: FrameCtx[DeleteAccount]) -> None:
     node = conn.node
     account_id = conn.account_id
     assert account_id is not None  # require_auth ran
-    await conn.require_current_identity()
     mailboxes = await node.store.list_mailboxes(account_id)
     await node.store.delete_account(account_id)
     for record in mailboxes:

@@ -37,8 +37,9 @@ CHUNK_COST: Final = 4096
 least a file costs on disk (one block), so many tiny chunks are not free."""
 
 
-def _take_quota(conn: Connection, frame: RequestBlobUpload) -> None:
-    """Charge the account's daily blob quota (``--blob-quota``) or refuse."""
+def _take_quota(conn: Connection, frame: RequestBlobUpload) -> float:
+    """Charge the account's daily blob quota (``--blob-quota``) or refuse. Returns the
+    charge (given back if the reservation then fails)."""
     node = conn.node
     config = node.config
     if frame.size > config.blob_max_size:
@@ -52,19 +53,30 @@ def _take_quota(conn: Connection, frame: RequestBlobUpload) -> None:
         node.metrics.credit_refused("blob")
         raise Refuse(ErrorCode.RATE_LIMITED, retry_after_ms=max(1, int(wait * 1000) + 1),
                      message="blob quota")
+    return cost
 
 
 async def request_upload(ctx: FrameCtx[RequestBlobUpload]) -> None:
     conn, frame = ctx.conn, ctx.frame
-    _take_quota(conn, frame)
+    node = conn.node
+    cost = _take_quota(conn, frame)
     try:
-        transfer = await reserve_upload(conn.node.app, size=frame.size,
-                                        chunk_count=frame.chunk_count)
+        transfer = await _reserve(conn, frame)
+    except BaseException:  # refused or failed: the quota is not spent on it
+        assert conn.account_id is not None
+        node.blob_credits.get(conn.account_id, node.monotonic()).give_back(cost)
+        raise
+    await conn.send(_token(ctx.request_id, transfer))
+
+
+async def _reserve(conn: Connection, frame: RequestBlobUpload) -> BlobTransfer:
+    try:
+        return await reserve_upload(conn.node.app, size=frame.size,
+                                    chunk_count=frame.chunk_count)
     except BlobTooLarge:
         raise Refuse(ErrorCode.TOO_LARGE, message="file above this relay's limit") from None
     except ValueError:
         raise Refuse(ErrorCode.INVALID_FIELD, message="chunk_count") from None
-    await conn.send(_token(ctx.request_id, transfer))
 
 
 def take_request_credit(ctx: FrameCtx[RequestBlobUpload] | FrameCtx[RequestBlobDownload]

@@ -97,7 +97,6 @@ async def upload_prekeys(ctx: FrameCtx[UploadPrekeys]) -> None:
     store = conn.node.store
     account_id = conn.account_id
     assert account_id is not None  # require_auth ran
-    await conn.require_current_identity()
     if frame.signed_prekey is not None:
         _parse("signed_prekey", SignedPreKey.from_bytes, frame.signed_prekey)
     if frame.kem_prekey is not None:
@@ -197,7 +196,6 @@ async def claim_username(ctx: FrameCtx[ClaimUsername]) -> None:
 async def release_username(ctx: FrameCtx[ReleaseUsername]) -> None:
     conn, frame = ctx.conn, ctx.frame
     store = conn.node.store
-    await conn.require_current_identity()
     record = await store.lookup_username(frame.username)
     if record is None:
         raise Refuse(ErrorCode.NOT_FOUND)

@@ -156,7 +156,6 @@ async def delete_mailbox(ctx: FrameCtx[DeleteMailbox]) -> None:
 
 async def set_contact_mailbox(ctx: FrameCtx[SetContactMailbox]) -> None:
     conn, frame = ctx.conn, ctx.frame
-    await conn.require_current_identity()
     await conn.require_owner(frame.mailbox_id)
     try:
         await conn.node.store.set_contact_mailbox(
@@ -171,7 +170,6 @@ async def set_contact_mailbox(ctx: FrameCtx[SetContactMailbox]) -> None:
 async def subscribe(ctx: FrameCtx[Subscribe]) -> None:
     conn, frame = ctx.conn, ctx.frame
     node = conn.node
-    await conn.require_current_identity()
     accepted: list[bytes] = []
     rejected: list[bytes] = []
     for mailbox_id in dict.fromkeys(frame.mailbox_ids):

@@ -78,6 +78,10 @@ _CACHE_ENTRIES: Final = 100_000
 CAPABILITY_TTL_MS: Final = 60_000
 """How long a capability the store confirmed is trusted without asking it again."""
 _PRESSURE_POLL_S: Final = 0.002
+CLOSE_TIMEOUT_S: Final = 5.0
+"""How long a revoked session's peer has to take its close frame before it is dropped."""
+IDENTITY_RECHECK_MS: Final = 60_000
+"""How stale the store's word on a session's identity key may be for an ``Ack``."""
 """How often a stalled node looks at the store's queue again."""
 
 
@@ -279,24 +283,37 @@ class Node:
     async def close_sessions(self, account_id: bytes, *, reason: bytes,
                              keep: Connection | None = None) -> None:
         """Close every connection of this node logged in as *account_id* but *keep*
-        (the account was deleted, or its identity rotated); one that fails to close
-        does not keep the others open."""
-        for conn in list(self.sessions.get(account_id, ())):
-            if conn is keep:
-                continue
-            try:
-                await conn.ws.close(code=WSCloseCode.OK, message=reason)
-            except Exception as exc:  # its socket is going away anyway
-                _log.warning("closing a revoked session failed: %s", type(exc).__name__)
+        (the account was deleted, or its identity rotated): all at once, each within
+        :data:`CLOSE_TIMEOUT_S` (a peer that stopped reading cannot hold the others, or
+        the caller, open)."""
+        conns = [c for c in self.sessions.get(account_id, ()) if c is not keep]
+        await asyncio.gather(*(self._close(conn, reason) for conn in conns))
+
+    def close_soon(self, conns: list[Connection], *, reason: bytes) -> None:
+        """:meth:`close_sessions` for *conns*, in a task of its own."""
+        async def close_all() -> None:
+            await asyncio.gather(*(self._close(conn, reason) for conn in conns))
+
+        task = asyncio.get_running_loop().create_task(close_all())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close(conn: Connection, reason: bytes) -> None:
+        try:
+            # A close cancelled at the deadline drops the connection instead.
+            await asyncio.wait_for(conn.ws.close(code=WSCloseCode.OK, message=reason),
+                                   CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            _log.warning("a revoked session did not take its close frame; dropped")
+        except Exception as exc:  # its socket is going away anyway
+            _log.warning("closing a revoked session failed: %s", type(exc).__name__)
 
     def _sessions_revoked(self, account_id: bytes) -> None:
         """Another node deleted *account_id* or rotated its identity: close its sessions
         here too."""
         if account_id in self.sessions:
-            task = asyncio.get_running_loop().create_task(
-                self.close_sessions(account_id, reason=b"session revoked"))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self.close_soon(list(self.sessions[account_id]), reason=b"session revoked")
 
     def remove_session(self, account_id: bytes, conn: Connection) -> None:
         conns = self.sessions.get(account_id)

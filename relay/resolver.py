@@ -42,11 +42,13 @@ from protocol import (
 from protocol import Register as RegisterFrame
 
 from .handlers_auth import (
+    current_identity,
     delete_account,
     handle_auth,
     handle_connect,
     handle_ping,
     handle_register,
+    recent_identity,
     require_auth,
     rotate_identity,
 )
@@ -105,25 +107,28 @@ RESOLVER: Final[dict[type[Frame], Route]] = dict((
     _row(Send, validate_send, check_capability, take_credits, FORK,
          persist, reply_sent, route_durable),
     _row(SendEphemeral, check_capability, take_credits, dedup_ephemeral, route_ephemeral),
-    _row(Ack, require_auth, ack_owner, finalize_ack),
-    # accounts and the directory
-    _row(DeleteAccount, require_auth, delete_account),
+    _row(Ack, require_auth, recent_identity, ack_owner, finalize_ack),
+    # accounts and the directory (current_identity: a session whose key was rotated
+    # away changes nothing; ClaimUsername and RotateIdentity need the current key's
+    # signature anyway)
+    _row(DeleteAccount, require_auth, current_identity, delete_account),
     _row(RotateIdentity, require_auth, rotate_identity),
-    _row(UploadPrekeys, require_auth, upload_prekeys),
+    _row(UploadPrekeys, require_auth, current_identity, upload_prekeys),
     _row(FetchBundle, take_lookup_credit, fetch_bundle),
     _row(ClaimUsername, require_auth, claim_username),
-    _row(ReleaseUsername, require_auth, release_username),
+    _row(ReleaseUsername, require_auth, current_identity, release_username),
     _row(LookupUsername, take_lookup_credit, lookup_username),
     # mailboxes
-    _row(CreateMailbox, require_auth, create_mailbox),
-    _row(RotateMailbox, require_auth, rotate_mailbox),
-    _row(DeleteMailbox, require_auth, delete_mailbox),
-    _row(SetContactMailbox, require_auth, set_contact_mailbox),
-    _row(Subscribe, require_auth, subscribe),
+    _row(CreateMailbox, require_auth, current_identity, create_mailbox),
+    _row(RotateMailbox, require_auth, current_identity, rotate_mailbox),
+    _row(DeleteMailbox, require_auth, current_identity, delete_mailbox),
+    _row(SetContactMailbox, require_auth, current_identity, set_contact_mailbox),
+    _row(Subscribe, require_auth, current_identity, subscribe),
     _row(Unsubscribe, require_auth, unsubscribe),
-    _row(RegisterPush, require_auth, register_push),
+    _row(RegisterPush, require_auth, current_identity, register_push),
     # blobs
-    _row(RequestBlobUpload, require_auth, take_request_credit, request_upload),
+    _row(RequestBlobUpload, require_auth, current_identity, take_request_credit,
+         request_upload),
     _row(RequestBlobDownload, take_request_credit, request_download),
 ))
 """Every frame a client may send, with its stages."""

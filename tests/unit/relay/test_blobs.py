@@ -253,3 +253,30 @@ def test_tokens() -> None:
 
 
 PINNED = "6cd9a2367c73961670eda70d545d528f94fe6accf35276cbf85771561c43f45d"
+
+
+async def test_the_state_asked_for_is_never_the_one_evicted(
+        store: FolderBlobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every older cached blob busy, the cache must not drop the state it is
+    about to hand out: two writers would then count on two copies and together store
+    more than the reservation."""
+    monkeypatch.setattr(blobs, "STATE_CACHE", 1)
+    await store.reserve(ID, size=10, chunk_count=1, expires_at_ms=T0)
+    release = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield b"12345"
+        await release.wait()
+        yield b"67890"
+
+    busy = asyncio.ensure_future(store.write_chunk(ID, 0, slow()))
+    await asyncio.sleep(0.05)
+    await store.reserve(OTHER, size=10, chunk_count=2, expires_at_ms=T0)
+    results = await asyncio.gather(store.write_chunk(OTHER, 0, pieces(b"a" * 8, 2)),
+                                   store.write_chunk(OTHER, 1, pieces(b"b" * 8, 2)),
+                                   return_exceptions=True)
+    assert sum(isinstance(r, BlobTooLarge) for r in results) == 1
+    status = await store.status(OTHER)
+    assert status is not None and status.bytes_received == 8
+    release.set()
+    await busy
