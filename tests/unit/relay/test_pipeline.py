@@ -285,3 +285,53 @@ async def test_push_urls_are_asked_again_after_the_ttl() -> None:
     await node.wake(box)
     assert woken == ["https://push.example/old"] * 2 + ["https://push.example/new"]
     assert len(reads) == 2
+
+
+async def test_an_ack_rechecks_the_identity_a_minute_after_the_last_read() -> None:
+    """A session's key is read from the store at most a minute apart for acks: within
+    the minute no read; after it, a key rotated away refuses the ack and closes the
+    session."""
+    from types import SimpleNamespace
+
+    from relay.connection import Connection
+    from relay.node import IDENTITY_RECHECK_MS
+    from relay.pipeline import Refuse
+
+    current = [b"old key"]
+    reads: list[bytes] = []
+
+    class Store(_QueuedStore):
+        async def get_account(self, account_id: bytes) -> object:
+            reads.append(account_id)
+            return SimpleNamespace(identity_key=current[0])
+
+    closed: list[bytes] = []
+
+    async def close(*, code: int, message: bytes) -> None:
+        closed.append(message)
+
+    clock = [1_000]
+    node = Node(web.Application(), config=RelayConfig(), relay_id=bytes(16), store=Store(),
+                bus=InProcessBus(), push=None,  # type: ignore[arg-type]
+                metrics=NullMetrics(), clock_ms=lambda: clock[0], monotonic=lambda: 0.0,
+                mailbox_credits=BucketMap(10, 1, max_buckets=10))
+    ws = SimpleNamespace(compress=False, closed=False, close=close)
+    conn = Connection(node, ws, "127.0.0.1")  # type: ignore[arg-type]
+    conn.authenticate(b"\x01" * 16, b"old key")
+    clock[0] += IDENTITY_RECHECK_MS - 1
+    assert conn.identity_recent(IDENTITY_RECHECK_MS) is None and reads == []
+    clock[0] += 1
+    check = conn.identity_recent(IDENTITY_RECHECK_MS)
+    assert check is not None
+    await check  # still the account's key: confirmed, and the minute starts again
+    assert len(reads) == 1 and conn.identity_recent(IDENTITY_RECHECK_MS) is None
+    current[0] = b"new key"  # rotated on a node whose notice never came
+    clock[0] += IDENTITY_RECHECK_MS
+    check = conn.identity_recent(IDENTITY_RECHECK_MS)
+    assert check is not None
+    with pytest.raises(Refuse) as info:
+        await check
+    assert info.value.code is ErrorCode.AUTH_FAILED
+    await asyncio.sleep(0.01)
+    assert closed == [b"identity rotated"]
+    await node.close()
