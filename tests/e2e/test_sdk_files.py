@@ -10,6 +10,7 @@ resumed and verified.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
@@ -262,6 +263,21 @@ async def test_empty_file(clients: ClientFactory, tmp_path: Path) -> None:
     assert out.read_bytes() == b""
 
 
+@contextlib.asynccontextmanager
+async def contacts_on(relay: RelayProcess, clients: ClientFactory, folder: Path,
+                      ) -> AsyncIterator[tuple[AsyncClient, AsyncClient]]:
+    """Carol and Dave, registered on *relay* (a relay of the test's own) and contacts."""
+    carol = AsyncClient.open(folder / "carol.pigeon", "pw", relay_url=relay.url,
+                             params=FAST_PARAMS, durability=Durability.OFF)
+    dave = AsyncClient.open(folder / "dave.pigeon", "pw", relay_url=relay.url,
+                            params=FAST_PARAMS, durability=Durability.OFF)
+    async with carol, dave:
+        await carol.register()
+        await dave.register()
+        await clients.connect(carol, dave)
+        yield carol, dave
+
+
 async def test_size_limits_refuse_before_any_upload(
         clients: ClientFactory, tmp_path: Path,
         tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -279,14 +295,7 @@ async def test_size_limits_refuse_before_any_upload(
     small_relay = start_relay(tmp_path_factory.mktemp("small-relay"),
                               ["--blob-max-size", "1MiB"])
     try:
-        carol = AsyncClient.open(tmp_path / "carol.pigeon", "pw", relay_url=small_relay.url,
-                                 params=FAST_PARAMS, durability=Durability.OFF)
-        dave = AsyncClient.open(tmp_path / "dave.pigeon", "pw", relay_url=small_relay.url,
-                                params=FAST_PARAMS, durability=Durability.OFF)
-        async with carol, dave:
-            await carol.register()
-            await dave.register()
-            await clients.connect(carol, dave)
+        async with contacts_on(small_relay, clients, tmp_path) as (carol, dave):
             with pytest.raises(FileTooLarge) as info:
                 await carol.send_file(dave.account_id, big)
             assert info.value.limit is None and "relay" in str(info.value)
@@ -306,14 +315,7 @@ async def test_rate_limited_blob_grants_are_waited_out(
     tight = start_relay(tmp_path_factory.mktemp("tight-relay"),
                         ["--conn-credit-capacity", "2", "--conn-credit-refill", "4"])
     try:
-        carol = AsyncClient.open(tmp_path / "carol.pigeon", "pw", relay_url=tight.url,
-                                 params=FAST_PARAMS, durability=Durability.OFF)
-        dave = AsyncClient.open(tmp_path / "dave.pigeon", "pw", relay_url=tight.url,
-                                params=FAST_PARAMS, durability=Durability.OFF)
-        async with carol, dave:
-            await carol.register()
-            await dave.register()
-            await clients.connect(carol, dave)
+        async with contacts_on(tight, clients, tmp_path) as (carol, dave):
             sources = []
             for i in range(4):
                 source = tmp_path / f"note-{i}.bin"

@@ -185,13 +185,19 @@ class _QueuedStore:
         self.pending_writes = 0
 
 
+def _node(store: object, *, config: RelayConfig | None = None, bus: object = None,
+          push: object = None, clock: list[int] | None = None) -> Node:
+    """A node around *store* (and *bus*, *push*), its wall clock ``clock[0]``."""
+    ms = clock if clock is not None else [0]
+    return Node(web.Application(), config=config or RelayConfig(), relay_id=bytes(16),
+                store=store, bus=bus or InProcessBus(), push=push,  # type: ignore[arg-type]
+                metrics=NullMetrics(), clock_ms=lambda: ms[0], monotonic=lambda: 0.0,
+                mailbox_credits=BucketMap(10, 1, max_buckets=10))
+
+
 async def test_readers_pause_while_the_store_lags() -> None:
     store = _QueuedStore()
-    node = Node(web.Application(), config=RelayConfig(max_pending_writes=100),
-                relay_id=bytes(16), store=store, bus=InProcessBus(),
-                push=None,  # type: ignore[arg-type]
-                metrics=NullMetrics(), clock_ms=lambda: 0, monotonic=lambda: 0.0,
-                mailbox_credits=BucketMap(10, 1, max_buckets=10))
+    node = _node(store, config=RelayConfig(max_pending_writes=100))
     assert not node.store_lagging()
     store.pending_writes = 101
     assert node.store_lagging() and node.stalls == 1
@@ -215,10 +221,7 @@ class _InvalidatingBus(InProcessBus):
 
 async def test_other_nodes_invalidations_clear_the_caches() -> None:
     bus = _InvalidatingBus()
-    node = Node(web.Application(), config=RelayConfig(), relay_id=bytes(16),
-                store=_QueuedStore(), bus=bus, push=None,  # type: ignore[arg-type]
-                metrics=NullMetrics(), clock_ms=lambda: 0, monotonic=lambda: 0.0,
-                mailbox_credits=BucketMap(10, 1, max_buckets=10))
+    node = _node(_QueuedStore(), bus=bus)
     one, two = b"\x01" * 16, b"\x02" * 16
     for mailbox_id in (one, two):
         node.capabilities.put(mailbox_id, bytes(32), 0)
@@ -272,10 +275,7 @@ async def test_push_urls_are_asked_again_after_the_ttl() -> None:
 
     woken: list[str] = []
     clock = [0]
-    node = Node(web.Application(), config=RelayConfig(), relay_id=bytes(16), store=Store(),
-                bus=InProcessBus(), push=SimpleNamespace(wake=woken.append),  # type: ignore[arg-type]
-                metrics=NullMetrics(), clock_ms=lambda: clock[0], monotonic=lambda: 0.0,
-                mailbox_credits=BucketMap(10, 1, max_buckets=10))
+    node = _node(Store(), push=SimpleNamespace(wake=woken.append), clock=clock)
     box = b"\x07" * 16
     await node.wake(box)
     urls[0] = "https://push.example/new"  # changed through another node; its notice lost
@@ -311,10 +311,7 @@ async def test_an_ack_rechecks_the_identity_a_minute_after_the_last_read() -> No
         closed.append(message)
 
     clock = [1_000]
-    node = Node(web.Application(), config=RelayConfig(), relay_id=bytes(16), store=Store(),
-                bus=InProcessBus(), push=None,  # type: ignore[arg-type]
-                metrics=NullMetrics(), clock_ms=lambda: clock[0], monotonic=lambda: 0.0,
-                mailbox_credits=BucketMap(10, 1, max_buckets=10))
+    node = _node(Store(), clock=clock)
     ws = SimpleNamespace(compress=False, closed=False, close=close)
     conn = Connection(node, ws, "127.0.0.1")  # type: ignore[arg-type]
     conn.authenticate(b"\x01" * 16, b"old key")
