@@ -72,6 +72,7 @@ __all__ = [
     "EmptyChunk",
     "FolderBlobStore",
     "blob_token",
+    "check_layout",
     "verify_blob_token",
 ]
 
@@ -98,6 +99,21 @@ DEBRIS_GRACE_MS = 10 * 60 * 1000
 """A blob folder without metadata is removed by the sweep only this long after it was
 last changed: younger, it may be a reservation being written (by another node)."""
 _META = struct.Struct(">BQIQ")
+
+
+def check_layout(size: int, chunk_count: int, max_size: int) -> None:
+    """Raise unless a blob of *size* bytes in *chunk_count* chunks may be reserved: at
+    most *max_size* bytes, and every chunk holds a byte at least (one empty chunk: an
+    empty file), so a reservation cannot ask for a folder of empty files.
+
+    Raises:
+        BlobTooLarge: *size* above *max_size*.
+        ValueError: a negative size, or *chunk_count* outside 1..min(MAX_CHUNKS, size).
+    """
+    if size > max_size:
+        raise BlobTooLarge(max_size)
+    if size < 0 or not 1 <= chunk_count <= min(MAX_CHUNKS, max(1, size)):
+        raise ValueError("size must be >= 0 and chunk_count in 1..min(MAX_CHUNKS, size)")
 
 
 class EmptyChunk(ValueError):
@@ -289,12 +305,7 @@ class FolderBlobStore:
         self, blob_id: bytes, *, size: int, chunk_count: int, expires_at_ms: int
     ) -> BlobStatus:
         d = self._dir(blob_id)
-        if size > self.max_blob_size:
-            raise BlobTooLarge(self.max_blob_size)
-        if size < 0 or not 1 <= chunk_count <= min(MAX_CHUNKS, max(1, size)):
-            # Every chunk holds a byte at least (one empty chunk: an empty file), so a
-            # reservation cannot ask for a folder of empty files.
-            raise ValueError("size must be >= 0 and chunk_count in 1..min(MAX_CHUNKS, size)")
+        check_layout(size, chunk_count, self.max_blob_size)
         async with self._locked(blob_id):
             with contextlib.suppress(BlobNotFound):
                 s = await self._state(blob_id)

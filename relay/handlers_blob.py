@@ -12,12 +12,14 @@ refuses files above ``config.blob_max_size`` with ``TOO_LARGE``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
 from protocol import BlobToken, ErrorCode, RequestBlobDownload, RequestBlobUpload
 
 from .blob_http import BlobTransfer, grant_download, reserve_upload
-from .blobs import MAX_CHUNKS
+from .blobs import check_layout
 from .pipeline import FrameCtx, Refuse
 from .ports import BlobTooLarge
 
@@ -38,14 +40,13 @@ least a file costs on disk (one block), so many tiny chunks are not free."""
 
 
 def _take_quota(conn: Connection, frame: RequestBlobUpload) -> float:
-    """Charge the account's daily blob quota (``--blob-quota``) or refuse. Returns the
-    charge (given back if the reservation then fails)."""
+    """Charge the account's daily blob quota (``--blob-quota``) or refuse; a request the
+    store would refuse anyway is refused first, charging nothing. Returns the charge
+    (given back if the reservation then fails)."""
     node = conn.node
     config = node.config
-    if frame.size > config.blob_max_size:
-        raise Refuse(ErrorCode.TOO_LARGE, message="file above this relay's limit")
-    if not 1 <= frame.chunk_count <= min(MAX_CHUNKS, max(1, frame.size)):
-        raise Refuse(ErrorCode.INVALID_FIELD, message="chunk_count")  # nothing charged
+    with _refused_layout():
+        check_layout(frame.size, frame.chunk_count, config.blob_max_size)
     assert conn.account_id is not None  # require_auth ran
     cost = min(frame.size + frame.chunk_count * CHUNK_COST, config.blob_quota_per_day)
     wait = node.blob_credits.try_take(conn.account_id, node.monotonic(), cost)
@@ -70,9 +71,17 @@ async def request_upload(ctx: FrameCtx[RequestBlobUpload]) -> None:
 
 
 async def _reserve(conn: Connection, frame: RequestBlobUpload) -> BlobTransfer:
-    try:
+    with _refused_layout():
         return await reserve_upload(conn.node.app, size=frame.size,
                                     chunk_count=frame.chunk_count)
+    raise AssertionError("unreachable")  # pragma: no cover - for mypy
+
+
+@contextlib.contextmanager
+def _refused_layout() -> Iterator[None]:
+    """:func:`relay.blobs.check_layout`'s errors as the wire's refusals."""
+    try:
+        yield
     except BlobTooLarge:
         raise Refuse(ErrorCode.TOO_LARGE, message="file above this relay's limit") from None
     except ValueError:
