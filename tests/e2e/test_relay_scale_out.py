@@ -44,7 +44,7 @@ from protocol import (
 from ..services import postgres_dsn, redis_url, unique_name
 from ._relay_fixtures import metric_value, push_receiver
 from .conftest import RelayProcess, launch_relay, run_cli
-from .wsclient import Identity, RelayClient, anonymous, connect_user, now_ms
+from .wsclient import Identity, Mailbox, RelayClient, anonymous, connect_user, now_ms
 
 pytest.importorskip("asyncpg", reason="the postgres extra is not installed")
 pytest.importorskip("redis", reason="the redis extra is not installed")
@@ -229,18 +229,25 @@ async def test_a_rotated_mailbox_is_retired_on_every_node(cluster: Cluster) -> N
     assert isinstance(answer, Error) and answer.code is ErrorCode.WRONG_CAPABILITY, answer
 
 
+async def _bob_on_two_nodes(node_a: RelayProcess, node_b: RelayProcess,
+                            ) -> tuple[RelayClient, Identity, Mailbox, RelayClient]:
+    """Bob registered through node A with a mailbox, and another session of his
+    (the same key) logged in on node B."""
+    bob = await connect_user(node_a.url)
+    assert bob.identity is not None
+    box = await bob.create_mailbox()
+    elsewhere = await RelayClient.open(node_b.url)
+    await elsewhere.auth(bob.identity)
+    return bob, bob.identity, box, elsewhere
+
+
 async def test_deleting_an_account_closes_its_sessions_on_every_node(
         cluster: Cluster) -> None:
     """Bob deletes his account through node A while another of his sessions, subscribed
     to his mailbox, is on node B: B closes it too (the bus's account deletion), as one
     relay closes every session of a deleted account."""
     node_a, node_b = cluster.node(), cluster.node()
-    bob = await connect_user(node_a.url)
-    me = bob.identity
-    assert me is not None
-    box = await bob.create_mailbox()
-    elsewhere = await RelayClient.open(node_b.url)
-    await elsewhere.auth(me)
+    bob, _, box, elsewhere = await _bob_on_two_nodes(node_a, node_b)
     await elsewhere.subscribe(box)
     bystander = await connect_user(node_b.url)  # another account's session stays open
     assert isinstance(await bob.request(lambda rid: DeleteAccount(request_id=rid)), Ok)
@@ -338,12 +345,7 @@ async def test_a_rotated_identity_ends_the_old_keys_sessions_on_every_node(
     is refused AUTH_FAILED and closes that session."""
     node_a, node_b = cluster.node(), cluster.node()
     deaf = cluster.node("--bus-prefix", unique_name("deaf"))
-    bob = await connect_user(node_a.url)
-    old = bob.identity
-    assert old is not None
-    box = await bob.create_mailbox()
-    on_b = await RelayClient.open(node_b.url)
-    await on_b.auth(old)
+    bob, old, box, on_b = await _bob_on_two_nodes(node_a, node_b)
     frames = [
         lambda rid: DeleteAccount(request_id=rid),
         lambda rid: Subscribe(request_id=rid, mailbox_ids=(box.mailbox_id,)),

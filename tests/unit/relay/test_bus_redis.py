@@ -254,51 +254,38 @@ async def test_a_big_payload_goes_without_it(nodes: tuple[RedisBus, RedisBus]) -
 # --------------------------------------------------------------------------- invalidation
 
 
-async def test_invalidate_reaches_the_other_nodes_only(nodes: tuple[RedisBus, RedisBus]) -> None:
+@pytest.mark.parametrize(("say", "hear", "other"), [
+    ("invalidate", "on_invalidate", "on_sessions_revoked"),
+    ("sessions_revoked", "on_sessions_revoked", "on_invalidate"),
+])
+async def test_a_notice_reaches_the_other_nodes_only(
+        nodes: tuple[RedisBus, RedisBus], say: str, hear: str, other: str) -> None:
+    """An invalidation (a mailbox id) and a session revocation (an account id) reach
+    every other node's handlers, never the sender's own, and never the other kind's
+    (their bodies differ); a raising handler stops neither the next one nor the
+    listener."""
     one, two = nodes
-    seen_one: list[bytes] = []
-    seen_two: list[bytes] = []
+    seen_one: list[bytes | None] = []
+    seen_two: list[bytes | None] = []
+    mixed_up: list[bytes | None] = []
 
-    def broken(mailbox_id: bytes) -> None:
+    def broken(key: bytes | None) -> None:
         raise RuntimeError("a buggy handler")
 
-    one.on_invalidate(seen_one.append)
-    two.on_invalidate(broken)  # must not stop the next handler or the listener
-    two.on_invalidate(seen_two.append)
-    await one.invalidate(A)
-    await eventually(lambda: seen_two == [A], "the invalidation")
-    await two.invalidate(B)  # ordered after one's own: it would have come back by now
-    await eventually(lambda: seen_one == [B], "the other invalidation")
-    assert seen_one == [B] and seen_two == [A]
+    getattr(one, hear)(seen_one.append)
+    getattr(two, hear)(broken)
+    getattr(two, hear)(seen_two.append)
+    getattr(two, other)(mixed_up.append)
+    await getattr(one, say)(A)
+    await eventually(lambda: seen_two == [A], "the notice")
+    await getattr(two, say)(B)  # ordered after one's own: it would have come back by now
+    await eventually(lambda: seen_one == [B], "the other notice")
+    assert seen_one == [B] and seen_two == [A] and mixed_up == []
     with pytest.raises(ValueError):
-        await one.invalidate(b"short")
-    there = await two.subscribe([C])
+        await getattr(one, say)(b"short")
+    there = await two.subscribe([C])  # the listener goes on
     assert await one.publish(C, msg(1)) == 1
     assert await get(there) == (C, msg(1))
-
-
-async def test_an_account_deletion_reaches_the_other_nodes_only(
-        nodes: tuple[RedisBus, RedisBus]) -> None:
-    one, two = nodes
-    gone_one: list[bytes] = []
-    gone_two: list[bytes] = []
-
-    def broken(account_id: bytes) -> None:
-        raise RuntimeError("a buggy handler")
-
-    one.on_sessions_revoked(gone_one.append)
-    two.on_sessions_revoked(broken)  # must not stop the next handler or the listener
-    two.on_sessions_revoked(gone_two.append)
-    invalidated: list[bytes | None] = []
-    two.on_invalidate(invalidated.append)
-    await one.sessions_revoked(A)
-    await eventually(lambda: gone_two == [A], "the account deletion")
-    await two.sessions_revoked(B)  # ordered after one's own: it would have come back by now
-    await eventually(lambda: gone_one == [B], "the other account deletion")
-    assert gone_one == [B] and gone_two == [A]
-    assert invalidated == []  # a deletion is no invalidation (their bodies differ)
-    with pytest.raises(ValueError):
-        await one.sessions_revoked(b"short")
 
 
 # --------------------------------------------------------------------------- garbage

@@ -124,5 +124,9 @@ def test_redaction_keeps_what_operators_need() -> None:
 def test_a_blob_url_loses_its_id_and_token_expiry() -> None:
     """The expiry in a blob URL is one per grant: left in an access log, it would link
     an upload to its downloads as well as the id would."""
-    line = ('127.0.0.1 "GET /v1/blobs/' + "ab" * 16 + '/1796413252320/12 HTTP/1.1" 206 5')
-    assert redact_text(line) == '127.0.0.1 "GET /v1/blobs/[redacted]/12 HTTP/1.1" 206 5'
+    from relay.blob_http import BLOB_PATH_PREFIX, blob_url_path
+
+    path = blob_url_path(b"\xab" * 16, 1796413252320)  # the relay's own URLs, not a copy
+    line = f'127.0.0.1 "GET {path}/12 HTTP/1.1" 206 5'
+    assert redact_text(line) == (
+        f'127.0.0.1 "GET {BLOB_PATH_PREFIX}/[redacted]/12 HTTP/1.1" 206 5')
