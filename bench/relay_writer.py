@@ -13,6 +13,12 @@ shapes:
   then one ack per message (``ack_many``).
 * **fan-out**: one append of a 300-byte blob to every mailbox (a group message), then a
   cumulative ack from every mailbox.
+* **lone messages** (``--lone`` of them, a pair that is not busy: ping-pong): each append
+  in a transaction of its own, then its ack in another, as the writer runs them when
+  nothing else is queued. Measured against the same run's baselines, interleaved
+  message by message: the append by the general run path (``_sqlite_ops._LONE`` off)
+  against the lone path, and the ack's commit at ``FULL`` against the relaxed
+  ``NORMAL`` commit of an ack-only batch (``run_batch(relaxed=...)``). Medians.
 
 Prints microseconds per message (open loop) or per delivery (fan-out) for the append,
 the ack and the commit, and the time spent in each SQL statement (the rest of the
@@ -27,6 +33,7 @@ import argparse
 import hashlib
 import os
 import sqlite3
+import statistics
 import tempfile
 import time
 from collections import defaultdict
@@ -149,12 +156,59 @@ def _report(title: str, unit: str, count: int, times: Iterable[float],
         print(f"    {seconds / count * 1e6:6.2f} µs  {statement} ...")
 
 
+def _lone(folder: Path, count: int) -> None:
+    conn, recipients = _database(folder, 10)
+    names = ("append, lone path", "append, general path", "append's commit (FULL)",
+             "ack, its statements", "ack's commit, relaxed (NORMAL)", "ack's commit (FULL)")
+    times: dict[str, list[float]] = {n: [] for n in names}
+    clock = time.perf_counter
+    for i in range(count + 200):  # the first 200 warm up
+        r = recipients[i % len(recipients)]
+        general = i % 2 == 1
+        call = AppendRequest((r,), os.urandom(16), os.urandom(200), NOW_MS, TTL_MS, None,
+                             TTL_MS)
+        ops._LONE = not general
+        conn.execute("BEGIN IMMEDIATE")
+        t0 = clock()
+        result = ops.append_many(conn, [call])[0]
+        t1 = clock()
+        conn.execute("COMMIT")
+        t2 = clock()
+        relaxed = i % 4 < 2
+        conn.execute(f"PRAGMA synchronous = {'NORMAL' if relaxed else 'FULL'}")
+        conn.execute("BEGIN IMMEDIATE")
+        t3 = clock()
+        ops.ack_many(conn, [(r.mailbox_id, result.accepted[0].seq, ())])
+        t4 = clock()
+        conn.execute("COMMIT")
+        t5 = clock()
+        conn.execute("PRAGMA synchronous = FULL")
+        if i < 200:
+            continue
+        times[names[1] if general else names[0]].append(t1 - t0)
+        times[names[2]].append(t2 - t1)
+        times[names[3]].append(t4 - t3)
+        times[names[4] if relaxed else names[5]].append(t5 - t4)
+    ops._LONE = True
+    conn.close()
+    med = {n: statistics.median(v) * 1e6 for n, v in times.items()}
+    print(f"lone messages ({count}), medians:")
+    for n in names:
+        print(f"    {med[n]:7.1f} µs  {n}")
+    new = med[names[0]] + med[names[2]] + med[names[3]] + med[names[4]]
+    old = med[names[1]] + med[names[2]] + med[names[3]] + med[names[5]]
+    print(f"    writer time per lone message: {new:.0f} µs (lone path, relaxed ack) against"
+          f" {old:.0f} µs (general path, FULL ack): {old / new:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--mailboxes", type=int, default=1000)
     parser.add_argument("--messages", type=int, default=2800,
                         help="open loop: single-recipient messages per transaction")
     parser.add_argument("--rounds", type=int, default=10, help="transactions per shape")
+    parser.add_argument("--lone", type=int, default=4000,
+                        help="lone messages (an append and an ack, each its own transaction)")
     parser.add_argument("--dir", type=Path, help="where the databases go (default: tmp)")
     args = parser.parse_args()
     print(machine_line(f"sqlite {sqlite3.sqlite_version}"))
@@ -171,6 +225,8 @@ def main() -> None:
             times = _rounds(conn, args.rounds, make(recipients, spent))
             conn.close()
             _report(f"{name}, {args.mailboxes} mailboxes", unit, count, times, spent)
+        (folder / "lone").mkdir()
+        _lone(folder / "lone", args.lone)
 
 
 if __name__ == "__main__":

@@ -350,10 +350,16 @@ async def fetch(
 
 
 
-_ACK = "SELECT ack_call, ack_removed FROM ack_deliveries($1, $2, $3, $4)"
+_ACK = ("SELECT ack_call, ack_removed FROM ack_deliveries($1, $2, $3, $4),"
+        " set_config('synchronous_commit', 'off', true)")
 """Every ack of a run in one statement (the function is in ``relay._pg_schema``): each
 queued row named is counted for the first call that names it (what running them one by
-one would report), and removed once; a row a concurrent ack removed first is not counted."""
+one would report), and removed once; a row a concurrent ack removed first is not counted.
+
+The statement's transaction (its own, implicit) commits with ``synchronous_commit =
+off``: it does not wait for the WAL flush. An ack lost to a database crash only means a
+redelivery, which clients drop as a duplicate; the setting ends with the transaction
+(``is_local``), so nothing else on the pooled connection is affected."""
 
 
 async def ack_many(conn: Conn, calls: Sequence[AckRequest]) -> list[int]:

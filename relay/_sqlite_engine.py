@@ -96,6 +96,8 @@ class _Op(Generic[T]):
     arg: Any = None
     rank: int | None = None
     """Reorderable (see :func:`_regroup`): the op's place among its neighbours' kinds."""
+    durable: bool = True
+    """False: losing the op to power loss is harmless (see :meth:`SqliteEngine.write_many`)."""
 
 
 def _one(many: Callable[[sqlite3.Connection, list[Any]], list[T]], arg: Any
@@ -276,7 +278,7 @@ class SqliteEngine:
 
     async def write_many(self, name: str,
                          many: Callable[[sqlite3.Connection, list[A]], list[T]], arg: A,
-                         *, rank: int | None = None) -> T:
+                         *, rank: int | None = None, durable: bool = True) -> T:
         """Like :meth:`write` for ``many(conn, [arg])[0]``, but consecutive ops of a batch
         with the same *many* run in one call ``many(conn, [arg1, arg2, ...])``, which
         returns their results in order. *many* must give each call the result it would
@@ -287,10 +289,18 @@ class SqliteEngine:
         its batch (:func:`_regroup`), so that interleaved kinds still make one run each.
         Only for kinds whose order against each other does not matter among concurrent
         callers (acks and appends: an ack can only name seqs delivered, i.e. committed
-        by an earlier batch)."""
+        by an earlier batch).
+
+        ``durable=False``: the op's effect may be lost to an OS crash or power loss
+        (never to a process crash) without harm, like an ack's (the message is delivered
+        again and the client drops the duplicate). A batch of such ops only commits
+        without waiting for the disk (``NORMAL`` instead of ``FULL``, no fsync), so it
+        holds up the next batch's sends for microseconds, not for an fsync; a batch with
+        any durable op commits at the configured level, and that commit makes everything
+        before it durable too."""
         loop = asyncio.get_running_loop()
         return await self._submit(_Op(name, _one(many, arg), loop, loop.create_future(),
-                                      many, arg, rank))
+                                      many, arg, rank, durable))
 
     async def _submit(self, op: _Op[T]) -> T:
         name = op.name
@@ -371,14 +381,25 @@ class SqliteEngine:
             if stop:
                 return
 
+    def _relaxed(self, batch: list[_Op[Any]]) -> Synchronous | None:
+        """The configured level to restore after a batch that may commit at ``NORMAL``
+        (no op of it needs more; see :meth:`write_many`), else None."""
+        if self._sync is not Synchronous.FULL:
+            return None
+        for op in batch:
+            if op.durable:
+                return None
+        return self._sync
+
     def _run_batch(self, batch: list[_Op[Any]]) -> None:
+        relaxed = self._relaxed(batch)
         if self._remote is not None:
             if self._failed is not None:
                 committed, results, seconds = False, [(False, StoreError(self._failed))] * len(
                     batch), 0.0
             else:
                 try:
-                    committed, results, seconds = self._remote.run(batch)
+                    committed, results, seconds = self._remote.run(batch, relaxed)
                 except WriterLost as exc:
                     committed, results, seconds = False, [(False, StoreError(str(exc)))] * len(
                         batch), 0.0
@@ -386,7 +407,7 @@ class SqliteEngine:
         else:
             conn = self._writer_conn
             assert conn is not None
-            committed, results, seconds = run_batch(conn, batch)
+            committed, results, seconds = run_batch(conn, batch, relaxed=relaxed)
         observe(self._observer.on_commit, ops=len(batch), seconds=seconds, ok=committed)
         with self._lock:
             self._pending -= len(batch)

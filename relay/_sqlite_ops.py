@@ -9,6 +9,7 @@ group-commit batch, or a reader's snapshot) and never commits. Write functions r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -18,7 +19,16 @@ from typing import Any, TypeVar
 
 from protocol import dedup_input
 
-from ._append_plan import _ENTRY, Box, SendRecord, _entries, accepts, plan, prepare
+from ._append_plan import (
+    _ENTRY,
+    AppendPlan,
+    Box,
+    SendRecord,
+    _entries,
+    accepts,
+    plan,
+    prepare,
+)
 from ._sqlite_accounts import account_exists
 from .ports import (
     AckRequest,
@@ -44,6 +54,10 @@ _JSON = sqlite3.sqlite_version_info >= (3, 38, 0)
 """JSON functions are built in from SQLite 3.38 (``ack_many`` falls back to one DELETE
 per call before)."""
 """``UPDATE ... FROM`` (one statement for every counter of a run) needs SQLite 3.33."""
+
+_LONE = True
+"""Whether a lone single-recipient append takes :func:`_append_one` (off only to measure
+it against the general path: ``python -m bench.relay_writer``)."""
 
 R = TypeVar("R")
 
@@ -202,6 +216,7 @@ def check_capabilities(
 # --------------------------------------------------------------------------- messages
 
 
+@functools.lru_cache(maxsize=512)
 def _rows(n: int, cols: int) -> str:
     one = "(" + ",".join("?" * cols) + ")"
     return ",".join([one] * n)
@@ -214,6 +229,9 @@ def _chunks(conn: sqlite3.Connection, cols: int) -> int:
 
 def _insert_rows(conn: sqlite3.Connection, head: str, rows: list[tuple[Any, ...]],
                  cols: int) -> None:
+    if len(rows) == 1:
+        conn.execute(head + _rows(1, cols), rows[0])
+        return
     step = _chunks(conn, cols)
     for i in range(0, len(rows), step):
         part = rows[i:i + step]
@@ -237,6 +255,8 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
     """
     if not calls:
         return []
+    if _LONE and len(calls) == 1 and len(calls[0].recipients) == 1:
+        return [_append_one(conn, calls[0])]
     # 1. What the run needs to know: every mailbox named, every send record of the
     # client_msg_ids, and the (mailbox, dedup key) rows of the calls that may have some.
     lookups = prepare(calls)
@@ -324,42 +344,97 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
     out = plan(calls, lookups, boxes, sends, known, blob_base)
     # 3. The writes: one multi-row statement per table (chunked at the parameter limit).
     if out.blobs:
-        base = top[0]
+        _write_plan(conn, out, boxes, top[0])
+    return out.results
+
+
+def _write_plan(conn: sqlite3.Connection, out: AppendPlan, boxes: dict[bytes, Box],
+                base: int | None) -> None:
+    """The rows of *out*, one multi-row statement per table. *base*: the blob ids are
+    ``base + 1, base + 2, ...``, as the plan numbered them; None: a lone blob without an
+    id yet (SQLite gives it one, and the delivery rows are pointed at it)."""
+    deliveries = out.deliveries
+    if base is None:
+        blob = out.blobs[0]
+        blob_id = conn.execute("INSERT INTO blobs (size, data) VALUES (?, ?)",
+                               (len(blob), blob)).lastrowid
+        assert blob_id is not None
+        deliveries = [(m, q, blob_id, t, e) for m, q, _, t, e in deliveries]
+    else:
         _insert_rows(conn, "INSERT INTO blobs (id, size, data) VALUES ",
                      [(base + i, len(data), data) for i, data in enumerate(out.blobs, 1)],
                      3)
-        _insert_rows(conn, "INSERT INTO deliveries"
-                     " (mailbox_id, seq, blob_id, received_at_ms, expires_at_ms) VALUES ",
-                     out.deliveries, 5)
-        if out.dedup_rows:
-            _insert_rows(conn, "INSERT INTO dedup (mailbox_id, dedup_hash, seq,"
-                         " received_at_ms, expires_at_ms, keep_until_ms) VALUES ",
-                         out.dedup_rows, 6)
-        if out.send_rows:
-            _insert_rows(conn, "INSERT INTO send_dedup (send_hash, received_at_ms,"
-                         " expires_at_ms, keep_until_ms, entries) VALUES ",
-                         out.send_rows, 5)
-        if out.extended:
-            conn.executemany("UPDATE send_dedup SET keep_until_ms = max(keep_until_ms, ?)"
-                             " WHERE send_hash = ?",
-                             [(k, h) for h, k in out.extended.items()])
-        counters = [(m, b[3], b[4]) for m, b in boxes.items() if b[4]]
-        if _UPDATE_FROM:
-            step = _chunks(conn, 3)
-            for i in range(0, len(counters), step):
-                rows = counters[i:i + step]
-                sql = (
-                    "UPDATE mailboxes SET last_seq = v.column2, pending = pending + v.column3"  # noqa: S608 - placeholders
-                    f" FROM (VALUES {_rows(len(rows), 3)}) AS v"
-                    " WHERE mailboxes.id = v.column1"
-                )
-                conn.execute(sql, [v for row in rows for v in row])
-        else:
-            conn.executemany(
-                "UPDATE mailboxes SET last_seq = ?, pending = pending + ? WHERE id = ?",
-                [(seq, n, m) for m, seq, n in counters],
+    _insert_rows(conn, "INSERT INTO deliveries"
+                 " (mailbox_id, seq, blob_id, received_at_ms, expires_at_ms) VALUES ",
+                 deliveries, 5)
+    if out.dedup_rows:
+        _insert_rows(conn, "INSERT INTO dedup (mailbox_id, dedup_hash, seq,"
+                     " received_at_ms, expires_at_ms, keep_until_ms) VALUES ",
+                     out.dedup_rows, 6)
+    if out.send_rows:
+        _insert_rows(conn, "INSERT INTO send_dedup (send_hash, received_at_ms,"
+                     " expires_at_ms, keep_until_ms, entries) VALUES ",
+                     out.send_rows, 5)
+    if out.extended:
+        conn.executemany("UPDATE send_dedup SET keep_until_ms = max(keep_until_ms, ?)"
+                         " WHERE send_hash = ?",
+                         [(k, h) for h, k in out.extended.items()])
+    counters = [(m, b[3], b[4]) for m, b in boxes.items() if b[4]]
+    if _UPDATE_FROM and len(counters) > 1:
+        step = _chunks(conn, 3)
+        for i in range(0, len(counters), step):
+            rows = counters[i:i + step]
+            sql = (
+                "UPDATE mailboxes SET last_seq = v.column2, pending = pending + v.column3"  # noqa: S608 - placeholders
+                f" FROM (VALUES {_rows(len(rows), 3)}) AS v"
+                " WHERE mailboxes.id = v.column1"
             )
-    return out.results
+            conn.execute(sql, [v for row in rows for v in row])
+    else:
+        conn.executemany(
+            "UPDATE mailboxes SET last_seq = ?, pending = pending + ? WHERE id = ?",
+            [(seq, n, m) for m, seq, n in counters],
+        )
+
+
+_ONE_LOOKUP = (
+    "SELECT m.capability_hash, m.retire_at_ms, m.pending, m.last_seq, m.serial,"  # noqa: S608
+    f" ({_LEGACY_SQL}), s.received_at_ms, s.expires_at_ms, s.entries"
+    " FROM (SELECT 1) LEFT JOIN mailboxes m ON m.id = ?"
+    " LEFT JOIN send_dedup s ON s.send_hash = ?"
+)
+"""What a lone single-recipient append must know, in one row: the mailbox, the time
+until which pre-v4 ``dedup`` rows may answer, and the send record (NULLs when absent)."""
+
+
+def _append_one(conn: sqlite3.Connection, call: AppendRequest) -> AppendResult:
+    """:func:`append_many` for one call to one mailbox (a message between two people on a
+    relay that is not busy: the commonest lone write). The same lookups, decisions
+    (``plan``) and rows, in short statements: one lookup row, the dedup row only when a
+    retry may have one, then an INSERT per table and a plain UPDATE of the counter.
+    The general path's multi-row statements, JSON and ``UPDATE ... FROM`` pay off over
+    many rows; for one they cost about twice as much as the work itself."""
+    lookups = prepare([call])
+    (r, key), = lookups.keys[0]
+    skey = lookups.cmids[call.client_msg_id]
+    row = conn.execute(_ONE_LOOKUP, (r.mailbox_id, skey)).fetchone()
+    boxes: dict[bytes, Box] = {}
+    if row[0] is not None:
+        boxes[r.mailbox_id] = [bytes(row[0]), row[1], row[2], row[3], 0, row[4]]
+    sends: dict[bytes, SendRecord] = {}
+    if row[6] is not None:
+        sends[skey] = (row[6], row[7], _entries(bytes(row[8])))
+    known: dict[tuple[bytes, bytes], tuple[int, int, int]] = {}
+    if skey in sends or call.now_ms < (row[5] or 0):
+        found = conn.execute(
+            "SELECT seq, received_at_ms, expires_at_ms FROM dedup"
+            " WHERE mailbox_id = ? AND dedup_hash = ?", (r.mailbox_id, key)).fetchone()
+        if found is not None:
+            known[(r.mailbox_id, key)] = (found[0], found[1], found[2])
+    out = plan([call], lookups, boxes, sends, known)
+    if out.blobs:
+        _write_plan(conn, out, boxes, None)
+    return out.results[0]
 
 
 def append_lists(conn: sqlite3.Connection, lists: Sequence[Sequence[AppendRequest]]

@@ -76,9 +76,17 @@ class _Work(Protocol):
     def arg(self) -> Any: ...
 
 
-def run_batch(conn: sqlite3.Connection, batch: Sequence[_Work]
+def run_batch(conn: sqlite3.Connection, batch: Sequence[_Work], *,
+              relaxed: Synchronous | None = None
               ) -> tuple[bool, list[tuple[bool, Any]], float]:
     """Run *batch* in one transaction: ``(committed, [(ok, result or exception)], seconds)``.
+
+    *relaxed*: none of the batch's ops needs to survive power loss (acks: a lost one
+    only means a redelivery, which clients drop as a duplicate), so the batch commits at
+    ``NORMAL`` (WAL: no fsync; a process crash still loses nothing) and the connection is
+    set back to *relaxed*, its configured level, afterwards. The next ``FULL`` commit
+    syncs the WAL up to its own end, so it makes the relaxed commits before it durable
+    too.
 
     Fast path without per-op savepoints (two statements per op saved). If an op fails,
     everything is rolled back and the batch re-run with savepoints, so the failure stays
@@ -88,6 +96,8 @@ def run_batch(conn: sqlite3.Connection, batch: Sequence[_Work]
     """
     start = time.perf_counter()
     try:
+        if relaxed is not None:
+            conn.execute(f"PRAGMA synchronous = {Synchronous.NORMAL.value}")
         outcomes = _attempt(conn, batch, savepoints=False)
         if outcomes is None:
             outcomes = _attempt(conn, batch, savepoints=True)
@@ -99,6 +109,10 @@ def run_batch(conn: sqlite3.Connection, batch: Sequence[_Work]
                 conn.execute("ROLLBACK")
         err = _wrap(exc, "commit")
         return False, [(False, err)] * len(batch), time.perf_counter() - start
+    finally:
+        if relaxed is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute(f"PRAGMA synchronous = {relaxed.value}")
 
 
 def _attempt(conn: sqlite3.Connection, batch: Sequence[_Work], *, savepoints: bool

@@ -17,8 +17,11 @@ code, started together from the same installation):
 | --- | --- |
 | parent → child | ``("open", path, synchronous, busy_timeout_ms, migrations)`` once |
 | child → parent | ``("ready",)`` or ``("error", exception)`` |
-| parent → child | ``[(name, many, arg_or_fn), ...]`` a batch; ``None`` to stop |
+| parent → child | ``(relaxed, [(name, many, arg_or_fn), ...])`` a batch; ``None`` to stop |
 | child → parent | ``(committed, seconds, [(ok, result or exception), ...])`` |
+
+``relaxed`` is ``run_batch``'s: the configured ``synchronous`` to restore after a batch
+that may commit at ``NORMAL`` (acks only), else ``None``.
 
 The hot payloads (``AppendRequest``, ``Recipient``, ``AppendResult``, ``RecipientSeq``)
 travel as tuples (:data:`_DISPATCH`): pickling the slotted dataclasses their own way
@@ -197,14 +200,15 @@ class WriterProcess:
         if answer[0] != "ready":
             raise _exc_in(answer[1])
 
-    def run(self, batch: Sequence[Any]) -> tuple[bool, list[tuple[bool, Any]], float]:
+    def run(self, batch: Sequence[Any], relaxed: Synchronous | None = None
+            ) -> tuple[bool, list[tuple[bool, Any]], float]:
         """Ship one batch of engine ops; return ``run_batch``'s answer from the child."""
         items = [(op.name, op.many, op.arg) if op.many is not None else (op.name, None, op.fn)
                  for op in batch]
         try:
-            data = _dumps(items)
+            data = _dumps((None if relaxed is None else relaxed.value, items))
         except Exception:
-            return self._run_transferable(batch, items)
+            return self._run_transferable(batch, items, relaxed)
         try:
             self._conn.send_bytes(data)
             raw = self._conn.recv_bytes()
@@ -220,7 +224,8 @@ class WriterProcess:
             raise WriterLost("answer does not match the batch")
         return committed, results, seconds
 
-    def _run_transferable(self, batch: Sequence[Any], items: list[Any]
+    def _run_transferable(self, batch: Sequence[Any], items: list[Any],
+                          relaxed: Synchronous | None,
                           ) -> tuple[bool, list[tuple[bool, Any]], float]:
         """Some op of *batch* does not pickle (a lambda, say: a caller's bug, not the
         writer's): that op fails with ``StoreError``, the others run as usual."""
@@ -232,7 +237,7 @@ class WriterProcess:
                 bad[i] = StoreError(f"{item[0]}: write not transferable to the writer"
                                     f" process ({type(exc).__name__})")
         good = [op for i, op in enumerate(batch) if i not in bad]
-        committed, results, seconds = self.run(good) if good else (True, [], 0.0)
+        committed, results, seconds = self.run(good, relaxed) if good else (True, [], 0.0)
         it = iter(results)
         merged = [(False, bad[i]) if i in bad else next(it) for i in range(len(batch))]
         return committed, merged, seconds
@@ -320,10 +325,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raw = conn.recv_bytes()
             except EOFError:
                 return 0  # the parent is gone
-            items = pickle.loads(raw)  # noqa: S301 - our own parent
-            if items is None:
+            message = pickle.loads(raw)  # noqa: S301 - our own parent
+            if message is None:
                 return 0
-            committed, outcomes, seconds = run_batch(db, [_Item(*i) for i in items])
+            relaxed, items = message
+            committed, outcomes, seconds = run_batch(
+                db, [_Item(*i) for i in items],
+                relaxed=None if relaxed is None else Synchronous(relaxed))
             out = [(True, v) if ok else (False, _exc_out(v)) for ok, v in outcomes]
             try:
                 data = _dumps((committed, seconds, out))

@@ -342,9 +342,11 @@ class SqliteStore:
         self, requests: Sequence[tuple[bytes, int | None, Sequence[int]]]
     ) -> list[int]:
         # Ack calls queued back to back run as one ops.ack_many (a few statements in all).
+        # Not durable: an ack lost to power loss means a redelivery, which clients drop as
+        # a duplicate, so a batch of acks alone commits without an fsync.
         return await self._engine.write_many(
             "ack", ops.ack_lists, [(m, up, tuple(seqs)) for m, up, seqs in requests],
-            rank=RANK_ACK)
+            rank=RANK_ACK, durable=False)
 
     async def pending_count(self, mailbox_id: bytes) -> int:
         return await self._engine.read(

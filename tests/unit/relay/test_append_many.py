@@ -301,7 +301,7 @@ class _Spy:
         return self.conn.getlimit(what)
 
     def looked_up_dedup(self) -> bool:
-        found = any("JOIN dedup" in s for s in self.sql)
+        found = any("JOIN dedup" in s or "FROM dedup" in s for s in self.sql)
         self.sql.clear()
         return found
 
@@ -366,5 +366,30 @@ async def test_rows_of_older_versions_are_looked_up_until_they_expire(tmp_path: 
         assert spy.looked_up_dedup()
         _append(spy, [a], 9, T0 + 100)  # past the window: records only
         assert not spy.looked_up_dedup()
+    finally:
+        spy.conn.close()
+
+
+async def test_a_lone_message_to_one_mailbox_takes_five_short_statements(
+    tmp_path: Path,
+) -> None:
+    """The commonest lone write (a message between two people) skips the run machinery:
+    one lookup row, then an INSERT per table and a plain counter UPDATE; its results and
+    rows are those of the general path (``test_a_run_gives_what_one_by_one_gives`` with
+    runs of one)."""
+    await (await _sqlite(tmp_path / "relay.db")).close()
+    spy = _Spy(sqlite3.connect(tmp_path / "relay.db", isolation_level=None))
+    try:
+        a = MAILBOXES[0]
+        assert _append(spy, [a], 1, T0).accepted[0].seq == 1
+        statements = [s.split()[0] + " " + s.split()[1] for s in spy.sql]
+        assert statements == ["SELECT m.capability_hash,", "INSERT INTO", "INSERT INTO",
+                              "INSERT INTO", "UPDATE mailboxes"], spy.sql
+        assert not any("json" in s or "FROM (VALUES" in s for s in spy.sql)
+        spy.sql.clear()
+        assert _append(spy, [a], 1, T0 + 1).accepted[0].duplicate  # a retry: no rows
+        assert [s.split()[0] for s in spy.sql] == ["SELECT", "SELECT"]  # + its dedup row
+        blob_ids = spy.conn.execute("SELECT blob_id FROM deliveries").fetchall()
+        assert blob_ids == spy.conn.execute("SELECT id FROM blobs").fetchall() == [(1,)]
     finally:
         spy.conn.close()

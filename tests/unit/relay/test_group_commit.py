@@ -20,7 +20,7 @@ import pytest
 from pigeon_crypto.errors import StoreError
 from protocol import dedup_input
 from relay.ports import Recipient, RecordingObserver, StoreConflict
-from relay.store_sqlite import SCHEMA_VERSION, SqliteStore, Synchronous
+from relay.store_sqlite import SCHEMA_VERSION, SqliteStore, Synchronous, WriterMode
 
 REPO = Path(__file__).resolve().parents[3]
 T0 = 1_700_000_000_000
@@ -182,6 +182,73 @@ async def test_pragmas(tmp_path: Path, mode: Synchronous, expected: int) -> None
         assert (await s._engine.read("pragmas", pragmas))[1:] == (expected, 1, 1, 5000)
     finally:
         await s.close()
+
+
+def _sync_levels(conn: sqlite3.Connection, args: list[object]) -> list[int]:
+    """A grouped write that reports the ``synchronous`` level its transaction commits at
+    (module level: the writer process must unpickle it)."""
+    level = conn.execute("PRAGMA synchronous").fetchone()[0]
+    return [level] * len(args)
+
+
+def _slow(conn: sqlite3.Connection, args: list[object]) -> list[int]:
+    time.sleep(0.2)  # holds the writer, so that what is queued meanwhile shares a batch
+    return _sync_levels(conn, args)
+
+
+@pytest.mark.parametrize("writer", [WriterMode.THREAD, WriterMode.PROCESS])
+async def test_a_batch_of_non_durable_writes_alone_commits_without_fsync(
+    tmp_path: Path, writer: WriterMode
+) -> None:
+    """Acks are not durable writes (a lost one is a redelivery): a batch of nothing else
+    commits at NORMAL, a batch with any durable write at the configured FULL, and the
+    connection goes back to FULL after a relaxed batch."""
+    s = await SqliteStore.open(tmp_path / "s.db", writer=writer)
+    engine = s._engine
+    try:
+        assert await engine.write_many("a", _sync_levels, 0, durable=False) == 1
+        assert await engine.write_many("d", _sync_levels, 0) == 2
+        assert await engine.write_many("a", _sync_levels, 0, durable=False) == 1
+        slow = asyncio.ensure_future(engine.write_many("d", _slow, 0))
+        await asyncio.sleep(0.05)
+        mixed = await asyncio.gather(engine.write_many("a", _sync_levels, 1, durable=False),
+                                     engine.write_many("d", _sync_levels, 2))
+        assert await slow == 2
+        assert mixed == [2, 2]  # one batch: the durable write makes it FULL
+        assert await engine.write_many("a", _sync_levels, 0, durable=False) == 1
+        assert await engine.write_many("d", _sync_levels, 0) == 2
+    finally:
+        await s.close()
+
+
+@pytest.mark.parametrize("mode", [Synchronous.NORMAL, Synchronous.OFF])
+async def test_non_durable_writes_never_raise_the_configured_level(
+    tmp_path: Path, mode: Synchronous
+) -> None:
+    s = await SqliteStore.open(tmp_path / "s.db", synchronous=mode)
+    try:
+        level = 1 if mode is Synchronous.NORMAL else 0
+        assert await s._engine.write_many("a", _sync_levels, 0, durable=False) == level
+        assert await s._engine.write_many("d", _sync_levels, 0) == level
+    finally:
+        await s.close()
+
+
+async def test_acks_are_the_non_durable_writes(store: SqliteStore) -> None:
+    seq = await _append(store, 1)
+    seen: list[str] = []
+    conn = store._engine._writer_conn
+    assert conn is not None
+    conn.set_trace_callback(seen.append)
+    try:
+        assert await store.ack(MAILBOX, up_to_seq=seq) == 1
+        relaxed = [q for q in seen if q.startswith("PRAGMA synchronous")]
+        assert relaxed == ["PRAGMA synchronous = NORMAL", "PRAGMA synchronous = FULL"]
+        seen.clear()
+        await _append(store, 2)
+        assert not [q for q in seen if q.startswith("PRAGMA")]
+    finally:
+        conn.set_trace_callback(None)
 
 
 async def test_schema_versions(tmp_path: Path) -> None:

@@ -596,3 +596,27 @@ async def test_a_statement_over_the_command_timeout_is_a_store_error(
                               asyncpg.QueryCanceledError | TimeoutError)
     finally:
         await store.close()
+
+
+async def test_an_ack_commits_without_waiting_for_the_wal_flush(dsn: str, schema: str) -> None:
+    """An ack lost to a database crash is a redelivery, so its transaction commits with
+    ``synchronous_commit = off``, and only its own: the pooled connection keeps the
+    server's setting for whatever runs on it next."""
+    from relay import _pg_ops
+
+    store = await PostgresStore.open(dsn, schema=schema, min_connections=1, max_connections=1)
+    try:
+        await account(store, 1, 10)
+        await send(store, 1, 10)
+        await send(store, 2, 10)
+        async with store._pool.acquire() as conn:
+            async with conn.transaction():
+                assert await _pg_ops.ack_many(conn, [(mid(10), 1, ())]) == [1]
+                assert await conn.fetchval("SHOW synchronous_commit") == "off"
+            assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        assert await store.ack(mid(10), up_to_seq=2) == 1  # through the store, as the relay
+        assert await store.pending_count(mid(10)) == 0
+        async with store._pool.acquire() as conn:
+            assert await conn.fetchval("SHOW synchronous_commit") == "on"
+    finally:
+        await store.close()
