@@ -24,12 +24,14 @@ channel                  body
 ``<prefix>:mb:<hex id>``  :func:`relay.bus.encode_notification` (a hint)
 ``<prefix>:inv``          the 16-byte mailbox id (an invalidation)
 ``<prefix>:acct``         ``0x61`` then the 16-byte account id (revoked sessions)
+``<prefix>:sub``          ``0x62``, ``at_ms`` (u64), then one or more 16-byte mailbox
+                          ids (subscriptions taken: 9 + 16n bytes)
 ``<prefix>:hb``           a heartbeat (13 bytes, below)
 =======================  =========================================================
 
-The channel is not under the tag; the bodies of the four channels differ in length and
-a hint names its mailbox, which must be its channel's, so a message moved to another
-channel does not decode there.
+The channel is not under the tag; the bodies of the five channels differ in length or
+first byte and a hint names its mailbox, which must be its channel's, so a message moved
+to another channel does not decode there.
 
 Heartbeat body:
 
@@ -77,6 +79,8 @@ SECRET_MIN_LEN: Final = TOKEN_SECRET_LEN
 BUS_KEY_INFO: Final = b"pigeon relay bus v1"
 ACCOUNT_GONE: Final = b"\x61"
 """First byte of a session revocation's body (17 bytes, unlike an invalidation)."""
+SUBSCRIBED: Final = b"\x62"
+"""First byte of a subscriptions-taken body (9 + 16n bytes: never 13, 16 or 17)."""
 MAX_CLOCK_SKEW_MS: Final = 30_000
 """A heartbeat further than this from the receiver's clock is refused: replays of a
 captured beat are bounded to this window (and then by the per-origin order); nodes'

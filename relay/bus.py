@@ -301,6 +301,13 @@ class InProcessBus:
     def on_sessions_revoked(self, handler: Callable[[bytes], None]) -> None:
         """One node: no other node will revoke sessions."""
 
+    async def subscriptions_taken(self, mailbox_ids: Sequence[bytes], at_ms: int) -> None:
+        """One node: its own subscriptions are moved where they are taken."""
+
+    def on_subscriptions_taken(self, handler: Callable[[Sequence[bytes], int, bool], None]
+                               ) -> None:
+        """One node: no other node ever takes a subscription."""
+
     async def close(self) -> None:
         self._closed = True
         for sub in list(self._subs):

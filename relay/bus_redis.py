@@ -72,6 +72,13 @@ Theory of operation (docs/protocol.md §10.13; the semantics are :mod:`relay.bus
   its sessions there, as that node closes its own); best effort too: a session a lost
   message leaves open can do nothing with an account the store no longer has, nor
   change an account whose current key it did not prove.
+* **Subscriptions taken.** :meth:`RedisBus.subscriptions_taken` tells the other nodes
+  which mailboxes a connection here just subscribed, and when (this node's clock);
+  a node whose connection subscribed one earlier (or in the same millisecond, from the
+  node with the smaller origin tag) stops delivering it there, as a node does for its
+  own connections. A replay of an old one finds every later subscription newer and
+  changes nothing; a lost one leaves a mailbox delivered twice (clients drop
+  duplicates).
 """
 
 from __future__ import annotations
@@ -98,7 +105,7 @@ from pigeon_crypto.errors import (
 
 from ._redis_conn import Publisher, PubSub, connect
 from ._redis_peers import Heartbeats
-from ._redis_wire import ACCOUNT_GONE, HEAD_LEN, ORIGIN_LEN, Tagger, head
+from ._redis_wire import ACCOUNT_GONE, HEAD_LEN, ORIGIN_LEN, SUBSCRIBED, Tagger, head
 from .bus import (
     DEFAULT_MAX_QUEUE,
     MAX_NOTIFICATION_PAYLOAD,
@@ -283,10 +290,12 @@ class RedisBus:
         self._mb_prefix = f"{prefix}:mb:".encode()
         self._inv = f"{prefix}:inv".encode()
         self._acct = f"{prefix}:acct".encode()
+        self._taken = f"{prefix}:sub".encode()
         self._hb = f"{prefix}:hb".encode()
         self._subs: dict[RedisSubscription, None] = {}
         self._handlers: list[Callable[[bytes | None], None]] = []
         self._account_handlers: list[Callable[[bytes], None]] = []
+        self._taken_handlers: list[Callable[[Sequence[bytes], int, bool], None]] = []
         # Two connections, RESP2, no retries inside redis-py (the adapters retry) and no
         # per-read socket timeout (a publish batch has one deadline; the pub/sub
         # connection is idle by nature and PINGed instead).
@@ -296,7 +305,7 @@ class RedisBus:
         pub = self._connection(f"{prefix}:pub:{self._origin.hex()}")
         ps_name = f"{prefix}:bus:{self._origin.hex()}"
         self._pubsub = PubSub(lambda: self._connection(ps_name),
-                              fixed=(self._inv, self._acct, self._hb),
+                              fixed=(self._inv, self._acct, self._taken, self._hb),
                               on_message=self._on_message, on_live=self._on_live,
                               on_lost=self._on_lost)
         self._publisher = Publisher(pub, maybe_counted=self._pubsub.maybe_counted,
@@ -413,6 +422,23 @@ class RedisBus:
         """Call ``handler(account_id)`` for each account whose sessions another node
         revoked."""
         self._account_handlers.append(handler)
+
+    async def subscriptions_taken(self, mailbox_ids: Sequence[bytes], at_ms: int) -> None:
+        """Tell every other node that a connection here subscribed *mailbox_ids* at
+        *at_ms* (their ``on_subscriptions_taken`` handlers run). Queued behind this
+        node's earlier publishes, not awaited. Best effort: a lost one leaves a mailbox
+        delivered on two nodes (the client drops the duplicates), as before it existed."""
+        for mailbox_id in mailbox_ids:
+            check_id("mailbox_id", mailbox_id, MAILBOX_ID_LEN)
+        if mailbox_ids and not self._closed:
+            self._publisher.enqueue(self._taken, self._tagger.seal(
+                self._head + SUBSCRIBED + at_ms.to_bytes(8, "big") + b"".join(mailbox_ids)))
+
+    def on_subscriptions_taken(self, handler: Callable[[Sequence[bytes], int, bool], None]
+                               ) -> None:
+        """Call ``handler(mailbox_ids, at_ms, later_on_tie)`` for each subscription
+        another node took; *later_on_tie*: that node's origin tag is the greater."""
+        self._taken_handlers.append(handler)
 
     def _channel(self, mailbox_id: bytes) -> bytes:
         return self._mb_prefix + mailbox_id.hex().encode()
@@ -531,6 +557,9 @@ class RedisBus:
                 except Exception as exc:  # as for invalidations: the listener goes on
                     _log.error("redis bus: account handler failed (%s)", type(exc).__name__)
             return
+        if channel == self._taken:
+            self._on_taken(message[1:HEAD_LEN], body)
+            return
         try:
             mailbox_id, note = decode_notification(body)
         except PigeonError:
@@ -541,6 +570,21 @@ class RedisBus:
             return
         self._received += 1
         await self._local.publish(mailbox_id, note)
+
+    def _on_taken(self, origin: bytes, body: bytes) -> None:
+        ids_len = len(body) - 9
+        if (body[:1] != SUBSCRIBED or ids_len < MAILBOX_ID_LEN
+                or ids_len % MAILBOX_ID_LEN):
+            self._pubsub.bad += 1
+            return
+        at_ms = int.from_bytes(body[1:9], "big")
+        ids = [body[i:i + MAILBOX_ID_LEN] for i in range(9, len(body), MAILBOX_ID_LEN)]
+        later_on_tie = origin > self._origin
+        for handler in self._taken_handlers:
+            try:
+                handler(ids, at_ms, later_on_tie)
+            except Exception as exc:  # as for invalidations: the listener goes on
+                _log.error("redis bus: subscription handler failed (%s)", type(exc).__name__)
 
     def _refuse_forged(self) -> None:
         if not self._forged:  # once: no content, no channel

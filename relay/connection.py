@@ -132,7 +132,8 @@ class Connection:
         "_slot_free", "account_id", "batch", "challenge", "challenge_used", "connected",
         "credits", "credits_low_sent", "forked", "identity_checked_ms", "identity_key",
         "inflight", "lookups",
-        "misbehaviour", "node", "owned", "owned_loaded", "pump", "remote", "sink", "tasks", "ws",
+        "misbehaviour", "node", "owned", "owned_loaded", "pump", "remote", "sink",
+        "subscribed_ms", "tasks", "ws",
     )
 
     def __init__(self, node: Node, ws: web.WebSocketResponse, remote: str) -> None:
@@ -162,6 +163,9 @@ class Connection:
         """Mailboxes known to belong to ``account_id`` (confirmed by the store)."""
         self.owned_loaded = False
         self.pump: DeliveryPump | None = None
+        self.subscribed_ms = 0
+        """When this connection last took subscriptions (wall clock): of two connections
+        on two nodes subscribed to one mailbox, the later keeps it."""
         self.inflight: set[int] = set()
         """Request ids of forked requests not answered yet (``DUPLICATE`` protection)."""
         self.tasks: set[asyncio.Task[None]] = set()

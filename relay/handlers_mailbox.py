@@ -9,7 +9,8 @@ Theory of operation (protocol §9.4 "Mailboxes", §9.5; DESIGN.md "Addresses"):
   send capability. A new mailbox's hash goes straight into the node's capability cache,
   so the first send to it needs no store read.
 * ``Subscribe`` **moves** each mailbox to this connection (a connection of this node that
-  had it stops delivering it), answers ``Subscribed`` listing the mailboxes that do not
+  had it stops delivering it, and so does one of another node: ``Bus.subscriptions_taken``,
+  the later subscription keeps it), answers ``Subscribed`` listing the mailboxes that do not
   exist or are not owned, and only then lets the delivery pump read each backlog: the
   expiry notice, the unacked envelopes in seq order, then live ones.
 * ``RotateMailbox`` creates the new mailbox (subscribed here if the old one was) and
@@ -81,6 +82,9 @@ async def _subscribe_here(conn: Connection, mailbox_ids: list[bytes]) -> Deliver
         if holder is not None and holder is not conn and holder.pump is not None:
             await holder.pump.drop(mailbox_id)
         node.subscribers[mailbox_id] = conn
+    if mailbox_ids:  # and from connections of other nodes (the bus; best effort)
+        conn.subscribed_ms = at_ms = node.clock_ms()
+        await node.bus.subscriptions_taken(mailbox_ids, at_ms)
     await pump.subscribe(mailbox_ids)
     return pump
 

@@ -14,7 +14,8 @@ Theory of operation:
   transaction, so a stale entry costs at most a credit, never a wrong delivery; a
   rejection there evicts the entry. It holds only what the store holds (hashes).
 * **Subscriptions**: ``subscribers`` maps a mailbox to the connection of this node that
-  receives it, so that subscribing elsewhere *moves* the subscription (protocol §9.1);
+  receives it, so that subscribing elsewhere *moves* the subscription (protocol §9.1; from
+  another node too: ``Bus.subscriptions_taken``, the later subscription keeps it);
   ``sessions`` maps an account to its authenticated connections (``PrekeysLow`` notices,
   closing them when the account is deleted).
 * **Ephemeral dedup window** (:class:`DedupWindow`): ``client_msg_id`` values of recent
@@ -33,8 +34,8 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from aiohttp import WSCloseCode, web
 
@@ -223,6 +224,7 @@ class Node:
         self._closing: set[asyncio.Task[None]] = set()
         bus.on_invalidate(self._invalidated)
         bus.on_sessions_revoked(self._sessions_revoked)
+        bus.on_subscriptions_taken(self._subscriptions_taken)
 
     # ------------------------------------------------------------------ mailboxes
 
@@ -253,6 +255,26 @@ class Node:
             await holder.pump.drop(mailbox_id)
         await self.mailbox_changed(mailbox_id)
         await self.bus.publish(mailbox_id, Notification(kind=NotificationKind.CLOSED))
+
+    def _subscriptions_taken(self, mailbox_ids: Sequence[bytes], at_ms: int,
+                             later_on_tie: bool) -> None:
+        """A connection of another node subscribed *mailbox_ids* at *at_ms*: ours stop
+        delivering those they subscribed earlier (the rule of one live subscription per
+        mailbox, which ``Subscribe`` keeps among this node's connections). Both nodes
+        compare the same two (time, node) pairs, so exactly one keeps the mailbox."""
+        for mailbox_id in mailbox_ids:
+            holder = self.subscribers.get(mailbox_id)
+            if holder is None or holder.pump is None:
+                continue
+            mine = holder.subscribed_ms
+            if at_ms > mine or (at_ms == mine and later_on_tie):
+                del self.subscribers[mailbox_id]
+                self._background(holder.pump.drop(mailbox_id))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def set_push_url(self, mailbox_id: bytes, url: str | None) -> None:
         """Cache *mailbox_id*'s push URL for :data:`CAPABILITY_TTL_MS` (then the store is
@@ -294,9 +316,7 @@ class Node:
         async def close_all() -> None:
             await asyncio.gather(*(self._close(conn, reason) for conn in conns))
 
-        task = asyncio.get_running_loop().create_task(close_all())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        self._background(close_all())
 
     @staticmethod
     async def _close(conn: Connection, reason: bytes) -> None:

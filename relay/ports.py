@@ -563,6 +563,24 @@ class Bus(Protocol):
         """Call *handler* with each account id whose sessions another node revoked."""
         ...
 
+    async def subscriptions_taken(self, mailbox_ids: Sequence[bytes], at_ms: int) -> None:
+        """Tell every other node that a connection of this one subscribed *mailbox_ids*
+        at *at_ms* (this node's clock): their handlers given to
+        :meth:`on_subscriptions_taken` run with them, and a node whose connection
+        subscribed one of them earlier stops delivering it there (one live subscription
+        per mailbox, across nodes). Not awaited by anyone's delivery; a single-node bus
+        has no one to tell."""
+        ...
+
+    def on_subscriptions_taken(self, handler: Callable[[Sequence[bytes], int, bool], None]
+                               ) -> None:
+        """Call ``handler(mailbox_ids, at_ms, later_on_tie)`` for each
+        :meth:`subscriptions_taken` of another node. *later_on_tie*: whether that node's
+        subscription counts as the later one when *at_ms* equals this node's (a fixed
+        order of the nodes, so that of two made in the same millisecond exactly one
+        stays)."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -259,6 +259,36 @@ async def test_deleting_an_account_closes_its_sessions_on_every_node(
     await bystander.close()
 
 
+async def test_a_mailbox_subscribed_on_another_node_moves_there(cluster: Cluster) -> None:
+    """One live subscription per mailbox holds across nodes as on one relay: Bob's
+    session on node B subscribing his mailbox takes it from his session on node A (the
+    later subscription keeps it), and back again."""
+    node_a, node_b = cluster.node(), cluster.node()
+    bob, _, box, elsewhere = await _bob_on_two_nodes(node_a, node_b)
+    await bob.subscribe(box)
+    sender = await anonymous(node_a.url)
+    assert isinstance(await sender.send([box], b"to A"), Sent)
+    first = await bob.next_delivery(wait_s=10)
+    assert first.blob == b"to A"
+    await bob.ack(box, up_to_seq=first.seq)
+    await elsewhere.subscribe(box)
+    await asyncio.sleep(0.5)  # the bus tells node A (not awaited by Subscribe)
+    for i in range(3):
+        assert isinstance(await sender.send([box], b"to B %d" % i), Sent)
+    got = await elsewhere.deliveries_of(3, wait_s=10)
+    assert [d.blob for d in got] == [b"to B %d" % i for i in range(3)]
+    await bob.no_delivery(0.5)  # node A stopped delivering it
+    await elsewhere.ack(box, up_to_seq=got[-1].seq)
+    await asyncio.sleep(0.2)
+    await bob.subscribe(box)  # and back
+    await asyncio.sleep(0.5)
+    assert isinstance(await sender.send([box], b"to A again"), Sent)
+    assert (await bob.next_delivery(wait_s=10)).blob == b"to A again"
+    await elsewhere.no_delivery(0.5)
+    for client in (bob, elsewhere, sender):
+        await client.close()
+
+
 async def test_a_push_url_set_on_one_node_is_used_by_another(
         cluster: Cluster, tmp_path: Path) -> None:
     """Node B caches "no push URL" for Bob's mailbox; Bob registers one through node A;

@@ -288,6 +288,30 @@ async def test_a_notice_reaches_the_other_nodes_only(
     assert await get(there) == (C, msg(1))
 
 
+async def test_subscriptions_taken_reach_the_other_nodes_with_one_tie_break(
+        nodes: tuple[RedisBus, RedisBus]) -> None:
+    """A node says which mailboxes a connection of it subscribed, and when; every other
+    node hears it (never the sender), and of two nodes exactly one counts as the later
+    one when the times are equal."""
+    one, two = nodes
+    heard_one: list[tuple[list[bytes], int, bool]] = []
+    heard_two: list[tuple[list[bytes], int, bool]] = []
+    one.on_subscriptions_taken(lambda ids, at, tie: heard_one.append((list(ids), at, tie)))
+    two.on_subscriptions_taken(lambda ids, at, tie: heard_two.append((list(ids), at, tie)))
+    await one.subscriptions_taken([A, B], 1_700_000_000_123)
+    await eventually(lambda: bool(heard_two), "one's subscriptions")
+    await two.subscriptions_taken([C], 99)
+    await eventually(lambda: bool(heard_one), "two's subscription")
+    await one.subscriptions_taken([], 7)  # nothing to say: nothing sent
+    await two.subscriptions_taken([A], 100)  # ordered after one's: would have come by now
+    await eventually(lambda: len(heard_one) == 2, "two's second subscription")
+    assert heard_two == [([A, B], 1_700_000_000_123, heard_one[0][2] is False)]
+    assert heard_one[0][:2] == ([C], 99) and heard_one[1][:2] == ([A], 100)
+    assert heard_one[0][2] != heard_two[0][2]  # one of the two wins a tie, never both
+    with pytest.raises(ValueError):
+        await one.subscriptions_taken([b"short"], 1)
+
+
 # --------------------------------------------------------------------------- garbage
 
 
@@ -298,9 +322,12 @@ async def test_garbage_is_counted_and_dropped(
     url, prefix = shared
     there = await two.subscribe([A])
     channel, inv, hb = f"{prefix}:mb:{A.hex()}", f"{prefix}:inv", f"{prefix}:hb"
-    acct = f"{prefix}:acct"
+    acct, sub = f"{prefix}:acct", f"{prefix}:sub"
     gone: list[bytes] = []
     two.on_sessions_revoked(gone.append)
+    taken: list[object] = []
+    two.on_subscriptions_taken(lambda *args: taken.append(args))
+    at = (5).to_bytes(8, "big")
     stranger = head(b"\x07" * 8)
     seal = Tagger(KEY).seal  # well tagged, badly formed: a node's bug, not a forgery
     raw = Redis.from_url(url)
@@ -318,14 +345,18 @@ async def test_garbage_is_counted_and_dropped(
             (acct, seal(stranger + A)),  # an invalidation's body
             (acct, seal(stranger + b"b" + A)),
             (hb, seal(stranger + b"\x00\x00\x00\x00\x64")),  # a version 1 heartbeat body
+            (sub, seal(stranger + b"a" + at + A)),  # not a subscription's first byte
+            (sub, seal(stranger + b"b" + at)),  # no mailbox
+            (sub, seal(stranger + b"b" + at + A + B[:-1])),  # a ragged id
+            (acct, seal(stranger + b"b" + at + A)),  # a subscription's body
         ]:
             assert await raw.publish(channel_name, data) == (1 if channel_name == channel else 2)
-        assert not gone
+        assert not gone and not taken
         await one.publish(A, msg(9))
         await eventually(lambda: two.stats().received == 1, "the good message")
         assert await get(there) == (A, msg(9)) and there.queued == 0
         stats = two.stats()
-        assert (stats.bad_messages, stats.forged, stats.reconnects) == (12, 0, 0)
+        assert (stats.bad_messages, stats.forged, stats.reconnects) == (16, 0, 0)
         # A well-formed message of a node of this deployment (it has the key) is fine.
         assert await raw.publish(channel, seal(stranger + encode_notification(A, msg(10)))) == 1
         assert await get(there) == (A, msg(10))
