@@ -91,7 +91,8 @@ class RelayApiMixin:
 
     async def rotate_identity(self) -> None:
         """Replace our identity key, signed by the old one; contacts see a signed
-        rotation (no acknowledgement needed). New prekeys are uploaded."""
+        rotation (no acknowledgement needed): every accepted contact is told at once, over
+        its session (``IdentityRotated``). New prekeys are uploaded."""
         identity, rotation = await self._run(lambda c: c.rotate_identity())
         conn = await self._connection()
         challenge = self._challenge
@@ -103,6 +104,7 @@ class RelayApiMixin:
                                                       rotation=rotation.to_bytes(),
                                                       signature=signature))
         await self._run(lambda c: c.commit_identity(identity, now_ms=self._now_ms()))
+        self._pump.add(await self._run(lambda c: c.announce_identity(now_ms=self._now_ms())))
         await self._after_login(conn, PrekeysLow(one_time_prekeys=10**6,
                                                  one_time_kem_prekeys=10**6))
 

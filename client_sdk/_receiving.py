@@ -51,6 +51,7 @@ from protocol.inner import (
     GroupControl,
     GroupControlKey,
     GroupStateRequest,
+    IdentityRotated,
     InnerMessage,
     MailboxAnnouncement,
     MailboxRotation,
@@ -450,6 +451,12 @@ def _apply_inner(core: ClientCore, overlay: _Overlay, contact: Contact, pending:
                 overlay.contacts[peer] = updated
                 pending.incoming = dataclasses.replace(pending.incoming, contact=updated)
                 pending.events.append(MailboxRotated(peer=peer))
+        case IdentityRotated(rotations=raw):
+            updated, change = _announced_identity(contact, raw)
+            if change is not None:
+                overlay.contacts[peer] = updated
+                pending.incoming = dataclasses.replace(pending.incoming, contact=updated)
+                pending.events.append(change)
         case GroupControl() | GroupControlKey() | GroupStateRequest() | SenderKeyDistribution():
             write, group_events = _groups_receive.apply_inner(core, overlay.groups, peer, inner,
                                                               now_ms=now_ms)
@@ -460,6 +467,30 @@ def _apply_inner(core: ClientCore, overlay: _Overlay, contact: Contact, pending:
     if op is not None:
         pending.incoming = dataclasses.replace(pending.incoming, history=op)
     return pending
+
+
+def _announced_identity(contact: Contact, raw: Sequence[bytes],
+                        ) -> tuple[Contact, IdentityChanged | None]:
+    """A contact's ``IdentityRotated``: taken only as a signed rotation, i.e. a chain
+    that verifies for the contact's account and passes through the key we knew (anything
+    else, which its own session cannot justify, is dropped: ``refresh_contact`` fetches
+    the bundle and decides with the user's acknowledgement)."""
+    try:
+        rotations = tuple(IdentityRotation.from_bytes(r) for r in raw)
+        initial = rotations[0].old
+        current = verify_rotation_chain(contact.account_id, initial, rotations)
+    except PigeonError:
+        _log.info("identity rotation from %s with an invalid chain dropped",
+                  contact.account_id.hex()[:8])
+        return contact, None
+    updated, change = identity_update(contact, current, initial, rotations, b"".join(raw))
+    if not isinstance(change, IdentityChanged):
+        return updated, None
+    if not change.rotated:
+        _log.info("identity rotation from %s not chained to the key we know dropped",
+                  contact.account_id.hex()[:8])
+        return contact, None
+    return updated, change
 
 
 def _set_outbound(contact: Contact, mailbox_id: bytes, capability: bytes,

@@ -29,6 +29,7 @@ from protocol.inner import (
     DisappearingTimer,
     Edit,
     File,
+    IdentityRotated,
     InnerMessage,
     MailboxAnnouncement,
     MailboxRotation,
@@ -437,6 +438,34 @@ def rotate_mailbox(core: ClientCore, peer: bytes, mailbox_id: bytes, capability:
     return batch.commit([Outgoing(entry=batch.entry(contact.outbound, blob, now_ms),
                                   contact=updated,
                                   session=SessionUpdate(peer=peer, state=state))])
+
+
+def announce_identity(core: ClientCore, *, now_ms: int) -> list[OutboxItem]:
+    """Tell every accepted contact we may write to that our identity key rotated: an
+    ``IdentityRotated`` carrying our whole rotation chain over each pairwise session, all
+    in one transaction. Contacts we may not write to now (blocked, an identity change of
+    theirs not acknowledged) see the new key in our bundle (``refresh_contact``)."""
+    me = core.identity
+    rotations = tuple(r.to_bytes() for r in me.rotations)
+    if not rotations:
+        return []
+    batch = _Batch(core)
+    outgoing: list[Outgoing] = []
+    for contact in core.contacts(ContactState.ACCEPTED):
+        peer = contact.account_id
+        try:
+            _, outbound = core.sendable(peer)
+        except ClientError:
+            continue
+        inner = IdentityRotated(message_id=core.rng(16), sent_at_ms=now_ms,
+                                rotations=rotations)
+        try:
+            blob, state = batch.encrypt(peer, inner)
+        except ContactNotReady:
+            continue
+        outgoing.append(Outgoing(entry=batch.entry(outbound, blob, now_ms),
+                                 session=SessionUpdate(peer=peer, state=state)))
+    return batch.commit(outgoing)
 
 
 def ephemeral(core: ClientCore, peer: bytes, *, typing: bool | None,

@@ -625,6 +625,8 @@ class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixi
             await self._run(functools.partial(_uploaded, piece=piece, now_ms=self._now_ms()))
         if notice is not None:
             return
+        if self.core.identity_announcement_due():  # a rotation whose notices a crash lost
+            self._pump.add(await self._run(lambda c: c.announce_identity(now_ms=now)))
         if self.core.contact_mailbox is None:
             capability, digest = await self._run(lambda c: c.new_capability())
             created = await conn.request(lambda rid: CreateMailbox(request_id=rid,

@@ -73,6 +73,8 @@ SETTING_CONTACT_MAILBOX = "contact_mailbox"
 SETTING_DISPLAY_NAME = "display_name"
 SETTING_AVATAR = "avatar_manifest"
 SETTING_PRESENCE = "presence_enabled"
+SETTING_IDENTITY_ANNOUNCED = "identity_announced"
+"""How many of our identity rotations contacts were sent (``IdentityRotated``)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,6 +174,21 @@ class ClientCore:
         self._identity = identity
         _prekeys.resign_after_rotation(self.store, identity, now_ms=now_ms, rng=self.rng,
                                        policy=self.config.prekeys)
+
+    def announce_identity(self, *, now_ms: int) -> list[OutboxItem]:
+        """After :meth:`commit_identity`: an ``IdentityRotated`` to every accepted contact
+        (send the items), then a note that the rotations so far were announced. A crash
+        in between leaves :meth:`identity_announcement_due` true, and the client
+        announces again at its next login (a contact ignores a key it already has)."""
+        items = _sending.announce_identity(self, now_ms=now_ms)
+        self.store.put_setting(SETTING_IDENTITY_ANNOUNCED,
+                               str(len(self.identity.rotations)).encode())
+        return items
+
+    def identity_announcement_due(self) -> bool:
+        """Whether a rotation of ours has not been announced to contacts yet."""
+        raw = self.store.get_setting(SETTING_IDENTITY_ANNOUNCED)
+        return len(self.identity.rotations) > (0 if raw is None else int(raw))
 
     # --- prekeys ---------------------------------------------------------------------------
 

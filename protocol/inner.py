@@ -58,6 +58,7 @@ __all__ = [
     "GroupControl",
     "GroupControlKey",
     "GroupStateRequest",
+    "IdentityRotated",
     "InnerMessage",
     "MailboxAnnouncement",
     "MailboxRotation",
@@ -125,6 +126,7 @@ _SUBSCRIPTIONS: Final = TupleOf(Pair(Bytes(1, MAX_SUBSCRIPTION_SIZE), SIGNATURE)
 _TIMER_MS: Final = UInt(1, L.MAX_DISAPPEARING_TIMER_MS)
 GROUP_ID: Final = Bytes.exactly(16)
 _MESSAGE_IDS: Final = TupleOf(MESSAGE_ID, 1, L.MAX_RECEIPT_IDS)
+_ROTATIONS: Final = TupleOf(Bytes(1, L.MAX_ROTATION_SIZE), 1, L.MAX_IDENTITY_ROTATIONS)
 
 INNER_KINDS: Final[dict[int, type[InnerMessage]]] = {}
 """The registry: inner message kind code to class."""
@@ -406,3 +408,17 @@ class DisappearingTimer(InnerMessage):
 
     KIND: ClassVar[int] = 14
     timer_ms: int | None = field(default=None, metadata=wire(3, _TIMER_MS))
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdentityRotated(InnerMessage):
+    """The sender rotated its identity key: ``rotations`` is its whole rotation chain,
+    oldest first (``pigeon_crypto.identity.IdentityRotation`` bytes, each signed by the
+    key it replaces, as in a contact request), ending at the new key. Sent over the
+    pairwise session to every accepted contact right after the rotation; the receiver
+    takes the new key only if the chain verifies for the sender's account and passes
+    through the key it knew (docs/protocol.md §4)."""
+
+    KIND: ClassVar[int] = 17
+    rotations: tuple[bytes, ...] = field(repr=False, metadata=wire(3, _ROTATIONS))

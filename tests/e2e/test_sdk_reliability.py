@@ -208,18 +208,47 @@ async def test_identity_rotation(clients: ClientFactory) -> None:
     a, b = Inbox(alice), Inbox(bob)
     before = alice.safety_number(bob.account_id)
     await bob.rotate_identity()
+    # Alice hears of it at once, over the session (IdentityRotated), not at her next
+    # refresh_contact; a signed rotation needs no acknowledgement.
+    [changed] = await a.wait(IdentityChanged)
+    assert changed == IdentityChanged(peer=bob.account_id, rotated=True, requires_ack=False)
+    assert alice.safety_number(bob.account_id) != before
+    assert alice.safety_number(bob.account_id) == bob.safety_number(alice.account_id)
     # The session goes on; Bob's new key logs in after a reconnect.
     ref = await alice.send_text(bob.account_id, "still you")
     await b.wait(MessageReceived, message_id=ref.message_id)
     clients.relay.restart()
     await b.wait(Reconnected)
-    await alice.refresh_contact(bob.account_id)
-    [changed] = a.of(IdentityChanged)
-    assert changed == IdentityChanged(peer=bob.account_id, rotated=True, requires_ack=False)
-    assert alice.safety_number(bob.account_id) != before
-    assert alice.safety_number(bob.account_id) == bob.safety_number(alice.account_id)
+    await alice.refresh_contact(bob.account_id)  # the bundle says the same: no new event
+    assert len(a.of(IdentityChanged)) == 1
     carol = await clients("carol")
     await clients.connect(carol, bob)
+
+
+async def test_a_rotation_whose_notices_a_crash_lost_is_announced_at_the_next_login(
+        clients: ClientFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relay took Bob's rotation but his client died before queueing the
+    ``IdentityRotated`` notices: the next time his profile logs in, they go out."""
+    from client_sdk.core import ClientCore
+
+    alice, bob = await clients("alice"), await clients("bob")
+    await clients.connect(alice, bob)
+    a = Inbox(alice)
+
+    def crash(self: ClientCore, *, now_ms: int) -> list[object]:
+        raise RuntimeError("killed here")
+
+    monkeypatch.setattr(ClientCore, "announce_identity", crash)
+    with pytest.raises(RuntimeError):
+        await bob.rotate_identity()
+    monkeypatch.undo()
+    await bob.close()
+    await asyncio.sleep(0.5)
+    assert a.of(IdentityChanged) == []
+    bob = await clients("bob", register=False)  # the same profile, logging in again
+    [changed] = await a.wait(IdentityChanged)
+    assert changed == IdentityChanged(peer=bob.account_id, rotated=True, requires_ack=False)
+    assert alice.safety_number(bob.account_id) == bob.safety_number(alice.account_id)
 
 
 async def test_mailbox_rotation(clients: ClientFactory) -> None:

@@ -21,6 +21,7 @@ from protocol import (
     GroupControl,
     GroupControlKey,
     GroupStateRequest,
+    IdentityRotated,
     InnerMessage,
     MailboxAnnouncement,
     MailboxRotation,
@@ -163,6 +164,8 @@ def inner_examples() -> list[InnerMessage]:
         GroupStateRequest(message_id=pattern(16, 0x16), sent_at_ms=t + 16,
                           group_id=pattern(16, 0x6C),
                           hashes=(pattern(32, 0x6D), pattern(32, 0x6E))),
+        IdentityRotated(message_id=pattern(16, 0x17), sent_at_ms=t + 17,  # opaque here:
+                        rotations=(pattern(407, 0x4A), pattern(407, 0x4B))),  # §4 bytes
     ]
 
 
@@ -185,6 +188,8 @@ def rejected_inner() -> list[dict[str, Any]]:
          _raw([1, 14, {**base, 3: 365 * 24 * 3600 * 1000 + 1}]), "InvalidFieldValue"),
         ("typing active = 1 (int is not bool)", _raw([1, 7, {**base, 3: 1}]), "WrongFieldType"),
         ("receipt with no ids", _raw([1, 6, {**base, 3: 2, 4: []}]), "InvalidFieldValue"),
+        ("identity rotated with no rotation", _raw([1, 17, {**base, 3: []}]),
+         "InvalidFieldValue"),
     ]
     return [
         {"name": n, "hex": x, "error": e, "code": int(getattr(errors, e).code)} for n, x, e in cases

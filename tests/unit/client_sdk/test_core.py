@@ -418,6 +418,105 @@ def test_identity_rotation_and_unlinked_change(relay: FakeRelay) -> None:
     alice.core.require_sendable(bob.id)
 
 
+def _send_inner(party: Party, peer: bytes, inner: Any) -> None:
+    """Queue any inner message to *peer* over the session (as the SDK's senders do)."""
+    from client_sdk.store.records import Outgoing, SessionUpdate
+
+    batch = _sending._Batch(party.core)
+    _, outbound = party.core.sendable(peer)
+    blob, state = batch.encrypt(peer, inner)
+    assert batch.commit([Outgoing(entry=batch.entry(outbound, blob, NOW),
+                                  session=SessionUpdate(peer=peer, state=state))])
+
+
+def _rotate(party: Party, relay: FakeRelay) -> None:
+    """What ``AsyncClient.rotate_identity`` does with the relay's ``Ok`` in between."""
+    identity, rotation = party.core.rotate_identity()
+    relay.identities[party.id] = identity.key_pair.public.to_bytes()
+    relay.rotations[party.id].append(rotation.to_bytes())
+    party.core.commit_identity(identity, now_ms=NOW)
+
+
+def test_an_identity_rotation_is_announced_to_every_accepted_contact(
+        relay: FakeRelay) -> None:
+    """Contacts learn of a rotation at once, over the session (``IdentityRotated``), not
+    only on their next ``refresh_contact``; a contact not yet accepted is not written to."""
+    alice, bob, carol, dave = (Party(relay, n) for n in ("alice", "bob", "carol", "dave"))
+    _connect(alice, bob)
+    _connect(carol, bob)
+    dave.add(bob)  # dave invited bob, who has not accepted
+    dave.flush()
+    bob.sync()
+    for p in (alice, carol, bob):
+        p.take()
+    before = alice.core.safety_number(bob.id)
+    assert not bob.core.identity_announcement_due()
+    _rotate(bob, relay)
+    assert bob.core.identity_announcement_due()  # until announced: the next login does it
+    items = bob.core.announce_identity(now_ms=NOW)
+    assert not bob.core.identity_announcement_due()
+    assert sorted(i.entry.recipients[0].mailbox_id for i in items) == sorted(
+        c.outbound.mailbox_id for c in bob.core.contacts(ContactState.ACCEPTED)
+        if c.outbound is not None)
+    assert len(items) == 2
+    bob.flush()
+    for p in (alice, carol):
+        p.sync()
+        assert p.take(IdentityChanged) == [IdentityChanged(peer=bob.id, rotated=True,
+                                                           requires_ack=False)]
+        assert p.core.safety_number(bob.id) == bob.core.safety_number(p.id)
+        p.core.require_sendable(bob.id)  # no acknowledgement needed
+    assert alice.core.safety_number(bob.id) != before
+    # Again, or a second rotation later: the chain grows, each taken once.
+    bob.core.announce_identity(now_ms=NOW)
+    bob.flush()
+    alice.sync()
+    assert alice.take(IdentityChanged) == []
+    _rotate(bob, relay)
+    bob.core.announce_identity(now_ms=NOW)
+    bob.flush()
+    alice.sync()
+    assert alice.take(IdentityChanged) == [IdentityChanged(peer=bob.id, rotated=True,
+                                                           requires_ack=False)]
+    assert alice.core.safety_number(bob.id) == bob.core.safety_number(alice.id)
+
+
+def test_an_announced_identity_that_does_not_chain_is_dropped(relay: FakeRelay) -> None:
+    """Inside the session only a signed rotation from the key we know is taken: a chain
+    for another account, one broken by a bad signature, garbage, or a fork that does not
+    pass through the key we know changes nothing (``refresh_contact`` decides those)."""
+    from pigeon_crypto.identity import IdentityRotation
+    from protocol.inner import IdentityRotated
+
+    alice, bob, eve = Party(relay, "alice"), Party(relay, "bob"), Party(relay, "eve")
+    _connect(alice, bob)
+    alice.take()
+    first_key = bob.core.identity.key_pair
+    _rotate(bob, relay)  # K0 -> K1, announced and taken
+    bob.core.announce_identity(now_ms=NOW)
+    bob.flush()
+    alice.sync()
+    assert len(alice.take(IdentityChanged)) == 1
+    known = alice.core.contact(bob.id)
+    assert known is not None and known.identity is not None
+    new = IdentityKeyPair.generate(SeededRng(b"new"))
+    fork = IdentityRotation.create(account_id=bob.id, serial=1, old=first_key, new=new)
+    for_eve = IdentityRotation.create(account_id=eve.id, serial=1, old=first_key, new=new)
+    tampered = bytearray(fork.to_bytes())
+    tampered[-1] ^= 1
+    for chain in ([fork.to_bytes()], [for_eve.to_bytes()], [bytes(tampered)],
+                  [b"\x00" * 40]):
+        _send_inner(bob, alice.id, IdentityRotated(
+            message_id=bytes(16), sent_at_ms=NOW, rotations=tuple(chain)))
+        bob.flush()
+        alice.sync()
+        assert alice.take(IdentityChanged) == [], chain
+        now = alice.core.contact(bob.id)
+        assert now is not None and now.identity is not None
+        assert now.identity.same_key(known.identity)
+    alice.core.require_sendable(bob.id)
+
+
 def test_mailbox_rotation(relay: FakeRelay) -> None:
     alice, bob = Party(relay, "alice"), Party(relay, "bob")
     _connect(alice, bob)
