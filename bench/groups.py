@@ -30,8 +30,9 @@ For groups of 10, 100 and 1,000 members:
   clients (``bench.relay.wsclient``: registered accounts, one mailbox each, subscribed,
   cumulative acks every 64 deliveries and every ``--ack-interval-ms``, 100 ms by
   default, as a client that acks per receive batch); one anonymous sender connection
-  keeps a window of sends in flight (``--group-window`` deliveries in group mode, 512
-  sends in pairwise mode).
+  keeps a window of sends in flight (``--group-window`` deliveries in group mode, one
+  run each for 4,096 and 32,768 by default: the peak needs the larger; 512 sends in
+  pairwise mode). ``--messages`` sets the messages per group size.
   Group mode: each message is ONE ``Send`` of a 300-byte blob to the n mailboxes.
   Pairwise mode: each message is n single-recipient ``Send`` s. Figure: mailbox
   deliveries per second, from the first send to the last ``Delivery`` received
@@ -392,7 +393,7 @@ class _Sender:
 
 
 async def _fanout(port: int, pid: int, sizes: tuple[int, ...], messages: dict[int, int],
-                  group_window: int, ack_interval_ms: float,
+                  group_windows: tuple[int, ...], ack_interval_ms: float,
                   profile: Path | None = None,
                   modes: tuple[str, ...] = ("group", "pairwise")) -> Rows:
     most = max(sizes)
@@ -411,48 +412,57 @@ async def _fanout(port: int, pid: int, sizes: tuple[int, ...], messages: dict[in
     sender = _Sender(await open_relay_sender(port))
     rows: Rows = []
     rid = 10
+    # Untimed first: a group send to everyone, as many deliveries as the smallest
+    # size's run (the fresh relay's caches, its database file and the code paths warm
+    # up; the first timed run was otherwise up to 1.7x slower than the same run later).
+    plan: list[tuple[int, int, str, int, bool]] = [
+        (most, max(1, min(messages[n] * n for n in sizes) // most), "group",
+         max(2, max(group_windows) // most), True)]
+    for n in sizes:
+        plan += [(n, messages[n], mode, max(2, w // n) if mode == "group" else 512, False)
+                 for mode in modes for w in (group_windows if mode == "group" else (0,))]
     try:
-        for n in sizes:
-            m = messages[n]
+        for n, m, mode, window, warm_up in plan:
             recipients = tuple((sockets[i][1], caps[i]) for i in range(n))
-            for mode in modes:
-                frames: list[bytes] = []
-                for _ in range(m):
-                    if mode == "group":
+            frames: list[bytes] = []
+            for _ in range(m):
+                if mode == "group":
+                    rid += 1
+                    frames.append(Send(request_id=rid, client_msg_id=os.urandom(16),
+                                       blob=os.urandom(BLOB_SIZE),
+                                       recipients=recipients).encode())
+                else:
+                    for r in recipients:
                         rid += 1
                         frames.append(Send(request_id=rid, client_msg_id=os.urandom(16),
                                            blob=os.urandom(BLOB_SIZE),
-                                           recipients=recipients).encode())
-                    else:
-                        for r in recipients:
-                            rid += 1
-                            frames.append(Send(request_id=rid, client_msg_id=os.urandom(16),
-                                               blob=os.urandom(BLOB_SIZE),
-                                               recipients=(r,)).encode())
-                window = max(2, group_window // n) if mode == "group" else 512
-                receivers.start(n, m)
-                cpu0 = os.times()
-                relay0 = proc_cpu_s(pid)
-                start_ns = time.perf_counter_ns()
-                spy = (PySpy(pid, 3, profile / f"relay-{n}-{mode}.txt")
-                       if profile is not None else contextlib.nullcontext())
-                with spy:
-                    sender.run(frames, window)
-                    async with asyncio.timeout(300):
-                        await receivers.done.wait()
-                elapsed = (receivers.last_ns - start_ns) / 1e9
-                cpu1 = os.times()
-                relay_cpu = proc_cpu_s(pid) - relay0
-                deliveries = n * m
-                rows.append({
-                    "name": f"relay fan-out, {n} members, {mode}",
-                    "messages": m, "sends": len(frames), "deliveries": deliveries,
-                    "seconds": elapsed, "deliveries_per_s": deliveries / elapsed,
-                    "relay_cpu_s": relay_cpu,
-                    "generator_cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
-                    "errors": sender.errors + receivers.errors,
-                })
-                await asyncio.sleep(0.3)  # let acks land before the next run
+                                           recipients=(r,)).encode())
+            receivers.start(n, m)
+            cpu0 = os.times()
+            relay0 = proc_cpu_s(pid)
+            start_ns = time.perf_counter_ns()
+            spy = (PySpy(pid, 3, profile / f"relay-{n}-{mode}-w{window}.txt")
+                   if profile is not None and not warm_up else contextlib.nullcontext())
+            with spy:
+                sender.run(frames, window)
+                async with asyncio.timeout(300):
+                    await receivers.done.wait()
+            elapsed = (receivers.last_ns - start_ns) / 1e9
+            cpu1 = os.times()
+            relay_cpu = proc_cpu_s(pid) - relay0
+            deliveries = n * m
+            if warm_up:
+                await asyncio.sleep(0.3)
+                continue
+            rows.append({
+                "name": f"relay fan-out, {n} members, {mode}, {window} sends in flight",
+                "messages": m, "sends": len(frames), "deliveries": deliveries,
+                "seconds": elapsed, "deliveries_per_s": deliveries / elapsed,
+                "relay_cpu_s": relay_cpu,
+                "generator_cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
+                "errors": sender.errors + receivers.errors,
+            })
+            await asyncio.sleep(0.3)  # let acks land before the next run
     finally:
         ticker.cancel()
         for ws, _ in sockets:
@@ -462,16 +472,26 @@ async def _fanout(port: int, pid: int, sizes: tuple[int, ...], messages: dict[in
     return rows
 
 
-def relay_rows(quick: bool, sizes: tuple[int, ...] = SIZES, group_window: int = 4096,
+GROUP_WINDOWS = (4096, 32768)
+"""Deliveries' worth of group sends in flight, one run each: the peak of a closed loop
+needs enough in flight to keep the relay busy (4 sends to 1,000 members leave its writer
+and its loop idle about half the time), as ``bench.relay`` runs two windows per size."""
+
+
+def relay_rows(quick: bool, sizes: tuple[int, ...] = SIZES,
+               group_windows: tuple[int, ...] = GROUP_WINDOWS,
                ack_interval_ms: float = 100.0, profile: Path | None = None,
-               modes: tuple[str, ...] = ("group", "pairwise")) -> Rows:
+               modes: tuple[str, ...] = ("group", "pairwise"),
+               count: int | None = None) -> Rows:
     messages = ({10: 1000, 100: 200, 1000: 30} if quick
                 else {10: 5000, 100: 1000, 1000: 100})
+    if count is not None:
+        messages = dict.fromkeys(sizes, count)
     with tempfile.TemporaryDirectory(prefix="pigeon-bench-groups-") as tmp:
         relay = ServerProcess("relay", relay_command(Path(tmp) / "data"),
                               Path(tmp) / "relay.log")
         with relay:
-            return asyncio.run(_fanout(relay.port, relay.pid, sizes, messages, group_window,
+            return asyncio.run(_fanout(relay.port, relay.pid, sizes, messages, group_windows,
                                        ack_interval_ms, profile, modes))
 
 
@@ -489,8 +509,12 @@ def main() -> None:
     parser.add_argument("--only", choices=("sender", "sdk", "channels", "relay"), default=None)
     parser.add_argument("--channel-sizes", type=int, nargs="+", default=list(CHANNEL_SIZES))
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
-    parser.add_argument("--group-window", type=int, default=4096,
-                        help="deliveries in flight in group mode (sends = this / members)")
+    parser.add_argument("--group-window", type=int, nargs="+", default=list(GROUP_WINDOWS),
+                        help="deliveries in flight in group mode (sends = this / members); "
+                             "one run per value (default 4096 32768)")
+    parser.add_argument("--messages", type=int, default=None,
+                        help="relay fan-out: messages per group size (default 5,000, 1,000 "
+                             "and 100 for 10, 100 and 1,000 members)")
     parser.add_argument("--ack-interval-ms", type=float, default=100.0,
                         help="receivers ack what they got every N ms (and every 64 deliveries)")
     parser.add_argument("--modes", nargs="+", choices=("group", "pairwise"),
@@ -511,8 +535,9 @@ def main() -> None:
     if args.only in (None, "relay"):
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
-        rows += relay_rows(args.quick, tuple(args.sizes), args.group_window,
-                           args.ack_interval_ms, args.profile, tuple(args.modes))
+        rows += relay_rows(args.quick, tuple(args.sizes), tuple(args.group_window),
+                           args.ack_interval_ms, args.profile, tuple(args.modes),
+                           args.messages)
     print_rows(rows, f"commit {_commit()}")
     if args.profile is not None:
         for path in sorted(args.profile.glob("relay-*.txt")):
