@@ -359,7 +359,8 @@ one would report), and removed once; a row a concurrent ack removed first is not
 The statement's transaction (its own, implicit) commits with ``synchronous_commit =
 off``: it does not wait for the WAL flush. An ack lost to a database crash only means a
 redelivery, which clients drop as a duplicate; the setting ends with the transaction
-(``is_local``), so nothing else on the pooled connection is affected."""
+(``is_local``), so nothing else on the pooled connection is affected. (An ack that
+removes no row may skip the ``set_config``: it writes nothing to wait for.)"""
 
 
 async def ack_many(conn: Conn, calls: Sequence[AckRequest]) -> list[int]:

@@ -51,6 +51,7 @@ from pigeon_crypto.errors import StoreError
 
 from ._sqlite_txn import (
     Migration,
+    StoreConnection,
     Synchronous,
     connect,
     open_writer,
@@ -169,7 +170,7 @@ class SqliteEngine:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders "not closed" checks against the stop marker
         self._closed = False
-        self._writer_conn: sqlite3.Connection | None = None
+        self._writer_conn: StoreConnection | None = None
         self._writer: threading.Thread | None = None
         self._reader_conns: list[sqlite3.Connection] = []
         self._local = threading.local()
@@ -381,15 +382,10 @@ class SqliteEngine:
             if stop:
                 return
 
-    def _relaxed(self, batch: list[_Op[Any]]) -> Synchronous | None:
-        """The configured level to restore after a batch that may commit at ``NORMAL``
-        (no op of it needs more; see :meth:`write_many`), else None."""
-        if self._sync is not Synchronous.FULL:
-            return None
-        for op in batch:
-            if op.durable:
-                return None
-        return self._sync
+    def _relaxed(self, batch: list[_Op[Any]]) -> bool:
+        """Whether *batch* may commit at ``NORMAL`` (configured ``FULL``, and no op of it
+        needs more; see :meth:`write_many`)."""
+        return self._sync is Synchronous.FULL and not any(op.durable for op in batch)
 
     def _run_batch(self, batch: list[_Op[Any]]) -> None:
         relaxed = self._relaxed(batch)

@@ -216,10 +216,22 @@ def check_capabilities(
 # --------------------------------------------------------------------------- messages
 
 
+_CACHED_ROWS = 256
+"""Placeholder lists for up to this many rows are kept (the common batch sizes); a
+longer one (an unchunked ack run, say) is built each time rather than kept."""
+
+
 @functools.lru_cache(maxsize=512)
-def _rows(n: int, cols: int) -> str:
+def _cached_rows(n: int, cols: int) -> str:
     one = "(" + ",".join("?" * cols) + ")"
     return ",".join([one] * n)
+
+
+def _rows(n: int, cols: int) -> str:
+    """``(?,?),(?,?)...``: *n* rows of *cols* placeholders."""
+    if n > _CACHED_ROWS:
+        return _cached_rows.__wrapped__(n, cols)
+    return _cached_rows(n, cols)
 
 
 def _chunks(conn: sqlite3.Connection, cols: int) -> int:

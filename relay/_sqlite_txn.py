@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 from pigeon_crypto.errors import StoreError
 
-__all__ = ["JOURNAL_SIZE_LIMIT", "WRITER_CACHE_KIB", "Migration", "Synchronous", "connect",
-           "open_writer", "run_batch"]
+__all__ = ["JOURNAL_SIZE_LIMIT", "WRITER_CACHE_KIB", "Migration", "StoreConnection",
+           "Synchronous", "connect", "open_writer", "run_batch"]
 
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 WRITER_CACHE_KIB = 64 * 1024
@@ -45,6 +45,16 @@ class Synchronous(Enum):
     FULL = "FULL"
     NORMAL = "NORMAL"
     OFF = "OFF"
+
+
+class StoreConnection(sqlite3.Connection):
+    """A connection that knows its ``synchronous`` levels: ``configured``, and ``level``,
+    the one last set (None: unknown, a change failed). ``run_batch`` sets the level a
+    batch needs before its ``BEGIN`` and only when it differs, so an ack batch's
+    ``NORMAL`` lasts until the next durable batch, which cannot begin without ``FULL``."""
+
+    configured: Synchronous
+    level: Synchronous | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,17 +86,18 @@ class _Work(Protocol):
     def arg(self) -> Any: ...
 
 
-def run_batch(conn: sqlite3.Connection, batch: Sequence[_Work], *,
-              relaxed: Synchronous | None = None
+def run_batch(conn: StoreConnection, batch: Sequence[_Work], *, relaxed: bool = False
               ) -> tuple[bool, list[tuple[bool, Any]], float]:
     """Run *batch* in one transaction: ``(committed, [(ok, result or exception)], seconds)``.
 
     *relaxed*: none of the batch's ops needs to survive power loss (acks: a lost one
     only means a redelivery, which clients drop as a duplicate), so the batch commits at
-    ``NORMAL`` (WAL: no fsync; a process crash still loses nothing) and the connection is
-    set back to *relaxed*, its configured level, afterwards. The next ``FULL`` commit
-    syncs the WAL up to its own end, so it makes the relaxed commits before it durable
-    too.
+    ``NORMAL`` (WAL: no fsync; a process crash still loses nothing). Any other batch
+    commits at the configured level, set before its ``BEGIN`` if the connection is not
+    known to be at it; if that cannot be set (``PRAGMA synchronous`` fails inside a
+    transaction that a failed ``ROLLBACK`` left open), the batch fails rather than
+    commit with less durability than configured. The next ``FULL`` commit syncs the WAL
+    up to its own end, so it makes the relaxed commits before it durable too.
 
     Fast path without per-op savepoints (two statements per op saved). If an op fails,
     everything is rolled back and the batch re-run with savepoints, so the failure stays
@@ -95,9 +106,12 @@ def run_batch(conn: sqlite3.Connection, batch: Sequence[_Work], *,
     op fails.
     """
     start = time.perf_counter()
+    want = Synchronous.NORMAL if relaxed else conn.configured
     try:
-        if relaxed is not None:
-            conn.execute(f"PRAGMA synchronous = {Synchronous.NORMAL.value}")
+        if conn.level is not want:
+            conn.level = None
+            conn.execute(f"PRAGMA synchronous = {want.value}")
+            conn.level = want
         outcomes = _attempt(conn, batch, savepoints=False)
         if outcomes is None:
             outcomes = _attempt(conn, batch, savepoints=True)
@@ -109,10 +123,6 @@ def run_batch(conn: sqlite3.Connection, batch: Sequence[_Work], *,
                 conn.execute("ROLLBACK")
         err = _wrap(exc, "commit")
         return False, [(False, err)] * len(batch), time.perf_counter() - start
-    finally:
-        if relaxed is not None:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute(f"PRAGMA synchronous = {relaxed.value}")
 
 
 def _attempt(conn: sqlite3.Connection, batch: Sequence[_Work], *, savepoints: bool
@@ -167,21 +177,24 @@ def _attempt(conn: sqlite3.Connection, batch: Sequence[_Work], *, savepoints: bo
     return outcomes
 
 
-def connect(path: Path, sync: Synchronous, busy_ms: int) -> sqlite3.Connection:
+def connect(path: Path, sync: Synchronous, busy_ms: int) -> StoreConnection:
     """A connection with the store's PRAGMAs (foreign keys, secure_delete, synchronous)."""
     # isolation_level=None: we issue BEGIN/COMMIT ourselves. check_same_thread=False only
     # so that close() may run elsewhere; each connection is used by one thread at a time.
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                           timeout=busy_ms / 1000)
+                           timeout=busy_ms / 1000, factory=StoreConnection)
+    conn.configured = sync
+    conn.level = None
     conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA secure_delete = ON")
     conn.execute(f"PRAGMA synchronous = {sync.value}")
+    conn.level = sync
     return conn
 
 
 def open_writer(path: Path, sync: Synchronous, busy_ms: int,
-                migrations: Sequence[Migration]) -> sqlite3.Connection:
+                migrations: Sequence[Migration]) -> StoreConnection:
     """The writer's connection: WAL, its page cache, the schema migrated."""
     try:
         conn = connect(path, sync, busy_ms)

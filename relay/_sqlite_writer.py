@@ -20,8 +20,8 @@ code, started together from the same installation):
 | parent → child | ``(relaxed, [(name, many, arg_or_fn), ...])`` a batch; ``None`` to stop |
 | child → parent | ``(committed, seconds, [(ok, result or exception), ...])`` |
 
-``relaxed`` is ``run_batch``'s: the configured ``synchronous`` to restore after a batch
-that may commit at ``NORMAL`` (acks only), else ``None``.
+``relaxed`` is ``run_batch``'s: True for a batch that may commit at ``NORMAL`` (acks
+only).
 
 The hot payloads (``AppendRequest``, ``Recipient``, ``AppendResult``, ``RecipientSeq``)
 travel as tuples (:data:`_DISPATCH`): pickling the slotted dataclasses their own way
@@ -200,13 +200,13 @@ class WriterProcess:
         if answer[0] != "ready":
             raise _exc_in(answer[1])
 
-    def run(self, batch: Sequence[Any], relaxed: Synchronous | None = None
+    def run(self, batch: Sequence[Any], relaxed: bool = False
             ) -> tuple[bool, list[tuple[bool, Any]], float]:
         """Ship one batch of engine ops; return ``run_batch``'s answer from the child."""
         items = [(op.name, op.many, op.arg) if op.many is not None else (op.name, None, op.fn)
                  for op in batch]
         try:
-            data = _dumps((None if relaxed is None else relaxed.value, items))
+            data = _dumps((relaxed, items))
         except Exception:
             return self._run_transferable(batch, items, relaxed)
         try:
@@ -225,7 +225,7 @@ class WriterProcess:
         return committed, results, seconds
 
     def _run_transferable(self, batch: Sequence[Any], items: list[Any],
-                          relaxed: Synchronous | None,
+                          relaxed: bool,
                           ) -> tuple[bool, list[tuple[bool, Any]], float]:
         """Some op of *batch* does not pickle (a lambda, say: a caller's bug, not the
         writer's): that op fails with ``StoreError``, the others run as usual."""
@@ -330,8 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             relaxed, items = message
             committed, outcomes, seconds = run_batch(
-                db, [_Item(*i) for i in items],
-                relaxed=None if relaxed is None else Synchronous(relaxed))
+                db, [_Item(*i) for i in items], relaxed=bool(relaxed))
             out = [(True, v) if ok else (False, _exc_out(v)) for ok, v in outcomes]
             try:
                 data = _dumps((committed, seconds, out))

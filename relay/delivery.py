@@ -141,6 +141,14 @@ class DeliveryPump:
         if node.subscribers.get(mailbox_id) is self._conn:
             del node.subscribers[mailbox_id]
 
+    async def drop_if_moved(self, mailbox_id: bytes) -> None:
+        """:meth:`drop` *mailbox_id* unless this connection holds it again. For a drop
+        decided earlier and run later (another node took the mailbox): had this
+        connection subscribed it again in between, a plain drop would remove the fresh
+        cursor and leave the mailbox delivered nowhere."""
+        if self._conn.node.subscribers.get(mailbox_id) is not self._conn:
+            await self.drop(mailbox_id)
+
     def on_ack(self, mailbox_id: bytes, up_to_seq: int, seqs: Sequence[int]) -> None:
         """Account for an ack in the window; reopen a full window past half of it."""
         cursor = self._cursors.get(mailbox_id)

@@ -269,7 +269,7 @@ class Node:
             mine = holder.subscribed_ms
             if at_ms > mine or (at_ms == mine and later_on_tie):
                 del self.subscribers[mailbox_id]
-                self._background(holder.pump.drop(mailbox_id))
+                self._background(holder.pump.drop_if_moved(mailbox_id))
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

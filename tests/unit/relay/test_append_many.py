@@ -393,3 +393,13 @@ async def test_a_lone_message_to_one_mailbox_takes_five_short_statements(
         assert blob_ids == spy.conn.execute("SELECT id FROM blobs").fetchall() == [(1,)]
     finally:
         spy.conn.close()
+
+
+def test_placeholder_rows_are_cached_only_for_common_batch_sizes() -> None:
+    ops._cached_rows.cache_clear()
+    assert ops._rows(2, 3) == "(?,?,?),(?,?,?)"
+    assert ops._rows(2, 3) is ops._rows(2, 3)
+    big = ops._CACHED_ROWS + 1
+    assert ops._rows(big, 4) == ",".join(["(?,?,?,?)"] * big)
+    info = ops._cached_rows.cache_info()
+    assert (info.misses, info.currsize) == (1, 1)  # the long list was built, not kept

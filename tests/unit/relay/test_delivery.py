@@ -128,3 +128,33 @@ async def test_a_peer_that_stopped_reading_is_left_to_the_pump() -> None:
     assert conn.sink.frames == [] and conn.sent == [frame(1), frame(2)]
     await pump.close()
     await bus.close()
+
+
+async def test_a_late_drop_spares_a_mailbox_subscribed_again_in_between() -> None:
+    """Another node took A (the node forgot this connection as its subscriber and left
+    the drop to a task); the connection subscribed A again before the task ran: the
+    drop leaves the fresh cursor alone, and A is still delivered here."""
+    bus = InProcessBus()
+    conn = _Conn(bus, window=100)
+    subscribers = conn.node.subscribers
+    pump: Any = await DeliveryPump.create(conn)  # type: ignore[arg-type]
+    subscribers[A] = conn
+    await pump.subscribe([A])
+    pump.release([A])
+    await settle()
+    del subscribers[A]  # the bus said another node's connection subscribed A later
+    late = pump.drop_if_moved(A)
+    subscribers[A] = conn  # ... and this connection subscribed it again
+    await pump.subscribe([A])
+    pump.release([A])
+    await late
+    assert A in pump and subscribers[A] is conn
+    await settle()
+    assert await publish(bus, 1) == 1
+    assert conn.sink.frames == [frame(1)]
+    # Moved for good: the drop removes it.
+    del subscribers[A]
+    await pump.drop_if_moved(A)
+    assert A not in pump and await publish(bus, 2) == 0
+    await pump.close()
+    await bus.close()

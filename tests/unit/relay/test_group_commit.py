@@ -12,13 +12,16 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pigeon_crypto.errors import StoreError
 from protocol import dedup_input
+from relay._sqlite_txn import open_writer, run_batch
 from relay.ports import Recipient, RecordingObserver, StoreConflict
 from relay.store_sqlite import SCHEMA_VERSION, SqliteStore, Synchronous, WriterMode
 
@@ -201,8 +204,8 @@ async def test_a_batch_of_non_durable_writes_alone_commits_without_fsync(
     tmp_path: Path, writer: WriterMode
 ) -> None:
     """Acks are not durable writes (a lost one is a redelivery): a batch of nothing else
-    commits at NORMAL, a batch with any durable write at the configured FULL, and the
-    connection goes back to FULL after a relaxed batch."""
+    commits at NORMAL, a batch with any durable write at the configured FULL, and so
+    does every durable batch after a relaxed one."""
     s = await SqliteStore.open(tmp_path / "s.db", writer=writer)
     engine = s._engine
     try:
@@ -242,13 +245,67 @@ async def test_acks_are_the_non_durable_writes(store: SqliteStore) -> None:
     conn.set_trace_callback(seen.append)
     try:
         assert await store.ack(MAILBOX, up_to_seq=seq) == 1
-        relaxed = [q for q in seen if q.startswith("PRAGMA synchronous")]
-        assert relaxed == ["PRAGMA synchronous = NORMAL", "PRAGMA synchronous = FULL"]
+        assert await store.ack(MAILBOX, up_to_seq=seq) == 0
+        pragmas = [q for q in seen if q.startswith("PRAGMA")]
+        assert pragmas == ["PRAGMA synchronous = NORMAL"]  # once: it lasts until needed
         seen.clear()
         await _append(store, 2)
+        pragmas = [q for q in seen if q.startswith("PRAGMA")]
+        assert pragmas == ["PRAGMA synchronous = FULL"] and seen[1] == "BEGIN IMMEDIATE"
+        seen.clear()
+        await _append(store, 3)
         assert not [q for q in seen if q.startswith("PRAGMA")]
     finally:
         conn.set_trace_callback(None)
+
+
+@dataclass
+class _Write:
+    """A write as ``run_batch`` takes it (the engine's ``_Op`` without its future)."""
+
+    name: str
+    fn: Callable[[sqlite3.Connection], Any]
+    many: None = None
+    arg: None = None
+
+
+def test_a_durable_batch_fails_rather_than_commit_below_the_configured_level(
+    tmp_path: Path
+) -> None:
+    """A relaxed batch whose COMMIT and ROLLBACK both fail leaves a transaction open at
+    NORMAL, where ``PRAGMA synchronous`` cannot be changed: the next durable batch
+    fails (and rolls it back) instead of committing at NORMAL, and the one after it
+    commits at FULL."""
+    conn = open_writer(tmp_path / "w.db", Synchronous.FULL, 1000, [])
+    conn.execute("CREATE TABLE t (x INTEGER)")
+    failing = {"COMMIT", "ROLLBACK"}
+    execute = conn.execute
+
+    def flaky(sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql in failing:
+            failing.discard(sql)
+            raise sqlite3.OperationalError(f"{sql} failed (simulated)")
+        return execute(sql, *args)
+
+    conn.execute = flaky  # type: ignore[method-assign]
+    levels: list[int] = []
+
+    def insert(c: sqlite3.Connection) -> None:
+        levels.append(c.execute("PRAGMA synchronous").fetchone()[0])
+        c.execute("INSERT INTO t VALUES (1)")
+
+    try:
+        committed, out, _ = run_batch(conn, [_Write("ack", insert)], relaxed=True)
+        assert not committed and isinstance(out[0][1], StoreError)
+        assert conn.in_transaction and levels == [1]  # both failed: still open, NORMAL
+        committed, out, _ = run_batch(conn, [_Write("append", insert)])
+        assert not committed and isinstance(out[0][1], StoreError)
+        assert levels == [1] and not conn.in_transaction  # never ran; rolled back
+        committed, out, _ = run_batch(conn, [_Write("append", insert)])
+        assert committed and out == [(True, None)] and levels == [1, 2]
+        assert execute("SELECT count(*) FROM t").fetchone()[0] == 1
+    finally:
+        conn.close()
 
 
 async def test_schema_versions(tmp_path: Path) -> None:
