@@ -28,6 +28,7 @@ from .history import (
 from .store.records import Contact, ContactState
 
 if TYPE_CHECKING:
+    from ._pump import OutboxPump
     from .core import ClientCore
     from .groups import GroupInfo
     from .store.profile import Profile
@@ -43,6 +44,7 @@ class ClientApiMixin:
     if TYPE_CHECKING:
         _profile: Profile | None
         _relay_url: str | None
+        _pump: OutboxPump
 
         @property
         def core(self) -> ClientCore: ...
@@ -159,6 +161,7 @@ class ClientApiMixin:
 
     async def unblock(self, peer: bytes) -> None:
         await self._run(lambda c: c.set_state(peer, blocked=False, now_ms=self._now_ms()))
+        await self._announce_to_waiting()
 
     def safety_number(self, peer: bytes) -> str:
         """The 60-digit safety number with *peer* (12 groups of 5), to compare aloud."""
@@ -180,6 +183,13 @@ class ClientApiMixin:
     async def acknowledge_identity_change(self, peer: bytes) -> None:
         """The user saw ``IdentityChanged(requires_ack=True)``: allow sending again."""
         await self._run(lambda c: c.acknowledge_identity_change(peer, now_ms=self._now_ms()))
+        await self._announce_to_waiting()
+
+    async def _announce_to_waiting(self) -> None:
+        """Our identity rotations, to contacts skipped when they were announced that we
+        may write to now (``ClientCore.announce_identity_to_waiting``)."""
+        self._pump.add(await self._run(
+            lambda c: c.announce_identity_to_waiting(now_ms=self._now_ms())))
 
     # --- history ---------------------------------------------------------------------------
 

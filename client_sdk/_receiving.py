@@ -452,7 +452,7 @@ def _apply_inner(core: ClientCore, overlay: _Overlay, contact: Contact, pending:
                 pending.incoming = dataclasses.replace(pending.incoming, contact=updated)
                 pending.events.append(MailboxRotated(peer=peer))
         case IdentityRotated(rotations=raw):
-            updated, change = _announced_identity(contact, raw)
+            updated, change = _announced_identity(contact, raw, now_ms)
             if change is not None:
                 overlay.contacts[peer] = updated
                 pending.incoming = dataclasses.replace(pending.incoming, contact=updated)
@@ -469,7 +469,7 @@ def _apply_inner(core: ClientCore, overlay: _Overlay, contact: Contact, pending:
     return pending
 
 
-def _announced_identity(contact: Contact, raw: Sequence[bytes],
+def _announced_identity(contact: Contact, raw: Sequence[bytes], now_ms: int,
                         ) -> tuple[Contact, IdentityChanged | None]:
     """A contact's ``IdentityRotated``: taken only as a signed rotation, i.e. a chain
     that verifies for the contact's account and passes through the key we knew (anything
@@ -490,7 +490,7 @@ def _announced_identity(contact: Contact, raw: Sequence[bytes],
         _log.info("identity rotation from %s not chained to the key we know dropped",
                   contact.account_id.hex()[:8])
         return contact, None
-    return updated, change
+    return dataclasses.replace(updated, updated_at_ms=now_ms), change
 
 
 def _set_outbound(contact: Contact, mailbox_id: bytes, capability: bytes,

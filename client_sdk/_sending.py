@@ -440,32 +440,37 @@ def rotate_mailbox(core: ClientCore, peer: bytes, mailbox_id: bytes, capability:
                                   session=SessionUpdate(peer=peer, state=state))])
 
 
-def announce_identity(core: ClientCore, *, now_ms: int) -> list[OutboxItem]:
-    """Tell every accepted contact we may write to that our identity key rotated: an
-    ``IdentityRotated`` carrying our whole rotation chain over each pairwise session, all
-    in one transaction. Contacts we may not write to now (blocked, an identity change of
-    theirs not acknowledged) see the new key in our bundle (``refresh_contact``)."""
+def announce_identity(core: ClientCore, *, now_ms: int, peers: Sequence[bytes] | None = None,
+                      ) -> tuple[list[OutboxItem], list[bytes]]:
+    """Tell contacts that our identity key rotated: an ``IdentityRotated`` carrying our
+    whole rotation chain over each pairwise session, all in one transaction. *peers*:
+    these contacts (default: every accepted or blocked one). Returns the items and the
+    contacts we may not write to now (blocked, an identity change of theirs not
+    acknowledged, no session), to be told once we may."""
     me = core.identity
     rotations = tuple(r.to_bytes() for r in me.rotations)
     if not rotations:
-        return []
+        return [], []
+    if peers is None:
+        peers = [c.account_id for state in (ContactState.ACCEPTED, ContactState.BLOCKED)
+                 for c in core.contacts(state)]
     batch = _Batch(core)
     outgoing: list[Outgoing] = []
-    for contact in core.contacts(ContactState.ACCEPTED):
-        peer = contact.account_id
+    waiting: list[bytes] = []
+    for peer in peers:
+        if core.contact(peer) is None:
+            continue  # deleted since
         try:
             _, outbound = core.sendable(peer)
-        except ClientError:
-            continue
-        inner = IdentityRotated(message_id=core.rng(16), sent_at_ms=now_ms,
-                                rotations=rotations)
-        try:
+            inner = IdentityRotated(message_id=core.rng(16), sent_at_ms=now_ms,
+                                    rotations=rotations)
             blob, state = batch.encrypt(peer, inner)
-        except ContactNotReady:
+        except ClientError:  # ContactBlocked, ContactNotReady, IdentityChangeUnacknowledged
+            waiting.append(peer)
             continue
         outgoing.append(Outgoing(entry=batch.entry(outbound, blob, now_ms),
                                  session=SessionUpdate(peer=peer, state=state)))
-    return batch.commit(outgoing)
+    return batch.commit(outgoing), waiting
 
 
 def ephemeral(core: ClientCore, peer: bytes, *, typing: bool | None,

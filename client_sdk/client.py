@@ -627,6 +627,9 @@ class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixi
             return
         if self.core.identity_announcement_due():  # a rotation whose notices a crash lost
             self._pump.add(await self._run(lambda c: c.announce_identity(now_ms=now)))
+        # Contacts a rotation skipped (blocked, unacknowledged, no session) that we may
+        # write to now.
+        self._pump.add(await self._run(lambda c: c.announce_identity_to_waiting(now_ms=now)))
         if self.core.contact_mailbox is None:
             capability, digest = await self._run(lambda c: c.new_capability())
             created = await conn.request(lambda rid: CreateMailbox(request_id=rid,

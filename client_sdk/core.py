@@ -50,7 +50,7 @@ from .errors import (
 )
 from .events import Event, MessageRef
 from .frames import VerifiedBundle, capability_hash, split_upload, upload_frame, verify_bundle
-from .history import ConversationKind
+from .history import ACCOUNT_ID_SIZE, ConversationKind
 from .payloads import ContactLink, identity_fingerprint
 from .store.protocols import ClientStore
 from .store.records import (
@@ -75,6 +75,8 @@ SETTING_AVATAR = "avatar_manifest"
 SETTING_PRESENCE = "presence_enabled"
 SETTING_IDENTITY_ANNOUNCED = "identity_announced"
 """How many of our identity rotations contacts were sent (``IdentityRotated``)."""
+SETTING_IDENTITY_UNANNOUNCED = "identity_unannounced"
+"""Contacts an identity announcement skipped (their account ids, concatenated)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,11 +181,33 @@ class ClientCore:
         """After :meth:`commit_identity`: an ``IdentityRotated`` to every accepted contact
         (send the items), then a note that the rotations so far were announced. A crash
         in between leaves :meth:`identity_announcement_due` true, and the client
-        announces again at its next login (a contact ignores a key it already has)."""
-        items = _sending.announce_identity(self, now_ms=now_ms)
+        announces again at its next login (a contact ignores a key it already has).
+        Contacts we may not write to now are noted and told by
+        :meth:`announce_identity_to_waiting` once we may."""
+        items, waiting = _sending.announce_identity(self, now_ms=now_ms)
+        self._set_unannounced(waiting)
         self.store.put_setting(SETTING_IDENTITY_ANNOUNCED,
                                str(len(self.identity.rotations)).encode())
         return items
+
+    def announce_identity_to_waiting(self, *, now_ms: int) -> list[OutboxItem]:
+        """The announcement for contacts skipped by :meth:`announce_identity` (blocked,
+        an identity change of theirs not acknowledged, no session) that we may write to
+        now; the client calls it on unblock, on acknowledgement and at every login."""
+        raw = self.store.get_setting(SETTING_IDENTITY_UNANNOUNCED) or b""
+        if not raw:
+            return []
+        waiting = [raw[i:i + ACCOUNT_ID_SIZE] for i in range(0, len(raw), ACCOUNT_ID_SIZE)]
+        items, still = _sending.announce_identity(self, now_ms=now_ms, peers=waiting)
+        if still != waiting:
+            self._set_unannounced(still)
+        return items
+
+    def _set_unannounced(self, peers: Sequence[bytes]) -> None:
+        if peers:
+            self.store.put_setting(SETTING_IDENTITY_UNANNOUNCED, b"".join(peers))
+        else:
+            self.store.delete_setting(SETTING_IDENTITY_UNANNOUNCED)
 
     def identity_announcement_due(self) -> bool:
         """Whether a rotation of ours has not been announced to contacts yet."""

@@ -251,6 +251,21 @@ async def test_a_rotation_whose_notices_a_crash_lost_is_announced_at_the_next_lo
     assert alice.safety_number(bob.account_id) == bob.safety_number(alice.account_id)
 
 
+async def test_a_contact_blocked_at_a_rotation_is_told_when_unblocked(
+        clients: ClientFactory) -> None:
+    alice, bob = await clients("alice"), await clients("bob")
+    await clients.connect(alice, bob)
+    a = Inbox(alice)
+    await bob.block(alice.account_id)
+    await bob.rotate_identity()
+    await asyncio.sleep(0.5)
+    assert a.of(IdentityChanged) == []
+    await bob.unblock(alice.account_id)
+    [changed] = await a.wait(IdentityChanged)
+    assert changed == IdentityChanged(peer=bob.account_id, rotated=True, requires_ack=False)
+    assert alice.safety_number(bob.account_id) == bob.safety_number(alice.account_id)
+
+
 async def test_mailbox_rotation(clients: ClientFactory) -> None:
     alice, bob = await clients("alice"), await clients("bob")
     await clients.connect(alice, bob)

@@ -481,6 +481,51 @@ def test_an_identity_rotation_is_announced_to_every_accepted_contact(
     assert alice.core.safety_number(bob.id) == bob.core.safety_number(alice.id)
 
 
+def test_contacts_a_rotation_skipped_are_told_once_we_may_write_to_them(
+        relay: FakeRelay) -> None:
+    """A blocked contact, or one whose identity change is not acknowledged, is not
+    written to at the rotation; it is noted, and told on unblock or acknowledgement
+    (and at every login: ``announce_identity_to_waiting``)."""
+    import dataclasses
+
+    from client_sdk.core import SETTING_IDENTITY_UNANNOUNCED
+
+    alice, bob, carol, erin = (Party(relay, n) for n in ("alice", "bob", "carol", "erin"))
+    for p in (alice, carol, erin):
+        _connect(p, bob)
+        p.take()
+    bob.core.set_state(carol.id, blocked=True, now_ms=NOW)
+    erin_contact = bob.core.contact(erin.id)
+    assert erin_contact is not None
+    bob.core.save_contact(dataclasses.replace(erin_contact, identity_changed=True))
+    _rotate(bob, relay)
+    items = bob.core.announce_identity(now_ms=NOW)
+    assert [i.entry.recipients[0].mailbox_id for i in items] == [
+        bob.core.sendable(alice.id)[1].mailbox_id]
+    assert bob.core.announce_identity_to_waiting(now_ms=NOW) == []  # still not sendable
+    bob.flush()
+    alice.now = NOW + 5_000
+    alice.sync()
+    assert len(alice.take(IdentityChanged)) == 1
+    told = alice.core.contact(bob.id)
+    assert told is not None and told.updated_at_ms == NOW + 5_000
+    for p in (carol, erin):
+        p.sync()
+        assert p.take(IdentityChanged) == []
+    bob.core.set_state(carol.id, blocked=False, now_ms=NOW)
+    assert len(bob.core.announce_identity_to_waiting(now_ms=NOW)) == 1
+    bob.core.acknowledge_identity_change(erin.id, now_ms=NOW)
+    assert len(bob.core.announce_identity_to_waiting(now_ms=NOW)) == 1
+    assert bob.core.announce_identity_to_waiting(now_ms=NOW) == []
+    assert bob.store.get_setting(SETTING_IDENTITY_UNANNOUNCED) is None
+    bob.flush()
+    for p in (carol, erin):
+        p.sync()
+        assert p.take(IdentityChanged) == [IdentityChanged(peer=bob.id, rotated=True,
+                                                           requires_ack=False)]
+        assert p.core.safety_number(bob.id) == bob.core.safety_number(p.id)
+
+
 def test_an_announced_identity_that_does_not_chain_is_dropped(relay: FakeRelay) -> None:
     """Inside the session only a signed rotation from the key we know is taken: a chain
     for another account, one broken by a bad signature, garbage, or a fork that does not
