@@ -1,4 +1,5 @@
-"""An echo bot: accepts every invitation and answers each text with the same text.
+"""An echo bot: accepts every invitation, marks each direct text read and answers it
+with the same text.
 Run: python -m examples.echo_bot PROFILE RELAY_URL (passphrase: $PIGEON_PASSPHRASE or asked)"""
 
 import asyncio
@@ -19,7 +20,9 @@ async def echo_bot(profile: str, relay_url: str, passphrase: str) -> None:
             match event:
                 case InvitationReceived(peer=peer):
                     await bot.accept(peer)
-                case MessageReceived(peer=peer, text=str(text)):
+                case MessageReceived(peer=peer, text=str(text), message_id=message_id,
+                                     group_id=None):
+                    await bot.mark_read(peer, [message_id])  # the sender sees "read"
                     await bot.send_text(peer, text)
 
 

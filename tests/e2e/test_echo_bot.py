@@ -1,5 +1,6 @@
 """examples/echo_bot.py as a user runs it (a process of its own) against a real relay:
-it accepts an invitation and echoes every text, in order; a restart keeps its contacts."""
+it accepts an invitation, marks every text read and echoes it, in order; a restart keeps
+its contacts."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from client_sdk import AsyncClient, ContactAccepted, MessageReceived
+from client_sdk import (
+    AsyncClient,
+    ContactAccepted,
+    MessageReceived,
+    ReceiptKind,
+    ReceiptReceived,
+)
 from client_sdk.testing import (  # noqa: F401
     ClientFactory,
     RelayProcess,
@@ -53,14 +60,28 @@ async def _echoed(alice: AsyncClient, bot: bytes, texts: list[str]) -> list[str]
             if len(got) == len(texts):
                 done.set()
 
+    read: set[bytes] = set()
+    all_read = asyncio.Event()
+    sent: set[bytes] = set()
+
+    def on_receipt(event: ReceiptReceived) -> None:
+        if event.peer == bot and event.kind is ReceiptKind.READ:
+            read.update(event.message_ids)
+            if len(sent) == len(texts) and sent <= read:
+                all_read.set()
+
     remove = alice.on(MessageReceived, record)
+    remove_receipts = alice.on(ReceiptReceived, on_receipt)
     try:
         for text in texts:
-            await alice.send_text(bot, text)
+            sent.add((await alice.send_text(bot, text)).message_id)
         async with asyncio.timeout(TIMEOUT_S):
             await done.wait()
+            if not sent <= read:
+                await all_read.wait()
     finally:
         remove()
+        remove_receipts()
     return got
 
 
