@@ -30,13 +30,32 @@ For groups of 10, 100 and 1,000 members:
   clients (``bench.relay.wsclient``: registered accounts, one mailbox each, subscribed,
   cumulative acks every 64 deliveries and every ``--ack-interval-ms``, 100 ms by
   default, as a client that acks per receive batch); one anonymous sender connection
-  keeps a window of sends in flight (``--group-window`` deliveries in group mode, one
-  run each for 4,096 and 32,768 by default: the peak needs the larger; 512 sends in
-  pairwise mode). ``--messages`` sets the messages per group size.
+  keeps a window of sends in flight (``--group-window`` deliveries' worth in group mode,
+  4,096 and 32,768 by default: the peak needs the larger; 512 sends in pairwise mode).
   Group mode: each message is ONE ``Send`` of a 300-byte blob to the n mailboxes.
-  Pairwise mode: each message is n single-recipient ``Send`` s. Figure: mailbox
-  deliveries per second, from the first send to the last ``Delivery`` received
+  Pairwise mode: each message is n single-recipient ``Send`` s. Figure of a run:
+  mailbox deliveries per second, from the first send to the last ``Delivery`` received
   (n x messages deliveries; every one is counted, none may be missing).
+
+  Method, in one relay process: first one untimed group send to every receiver (as many
+  deliveries as the smallest size's run; it warms the fresh relay's caches, its
+  database file and its code paths). Then, per size, ``--repeats`` R rounds (3 by
+  default, 2 with ``--quick``) of one group run at each window, the order of the two
+  alternated from round to round and from size to size (10 members: A B, B A, A B;
+  100 members: B A, A B, B A; ...; A the first ``--group-window``), so that neither
+  window is always the one that runs second on a warmer relay. The pairwise baseline
+  runs once per size (it takes several times as long as a group run), in the middle of
+  that size's group runs (with R = 3: after the third of six). ``--messages`` sets the
+  messages per run (default 5,000, 1,000 and 100 for 10, 100 and 1,000 members, as
+  when each window ran once: the group runs are short next to the pairwise ones, so
+  three of each window add about a minute, and a full ``--only relay`` takes 103-114 s
+  on the shared 2-core machine of docs/benchmarks.md). Reported: each timed run's row
+  (name and figures as before, plus its size, mode, window and round), then per size
+  and window the MEDIAN deliveries/s of its R runs with their min and max, and the
+  median relay CPU per delivery; then the size's peak: the larger of the two windows'
+  medians (not the best single run), the pairwise run's rate and peak / pairwise. The
+  header gives the commit and UTC time at the start and the 1-minute load average
+  before and after the relay runs.
 
 The load generator (one process) and the relay share the machine's cores. Method and
 figures: docs/benchmarks.md ("Groups").
@@ -48,6 +67,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import statistics
 import subprocess
 import tempfile
 import time
@@ -392,10 +412,67 @@ class _Sender:
         self._fill()
 
 
+def _plan(sizes: tuple[int, ...], messages: dict[int, int], group_windows: tuple[int, ...],
+          modes: tuple[str, ...], repeats: int) -> list[tuple[int, int, str, int, int]]:
+    """The timed runs in order: ``(members, messages, mode, deliveries' worth in flight
+    (0 for pairwise), round)``. Per size, *repeats* rounds of one group run per window,
+    the windows' order reversed from one round to the next and from one size to the
+    next; the one pairwise run in the middle of the size's group runs."""
+    plan: list[tuple[int, int, str, int, int]] = []
+    for k, n in enumerate(sizes):
+        group: list[tuple[int, int, str, int, int]] = []
+        if "group" in modes:
+            for r in range(repeats):
+                order = group_windows if (r + k) % 2 == 0 else group_windows[::-1]
+                group += [(n, messages[n], "group", w, r + 1) for w in order]
+        pairwise = [(n, messages[n], "pairwise", 0, 1)] if "pairwise" in modes else []
+        mid = len(group) // 2
+        plan += group[:mid] + pairwise + group[mid:]
+    return plan
+
+
+def _summary(runs: Rows, sizes: tuple[int, ...], group_windows: tuple[int, ...]) -> Rows:
+    """Per size and window the median of the group runs (min and max beside it), then
+    the size's peak: the larger of the windows' medians, against the pairwise run."""
+    out: Rows = []
+    for n in sizes:
+        mine = [r for r in runs if r["members"] == n]
+        pairwise = [r["deliveries_per_s"] for r in mine if r["mode"] == "pairwise"]
+        best: dict[str, Any] | None = None
+        for w in group_windows:
+            rs = [r for r in mine if r["mode"] == "group" and r["window_deliveries"] == w]
+            if not rs:
+                continue
+            rates = [r["deliveries_per_s"] for r in rs]
+            row: dict[str, Any] = {
+                "name": f"relay fan-out, {n} members, group, {rs[0]['window']} sends in "
+                        f"flight, median of {len(rs)}",
+                "deliveries_per_s": statistics.median(rates), "min_per_s": min(rates),
+                "max_per_s": max(rates),
+                "relay_cpu_us_per_delivery": statistics.median(
+                    r["relay_cpu_s"] / r["deliveries"] for r in rs) * 1e6,
+                "window": rs[0]["window"], "runs": len(rs)}
+            out.append(row)
+            if best is None or row["deliveries_per_s"] > best["deliveries_per_s"]:
+                best = row
+        if best is None:
+            continue
+        peak: dict[str, Any] = {
+            "name": f"relay fan-out, {n} members, peak (larger median)",
+            "deliveries_per_s": best["deliveries_per_s"], "window": best["window"],
+            "relay_cpu_us_per_delivery": best["relay_cpu_us_per_delivery"]}
+        if pairwise:
+            peak["pairwise_per_s"] = statistics.median(pairwise)
+            peak["peak/pairwise"] = best["deliveries_per_s"] / peak["pairwise_per_s"]
+        out.append(peak)
+    return out
+
+
 async def _fanout(port: int, pid: int, sizes: tuple[int, ...], messages: dict[int, int],
                   group_windows: tuple[int, ...], ack_interval_ms: float,
                   profile: Path | None = None,
-                  modes: tuple[str, ...] = ("group", "pairwise")) -> Rows:
+                  modes: tuple[str, ...] = ("group", "pairwise"),
+                  repeats: int = 3) -> Rows:
     most = max(sizes)
     sockets: list[tuple[WsClient, bytes]] = []
     caps: list[bytes] = []
@@ -415,14 +492,13 @@ async def _fanout(port: int, pid: int, sizes: tuple[int, ...], messages: dict[in
     # Untimed first: a group send to everyone, as many deliveries as the smallest
     # size's run (the fresh relay's caches, its database file and the code paths warm
     # up; the first timed run was otherwise up to 1.7x slower than the same run later).
-    plan: list[tuple[int, int, str, int, bool]] = [
-        (most, max(1, min(messages[n] * n for n in sizes) // most), "group",
-         max(2, max(group_windows) // most), True)]
-    for n in sizes:
-        plan += [(n, messages[n], mode, max(2, w // n) if mode == "group" else 512, False)
-                 for mode in modes for w in (group_windows if mode == "group" else (0,))]
+    plan = [(most, max(1, min(messages[n] * n for n in sizes) // most), "group",
+             max(group_windows), 0)]
+    plan += _plan(sizes, messages, group_windows, modes, repeats)
     try:
-        for n, m, mode, window, warm_up in plan:
+        for n, m, mode, in_flight, rnd in plan:
+            warm_up = rnd == 0
+            window = max(2, in_flight // n) if mode == "group" else 512
             recipients = tuple((sockets[i][1], caps[i]) for i in range(n))
             frames: list[bytes] = []
             for _ in range(m):
@@ -441,7 +517,7 @@ async def _fanout(port: int, pid: int, sizes: tuple[int, ...], messages: dict[in
             cpu0 = os.times()
             relay0 = proc_cpu_s(pid)
             start_ns = time.perf_counter_ns()
-            spy = (PySpy(pid, 3, profile / f"relay-{n}-{mode}-w{window}.txt")
+            spy = (PySpy(pid, 3, profile / f"relay-{n}-{mode}-w{window}-r{rnd}.txt")
                    if profile is not None and not warm_up else contextlib.nullcontext())
             with spy:
                 sender.run(frames, window)
@@ -461,6 +537,8 @@ async def _fanout(port: int, pid: int, sizes: tuple[int, ...], messages: dict[in
                 "relay_cpu_s": relay_cpu,
                 "generator_cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
                 "errors": sender.errors + receivers.errors,
+                "members": n, "mode": mode, "window": window, "window_deliveries": in_flight,
+                "round": rnd,
             })
             await asyncio.sleep(0.3)  # let acks land before the next run
     finally:
@@ -469,20 +547,27 @@ async def _fanout(port: int, pid: int, sizes: tuple[int, ...], messages: dict[in
             ws.abort()
         sender.ws.abort()
     rows.insert(0, {"name": "relay set-up", "receivers": most, "seconds": setup_s})
-    return rows
+    return rows + _summary(rows[1:], sizes, group_windows)
 
 
 GROUP_WINDOWS = (4096, 32768)
-"""Deliveries' worth of group sends in flight, one run each: the peak of a closed loop
-needs enough in flight to keep the relay busy (4 sends to 1,000 members leave its writer
-and its loop idle about half the time), as ``bench.relay`` runs two windows per size."""
+"""Deliveries' worth of group sends in flight, ``repeats`` runs each: the peak of a
+closed loop needs enough in flight to keep the relay busy (4 sends to 1,000 members
+leave its writer and its loop idle about half the time), as ``bench.relay`` runs two
+windows per size."""
+REPEATS = 3
+"""Group runs per size and window (the order of the windows alternated per round)."""
 
 
 def relay_rows(quick: bool, sizes: tuple[int, ...] = SIZES,
                group_windows: tuple[int, ...] = GROUP_WINDOWS,
                ack_interval_ms: float = 100.0, profile: Path | None = None,
                modes: tuple[str, ...] = ("group", "pairwise"),
-               count: int | None = None) -> Rows:
+               count: int | None = None, repeats: int | None = None) -> Rows:
+    """Every timed run's row (as before: one per run, now with its size, mode, window
+    and round), then per size and window the median row and the size's peak row."""
+    if repeats is None:
+        repeats = 2 if quick else REPEATS
     messages = ({10: 1000, 100: 200, 1000: 30} if quick
                 else {10: 5000, 100: 1000, 1000: 100})
     if count is not None:
@@ -492,7 +577,7 @@ def relay_rows(quick: bool, sizes: tuple[int, ...] = SIZES,
                               Path(tmp) / "relay.log")
         with relay:
             return asyncio.run(_fanout(relay.port, relay.pid, sizes, messages, group_windows,
-                                       ack_interval_ms, profile, modes))
+                                       ack_interval_ms, profile, modes, repeats))
 
 
 def _commit() -> str:
@@ -511,9 +596,13 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--group-window", type=int, nargs="+", default=list(GROUP_WINDOWS),
                         help="deliveries in flight in group mode (sends = this / members); "
-                             "one run per value (default 4096 32768)")
+                             "--repeats runs per value (default 4096 32768)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="relay fan-out: group runs per size and window, the windows' "
+                             "order alternated per round; medians reported (default 3, "
+                             "2 with --quick)")
     parser.add_argument("--messages", type=int, default=None,
-                        help="relay fan-out: messages per group size (default 5,000, 1,000 "
+                        help="relay fan-out: messages per run (default 5,000, 1,000 "
                              "and 100 for 10, 100 and 1,000 members)")
     parser.add_argument("--ack-interval-ms", type=float, default=100.0,
                         help="receivers ack what they got every N ms (and every 64 deliveries)")
@@ -525,7 +614,12 @@ def main() -> None:
                         help="sample the relay with py-spy during each run (a separate run: "
                              "the sampler costs CPU); prints where its time goes")
     args = parser.parse_args()
+    if args.repeats is not None and args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     rows: list[dict[str, Any]] = []
+    extra = ""
+    started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    commit = _commit()  # at the start: the checkout may move during a long run
     if args.only in (None, "sender"):
         rows += sender_rows(args.quick)
     if args.only in (None, "sdk"):
@@ -535,10 +629,13 @@ def main() -> None:
     if args.only in (None, "relay"):
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
+        load0 = os.getloadavg()[0]
         rows += relay_rows(args.quick, tuple(args.sizes), tuple(args.group_window),
                            args.ack_interval_ms, args.profile, tuple(args.modes),
-                           args.messages)
-    print_rows(rows, f"commit {_commit()}")
+                           args.messages, args.repeats)
+        extra = f", load average (1 min) {load0:.2f} before the relay runs, " \
+                f"{os.getloadavg()[0]:.2f} after"
+    print_rows(rows, f"commit {commit}, started {started} UTC{extra}")
     if args.profile is not None:
         for path in sorted(args.profile.glob("relay-*.txt")):
             print(f"\n## {path.name}\n{summarize(path, 15)}")
