@@ -6,6 +6,7 @@ Kept apart so that ``client.py`` stays about the connection."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from .store.profile import Profile
 
 __all__ = ["ClientApiMixin"]
+
+_log = logging.getLogger("pigeon.sdk")
 
 T = TypeVar("T")
 
@@ -187,9 +190,14 @@ class ClientApiMixin:
 
     async def _announce_to_waiting(self) -> None:
         """Our identity rotations, to contacts skipped when they were announced that we
-        may write to now (``ClientCore.announce_identity_to_waiting``)."""
-        self._pump.add(await self._run(
-            lambda c: c.announce_identity_to_waiting(now_ms=self._now_ms())))
+        may write to now (``ClientCore.announce_identity_to_waiting``). The state change
+        that called this has happened: a failure here is logged, and the next login
+        announces again (the waiting list stays as it was)."""
+        try:
+            self._pump.add(await self._run(
+                lambda c: c.announce_identity_to_waiting(now_ms=self._now_ms())))
+        except Exception:
+            _log.exception("could not queue identity announcements; retried at login")
 
     # --- history ---------------------------------------------------------------------------
 

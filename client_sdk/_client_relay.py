@@ -104,11 +104,14 @@ class RelayApiMixin:
                                                       rotation=rotation.to_bytes(),
                                                       signature=signature))
         await self._run(lambda c: c.commit_identity(identity, now_ms=self._now_ms()))
-        await self._after_login(conn, PrekeysLow(one_time_prekeys=10**6,
-                                                 one_time_kem_prekeys=10**6))
-        # After the upload: should this fail, the next login announces (and the new
-        # prekeys are up whatever happens here).
-        self._pump.add(await self._run(lambda c: c.announce_identity(now_ms=self._now_ms())))
+        try:
+            await self._after_login(conn, PrekeysLow(one_time_prekeys=10**6,
+                                                     one_time_kem_prekeys=10**6))
+        finally:
+            # After the upload, so a contact that answers at once finds the new prekeys;
+            # announced even if the upload failed (the next login uploads again).
+            self._pump.add(await self._run(
+                lambda c: c.announce_identity(now_ms=self._now_ms())))
 
     async def claim_username(self, username: str) -> str:
         """Make the account discoverable by *username* (normalized; returned)."""

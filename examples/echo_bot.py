@@ -1,5 +1,5 @@
 """An echo bot: accepts every invitation, marks each direct text read and answers it
-with the same text.
+with the same text (texts posted in groups are left alone).
 Run: python -m examples.echo_bot PROFILE RELAY_URL (passphrase: $PIGEON_PASSPHRASE or asked)"""
 
 import asyncio

@@ -92,12 +92,13 @@ def run_batch(conn: StoreConnection, batch: Sequence[_Work], *, relaxed: bool = 
 
     *relaxed*: none of the batch's ops needs to survive power loss (acks: a lost one
     only means a redelivery, which clients drop as a duplicate), so the batch commits at
-    ``NORMAL`` (WAL: no fsync; a process crash still loses nothing). Any other batch
-    commits at the configured level, set before its ``BEGIN`` if the connection is not
-    known to be at it; if that cannot be set (``PRAGMA synchronous`` fails inside a
-    transaction that a failed ``ROLLBACK`` left open), the batch fails rather than
-    commit with less durability than configured. The next ``FULL`` commit syncs the WAL
-    up to its own end, so it makes the relaxed commits before it durable too.
+    ``NORMAL`` when ``FULL`` is configured (WAL: no fsync; a process crash still loses
+    nothing; ``OFF`` stays ``OFF``). Any other batch commits at the configured level,
+    set before its ``BEGIN`` if the connection is not known to be at it; if that cannot
+    be set (``PRAGMA synchronous`` fails inside a transaction that a failed ``ROLLBACK``
+    left open), the batch fails rather than commit with less durability than configured.
+    The next ``FULL`` commit syncs the WAL up to its own end, so it makes the relaxed
+    commits before it durable too.
 
     Fast path without per-op savepoints (two statements per op saved). If an op fails,
     everything is rolled back and the batch re-run with savepoints, so the failure stays
@@ -106,7 +107,9 @@ def run_batch(conn: StoreConnection, batch: Sequence[_Work], *, relaxed: bool = 
     op fails.
     """
     start = time.perf_counter()
-    want = Synchronous.NORMAL if relaxed else conn.configured
+    # Relaxed lowers FULL to NORMAL, never raises OFF.
+    want = Synchronous.NORMAL if relaxed and conn.configured is Synchronous.FULL \
+        else conn.configured
     try:
         if conn.level is not want:
             conn.level = None

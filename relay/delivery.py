@@ -98,6 +98,10 @@ class DeliveryPump:
         self._sub = sub
         self._window = conn.node.config.delivery_window
         self._cursors: dict[bytes, Cursor] = {}
+        # Orders the bus subscription's add and remove as subscribe and drop were called
+        # (on a remote bus both await): a drop whose remove lands after a later
+        # subscription's add would leave that subscription deaf.
+        self._changes = asyncio.Lock()
         self._set_direct = getattr(sub, "set_direct", None)
         if self._set_direct is not None:  # the in-process bus: see _direct
             self._set_direct(self._direct)
@@ -123,7 +127,8 @@ class DeliveryPump:
         ``Subscribed`` is written."""
         for mailbox_id in mailbox_ids:
             self._cursors[mailbox_id] = Cursor()
-        await self._sub.add_many(mailbox_ids)
+        async with self._changes:
+            await self._sub.add_many(mailbox_ids)
 
     def release(self, mailbox_ids: Iterable[bytes]) -> None:
         """Let delivery begin: each mailbox is read from the store, then follows live."""
@@ -136,9 +141,12 @@ class DeliveryPump:
     async def drop(self, mailbox_id: bytes) -> None:
         """Stop delivering *mailbox_id* here (unsubscribed, moved, deleted)."""
         if self._cursors.pop(mailbox_id, None) is not None:
-            await self._sub.remove(mailbox_id)
+            async with self._changes:
+                await self._sub.remove(mailbox_id)
         node = self._conn.node
-        if node.subscribers.get(mailbox_id) is self._conn:
+        # Checked after the await: had this connection subscribed again meanwhile, the
+        # fresh cursor keeps the mailbox (its add runs after this remove).
+        if node.subscribers.get(mailbox_id) is self._conn and mailbox_id not in self._cursors:
             del node.subscribers[mailbox_id]
 
     async def drop_if_moved(self, mailbox_id: bytes) -> None:

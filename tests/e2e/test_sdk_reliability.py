@@ -22,6 +22,7 @@ import pytest
 
 from client_sdk import (
     AsyncClient,
+    ContactState,
     Event,
     IdentityChanged,
     MailboxRotated,
@@ -264,6 +265,57 @@ async def test_a_contact_blocked_at_a_rotation_is_told_when_unblocked(
     [changed] = await a.wait(IdentityChanged)
     assert changed == IdentityChanged(peer=bob.account_id, rotated=True, requires_ack=False)
     assert alice.safety_number(bob.account_id) == bob.safety_number(alice.account_id)
+
+
+async def test_a_rotation_whose_prekey_upload_fails_is_still_announced(
+        clients: ClientFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relay took Bob's rotation, then the new prekeys could not be prepared:
+    ``rotate_identity`` raises, and Alice is told all the same, without waiting for
+    Bob's next login."""
+    from client_sdk.core import ClientCore
+
+    alice, bob = await clients("alice"), await clients("bob")
+    await clients.connect(alice, bob)
+    a = Inbox(alice)
+
+    def broken(self: ClientCore, **kwargs: object) -> list[object]:
+        raise RuntimeError("no prekeys today")
+
+    monkeypatch.setattr(ClientCore, "prekeys_to_upload", broken)
+    with pytest.raises(RuntimeError):
+        await bob.rotate_identity()
+    [changed] = await a.wait(IdentityChanged)
+    assert changed == IdentityChanged(peer=bob.account_id, rotated=True, requires_ack=False)
+
+
+async def test_an_unblock_whose_announcement_fails_still_unblocks(
+        clients: ClientFactory, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Queueing the waiting rotation notice fails on unblock: the unblock stands (no
+    exception), the failure is logged, and the next login tells Alice."""
+    from client_sdk.core import ClientCore
+
+    alice, bob = await clients("alice"), await clients("bob")
+    await clients.connect(alice, bob)
+    a = Inbox(alice)
+    await bob.block(alice.account_id)
+    await bob.rotate_identity()
+
+    def broken(self: ClientCore, *, now_ms: int) -> list[object]:
+        raise RuntimeError("not now")
+
+    monkeypatch.setattr(ClientCore, "announce_identity_to_waiting", broken)
+    await bob.unblock(alice.account_id)
+    assert "could not queue identity announcements" in caplog.text
+    contact = bob.core.contact(alice.account_id)
+    assert contact is not None and contact.state is ContactState.ACCEPTED
+    await asyncio.sleep(0.5)
+    assert a.of(IdentityChanged) == []
+    monkeypatch.undo()
+    await bob.close()
+    bob = await clients("bob", register=False)
+    [changed] = await a.wait(IdentityChanged)
+    assert changed == IdentityChanged(peer=bob.account_id, rotated=True, requires_ack=False)
 
 
 async def test_mailbox_rotation(clients: ClientFactory) -> None:

@@ -158,3 +158,39 @@ async def test_a_late_drop_spares_a_mailbox_subscribed_again_in_between() -> Non
     assert A not in pump and await publish(bus, 2) == 0
     await pump.close()
     await bus.close()
+
+
+async def test_a_drop_waiting_on_the_bus_spares_a_subscription_made_meanwhile() -> None:
+    """The bus's remove awaits (a remote bus); the connection subscribes A again before
+    it returns: the node still counts the connection as A's subscriber, the bus
+    subscription still holds A (its add ran after the remove) and A is delivered."""
+    bus = InProcessBus()
+    conn = _Conn(bus, window=100)
+    subscribers = conn.node.subscribers
+    pump: Any = await DeliveryPump.create(conn)  # type: ignore[arg-type]
+    subscribers[A] = conn
+    await pump.subscribe([A])
+    pump.release([A])
+    await settle()
+    sub = pump._sub
+    remove, gate = sub.remove, asyncio.Event()
+
+    async def slow_remove(mailbox_id: bytes) -> None:
+        await gate.wait()
+        await remove(mailbox_id)
+
+    sub.remove = slow_remove
+    dropping = asyncio.ensure_future(pump.drop(A))
+    await settle()
+    again = asyncio.ensure_future(pump.subscribe([A]))
+    await settle()
+    gate.set()
+    await dropping
+    await again
+    pump.release([A])
+    assert A in pump and subscribers[A] is conn
+    await settle()
+    assert await publish(bus, 1) == 1
+    assert conn.sink.frames == [frame(1)]
+    await pump.close()
+    await bus.close()

@@ -269,6 +269,28 @@ class _Write:
     arg: None = None
 
 
+@pytest.mark.parametrize(("mode", "relaxed_level"), [
+    (Synchronous.FULL, 1), (Synchronous.NORMAL, 1), (Synchronous.OFF, 0)])
+def test_a_relaxed_batch_only_ever_lowers_full(
+    tmp_path: Path, mode: Synchronous, relaxed_level: int
+) -> None:
+    """``run_batch(relaxed=True)`` on its own (the engine asks for it only under FULL):
+    FULL drops to NORMAL, and OFF is never raised to NORMAL."""
+    conn = open_writer(tmp_path / "w.db", mode, 1000, [])
+    levels: list[int] = []
+
+    def level(c: sqlite3.Connection) -> None:
+        levels.append(c.execute("PRAGMA synchronous").fetchone()[0])
+
+    try:
+        assert run_batch(conn, [_Write("ack", level)], relaxed=True)[0]
+        assert run_batch(conn, [_Write("append", level)])[0]
+        configured = {Synchronous.FULL: 2, Synchronous.NORMAL: 1, Synchronous.OFF: 0}[mode]
+        assert levels == [relaxed_level, configured]
+    finally:
+        conn.close()
+
+
 def test_a_durable_batch_fails_rather_than_commit_below_the_configured_level(
     tmp_path: Path
 ) -> None:
