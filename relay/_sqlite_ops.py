@@ -218,7 +218,7 @@ def check_capabilities(
 
 _CACHED_ROWS = 256
 """Placeholder lists for up to this many rows are kept (the common batch sizes); a
-longer one (an unchunked ack run, say) is built each time rather than kept."""
+longer one (a chunk of a large batch) is built each time rather than kept."""
 
 
 @functools.lru_cache(maxsize=512)
@@ -506,26 +506,26 @@ def ack_many(conn: sqlite3.Connection, calls: Sequence[AckRequest]) -> list[int]
     """
     if len(calls) == 1 or not _JSON:
         return [ack(conn, m, up, seqs) for m, up, seqs in calls]
-    values: list[Any] = []
-    rows = 0
+    rows: list[tuple[int, bytes, int | None, int | None]] = []
     for i, (mailbox_id, up_to_seq, seqs) in enumerate(calls):
         if up_to_seq is not None:
-            values += (i, mailbox_id, up_to_seq, None)
-            rows += 1
-        for seq in set(seqs):
-            values += (i, mailbox_id, None, seq)
-            rows += 1
+            rows.append((i, mailbox_id, up_to_seq, None))
+        rows += [(i, mailbox_id, None, seq) for seq in set(seqs)]
     if not rows:
         return [0] * len(calls)
-    sql = (
-        f"WITH v(i, m, up, s) AS (VALUES {_rows(rows, 4)})"  # noqa: S608 - placeholders
-        " SELECT json_group_array(json_array(i, seq)) FROM ("
-        " SELECT v.i AS i, d.seq AS seq FROM v JOIN deliveries d"
-        " ON d.mailbox_id = v.m AND d.seq <= v.up WHERE v.up IS NOT NULL"
-        " UNION ALL SELECT v.i, d.seq FROM v JOIN deliveries d"
-        " ON d.mailbox_id = v.m AND d.seq = v.s WHERE v.s IS NOT NULL)"
-    )
-    found = json.loads(conn.execute(sql, values).fetchone()[0])
+    found: list[list[int]] = []
+    step = _chunks(conn, 4)  # every query runs before any DELETE: chunks see one state
+    for start in range(0, len(rows), step):
+        part = rows[start:start + step]
+        sql = (
+            f"WITH v(i, m, up, s) AS (VALUES {_rows(len(part), 4)})"  # noqa: S608 - placeholders
+            " SELECT json_group_array(json_array(i, seq)) FROM ("
+            " SELECT v.i AS i, d.seq AS seq FROM v JOIN deliveries d"
+            " ON d.mailbox_id = v.m AND d.seq <= v.up WHERE v.up IS NOT NULL"
+            " UNION ALL SELECT v.i, d.seq FROM v JOIN deliveries d"
+            " ON d.mailbox_id = v.m AND d.seq = v.s WHERE v.s IS NOT NULL)"
+        )
+        found += json.loads(conn.execute(sql, [v for row in part for v in row]).fetchone()[0])
     counts = [0] * len(calls)
     gone: dict[tuple[bytes, int], None] = {}
     for i, seq in sorted(found):
