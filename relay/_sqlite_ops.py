@@ -536,12 +536,12 @@ def ack_many(conn: sqlite3.Connection, calls: Sequence[AckRequest]) -> list[int]
     pairs = list(gone)
     step = _chunks(conn, 2)
     for start in range(0, len(pairs), step):
-        part = pairs[start:start + step]
+        chunk = pairs[start:start + step]
         sql = (
             "DELETE FROM deliveries WHERE (mailbox_id, seq) IN"  # noqa: S608 - placeholders
-            f" (SELECT column1, column2 FROM (VALUES {_rows(len(part), 2)}))"
+            f" (SELECT column1, column2 FROM (VALUES {_rows(len(chunk), 2)}))"
         )
-        conn.execute(sql, [v for pair in part for v in pair])
+        conn.execute(sql, [v for pair in chunk for v in pair])
     return counts
 
 
