@@ -320,8 +320,11 @@ def _verify(core: ClientCore, view: GroupView, sender: bytes, s: SignedSubscript
     ast = auth.signed.state
     if not ast.subscriptions or ast.group_id != s.sub.group_id:
         return False
-    return s.sub.signer in ast.admins or (s.sub.signer == s.sub.subscriber
-                                          and not s.sub.subscribed)
+    if s.sub.signer == s.sub.subscriber and not s.sub.subscribed:
+        return True  # a subscriber leaving
+    # An admin of the state it names, and still one of our head: an admin removed since
+    # keeps signatures valid under the older state, not the right to use them.
+    return s.sub.signer in ast.admins and (head is None or s.sub.signer in head.state.admins)
 
 
 def invited(core: ClientCore, sender: bytes, signed: SignedGroupState,

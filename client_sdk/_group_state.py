@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -34,6 +34,7 @@ __all__ = [
     "conversation_id",
     "group_info",
     "reached",
+    "revoked",
 ]
 
 _log = logging.getLogger("pigeon.sdk.groups")
@@ -56,7 +57,52 @@ def authorized(parent: GroupState, child: GroupState) -> bool:
     return (signer in parent.members and signer not in child.members
             and set(child.members) == set(parent.members) - {signer}
             and child.admins == parent.admins and child.name == parent.name
-            and child.avatar == parent.avatar and child.channel == parent.channel)
+            and child.avatar == parent.avatar and child.channel == parent.channel
+            and child.subscriptions == parent.subscriptions)
+
+
+def revoked(valid: Sequence[SignedGroupState]) -> set[bytes]:
+    """Hashes of the states void because an admin who signed them was removed: a
+    *removal* is a state that drops admins of its parent (other than its signer); it
+    voids every state such an admin signed at the removal's version or later that does
+    not descend from the removal, and every descendant of those. Removals are applied
+    in order of (version, signer, hash), and one voided by an earlier one voids nothing
+    (of two admins removing each other at one version, the smaller (signer, hash)
+    stands). A function of the set alone, like the convergence rule."""
+    by_hash = {s.hash: s for s in valid}
+    children: dict[bytes, list[bytes]] = {}
+    removals: list[tuple[SignedGroupState, frozenset[bytes]]] = []
+    for s in valid:
+        parent = None if s.state.parent is None else by_hash.get(s.state.parent)
+        if parent is None:
+            continue
+        children.setdefault(parent.hash, []).append(s.hash)
+        dropped = frozenset(parent.state.admins) - set(s.state.admins) - {s.state.signer}
+        if dropped:
+            removals.append((s, dropped))
+    if not removals:
+        return set()
+
+    def subtree(root: bytes) -> set[bytes]:
+        out, todo = {root}, [root]
+        while todo:
+            for child in children.get(todo.pop(), ()):
+                if child not in out:
+                    out.add(child)
+                    todo.append(child)
+        return out
+
+    gone: set[bytes] = set()
+    removals.sort(key=lambda r: (r[0].state.version, r[0].state.signer, r[0].hash))
+    for removal, dropped in removals:
+        if removal.hash in gone:
+            continue
+        kept = subtree(removal.hash)
+        for s in valid:
+            if (s.state.signer in dropped and s.state.version >= removal.state.version
+                    and s.hash not in kept and s.hash not in gone):
+                gone |= subtree(s.hash)
+    return gone
 
 
 @dataclass(slots=True)
@@ -127,6 +173,13 @@ class GroupView:
     def _valid(self) -> list[SignedGroupState]:
         return [s.signed for s in self.states.values() if s.status is StateStatus.VALID]
 
+    def effective(self) -> list[SignedGroupState]:
+        """The valid states the convergence rule chooses from: all of them but those
+        :func:`revoked` (an admin's signatures made void by its removal)."""
+        valid = self._valid()
+        gone = revoked(valid)
+        return [s for s in valid if s.hash not in gone] if gone else valid
+
     def absorb(self, signed: SignedGroupState, me: bytes, *, now_ms: int,
                invited: bool = False) -> list[StoredGroupState]:
         """Add a state whose signature was verified; returns the rows to store (new or
@@ -140,7 +193,8 @@ class GroupView:
         head = self.head
         base = (not self.active and (me in st.members or (invited and st.subscriptions))
                 and st.signer in st.admins
-                and (head is None or st.version > head.state.version))
+                and (head is None or (st.version > head.state.version
+                                      and self._may_add_us_back(signed))))
         if base:
             row = StoredGroupState(signed=signed, status=StateStatus.VALID,
                                    received_at_ms=now_ms)
@@ -170,6 +224,19 @@ class GroupView:
             return []  # rejected
         return [row, *settled] if known is None else settled
 
+    def _may_add_us_back(self, signed: SignedGroupState) -> bool:
+        """For a group we were removed from (or left): whether *signed*, which lists us
+        again, may be taken without its ancestry. Not if we hold its parent (then the
+        usual rule decides, :func:`authorized`), and only if its signer was an admin in
+        a state we hold: anyone else could sign a state that names itself admin."""
+        st = signed.state
+        parent = None if st.parent is None else self.states.get(st.parent)
+        if parent is not None and parent.status is StateStatus.VALID:
+            return False
+        return any(st.signer in s.admins for s in (v.signed.state for v in
+                                                    self.states.values()
+                                                    if v.status is StateStatus.VALID))
+
     def _settle(self, now_ms: int) -> list[StoredGroupState]:
         """Validate pending states whose parent became valid; drop unauthorized ones."""
         out: list[StoredGroupState] = []
@@ -196,7 +263,7 @@ class GroupView:
 
     def converge(self, me: bytes, *, now_ms: int) -> GroupRecord | None:
         """Apply the convergence rule; returns the new group row if the head moved."""
-        valid = self._valid()
+        valid = self.effective()
         if not valid:
             return None
         best = min(valid, key=SignedGroupState.sort_key)

@@ -254,8 +254,14 @@ def _publish(core: ClientCore, view: GroupView, state: GroupState, *, now_ms: in
     signed = sign_state(core, state)
     row = StoredGroupState(signed=signed, status=StateStatus.VALID, received_at_ms=now_ms)
     view.states[signed.hash] = row
+    held = view.record
     record = view.converge(me, now_ms=now_ms)
-    assert record is not None and record.head == signed.hash
+    if record is None or record.head != signed.hash:
+        # Void from the start: a removal of us as an admin on another branch (its
+        # branch lost, so our head still lists us; see _group_state.revoked).
+        del view.states[signed.hash]
+        view.record = held
+        raise NotGroupAdmin(state.group_id)
     left = me not in state.members
     someone_left = old is not None and not set(old.state.members) <= set(state.members)
     write = GroupWrite(group=record, states=(row,),

@@ -570,17 +570,6 @@ def _message(core: ClientCore, batch: GroupBatch, group_id: bytes, sender: bytes
                                   scope=DeleteScope.FOR_EVERYONE, at_ms=inner.sent_at_ms),
                     [MessageDeleted(peer=sender, conversation_id=cid, message_id=target,
                                     group_id=group_id)])
-        case Receipt(kind=kind, message_ids=ids):
-            status = MessageStatus.READ if kind is ReceiptKind.READ else MessageStatus.DELIVERED
-            events: list[Event] = [ReceiptReceived(peer=sender, kind=kind, message_ids=ids)]
-            for target in ids:
-                msg = core.store.get_message(cid, target)
-                if msg is not None and msg.outgoing and advance_status(
-                        msg.status, status, outgoing=True) is not None:
-                    events.append(MessageStatusChanged(peer=group_id, conversation_id=cid,
-                                                       message_id=target, status=status))
-            return (UpdateStatus(conversation_id=cid, message_ids=ids, status=status,
-                                 by=sender, at_ms=now_ms), events)
         case Typing(active=active):
             return None, [GroupTypingChanged(group_id=group_id, peer=sender, active=active)]
         case DisappearingTimer(timer_ms=timer_ms):

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from client_sdk._group_state import revoked
 from client_sdk._groups import GroupView, authorized
 from client_sdk.store.group_records import SignedGroupState, StateStatus
 from pigeon_crypto.errors import InvalidSignature
@@ -48,6 +49,12 @@ def test_admins_change_anything_members_only_leave() -> None:
     assert not authorized(ROOT.state, child(ROOT, C, members=(A, C),
                                             admins=(A,)).state)  # removes B
     assert not authorized(ROOT.state, child(ROOT, C, members=(A, B), name="x").state)
+    listed = signed(GroupState(group_id=GID, version=1, signer=A, name="c", members=(A, C),
+                               admins=(A,), channel=True, at_ms=0))
+    assert authorized(listed.state, child(listed, C, members=(A,)).state)
+    # The last reader leaving may not turn the listed channel into one with subscriptions.
+    assert not authorized(listed.state, child(listed, C, members=(A,),
+                                              subscriptions=True).state)
     assert not authorized(ROOT.state, child(ROOT, D, members=(A, B, C, D)).state)
     skip = child(child(ROOT, A, name="v2"), A, name="v3")
     assert not authorized(ROOT.state, skip.state)  # versions must follow
@@ -118,6 +125,64 @@ def test_convergence_is_order_independent() -> None:
     orders += [rng.sample(states, len(states)) for _ in range(300)]
     for order in orders:
         assert _converge(order, C) == (expected_head, expected_valid)
+
+
+def _effective_head(order: list[SignedGroupState], me: bytes = C) -> SignedGroupState:
+    head, _ = _converge(order, me)
+    return {s.hash: s for s in [ROOT, *order]}[head]
+
+
+def test_a_removed_admin_cannot_take_the_group_back_with_an_older_branch() -> None:
+    """A removes admin B at version 2; B then signs a longer branch from version 1,
+    where it was an admin. Its states are valid (each follows its parent) but void:
+    every member, A included, in every order of arrival, stays on A's branch."""
+    a2 = child(ROOT, A, members=(A, C), admins=(A,))  # B removed
+    b2 = child(ROOT, B, name="B is back")
+    b3 = child(b2, B, name="B rules")
+    c4 = child(b3, C, members=(A, B))                   # C leaves on B's branch: void too
+    a3 = child(a2, A, name="after")
+    states = [a2, b2, b3, c4, a3]
+    for order in itertools.permutations(states):
+        for me in (A, C):
+            assert _effective_head(list(order), me).hash == a3.hash
+    assert _effective_head([b2, b3, c4]).hash == c4.hash  # without the removal: B's branch
+    view = GroupView(group_id=GID, record=None)
+    for st in [ROOT, *states]:
+        view.absorb(st, C, now_ms=0)
+        view.converge(C, now_ms=0)
+    assert revoked([r.signed for r in view.states.values()]) == {b2.hash, b3.hash, c4.hash}
+
+
+def test_a_removal_voids_only_at_its_version_and_later() -> None:
+    """B's change at version 2 on another branch predates its removal at version 3:
+    it stays valid and could be built on by another admin; B's own version 3 is void."""
+    a2 = child(ROOT, A, name="by A")
+    a3 = child(a2, A, members=(A, C), admins=(A,))
+    b2 = child(ROOT, B, name="by B")
+    b3 = child(b2, B, name="B again")
+    a3b = child(b2, A, name="A on B's branch")
+    gone = revoked([ROOT, a2, a3, b2, b3, a3b])
+    assert gone == {b3.hash}
+    assert _effective_head([a2, a3, b2, b3]).hash == a3.hash
+    # A on B's branch, at version 3 too: the tie goes to the smaller (signer, hash).
+    assert _effective_head([a2, a3, b2, b3, a3b]).hash == min(a3.hash, a3b.hash)
+
+
+def test_two_admins_removing_each_other_at_one_version() -> None:
+    """The smaller (signer, hash) removal stands and voids the other, and with it
+    whatever was built on the other."""
+    a2 = child(ROOT, A, members=(A, C), admins=(A,))  # A removes B
+    b2 = child(ROOT, B, members=(B, C), admins=(B,))  # B removes A
+    b3 = child(b2, B, name="B's group")
+    for order in itertools.permutations([a2, b2, b3]):
+        assert _effective_head(list(order)).hash == a2.hash
+    assert revoked([ROOT, a2, b2, b3]) == {b2.hash, b3.hash}
+
+
+def test_an_admin_stepping_down_voids_nothing() -> None:
+    b2 = child(ROOT, B, admins=(A,))                  # B steps down itself
+    b3 = child(ROOT, B, name="concurrent, by B")
+    assert revoked([ROOT, b2, b3]) == set()
 
 
 def test_ties_go_to_the_smallest_signer_then_hash() -> None:

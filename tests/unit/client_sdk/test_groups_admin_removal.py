@@ -1,0 +1,137 @@
+"""What an admin removed from a group (or an ex-member) can still sign, played between
+real client cores over pairwise sessions (``FakeRelay``): signatures stay valid, the
+rights do not (docs/protocol.md §9.14, "Removed admins")."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+from client_sdk import _channels, _groups
+from client_sdk._group_state import GroupView
+from client_sdk._sending import _Batch
+from client_sdk.store.group_records import SignedGroupState
+from client_sdk.store.records import Outgoing, SessionUpdate
+from protocol.group import Subscription
+from protocol.inner import GroupControl, InnerMessage
+
+from .test_core import FakeRelay, Party, _connect
+
+_ids = itertools.count(1)
+
+
+def _send_inner(sender: Party, peer: bytes, inner: InnerMessage) -> None:
+    """*inner* over the pairwise session, as a tampering client would send it."""
+    core = sender.core
+    batch = _Batch(core)
+    _, outbound = core.sendable(peer)
+    blob, state = batch.encrypt(peer, inner)
+    batch.commit([Outgoing(entry=batch.entry(outbound, blob, 0),
+                           session=SessionUpdate(peer=peer, state=state))])
+    sender.flush()
+
+
+def _control(state: SignedGroupState, **extra: object) -> GroupControl:
+    return GroupControl(message_id=next(_ids).to_bytes(16, "big"), sent_at_ms=1,
+                        state=state.encoded, signature=state.signature, **extra)  # type: ignore[arg-type]
+
+
+def _head(p: Party, gid: bytes) -> SignedGroupState:
+    head = GroupView.load(p.core, gid).head
+    assert head is not None
+    return head
+
+
+def test_a_removed_admin_cannot_take_the_group_back() -> None:
+    """A removes admin B at version 2. B then signs a longer branch from version 1,
+    where it was an admin: every member, A included, stays on A's branch."""
+    relay = FakeRelay()
+    a, b, c = Party(relay, "a"), Party(relay, "b"), Party(relay, "c")
+    _connect(a, b)
+    _connect(a, c)
+    _connect(b, c)
+    gid, _, _ = _groups.create(a.core, name="g", members=[b.id, c.id], admins=[b.id],
+                               avatar=None, channel=False, now_ms=a.now)
+    a.flush()
+    b.sync()
+    c.sync()
+    root = _head(c, gid)
+    _groups.change(a.core, gid, lambda s: {"members": tuple(sorted((a.id, c.id))),
+                                           "admins": (a.id,)}, now_ms=a.now)
+    a.flush()
+    b.sync()
+    c.sync()
+    removal = _head(c, gid)
+    assert removal.state.version == 2 and b.id not in removal.state.members
+    st2 = dataclasses.replace(root.state, version=2, parent=root.hash, signer=b.id,
+                              name="B is back", at_ms=5)
+    s2 = _groups.sign_state(b.core, st2)
+    s3 = _groups.sign_state(b.core, dataclasses.replace(st2, version=3, parent=s2.hash,
+                                                        name="B rules", at_ms=6))
+    for peer in (a.id, c.id):
+        for s in (s2, s3):
+            _send_inner(b, peer, _control(s))
+    a.sync()
+    c.sync()
+    for p in (a, c):
+        assert _head(p, gid).hash == removal.hash
+        assert GroupView.load(p.core, gid).active
+
+
+def test_a_removed_channel_admin_cannot_subscribe_anyone() -> None:
+    """A demotes B in a channel with subscriptions; B signs a subscription for its
+    contact X under the state where it was an admin: A's roster does not take it."""
+    relay = FakeRelay()
+    a, b, s, x = Party(relay, "a"), Party(relay, "b"), Party(relay, "s"), Party(relay, "x")
+    _connect(a, b)
+    _connect(a, s)
+    _connect(a, x)
+    _connect(b, x)
+    gid, _, _ = _groups.create(a.core, name="news", members=[s.id], admins=[b.id],
+                               avatar=None, channel=True, subscriptions=True, now_ms=a.now)
+    a.flush()
+    b.sync()
+    s.sync()
+    a.sync()
+    v1 = _head(a, gid)
+    _groups.change(a.core, gid, lambda st: {"admins": (a.id,)}, now_ms=a.now)
+    a.flush()
+    b.sync()
+    a.sync()
+    sub = _channels.sign(b.core, Subscription(group_id=gid, seq=1, signer=b.id, at_ms=9,
+                                              subscriber=x.id, subscribed=True,
+                                              authority=v1.hash))
+    _send_inner(b, a.id, _control(v1, subscriptions=((sub.encoded, sub.signature),)))
+    a.sync()
+    view = GroupView.load(a.core, gid)
+    assert x.id not in view.roster and s.id in view.roster
+
+
+def test_an_ex_member_cannot_sign_a_removed_member_back_in() -> None:
+    """C and E were removed; E (never an admin) signs a state naming itself admin and C
+    a member: C stays out."""
+    relay = FakeRelay()
+    a, c, e = Party(relay, "a"), Party(relay, "c"), Party(relay, "e")
+    _connect(a, c)
+    _connect(a, e)
+    _connect(c, e)
+    gid, _, _ = _groups.create(a.core, name="real", members=[c.id, e.id], admins=[],
+                               avatar=None, channel=False, now_ms=a.now)
+    a.flush()
+    c.sync()
+    e.sync()
+    _groups.change(a.core, gid, lambda st: {"members": (a.id,)}, now_ms=a.now)
+    a.flush()
+    c.sync()
+    e.sync()
+    assert not GroupView.load(c.core, gid).active
+    held = _head(c, gid)
+    members = tuple(sorted((c.id, e.id)))
+    for parent in (held.hash, b"\x77" * 32):  # on our head; on a state we never saw
+        fake = _groups.sign_state(e.core, dataclasses.replace(
+            held.state, version=held.state.version + 1, parent=parent, signer=e.id,
+            name="fake", members=members, admins=(e.id,)))
+        _send_inner(e, c.id, _control(fake))
+        c.sync()
+        view = GroupView.load(c.core, gid)
+        assert not view.active and _head(c, gid).hash == held.hash
