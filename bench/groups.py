@@ -563,7 +563,8 @@ def relay_rows(quick: bool, sizes: tuple[int, ...] = SIZES,
                group_windows: tuple[int, ...] = GROUP_WINDOWS,
                ack_interval_ms: float = 100.0, profile: Path | None = None,
                modes: tuple[str, ...] = ("group", "pairwise"),
-               count: int | None = None, repeats: int | None = None) -> Rows:
+               count: int | None = None, repeats: int | None = None,
+               relay_extra: tuple[str, ...] = ()) -> Rows:
     """Every timed run's row (as before: one per run, now with its size, mode, window
     and round), then per size and window the median row and the size's peak row."""
     if repeats is None:
@@ -573,7 +574,7 @@ def relay_rows(quick: bool, sizes: tuple[int, ...] = SIZES,
     if count is not None:
         messages = dict.fromkeys(sizes, count)
     with tempfile.TemporaryDirectory(prefix="pigeon-bench-groups-") as tmp:
-        relay = ServerProcess("relay", relay_command(Path(tmp) / "data"),
+        relay = ServerProcess("relay", relay_command(Path(tmp) / "data", extra=relay_extra),
                               Path(tmp) / "relay.log")
         with relay:
             return asyncio.run(_fanout(relay.port, relay.pid, sizes, messages, group_windows,
@@ -613,6 +614,9 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=None,
                         help="sample the relay with py-spy during each run (a separate run: "
                              "the sampler costs CPU); prints where its time goes")
+    parser.add_argument("--relay-arg", action="append", default=[], metavar="ARG",
+                        help="relay fan-out: extra pigeon-relay argument (repeat), e.g. "
+                             "--relay-arg=--store-writer --relay-arg=process")
     args = parser.parse_args()
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -632,9 +636,11 @@ def main() -> None:
         load0 = os.getloadavg()[0]
         rows += relay_rows(args.quick, tuple(args.sizes), tuple(args.group_window),
                            args.ack_interval_ms, args.profile, tuple(args.modes),
-                           args.messages, args.repeats)
+                           args.messages, args.repeats, tuple(args.relay_arg))
         extra = f", load average (1 min) {load0:.2f} before the relay runs, " \
                 f"{os.getloadavg()[0]:.2f} after"
+        if args.relay_arg:
+            extra += f", relay arguments {' '.join(args.relay_arg)}"
     print_rows(rows, f"commit {commit}, started {started} UTC{extra}")
     if args.profile is not None:
         for path in sorted(args.profile.glob("relay-*.txt")):
