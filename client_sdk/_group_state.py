@@ -308,7 +308,8 @@ def change_event(core: ClientCore, view: GroupView, old: SignedGroupState | None
     info = group_info(core, view, now_ms=now_ms)
     if old is None:
         return GroupChanged(group=info, by=st.signer, created=True, added=info.members,
-                            promoted=st.admins, renamed=True)
+                            promoted=st.admins, renamed=True,
+                            avatar_changed=st.avatar is not None)
     o = old.state
     if o.name != st.name:
         core.store.set_conversation_title(info.conversation_id, st.name or None)
@@ -319,7 +320,7 @@ def change_event(core: ClientCore, view: GroupView, old: SignedGroupState | None
     return GroupChanged(group=info, by=st.signer, added=diff(st.members, o.members),
                         removed=diff(o.members, st.members),
                         promoted=diff(st.admins, o.admins), demoted=diff(o.admins, st.admins),
-                        renamed=o.name != st.name)
+                        renamed=o.name != st.name, avatar_changed=o.avatar != st.avatar)
 
 
 def member_view(core: ClientCore, group_id: bytes, *, admin: bool = False,

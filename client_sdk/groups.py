@@ -57,6 +57,8 @@ class GroupChanged(Event):
         created: we learned of the group with this state (creation or being added).
         added, removed, promoted, demoted: account ids, compared with the previous head.
         renamed: the name changed (also set on creation).
+        avatar_changed: the avatar was set, replaced or removed (also set on creation
+            with an avatar).
     """
 
     group: GroupInfo
@@ -67,6 +69,7 @@ class GroupChanged(Event):
     promoted: tuple[bytes, ...] = ()
     demoted: tuple[bytes, ...] = ()
     renamed: bool = False
+    avatar_changed: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

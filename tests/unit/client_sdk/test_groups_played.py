@@ -1,13 +1,14 @@
-"""What an admin removed from a group (or an ex-member) can still sign, played between
-real client cores over pairwise sessions (``FakeRelay``): signatures stay valid, the
-rights do not (docs/protocol.md §9.14, "Removed admins")."""
+"""Group changes played between real client cores over pairwise sessions
+(``FakeRelay``): what an admin removed from a group (or an ex-member) can still sign
+(signatures stay valid, the rights do not: docs/protocol.md §9.14, "Removed admins"),
+and the events of a change."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
 
-from client_sdk import _channels, _groups
+from client_sdk import GroupChanged, _channels, _groups
 from client_sdk._group_state import GroupView
 from client_sdk._sending import _Batch
 from client_sdk.store.group_records import SignedGroupState
@@ -135,3 +136,28 @@ def test_an_ex_member_cannot_sign_a_removed_member_back_in() -> None:
         c.sync()
         view = GroupView.load(c.core, gid)
         assert not view.active and _head(c, gid).hash == held.hash
+
+
+def test_an_avatar_change_says_so_in_its_event() -> None:
+    relay = FakeRelay()
+    a, b = Party(relay, "a"), Party(relay, "b")
+    _connect(a, b)
+    gid, _, _ = _groups.create(a.core, name="g", members=[b.id], admins=[], avatar=None,
+                               channel=False, now_ms=a.now)
+    a.flush()
+    b.sync()
+    [created] = b.take(GroupChanged)
+    assert isinstance(created, GroupChanged) and not created.avatar_changed
+    manifest = b"\x42" * 40
+    _groups.change(a.core, gid, lambda st: {"avatar": manifest}, now_ms=a.now)
+    a.flush()
+    b.sync()
+    [changed] = b.take(GroupChanged)
+    assert isinstance(changed, GroupChanged) and changed.avatar_changed
+    assert not changed.renamed and changed.group.avatar_manifest == manifest
+    _groups.change(a.core, gid, lambda st: {"name": "h"}, now_ms=a.now)
+    a.flush()
+    b.sync()
+    [renamed] = b.take(GroupChanged)
+    assert isinstance(renamed, GroupChanged) and renamed.renamed
+    assert not renamed.avatar_changed
