@@ -379,6 +379,21 @@ def _state_request(batch: GroupBatch, sender: bytes, inner: GroupStateRequest) -
             batch.answers.append((sender, inner.group_id, digest))
 
 
+def _members_when(view: GroupView, at_ms: int) -> frozenset[bytes]:
+    """Who could have received our message sent at *at_ms*: the audience of the latest
+    state on the head's line that we held by then (a member added later never got it,
+    and is not waited for). The head's when none is that old (subscribers too: their
+    roster has no history)."""
+    head = view.head
+    row = None if head is None else view.states.get(head.hash)
+    while row is not None and row.received_at_ms > at_ms:
+        parent = row.signed.state.parent
+        row = None if parent is None else view.states.get(parent)
+    if row is None or head is None or row.signed.hash == head.hash:
+        return view.audience()
+    return view.audience(row.signed.state)
+
+
 def _someone_left(old: SignedGroupState | None, new: SignedGroupState | None) -> bool:
     return (old is not None and new is not None
             and not set(old.state.members) <= set(new.state.members))
@@ -431,13 +446,14 @@ def group_receipt(core: ClientCore, batch: GroupBatch, sender: bytes, receipt: R
                                                                                    mid))
         held.add((sender, kind))
         rows.append((group_id, mid, sender, kind, now_ms))
-        delivered = {m for m, _ in held} & others
-        read = {m for m, k in held if k == int(ReceiptKind.READ)} & others
+        readers = others & _members_when(view, msg.sent_at_ms)
+        delivered = {m for m, _ in held} & readers
+        read = {m for m, k in held if k == int(ReceiptKind.READ)} & readers
         events.append(GroupReceiptsChanged(group_id=group_id, conversation_id=cid,
                                            message_id=mid, delivered=tuple(sorted(delivered)),
-                                           read=tuple(sorted(read)), members=len(others)))
-        status = (MessageStatus.READ if read == others else
-                  MessageStatus.DELIVERED if delivered == others else None)
+                                           read=tuple(sorted(read)), members=len(readers)))
+        status = (MessageStatus.READ if read == readers else
+                  MessageStatus.DELIVERED if delivered == readers else None)
         if status is not None and advance_status(msg.status, status,
                                                  outgoing=True) is not None:
             reached[status].append(mid)

@@ -599,6 +599,30 @@ async def test_edits_reactions_deletes_receipts_typing(clients: ClientFactory) -
     assert typing.peer == alice.account_id and typing.active  # type: ignore[attr-defined]
 
 
+async def test_a_member_added_after_a_message_is_not_waited_for(
+        clients: ClientFactory) -> None:
+    """Receipts count against those who could have received the message: Carol, added
+    after Alice's message, never gets it, and Bob's read alone makes it READ."""
+    alice, bob, carol = await clients("alice"), await clients("bob"), await clients("carol")
+    await mesh(clients, [alice, bob, carol])
+    a, b, c = Inbox(alice), Inbox(bob), Inbox(carol)
+    gid = (await alice.create_group("g", [bob.account_id])).group_id
+    await b.wait_version(1)
+    ref = await alice.send_group_text(gid, "before carol")
+    await b.wait_text("before carol")
+    await a.wait(MessageStatusChanged, message_id=ref.message_id,
+                 status=MessageStatus.DELIVERED)
+    await asyncio.sleep(0.01)  # the add is stored after the message was sent
+    await alice.add_members(gid, [carol.account_id])
+    await c.wait_version(2)
+    await b.wait_version(2)
+    await bob.mark_group_read(gid, [ref.message_id])
+    [counted] = await a.wait(GroupReceiptsChanged, message_id=ref.message_id,
+                             read=(bob.account_id,))
+    assert isinstance(counted, GroupReceiptsChanged) and counted.members == 1
+    await a.wait(MessageStatusChanged, message_id=ref.message_id, status=MessageStatus.READ)
+
+
 async def test_relay_store_holds_no_group_id_or_members(
         clients: ClientFactory, pigeon_relay: RelayProcess,  # noqa: F811
         tmp_path: Path) -> None:
