@@ -482,6 +482,28 @@ def _spoke_before_removal(view: GroupView, sender: bytes, relay_ms: int) -> bool
     return bool(removals) and relay_ms < max(removals)
 
 
+def _added_after(view: GroupView, sender: bytes, relay_ms: int, me: bytes) -> bool:
+    """Whether *sender*, a member of the head, was added by a state the relay stored
+    after the blob (*relay_ms*): a non-member's blob, kept pending, must not be shown
+    once its sender is added. States of ours are left out (their time is our clock, not
+    the relay's); we chose to add that sender."""
+    head = view.head
+    row = None if head is None else view.states.get(head.hash)
+    # Back from the head, usually one step: a state listing the sender that the relay
+    # stored before the blob shows it was a member by then.
+    while row is not None and sender in row.signed.state.members:
+        if row.received_at_ms <= relay_ms:
+            return False
+        parent_hash = row.signed.state.parent
+        parent = None if parent_hash is None else view.states.get(parent_hash)
+        if parent is None:
+            return False  # added before anything we hold (our base state)
+        if sender not in parent.signed.state.members:
+            return row.signed.state.signer != me
+        row = parent
+    return False
+
+
 def _open(core: ClientCore, batch: GroupBatch, sender: bytes, blob: bytes, relay_ms: int,
           ) -> tuple[bytes, SenderKeyRecord, InnerMessage]:
     """Place and decrypt a group blob: ``(group_id, new record, inner)``.
@@ -501,6 +523,8 @@ def _open(core: ClientCore, batch: GroupBatch, sender: bytes, blob: bytes, relay
         raise _NotYet
     if sender not in head.state.members and not _spoke_before_removal(view, sender, relay_ms):
         raise _NotYet
+    if _added_after(view, sender, relay_ms, core.account_id):
+        raise RemoteProtocolError("a group blob from before its sender was a member")
     record = batch.record(group_id, sender)
     if record is None:
         raise _NotYet

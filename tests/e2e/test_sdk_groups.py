@@ -504,6 +504,19 @@ async def test_forged_controls_and_non_members_rejected(clients: ClientFactory) 
     await alice.send_group_text(gid, "still fine")
     await b.wait_text("still fine")
 
+    # 6. Eve's blob from step 4 waited at Bob's; Eve is added now: it was stored before
+    #    the state adding her, so it is dropped, while what she writes as a member shows.
+    await clients.connect(alice, eve)
+    await alice.add_members(gid, [eve.account_id])
+    e = Inbox(eve)
+    await b.wait_version(3)
+    await e.wait_version(3)
+    await eve.send_group_text(gid, "eve, a member now")
+    await b.wait_text("eve, a member now")
+    await alice.send_group_text(gid, "welcome eve")
+    await b.wait_text("welcome eve")
+    assert "eve was here" not in b.texts()
+
 
 async def test_listed_channel_only_admins_post(clients: ClientFactory) -> None:
     # A channel whose state lists every member (create_group(channel=True), up to
