@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -224,6 +224,15 @@ class GroupView:
             return []  # rejected
         return [row, *settled] if known is None else settled
 
+    def line(self) -> Iterator[StoredGroupState]:
+        """The head, then its parent, and so on, as far as we hold them (newest first:
+        callers usually stop after one or two)."""
+        row = None if self.record is None else self.states.get(self.record.head)
+        while row is not None:
+            yield row
+            parent = row.signed.state.parent
+            row = None if parent is None else self.states.get(parent)
+
     def _may_add_us_back(self, signed: SignedGroupState) -> bool:
         """For a group we were removed from (or left): whether *signed*, which lists us
         again, may be taken without its ancestry. Not if we hold its parent (then the
@@ -233,9 +242,7 @@ class GroupView:
         parent = None if st.parent is None else self.states.get(st.parent)
         if parent is not None and parent.status is StateStatus.VALID:
             return False
-        return any(st.signer in s.admins for s in (v.signed.state for v in
-                                                    self.states.values()
-                                                    if v.status is StateStatus.VALID))
+        return any(st.signer in s.state.admins for s in self._valid())
 
     def _settle(self, now_ms: int) -> list[StoredGroupState]:
         """Validate pending states whose parent became valid; drop unauthorized ones."""

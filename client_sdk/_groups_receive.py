@@ -92,6 +92,7 @@ from .store.group_records import (
     SealedControlPart,
     SignedGroupState,
     StateStatus,
+    StoredGroupState,
 )
 from .store.records import EnvelopeRef, Incoming, SenderKeyRecordUpdate
 
@@ -379,19 +380,12 @@ def _state_request(batch: GroupBatch, sender: bytes, inner: GroupStateRequest) -
             batch.answers.append((sender, inner.group_id, digest))
 
 
-def _members_when(view: GroupView, at_ms: int) -> frozenset[bytes]:
-    """Who could have received our message sent at *at_ms*: the audience of the latest
-    state on the head's line that we held by then (a member added later never got it,
-    and is not waited for). The head's when none is that old (subscribers too: their
-    roster has no history)."""
-    head = view.head
-    row = None if head is None else view.states.get(head.hash)
-    while row is not None and row.received_at_ms > at_ms:
-        parent = row.signed.state.parent
-        row = None if parent is None else view.states.get(parent)
-    if row is None or head is None or row.signed.hash == head.hash:
-        return view.audience()
-    return view.audience(row.signed.state)
+def _state_when(view: GroupView, at_ms: int) -> SignedGroupState | None:
+    """The latest state on the head's line that we held at *at_ms* (None: the head,
+    when none is that old). Who could receive a message we sent then is its audience: a
+    member added later never got it and is not waited for (subscribers come from the
+    current roster: it has no history)."""
+    return next((row.signed for row in view.line() if row.received_at_ms <= at_ms), None)
 
 
 def _someone_left(old: SignedGroupState | None, new: SignedGroupState | None) -> bool:
@@ -436,6 +430,7 @@ def group_receipt(core: ClientCore, batch: GroupBatch, sender: bytes, receipt: R
                                            message_ids=receipt.message_ids)]
     reached: dict[MessageStatus, list[bytes]] = {MessageStatus.READ: [],
                                                  MessageStatus.DELIVERED: []}
+    audiences: dict[bytes | None, frozenset[bytes]] = {}  # per state, for this receipt
     for mid in receipt.message_ids:
         msg = core.store.get_message(cid, mid)
         if msg is None or not msg.outgoing:
@@ -446,7 +441,12 @@ def group_receipt(core: ClientCore, batch: GroupBatch, sender: bytes, receipt: R
                                                                                    mid))
         held.add((sender, kind))
         rows.append((group_id, mid, sender, kind, now_ms))
-        readers = others & _members_when(view, msg.sent_at_ms)
+        then = _state_when(view, msg.sent_at_ms)
+        key = None if then is None else then.hash
+        readers = audiences.get(key)
+        if readers is None:
+            readers = audiences[key] = frozenset(others) & (
+                audience if then is None else view.audience(then.state))
         delivered = {m for m, _ in held} & readers
         read = {m for m, k in held if k == int(ReceiptKind.READ)} & readers
         events.append(GroupReceiptsChanged(group_id=group_id, conversation_id=cid,
@@ -487,21 +487,17 @@ def _added_after(view: GroupView, sender: bytes, relay_ms: int, me: bytes) -> bo
     after the blob (*relay_ms*): a non-member's blob, kept pending, must not be shown
     once its sender is added. States of ours are left out (their time is our clock, not
     the relay's); we chose to add that sender."""
-    head = view.head
-    row = None if head is None else view.states.get(head.hash)
     # Back from the head, usually one step: a state listing the sender that the relay
     # stored before the blob shows it was a member by then.
-    while row is not None and sender in row.signed.state.members:
+    newer: StoredGroupState | None = None  # the last state seen listing the sender
+    for row in view.line():
+        if sender not in row.signed.state.members:
+            # *newer* added the sender, after the blob (or we would have stopped).
+            return newer is not None and newer.signed.state.signer != me
         if row.received_at_ms <= relay_ms:
             return False
-        parent_hash = row.signed.state.parent
-        parent = None if parent_hash is None else view.states.get(parent_hash)
-        if parent is None:
-            return False  # added before anything we hold (our base state)
-        if sender not in parent.signed.state.members:
-            return row.signed.state.signer != me
-        row = parent
-    return False
+        newer = row
+    return False  # added before anything we hold (our base state)
 
 
 def _open(core: ClientCore, batch: GroupBatch, sender: bytes, blob: bytes, relay_ms: int,
