@@ -8,13 +8,23 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-from client_sdk import GroupChanged, _channels, _groups
+import pytest
+
+from client_sdk import (
+    GroupChanged,
+    MessageReceived,
+    NotGroupAdmin,
+    ReceiptReceived,
+    _channels,
+    _groups,
+)
 from client_sdk._group_state import GroupView
 from client_sdk._sending import _Batch
+from client_sdk.history import MessageStatus, NewMessage
 from client_sdk.store.group_records import SignedGroupState
 from client_sdk.store.records import Outgoing, SessionUpdate
 from protocol.group import Subscription
-from protocol.inner import GroupControl, InnerMessage
+from protocol.inner import GroupControl, InnerMessage, Receipt, ReceiptKind, Text
 
 from .test_core import FakeRelay, Party, _connect
 
@@ -161,3 +171,61 @@ def test_an_avatar_change_says_so_in_its_event() -> None:
     [renamed] = b.take(GroupChanged)
     assert isinstance(renamed, GroupChanged) and renamed.renamed
     assert not renamed.avatar_changed
+
+
+def test_an_admin_removed_on_a_losing_branch_cannot_change_the_group() -> None:
+    """Admins X and Y change the group at one version: X removes admin B, Y renames.
+    Y's change wins the tie (smaller signer), so B's head still lists B as an admin,
+    but B's removal voids its changes: its client refuses to make one, and keeps its
+    head and states as they were."""
+    relay = FakeRelay()
+    a, b, c = Party(relay, "a"), Party(relay, "b"), Party(relay, "c")
+    for p, q in ((a, b), (a, c), (b, c)):
+        _connect(p, q)
+    gid, _, _ = _groups.create(a.core, name="g", members=[b.id, c.id],
+                               admins=[b.id, c.id], avatar=None, channel=False, now_ms=a.now)
+    a.flush()
+    b.sync()
+    c.sync()
+    y, x = sorted((a, c), key=lambda p: p.id)  # y signs the winner of the tie
+    _groups.change(x.core, gid, lambda st: {"admins": tuple(sorted((a.id, c.id)))},
+                   now_ms=x.now)
+    _groups.change(y.core, gid, lambda st: {"name": "renamed"}, now_ms=y.now)
+    x.flush()
+    y.flush()
+    b.sync()
+    head = _head(b, gid)
+    assert head.state.name == "renamed" and b.id in head.state.admins
+    held = set(GroupView.load(b.core, gid).states)
+    with pytest.raises(NotGroupAdmin):
+        _groups.change(b.core, gid, lambda st: {"name": "by B"}, now_ms=b.now)
+    view = GroupView.load(b.core, gid)
+    assert set(view.states) == held and _head(b, gid).hash == head.hash
+
+
+def test_a_receipt_inside_a_group_message_is_ignored() -> None:
+    """Group receipts go pairwise to the author; one encrypted to the whole group with
+    the sender key (kind 6 is not a group message kind) is dropped: the author's message
+    stays SENT."""
+    relay = FakeRelay()
+    a, b = Party(relay, "a"), Party(relay, "b")
+    _connect(a, b)
+    gid, _, _ = _groups.create(a.core, name="g", members=[b.id], admins=[], avatar=None,
+                               channel=False, now_ms=a.now)
+    a.flush()
+    b.sync()
+    mid, cid, _ = _groups.send(
+        a.core, gid, lambda m, now: Text(message_id=m, sent_at_ms=now, text="hello"),
+        lambda c, m: NewMessage(conversation_id=c, message_id=m, sender=None,
+                                sent_at_ms=a.now, body="hello"), now_ms=a.now)
+    a.flush()
+    for inner in (lambda m, now: Receipt(message_id=m, sent_at_ms=now,
+                                         kind=ReceiptKind.READ, message_ids=(mid,)),
+                  lambda m, now: Text(message_id=m, sent_at_ms=now, text="marker")):
+        _groups.send(b.core, gid, inner, lambda c, m: None, now_ms=b.now)
+    b.flush()
+    a.sync()
+    assert [e.text for e in a.take(MessageReceived)] == ["marker"]  # type: ignore[attr-defined]
+    assert a.take(ReceiptReceived) == []
+    msg = a.core.store.get_message(cid, mid)
+    assert msg is not None and msg.status is not MessageStatus.READ
