@@ -130,18 +130,24 @@ async def test_a_peer_that_stopped_reading_is_left_to_the_pump() -> None:
     await bus.close()
 
 
+async def _subscribed_to_a() -> tuple[InProcessBus, _Conn, Any]:
+    """A pump whose connection subscribed A, as the node records it, past the backlog."""
+    bus = InProcessBus()
+    conn = _Conn(bus, window=100)
+    pump: Any = await DeliveryPump.create(conn)  # type: ignore[arg-type]
+    conn.node.subscribers[A] = conn
+    await pump.subscribe([A])
+    pump.release([A])
+    await settle()
+    return bus, conn, pump
+
+
 async def test_a_late_drop_spares_a_mailbox_subscribed_again_in_between() -> None:
     """Another node took A (the node forgot this connection as its subscriber and left
     the drop to a task); the connection subscribed A again before the task ran: the
     drop leaves the fresh cursor alone, and A is still delivered here."""
-    bus = InProcessBus()
-    conn = _Conn(bus, window=100)
+    bus, conn, pump = await _subscribed_to_a()
     subscribers = conn.node.subscribers
-    pump: Any = await DeliveryPump.create(conn)  # type: ignore[arg-type]
-    subscribers[A] = conn
-    await pump.subscribe([A])
-    pump.release([A])
-    await settle()
     del subscribers[A]  # the bus said another node's connection subscribed A later
     late = pump.drop_if_moved(A)
     subscribers[A] = conn  # ... and this connection subscribed it again
@@ -164,14 +170,8 @@ async def test_a_drop_waiting_on_the_bus_spares_a_subscription_made_meanwhile() 
     """The bus's remove awaits (a remote bus); the connection subscribes A again before
     it returns: the node still counts the connection as A's subscriber, the bus
     subscription still holds A (its add ran after the remove) and A is delivered."""
-    bus = InProcessBus()
-    conn = _Conn(bus, window=100)
+    bus, conn, pump = await _subscribed_to_a()
     subscribers = conn.node.subscribers
-    pump: Any = await DeliveryPump.create(conn)  # type: ignore[arg-type]
-    subscribers[A] = conn
-    await pump.subscribe([A])
-    pump.release([A])
-    await settle()
     sub = pump._sub
     remove, gate = sub.remove, asyncio.Event()
 
