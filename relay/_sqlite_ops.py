@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import json
 import sqlite3
-from collections.abc import Sequence, Sized
+from collections.abc import Iterator, Sequence, Sized
 from typing import Any, TypeVar
 
 from protocol import dedup_input
@@ -239,15 +239,23 @@ def _chunks(conn: sqlite3.Connection, cols: int) -> int:
     return max(1, min(_MAX_ROWS, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // cols))
 
 
+def _parts(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], cols: int,
+           ) -> Iterator[tuple[int, list[Any]]]:
+    """*rows* of *cols* values in statement-sized parts: ``(rows in the part, its values
+    flattened)``, for a ``VALUES`` list of ``_rows(n, cols)``."""
+    step = _chunks(conn, cols)
+    for i in range(0, len(rows), step):
+        part = rows[i:i + step]
+        yield len(part), [v for row in part for v in row]
+
+
 def _insert_rows(conn: sqlite3.Connection, head: str, rows: list[tuple[Any, ...]],
                  cols: int) -> None:
     if len(rows) == 1:
         conn.execute(head + _rows(1, cols), rows[0])
         return
-    step = _chunks(conn, cols)
-    for i in range(0, len(rows), step):
-        part = rows[i:i + step]
-        conn.execute(head + _rows(len(part), cols), [v for row in part for v in row])
+    for n, values in _parts(conn, rows, cols):
+        conn.execute(head + _rows(n, cols), values)
 
 
 def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> list[AppendResult]:
@@ -393,15 +401,13 @@ def _write_plan(conn: sqlite3.Connection, out: AppendPlan, boxes: dict[bytes, Bo
                          [(k, h) for h, k in out.extended.items()])
     counters = [(m, b[3], b[4]) for m, b in boxes.items() if b[4]]
     if _UPDATE_FROM and len(counters) > 1:
-        step = _chunks(conn, 3)
-        for i in range(0, len(counters), step):
-            rows = counters[i:i + step]
+        for n, values in _parts(conn, counters, 3):
             sql = (
                 "UPDATE mailboxes SET last_seq = v.column2, pending = pending + v.column3"  # noqa: S608 - placeholders
-                f" FROM (VALUES {_rows(len(rows), 3)}) AS v"
+                f" FROM (VALUES {_rows(n, 3)}) AS v"
                 " WHERE mailboxes.id = v.column1"
             )
-            conn.execute(sql, [v for row in rows for v in row])
+            conn.execute(sql, values)
     else:
         conn.executemany(
             "UPDATE mailboxes SET last_seq = ?, pending = pending + ? WHERE id = ?",
@@ -514,18 +520,16 @@ def ack_many(conn: sqlite3.Connection, calls: Sequence[AckRequest]) -> list[int]
     if not rows:
         return [0] * len(calls)
     found: list[list[int]] = []
-    step = _chunks(conn, 4)  # every query runs before any DELETE: chunks see one state
-    for start in range(0, len(rows), step):
-        part = rows[start:start + step]
+    for n, values in _parts(conn, rows, 4):  # every query before any DELETE: one state
         sql = (
-            f"WITH v(i, m, up, s) AS (VALUES {_rows(len(part), 4)})"  # noqa: S608 - placeholders
+            f"WITH v(i, m, up, s) AS (VALUES {_rows(n, 4)})"  # noqa: S608 - placeholders
             " SELECT json_group_array(json_array(i, seq)) FROM ("
             " SELECT v.i AS i, d.seq AS seq FROM v JOIN deliveries d"
             " ON d.mailbox_id = v.m AND d.seq <= v.up WHERE v.up IS NOT NULL"
             " UNION ALL SELECT v.i, d.seq FROM v JOIN deliveries d"
             " ON d.mailbox_id = v.m AND d.seq = v.s WHERE v.s IS NOT NULL)"
         )
-        found += json.loads(conn.execute(sql, [v for row in part for v in row]).fetchone()[0])
+        found += json.loads(conn.execute(sql, values).fetchone()[0])
     counts = [0] * len(calls)
     gone: dict[tuple[bytes, int], None] = {}
     for i, seq in sorted(found):
@@ -533,15 +537,12 @@ def ack_many(conn: sqlite3.Connection, calls: Sequence[AckRequest]) -> list[int]
         if key not in gone:
             gone[key] = None
             counts[i] += 1
-    pairs = list(gone)
-    step = _chunks(conn, 2)
-    for start in range(0, len(pairs), step):
-        chunk = pairs[start:start + step]
+    for n, values in _parts(conn, list(gone), 2):
         sql = (
             "DELETE FROM deliveries WHERE (mailbox_id, seq) IN"  # noqa: S608 - placeholders
-            f" (SELECT column1, column2 FROM (VALUES {_rows(len(chunk), 2)}))"
+            f" (SELECT column1, column2 FROM (VALUES {_rows(n, 2)}))"
         )
-        conn.execute(sql, [v for pair in chunk for v in pair])
+        conn.execute(sql, values)
     return counts
 
 
