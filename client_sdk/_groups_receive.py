@@ -109,6 +109,10 @@ PENDING_TTL_MS: Final = 7 * 24 * 3600 * 1000
 mailboxes, shorter than the relay's 30-day expiry."""
 MAX_PENDING_BLOBS: Final = 10_000
 """Pending group blobs kept in all: bounds what contacts can make us store."""
+MAX_PENDING_PER_SENDER: Final = 1_000
+"""Pending group blobs kept per sender: one contact sending blobs we cannot place
+(a stranger's chain ids, a group that does not exist) fills a tenth of the shared
+limit at most, and never keeps the blobs of other members from being held."""
 MAX_SEALED_PARTS: Final = 10_000
 """Sealed blobs waiting for their key, in all (kept as long as pending blobs,
 :data:`PENDING_TTL_MS`). Keys are bounded per sender only: a flood of blobs never
@@ -138,7 +142,10 @@ class GroupBatch:
     records: dict[tuple[bytes, bytes], SenderKeyRecord | None] = field(default_factory=dict)
     chains: dict[tuple[bytes, int], bytes] = field(default_factory=dict)
     changed: set[bytes] = field(default_factory=set)
-    pending: int = 0
+    pending: int | None = None
+    """Pending group blobs held, with the batch's (None: not counted yet)."""
+    pending_by: dict[bytes, int] = field(default_factory=dict)
+    """Pending group blobs held per sender, with the batch's (for the senders seen)."""
     relay_ms: int | None = None
     """When the relay stored the envelope being processed (``Delivery.received_at_ms``)."""
     forwards: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -195,6 +202,24 @@ class GroupBatch:
         self.sealed_by[part.sender] = by_sender + 1
         self.sealed[(part.sender, part.hash)] = part
         return GroupWrite(sealed_add=(part,))
+
+    def keep_pending(self, sender: bytes) -> bool:
+        """Count one more pending blob from *sender* (False: too many held, drop it)."""
+        store = self.core.store
+        by_sender = self.pending_by.get(sender)
+        if by_sender is None:
+            by_sender = store.pending_group_blob_count(sender=sender)
+        if by_sender >= MAX_PENDING_PER_SENDER:
+            _log.info("too many pending group blobs from %s; one dropped", sender.hex()[:8])
+            return False
+        if self.pending is None:
+            self.pending = store.pending_group_blob_count()
+        if self.pending >= MAX_PENDING_BLOBS:
+            _log.info("too many pending group blobs; one dropped")
+            return False
+        self.pending += 1
+        self.pending_by[sender] = by_sender + 1
+        return True
 
     def chain_group(self, sender: bytes, chain_id: int) -> bytes | None:
         found = self.chains.get((sender, chain_id))
@@ -538,12 +563,8 @@ def receive_blob(core: ClientCore, batch: GroupBatch, sender: bytes, envelope: E
     try:
         group_id, record, inner = _open(core, batch, sender, blob, batch.relay_ms or now_ms)
     except _NotYet:
-        incoming = Incoming(envelope=envelope, received_at_ms=now_ms)
-        if batch.pending + len(core.store.pending_group_blobs(limit=MAX_PENDING_BLOBS)) \
-                >= MAX_PENDING_BLOBS:
-            _log.info("too many pending group blobs; one dropped")
-            return incoming, []
-        batch.pending += 1
+        if not batch.keep_pending(sender):
+            return Incoming(envelope=envelope, received_at_ms=now_ms), []
         pending = PendingGroupBlob(id=0, sender=sender, blob=blob,
                                    received_at_ms=batch.relay_ms or now_ms)
         return Incoming(envelope=envelope, received_at_ms=now_ms,

@@ -193,6 +193,14 @@ def pending_group_blobs(tx: Tx, limit: int) -> list[PendingGroupBlob]:
                              received_at_ms=int(r[3])) for r in rows]
 
 
+def pending_group_blob_count(tx: Tx, sender: bytes | None) -> int:
+    # A scan of at most MAX_PENDING_BLOBS rows, done once per batch that keeps a blob
+    # pending: cheaper than an index every other write would pay for.
+    row = tx.conn.execute("SELECT count(*) FROM group_pending WHERE ? IS NULL OR sender = ?",
+                          (sender, sender)).fetchone()
+    return int(row[0])
+
+
 def group_receipts(tx: Tx, group_id: bytes, message_id: bytes) -> list[tuple[bytes, int]]:
     rows = tx.conn.execute(
         "SELECT member, kind FROM group_receipts WHERE group_id = ? AND message_id = ?",

@@ -235,6 +235,10 @@ class GroupStore(Protocol):
         """Pending group blobs, oldest first."""
         ...
 
+    def pending_group_blob_count(self, *, sender: bytes | None = None) -> int:
+        """Pending group blobs held: in all, or from *sender*."""
+        ...
+
     def group_receipts(self, group_id: bytes, message_id: bytes) -> list[tuple[bytes, int]]:
         """``(member, kind)`` receipts held for one of our group messages."""
         ...

@@ -285,6 +285,10 @@ class MemoryStore:
     def pending_group_blobs(self, *, limit: int = 1000) -> list[PendingGroupBlob]:
         return [p for _, p in sorted(self._t.groups.pending.items())][:limit]
 
+    def pending_group_blob_count(self, *, sender: bytes | None = None) -> int:
+        return sum(1 for p in self._t.groups.pending.values()
+                   if sender is None or p.sender == sender)
+
     def group_receipts(self, group_id: bytes, message_id: bytes) -> list[tuple[bytes, int]]:
         return [(m, k) for (g, mid, m, k) in self._t.groups.receipts
                 if g == group_id and mid == message_id]

@@ -229,6 +229,10 @@ class SqliteStore:
         with self._db.read("pending_group_blobs") as tx:
             return _groups.pending_group_blobs(tx, limit)
 
+    def pending_group_blob_count(self, *, sender: bytes | None = None) -> int:
+        with self._db.read("pending_group_blob_count") as tx:
+            return _groups.pending_group_blob_count(tx, sender)
+
     def group_receipts(self, group_id: bytes, message_id: bytes) -> list[tuple[bytes, int]]:
         with self._db.read("group_receipts") as tx:
             return _groups.group_receipts(tx, group_id, message_id)

@@ -6,6 +6,7 @@ the frame-level fake relay of ``test_core``."""
 from __future__ import annotations
 
 import hashlib
+import struct
 
 import pytest
 
@@ -383,6 +384,34 @@ def test_a_contact_flooding_blobs_only_blocks_itself(relay: FakeRelay,
     m.sync([blob])
     m.sync([key])
     assert _head(m, gid) == _head(admin, gid)  # the admin's halves were held
+
+
+def _unplaceable(n: int) -> bytes:
+    """A group blob on a chain nobody distributed: kept pending, never placed."""
+    return bytes([_groups.GROUP_BLOB_PREFIX]) + struct.pack(">BII", 1, 1000 + n, 0) + bytes(40)
+
+
+def test_pending_group_blobs_are_capped_per_sender_and_in_all(
+        relay: FakeRelay, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_groups_receive, "MAX_PENDING_PER_SENDER", 3)
+    monkeypatch.setattr(_groups_receive, "MAX_PENDING_BLOBS", 5)
+    admin, *members = _group(relay)
+    m, other, third = members
+    _connect(other, m)
+    _connect(third, m)
+    from_other = _mailbox_from(relay, other, m)
+    m.sync([_redeliver(relay, from_other, _unplaceable(i)) for i in range(5)])  # one batch
+    assert m.store.pending_group_blob_count(sender=other.id) == 3  # the rest dropped
+    m.sync([_redeliver(relay, from_other, _unplaceable(9))])  # counted from the store
+    assert m.store.pending_group_blob_count(sender=other.id) == 3
+    from_third = _mailbox_from(relay, third, m)
+    m.sync([_redeliver(relay, from_third, _unplaceable(i)) for i in range(2)])
+    assert m.store.pending_group_blob_count(sender=third.id) == 2  # another sender is held
+    from_admin = _mailbox_from(relay, admin, m)
+    m.sync([_redeliver(relay, from_admin, _unplaceable(0))])
+    assert m.store.pending_group_blob_count(sender=admin.id) == 0  # 5 in all: full
+    assert m.store.pending_group_blob_count() == 5
+    assert len(m.store.pending_group_blobs()) == 5
 
 
 def test_keys_are_held_when_blobs_fill_the_store(relay: FakeRelay,

@@ -67,10 +67,13 @@ def test_group_write_roundtrip(store: ClientStore) -> None:
     assert store.group_for_chain(B, 42) == GID and store.group_for_chain(B, 43) is None
     [blob] = store.pending_group_blobs()
     assert (blob.sender, blob.blob, blob.received_at_ms) == (B, b"x", 9)
+    assert store.pending_group_blob_count() == 1
+    assert (store.pending_group_blob_count(sender=B), store.pending_group_blob_count(sender=A)) \
+        == (1, 0)
     # A state becomes valid (status updated in place); the pending blob is done.
     store.write_group(GroupWrite(states=(two,), pending_done=(blob.id,)), now_ms=11)
     assert {s.status for s in store.group_states(GID)} == {StateStatus.VALID}
-    assert store.pending_group_blobs() == []
+    assert store.pending_group_blobs() == [] and store.pending_group_blob_count() == 0
     assert store.group_states(bytes(16)) == []
 
 
