@@ -74,6 +74,7 @@ from protocol.inner import (
     Receipt,
     ReceiptKind,
     SenderKeyDistribution,
+    SenderKeyRequest,
 )
 
 from . import _channels
@@ -470,6 +471,29 @@ def request_missing(core: ClientCore, group_ids: Iterable[bytes], *, now_ms: int
                 _log.info("group state request not sent to %s: %s", peer.hex()[:8],
                           type(exc).__name__)
                 continue
+            outgoing.append(_pairwise(core, batch, peer, outbound.mailbox_id,
+                                      outbound.capability, blob, session, now_ms))
+    return batch.commit(outgoing) if outgoing else []
+
+
+def request_keys(core: ClientCore, group_ids: Iterable[bytes], *, now_ms: int,
+                 ) -> list[OutboxItem]:
+    """We are a member again of *group_ids*, having forgotten every chain when we left
+    or were removed (a concurrent change won over our departure, or an admin added us
+    back): ask each member who may post and that we can write to for its chain
+    (``SenderKeyRequest``). A member that rotated since holds no share for us and has
+    nothing to do; one that did not sends its chain with its next message."""
+    batch = _Batch(core)
+    outgoing: list[Outgoing] = []
+    for group_id in sorted(group_ids):
+        view = GroupView.load(core, group_id)
+        head = view.head
+        if head is None or not view.active:
+            continue
+        posters = head.state.admins if head.state.channel else head.state.members
+        for peer, outbound in _reachable(core, sorted(set(posters) - {core.account_id})):
+            blob, session = batch.encrypt(peer, SenderKeyRequest(
+                message_id=core.rng(16), sent_at_ms=now_ms, group_id=group_id))
             outgoing.append(_pairwise(core, batch, peer, outbound.mailbox_id,
                                       outbound.capability, blob, session, now_ms))
     return batch.commit(outgoing) if outgoing else []

@@ -46,6 +46,7 @@ from protocol.inner import (
     Receipt,
     ReceiptKind,
     SenderKeyDistribution,
+    SenderKeyRequest,
     Text,
     Typing,
     decode_inner,
@@ -163,6 +164,9 @@ class GroupBatch:
     """Groups in which the batch stored a state that waits for its parent."""
     answers: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
     """``(requester, group_id, state hash)``: states members asked us for."""
+    back: set[bytes] = field(default_factory=set)
+    """Groups we are a member of again, having left or been removed: we forgot every
+    member's chain then, and ask for them (``SenderKeyRequest``)."""
 
     def view(self, group_id: bytes) -> GroupView:
         found = self.views.get(group_id)
@@ -231,7 +235,9 @@ class GroupBatch:
 
 def apply_inner(core: ClientCore, batch: GroupBatch, sender: bytes, inner: InnerMessage, *,
                 now_ms: int) -> tuple[GroupWrite | None, list[Event]]:
-    """A ``GroupControl`` or ``SenderKeyDistribution`` from *sender* (pairwise)."""
+    """A group message from *sender* that is not a group blob (pairwise): a
+    ``GroupControl``, ``GroupControlKey``, ``GroupStateRequest``,
+    ``SenderKeyDistribution`` or ``SenderKeyRequest``."""
     try:
         if isinstance(inner, GroupControl):
             return _control(core, batch, sender, inner, now_ms)
@@ -241,6 +247,8 @@ def apply_inner(core: ClientCore, batch: GroupBatch, sender: bytes, inner: Inner
             return _control_key(core, batch, sender, inner, now_ms)
         if isinstance(inner, GroupStateRequest):
             _state_request(batch, sender, inner)
+        if isinstance(inner, SenderKeyRequest):
+            return _key_request(batch, sender, inner), []
     except PigeonError as exc:
         _log.info("group message from %s dropped: %s", sender.hex()[:8], type(exc).__name__)
     return None, []
@@ -378,6 +386,8 @@ def _control(core: ClientCore, batch: GroupBatch, sender: bytes, inner: GroupCon
             event = dataclasses.replace(event, removed=(*event.removed, me))
         elif not was_active and record.active and not event.created:
             event = dataclasses.replace(event, created=True, added=(me,))  # subscribed again
+        if old is not None and not was_active and record.active:
+            batch.back.add(record.group_id)
         events.append(event)
         if was_active and not record.active:
             forget = record.group_id
@@ -403,6 +413,19 @@ def _state_request(batch: GroupBatch, sender: bytes, inner: GroupStateRequest) -
         if (row is not None and row.status is StateStatus.VALID
                 and sender in reached(view, row.signed.state)):
             batch.answers.append((sender, inner.group_id, digest))
+
+
+def _key_request(batch: GroupBatch, sender: bytes, inner: SenderKeyRequest,
+                 ) -> GroupWrite | None:
+    """A member lacks our chain (it forgot it when it left, and is back): our next
+    message sends it again, at its iteration then. Only to a member of our head: an
+    ex-member gets nothing by asking."""
+    view = batch.view(inner.group_id)
+    head = view.head
+    if head is None or not view.active or sender not in view.audience():
+        _log.info("a sender key request from a non-member dropped")
+        return None
+    return GroupWrite(unshare=((inner.group_id, sender),))
 
 
 def _state_when(view: GroupView, at_ms: int) -> SignedGroupState | None:

@@ -61,6 +61,7 @@ from protocol.inner import (
     Receipt,
     ReceiptKind,
     SenderKeyDistribution,
+    SenderKeyRequest,
     Text,
     Typing,
     decode_inner,
@@ -155,6 +156,8 @@ class Received:
     """``(requester, group_id, state hash)``: states members asked us for."""
     groups_waiting: set[bytes] = field(default_factory=set)
     """Groups in which a state now waits for its parent."""
+    groups_back: set[bytes] = field(default_factory=set)
+    """Groups we are a member of again: we ask the members for their chains."""
 
     def ack(self, mailbox_id: bytes, seq: int) -> None:
         self.acks.setdefault(mailbox_id, []).append(seq)
@@ -256,6 +259,7 @@ def receive(core: ClientCore, deliveries: Sequence[DeliveryLike], *, now_ms: int
             out.group_receipts += single.group_receipts
             out.group_answers += single.group_answers
             out.groups_waiting |= single.groups_waiting
+            out.groups_back |= single.groups_back
             for mailbox_id, seqs in single.acks.items():
                 out.acks.setdefault(mailbox_id, []).extend(seqs)
         return out
@@ -268,6 +272,7 @@ def receive(core: ClientCore, deliveries: Sequence[DeliveryLike], *, now_ms: int
     out.group_receipts = overlay.groups.to_ack
     out.group_answers = overlay.groups.answers
     out.groups_waiting = overlay.groups.waiting
+    out.groups_back = overlay.groups.back
     for p, key, result in zip(pending, refs, results, strict=True):
         out.ack(*key)
         if result.outcome is ReceiveOutcome.DUPLICATE_ENVELOPE:
@@ -457,7 +462,8 @@ def _apply_inner(core: ClientCore, overlay: _Overlay, contact: Contact, pending:
                 overlay.contacts[peer] = updated
                 pending.incoming = dataclasses.replace(pending.incoming, contact=updated)
                 pending.events.append(change)
-        case GroupControl() | GroupControlKey() | GroupStateRequest() | SenderKeyDistribution():
+        case (GroupControl() | GroupControlKey() | GroupStateRequest()
+              | SenderKeyDistribution() | SenderKeyRequest()):
             write, group_events = _groups_receive.apply_inner(core, overlay.groups, peer, inner,
                                                               now_ms=now_ms)
             pending.incoming = dataclasses.replace(pending.incoming, group=write)

@@ -539,6 +539,8 @@ class ClientCore:
         if received.group_forwards:
             received.items += _groups.forward_states(self, received.group_forwards,
                                                      now_ms=now_ms)
+        if received.groups_back:
+            received.items += _groups.request_keys(self, received.groups_back, now_ms=now_ms)
         if received.group_answers:
             received.items += _groups.answer_requests(self, received.group_answers,
                                                       now_ms=now_ms)

@@ -69,6 +69,7 @@ __all__ = [
     "Receipt",
     "ReceiptKind",
     "SenderKeyDistribution",
+    "SenderKeyRequest",
     "Text",
     "Typing",
     "decode_inner",
@@ -397,6 +398,18 @@ class SenderKeyDistribution(InnerMessage):
     KIND: ClassVar[int] = 13
     group_id: bytes = field(metadata=wire(3, GROUP_ID))
     distribution: bytes = field(repr=False, metadata=wire(4, _DISTRIBUTION))
+
+
+@_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SenderKeyRequest(InnerMessage):
+    """The sender lacks our chain for the group: it forgot its sender keys when it left
+    or was removed, and a concurrent change that won put it back (docs/protocol.md
+    §9.14, "Sender keys and rotation"). A receiver whose head lists the sender sends
+    its chain again with its next group message."""
+
+    KIND: ClassVar[int] = 18
+    group_id: bytes = field(metadata=wire(3, GROUP_ID))
 
 
 @_kind

@@ -44,6 +44,7 @@ class GroupTables:
         return [s for s in self.states.values() if s.signed.state.group_id == group_id]
 
     def write(self, w: GroupWrite, *, share: Callable[[bytes, int, bytes], None],
+              unshare: Callable[[bytes, bytes], None],
               store_record: Callable[[GroupWrite], None],
               apply: Callable[[HistoryOp], object], forget: Callable[[bytes], None],
               drop_outbound: Callable[[bytes], None]) -> None:
@@ -57,6 +58,8 @@ class GroupTables:
             self.chains[(sender, chain_id)] = group_id
         for group_id, chain_id, member in w.shares:
             share(group_id, chain_id, member)
+        for group_id, member in w.unshare:
+            unshare(group_id, member)
         store_record(w)
         for p in w.pending_add:
             self.pending[self.next_pending] = dataclasses.replace(p, id=self.next_pending)

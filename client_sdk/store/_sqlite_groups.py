@@ -280,6 +280,9 @@ def write(tx: Tx, w: GroupWrite) -> None:
             (sender, chain_id, group_id))
     for group_id, chain_id, member in w.shares:
         keys.mark_sender_key_shared(tx, group_id, chain_id, [member])
+    for group_id, member in w.unshare:
+        tx.conn.execute("DELETE FROM sender_key_shares WHERE group_id = ? AND member = ?",
+                        (group_id, member))
     for u in w.sender_keys:
         keys.store_sender_key_record(tx, u.group_id, u.sender, u.record)
     for p in w.pending_add:

@@ -168,6 +168,8 @@ class GroupWrite:
         states: states to insert or replace (by hash).
         chains: ``(sender, chain_id, group_id)``: which group a member's chain is for.
         shares: ``(group_id, chain_id, member)``: members our chain was sent to.
+        unshare: ``(group_id, member)``: members that lack our chain after all (they
+            asked for it: ``SenderKeyRequest``); our next message sends it again.
         sender_keys: members' chains to store (distributions, pending decryptions).
         pending_add: group blobs to keep for later (``id`` is ignored: assigned).
         pending_done: ids of pending blobs handled (or expired).
@@ -191,6 +193,7 @@ class GroupWrite:
     states: tuple[StoredGroupState, ...] = ()
     chains: tuple[tuple[bytes, int, bytes], ...] = ()
     shares: tuple[tuple[bytes, int, bytes], ...] = ()
+    unshare: tuple[tuple[bytes, bytes], ...] = ()
     sender_keys: tuple[SenderKeyRecordUpdate, ...] = ()
     pending_add: tuple[PendingGroupBlob, ...] = ()
     pending_done: tuple[int, ...] = ()

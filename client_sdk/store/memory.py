@@ -309,6 +309,9 @@ class MemoryStore:
         def share(group_id: bytes, chain_id: int, member: bytes) -> None:
             t.shares = t.shares | {(group_id, chain_id, member)}
 
+        def unshare(group_id: bytes, member: bytes) -> None:
+            t.shares = frozenset(s for s in t.shares if (s[0], s[2]) != (group_id, member))
+
         def store_records(w: GroupWrite) -> None:
             for u in w.sender_keys:
                 t.records[(u.group_id, u.sender)] = u.record.to_bytes()
@@ -322,7 +325,7 @@ class MemoryStore:
             t.outbound.pop(group_id, None)
             t.shares = frozenset(s for s in t.shares if s[0] != group_id)
 
-        t.groups.write(w, share=share, store_record=store_records,
+        t.groups.write(w, share=share, unshare=unshare, store_record=store_records,
                        apply=lambda op: self._apply(t, op), forget=forget,
                        drop_outbound=drop_outbound)
 

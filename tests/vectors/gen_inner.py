@@ -32,6 +32,7 @@ from protocol import (
     Receipt,
     ReceiptKind,
     SenderKeyDistribution,
+    SenderKeyRequest,
     Text,
     Typing,
 )
@@ -166,6 +167,8 @@ def inner_examples() -> list[InnerMessage]:
                           hashes=(pattern(32, 0x6D), pattern(32, 0x6E))),
         IdentityRotated(message_id=pattern(16, 0x17), sent_at_ms=t + 17,  # opaque here:
                         rotations=(pattern(407, 0x4A), pattern(407, 0x4B))),  # §4 bytes
+        SenderKeyRequest(message_id=pattern(16, 0x18), sent_at_ms=t + 18,
+                         group_id=pattern(16, 0x6C)),
     ]
 
 
@@ -190,6 +193,7 @@ def rejected_inner() -> list[dict[str, Any]]:
         ("receipt with no ids", _raw([1, 6, {**base, 3: 2, 4: []}]), "InvalidFieldValue"),
         ("identity rotated with no rotation", _raw([1, 17, {**base, 3: []}]),
          "InvalidFieldValue"),
+        ("sender key request without its group", _raw([1, 18, base]), "MissingField"),
     ]
     return [
         {"name": n, "hex": x, "error": e, "code": int(getattr(errors, e).code)} for n, x, e in cases

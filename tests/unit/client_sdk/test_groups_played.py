@@ -17,14 +17,23 @@ from client_sdk import (
     ReceiptReceived,
     _channels,
     _groups,
+    _groups_receive,
 )
 from client_sdk._group_state import GroupView
 from client_sdk._sending import _Batch
 from client_sdk.history import MessageStatus, NewMessage
 from client_sdk.store.group_records import SignedGroupState
 from client_sdk.store.records import Outgoing, SessionUpdate
+from protocol.frames import Delivery
 from protocol.group import Subscription
-from protocol.inner import GroupControl, InnerMessage, Receipt, ReceiptKind, Text
+from protocol.inner import (
+    GroupControl,
+    InnerMessage,
+    Receipt,
+    ReceiptKind,
+    SenderKeyRequest,
+    Text,
+)
 
 from .test_core import FakeRelay, Party, _connect
 
@@ -229,3 +238,76 @@ def test_a_receipt_inside_a_group_message_is_ignored() -> None:
     assert a.take(ReceiptReceived) == []
     msg = a.core.store.get_message(cid, mid)
     assert msg is not None and msg.status is not MessageStatus.READ
+
+
+def _text(p: Party, gid: bytes, text: str) -> None:
+    _groups.send(p.core, gid, lambda m, now: Text(message_id=m, sent_at_ms=now, text=text),
+                 lambda c, m: None, now_ms=p.now)
+    p.flush()
+
+
+def _from(sender: Party, to: Party) -> list[Delivery]:
+    """What *to* has waiting on *sender*'s pairwise mailbox."""
+    mailbox = sender.core.sendable(to.id)[1].mailbox_id
+    return [d for d in to.relay.deliveries(to.core.subscriptions()) if d.mailbox_id == mailbox]
+
+
+@pytest.mark.parametrize("departure", ["removed", "left"])
+def test_a_member_whose_departure_lost_gets_the_chains_it_forgot(departure: str) -> None:
+    """Admin X removes M (or M leaves) while admin Y renames, at one version; Y's
+    rename wins (Y has the smallest id). M takes its departure first (it forgets every
+    chain), then the rename puts it back. Member C took the rename first, so the
+    departure changed nothing there and C kept its chain, shared with M: M asks for it
+    (``SenderKeyRequest``), and C's next message carries it again."""
+    relay = FakeRelay()
+    people = sorted((Party(relay, n) for n in ("p", "q", "r", "s")), key=lambda p: p.id)
+    for p, q in itertools.combinations(people, 2):
+        _connect(p, q)
+    y, x, m, c = people
+    gid, _, _ = _groups.create(x.core, name="g", members=[y.id, m.id, c.id], admins=[y.id],
+                               avatar=None, channel=False, now_ms=x.now)
+    x.flush()
+    for p in (y, m, c):
+        p.sync()
+    _text(c, gid, "before")
+    m.sync()
+    assert [e.text for e in m.take(MessageReceived)] == ["before"]  # type: ignore[attr-defined]
+    if departure == "removed":
+        _groups.change(x.core, gid, lambda st: {"members": tuple(p for p in st.members
+                                                                 if p != m.id)}, now_ms=x.now)
+        x.flush()
+        m.sync(_from(x, m))
+    else:
+        _groups.leave(m.core, gid, now_ms=m.now)
+        m.flush()
+    assert not GroupView.load(m.core, gid).active  # gone: every chain forgotten
+    _groups.change(y.core, gid, lambda st: {"name": "renamed"}, now_ms=y.now)
+    y.flush()
+    c.sync(_from(y, c))
+    c.sync()  # then the departure, which loses: C keeps its chain
+    m.sync()  # the rename wins: M is back, and asks the members for their chains
+    assert GroupView.load(m.core, gid).active and _head(m, gid).state.name == "renamed"
+    assert _head(c, gid).hash == _head(m, gid).hash
+    c.sync()
+    _text(c, gid, "after")
+    m.sync()
+    assert [e.text for e in m.take(MessageReceived)] == ["after"]  # type: ignore[attr-defined]
+
+
+def test_a_sender_key_request_from_a_non_member_changes_nothing() -> None:
+    relay = FakeRelay()
+    a, b, outsider = Party(relay, "a"), Party(relay, "b"), Party(relay, "o")
+    _connect(a, b)
+    _connect(a, outsider)
+    gid, _, _ = _groups.create(a.core, name="g", members=[b.id], admins=[], avatar=None,
+                               channel=False, now_ms=a.now)
+    a.flush()
+    b.sync()
+    batch = _groups_receive.GroupBatch(a.core)
+    request = SenderKeyRequest(message_id=bytes(16), sent_at_ms=1, group_id=gid)
+    assert _groups_receive.apply_inner(a.core, batch, outsider.id, request,
+                                       now_ms=a.now) == (None, [])
+    assert _groups_receive.apply_inner(a.core, batch, outsider.id, dataclasses.replace(
+        request, group_id=bytes(16)), now_ms=a.now) == (None, [])  # a group A lacks
+    write, _ = _groups_receive.apply_inner(a.core, batch, b.id, request, now_ms=a.now)
+    assert write is not None and write.unshare == ((gid, b.id),)  # a member: sent again
