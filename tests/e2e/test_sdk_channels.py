@@ -33,12 +33,15 @@ from client_sdk.testing import (  # noqa: F401 - fixtures
     pigeon_clients,
     pigeon_relay,
 )
+from pigeon_crypto.sender_keys import UnknownSenderChain
 from pigeon_crypto.signing import Purpose
 from protocol.group import Subscription
 from protocol.inner import GroupControl
 
 from .test_sdk_groups import (  # noqa: F401 - the clients fixture
     Inbox,
+    _chain_copy,
+    _opens,
     _post_to,
     _rogue_group_message,
     _send_inner,
@@ -72,7 +75,9 @@ async def test_channel_admin_posts_subscribers_read(clients: ClientFactory) -> N
         got = await inbox.wait_text("issue 1")
         assert got.peer == alice.account_id
 
-    # Remove Dave: he learns it; the next post rotates and he cannot read it.
+    # Remove Dave: he learns it; the next post rotates and he cannot read it, not even
+    # with a copy of the chain he held.
+    dave_copy = await _chain_copy(dave, gid, alice.account_id)
     await alice.remove_members(gid, [dave.account_id])
     await d.wait(GroupChanged, count=2)
     gone = [e for e in d.events if isinstance(e, GroupChanged)][-1]
@@ -90,6 +95,9 @@ async def test_channel_admin_posts_subscribers_read(clients: ClientFactory) -> N
     await asyncio.sleep(0.5)
     assert "issue 2" not in d.texts() and "secret issue" not in d.texts()
     assert d.texts() == ["issue 1", "marker"]
+    assert _opens(await _chain_copy(bob, gid, alice.account_id), blob) == "secret issue"
+    with pytest.raises(UnknownSenderChain):
+        _opens(dave_copy, blob)
 
     # Carol leaves: signed by her, it reaches the admin; she reads nothing after.
     await carol.leave_group(gid)

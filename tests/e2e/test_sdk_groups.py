@@ -1,10 +1,11 @@
 """End to end: groups and channels with several SDK clients and a real relay process.
 
 Create, message, add, remove (the removed member decrypts nothing sent after its
-removal, even when handed the blob), leave, rename, admins, concurrent admin changes
-converging on every client, an offline member catching up, forged control messages and
-messages from non-members rejected, channels, edits/reactions/deletes/replies/receipts/
-typing in groups, and a scan of the relay's files for group ids and member lists.
+removal, even when handed the blob, nor with a copy of the chain it held), leave,
+rename, admins, concurrent admin changes converging on every client, an offline member
+catching up, forged control messages and messages from non-members rejected, channels,
+edits/reactions/deletes/replies/receipts/typing in groups, and a scan of the relay's
+files for group ids and member lists.
 Skipped only if the relay answers 4501 (a build without the frame pipeline).
 """
 
@@ -57,12 +58,18 @@ from client_sdk.testing import (  # noqa: F401 - fixtures
     relay_pipeline_available,
 )
 from pigeon_crypto.files import FileManifest
-from pigeon_crypto.padding import pad_message
+from pigeon_crypto.padding import pad_message, unpad_message
 from pigeon_crypto.rng import system_rng
-from pigeon_crypto.sender_keys import OutboundSenderKey
+from pigeon_crypto.sender_keys import OutboundSenderKey, SenderKeyRecord, UnknownSenderChain
 from pigeon_crypto.signing import Purpose
 from protocol.group import GroupState
-from protocol.inner import GroupControl, InnerMessage, SenderKeyDistribution, Text
+from protocol.inner import (
+    GroupControl,
+    InnerMessage,
+    SenderKeyDistribution,
+    Text,
+    decode_inner,
+)
 from tests.helpers import avatar_manifest
 
 _MANIFEST = avatar_manifest()
@@ -161,7 +168,10 @@ async def test_create_message_remove_rotate(clients: ClientFactory) -> None:
     page = await carol.group_history(gid)
     assert [m.body for m in page.messages] == ["hello group", "hi from bob"]
 
-    # Remove Carol: she learns it; what is sent afterwards she cannot read.
+    # Remove Carol: she learns it; what is sent afterwards she cannot read. A copy of
+    # the chain she held for Alice (kept by a client that would not forget it) opens
+    # nothing Alice sends after the removal: Alice rotated.
+    carol_copy = await _chain_copy(carol, gid, alice.account_id)
     await alice.remove_members(gid, [carol.account_id])
     removed = await c.wait_version(2)
     assert not removed.group.active and removed.removed == (carol.account_id,)
@@ -184,6 +194,26 @@ async def test_create_message_remove_rotate(clients: ClientFactory) -> None:
     pending = await carol._run(lambda core: core.store.pending_group_blobs())
     assert carol.dropped_envelopes > dropped_before or pending
     assert c.texts() == ["hello group", "hi from bob"]
+    assert _opens(await _chain_copy(bob, gid, alice.account_id), blob) \
+        == "secret after removal"  # a member's copy opens it
+    with pytest.raises(UnknownSenderChain):
+        _opens(carol_copy, blob)
+
+
+async def _chain_copy(client: AsyncClient, group_id: bytes, sender: bytes,
+                      ) -> SenderKeyRecord:
+    """The chains *client* holds for *sender* in the group, as stored."""
+    record = await client._run(lambda core: core.store.load_sender_key_record(group_id, sender))
+    assert record is not None
+    return record
+
+
+def _opens(record: SenderKeyRecord, blob: bytes) -> str:
+    """The text of a group blob decrypted with *record* (raises if it cannot)."""
+    _, padded = record.decrypt(blob[1:])
+    inner = decode_inner(unpad_message(padded))
+    assert isinstance(inner, Text)
+    return inner.text
 
 
 def _unsent_group_blob(core: object, group_id: bytes, text: str) -> bytes:
