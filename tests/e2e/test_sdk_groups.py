@@ -12,8 +12,10 @@ Skipped only if the relay answers 4501 (a build without the frame pipeline).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -714,6 +716,16 @@ async def test_relay_store_holds_no_group_id_or_members(
     assert blobs, "the relay's blob store was scanned"
     db = list(pigeon_relay.folder.rglob("*.sqlite*")) + list(pigeon_relay.folder.rglob("*.db*"))
     assert db, "the relay's SQLite file was scanned"
+    # The one blob row of a group send links its recipients' mailboxes only while two of
+    # its copies are unacked: once Bob acked his, Carol's copies name their blob alone.
+    [main] = [p for p in db if p.suffix in (".sqlite", ".db")]
+    with contextlib.closing(sqlite3.connect(f"file:{main}?mode=ro", uri=True)) as conn:
+        async with asyncio.timeout(20):
+            while shared := conn.execute("SELECT count(*) FROM (SELECT blob_id FROM deliveries"  # noqa: ASYNC110
+                                         " GROUP BY blob_id HAVING count(*) > 1)").fetchone()[0]:
+                await asyncio.sleep(0.05)  # Bob's acks on their way
+        assert shared == 0
+        assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] > 0  # Carol's
 
 
 async def test_readded_member_reads_a_silent_members_next_message(
