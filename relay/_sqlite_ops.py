@@ -60,6 +60,7 @@ _LONE = True
 it against the general path: ``python -m bench.relay_writer``)."""
 
 R = TypeVar("R")
+_T = TypeVar("_T")
 
 
 def dedup_hash(mailbox_id: bytes, client_msg_id: bytes) -> bytes:
@@ -239,13 +240,17 @@ def _chunks(conn: sqlite3.Connection, cols: int) -> int:
     return max(1, min(_MAX_ROWS, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // cols))
 
 
+def _slices(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    """*items* in consecutive slices of at most *size*."""
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
 def _parts(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], cols: int,
            ) -> Iterator[tuple[int, list[Any]]]:
     """*rows* of *cols* values in statement-sized parts: ``(rows in the part, its values
     flattened)``, for a ``VALUES`` list of ``_rows(n, cols)``."""
-    step = _chunks(conn, cols)
-    for i in range(0, len(rows), step):
-        part = rows[i:i + step]
+    for part in _slices(rows, _chunks(conn, cols)):
         yield len(part), [v for row in part for v in row]
 
 
@@ -292,8 +297,7 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
     boxes: dict[bytes, Box] = {}
     ids = list(lookups.mailbox_ids)
     step1 = _chunks(conn, 1)
-    for i in range(0, len(ids), step1):
-        part = ids[i:i + step1]
+    for part in _slices(ids, step1):
         marks = ",".join("?" * len(part))
         if _JSON:  # one row: each row of a result would hand the GIL back and forth
             sql = (
@@ -301,12 +305,12 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
                 " retire_at_ms, pending, last_seq, serial))"
                 f" FROM mailboxes WHERE id IN ({marks})), ({_LEGACY_SQL})"
             )
-            args = part
+            args: Sequence[bytes] = part
             if not sends_done and len(part) + len(skeys) <= step1:
                 sql += (", (SELECT json_group_array(json_array(hex(send_hash),"  # noqa: S608
                         " received_at_ms, expires_at_ms, hex(entries))) FROM send_dedup"
                         f" WHERE send_hash IN ({','.join('?' * len(skeys))}))")
-                args = part + skeys
+                args = [*part, *skeys]
             found = conn.execute(sql, args).fetchone()
             rows = [(bytes.fromhex(r[0]), bytes.fromhex(r[1]), *r[2:])
                     for r in json.loads(found[0])]
@@ -325,8 +329,7 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
             #  serial]
             boxes[row[0]] = [row[1], row[2], row[3], row[4], 0, row[5]]
     if not sends_done:
-        for i in range(0, len(skeys), step1):
-            part = skeys[i:i + step1]
+        for part in _slices(skeys, step1):
             sql = ("SELECT send_hash, received_at_ms, expires_at_ms, entries"  # noqa: S608
                    f" FROM send_dedup WHERE send_hash IN ({','.join('?' * len(part))})")
             for row in conn.execute(sql, part):
@@ -343,9 +346,7 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
             for r, key in mine:
                 pairs += (r.mailbox_id, key)
     known: dict[tuple[bytes, bytes], tuple[int, int, int]] = {}
-    step = _chunks(conn, 2) * 2
-    for i in range(0, len(pairs), step):
-        part = pairs[i:i + step]
+    for part in _slices(pairs, _chunks(conn, 2) * 2):  # flat (mailbox, key) pairs
         sql = (
             f"WITH k(m, h) AS (VALUES {_rows(len(part) // 2, 2)})"  # noqa: S608 - placeholders
             " SELECT d.mailbox_id, d.dedup_hash, d.seq, d.received_at_ms, d.expires_at_ms"
