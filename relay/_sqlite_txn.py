@@ -94,9 +94,10 @@ def run_batch(conn: StoreConnection, batch: Sequence[_Work], *, relaxed: bool = 
     only means a redelivery, which clients drop as a duplicate), so the batch commits at
     ``NORMAL`` when ``FULL`` is configured (WAL: no fsync; a process crash still loses
     nothing; ``OFF`` stays ``OFF``). Any other batch commits at the configured level,
-    set before its ``BEGIN`` if the connection is not known to be at it; if that cannot
-    be set (``PRAGMA synchronous`` fails inside a transaction that a failed ``ROLLBACK``
-    left open), the batch fails rather than commit with less durability than configured.
+    set before its ``BEGIN`` if the connection is not known to be at it. A transaction
+    that a failed ``ROLLBACK`` left open is rolled back first; if it cannot be (then
+    ``PRAGMA synchronous`` could not be set either), the batch fails rather than commit
+    with less durability than configured, and the next one tries again.
     The next ``FULL`` commit syncs the WAL up to its own end, so it makes the relaxed
     commits before it durable too.
 
@@ -111,6 +112,8 @@ def run_batch(conn: StoreConnection, batch: Sequence[_Work], *, relaxed: bool = 
     want = Synchronous.NORMAL if relaxed and conn.configured is Synchronous.FULL \
         else conn.configured
     try:
+        if conn.in_transaction:  # left open by a failed ROLLBACK: its ops had failed
+            conn.execute("ROLLBACK")
         if conn.level is not want:
             conn.level = None
             conn.execute(f"PRAGMA synchronous = {want.value}")
