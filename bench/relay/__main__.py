@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Required, TypedDict, Unpack
 
 from . import harness
 from .flows import check_templates
@@ -31,6 +32,20 @@ STRETCH_RATIO = 0.35
 TARGET_PINGPONG_P50_MS = 1.0
 TARGET_OPEN_P99_MS = 25.0
 TARGET_MEMORY_BYTES = 24_000
+
+
+class _LoadKw(TypedDict, total=False):
+    """The keyword arguments of :func:`harness.run_load` that vary from run to run."""
+
+    mode: Required[str]
+    pairs: Required[int]
+    duration_s: Required[float]
+    warmup_s: Required[float]
+    window: int
+    rate: float
+    ack_every: int
+    ack_interval_ms: float
+    flush_each: bool
 
 
 def _ints(text: str) -> list[int]:
@@ -217,15 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     rep = Report()
     profiles: list[tuple[Path, str]] = []
 
-    def both(**kw: object) -> dict[str, LoadResult]:
+    def both(**kw: Unpack[_LoadKw]) -> dict[str, LoadResult]:
         out: dict[str, LoadResult] = {}
         for t in targets:
             prof = None
             if args.profile is not None and t == "relay":
                 args.profile.mkdir(parents=True, exist_ok=True)
                 prof = args.profile / (f"relay-{kw['mode']}-{kw['pairs']}-w{kw.get('window', 1)}"
-                                       f"-r{int(float(kw.get('rate', 0)))}.txt")  # type: ignore[arg-type]
-            r = run_load(target=t, procs=procs, workdir=workdir,  # type: ignore[arg-type]
+                                       f"-r{int(float(kw.get('rate', 0)))}.txt")
+            r = run_load(target=t, procs=procs, workdir=workdir,
                          relay_extra=args.relay_arg, profile_out=prof, drain_s=args.drain,
                          stall_s=args.stall, **kw)
             if prof is not None:
@@ -345,8 +360,8 @@ def main(argv: list[str] | None = None) -> int:
           "relay/forwarder (lower is better), rates and memory the same way.\n")
     print(rep.table())
     print("\nRuns:")
-    for n in rep.notes:
-        print(f"- {n}")
+    for note_line in rep.notes:
+        print(f"- {note_line}")
     for path, what in profiles:
         print(f"\n## Profile: {what}\n({path})\n")
         print(summarize(path))

@@ -160,7 +160,7 @@ class _Workers:
             for c in wait(list(pending.values()), left):
                 i = next(k for k, v in pending.items() if v is c)
                 try:
-                    msg = c.recv()  # type: ignore[union-attr]
+                    msg = pending[i].recv()  # c itself, typed as a Connection
                 except EOFError:
                     raise RuntimeError(f"worker {i} died (exit {self.procs[i].exitcode})"
                                        ) from None

@@ -55,9 +55,9 @@ def _hist(d: dict[str, float], name: str, labels: str = "") -> tuple[float, floa
         buckets.append((float("inf") if le == "+Inf" else float(le), v))
     buckets.sort()
     p99 = float("nan")
-    for le, c in buckets:
+    for bound, c in buckets:
         if count and c >= 0.99 * count:
-            p99 = le
+            p99 = bound
             break
     return count, total, p99
 

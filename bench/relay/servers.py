@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = [
     "ServerProcess",
@@ -137,7 +138,7 @@ class ServerProcess:
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
-        self._log = None
+        self._log: BinaryIO | None = None
 
     @property
     def pid(self) -> int:

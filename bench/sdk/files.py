@@ -47,7 +47,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil
+
+# psutil (the "bench" extra, not "dev") ships no type information, and types-psutil is
+# not a dependency: as in bench.relay.servers.
+import psutil  # type: ignore[import-not-found, import-untyped, unused-ignore]
 
 from bench._report import machine_line
 from client_sdk import AsyncClient, FileOptions, MessageKind
@@ -200,11 +203,14 @@ def _child(argv: list[str]) -> None:
     chunk, parallel = int(args[-2]), int(args[-1])
     rest = args[:-2]
     if role == "send":
-        result = asyncio.run(_send(*rest, chunk=chunk, parallel=parallel))
+        profile, url, peer, source = rest
+        result = asyncio.run(_send(profile, url, peer, source, chunk=chunk, parallel=parallel))
     elif role == "receive":
-        result = asyncio.run(_receive(*rest, chunk=chunk, parallel=parallel))
+        profile, url, peer, dest = rest
+        result = asyncio.run(_receive(profile, url, peer, dest, chunk=chunk, parallel=parallel))
     else:
-        result = asyncio.run(_plain_http(*rest, chunk=chunk, parallel=parallel))
+        profile, url, source = rest
+        result = asyncio.run(_plain_http(profile, url, source, chunk=chunk, parallel=parallel))
     print("RESULT " + json.dumps(result), flush=True)
 
 

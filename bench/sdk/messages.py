@@ -313,8 +313,9 @@ async def _raw_sender(conn: Connection, port: int, n: int, blob_size: int,
 
     def frame(i: int) -> bytes:
         # Send: [version, type, request id, {1: client_msg_id, 2: blob, 3: recipients}].
-        return msgpack.packb([1, 40, i + 1, {1: prefix + i.to_bytes(8, "big"),
-                                             2: blobs[i % 64], 3: rcpt}])
+        packed: bytes = msgpack.packb([1, 40, i + 1, {1: prefix + i.to_bytes(8, "big"),
+                                                      2: blobs[i % 64], 3: rcpt}])
+        return packed
 
     check = Send(request_id=1, client_msg_id=prefix + bytes(8), blob=blobs[0],
                  recipients=((mailbox_id, capability),))
