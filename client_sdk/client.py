@@ -673,22 +673,33 @@ class AsyncClient(GroupsApiMixin, GroupMessagesMixin, FilesMixin, BackgroundMixi
 
     # --- account -----------------------------------------------------------------------------
 
-    async def register(self, *, invite_code: str | None = None,
+    async def register(self, *, invite_code: str | None = None, relay_url: str | None = None,
                        timeout_s: float = 60.0) -> bytes:
         """Create the account on the relay (or confirm it: registering again is
         harmless), upload prekeys, create and publish the contact mailbox, subscribe.
         Returns the account id.
 
+        Args:
+            relay_url: for a profile with no account yet, the relay to create it on
+                (instead of the one given to ``AsyncClient.open``, if any); it is then
+                remembered in the profile as the relay given to ``open`` would be.
+
         Raises:
-            ClientError: the profile names no relay (pass ``relay_url`` to
-                ``AsyncClient.open``).
+            ClientError: the profile names no relay (pass ``relay_url`` here or to
+                ``AsyncClient.open``), or it has an account on another relay than
+                *relay_url*.
             RelayError: e.g. ``INVITE_REQUIRED``/``INVITE_INVALID``.
             ConnectionLost: the relay could not be reached (or closed the connection,
                 e.g. with 4501 if it has no frame pipeline).
             TimeoutError: registration did not finish within *timeout_s*.
         """
+        if relay_url is not None and relay_url != self._relay_url:
+            if self.core.registered:
+                raise ClientError("this profile has an account on another relay")
+            self._relay_url = relay_url
         if self._relay_url is None:  # said now, not as a timeout after *timeout_s*
-            raise ClientError("no relay URL: pass relay_url to AsyncClient.open")
+            raise ClientError("no relay URL: pass relay_url to register or "
+                              "AsyncClient.open")
         await self._run(lambda c: c.create_identity())
         if self.core.registered and self.connected:
             return self.core.account_id

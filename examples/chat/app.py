@@ -287,6 +287,8 @@ async def _main(profile: Path, exists: bool, relay: str | None, pin: str | None)
     except (ProfileError, PigeonError, ValueError) as exc:
         print(f"pigeon-chat: {exc}", file=sys.stderr)
         return 1
+    if relay is None and not client.registered:  # a profile opened before, never registered
+        relay = DEFAULT_RELAY
     try:
         with patch_stdout(raw=True):
             _log_above_prompt()

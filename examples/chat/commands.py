@@ -156,8 +156,10 @@ class Commands:
             raise UsageError("no relay known for this profile: start pigeon-chat with "
                              "--relay URL")
         try:
-            account = await self.client.register(invite_code=args[0] if args else None,
-                                                 timeout_s=REQUEST_TIMEOUT_S - 5)
+            account = await self.client.register(
+                invite_code=args[0] if args else None,
+                relay_url=None if self.client.registered else self.app.relay_url,
+                timeout_s=REQUEST_TIMEOUT_S - 5)
         except RelayError as exc:
             if exc.code == ErrorCode.INVITE_REQUIRED:
                 raise UsageError("this relay is invite-only: /register <invite-code> (its "

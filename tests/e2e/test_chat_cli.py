@@ -38,7 +38,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r")
 class Chat:
     """One pigeon-chat process in a pty."""
 
-    def __init__(self, name: str, profile: Path, relay_url: str, *,
+    def __init__(self, name: str, profile: Path, relay_url: str | None, *,
                  passphrase: str | None = "correct horse battery staple",
                  pin: str | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if k != "PIGEON_PASSPHRASE"}
@@ -48,9 +48,11 @@ class Chat:
             env["PIGEON_PASSPHRASE"] = passphrase
         command = _chat_command()
         options = ["--tls-pin", pin] if pin is not None else []
+        if relay_url is not None:
+            options += ["--relay", relay_url]
         self.name = name
         self.proc = pexpect.spawn(
-            command[0], [*command[1:], "--profile", str(profile), "--relay", relay_url, *options],
+            command[0], [*command[1:], "--profile", str(profile), *options],
             env=env, encoding="utf-8", codec_errors="replace", dimensions=(50, 200),
             timeout=EXPECT_TIMEOUT_S)
         self.transcript: list[str] = []
@@ -296,11 +298,13 @@ def test_passphrase_prompt_and_wrong_passphrase(pigeon_relay: RelayProcess,  # n
     finally:
         wrong.kill()
 
-    again = Chat("carol", profile, pigeon_relay.url, passphrase=None)
+    # Reopened without --relay, the unregistered profile still offers the default relay.
+    again = Chat("carol", profile, None, passphrase=None)
     try:
         again.expect("passphrase:")
         again.type(secret)
-        again.expect("This profile has no account yet")
+        again.expect("This profile has no account yet: /register creates one on the relay "
+                     "(http://127.0.0.1:8765)")
         assert again.quit() == 0
     finally:
         again.kill()

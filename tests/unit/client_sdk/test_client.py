@@ -307,6 +307,26 @@ async def test_register_without_a_relay_says_so_at_once(tmp_path: Path) -> None:
                 await call("ab" * 16)  # type: ignore[operator]
 
 
+async def test_register_on_a_relay_named_after_open(tmp_path: Path,
+                                                     fake: tuple[WsFakeRelay, str]) -> None:
+    """A profile opened without a relay registers on the one ``register`` names and
+    remembers it: reopened without one, it connects there. An account cannot move to
+    another relay by registering again."""
+    _, url = fake
+    path = tmp_path / "later.pigeon"
+    async with AsyncClient.open(path, "pass", params=FAST,
+                                durability=Durability.OFF) as client:
+        account = await client.register(relay_url=url, timeout_s=10)
+        assert client.core.registered
+        with pytest.raises(ClientError, match="another relay"):
+            await client.register(relay_url="http://127.0.0.1:9")
+        assert await client.register(relay_url=url, timeout_s=10) == account  # harmless
+    async with AsyncClient.open(path, "pass", params=FAST,
+                                durability=Durability.OFF) as client:
+        await client.wait_connected(10)
+        assert client.account_id == account
+
+
 async def test_wait_for_one_event_bounded(tmp_path: Path) -> None:
     """``wait_for``: the next matching event from now on; a timeout leaves the client
     and its other listeners as they were; closing the client ends the wait."""
