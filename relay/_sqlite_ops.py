@@ -15,7 +15,7 @@ import hmac
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence, Sized
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from protocol import dedup_input
 
@@ -240,6 +240,17 @@ def _chunks(conn: sqlite3.Connection, cols: int) -> int:
     return max(1, min(_MAX_ROWS, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // cols))
 
 
+_SEND_KEY: Final = 8
+"""Bytes of a send record's key in ``send_dedup.send_key``, its lookup index (schema v6)."""
+
+
+def _send_keys(n: int) -> str:
+    """``FROM`` the send records of *n* keys bound as parameters: probes the small
+    ``send_key`` index, then compares the whole key."""
+    return (f"(VALUES {_rows(n, 1)}) k JOIN send_dedup s"
+            f" ON s.send_key = substr(k.column1, 1, {_SEND_KEY}) AND s.send_hash = k.column1")
+
+
 def _slices(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
     """*items* in consecutive slices of at most *size*."""
     for i in range(0, len(items), size):
@@ -307,9 +318,9 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
             )
             args: Sequence[bytes] = part
             if not sends_done and len(part) + len(skeys) <= step1:
-                sql += (", (SELECT json_group_array(json_array(hex(send_hash),"  # noqa: S608
-                        " received_at_ms, expires_at_ms, hex(entries))) FROM send_dedup"
-                        f" WHERE send_hash IN ({','.join('?' * len(skeys))}))")
+                sql += (", (SELECT json_group_array(json_array(hex(s.send_hash),"  # noqa: S608
+                        " s.received_at_ms, s.expires_at_ms, hex(s.entries)))"
+                        f" FROM {_send_keys(len(skeys))})")
                 args = [*part, *skeys]
             found = conn.execute(sql, args).fetchone()
             rows = [(bytes.fromhex(r[0]), bytes.fromhex(r[1]), *r[2:])
@@ -330,8 +341,8 @@ def append_many(conn: sqlite3.Connection, calls: Sequence[AppendRequest]) -> lis
             boxes[row[0]] = [row[1], row[2], row[3], row[4], 0, row[5]]
     if not sends_done:
         for part in _slices(skeys, step1):
-            sql = ("SELECT send_hash, received_at_ms, expires_at_ms, entries"  # noqa: S608
-                   f" FROM send_dedup WHERE send_hash IN ({','.join('?' * len(part))})")
+            sql = ("SELECT s.send_hash, s.received_at_ms, s.expires_at_ms, s.entries"  # noqa: S608
+                   f" FROM {_send_keys(len(part))}")
             for row in conn.execute(sql, part):
                 sends[bytes(row[0])] = (row[1], row[2], _entries(bytes(row[3])))
     if legacy_until is None:
@@ -393,12 +404,12 @@ def _write_plan(conn: sqlite3.Connection, out: AppendPlan, boxes: dict[bytes, Bo
                      " received_at_ms, expires_at_ms, keep_until_ms) VALUES ",
                      out.dedup_rows, 6)
     if out.send_rows:
-        _insert_rows(conn, "INSERT INTO send_dedup (send_hash, received_at_ms,"
+        _insert_rows(conn, "INSERT INTO send_dedup (send_key, send_hash, received_at_ms,"
                      " expires_at_ms, keep_until_ms, entries) VALUES ",
-                     out.send_rows, 5)
+                     [(row[0][:_SEND_KEY], *row) for row in out.send_rows], 6)
     if out.extended:
-        conn.executemany("UPDATE send_dedup SET keep_until_ms = max(keep_until_ms, ?)"
-                         " WHERE send_hash = ?",
+        conn.executemany("UPDATE send_dedup SET keep_until_ms = max(keep_until_ms, ?1)"  # noqa: S608
+                         f" WHERE send_key = substr(?2, 1, {_SEND_KEY}) AND send_hash = ?2",
                          [(k, h) for h, k in out.extended.items()])
     counters = [(m, b[3], b[4]) for m, b in boxes.items() if b[4]]
     if _UPDATE_FROM and len(counters) > 1:
@@ -419,8 +430,8 @@ def _write_plan(conn: sqlite3.Connection, out: AppendPlan, boxes: dict[bytes, Bo
 _ONE_LOOKUP = (
     "SELECT m.capability_hash, m.retire_at_ms, m.pending, m.last_seq, m.serial,"  # noqa: S608
     f" ({_LEGACY_SQL}), s.received_at_ms, s.expires_at_ms, s.entries"
-    " FROM (SELECT 1) LEFT JOIN mailboxes m ON m.id = ?"
-    " LEFT JOIN send_dedup s ON s.send_hash = ?"
+    " FROM (SELECT 1) LEFT JOIN mailboxes m ON m.id = ?1"
+    f" LEFT JOIN send_dedup s ON s.send_key = substr(?2, 1, {_SEND_KEY}) AND s.send_hash = ?2"
 )
 """What a lone single-recipient append must know, in one row: the mailbox, the time
 until which pre-v4 ``dedup`` rows may answer, and the send record (NULLs when absent)."""
@@ -592,8 +603,8 @@ def expire(conn: sqlite3.Connection, now_ms: int, limit: int) -> ExpiryReport:
         (now_ms, limit),
     ).rowcount
     send_records = conn.execute(
-        "DELETE FROM send_dedup WHERE send_hash IN ("
-        " SELECT send_hash FROM send_dedup WHERE keep_until_ms <= ? LIMIT ?)"
+        "DELETE FROM send_dedup WHERE id IN ("
+        " SELECT id FROM send_dedup WHERE keep_until_ms <= ? LIMIT ?)"
         " RETURNING length(entries)",
         (now_ms, limit),
     ).fetchall()

@@ -226,11 +226,41 @@ _V5 = [
 ]
 
 
+_V6 = [
+    # The send records in insertion order (a rowid table), found through a small index
+    # on the first 8 bytes of their key, instead of a WITHOUT ROWID table keyed by the
+    # whole random key. Records stay for days (keep_until_ms), so the table is large,
+    # and every send inserted a ~90-byte row at a random place in it: each commit wrote
+    # nearly every leaf page of the table to the WAL (a batch of 5,000 sends into 250,000
+    # records: 16 MB, 88 ms). Now the row appends at the end and only a ~14-byte index
+    # entry lands at a random place (5.6 MB, 39 ms; docs/benchmarks.md, "Send records in
+    # insertion order"). A lookup probes the index, then compares the whole key.
+    """
+    CREATE TABLE send_records (
+        id             INTEGER PRIMARY KEY,
+        send_key       BLOB NOT NULL CHECK (length(send_key) = 8),   -- send_hash's first 8 bytes
+        send_hash      BLOB NOT NULL CHECK (length(send_hash) = 32),
+        received_at_ms INTEGER NOT NULL,
+        expires_at_ms  INTEGER NOT NULL,
+        keep_until_ms  INTEGER NOT NULL,
+        entries        BLOB NOT NULL CHECK (length(entries) % 24 = 0)
+    )
+    """,
+    "INSERT INTO send_records (send_key, send_hash, received_at_ms, expires_at_ms,"
+    " keep_until_ms, entries) SELECT substr(send_hash, 1, 8), send_hash, received_at_ms,"
+    " expires_at_ms, keep_until_ms, entries FROM send_dedup ORDER BY received_at_ms",
+    "DROP TABLE send_dedup",
+    "ALTER TABLE send_records RENAME TO send_dedup",
+    "CREATE INDEX send_dedup_by_key ON send_dedup (send_key)",
+    "CREATE INDEX send_dedup_by_expiry ON send_dedup (keep_until_ms)",
+]
+
+
 def _run(statements: list[str], conn: sqlite3.Connection) -> None:
     for statement in statements:
         conn.execute(statement)
 
 
 MIGRATIONS = tuple(Migration(n, functools.partial(_run, statements))  # pickles (writer process)
-                   for n, statements in enumerate((_V1, _V2, _V3, _V4, _V5), start=1))
+                   for n, statements in enumerate((_V1, _V2, _V3, _V4, _V5, _V6), start=1))
 SCHEMA_VERSION = MIGRATIONS[-1].version
