@@ -20,9 +20,10 @@ Files per version:
     compare, and use the probes as the oracle for what retries, bundles and invites must
     still do.
 
-What a fixture holds (:func:`build`; the store API is the same in versions 1 to 5, only
+What a fixture holds (:func:`build`; the store API is the same in versions 1 to 6, only
 what it writes differs; version 3 stores what version 2 did, and keeps the pending counts
-and blobs per statement instead of by a per-row trigger, which version 5 restores).
+and blobs per statement instead of by a per-row trigger, which version 5 restores;
+version 6 stores version 5's records in insertion order).
 Invites: two used (by Alice and Carol), one used by Dave (whose account is gone), one
 unused, one unused with a future expiry, one expired, one revoked (gone). Accounts: Alice,
 with an identity rotation (the chain has one record), a signed and a last-resort KEM
@@ -38,7 +39,7 @@ sends (one by ``append_many``, one retried to a larger set of recipients, one wi
 refused recipient), some acked (cumulatively and selectively), one expired and swept (an
 expiry notice and no idempotency record left), one past its TTL but not yet swept.
 Idempotency records: version 1 keeps one ``dedup`` row per copy, versions 2 and 3 one
-``send_dedup`` record per multi-recipient send, versions 4 and 5 one per send (and a
+``send_dedup`` record per multi-recipient send, versions 4 to 6 one per send (and a
 ``dedup`` row for the copy a retry added). File blobs do not live in the database
 (``FolderBlobStore``), so no fixture has any.
 
