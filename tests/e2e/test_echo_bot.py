@@ -114,13 +114,19 @@ async def test_ctrl_c_stops_the_bot_quietly(pigeon_relay: RelayProcess,  # noqa:
         sys.executable, "-m", "examples.echo_bot", str(tmp_path / "bot.pigeon"),
         pigeon_relay.url, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    stderr = asyncio.ensure_future(proc.stderr.read())  # read all along: a full pipe blocks
     try:
-        assert proc.stdout is not None and proc.stderr is not None
-        async with asyncio.timeout(TIMEOUT_S):
-            assert (await proc.stdout.readline()).startswith(b"echo bot ready")
+        try:
+            async with asyncio.timeout(TIMEOUT_S):
+                assert (await proc.stdout.readline()).startswith(b"echo bot ready")
+        except TimeoutError:
+            proc.kill()
+            raise AssertionError("the bot never said it was ready; its stderr:\n"
+                                 + (await stderr).decode(errors="replace")) from None
         proc.send_signal(signal.SIGINT)
         async with asyncio.timeout(TIMEOUT_S):
-            err = await proc.stderr.read()
+            err = await stderr
             assert await proc.wait() == 0
         assert b"Traceback" not in err, err.decode(errors="replace")
     finally:
