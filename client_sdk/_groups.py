@@ -476,26 +476,43 @@ def request_missing(core: ClientCore, group_ids: Iterable[bytes], *, now_ms: int
     return batch.commit(outgoing) if outgoing else []
 
 
-def request_keys(core: ClientCore, group_ids: Iterable[bytes], *, now_ms: int,
-                 ) -> list[OutboxItem]:
-    """We are a member again of *group_ids*, having forgotten every chain when we left
-    or were removed (a concurrent change won over our departure, or an admin added us
-    back): ask each member who may post and that we can write to for its chain
-    (``SenderKeyRequest``). A member that rotated since holds no share for us and has
-    nothing to do; one that did not sends its chain with its next message."""
+def request_keys(core: ClientCore, groups_back: Iterable[bytes],
+                 unknown: Iterable[tuple[bytes, bytes]], *, now_ms: int) -> list[OutboxItem]:
+    """Ask members for the chains we forgot when we left or were removed
+    (``SenderKeyRequest``): every member who may post in *groups_back*, where we are a
+    member again (a concurrent change won over our departure, or an admin added us
+    back), and each ``(group_id, member)`` of *unknown*, whose message came on a chain we
+    no longer hold (a request lost with a crash, or not sendable then). A member that
+    rotated since holds no share for us and has nothing to do; one that did not sends
+    its chain with its next message. Each member is asked at most once per
+    :data:`STATE_REQUEST_INTERVAL_MS` for a group."""
+    me = core.account_id
+    wanted: set[tuple[bytes, bytes]] = set()
+    views: dict[bytes, GroupView] = {}
+    for group_id in {*groups_back, *(g for g, _ in unknown)}:
+        view = views[group_id] = GroupView.load(core, group_id)
+        head = view.head
+        if head is not None and view.active and group_id in groups_back:
+            posters = head.state.admins if head.state.channel else head.state.members
+            wanted |= {(group_id, p) for p in posters}
+    wanted |= {(g, m) for g, m in unknown if views[g].active}
     batch = _Batch(core)
     outgoing: list[Outgoing] = []
-    for group_id in sorted(group_ids):
-        view = GroupView.load(core, group_id)
-        head = view.head
-        if head is None or not view.active:
+    for group_id, peer in sorted(wanted):
+        last = core.key_requests.get((group_id, peer))
+        if peer == me or (last is not None and now_ms - last < STATE_REQUEST_INTERVAL_MS):
             continue
-        posters = head.state.admins if head.state.channel else head.state.members
-        for peer, outbound in _reachable(core, sorted(set(posters) - {core.account_id})):
+        try:
+            _, outbound = core.sendable(peer)
             blob, session = batch.encrypt(peer, SenderKeyRequest(
                 message_id=core.rng(16), sent_at_ms=now_ms, group_id=group_id))
-            outgoing.append(_pairwise(core, batch, peer, outbound.mailbox_id,
-                                      outbound.capability, blob, session, now_ms))
+        except ClientError as exc:  # asked again when its next message comes
+            _log.info("sender key request not sent to %s: %s", peer.hex()[:8],
+                      type(exc).__name__)
+            continue
+        core.key_requests[(group_id, peer)] = now_ms
+        outgoing.append(_pairwise(core, batch, peer, outbound.mailbox_id,
+                                  outbound.capability, blob, session, now_ms))
     return batch.commit(outgoing) if outgoing else []
 
 

@@ -1,8 +1,9 @@
 """The receiving side of groups (see :mod:`client_sdk._groups` for the theory).
 
 Called by :mod:`client_sdk._receiving` for what arrives on a contact's pairwise
-mailbox: a ``GroupControl``, ``GroupControlKey``, ``GroupStateRequest`` or
-``SenderKeyDistribution`` inner message (inside the pairwise session), a group blob
+mailbox: a ``GroupControl``, ``GroupControlKey``, ``GroupStateRequest``,
+``SenderKeyDistribution`` or ``SenderKeyRequest`` inner message (inside the pairwise
+session), a group blob
 (:data:`~client_sdk._groups.GROUP_BLOB_PREFIX`, a sender-key ciphertext) or a sealed
 control (:data:`~client_sdk._groups.SEALED_CONTROL_PREFIX`: held until its key comes,
 or opened with the key that came first). Everything one envelope changes goes into its
@@ -113,7 +114,7 @@ MAX_PENDING_BLOBS: Final = 10_000
 MAX_PENDING_PER_SENDER: Final = 1_000
 """Pending group blobs kept per sender: one contact sending blobs we cannot place
 (a stranger's chain ids, a group that does not exist) fills a tenth of the shared
-limit at most, and never keeps the blobs of other members from being held."""
+limit at most (it takes ten such contacts to fill it)."""
 MAX_SEALED_PARTS: Final = 10_000
 """Sealed blobs waiting for their key, in all (kept as long as pending blobs,
 :data:`PENDING_TTL_MS`). Keys are bounded per sender only: a flood of blobs never
@@ -167,6 +168,9 @@ class GroupBatch:
     back: set[bytes] = field(default_factory=set)
     """Groups we are a member of again, having left or been removed: we forgot every
     member's chain then, and ask for them (``SenderKeyRequest``)."""
+    unknown_chains: set[tuple[bytes, bytes]] = field(default_factory=set)
+    """``(group_id, member)``: a member of a group we are in wrote on a chain of its we
+    no longer hold (we forgot it when we left): we ask that member for its chain."""
 
     def view(self, group_id: bytes) -> GroupView:
         found = self.views.get(group_id)
@@ -247,6 +251,7 @@ def apply_inner(core: ClientCore, batch: GroupBatch, sender: bytes, inner: Inner
             return _control_key(core, batch, sender, inner, now_ms)
         if isinstance(inner, GroupStateRequest):
             _state_request(batch, sender, inner)
+            return None, []
         if isinstance(inner, SenderKeyRequest):
             return _key_request(batch, sender, inner), []
     except PigeonError as exc:
@@ -419,7 +424,12 @@ def _key_request(batch: GroupBatch, sender: bytes, inner: SenderKeyRequest,
                  ) -> GroupWrite | None:
     """A member lacks our chain (it forgot it when it left, and is back): our next
     message sends it again, at its iteration then. Only to a member of our head: an
-    ex-member gets nothing by asking."""
+    ex-member gets nothing by asking.
+
+    Deleting the share also forgets that the requester holds the chain, which rotation
+    step 1 reads ("anyone who received it is no longer a member"). That is safe because
+    every head change that drops a member drops our whole chain (``drop_outbound``), so
+    a share is never what makes us rotate away from a member who left."""
     view = batch.view(inner.group_id)
     head = view.head
     if head is None or not view.active or sender not in view.audience():
@@ -570,8 +580,12 @@ def _open(core: ClientCore, batch: GroupBatch, sender: bytes, blob: bytes, relay
     if _added_after(view, sender, relay_ms, core.account_id):
         raise RemoteProtocolError("a group blob from before its sender was a member")
     record = batch.record(group_id, sender)
-    if record is None:
-        raise _NotYet
+    if record is None or all(c.chain_id != chain_id for c in record.chains):
+        # We placed this chain before (its distribution came), so we held it and forgot
+        # it when we left: the sender, a member again like us, sends it again on request.
+        batch.unknown_chains.add((group_id, sender))
+        if record is None:
+            raise _NotYet
     if head.state.channel and sender not in head.state.admins:
         raise RemoteProtocolError("a member who is not an admin posted in a channel")
     new_record, padded = record.decrypt(blob[1:])
@@ -661,12 +675,14 @@ def _message(core: ClientCore, batch: GroupBatch, group_id: bytes, sender: bytes
 
 
 def retry_pending(core: ClientCore, *, now_ms: int,
-                  ) -> tuple[list[Event], list[tuple[bytes, bytes, bytes]]]:
+                  ) -> tuple[list[Event], list[tuple[bytes, bytes, bytes]],
+                             set[tuple[bytes, bytes]]]:
     """Place the pending group blobs that can be placed now (one transaction); returns
-    the events and the delivery receipts to send."""
+    the events, the delivery receipts to send and the ``(group_id, member)`` chains we
+    no longer hold (:attr:`GroupBatch.unknown_chains`)."""
     pending = core.store.pending_group_blobs(limit=MAX_PENDING_BLOBS)
     if not pending:
-        return [], []
+        return [], [], set()
     batch = GroupBatch(core)
     done: list[int] = []
     updates: dict[tuple[bytes, bytes], SenderKeyRecordUpdate] = {}
@@ -695,7 +711,7 @@ def retry_pending(core: ClientCore, *, now_ms: int,
         core.store.write_group(GroupWrite(sender_keys=tuple(updates.values()),
                                           pending_done=tuple(done), history=tuple(ops)),
                                now_ms=now_ms)
-    return events, batch.to_ack
+    return events, batch.to_ack, batch.unknown_chains
 
 
 def expire_sealed(core: ClientCore, *, now_ms: int) -> None:

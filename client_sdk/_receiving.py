@@ -158,6 +158,8 @@ class Received:
     """Groups in which a state now waits for its parent."""
     groups_back: set[bytes] = field(default_factory=set)
     """Groups we are a member of again: we ask the members for their chains."""
+    chains_unknown: set[tuple[bytes, bytes]] = field(default_factory=set)
+    """``(group_id, member)``: a member wrote on a chain we forgot: we ask it again."""
 
     def ack(self, mailbox_id: bytes, seq: int) -> None:
         self.acks.setdefault(mailbox_id, []).append(seq)
@@ -260,6 +262,7 @@ def receive(core: ClientCore, deliveries: Sequence[DeliveryLike], *, now_ms: int
             out.group_answers += single.group_answers
             out.groups_waiting |= single.groups_waiting
             out.groups_back |= single.groups_back
+            out.chains_unknown |= single.chains_unknown
             for mailbox_id, seqs in single.acks.items():
                 out.acks.setdefault(mailbox_id, []).extend(seqs)
         return out
@@ -273,6 +276,7 @@ def receive(core: ClientCore, deliveries: Sequence[DeliveryLike], *, now_ms: int
     out.group_answers = overlay.groups.answers
     out.groups_waiting = overlay.groups.waiting
     out.groups_back = overlay.groups.back
+    out.chains_unknown = overlay.groups.unknown_chains
     for p, key, result in zip(pending, refs, results, strict=True):
         out.ack(*key)
         if result.outcome is ReceiveOutcome.DUPLICATE_ENVELOPE:

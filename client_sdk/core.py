@@ -114,6 +114,8 @@ class ClientCore:
         """``(group_id, state hash)`` -> since when a pending state waits for it."""
         self.groups_asked: dict[bytes, int] = {}
         """``group_id`` -> when we last asked for one of its states."""
+        self.key_requests: dict[tuple[bytes, bytes], int] = {}
+        """``(group_id, member)`` -> when we last asked that member for its chain."""
 
     def __repr__(self) -> str:
         who = self._identity.account_id.hex() if self._identity else "unregistered"
@@ -531,16 +533,18 @@ class ClientCore:
         """Process a batch of deliveries (one transaction); see :mod:`._receiving`."""
         received = _receiving.receive(self, deliveries, now_ms=now_ms)
         if received.groups_changed:
-            placed, acks = _groups_receive.retry_pending(self, now_ms=now_ms)
+            placed, acks, unknown = _groups_receive.retry_pending(self, now_ms=now_ms)
             received.events += placed
             received.group_receipts += acks
+            received.chains_unknown |= unknown
             received.items += _groups.forward_winners(self, received.groups_changed,
                                                       now_ms=now_ms)
         if received.group_forwards:
             received.items += _groups.forward_states(self, received.group_forwards,
                                                      now_ms=now_ms)
-        if received.groups_back:
-            received.items += _groups.request_keys(self, received.groups_back, now_ms=now_ms)
+        if received.groups_back or received.chains_unknown:
+            received.items += _groups.request_keys(self, received.groups_back,
+                                                   received.chains_unknown, now_ms=now_ms)
         if received.group_answers:
             received.items += _groups.answer_requests(self, received.group_answers,
                                                       now_ms=now_ms)

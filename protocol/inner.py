@@ -404,9 +404,10 @@ class SenderKeyDistribution(InnerMessage):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SenderKeyRequest(InnerMessage):
     """The sender lacks our chain for the group: it forgot its sender keys when it left
-    or was removed, and a concurrent change that won put it back (docs/protocol.md
-    §9.14, "Sender keys and rotation"). A receiver whose head lists the sender sends
-    its chain again with its next group message."""
+    or was removed, and is a member again (a concurrent change won over its departure,
+    or an admin added it back; docs/protocol.md §9.14, "A departure that lost"). A
+    receiver whose head lists the sender sends its chain again with its next group
+    message."""
 
     KIND: ClassVar[int] = 18
     group_id: bytes = field(metadata=wire(3, GROUP_ID))

@@ -252,26 +252,39 @@ def _from(sender: Party, to: Party) -> list[Delivery]:
     return [d for d in to.relay.deliveries(to.core.subscriptions()) if d.mailbox_id == mailbox]
 
 
-@pytest.mark.parametrize("departure", ["removed", "left"])
-def test_a_member_whose_departure_lost_gets_the_chains_it_forgot(departure: str) -> None:
+def _texts(p: Party) -> list[str]:
+    return [e.text for e in p.take(MessageReceived)]  # type: ignore[attr-defined]
+
+
+def _shares(p: Party, gid: bytes) -> frozenset[bytes]:
+    """Whom *p*'s current chain for the group went to."""
+    chain = p.store.load_outbound_sender_key(gid)
+    assert chain is not None
+    return p.store.sender_key_shared_with(gid, chain.chain_id)
+
+
+def _departure_lost(departure: str, kind: str) -> tuple[bytes, list[Party]]:
     """Admin X removes M (or M leaves) while admin Y renames, at one version; Y's
     rename wins (Y has the smallest id). M takes its departure first (it forgets every
-    chain), then the rename puts it back. Member C took the rename first, so the
-    departure changed nothing there and C kept its chain, shared with M: M asks for it
-    (``SenderKeyRequest``), and C's next message carries it again."""
+    chain), then the rename puts it back. C (an admin too in a channel, where only
+    admins post) and Y took the rename first, so the departure never moved their heads:
+    they kept their chains, shared with M. Returns the group and ``[y, x, m, c]``, M
+    back in and its requests sent, before C and Y have read them."""
     relay = FakeRelay()
     people = sorted((Party(relay, n) for n in ("p", "q", "r", "s")), key=lambda p: p.id)
     for p, q in itertools.combinations(people, 2):
         _connect(p, q)
     y, x, m, c = people
-    gid, _, _ = _groups.create(x.core, name="g", members=[y.id, m.id, c.id], admins=[y.id],
-                               avatar=None, channel=False, now_ms=x.now)
+    admins = [y.id, c.id] if kind == "channel" else [y.id]
+    gid, _, _ = _groups.create(x.core, name="g", members=[y.id, m.id, c.id], admins=admins,
+                               avatar=None, channel=kind == "channel", now_ms=x.now)
     x.flush()
     for p in (y, m, c):
         p.sync()
     _text(c, gid, "before")
+    _text(y, gid, "y before")
     m.sync()
-    assert [e.text for e in m.take(MessageReceived)] == ["before"]  # type: ignore[attr-defined]
+    assert sorted(_texts(m)) == ["before", "y before"]
     if departure == "removed":
         _groups.change(x.core, gid, lambda st: {"members": tuple(p for p in st.members
                                                                  if p != m.id)}, now_ms=x.now)
@@ -285,29 +298,77 @@ def test_a_member_whose_departure_lost_gets_the_chains_it_forgot(departure: str)
     y.flush()
     c.sync(_from(y, c))
     c.sync()  # then the departure, which loses: C keeps its chain
+    y.sync()
     m.sync()  # the rename wins: M is back, and asks the members for their chains
     assert GroupView.load(m.core, gid).active and _head(m, gid).state.name == "renamed"
-    assert _head(c, gid).hash == _head(m, gid).hash
+    assert _head(c, gid).hash == _head(m, gid).hash == _head(y, gid).hash
+    assert m.id in _shares(c, gid) and m.id in _shares(y, gid)  # they would not resend
+    return gid, people
+
+
+@pytest.mark.parametrize("kind", ["group", "channel"])
+@pytest.mark.parametrize("departure", ["removed", "left"])
+def test_a_member_whose_departure_lost_gets_the_chains_it_forgot(departure: str,
+                                                                 kind: str) -> None:
+    """M asks every member who may post for its chain (``SenderKeyRequest``); their next
+    messages carry it again."""
+    gid, (y, _, m, c) = _departure_lost(departure, kind)
+    c.sync()
+    y.sync()
+    assert m.id not in _shares(c, gid) and m.id not in _shares(y, gid)
+    _text(c, gid, "after")
+    _text(y, gid, "y after")
+    m.sync()
+    assert sorted(_texts(m)) == ["after", "y after"]
+
+
+def test_a_lost_sender_key_request_is_asked_again_by_the_next_message() -> None:
+    """M's request to C never arrives (a crash, a lost message): C's next message, on
+    the chain M forgot, makes M ask again (after the request interval); C's message
+    after that carries the chain."""
+    gid, (_, _, m, c) = _departure_lost("removed", "group")
+    for d in _from(m, c):
+        del c.relay.mailboxes[d.mailbox_id]["queue"][d.seq]
+    _text(c, gid, "lost")
+    m.sync()
+    assert _texts(m) == [] and _from(m, c) == []  # asked a moment ago: not again yet
+    m.now += _groups.STATE_REQUEST_INTERVAL_MS
+    _text(c, gid, "lost too")
+    m.sync()
+    assert _texts(m) == [] and len(_from(m, c)) == 1  # asked again
     c.sync()
     _text(c, gid, "after")
     m.sync()
-    assert [e.text for e in m.take(MessageReceived)] == ["after"]  # type: ignore[attr-defined]
+    assert _texts(m) == ["after"]
 
 
-def test_a_sender_key_request_from_a_non_member_changes_nothing() -> None:
+def test_a_sender_key_request_from_anyone_but_a_member_changes_nothing() -> None:
+    """Not from an outsider, nor from a removed member, nor at a receiver that is no
+    longer in the group; a member's is taken."""
     relay = FakeRelay()
-    a, b, outsider = Party(relay, "a"), Party(relay, "b"), Party(relay, "o")
-    _connect(a, b)
-    _connect(a, outsider)
-    gid, _, _ = _groups.create(a.core, name="g", members=[b.id], admins=[], avatar=None,
-                               channel=False, now_ms=a.now)
+    a, b, gone, outsider = (Party(relay, n) for n in ("a", "b", "g", "o"))
+    for p in (b, gone, outsider):
+        _connect(a, p)
+    gid, _, _ = _groups.create(a.core, name="g", members=[b.id, gone.id], admins=[],
+                               avatar=None, channel=False, now_ms=a.now)
     a.flush()
     b.sync()
-    batch = _groups_receive.GroupBatch(a.core)
+    gone.sync()
+    _groups.change(a.core, gid, lambda st: {"members": tuple(sorted((a.id, b.id)))},
+                   now_ms=a.now)
+    a.flush()
+    b.sync()
+    gone.sync()
     request = SenderKeyRequest(message_id=bytes(16), sent_at_ms=1, group_id=gid)
-    assert _groups_receive.apply_inner(a.core, batch, outsider.id, request,
-                                       now_ms=a.now) == (None, [])
-    assert _groups_receive.apply_inner(a.core, batch, outsider.id, dataclasses.replace(
-        request, group_id=bytes(16)), now_ms=a.now) == (None, [])  # a group A lacks
-    write, _ = _groups_receive.apply_inner(a.core, batch, b.id, request, now_ms=a.now)
+
+    def asks(receiver: Party, sender: Party, req: SenderKeyRequest = request) -> object:
+        batch = _groups_receive.GroupBatch(receiver.core)
+        return _groups_receive.apply_inner(receiver.core, batch, sender.id, req,
+                                           now_ms=receiver.now)
+
+    assert asks(a, outsider) == (None, [])
+    assert asks(a, gone) == (None, [])  # removed: the group's head no longer lists it
+    assert asks(a, b, dataclasses.replace(request, group_id=bytes(16))) == (None, [])
+    assert asks(gone, b) == (None, [])  # a receiver that is not in the group
+    write, _ = asks(a, b)  # type: ignore[misc]
     assert write is not None and write.unshare == ((gid, b.id),)  # a member: sent again

@@ -246,7 +246,9 @@ def _fits(s: GroupState) -> bool:
 
 def test_unshare_forgets_one_member_in_every_chain_of_the_group(store: ClientStore) -> None:
     other = bytes(range(1, 17))
-    store.write_group(GroupWrite(shares=((GID, 7, A), (GID, 7, B), (other, 7, B))), now_ms=1)
+    store.write_group(GroupWrite(shares=((GID, 7, A), (GID, 7, B), (GID, 8, B),
+                                         (other, 7, B))), now_ms=1)
     store.write_group(GroupWrite(unshare=((GID, B),)), now_ms=2)
     assert store.sender_key_shared_with(GID, 7) == frozenset({A})
+    assert store.sender_key_shared_with(GID, 8) == frozenset()
     assert store.sender_key_shared_with(other, 7) == frozenset({B})  # another group's
