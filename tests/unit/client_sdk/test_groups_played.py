@@ -135,11 +135,7 @@ def test_an_ex_member_cannot_sign_a_removed_member_back_in() -> None:
     _connect(a, c)
     _connect(a, e)
     _connect(c, e)
-    gid, _, _ = _groups.create(a.core, name="real", members=[c.id, e.id], admins=[],
-                               avatar=None, channel=False, now_ms=a.now)
-    a.flush()
-    c.sync()
-    e.sync()
+    gid = _synced_group(a, [c, e], name="real")
     _groups.change(a.core, gid, lambda st: {"members": (a.id,)}, now_ms=a.now)
     a.flush()
     c.sync()
@@ -157,14 +153,26 @@ def test_an_ex_member_cannot_sign_a_removed_member_back_in() -> None:
         assert not view.active and _head(c, gid).hash == held.hash
 
 
-def test_an_avatar_change_says_so_in_its_event() -> None:
+def _synced_group(admin: Party, members: list[Party], name: str = "g") -> bytes:
+    """A group *admin* creates with *members* (its contacts), who then hold its state."""
+    gid, _, _ = _groups.create(admin.core, name=name, members=[m.id for m in members],
+                               admins=[], avatar=None, channel=False, now_ms=admin.now)
+    admin.flush()
+    for m in members:
+        m.sync()
+    return gid
+
+
+def _two_in_a_group() -> tuple[Party, Party, bytes]:
+    """Contacts A and B, and a group A created with B in it (B has its state)."""
     relay = FakeRelay()
     a, b = Party(relay, "a"), Party(relay, "b")
     _connect(a, b)
-    gid, _, _ = _groups.create(a.core, name="g", members=[b.id], admins=[], avatar=None,
-                               channel=False, now_ms=a.now)
-    a.flush()
-    b.sync()
+    return a, b, _synced_group(a, [b])
+
+
+def test_an_avatar_change_says_so_in_its_event() -> None:
+    a, b, gid = _two_in_a_group()
     [created] = b.take(GroupChanged)
     assert isinstance(created, GroupChanged) and not created.avatar_changed
     manifest = b"\x42" * 40
@@ -216,13 +224,7 @@ def test_a_receipt_inside_a_group_message_is_ignored() -> None:
     """Group receipts go pairwise to the author; one encrypted to the whole group with
     the sender key (kind 6 is not a group message kind) is dropped: the author's message
     stays SENT."""
-    relay = FakeRelay()
-    a, b = Party(relay, "a"), Party(relay, "b")
-    _connect(a, b)
-    gid, _, _ = _groups.create(a.core, name="g", members=[b.id], admins=[], avatar=None,
-                               channel=False, now_ms=a.now)
-    a.flush()
-    b.sync()
+    a, b, gid = _two_in_a_group()
     mid, cid, _ = _groups.send(
         a.core, gid, lambda m, now: Text(message_id=m, sent_at_ms=now, text="hello"),
         lambda c, m: NewMessage(conversation_id=c, message_id=m, sender=None,
@@ -349,11 +351,7 @@ def test_a_sender_key_request_from_anyone_but_a_member_changes_nothing() -> None
     a, b, gone, outsider = (Party(relay, n) for n in ("a", "b", "g", "o"))
     for p in (b, gone, outsider):
         _connect(a, p)
-    gid, _, _ = _groups.create(a.core, name="g", members=[b.id, gone.id], admins=[],
-                               avatar=None, channel=False, now_ms=a.now)
-    a.flush()
-    b.sync()
-    gone.sync()
+    gid = _synced_group(a, [b, gone])
     _groups.change(a.core, gid, lambda st: {"members": tuple(sorted((a.id, b.id)))},
                    now_ms=a.now)
     a.flush()
