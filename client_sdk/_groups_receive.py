@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import logging
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -136,6 +137,38 @@ class _NotYet(Exception):
 
 
 @dataclass(slots=True)
+class _Held:
+    """How much of one kind the store holds, with what the batch added: per sender
+    (counted from the store at the sender's first) and in all (counted at the first)."""
+
+    what: str
+    per_sender: int
+    in_all: int
+    count: Callable[[bytes | None], int]
+    """The store's count: of one sender's, or (None) of those that count in all."""
+    by: dict[bytes, int] = field(default_factory=dict)
+    total: int | None = None
+
+    def take(self, sender: bytes, *, counts_in_all: bool = True) -> bool:
+        """Count one more from *sender* (False: too many held, drop it)."""
+        held = self.by.get(sender)
+        if held is None:
+            held = self.count(sender)
+        if held >= self.per_sender:
+            _log.info("too many %s from %s; one dropped", self.what, sender.hex()[:8])
+            return False
+        if counts_in_all:
+            if self.total is None:
+                self.total = self.count(None)
+            if self.total >= self.in_all:
+                _log.info("too many %s held; one dropped", self.what)
+                return False
+            self.total += 1
+        self.by[sender] = held + 1
+        return True
+
+
+@dataclass(slots=True)
 class GroupBatch:
     """Group state as changed by the envelopes of one batch, not yet committed."""
 
@@ -144,10 +177,8 @@ class GroupBatch:
     records: dict[tuple[bytes, bytes], SenderKeyRecord | None] = field(default_factory=dict)
     chains: dict[tuple[bytes, int], bytes] = field(default_factory=dict)
     changed: set[bytes] = field(default_factory=set)
-    pending: int | None = None
-    """Pending group blobs held, with the batch's (None: not counted yet)."""
-    pending_by: dict[bytes, int] = field(default_factory=dict)
-    """Pending group blobs held per sender, with the batch's (for the senders seen)."""
+    pending: _Held = field(init=False)
+    """Pending group blobs held (:data:`MAX_PENDING_PER_SENDER`, :data:`MAX_PENDING_BLOBS`)."""
     relay_ms: int | None = None
     """When the relay stored the envelope being processed (``Delivery.received_at_ms``)."""
     forwards: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -159,8 +190,9 @@ class GroupBatch:
     """Receipts held per ``(group_id, message_id)`` of ours, with the batch's."""
     sealed: dict[tuple[bytes, bytes], SealedControlPart | None] = field(default_factory=dict)
     """Halves of sealed changes the batch added (None: used in the batch)."""
-    sealed_held: int | None = None
-    sealed_by: dict[bytes, int] = field(default_factory=dict)
+    sealed_held: _Held = field(init=False)
+    """Halves of sealed changes held: per sender, and blobs in all
+    (:data:`MAX_SEALED_PER_SENDER`, :data:`MAX_SEALED_PARTS`)."""
     waiting: set[bytes] = field(default_factory=set)
     """Groups in which the batch stored a state that waits for its parent."""
     answers: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
@@ -171,6 +203,15 @@ class GroupBatch:
     unknown_chains: set[tuple[bytes, bytes]] = field(default_factory=set)
     """``(group_id, member)``: a member of a group we are in wrote on a chain of its we
     no longer hold (we forgot it when we left): we ask that member for its chain."""
+
+    def __post_init__(self) -> None:
+        store = self.core.store
+        self.pending = _Held(
+            "pending group blobs", MAX_PENDING_PER_SENDER, MAX_PENDING_BLOBS,
+            lambda sender: store.pending_group_blob_count(sender=sender))
+        self.sealed_held = _Held(
+            "halves of sealed group changes", MAX_SEALED_PER_SENDER, MAX_SEALED_PARTS,
+            lambda sender: store.sealed_control_count(sender=sender, blobs=sender is None))
 
     def view(self, group_id: bytes) -> GroupView:
         found = self.views.get(group_id)
@@ -191,43 +232,12 @@ class GroupBatch:
         return self.core.store.sealed_control_part(sender, blob_hash)
 
     def keep_sealed(self, part: SealedControlPart) -> GroupWrite | None:
-        """Keep one half until the other comes (None: too many held, dropped)."""
-        store = self.core.store
-        by_sender = self.sealed_by.get(part.sender)
-        if by_sender is None:
-            by_sender = store.sealed_control_count(sender=part.sender)
-        if by_sender >= MAX_SEALED_PER_SENDER:
-            _log.info("too many halves of sealed group changes from %s; one dropped",
-                      part.sender.hex()[:8])
+        """Keep one half until the other comes (None: too many held, dropped). Keys count
+        per sender only: a flood of blobs never costs an authenticated key its place."""
+        if not self.sealed_held.take(part.sender, counts_in_all=part.blob is not None):
             return None
-        if part.blob is not None:
-            if self.sealed_held is None:
-                self.sealed_held = store.sealed_control_count(blobs=True)
-            if self.sealed_held >= MAX_SEALED_PARTS:
-                _log.info("too many sealed group blobs held; one dropped")
-                return None
-            self.sealed_held += 1
-        self.sealed_by[part.sender] = by_sender + 1
         self.sealed[(part.sender, part.hash)] = part
         return GroupWrite(sealed_add=(part,))
-
-    def keep_pending(self, sender: bytes) -> bool:
-        """Count one more pending blob from *sender* (False: too many held, drop it)."""
-        store = self.core.store
-        by_sender = self.pending_by.get(sender)
-        if by_sender is None:
-            by_sender = store.pending_group_blob_count(sender=sender)
-        if by_sender >= MAX_PENDING_PER_SENDER:
-            _log.info("too many pending group blobs from %s; one dropped", sender.hex()[:8])
-            return False
-        if self.pending is None:
-            self.pending = store.pending_group_blob_count()
-        if self.pending >= MAX_PENDING_BLOBS:
-            _log.info("too many pending group blobs; one dropped")
-            return False
-        self.pending += 1
-        self.pending_by[sender] = by_sender + 1
-        return True
 
     def chain_group(self, sender: bytes, chain_id: int) -> bytes | None:
         found = self.chains.get((sender, chain_id))
@@ -600,7 +610,7 @@ def receive_blob(core: ClientCore, batch: GroupBatch, sender: bytes, envelope: E
     try:
         group_id, record, inner = _open(core, batch, sender, blob, batch.relay_ms or now_ms)
     except _NotYet:
-        if not batch.keep_pending(sender):
+        if not batch.pending.take(sender):
             return Incoming(envelope=envelope, received_at_ms=now_ms), []
         pending = PendingGroupBlob(id=0, sender=sender, blob=blob,
                                    received_at_ms=batch.relay_ms or now_ms)
