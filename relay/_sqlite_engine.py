@@ -147,6 +147,12 @@ def _resolve(outcomes: list[_Outcome]) -> None:
             fut.set_exception(value)
 
 
+def _migrate_only(path: Path, synchronous: Synchronous, busy_timeout_ms: int,
+                  migrations: Sequence[Migration]) -> None:
+    """Open the database as the writer does, apply what *migrations* it lacks, close."""
+    open_writer(path, synchronous, busy_timeout_ms, migrations).close()
+
+
 class SqliteEngine:
     """Owns the connections and threads; knows nothing about the relay's tables."""
 
@@ -223,6 +229,11 @@ class SqliteEngine:
                 # follows the thread that forked it, and this one lives as long as we do.
                 remote = WriterProcess.spawn()
                 engine._remote = remote
+                # Migrate here first: a migration may take minutes on a large database
+                # (schema v6 copies every send record), longer than the child is given
+                # to open; the child then finds nothing left to apply.
+                await asyncio.to_thread(_migrate_only, engine._path, synchronous,
+                                        busy_timeout_ms, migrations)
                 await asyncio.to_thread(remote.open, engine._path, synchronous.value,
                                         busy_timeout_ms, tuple(migrations))
                 remote.watch(engine._writer_lost)

@@ -251,6 +251,16 @@ def _send_keys(n: int) -> str:
             f" ON s.send_key = substr(k.column1, 1, {_SEND_KEY}) AND s.send_hash = k.column1")
 
 
+_EXTEND_SEND: Final = (
+    "UPDATE send_dedup SET keep_until_ms = max(keep_until_ms, ?1)"  # noqa: S608
+    f" WHERE send_key = substr(?2, 1, {_SEND_KEY}) AND send_hash = ?2")
+"""A retry added copies under a send's record: it is kept as long as they are."""
+_SWEEP_SENDS: Final = (
+    "DELETE FROM send_dedup WHERE id IN ("
+    " SELECT id FROM send_dedup WHERE keep_until_ms <= ? LIMIT ?)")
+"""The expiry sweep's part of the send records, at most ``LIMIT`` of them a call."""
+
+
 def _slices(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
     """*items* in consecutive slices of at most *size*."""
     for i in range(0, len(items), size):
@@ -408,9 +418,7 @@ def _write_plan(conn: sqlite3.Connection, out: AppendPlan, boxes: dict[bytes, Bo
                      " expires_at_ms, keep_until_ms, entries) VALUES ",
                      [(row[0][:_SEND_KEY], *row) for row in out.send_rows], 6)
     if out.extended:
-        conn.executemany("UPDATE send_dedup SET keep_until_ms = max(keep_until_ms, ?1)"  # noqa: S608
-                         f" WHERE send_key = substr(?2, 1, {_SEND_KEY}) AND send_hash = ?2",
-                         [(k, h) for h, k in out.extended.items()])
+        conn.executemany(_EXTEND_SEND, [(k, h) for h, k in out.extended.items()])
     counters = [(m, b[3], b[4]) for m, b in boxes.items() if b[4]]
     if _UPDATE_FROM and len(counters) > 1:
         for n, values in _parts(conn, counters, 3):
@@ -603,9 +611,7 @@ def expire(conn: sqlite3.Connection, now_ms: int, limit: int) -> ExpiryReport:
         (now_ms, limit),
     ).rowcount
     send_records = conn.execute(
-        "DELETE FROM send_dedup WHERE id IN ("
-        " SELECT id FROM send_dedup WHERE keep_until_ms <= ? LIMIT ?)"
-        " RETURNING length(entries)",
+        _SWEEP_SENDS + " RETURNING length(entries)",
         (now_ms, limit),
     ).fetchall()
     retired = conn.execute(

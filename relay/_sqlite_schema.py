@@ -238,12 +238,13 @@ _V6 = [
     """
     CREATE TABLE send_records (
         id             INTEGER PRIMARY KEY,
-        send_key       BLOB NOT NULL CHECK (length(send_key) = 8),   -- send_hash's first 8 bytes
+        send_key       BLOB NOT NULL,  -- send_hash's first 8 bytes: the lookup index
         send_hash      BLOB NOT NULL CHECK (length(send_hash) = 32),
         received_at_ms INTEGER NOT NULL,
         expires_at_ms  INTEGER NOT NULL,
         keep_until_ms  INTEGER NOT NULL,
-        entries        BLOB NOT NULL CHECK (length(entries) % 24 = 0)
+        entries        BLOB NOT NULL CHECK (length(entries) % 24 = 0),
+        CHECK (send_key = substr(send_hash, 1, 8))
     )
     """,
     "INSERT INTO send_records (send_key, send_hash, received_at_ms, expires_at_ms,"

@@ -25,9 +25,10 @@ __all__ = ["JOURNAL_SIZE_LIMIT", "WRITER_CACHE_KIB", "Migration", "StoreConnecti
 
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 WRITER_CACHE_KIB = 64 * 1024
-"""The writer's page cache (SQLite's default is 2 MiB). The idempotency table's keys
-are random, so every append touches a random leaf page of it; with the default cache
-most of those pages are re-read from the OS on every batch once the table outgrows it."""
+"""The writer's page cache (SQLite's default is 2 MiB). The send records' lookup index
+(``send_dedup_by_key``, schema v6) is keyed by random bytes, so every append touches a
+random leaf page of it; with the default cache most of those pages are re-read from the
+OS on every batch once the index outgrows it."""
 """Truncate the WAL file back to this after checkpoints so a burst does not pin disk."""
 
 

@@ -100,9 +100,9 @@ class SyncMode(enum.StrEnum):
 class StoreWriter(enum.StrEnum):
     """Where the SQLite writer runs (see ``relay._sqlite_engine.WriterMode``).
 
-    PROCESS: a child process fed whole group-commit batches (the default: the writer
-    no longer waits for the event loop's GIL around every statement). THREAD: a thread
-    of the relay's process, as the library and the admin CLI use.
+    THREAD (the default): a thread of the relay's process, as the library and the
+    admin CLI use. PROCESS: a child process fed whole group-commit batches (the writer
+    no longer waits for the event loop's GIL around every statement).
     """
 
     PROCESS = "process"

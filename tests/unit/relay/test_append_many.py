@@ -25,6 +25,7 @@ from pigeon_crypto.errors import StoreError
 from relay import _sqlite_ops as ops
 from relay._sqlite_engine import SqliteEngine
 from relay._sqlite_schema import MIGRATIONS
+from relay._sqlite_txn import Synchronous, open_writer
 from relay.ports import AppendRequest, AppendResult, Recipient, RecordingObserver
 from relay.store_memory import MemoryStore
 from relay.store_sqlite import SqliteStore
@@ -109,6 +110,29 @@ async def test_a_run_gives_what_one_by_one_gives(tmp_path: Path, seed: int, run:
         # Blob rows are shared by the copies of one send and never orphaned.
         assert conn.execute("SELECT count(*) FROM blobs WHERE id NOT IN"
                             " (SELECT blob_id FROM deliveries)").fetchone() == (0,)
+        # One record per send, retried or not (no primary key says so since schema v6).
+        assert conn.execute("SELECT count(*) - count(DISTINCT send_hash)"
+                            " FROM send_dedup").fetchone() == (0,)
+    finally:
+        conn.close()
+
+
+def test_send_record_statements_use_the_key_index(tmp_path: Path) -> None:
+    """Every statement on the send records finds them through an index: the table holds
+    days of sends, and a scan of it on the write path would cost the writer per send."""
+    conn = open_writer(tmp_path / "plan.db", Synchronous.FULL, 1000, MIGRATIONS)
+    h = bytes(32)
+    try:
+        plans = {
+            "lookup": (f"SELECT s.send_hash FROM {ops._send_keys(2)}", (h, h)),
+            "lone lookup": (ops._ONE_LOOKUP, (bytes(16), h)),
+            "extend": (ops._EXTEND_SEND, (1, h)),
+            "sweep": (ops._SWEEP_SENDS, (1, 10)),
+        }
+        for what, (sql, args) in plans.items():
+            steps = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args)]
+            assert not [s for s in steps if s.startswith("SCAN send_dedup")], (what, steps)
+            assert any("send_dedup" in s and "INDEX" in s for s in steps), (what, steps)
     finally:
         conn.close()
 

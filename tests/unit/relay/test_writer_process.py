@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,9 @@ from pathlib import Path
 import pytest
 
 from pigeon_crypto.errors import StoreError
+from relay import _sqlite_writer
+from relay._sqlite_engine import Migration, SqliteEngine
+from relay._sqlite_schema import MIGRATIONS
 from relay.ports import NotFound, Recipient, RejectReason, WrongCapability
 from relay.store_sqlite import SqliteStore, WriterMode
 from tests.helpers import process_alive
@@ -118,6 +122,30 @@ async def test_open_errors_come_back(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError):
         await SqliteStore.open(path, writer=WriterMode.PROCESS)
+
+
+def _slow_migration(conn: sqlite3.Connection) -> None:
+    time.sleep(3)  # a table copied on a large database (schema v6: minutes)
+    conn.execute("CREATE TABLE slow (x INTEGER)")
+
+
+async def test_a_migration_longer_than_the_childs_open_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migrations run in the relay's process before the child opens the database: one
+    that takes longer than the child is given to open (``OPEN_TIMEOUT_S``) must not make
+    the relay unable to start."""
+    monkeypatch.setattr(_sqlite_writer, "OPEN_TIMEOUT_S", 2.0)
+    migrations = (*MIGRATIONS, Migration(len(MIGRATIONS) + 1, _slow_migration))
+    engine = await SqliteEngine.open(tmp_path / "slow.db", migrations,
+                                     writer=WriterMode.PROCESS)
+    await engine.close()
+    conn = sqlite3.connect(tmp_path / "slow.db")
+    try:
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (
+            len(migrations),)
+        assert conn.execute("SELECT count(*) FROM slow").fetchone() == (0,)
+    finally:
+        conn.close()
 
 
 _PARENT = textwrap.dedent(
