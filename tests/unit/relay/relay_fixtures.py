@@ -91,7 +91,7 @@ BUILT_WITH: dict[int, str] = {
     3: "ea054744e52740e3f0b2e242d79102e42169d11a",  # the bump: counters per ack statement
     4: "a6682cb89d7a9f6d8f764e3979bb3542d3c240b1",  # the bump: a send record for every send
     5: "b2daafa6cf53ef7b5145d84a0ab83c84ac1ea50f",  # the bump: v2's per-row trigger again
-    6: "c30a27a4c1a2bdcab8364a951ba6e9339b7e0a7d",  # send records in insertion order (with the key check)
+    6: "c30a27a4c1a2bdcab8364a951ba6e9339b7e0a7d",  # send records in insertion order
 }
 """Relay schema version -> the commit whose own code wrote ``data/relay_vN.db.gz``."""
 
