@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 from pigeon_crypto.errors import PigeonError
 from pigeon_crypto.padding import unpad_message
 from pigeon_crypto.sender_keys import SenderKeyDistribution as Distribution
-from pigeon_crypto.sender_keys import SenderKeyRecord
+from pigeon_crypto.sender_keys import SenderKeyRecord, UnknownSenderChain
 from pigeon_crypto.signing import Purpose
 from protocol.errors import RemoteProtocolError
 from protocol.inner import (
@@ -589,16 +589,19 @@ def _open(core: ClientCore, batch: GroupBatch, sender: bytes, blob: bytes, relay
         raise _NotYet
     if _added_after(view, sender, relay_ms, core.account_id):
         raise RemoteProtocolError("a group blob from before its sender was a member")
+    # A chain we placed before (its distribution came) but hold no longer: we forgot it
+    # when we left, and the sender, a member again like us, sends it again on request.
     record = batch.record(group_id, sender)
-    if record is None or all(c.chain_id != chain_id for c in record.chains):
-        # We placed this chain before (its distribution came), so we held it and forgot
-        # it when we left: the sender, a member again like us, sends it again on request.
+    if record is None:
         batch.unknown_chains.add((group_id, sender))
-        if record is None:
-            raise _NotYet
+        raise _NotYet
     if head.state.channel and sender not in head.state.admins:
         raise RemoteProtocolError("a member who is not an admin posted in a channel")
-    new_record, padded = record.decrypt(blob[1:])
+    try:
+        new_record, padded = record.decrypt(blob[1:])
+    except UnknownSenderChain:
+        batch.unknown_chains.add((group_id, sender))
+        raise
     inner = decode_inner(unpad_message(padded))
     batch.records[(group_id, sender)] = new_record
     return group_id, new_record, inner
