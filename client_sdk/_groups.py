@@ -354,6 +354,20 @@ def _pairwise(core: ClientCore, batch: _Batch, peer: bytes, mailbox_id: bytes,
                     session=SessionUpdate(peer=peer, state=session))
 
 
+def _to_peer(core: ClientCore, batch: _Batch, peer: bytes, inner: InnerMessage,
+             now_ms: int, what: str) -> Outgoing | None:
+    """*inner* over our pairwise session with *peer* (None, logged as *what*: we cannot
+    write to that peer now)."""
+    try:
+        _, outbound = core.sendable(peer)
+        blob, session = batch.encrypt(peer, inner)
+    except ClientError as exc:
+        _log.info("%s not sent to %s: %s", what, peer.hex()[:8], type(exc).__name__)
+        return None
+    return _pairwise(core, batch, peer, outbound.mailbox_id, outbound.capability, blob,
+                     session, now_ms)
+
+
 def forward_winners(core: ClientCore, group_ids: Iterable[bytes], *, now_ms: int,
                     ) -> list[OutboxItem]:
     """Our change lost to a concurrent one: send the winner to the members that got
@@ -462,17 +476,12 @@ def request_missing(core: ClientCore, group_ids: Iterable[bytes], *, now_ms: int
     outgoing: list[Outgoing] = []
     for (peer, group_id), hashes in sorted(asks.items()):
         for i in range(0, len(hashes), MAX_STATE_REQUEST_HASHES):
-            try:
-                _, outbound = core.sendable(peer)
-                blob, session = batch.encrypt(peer, GroupStateRequest(
-                    message_id=core.rng(16), sent_at_ms=now_ms, group_id=group_id,
-                    hashes=tuple(hashes[i:i + MAX_STATE_REQUEST_HASHES])))
-            except ClientError as exc:
-                _log.info("group state request not sent to %s: %s", peer.hex()[:8],
-                          type(exc).__name__)
-                continue
-            outgoing.append(_pairwise(core, batch, peer, outbound.mailbox_id,
-                                      outbound.capability, blob, session, now_ms))
+            out = _to_peer(core, batch, peer, GroupStateRequest(
+                message_id=core.rng(16), sent_at_ms=now_ms, group_id=group_id,
+                hashes=tuple(hashes[i:i + MAX_STATE_REQUEST_HASHES])), now_ms,
+                "group state request")
+            if out is not None:
+                outgoing.append(out)
     return batch.commit(outgoing) if outgoing else []
 
 
@@ -502,17 +511,12 @@ def request_keys(core: ClientCore, groups_back: Iterable[bytes],
         last = core.key_requests.get((group_id, peer))
         if peer == me or (last is not None and now_ms - last < STATE_REQUEST_INTERVAL_MS):
             continue
-        try:
-            _, outbound = core.sendable(peer)
-            blob, session = batch.encrypt(peer, SenderKeyRequest(
-                message_id=core.rng(16), sent_at_ms=now_ms, group_id=group_id))
-        except ClientError as exc:  # asked again when its next message comes
-            _log.info("sender key request not sent to %s: %s", peer.hex()[:8],
-                      type(exc).__name__)
-            continue
-        core.key_requests[(group_id, peer)] = now_ms
-        outgoing.append(_pairwise(core, batch, peer, outbound.mailbox_id,
-                                  outbound.capability, blob, session, now_ms))
+        out = _to_peer(core, batch, peer, SenderKeyRequest(
+            message_id=core.rng(16), sent_at_ms=now_ms, group_id=group_id), now_ms,
+            "sender key request")
+        if out is not None:  # else asked again when that member's next message comes
+            core.key_requests[(group_id, peer)] = now_ms
+            outgoing.append(out)
     return batch.commit(outgoing) if outgoing else []
 
 
@@ -565,16 +569,12 @@ def send_receipts(core: ClientCore, entries: Iterable[tuple[bytes, bytes, bytes]
     outgoing: list[Outgoing] = []
     for (author, group_id), ids in sorted(by_author.items()):
         for i in range(0, len(ids), L.MAX_RECEIPT_IDS):
-            try:
-                _, outbound = core.sendable(author)
-                inner = Receipt(message_id=core.rng(16), sent_at_ms=now_ms, kind=kind,
-                                message_ids=tuple(ids[i:i + L.MAX_RECEIPT_IDS]),
-                                group_id=group_id)
-                blob, session = batch.encrypt(author, inner)
-            except ClientError:
-                continue
-            outgoing.append(_pairwise(core, batch, author, outbound.mailbox_id,
-                                      outbound.capability, blob, session, now_ms))
+            out = _to_peer(core, batch, author, Receipt(
+                message_id=core.rng(16), sent_at_ms=now_ms, kind=kind,
+                message_ids=tuple(ids[i:i + L.MAX_RECEIPT_IDS]), group_id=group_id),
+                now_ms, "group receipt")
+            if out is not None:
+                outgoing.append(out)
     if history is not None:
         if not outgoing:
             core.store.apply(history, now_ms=now_ms)
