@@ -4,7 +4,7 @@ the layout of schema v5 (``send_dedup`` keyed by the random 32-byte ``send_hash`
 first 8 bytes).
 
 Run: ``python -m bench.send_records [--records 0,50000,250000,1000000] [--batch 5000]
-[--rounds 7] [--dir PATH]``
+[--rounds 7] [--dir PATH] [--migrate 1000000]``
 
 For each table size, two fresh databases (WAL, ``synchronous=FULL``, ``secure_delete``,
 as the relay opens them) get ``--records`` records, then ``--rounds`` transactions of
@@ -12,8 +12,10 @@ as the relay opens them) get ``--records`` records, then ``--rounds`` transactio
 record per send), the two layouts interleaved round by round. Prints the median time
 per batch and per record, and the WAL bytes a batch wrote. The records are as the relay
 writes them (a 32-byte hash, three times, one 24-byte entry); the statements are those
-of ``relay/_sqlite_ops.py`` for each version. Figures: docs/benchmarks.md, "Send records
-in insertion order".
+of ``relay/_sqlite_ops.py`` for each version. With ``--migrate N``, it also times the
+relay's own migration (``relay._sqlite_schema``) of a version-5 database holding N
+records to version 6, which copies them. Figures: docs/benchmarks.md, "Send records in
+insertion order".
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench._report import machine_line
+from relay._sqlite_schema import MIGRATIONS
+from relay._sqlite_txn import Synchronous, open_writer
 
 DAY_MS = 86_400_000
 NOW_MS = 1_700_000_000_000
@@ -116,6 +120,27 @@ def measure(folder: Path, records: int, batch: int, rounds: int) -> dict[str, tu
             for layout in conns}
 
 
+def migrate(folder: Path, records: int) -> tuple[float, int, int]:
+    """``(seconds, file bytes before, file and WAL bytes after)`` of migrating a v5 relay
+    database holding *records* send records to the newest schema."""
+    path = folder / "migrate.db"
+    conn = open_writer(path, Synchronous.FULL, 1000, MIGRATIONS[:5])
+    try:
+        conn.execute("BEGIN")
+        for first in range(0, records, 50_000):
+            conn.executemany(_INSERT["v5"], _rows("v5", first, min(50_000, records - first)))
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    before = path.stat().st_size
+    began = time.perf_counter()
+    open_writer(path, Synchronous.FULL, 1000, MIGRATIONS).close()
+    seconds = time.perf_counter() - began
+    wal = folder / "migrate.db-wal"
+    return seconds, before, path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--records", default="0,50000,250000,1000000",
@@ -123,6 +148,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=5000, help="records per transaction")
     parser.add_argument("--rounds", type=int, default=7, help="transactions per layout")
     parser.add_argument("--dir", type=Path, default=None, help="where the databases go")
+    parser.add_argument("--migrate", type=int, default=0, metavar="N",
+                        help="also time the v5 -> v6 migration of N records")
     args = parser.parse_args()
     print(machine_line())
     print(f"batch {args.batch:,} records per transaction, median of {args.rounds} rounds")
@@ -136,6 +163,11 @@ def main() -> None:
             print(f"| {records:,} | {t5 * 1e3:.1f} | {t6 * 1e3:.1f}"
                   f" | {t5 / args.batch * 1e6:.1f} | {t6 / args.batch * 1e6:.1f}"
                   f" | {w5 / 1e6:.1f} | {w6 / 1e6:.1f} | {t6 / t5:.2f}x |", flush=True)
+        if args.migrate:
+            seconds, before, after = migrate(Path(tmp), args.migrate)
+            print(f"migration v5 -> v6 of {args.migrate:,} records: {seconds:.1f} s,"
+                  f" database {before / 1e6:.0f} MB before, {after / 1e6:.0f} MB with its"
+                  " WAL after")
 
 
 if __name__ == "__main__":
