@@ -141,7 +141,7 @@ class Connection:
         now = node.monotonic()
         self.node = node
         self.ws = ws
-        self.sink = attach(ws)
+        self.sink = attach(ws, node.metrics)
         self.remote = remote
         """The peer's address: a key of the per-address lookup credits; never stored."""
         self.credits = TokenBucket(config.conn_credit_capacity,

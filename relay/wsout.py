@@ -15,6 +15,9 @@ Theory of operation:
 * Flow control is the transport's: :meth:`FrameSink.send` waits (aiohttp's drain) while
   the transport is paused because the peer stopped reading. Only the writing coroutine
   waits: a slow peer slows only itself.
+* Every frame queued is counted in ``frames_out`` by its type, read from the frame's
+  third byte (``[version, type, ...]``: a fixarray header, then two one-byte integers,
+  protocol §9.3) without decoding it; aiohttp's own control frames are not counted.
 * The proxy relies on two aiohttp internals (``WebSocketResponse._writer.transport`` and
   the protocol's ``_paused``/``_drain_helper``); if they are missing (another aiohttp),
   :func:`attach` returns a sink that calls ``ws.send_bytes`` per frame instead.
@@ -28,6 +31,10 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from protocol import FRAME_TYPES
+
+from .metrics import Metrics
+
 __all__ = ["FLUSH_AT", "FrameSink", "attach"]
 
 FLUSH_AT: Final = 64 * 1024
@@ -35,6 +42,13 @@ FLUSH_AT: Final = 64 * 1024
 _BINARY: Final = 0x82  # FIN + opcode 2
 _LEN2: Final = struct.Struct("!BBH").pack
 _LEN8: Final = struct.Struct("!BBQ").pack
+_TYPE_NAMES: Final = {code: cls.__name__ for code, cls in FRAME_TYPES.items()}
+"""Frame type code -> the ``type`` label of ``frames_out`` (the class name, as ``frames_in``)."""
+
+
+def frame_type_name(data: bytes) -> str:
+    """The type of an encoded frame, for metrics: its class name, or ``"unknown"``."""
+    return _TYPE_NAMES.get(data[2], "unknown") if len(data) > 2 else "unknown"
 
 
 def _frame(data: bytes) -> bytes:
@@ -69,10 +83,13 @@ class _Proxy:
 class FrameSink:
     """Queues binary frames for one WebSocket; see the module docstring."""
 
-    __slots__ = ("_loop", "_pending", "_protocol", "_scheduled", "_size", "_transport", "_ws")
+    __slots__ = ("_count", "_loop", "_pending", "_protocol", "_scheduled", "_size",
+                 "_transport", "_ws")
 
-    def __init__(self, ws: web.WebSocketResponse, transport: Any, protocol: Any) -> None:
+    def __init__(self, ws: web.WebSocketResponse, transport: Any, protocol: Any,
+                 metrics: Metrics) -> None:
         self._ws = ws
+        self._count = metrics.frame_out
         self._transport = transport
         self._protocol = protocol
         self._loop = asyncio.get_running_loop()
@@ -87,6 +104,7 @@ class FrameSink:
             ConnectionError: the connection is gone (from the drain).
         """
         if self._transport is None:
+            self._count(frame_type_name(data))
             await self._ws.send_bytes(data)
             return
         if self._transport.is_closing():
@@ -111,6 +129,7 @@ class FrameSink:
     def _queue(self, data: bytes) -> None:
         """Add one frame to the batch: written at once past ``FLUSH_AT``, else at the end
         of this loop iteration."""
+        self._count(frame_type_name(data))
         self._pending.append(_frame(data))
         self._size += len(data)
         if self._size >= FLUSH_AT:
@@ -136,14 +155,15 @@ class FrameSink:
             transport.write(data)
 
 
-def attach(ws: web.WebSocketResponse) -> FrameSink:
-    """A :class:`FrameSink` for a prepared *ws* (coalescing if aiohttp allows it)."""
+def attach(ws: web.WebSocketResponse, metrics: Metrics) -> FrameSink:
+    """A :class:`FrameSink` for a prepared *ws* (coalescing if aiohttp allows it) that
+    counts its frames in *metrics*."""
     writer = getattr(ws, "_writer", None)
     transport = getattr(writer, "transport", None)
     protocol = getattr(writer, "protocol", None)
     if (transport is None or protocol is None or not hasattr(protocol, "_paused")
             or not hasattr(protocol, "_drain_helper") or ws.compress):
-        return FrameSink(ws, None, None)
-    sink = FrameSink(ws, transport, protocol)
+        return FrameSink(ws, None, None, metrics)
+    sink = FrameSink(ws, transport, protocol, metrics)
     writer.transport = _Proxy(transport, sink)  # type: ignore[union-attr]
     return sink

@@ -2,7 +2,7 @@
 
 Blobs are reserved here directly in the relay's blob folder and tokens are minted with the
 relay's persisted secret: that is what the frame pipeline does on ``RequestBlobUpload``
-(``relay.blob_http.reserve_upload``), which does not exist on the wire yet.
+(``relay.blob_http.reserve_upload``); these tests reach the HTTP side without a session.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
-from protocol import Challenge, Connect, decode_frame
+from protocol import Challenge, Connect, Ping, Pong, decode_frame
 from relay.app import create_app
 from relay.blob_http import blob_url_path
 from relay.blobs import BlobOp, FolderBlobStore, blob_token
@@ -114,6 +114,34 @@ async def test_metrics_exposition(shared: RelayProcess, http: aiohttp.ClientSess
     assert {"store_writes", "push_pending"} <= queues
     ops = {s.labels.get("op") for s in families["pigeon_relay_store_seconds"].samples}
     assert "get_account" in ops  # the health probe, timed by the store observer
+
+
+async def _frame_counts(rp: RelayProcess, http: aiohttp.ClientSession) -> dict[tuple[str, str],
+                                                                                float]:
+    """``{(direction, type): count}`` of the frames_in/frames_out counters."""
+    async with http.get(rp.url + "/metrics") as resp:
+        text = await resp.text()
+    return {(f.name.rsplit("_", 1)[-1], s.labels["type"]): s.value
+            for f in text_string_to_metric_families(text)
+            if f.name in ("pigeon_relay_frames_in", "pigeon_relay_frames_out")
+            for s in f.samples if s.name.endswith("_total")}
+
+
+async def test_frames_are_counted_by_type_both_ways(relay_factory: RelayFactory,
+                                                    http: aiohttp.ClientSession) -> None:
+    rp = relay_factory()
+    async with http.ws_connect(rp.url + "/v1/ws") as ws:
+        await ws.send_bytes(Connect(request_id=1).encode())
+        assert isinstance(decode_frame((await ws.receive(timeout=5)).data), Challenge)
+        before = await _frame_counts(rp, http)
+        for rid in (2, 3, 4):
+            await ws.send_bytes(Ping(request_id=rid).encode())
+            assert isinstance(decode_frame((await ws.receive(timeout=5)).data), Pong)
+    after = await _frame_counts(rp, http)
+    assert before[("in", "Connect")] == 1 and before[("out", "Challenge")] == 1
+    assert after[("in", "Ping")] - before.get(("in", "Ping"), 0) == 3
+    assert after[("out", "Pong")] - before.get(("out", "Pong"), 0) == 3
+    assert after[("out", "Challenge")] == 1
 
 
 async def test_openapi_document_describes_every_route(shared: RelayProcess,

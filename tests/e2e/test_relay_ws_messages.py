@@ -1,6 +1,6 @@
 """Messages through the real relay: capabilities, offline and live delivery, acks and
 redelivery, idempotent resends, ordering, expiry notices, fan-out stored once, a slow
-subscriber, ephemeral signals, credits."""
+subscriber, ephemeral signals, credits; a mailbox's rotation and deletion."""
 
 from __future__ import annotations
 
@@ -19,11 +19,14 @@ from protocol import (
     Connect,
     CreateMailbox,
     CreditsLow,
+    DeleteMailbox,
     Error,
     ErrorCode,
     MailboxCreated,
     MessagesExpired,
+    Ok,
     Register,
+    RotateMailbox,
     SendEphemeral,
     Sent,
     Subscribe,
@@ -35,7 +38,15 @@ from protocol import (
 
 from ._relay_fixtures import db_rows, metric_value
 from .conftest import RelayProcess, launch_relay
-from .wsclient import Identity, Mailbox, RelayClient, anonymous, connect_user, new_id
+from .wsclient import (
+    Identity,
+    Mailbox,
+    RelayClient,
+    anonymous,
+    connect_user,
+    new_id,
+    now_ms,
+)
 
 GENEROUS = ["--conn-credit-capacity", "100000", "--conn-credit-refill", "100000",
             "--mailbox-credit-capacity", "100000", "--mailbox-credit-refill", "100000"]
@@ -109,6 +120,70 @@ async def test_wrong_or_missing_capability_is_one_answer(relay: RelayProcess) ->
     await bob.no_delivery(0.2)
     await bob.close()
     await alice.close()
+
+
+async def test_a_rotated_mailbox_takes_over_and_the_old_one_retires(
+        relay: RelayProcess) -> None:
+    """``RotateMailbox``: the new mailbox inherits the live subscription; the old one
+    takes sends until ``retire_at_ms`` (still delivered), then refuses them as any wrong
+    capability; only the owner may rotate, and a retired mailbox not again."""
+    bob, old = await owner_with_mailbox(relay.url)
+    await bob.subscribe(old)
+    alice = await anonymous(relay.url)
+    capability = os.urandom(32)
+    created = await bob.expect(MailboxCreated, lambda rid: RotateMailbox(
+        request_id=rid, mailbox_id=old.mailbox_id,
+        capability_hash=hashlib.sha256(capability).digest(), retire_at_ms=now_ms() + 1500))
+    new = Mailbox(created.mailbox_id, capability)
+    assert new.mailbox_id != old.mailbox_id
+    assert isinstance(await alice.send([new], b"to the new one"), Sent)
+    assert isinstance(await alice.send([old], b"grace"), Sent)  # before retire_at_ms
+    got = {(d.mailbox_id, d.blob) for d in await bob.deliveries_of(2)}
+    assert got == {(new.mailbox_id, b"to the new one"), (old.mailbox_id, b"grace")}
+    mallory = await connect_user(relay.url)  # not the owner
+    refused = await mallory.error(lambda rid: RotateMailbox(
+        request_id=rid, mailbox_id=new.mailbox_id, capability_hash=os.urandom(32)))
+    assert refused.code is ErrorCode.FORBIDDEN
+    await asyncio.sleep(1.6)
+    late = await alice.send([old], b"after retirement")
+    assert isinstance(late, Error) and late.code is ErrorCode.WRONG_CAPABILITY
+    again = await bob.error(lambda rid: RotateMailbox(
+        request_id=rid, mailbox_id=old.mailbox_id, capability_hash=os.urandom(32)))
+    assert again.code is ErrorCode.NO_SUCH_MAILBOX
+    assert isinstance(await alice.send([new], b"still here"), Sent)
+    assert (await bob.next_delivery()).blob == b"still here"
+    for c in (bob, alice, mallory):
+        await c.close()
+
+
+async def test_deleting_a_mailbox_drops_its_envelopes_and_refuses_sends(
+        relay: RelayProcess) -> None:
+    bob, box = await owner_with_mailbox(relay.url)
+    keep = await bob.create_mailbox()
+    alice = await anonymous(relay.url)
+    for blob in (b"one", b"two"):
+        assert isinstance(await alice.send([box, keep], blob), Sent)
+    mallory = await connect_user(relay.url)
+    refused = await mallory.error(lambda rid: DeleteMailbox(request_id=rid,
+                                                            mailbox_id=box.mailbox_id))
+    assert refused.code is ErrorCode.FORBIDDEN
+    assert isinstance(await bob.request(
+        lambda rid: DeleteMailbox(request_id=rid, mailbox_id=box.mailbox_id)), Ok)
+    assert db_rows(relay, "SELECT count(*) FROM deliveries WHERE mailbox_id = ?",
+                   box.mailbox_id) == [(0,)]
+    assert db_rows(relay, "SELECT count(*) FROM mailboxes WHERE id = ?",
+                   box.mailbox_id) == [(0,)]
+    answer = await alice.send([box], b"too late")
+    assert isinstance(answer, Error) and answer.code is ErrorCode.WRONG_CAPABILITY
+    gone = await bob.error(lambda rid: DeleteMailbox(request_id=rid,
+                                                     mailbox_id=box.mailbox_id))
+    assert gone.code is ErrorCode.NO_SUCH_MAILBOX
+    subscribed = await bob.subscribe(box, keep)
+    assert subscribed.rejected == (box.mailbox_id,)
+    # The other mailbox of the same sends kept its copies (the shared blob too).
+    assert [d.blob for d in await bob.deliveries_of(2)] == [b"one", b"two"]
+    for c in (bob, alice, mallory):
+        await c.close()
 
 
 async def test_idempotent_resend(relay: RelayProcess) -> None:
