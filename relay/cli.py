@@ -456,8 +456,13 @@ async def _invite(store: Store, args: argparse.Namespace, config: RelayConfig,
         prefix = args.hash.lower()
         matches = [r.code_hash for r in await store.list_invites()
                    if r.code_hash.hex().startswith(prefix)]
-        if len(prefix) < 8 or len(matches) != 1:
-            raise ConfigError("--hash must name exactly one invite (8+ hex digits)")
+        if len(prefix) < 8:
+            raise ConfigError("--hash needs 8 or more hex digits of a hash from `invite list`")
+        if not matches:
+            out.emit({"revoked": False}, ["no such invite (revoked invites are not listed)"])
+            return 1
+        if len(matches) > 1:
+            raise ConfigError(f"--hash {prefix} matches {len(matches)} invites: give more digits")
         code_hash = matches[0]
     revoked = await store.revoke_invite(code_hash)
     out.emit({"revoked": revoked}, ["revoked" if revoked else "no such invite"])

@@ -70,6 +70,10 @@ def test_invites_without_a_server(tmp_path: Path) -> None:
     assert admin_json(tmp_path, "invite", "list") == []
     out = admin(tmp_path, "invite", "revoke", codes[0])
     assert out.returncode == 1 and "no such invite" in out.stdout
+    out = admin(tmp_path, "invite", "revoke", "--hash", invite_code_hash(codes[1]).hex()[:12])
+    assert out.returncode == 1 and "no such invite" in out.stdout  # gone, not a usage error
+    out = admin(tmp_path, "invite", "revoke", "--hash", "abc")
+    assert out.returncode == 1 and "8 or more hex digits" in out.stderr
 
 
 def test_accounts_and_queues_without_a_server(tmp_path: Path) -> None:
