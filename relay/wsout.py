@@ -17,7 +17,7 @@ Theory of operation:
   waits: a slow peer slows only itself.
 * Every frame queued is counted in ``frames_out`` by its type, read from the frame's
   third byte (``[version, type, ...]``: a fixarray header, then two one-byte integers,
-  protocol §9.3) without decoding it; aiohttp's own control frames are not counted.
+  protocol §9.2) without decoding it; aiohttp's own control frames are not counted.
 * The proxy relies on two aiohttp internals (``WebSocketResponse._writer.transport`` and
   the protocol's ``_paused``/``_drain_helper``); if they are missing (another aiohttp),
   :func:`attach` returns a sink that calls ``ws.send_bytes`` per frame instead.
