@@ -98,12 +98,15 @@ class MemoryAccounts:
         )
 
     async def rotate_identity(
-        self, *, account_id: bytes, identity_key: bytes, rotation: bytes, now_ms: int
+        self, *, account_id: bytes, identity_key: bytes, rotation: bytes, now_ms: int,
+        expect_key: bytes, expect_rotations: int,
     ) -> AccountRecord:
         check_id("account_id", account_id, ACCOUNT_ID_LEN)
         a = self._accounts.get(account_id)
         if a is None:
             raise NotFound("account")
+        if a.identity_key != expect_key or len(a.rotations) != expect_rotations:
+            raise StoreConflict("identity rotated meanwhile")
         a.identity_key = bytes(identity_key)
         a.identity_updated_at_ms = now_ms
         # What the old key signed no longer verifies (see _sqlite_accounts.rotate_identity).

@@ -108,18 +108,25 @@ async def get_account(conn: Conn, account_id: bytes) -> AccountRecord | None:
 
 
 async def rotate_identity(
-    conn: Conn, account_id: bytes, identity_key: bytes, rotation: bytes, now_ms: int
+    conn: Conn, account_id: bytes, identity_key: bytes, rotation: bytes, now_ms: int,
+    expect_key: bytes, expect_rotations: int,
 ) -> AccountRecord:
     # What the old key signed goes in the same transaction (see
     # relay._sqlite_accounts.rotate_identity); unsigned one-time X25519 prekeys stay.
     # The UPDATE locks the row first, so concurrent rotations number their records in turn.
+    # Compare and swap on the key (re-checked on the locked row by a concurrent
+    # rotation's UPDATE) and the chain length.
     found = await conn.fetchval(
         "UPDATE accounts SET identity_key = $1, identity_updated_at_ms = $2,"
-        " signed_prekey = NULL, last_resort_kem = NULL WHERE id = $3 RETURNING 1",
-        identity_key, now_ms, account_id,
+        " signed_prekey = NULL, last_resort_kem = NULL WHERE id = $3 AND identity_key = $4"
+        " AND (SELECT count(*) FROM identity_rotations WHERE account_id = $3) = $5"
+        " RETURNING 1",
+        identity_key, now_ms, account_id, expect_key, expect_rotations,
     )
     if found is None:
-        raise NotFound("account")
+        if await conn.fetchval("SELECT 1 FROM accounts WHERE id = $1", account_id) is None:
+            raise NotFound("account")
+        raise StoreConflict("identity rotated meanwhile")
     await conn.execute(
         "DELETE FROM one_time_prekeys WHERE account_id = $1 AND kind = $2", account_id, _KEM
     )

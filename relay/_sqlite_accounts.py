@@ -87,19 +87,26 @@ def get_account(conn: sqlite3.Connection, account_id: bytes) -> AccountRecord | 
 
 
 def rotate_identity(
-    conn: sqlite3.Connection, account_id: bytes, identity_key: bytes, rotation: bytes, now_ms: int
+    conn: sqlite3.Connection, account_id: bytes, identity_key: bytes, rotation: bytes,
+    now_ms: int, expect_key: bytes, expect_rotations: int,
 ) -> AccountRecord:
     # The signed prekey, the last-resort KEM prekey and the one-time KEM prekeys carry
     # signatures by the old key: a bundle built from them no longer verifies against the
     # new identity. They go in the same transaction; the owner uploads new ones signed by
     # the new key right after (protocol §10.7). One-time X25519 prekeys are not signed
     # and their private halves stay with the owner, so they remain usable.
+    # Compare and swap: the rotation was checked against the key and chain length read
+    # before; a concurrent rotation that committed since must make this one fail, or
+    # both would append to the chain from the same old key.
     cur = conn.execute(
         "UPDATE accounts SET identity_key = ?, identity_updated_at_ms = ?,"
-        " signed_prekey = NULL, last_resort_kem = NULL WHERE id = ?",
-        (identity_key, now_ms, account_id),
+        " signed_prekey = NULL, last_resort_kem = NULL WHERE id = ? AND identity_key = ?"
+        " AND (SELECT count(*) FROM identity_rotations WHERE account_id = ?) = ?",
+        (identity_key, now_ms, account_id, expect_key, account_id, expect_rotations),
     )
     if cur.rowcount != 1:
+        if conn.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone():
+            raise StoreConflict("identity rotated meanwhile")
         raise NotFound("account")
     conn.execute(
         "DELETE FROM one_time_prekeys WHERE account_id = ? AND kind = ?", (account_id, _KEM)

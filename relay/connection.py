@@ -188,6 +188,18 @@ class Connection:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.sink.send(data)
 
+    def send_notice(self, data: bytes) -> None:
+        """Send an advisory frame on behalf of another connection, never waiting for this
+        peer: dropped (counted as an ephemeral drop) while it is not reading."""
+        if self.ws.closed:
+            return
+        if self.sink.send_nowait(data):
+            return
+        if self.sink.coalescing:  # the peer stopped reading
+            self.node.metrics.ephemeral_dropped()
+        else:  # no transport access here: an awaited send, off the caller's path
+            self.node.background(self.send(data))
+
     def check_credits_low(self, now: float) -> Awaitable[None] | None:
         """Send ``CreditsLow`` once each time the bucket drops under its low mark."""
         bucket = self.credits

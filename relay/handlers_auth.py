@@ -21,7 +21,11 @@ Theory of operation (protocol §9.1, §9.12):
   (``INVITE_INVALID`` when unknown, used or expired).
 * ``RotateIdentity`` carries an ``IdentityRotation`` (both signatures verified on parsing)
   from the account's current key with the next serial, and a signature by the **new**
-  key over this connection's challenge payload.
+  key over this connection's challenge payload. The store applies it only if the key
+  and the chain length are still those it was checked against, so of two concurrent
+  rotations from one key one is refused ``INVALID_FIELD``. A chain holds at most
+  ``MAX_IDENTITY_ROTATIONS`` (a ``Bundle`` carries it whole): the next is
+  ``QUOTA_EXCEEDED``.
 * ``DeleteAccount`` removes the account and everything it owns in one store
   transaction, tells live subscriptions that its mailboxes are gone, answers ``Ok`` and
   closes every connection of the account.
@@ -52,12 +56,12 @@ from protocol import (
     Welcome,
     challenge_payload,
 )
-from protocol.limits import NONCE_SIZE
+from protocol.limits import MAX_IDENTITY_ROTATIONS, NONCE_SIZE
 
 from .connection import Connection
 from .node import IDENTITY_RECHECK_MS
 from .pipeline import FrameCtx, Halt, Refuse
-from .ports import InviteRejected, NotFound, StoreConflict, invite_code_hash
+from .ports import InviteRejected, NotFound, PrekeyCounts, StoreConflict, invite_code_hash
 
 __all__ = [
     "current_identity",
@@ -67,6 +71,7 @@ __all__ = [
     "handle_ping",
     "handle_register",
     "notify_prekeys_low",
+    "prekeys_low",
     "recent_identity",
     "require_auth",
     "rotate_identity",
@@ -188,6 +193,15 @@ async def handle_register(ctx: FrameCtx[Register]) -> None:
     raise Refuse(ErrorCode.ACCOUNT_EXISTS)  # pragma: no cover - created and gone meanwhile
 
 
+def prekeys_low(counts: PrekeyCounts, threshold: int) -> bytes | None:
+    """The ``PrekeysLow`` frame for *counts*, or None if neither kind runs under
+    *threshold*."""
+    if counts.one_time_x25519 >= threshold and counts.one_time_kem >= threshold:
+        return None
+    return PrekeysLow(one_time_prekeys=min(counts.one_time_x25519, _U32_MAX),
+                      one_time_kem_prekeys=min(counts.one_time_kem, _U32_MAX)).encode()
+
+
 async def notify_prekeys_low(conn: Connection, account_id: bytes) -> None:
     """Send ``PrekeysLow`` to *conn* if the account's one-time prekeys run low."""
     node = conn.node
@@ -195,11 +209,12 @@ async def notify_prekeys_low(conn: Connection, account_id: bytes) -> None:
         counts = await node.store.prekey_counts(account_id)
     except NotFound:
         return
-    low = node.config.prekeys_low_threshold
-    if counts.one_time_x25519 < low or counts.one_time_kem < low:
-        await conn.send(PrekeysLow(one_time_prekeys=min(counts.one_time_x25519, _U32_MAX),
-                                   one_time_kem_prekeys=min(counts.one_time_kem, _U32_MAX),
-                                   ).encode())
+    frame = prekeys_low(counts, node.config.prekeys_low_threshold)
+    if frame is not None:
+        await conn.send(frame)
+
+
+_NOT_NEXT_ROTATION: Final = "rotation must start from the current key with the next serial"
 
 
 async def rotate_identity(ctx: FrameCtx[RotateIdentity]) -> None:
@@ -218,13 +233,22 @@ async def rotate_identity(ctx: FrameCtx[RotateIdentity]) -> None:
         raise Refuse(ErrorCode.UNKNOWN_ACCOUNT)
     if (not hmac.compare_digest(rotation.old.to_bytes(), record.identity_key)
             or rotation.serial != record.rotation_count + 1):
-        raise Refuse(ErrorCode.INVALID_FIELD,
-                     message="rotation must start from the current key with the next serial")
+        raise Refuse(ErrorCode.INVALID_FIELD, message=_NOT_NEXT_ROTATION)
+    if rotation.serial > MAX_IDENTITY_ROTATIONS:
+        # A Bundle carries the whole chain, and holds no more than this many.
+        raise Refuse(ErrorCode.QUOTA_EXCEEDED, message="identity rotated too often")
     nonce, issued = conn.challenge
     _verify_challenge(conn, rotation.new, account_id, frame.signature, nonce, issued)
     new_key = rotation.new.to_bytes()
-    await node.store.rotate_identity(account_id=account_id, identity_key=new_key,
-                                     rotation=frame.rotation, now_ms=node.clock_ms())
+    try:
+        await node.store.rotate_identity(
+            account_id=account_id, identity_key=new_key, rotation=frame.rotation,
+            now_ms=node.clock_ms(), expect_key=record.identity_key,
+            expect_rotations=record.rotation_count)
+    except StoreConflict:  # another rotation committed since the read above
+        raise Refuse(ErrorCode.INVALID_FIELD, message=_NOT_NEXT_ROTATION) from None
+    except NotFound:
+        raise Refuse(ErrorCode.UNKNOWN_ACCOUNT) from None
     conn.set_identity(new_key)
     # Every other session of the account proved the old key: end them, here and on the
     # other nodes (whoever else holds the old key keeps nothing).

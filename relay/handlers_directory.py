@@ -44,7 +44,7 @@ from protocol import (
 )
 
 from .connection import Connection
-from .handlers_auth import notify_prekeys_low
+from .handlers_auth import prekeys_low
 from .pipeline import FrameCtx, Refuse
 from .ports import NotFound, OneTimePrekey, StoreConflict
 
@@ -154,11 +154,11 @@ async def fetch_bundle(ctx: FrameCtx[FetchBundle]) -> None:
         contact_capability=record.contact_capability,
         rotations=record.rotations,
     ).encode())
-    low = node.config.prekeys_low_threshold
-    left = record.remaining
-    if left.one_time_x25519 < low or left.one_time_kem < low:
+    notice = prekeys_low(record.remaining, node.config.prekeys_low_threshold)
+    if notice is not None:
+        # Never waits on the owner's sockets: a stalled owner must not stall the fetcher.
         for owner in list(node.sessions.get(frame.account_id, ())):
-            await notify_prekeys_low(owner, frame.account_id)
+            owner.send_notice(notice)
 
 
 async def _current_identity(conn: Connection) -> IdentityPublicKey:

@@ -269,9 +269,10 @@ class Node:
             mine = holder.subscribed_ms
             if at_ms > mine or (at_ms == mine and later_on_tie):
                 del self.subscribers[mailbox_id]
-                self._background(holder.pump.drop_if_moved(mailbox_id))
+                self.background(holder.pump.drop_if_moved(mailbox_id))
 
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run *work* as a task of the node (cancelled when it closes)."""
         task = asyncio.get_running_loop().create_task(work)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
@@ -316,7 +317,7 @@ class Node:
         async def close_all() -> None:
             await asyncio.gather(*(self._close(conn, reason) for conn in conns))
 
-        self._background(close_all())
+        self.background(close_all())
 
     @staticmethod
     async def _close(conn: Connection, reason: bytes) -> None:

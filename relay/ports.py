@@ -219,10 +219,13 @@ class AccountStore(Protocol):
     async def get_account(self, account_id: bytes) -> AccountRecord | None: ...
 
     async def rotate_identity(
-        self, *, account_id: bytes, identity_key: bytes, rotation: bytes, now_ms: int
+        self, *, account_id: bytes, identity_key: bytes, rotation: bytes, now_ms: int,
+        expect_key: bytes, expect_rotations: int,
     ) -> AccountRecord:
         """Replace the identity key and append *rotation* (the opaque, already verified
-        ``IdentityRotation`` record) to the account's rotation chain. In the same
+        ``IdentityRotation`` record) to the account's rotation chain, if the account still
+        has *expect_key* and *expect_rotations* records (the state the rotation was
+        verified against: of two concurrent rotations from one key, one fails). In the same
         transaction, drop what the old key signed: the signed prekey, the last-resort KEM
         prekey and the one-time KEM prekeys (a bundle holding them would not verify); the
         account publishes no bundle until the owner uploads new ones. Unsigned one-time
@@ -230,6 +233,7 @@ class AccountStore(Protocol):
 
         Raises:
             NotFound: no such account.
+            StoreConflict: the key or the chain length is no longer the expected one.
         """
         ...
 

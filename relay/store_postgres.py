@@ -401,12 +401,13 @@ class PostgresStore:
         return await self._read("get_account", lambda c: accounts.get_account(c, account_id))
 
     async def rotate_identity(
-        self, *, account_id: bytes, identity_key: bytes, rotation: bytes, now_ms: int
+        self, *, account_id: bytes, identity_key: bytes, rotation: bytes, now_ms: int,
+        expect_key: bytes, expect_rotations: int,
     ) -> AccountRecord:
         check_id("account_id", account_id, ACCOUNT_ID_LEN)
-        key, record = bytes(identity_key), bytes(rotation)
+        key, record, old = bytes(identity_key), bytes(rotation), bytes(expect_key)
         return await self._write("rotate_identity", lambda c: accounts.rotate_identity(
-            c, account_id, key, record, now_ms))
+            c, account_id, key, record, now_ms, old, expect_rotations))
 
     async def delete_account(self, account_id: bytes) -> bool:
         return await self._write("delete_account",

@@ -168,14 +168,16 @@ class SqliteStore:
         )
 
     async def rotate_identity(
-        self, *, account_id: bytes, identity_key: bytes, rotation: bytes, now_ms: int
+        self, *, account_id: bytes, identity_key: bytes, rotation: bytes, now_ms: int,
+        expect_key: bytes, expect_rotations: int,
     ) -> AccountRecord:
         check_id("account_id", account_id, ACCOUNT_ID_LEN)
         return await self._engine.write(
             "rotate_identity",
             functools.partial(
                 accounts.rotate_identity, account_id=account_id, identity_key=identity_key,
-                rotation=bytes(rotation), now_ms=now_ms,
+                rotation=bytes(rotation), now_ms=now_ms, expect_key=bytes(expect_key),
+                expect_rotations=expect_rotations,
             ),
         )
 

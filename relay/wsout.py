@@ -113,6 +113,12 @@ class FrameSink:
         if self._protocol._paused:
             await self._protocol._drain_helper()
 
+    @property
+    def coalescing(self) -> bool:
+        """Frames are queued and written here (else each is an awaited aiohttp send, and
+        :meth:`send_nowait` cannot tell whether the peer reads)."""
+        return self._transport is not None
+
     def send_nowait(self, data: bytes) -> bool:
         """:meth:`send` if it would not wait: False (nothing queued) when frames cannot be
         queued here (no transport access) or the peer stopped reading; the caller then

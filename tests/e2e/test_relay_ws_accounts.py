@@ -10,6 +10,7 @@ import os
 import secrets
 from collections.abc import Iterator
 
+import aiohttp
 import msgpack
 import pytest
 
@@ -19,7 +20,9 @@ from pigeon_crypto.signing import Purpose
 from protocol import (
     Auth,
     Bundle,
+    Challenge,
     ClaimUsername,
+    Connect,
     DeleteAccount,
     Error,
     ErrorCode,
@@ -31,11 +34,17 @@ from protocol import (
     ReleaseUsername,
     RotateIdentity,
     Sent,
+    Subscribe,
+    Subscribed,
     UsernameFound,
+    Welcome,
+    challenge_payload,
+    decode_frame,
     username_binding_payload,
 )
+from protocol.limits import MAX_IDENTITY_ROTATIONS
 
-from ._relay_fixtures import db_rows
+from ._relay_fixtures import db_rows, metric_value
 from .conftest import RelayProcess, launch_relay
 from .wsclient import Identity, RelayClient, anonymous, connect_user
 
@@ -183,6 +192,70 @@ async def test_identity_rotation(relay: RelayProcess) -> None:
         await client.close()
 
 
+async def test_concurrent_rotations_from_one_key_keep_one_chain(relay: RelayProcess) -> None:
+    """Two sessions of one account rotate from the same key at once, ten times over:
+    each time one rotation commits and the other is refused (or its session closed by
+    the winner), so the chain stays a chain."""
+    for _ in range(10):
+        first = await connect_user(relay.url)
+        old = first.identity
+        assert old is not None
+        second = await RelayClient.open(relay.url)
+        await second.auth(old)
+        news = (Identity(), Identity())
+        rotations = [IdentityRotation.create(account_id=old.account_id, serial=1, old=old.keys,
+                                             new=n.keys) for n in news]
+        answers = await asyncio.gather(
+            *(c.request(functools.partial(_rotate, r.to_bytes(),
+                                          c.sign_challenge(n, account_id=old.account_id)))
+              for c, r, n in zip((first, second), rotations, news, strict=True)),
+            return_exceptions=True)
+        oks = [i for i, a in enumerate(answers) if isinstance(a, Ok)]
+        assert len(oks) == 1, answers
+        lost = answers[1 - oks[0]]
+        assert (isinstance(lost, ConnectionError)
+                or (isinstance(lost, Error) and lost.code == ErrorCode.INVALID_FIELD)), lost
+        assert db_rows(relay, "SELECT record FROM identity_rotations WHERE account_id = ?",
+                       old.account_id) == [(rotations[oks[0]].to_bytes(),)]
+        assert db_rows(relay, "SELECT identity_key FROM accounts WHERE id = ?",
+                       old.account_id) == [(news[oks[0]].public,)]
+        for c in (first, second):
+            await c.close()
+
+
+def _rotate(rotation: bytes, signature: bytes, rid: int) -> RotateIdentity:
+    return RotateIdentity(request_id=rid, rotation=rotation, signature=signature)
+
+
+async def test_a_chain_holds_at_most_the_rotations_a_bundle_carries(
+    relay: RelayProcess,
+) -> None:
+    bob = await connect_user(relay.url)
+    first = current = bob.identity
+    assert first is not None and current is not None
+    for serial in range(1, MAX_IDENTITY_ROTATIONS + 2):
+        new = Identity()
+        rotation = IdentityRotation.create(account_id=first.account_id, serial=serial,
+                                           old=current.keys, new=new.keys)
+        answer = await bob.request(functools.partial(
+            _rotate, rotation.to_bytes(), bob.sign_challenge(new, account_id=first.account_id)))
+        if serial <= MAX_IDENTITY_ROTATIONS:
+            assert isinstance(answer, Ok), (serial, answer)
+            current = new
+        else:
+            assert isinstance(answer, Error) and answer.code == ErrorCode.QUOTA_EXCEEDED
+    # The account still publishes a bundle (with the whole chain) and hands out its
+    # one-time keys: nothing consumed for an answer that could not be sent.
+    bob.identity = current
+    await bob.upload_prekeys(one_time=1, one_time_kem=1)
+    stranger = await anonymous(relay.url)
+    bundle = await fetch(stranger, first.account_id)
+    assert isinstance(bundle, Bundle) and len(bundle.rotations) == MAX_IDENTITY_ROTATIONS
+    assert bundle.identity_key == current.public and bundle.one_time_prekey is not None
+    for c in (bob, stranger):
+        await c.close()
+
+
 async def test_usernames_exact_match_only(relay: RelayProcess) -> None:
     alice = await connect_user(relay.url)
     bob = await connect_user(relay.url)
@@ -267,6 +340,44 @@ async def test_bundles_consume_one_time_keys_then_fall_back(relay: RelayProcess)
     assert (await fetch(fetcher, empty.identity.account_id)).code == ErrorCode.NOT_FOUND  # type: ignore[union-attr]
     for c in (bob, fetcher, empty):
         await c.close()
+
+
+async def test_a_stalled_owner_does_not_stall_those_fetching_its_bundle(
+        relay: RelayProcess) -> None:
+    bob = await connect_user(relay.url)
+    me = bob.identity
+    assert me is not None
+    assert isinstance(await bob.upload_prekeys(one_time=20, one_time_kem=20), Ok)
+    async with aiohttp.ClientSession() as session:
+        # A second session of Bob's that stops reading, its socket filled by a flood.
+        stalled = await session.ws_connect(relay.url + "/v1/ws", max_msg_size=1 << 22)
+        await stalled.send_bytes(Connect(request_id=1).encode())
+        challenge = decode_frame((await stalled.receive()).data)
+        assert isinstance(challenge, Challenge)
+        sig = me.keys.sign(Purpose.RELAY_CHALLENGE, challenge_payload(
+            challenge.relay_id, challenge.nonce, challenge.server_time_ms, me.account_id))
+        await stalled.send_bytes(Auth(request_id=2, account_id=me.account_id,
+                                      signature=sig).encode())
+        assert isinstance(decode_frame((await stalled.receive()).data), Welcome)
+        box = await bob.create_mailbox()
+        await stalled.send_bytes(Subscribe(request_id=3, mailbox_ids=(box.mailbox_id,)).encode())
+        assert isinstance(decode_frame((await stalled.receive()).data), Subscribed)
+        flooder = await anonymous(relay.url)
+        big = os.urandom(60_000)
+        sent = await asyncio.gather(*(flooder.send([box], big) for _ in range(200)))
+        assert all(isinstance(a, Sent) for a in sent)  # 12 MB for a reader that reads nothing
+        dropped = await metric_value(relay.url, "pigeon_relay_ephemeral_dropped_total")
+        # Each fetch past the low mark notifies both of Bob's sessions; the stalled one
+        # must not hold up the fetcher's next request.
+        fetcher = await anonymous(relay.url)
+        for _ in range(15):
+            assert isinstance(await asyncio.wait_for(fetch(fetcher, me.account_id), 5), Bundle)
+        low = await bob.next_notice(PrekeysLow)  # the reading session is told
+        assert low.one_time_prekeys < 10
+        assert await metric_value(relay.url, "pigeon_relay_ephemeral_dropped_total") > dropped
+        await stalled.close()
+        for c in (bob, flooder, fetcher):
+            await c.close()
 
 
 async def test_lookups_are_rate_limited_per_connection_and_address(

@@ -259,7 +259,8 @@ async def build(path: Path, version: int) -> dict[str, Any]:
         built_bundle = {"one_time_x25519": bundle.one_time_x25519.key_id,
                         "one_time_kem": bundle.one_time_kem.key_id}
         await store.rotate_identity(account_id=ALICE, identity_key=identity_key("alice", 2),
-                                    rotation=rotation_record("alice", 2), now_ms=tick())
+                                    rotation=rotation_record("alice", 2), now_ms=tick(),
+                                    expect_key=identity_key("alice", 1), expect_rotations=0)
         await store.upload_prekeys(
             account_id=ALICE, signed_prekey=prekey("alice", "spk", 2, 2),
             last_resort_kem=prekey("alice", "lrk", 2, 2),

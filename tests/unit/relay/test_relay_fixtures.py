@@ -440,7 +440,9 @@ async def test_bundles_hand_out_the_stored_prekeys(version: int, writer: WriterM
         rotated = await store.rotate_identity(account_id=ALICE,
                                               identity_key=identity_key("alice", 3),
                                               rotation=rotation_record("alice", 3),
-                                              now_ms=READ_AT)
+                                              now_ms=READ_AT,
+                                              expect_key=identity_key("alice", 2),
+                                              expect_rotations=1)
         assert rotated.rotation_count == 2
         assert await store.fetch_prekey_bundle(ALICE) is None
         await store.upload_prekeys(account_id=ALICE, signed_prekey=b"spk 3",

@@ -198,16 +198,23 @@ async def test_account_lifecycle(store: Store) -> None:
         await store.create_account(account_id=aid(1), identity_key=b"other", now_ms=T0)
     assert (rec.rotation_count, rec.contact_mailbox_id, rec.contact_capability) == (0, None, None)
     rotated = await store.rotate_identity(account_id=aid(1), identity_key=b"ik2", rotation=b"r1",
-                                          now_ms=T0 + 5)
+                                          now_ms=T0 + 5, expect_key=b"ik", expect_rotations=0)
     assert (rotated.identity_key, rotated.created_at_ms, rotated.identity_updated_at_ms,
             rotated.rotation_count) == (b"ik2", T0, T0 + 5, 1)
     assert await store.get_account(aid(1)) == rotated
     again = await store.rotate_identity(account_id=aid(1), identity_key=b"ik3", rotation=b"r2",
-                                        now_ms=T0 + 6)
+                                        now_ms=T0 + 6, expect_key=b"ik2", expect_rotations=1)
     assert again.rotation_count == 2
+    # Compare and swap: a rotation checked against a key or chain length that is no
+    # longer the account's changes nothing.
+    for key, count in ((b"ik2", 2), (b"ik3", 1), (b"ik", 0)):
+        with pytest.raises(StoreConflict):
+            await store.rotate_identity(account_id=aid(1), identity_key=b"late", rotation=b"rx",
+                                        now_ms=T0 + 7, expect_key=key, expect_rotations=count)
+    assert await store.get_account(aid(1)) == again
     with pytest.raises(NotFound):
         await store.rotate_identity(account_id=aid(9), identity_key=b"x", rotation=b"r",
-                                    now_ms=T0)
+                                    now_ms=T0, expect_key=b"ik", expect_rotations=0)
     with pytest.raises(ValueError):
         await store.create_account(account_id=b"short", identity_key=b"x", now_ms=T0)
 
@@ -265,6 +272,23 @@ async def test_concurrent_registrations_share_one_invite(store: Store) -> None:
     )
     assert sum(not isinstance(r, BaseException) for r in results) == 1
     assert all(isinstance(r, InviteRejected) for r in results if isinstance(r, BaseException))
+
+
+async def test_concurrent_rotations_from_one_key_commit_once(store: Store) -> None:
+    await account(store, 1)
+    results = await asyncio.gather(
+        *(
+            store.rotate_identity(account_id=aid(1), identity_key=b"new%d" % i,
+                                  rotation=b"r%d" % i, now_ms=T0, expect_key=b"ik1",
+                                  expect_rotations=0)
+            for i in range(20)
+        ),
+        return_exceptions=True,
+    )
+    won = [r for r in results if not isinstance(r, BaseException)]
+    assert len(won) == 1 and won[0].rotation_count == 1
+    assert all(isinstance(r, StoreConflict) for r in results if isinstance(r, BaseException))
+    assert await store.get_account(aid(1)) == won[0]
 
 
 # --------------------------------------------------------------------------- mailboxes
@@ -537,9 +561,9 @@ async def test_contact_mailbox_is_published_with_the_bundle(store: Store) -> Non
     assert acct is not None
     assert (acct.contact_mailbox_id, acct.contact_capability) == (mid(10), capability(10))
     await store.rotate_identity(account_id=aid(1), identity_key=b"k2", rotation=b"rot1",
-                                now_ms=T0)
+                                now_ms=T0, expect_key=b"ik1", expect_rotations=0)
     await store.rotate_identity(account_id=aid(1), identity_key=b"k3", rotation=b"rot2",
-                                now_ms=T0)
+                                now_ms=T0, expect_key=b"k2", expect_rotations=1)
     await store.upload_prekeys(account_id=aid(1), signed_prekey=b"spk3", last_resort_kem=b"lr3")
     bundle = await store.fetch_prekey_bundle(aid(1))
     assert bundle is not None
@@ -656,7 +680,7 @@ async def test_identity_rotation_drops_what_the_old_key_signed(store: Store) -> 
     await store.upload_prekeys(account_id=aid(1), signed_prekey=b"spk1", last_resort_kem=b"lr1",
                                one_time_x25519=otks(1, 2), one_time_kem=kems(1, 2))
     await store.rotate_identity(account_id=aid(1), identity_key=b"ik2", rotation=b"r1",
-                                now_ms=T0)
+                                now_ms=T0, expect_key=b"ik1", expect_rotations=0)
     counts = await store.prekey_counts(aid(1))
     # Signed, last-resort and one-time KEM prekeys were signed by the old key: gone.
     # One-time X25519 prekeys carry no signature: kept.
@@ -772,7 +796,8 @@ async def test_account_deletion_removes_everything_it_owns(
     await store.upload_prekeys(account_id=aid(1), signed_prekey=b"s", last_resort_kem=b"l",
                                one_time_x25519=otks(1, 2), one_time_kem=kems(1))
     await store.claim_username(account_id=aid(1), username="doomed", binding=b"b", now_ms=T0)
-    await store.rotate_identity(account_id=aid(1), identity_key=b"k2", rotation=b"r", now_ms=T0)
+    await store.rotate_identity(account_id=aid(1), identity_key=b"k2", rotation=b"r", now_ms=T0,
+                                expect_key=b"ik1", expect_rotations=0)
     await store.set_contact_mailbox(account_id=aid(1), mailbox_id=mid(10),
                                     capability=capability(10))
     await send(store, 1, 10, 11)
