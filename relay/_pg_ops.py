@@ -115,8 +115,17 @@ async def rotate_mailbox(
         " FOR NO KEY UPDATE",
         mailbox_id,
     )
-    if old is None or old[0] != account_id or old[1] is not None:
+    if old is None or old[0] != account_id:
         raise NotFound("mailbox")
+    if old[1] is not None:  # a repeat: the mailbox it created, if any
+        row = await conn.fetchrow(
+            f"SELECT {_MAILBOX_COLS} FROM mailboxes WHERE account_id = $1"  # noqa: S608
+            " AND capability_hash = $2 AND id != $3 ORDER BY created_at_ms DESC LIMIT 1",
+            account_id, capability_hash, mailbox_id,
+        )
+        if row is None:
+            raise NotFound("mailbox")
+        return _mailbox(row)
     new = await create_mailbox(conn, account_id, new_mailbox_id, capability_hash, now_ms,
                                push_url=old[2])
     await conn.execute("UPDATE mailboxes SET retire_at_ms = $1 WHERE id = $2",

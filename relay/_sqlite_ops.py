@@ -145,8 +145,17 @@ def rotate_mailbox(
     now_ms: int,
 ) -> MailboxRecord:
     old = get_mailbox(conn, mailbox_id)
-    if old is None or old.account_id != account_id or old.retire_at_ms is not None:
+    if old is None or old.account_id != account_id:
         raise NotFound("mailbox")
+    if old.retire_at_ms is not None:  # a repeat: the mailbox it created, if any
+        row = conn.execute(
+            f"SELECT {_MAILBOX_COLS} FROM mailboxes WHERE account_id = ?"  # noqa: S608
+            " AND capability_hash = ? AND id != ? ORDER BY created_at_ms DESC LIMIT 1",
+            (account_id, capability_hash, mailbox_id),
+        ).fetchone()
+        if row is None:
+            raise NotFound("mailbox")
+        return _mailbox(row)
     new = create_mailbox(
         conn, account_id, new_mailbox_id, capability_hash, now_ms, push_url=old.push_url
     )

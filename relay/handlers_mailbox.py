@@ -15,6 +15,8 @@ Theory of operation (protocol §9.4 "Mailboxes", §9.5; DESIGN.md "Addresses"):
   expiry notice, the unacked envelopes in seq order, then live ones.
 * ``RotateMailbox`` creates the new mailbox (subscribed here if the old one was) and
   retires the old one at ``retire_at_ms`` (default ``config.rotation_grace_ms`` from now).
+  A repeat (the old mailbox already retired, the same capability hash: a retry after a
+  lost answer) answers the mailbox the first one created and changes nothing.
 * ``DeleteMailbox`` deletes the queue with it and tells subscriptions (bus ``CLOSED``).
 * ``RegisterPush`` sets or clears a push URL (``https`` only, no credentials, no private
   addresses unless ``config.push_allow_http``): the relay then POSTs an empty body to it
@@ -123,21 +125,29 @@ async def rotate_mailbox(ctx: FrameCtx[RotateMailbox]) -> None:
     now = node.clock_ms()
     retire_at = frame.retire_at_ms if frame.retire_at_ms is not None else (
         now + node.config.rotation_grace_ms)
-    new_id = secrets.token_bytes(MAILBOX_ID_SIZE)
+    record_id = secrets.token_bytes(MAILBOX_ID_SIZE)
     try:
         record = await node.store.rotate_mailbox(
-            account_id=account_id, mailbox_id=frame.mailbox_id, new_mailbox_id=new_id,
+            account_id=account_id, mailbox_id=frame.mailbox_id, new_mailbox_id=record_id,
             capability_hash=frame.capability_hash, retire_at_ms=retire_at, now_ms=now)
     except NotFound:
-        raise Refuse(ErrorCode.NO_SUCH_MAILBOX, message="absent or already retired") from None
+        raise Refuse(ErrorCode.NO_SUCH_MAILBOX,
+                     message="absent, or retired by another rotation") from None
     except StoreConflict:  # pragma: no cover - a 128-bit collision
         raise Refuse(ErrorCode.INTERNAL) from None
+    new_id = record.mailbox_id  # another one if this repeats a rotation that committed
+    if new_id != record_id:
+        old = await node.store.get_mailbox(frame.mailbox_id)
+        if old is None or old.retire_at_ms is None:  # pragma: no cover - deleted meanwhile
+            raise Refuse(ErrorCode.NO_SUCH_MAILBOX)
+        retire_at = old.retire_at_ms
     conn.owned.add(new_id)
     node.capabilities.put(new_id, frame.capability_hash, now)
     node.capabilities.retire(frame.mailbox_id, retire_at)
     node.set_push_url(new_id, record.push_url)
     await node.mailbox_changed(frame.mailbox_id)  # other nodes learn its retirement
-    inherit = conn.pump is not None and frame.mailbox_id in conn.pump
+    inherit = (conn.pump is not None and frame.mailbox_id in conn.pump
+               and new_id not in conn.pump)
     if inherit:
         pump = await _subscribe_here(conn, [new_id])
     await conn.send(MailboxCreated(request_id=ctx.request_id, mailbox_id=new_id).encode())

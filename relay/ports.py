@@ -280,8 +280,13 @@ class MailboxStore(Protocol):
         its queue is empty. Returns the new mailbox. A contact-mailbox designation stays
         with the old mailbox (its new capability is unknown here) until it is deleted.
 
+        Idempotent: if *mailbox_id* is already retired, this is a repeat of the rotation
+        that retired it, and the call changes nothing and returns the account's mailbox
+        with *capability_hash* (the one that rotation created; capabilities are fresh).
+
         Raises:
-            NotFound: the old mailbox is absent, not owned or already retired.
+            NotFound: the old mailbox is absent or not owned, or retired by a rotation to
+                another capability.
             StoreConflict: the new id is taken.
         """
         ...

@@ -184,8 +184,14 @@ class MemoryStore(MemoryAccounts):
         now_ms: int,
     ) -> MailboxRecord:
         old = self._owned(account_id, mailbox_id)
-        if old.retire_at_ms is not None:
-            raise NotFound("mailbox")
+        if old.retire_at_ms is not None:  # a repeat: the mailbox it created, if any
+            made = [(mb.created_at_ms, m) for m, mb in self._mailboxes.items()
+                    if mb.account_id == account_id and mb.capability_hash == capability_hash
+                    and m != mailbox_id]
+            if not made:
+                raise NotFound("mailbox")
+            made_id = max(made)[1]
+            return self._record(made_id, self._mailboxes[made_id])
         new = await self.create_mailbox(account_id=account_id, mailbox_id=new_mailbox_id,
                                         capability_hash=capability_hash, now_ms=now_ms)
         self._mailboxes[new_mailbox_id].push_url = old.push_url

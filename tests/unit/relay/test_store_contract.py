@@ -530,6 +530,15 @@ async def test_rotated_mailbox_retires(store: Store) -> None:
     with pytest.raises(NotFound):  # a retiring mailbox is not rotated twice
         await store.rotate_mailbox(account_id=aid(1), mailbox_id=mid(10), new_mailbox_id=mid(13),
                                    capability_hash=cap(13), retire_at_ms=T0, now_ms=T0)
+    # ... but the same rotation repeated (a retry) answers the mailbox it made, unchanged.
+    repeat = await store.rotate_mailbox(account_id=aid(1), mailbox_id=mid(10),
+                                        new_mailbox_id=mid(14), capability_hash=cap(12),
+                                        retire_at_ms=T0 + 900, now_ms=T0 + 5)
+    assert repeat == new
+    assert await store.get_mailbox(mid(10)) == old and await store.get_mailbox(mid(14)) is None
+    with pytest.raises(NotFound):  # not the owner's to repeat
+        await store.rotate_mailbox(account_id=aid(2), mailbox_id=mid(10), new_mailbox_id=mid(14),
+                                   capability_hash=cap(12), retire_at_ms=T0, now_ms=T0)
     # Until retirement the old mailbox accepts sends (messages in flight still arrive) ...
     assert (await send(store, 1, 10, now_ms=T0 + 99)).seq_for(mid(10)) == 1
     # ... then refuses them, and goes away once its queue is empty.
