@@ -248,12 +248,13 @@ class Connection:
             raise Refuse(ErrorCode.AUTH_FAILED, message="identity rotated: log in again")
         self.identity_checked_ms = self.node.clock_ms()
 
-    async def load_owned(self) -> None:
-        """Fill :attr:`owned` from the store (once per connection)."""
-        if self.owned_loaded or self.account_id is None:
+    async def load_owned(self, *, refresh: bool = False) -> None:
+        """Fill :attr:`owned` from the store: once per connection, or again if *refresh*
+        (the cache keeps mailboxes another connection of the account deleted since)."""
+        if (self.owned_loaded and not refresh) or self.account_id is None:
             return
         records = await self.node.store.list_mailboxes(self.account_id)
-        self.owned.update(r.mailbox_id for r in records)
+        self.owned = {r.mailbox_id for r in records}
         self.owned_loaded = True
 
     async def require_owner(self, mailbox_id: bytes) -> None:

@@ -183,19 +183,13 @@ async def set_contact_mailbox(ctx: FrameCtx[SetContactMailbox]) -> None:
 
 async def subscribe(ctx: FrameCtx[Subscribe]) -> None:
     conn, frame = ctx.conn, ctx.frame
-    node = conn.node
+    # One read of what the account owns now: mailboxes created, and deleted, on its
+    # other connections (the cache of this one knows neither).
+    await conn.load_owned(refresh=True)
     accepted: list[bytes] = []
     rejected: list[bytes] = []
     for mailbox_id in dict.fromkeys(frame.mailbox_ids):
-        if mailbox_id not in conn.owned and not conn.owned_loaded:
-            await conn.load_owned()
-        if mailbox_id not in conn.owned:
-            record = await node.store.get_mailbox(mailbox_id)  # created on another connection?
-            if record is None or record.account_id != conn.account_id:
-                rejected.append(mailbox_id)
-                continue
-            conn.owned.add(mailbox_id)
-        accepted.append(mailbox_id)
+        (accepted if mailbox_id in conn.owned else rejected).append(mailbox_id)
     pump = await _subscribe_here(conn, accepted)
     await conn.send(Subscribed(request_id=ctx.request_id, rejected=tuple(rejected)).encode())
     pump.release(accepted)

@@ -170,6 +170,23 @@ async def test_a_rotated_mailbox_takes_over_and_the_old_one_retires(
         await c.close()
 
 
+async def test_subscribe_sees_mailboxes_made_and_deleted_on_other_connections(
+        relay: RelayProcess) -> None:
+    first = await connect_user(relay.url)
+    assert first.identity is not None
+    second = await RelayClient.open(relay.url)
+    await second.auth(first.identity)
+    doomed = await first.create_mailbox()
+    await first.subscribe(doomed)  # the first connection knows it as its own
+    later = await second.create_mailbox()
+    assert isinstance(await second.request(
+        lambda rid: DeleteMailbox(request_id=rid, mailbox_id=doomed.mailbox_id)), Ok)
+    answer = await first.subscribe(doomed, later)
+    assert answer.rejected == (doomed.mailbox_id,)
+    for c in (first, second):
+        await c.close()
+
+
 async def test_deleting_a_mailbox_drops_its_envelopes_and_refuses_sends(
         relay: RelayProcess) -> None:
     bob, box = await owner_with_mailbox(relay.url)
