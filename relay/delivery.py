@@ -18,9 +18,12 @@ protocol §9.5):
   after ``last``": the pump then sends the expiry notice if one is pending
   (``MessagesExpired``, cleared only after it was written), then up to a page of
   envelopes in seq order, and asks for another ``RESYNC`` if there may be more (so other
-  mailboxes get their turn). A new subscription starts that way (requested with
-  :meth:`relay.ports.Subscription.resync` once ``Subscribed`` is out); so does a mailbox
-  whose window reopens, and one whose hints the bus had to coalesce.
+  mailboxes get their turn). Envelopes of the page that expired but are not swept yet
+  are removed by the pump and reported (with any pending notice) in one
+  ``MessagesExpired`` before the first delivery that follows them. A new subscription
+  starts that way (requested with :meth:`relay.ports.Subscription.resync` once
+  ``Subscribed`` is out); so does a mailbox whose window reopens, and one whose hints the
+  bus had to coalesce.
 * **Idle pumps.** While the pump waits on an empty queue, the in-process bus hands it a
   live hint in the publisher's turn (:meth:`DeliveryPump._direct`): an in-order
   delivery is queued on the socket at once, without a wake-up and step of the pump's
@@ -71,6 +74,8 @@ _MESSAGE: Final = NotificationKind.MESSAGE
 _EPHEMERAL: Final = NotificationKind.EPHEMERAL
 _RESYNC: Final = NotificationKind.RESYNC
 _CLOSED: Final = NotificationKind.CLOSED
+_EVERYTHING: Final = 0
+"""``now_ms`` for a fetch that hides no expired envelope."""
 
 
 class Cursor:
@@ -253,30 +258,56 @@ class DeliveryPump:
         store = node.store
         send = self._conn.send
         if expiry:
-            notice = await store.get_expiry_notice(mailbox_id)
-            if notice is not None and self._cursors.get(mailbox_id) is cursor:
-                await send(MessagesExpired(
-                    mailbox_id=mailbox_id, count=min(notice.count, _U32_MAX),
-                    up_to_seq=notice.up_to_seq).encode())
-                if not self._conn.ws.closed:  # cleared only once it was written
-                    await store.clear_expiry_notice(notice)
+            await self._expired(mailbox_id, cursor, ())
         room = self._window - len(cursor.unacked)
         if room <= 0:
             cursor.full = True
             return
         limit = min(room, PAGE)
+        now = node.clock_ms()
+        # Expired envelopes the sweeper has not removed yet come too (as of time 0
+        # nothing has expired): they are reported before the deliveries that follow them.
         page = await store.fetch(mailbox_id, after_seq=cursor.last, limit=limit,
-                                 now_ms=node.clock_ms())
+                                 now_ms=_EVERYTHING)
+        expired: list[int] = []
         for message in page:
             if self._cursors.get(mailbox_id) is not cursor:
                 return  # dropped meanwhile
             if message.seq <= cursor.last:
                 continue
+            if message.expires_at_ms <= now:
+                expired.append(message.seq)
+                continue
+            if expired:
+                await self._expired(mailbox_id, cursor, expired)
+                expired = []
+                if self._cursors.get(mailbox_id) is not cursor:
+                    return
             await send(delivery_bytes(mailbox_id, message.seq, message.received_at_ms,
                                       message.blob))
             cursor.last = message.seq
             cursor.unacked.append(message.seq)
+        if expired:
+            await self._expired(mailbox_id, cursor, expired)
         if len(cursor.unacked) >= self._window:
             cursor.full = True
         elif len(page) >= limit:
             self._sub.resync(mailbox_id)  # there may be more: after the other mailboxes
+
+    async def _expired(self, mailbox_id: bytes, cursor: Cursor, seqs: Sequence[int]) -> None:
+        """Send ``MessagesExpired`` for the stored notice and for *seqs* (expired
+        envelopes read before the sweeper removed them: removed here, so that no later
+        notice counts them again), then move the cursor past *seqs*."""
+        store = self._conn.node.store
+        removed = await store.ack(mailbox_id, seqs=seqs) if seqs else 0
+        notice = await store.get_expiry_notice(mailbox_id)
+        if seqs:
+            cursor.last = max(cursor.last, seqs[-1])
+        count = removed + (notice.count if notice is not None else 0)
+        if not count or self._cursors.get(mailbox_id) is not cursor:
+            return
+        up_to = max(seqs[-1] if removed else 0, notice.up_to_seq if notice is not None else 0)
+        await self._conn.send(MessagesExpired(mailbox_id=mailbox_id, count=min(count, _U32_MAX),
+                                              up_to_seq=up_to).encode())
+        if notice is not None and not self._conn.ws.closed:  # cleared once it was written
+            await store.clear_expiry_notice(notice)

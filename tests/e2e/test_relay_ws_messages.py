@@ -20,6 +20,7 @@ from protocol import (
     CreateMailbox,
     CreditsLow,
     DeleteMailbox,
+    Delivery,
     Error,
     ErrorCode,
     MailboxCreated,
@@ -289,6 +290,47 @@ async def test_expired_messages_are_reported(relay: RelayProcess) -> None:
     assert not any(isinstance(n, MessagesExpired) for n in seen)
     await bob.close()
     await alice.close()
+
+
+async def test_expired_but_unswept_messages_are_reported_before_later_ones(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The sweeper has not run (every hour here): a subscription's catch-up finds the
+    expired envelopes itself, removes them and reports them before what follows."""
+    rp = launch_relay(tmp_path_factory.mktemp("ws-unswept"),
+                      [*GENEROUS, "--sweep-interval", "1h"])
+    try:
+        bob, box = await owner_with_mailbox(rp.url)
+        alice = await anonymous(rp.url)
+        for blob, ttl in ((b"keep 1", None), (b"gone 2", 200), (b"gone 3", 200),
+                          (b"keep 4", None), (b"gone 5", 200)):
+            assert isinstance(await alice.send([box], blob, ttl_ms=ttl), Sent)
+        await asyncio.sleep(0.4)
+        await bob.subscribe(box)
+        await bob.deliveries_of(2)
+        await bob.next_notice(MessagesExpired)
+        await bob.next_notice(MessagesExpired)
+        order = [("expired", f.count, f.up_to_seq) if isinstance(f, MessagesExpired)
+                 else ("delivery", f.seq, 0) for f in bob.unsolicited
+                 if isinstance(f, MessagesExpired | Delivery)]
+        assert order == [("delivery", 1, 0), ("expired", 2, 3), ("delivery", 4, 0),
+                         ("expired", 1, 5)]
+        assert db_rows(rp, "SELECT seq FROM deliveries WHERE mailbox_id = ? ORDER BY seq",
+                       box.mailbox_id) == [(1,), (4,)]
+        # Reported once: neither the sweeper nor a new subscription repeats it.
+        me = bob.identity
+        assert me is not None
+        await bob.close()
+        bob = await RelayClient.open(rp.url)
+        await bob.auth(me)
+        await bob.subscribe(box)
+        assert [d.seq for d in await bob.deliveries_of(2)] == [1, 4]
+        await bob.no_delivery(0.3)
+        seen = [bob.notices.get_nowait() for _ in range(bob.notices.qsize())]
+        assert not any(isinstance(n, MessagesExpired) for n in seen)
+        for c in (bob, alice):
+            await c.close()
+    finally:
+        rp.kill()
 
 
 async def test_fan_out_stores_the_blob_once(relay: RelayProcess) -> None:

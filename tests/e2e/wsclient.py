@@ -108,6 +108,8 @@ class RelayClient:
         self.deliveries: asyncio.Queue[Delivery] = asyncio.Queue()
         self.ephemeral: asyncio.Queue[EphemeralDelivery] = asyncio.Queue()
         self.notices: asyncio.Queue[Frame] = asyncio.Queue()
+        self.unsolicited: list[Frame] = []
+        """Every frame that answered no request (deliveries and notices), in arrival order."""
         self.challenge: Challenge | None = None
         self.identity: Identity | None = None
         self.closed = asyncio.Event()
@@ -141,7 +143,9 @@ class RelayClient:
                     fut = self._waiting.pop(rid)
                     if not fut.done():
                         fut.set_result(frame)
-                elif isinstance(frame, Delivery):
+                    continue
+                self.unsolicited.append(frame)
+                if isinstance(frame, Delivery):
                     self.deliveries.put_nowait(frame)
                 elif isinstance(frame, EphemeralDelivery):
                     self.ephemeral.put_nowait(frame)
