@@ -310,6 +310,10 @@ class Connection:
                     try:
                         await stage.fn(live)
                     except Exception as exc:  # the whole batch failed
+                        if stage.after_reply:  # answered already: one answer per request
+                            _log.error("%s: %s failed after the reply", route.name,
+                                       stage.name, exc_info=exc)
+                            return
                         for ctx in live:
                             await self._failed(route, ctx, exc)
                         return

@@ -34,11 +34,12 @@ Theory of operation (protocol §9.1, §9.12):
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 from collections.abc import Awaitable
 from typing import Final
 
-from pigeon_crypto.errors import InvalidSignature, PigeonError
+from pigeon_crypto.errors import InvalidSignature, PigeonError, StoreError
 from pigeon_crypto.identity import IdentityPublicKey, IdentityRotation, account_id_for
 from pigeon_crypto.signing import Purpose
 from protocol import (
@@ -76,6 +77,8 @@ __all__ = [
     "require_auth",
     "rotate_identity",
 ]
+
+_log = logging.getLogger("pigeon.relay.ws")
 
 _U32_MAX: Final = 0xFFFF_FFFF
 
@@ -143,7 +146,10 @@ async def _welcome(ctx: FrameCtx[Auth] | FrameCtx[Register], account_id: bytes,
                             server_time_ms=conn.node.clock_ms(),
                             new_account=new_account).encode())
     if not new_account:
-        await notify_prekeys_low(conn, account_id)
+        try:
+            await notify_prekeys_low(conn, account_id)
+        except StoreError as exc:  # Welcome is out: the request has its one answer
+            _log.warning("prekeys-low notice skipped: store failed: %s", type(exc).__name__)
 
 
 async def handle_auth(ctx: FrameCtx[Auth]) -> None:

@@ -247,7 +247,7 @@ async def _wake(node: Node, mailbox_id: bytes) -> None:
         _log.warning("push wake-up skipped: store failed: %s", type(exc).__name__)
 
 
-route_durable: Final = Batched(_route_durable)
+route_durable: Final = Batched(_route_durable, after_reply=True)
 """Forked, batched stage: tell subscribers (bus ``MESSAGE``), or wake an offline owner.
 Every copy of every send of the batch goes in one ``publish_many`` (a bus between nodes
 answers it in one round trip, where one call per send would wait for one each, in turn)."""

@@ -138,13 +138,17 @@ class Batched:
     stage is still called frame by frame; a ``Batched`` one once per batch, e.g. one
     store call that persists every send of the batch. It either completes for every
     frame (setting each ``ctx.result``) or raises, which fails every frame of the batch.
+    With *after_reply*, the stage runs once every frame was answered: a failure is
+    logged, never answered (a request gets one answer).
     """
 
-    __slots__ = ("fn", "name")
+    __slots__ = ("after_reply", "fn", "name")
 
-    def __init__(self, fn: Callable[[list[FrameCtx[Any]]], Awaitable[None]]) -> None:
+    def __init__(self, fn: Callable[[list[FrameCtx[Any]]], Awaitable[None]], *,
+                 after_reply: bool = False) -> None:
         self.fn = fn
         self.name = getattr(fn, "__name__", "batched")
+        self.after_reply = after_reply
 
     def __repr__(self) -> str:
         return f"Batched({self.name})"

@@ -13,14 +13,16 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from pigeon_crypto.errors import StoreError
-from protocol import Connect
+from protocol import Connect, Frame, Ping, Pong, Sent
 from relay import app as relay_app
 from relay.app import create_app, sweep_once
 from relay.blob_http import grant_download, reserve_upload
+from relay.bus import InProcessBus
 from relay.config import RelayConfig, SyncMode
-from relay.ports import BlobTooLarge
+from relay.ports import BlobTooLarge, PrekeyCounts
 from relay.store_memory import MemoryStore
 from relay.typedefs import BACKGROUND_TASKS, PUSH, STORE, WEBSOCKETS
+from tests.e2e.wsclient import RelayClient, anonymous, connect_user
 
 NOW = 1_790_000_000_000
 
@@ -142,3 +144,45 @@ async def test_shutdown_drops_clients_that_stopped_reading(
                 while not ws.closed:
                     await ws.receive()
         assert all(sws.closed for sws in sockets)
+
+
+class NoPrekeyCounts(MemoryStore):
+    async def prekey_counts(self, account_id: bytes) -> PrekeyCounts:
+        raise StoreError("disk on fire")
+
+
+async def _answer_to_ping(c: RelayClient) -> list[Frame]:
+    """What arrives until the ``Pong`` of a ``Ping`` sent now (in order, Pong last)."""
+    rid = c.rid()
+    await c.ws.send_bytes(Ping(request_id=rid).encode())
+    seen: list[Frame] = []
+    async with asyncio.timeout(5):
+        while not seen or not isinstance(seen[-1], Pong):
+            seen.append(await c.notices.get())
+    return seen
+
+
+async def test_a_failure_after_the_answer_adds_no_second_answer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Work done after a request was answered (the prekeys-low check after ``Welcome``,
+    the bus publish after ``Sent``) may fail; the request keeps its one answer."""
+    async def broken_publish(self: InProcessBus, items: object) -> list[int]:
+        raise RuntimeError("bus bug")
+
+    monkeypatch.setattr(InProcessBus, "publish_many", broken_publish)
+    store = NoPrekeyCounts()
+    app = create_app(config(tmp_path), store=store)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        url = str(client.make_url(""))
+        first = await connect_user(url)  # Register: a new account is not checked
+        assert first.identity is not None
+        box = await first.create_mailbox()
+        again = await RelayClient.open(url)
+        await again.auth(first.identity)  # Welcome, then the check fails
+        assert await _answer_to_ping(again) == [Pong(request_id=again._next_rid)]
+        sender = await anonymous(url)
+        assert isinstance(await sender.send([box], b"hello"), Sent)  # then publish fails
+        assert await _answer_to_ping(sender) == [Pong(request_id=sender._next_rid)]
+        for c in (first, again, sender):
+            await c.close()
+    await store.close()
