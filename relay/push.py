@@ -12,7 +12,9 @@ Theory of operation (protocol ``RegisterPush``; docs/protocol.md):
   relay looks the same.
 * Rate: at most one wake-up per URL per ``min_interval_s``; a wake requested inside the
   interval is deferred to its end (one trailing wake-up covers any number of messages), so
-  a burst of envelopes costs one POST and the last one is never lost.
+  a burst of envelopes costs one POST and the last one is never lost. A wake requested
+  while the POST is in flight (the device may have looked already) gets one more POST
+  after it, at the interval's end.
 * Bounded: at most ``concurrency`` POSTs in flight and ``max_pending`` scheduled; beyond
   that a wake-up is dropped and counted. Each POST has a total timeout, follows no
   redirects, and never raises into the caller: failures are counted (``failed``) and
@@ -116,6 +118,10 @@ class PushStats:
 class _UrlState:
     last_sent: float = float("-inf")
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    posting: bool = False
+    """The task's POST has started: a wake-up now may come after what it told."""
+    again: bool = False
+    """A wake-up came while the POST was in flight: send one more after it."""
 
 
 class PushNotifier:
@@ -190,6 +196,10 @@ class PushNotifier:
             return False
         state = self._urls.get(url)
         if state is not None and state.task is not None:
+            # Waiting to post: that POST covers this. Posting: the device may already
+            # have looked and found nothing new; one more follows (after the interval).
+            if state.posting:
+                state.again = True
             self._count("coalesced")
             return False
         if len(self._tasks) >= self._max_pending:
@@ -206,12 +216,22 @@ class PushNotifier:
 
     async def _run(self, url: str, state: _UrlState, delay: float) -> None:
         try:
-            if delay > 0:
-                await asyncio.sleep(delay)
-            state.last_sent = self._clock()
-            await self.send_now(url)
+            while True:
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                state.last_sent = self._clock()
+                state.posting = True
+                try:
+                    await self.send_now(url)
+                finally:
+                    state.posting = False
+                if not state.again or self._closed:
+                    break
+                state.again = False
+                delay = max(0.0, state.last_sent + self._interval - self._clock())
         finally:
             state.task = None
+            state.again = False
             self._forget_idle()
 
     def _forget_idle(self) -> None:

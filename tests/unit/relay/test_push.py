@@ -116,6 +116,28 @@ async def test_burst_is_coalesced_and_the_last_wake_is_kept(receiver: Receiver) 
     assert push.stats.coalesced == 2 and push.stats.sent == 2
 
 
+async def test_a_wake_during_the_post_gets_one_more_after_it(receiver: Receiver) -> None:
+    """The device may have answered the first POST before the envelope that asked for the
+    second one was stored: coalescing that into the POST in flight would lose it."""
+    push = PushNotifier(allow_insecure=True, min_interval_s=0.2)
+    url = receiver.base + "/hold/a"
+    try:
+        loop = asyncio.get_running_loop()
+        assert push.wake(url) is True
+        while receiver.in_flight == 0:  # the POST is at the receiver
+            await asyncio.sleep(0.01)
+        started = loop.time()
+        for _ in range(3):
+            assert push.wake(url) is False  # one trailing POST covers them all
+        receiver.release.set()
+        await push.drain()
+        assert loop.time() - started >= 0.15  # the interval still holds
+    finally:
+        await push.close()
+    assert len(receiver.requests) == 2
+    assert push.stats.sent == 2 and push.stats.coalesced == 3
+
+
 async def test_failures_are_counted_never_raised(receiver: Receiver) -> None:
     gone: list[str] = []
     push = PushNotifier(allow_insecure=True, timeout_s=0.3, on_gone=gone.append)
