@@ -28,6 +28,8 @@ class Receiver:
     base: str
     requests: list[Received] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    held: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when a ``/hold`` request reaches the receiver."""
     in_flight: int = 0
     max_in_flight: int = 0
 
@@ -43,6 +45,7 @@ async def receiver() -> AsyncIterator[Receiver]:
         if kind == "hold":
             rec.in_flight += 1
             rec.max_in_flight = max(rec.max_in_flight, rec.in_flight)
+            rec.held.set()
             try:
                 await rec.release.wait()
             finally:
@@ -124,8 +127,7 @@ async def test_a_wake_during_the_post_gets_one_more_after_it(receiver: Receiver)
     try:
         loop = asyncio.get_running_loop()
         assert push.wake(url) is True
-        while receiver.in_flight == 0:  # the POST is at the receiver
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(receiver.held.wait(), 5)  # the POST is at the receiver
         started = loop.time()
         for _ in range(3):
             assert push.wake(url) is False  # one trailing POST covers them all
