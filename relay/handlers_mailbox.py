@@ -13,7 +13,8 @@ Theory of operation (protocol §9.4 "Mailboxes", §9.5; DESIGN.md "Addresses"):
   the later subscription keeps it), answers ``Subscribed`` listing the mailboxes that do not
   exist or are not owned, and only then lets the delivery pump read each backlog: the
   expiry notice, the unacked envelopes in seq order, then live ones.
-* ``RotateMailbox`` creates the new mailbox (subscribed here if the old one was) and
+* ``RotateMailbox`` creates the new mailbox (subscribed on the connection of this node
+  that receives the old one, if any) and
   retires the old one at ``retire_at_ms`` (default ``config.rotation_grace_ms`` from now).
   A repeat (the old mailbox already retired, the same capability hash: a retry after a
   lost answer) answers the mailbox the first one created and changes nothing.
@@ -146,10 +147,14 @@ async def rotate_mailbox(ctx: FrameCtx[RotateMailbox]) -> None:
     node.capabilities.retire(frame.mailbox_id, retire_at)
     node.set_push_url(new_id, record.push_url)
     await node.mailbox_changed(frame.mailbox_id)  # other nodes learn its retirement
-    inherit = (conn.pump is not None and frame.mailbox_id in conn.pump
-               and new_id not in conn.pump)
+    # The new mailbox inherits the old one's subscription, whichever of the account's
+    # connections on this node holds it (one on another node resubscribes itself).
+    heir = node.subscribers.get(frame.mailbox_id)
+    inherit = (heir is not None and heir.pump is not None and frame.mailbox_id in heir.pump
+               and new_id not in heir.pump)
     if inherit:
-        pump = await _subscribe_here(conn, [new_id])
+        assert heir is not None
+        pump = await _subscribe_here(heir, [new_id])
     await conn.send(MailboxCreated(request_id=ctx.request_id, mailbox_id=new_id).encode())
     if inherit:
         pump.release([new_id])

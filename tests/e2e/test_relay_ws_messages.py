@@ -171,6 +171,27 @@ async def test_a_rotated_mailbox_takes_over_and_the_old_one_retires(
         await c.close()
 
 
+async def test_a_mailbox_rotated_on_another_connection_keeps_its_subscriber(
+        relay: RelayProcess) -> None:
+    bob, old = await owner_with_mailbox(relay.url)
+    await bob.subscribe(old)
+    assert bob.identity is not None
+    other = await RelayClient.open(relay.url)
+    await other.auth(bob.identity)
+    capability = os.urandom(32)
+    created = await other.expect(MailboxCreated, lambda rid: RotateMailbox(
+        request_id=rid, mailbox_id=old.mailbox_id,
+        capability_hash=hashlib.sha256(capability).digest()))
+    alice = await anonymous(relay.url)
+    assert isinstance(await alice.send([Mailbox(created.mailbox_id, capability)], b"new"),
+                      Sent)
+    got = await bob.next_delivery(wait_s=5)  # live, on the connection that held the old one
+    assert (got.mailbox_id, got.blob) == (created.mailbox_id, b"new")
+    await other.no_delivery(0.2)
+    for c in (bob, other, alice):
+        await c.close()
+
+
 async def test_subscribe_sees_mailboxes_made_and_deleted_on_other_connections(
         relay: RelayProcess) -> None:
     first = await connect_user(relay.url)
