@@ -14,10 +14,10 @@ Theory of operation (protocol §9.4 "Mailboxes", §9.5; DESIGN.md "Addresses"):
   exist or are not owned, and only then lets the delivery pump read each backlog: the
   expiry notice, the unacked envelopes in seq order, then live ones.
 * ``RotateMailbox`` creates the new mailbox (subscribed on the connection of this node
-  that receives the old one, if any) and
-  retires the old one at ``retire_at_ms`` (default ``config.rotation_grace_ms`` from now).
-  A repeat (the old mailbox already retired, the same capability hash: a retry after a
-  lost answer) answers the mailbox the first one created and changes nothing.
+  that receives the old one, if any) and retires the old one at ``retire_at_ms``
+  (default ``config.rotation_grace_ms`` from now). A repeat (the old mailbox already
+  retired, the same capability hash: a retry after a lost answer) answers the mailbox
+  the first one created and changes nothing.
 * ``DeleteMailbox`` deletes the queue with it and tells subscriptions (bus ``CLOSED``).
 * ``RegisterPush`` sets or clears a push URL (``https`` only, no credentials, no private
   addresses unless ``config.push_allow_http``): the relay then POSTs an empty body to it
