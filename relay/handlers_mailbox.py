@@ -96,7 +96,10 @@ async def create_mailbox(ctx: FrameCtx[CreateMailbox]) -> None:
     conn, frame = ctx.conn, ctx.frame
     node = conn.node
     account_id = _account(conn)
-    await conn.load_owned()
+    # Counted from the store, not this connection's cache: the account's other
+    # connections create mailboxes too. Creations in flight at once may each pass; the
+    # overshoot is bounded by the account's connections times their in-flight frames.
+    await conn.load_owned(refresh=True)
     if len(conn.owned) >= MAX_MAILBOXES_PER_ACCOUNT:
         raise Refuse(ErrorCode.QUOTA_EXCEEDED, message="too many mailboxes")
     for _ in range(3):  # an id collision is astronomically unlikely; never loop forever

@@ -13,8 +13,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from pigeon_crypto.errors import StoreError
-from protocol import Connect, Frame, Ping, Pong, Sent
+from protocol import Connect, CreateMailbox, ErrorCode, Frame, Ping, Pong, Sent
 from relay import app as relay_app
+from relay import handlers_mailbox
 from relay.app import create_app, sweep_once
 from relay.blob_http import grant_download, reserve_upload
 from relay.bus import InProcessBus
@@ -186,3 +187,23 @@ async def test_a_failure_after_the_answer_adds_no_second_answer(
         for c in (first, again, sender):
             await c.close()
     await store.close()
+
+
+async def test_the_mailbox_cap_counts_every_connection_of_the_account(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handlers_mailbox, "MAX_MAILBOXES_PER_ACCOUNT", 3)
+    app = create_app(config(tmp_path))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        url = str(client.make_url(""))
+        first = await connect_user(url)
+        assert first.identity is not None
+        second = await RelayClient.open(url)
+        await second.auth(first.identity)
+        await first.create_mailbox()  # both connections have loaded what the account owns
+        await second.create_mailbox()
+        await first.create_mailbox()
+        refused = await second.error(lambda rid: CreateMailbox(request_id=rid,
+                                                               capability_hash=bytes(32)))
+        assert refused.code == ErrorCode.QUOTA_EXCEEDED
+        for c in (first, second):
+            await c.close()
