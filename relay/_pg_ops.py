@@ -401,6 +401,22 @@ async def pending_count(conn: Conn, mailbox_id: bytes) -> int:
     return 0 if value is None else int(value)
 
 
+async def expire_mailbox(conn: Conn, mailbox_id: bytes, now_ms: int) -> int:
+    # The mailbox locked first, as expire and ack_deliveries lock it.
+    await conn.execute("SELECT 1 FROM mailboxes WHERE id = $1 FOR NO KEY UPDATE", mailbox_id)
+    seqs = [r[0] for r in await conn.fetch(
+        "DELETE FROM deliveries WHERE mailbox_id = $1 AND expires_at_ms <= $2 RETURNING seq",
+        mailbox_id, now_ms,
+    )]
+    if seqs:
+        await conn.execute(
+            "UPDATE mailboxes SET expired_count = expired_count + $1,"
+            " expired_up_to_seq = greatest(expired_up_to_seq, $2) WHERE id = $3",
+            len(seqs), max(seqs), mailbox_id,
+        )
+    return len(seqs)
+
+
 async def expire(conn: Conn, now_ms: int, limit: int) -> ExpiryReport:
     # The due rows' mailboxes are locked first, in id order (see ack_deliveries in
     # relay._pg_schema): a sweep on another node holding some of them is waited for

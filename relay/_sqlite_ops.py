@@ -641,6 +641,20 @@ def expire(conn: sqlite3.Connection, now_ms: int, limit: int) -> ExpiryReport:
     )
 
 
+def expire_mailbox(conn: sqlite3.Connection, mailbox_id: bytes, now_ms: int) -> int:
+    seqs = [r[0] for r in conn.execute(
+        "DELETE FROM deliveries WHERE mailbox_id = ? AND expires_at_ms <= ? RETURNING seq",
+        (mailbox_id, now_ms),
+    ).fetchall()]
+    if seqs:
+        conn.execute(
+            "UPDATE mailboxes SET expired_count = expired_count + ?,"
+            " expired_up_to_seq = max(expired_up_to_seq, ?) WHERE id = ?",
+            (len(seqs), max(seqs), mailbox_id),
+        )
+    return len(seqs)
+
+
 def get_expiry_notice(conn: sqlite3.Connection, mailbox_id: bytes) -> ExpiryNotice | None:
     row = conn.execute(
         "SELECT expired_count, expired_up_to_seq FROM mailboxes WHERE id = ?", (mailbox_id,)

@@ -18,12 +18,12 @@ protocol §9.5):
   after ``last``": the pump then sends the expiry notice if one is pending
   (``MessagesExpired``, cleared only after it was written), then up to a page of
   envelopes in seq order, and asks for another ``RESYNC`` if there may be more (so other
-  mailboxes get their turn). Envelopes of the page that expired but are not swept yet
-  are removed by the pump and reported (with any pending notice) in one
-  ``MessagesExpired`` before the first delivery that follows them. A new subscription
-  starts that way (requested with :meth:`relay.ports.Subscription.resync` once
-  ``Subscribed`` is out); so does a mailbox whose window reopens, and one whose hints the
-  bus had to coalesce.
+  mailboxes get their turn). If the page holds envelopes that expired but were not
+  swept yet, the pump sweeps the mailbox (``Store.expire_mailbox``: into the stored
+  notice, as the sweeper does) and sends the notice before the first delivery that
+  follows them. A new subscription starts that way (requested with
+  :meth:`relay.ports.Subscription.resync` once ``Subscribed`` is out); so does a mailbox
+  whose window reopens, and one whose hints the bus had to coalesce.
 * **Idle pumps.** While the pump waits on an empty queue, the in-process bus hands it a
   live hint in the publisher's turn (:meth:`DeliveryPump._direct`): an in-order
   delivery is queued on the socket at once, without a wake-up and step of the pump's
@@ -257,57 +257,64 @@ class DeliveryPump:
         node = self._conn.node
         store = node.store
         send = self._conn.send
-        if expiry:
-            await self._expired(mailbox_id, cursor, ())
+        if expiry and not await self._report_expiry(mailbox_id, cursor):
+            return
         room = self._window - len(cursor.unacked)
         if room <= 0:
             cursor.full = True
             return
         limit = min(room, PAGE)
         now = node.clock_ms()
-        # Expired envelopes the sweeper has not removed yet come too (as of time 0
-        # nothing has expired): they are reported before the deliveries that follow them.
+        # Expired envelopes the sweeper has not reached come too (as of time 0 nothing
+        # has expired), so that they are reported before the deliveries that follow them.
         page = await store.fetch(mailbox_id, after_seq=cursor.last, limit=limit,
                                  now_ms=_EVERYTHING)
-        expired: list[int] = []
+        expired = swept = False
         for message in page:
             if self._cursors.get(mailbox_id) is not cursor:
                 return  # dropped meanwhile
             if message.seq <= cursor.last:
                 continue
             if message.expires_at_ms <= now:
-                expired.append(message.seq)
+                expired = True
                 continue
-            if expired:
-                await self._expired(mailbox_id, cursor, expired)
-                expired = []
-                if self._cursors.get(mailbox_id) is not cursor:
+            if expired and not swept:
+                swept = True
+                if not await self._sweep(mailbox_id, cursor, now):
                     return
             await send(delivery_bytes(mailbox_id, message.seq, message.received_at_ms,
                                       message.blob))
             cursor.last = message.seq
             cursor.unacked.append(message.seq)
         if expired:
-            await self._expired(mailbox_id, cursor, expired)
+            if not swept and not await self._sweep(mailbox_id, cursor, now):
+                return
+            cursor.last = max(cursor.last, page[-1].seq)  # gone from the store
         if len(cursor.unacked) >= self._window:
             cursor.full = True
         elif len(page) >= limit:
             self._sub.resync(mailbox_id)  # there may be more: after the other mailboxes
 
-    async def _expired(self, mailbox_id: bytes, cursor: Cursor, seqs: Sequence[int]) -> None:
-        """Send ``MessagesExpired`` for the stored notice and for *seqs* (expired
-        envelopes read before the sweeper removed them: removed here, so that no later
-        notice counts them again), then move the cursor past *seqs*."""
+    async def _sweep(self, mailbox_id: bytes, cursor: Cursor, now_ms: int) -> bool:
+        """Sweep the mailbox's expired envelopes into its stored notice (as the sweeper
+        does), then send the notice: before the deliveries that follow them, and never
+        lost (it stays stored until written). False if the mailbox was dropped."""
+        node = self._conn.node
+        node.metrics.expired("messages", await node.store.expire_mailbox(mailbox_id,
+                                                                         now_ms=now_ms))
+        return await self._report_expiry(mailbox_id, cursor)
+
+    async def _report_expiry(self, mailbox_id: bytes, cursor: Cursor) -> bool:
+        """Send the stored expiry notice if one is pending (``MessagesExpired``), and clear
+        it once written. False if the mailbox was dropped from this pump meanwhile."""
         store = self._conn.node.store
-        removed = await store.ack(mailbox_id, seqs=seqs) if seqs else 0
         notice = await store.get_expiry_notice(mailbox_id)
-        if seqs:
-            cursor.last = max(cursor.last, seqs[-1])
-        count = removed + (notice.count if notice is not None else 0)
-        if not count or self._cursors.get(mailbox_id) is not cursor:
-            return
-        up_to = max(seqs[-1] if removed else 0, notice.up_to_seq if notice is not None else 0)
-        await self._conn.send(MessagesExpired(mailbox_id=mailbox_id, count=min(count, _U32_MAX),
-                                              up_to_seq=up_to).encode())
-        if notice is not None and not self._conn.ws.closed:  # cleared once it was written
-            await store.clear_expiry_notice(notice)
+        if self._cursors.get(mailbox_id) is not cursor:
+            return False
+        if notice is not None:
+            await self._conn.send(MessagesExpired(
+                mailbox_id=mailbox_id, count=min(notice.count, _U32_MAX),
+                up_to_seq=notice.up_to_seq).encode())
+            if not self._conn.ws.closed:  # cleared only once it was written
+                await store.clear_expiry_notice(notice)
+        return True

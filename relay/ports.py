@@ -396,6 +396,13 @@ class MessageStore(Protocol):
         the per-mailbox counts to the stored expiry notices."""
         ...
 
+    async def expire_mailbox(self, mailbox_id: bytes, *, now_ms: int) -> int:
+        """:meth:`expire` for one mailbox's messages only, in one transaction: remove those
+        with ``expires_at_ms <= now_ms`` and add them to its stored expiry notice. Returns
+        how many went. The delivery pump calls it when a fetch meets expired envelopes the
+        sweeper has not reached, so that they are reported before what follows them."""
+        ...
+
     async def get_expiry_notice(self, mailbox_id: bytes) -> ExpiryNotice | None:
         """Messages that expired unread since the last cleared notice, or None."""
         ...

@@ -393,6 +393,18 @@ class MemoryStore(MemoryAccounts):
             more=max(len(due), len(stale), len(retired)) >= limit,
         )
 
+    async def expire_mailbox(self, mailbox_id: bytes, *, now_ms: int) -> int:
+        mb = self._mailboxes.get(mailbox_id)
+        if mb is None:
+            return 0
+        seqs = [seq for seq, (_, _, expires) in mb.queue.items() if expires <= now_ms]
+        for seq in seqs:
+            self._remove_delivery(mb, seq)
+        if seqs:
+            mb.expired_count += len(seqs)
+            mb.expired_up_to_seq = max(mb.expired_up_to_seq, max(seqs))
+        return len(seqs)
+
     async def get_expiry_notice(self, mailbox_id: bytes) -> ExpiryNotice | None:
         mb = self._mailboxes.get(mailbox_id)
         if mb is None or mb.expired_count == 0:

@@ -542,6 +542,10 @@ class PostgresStore:
         _positive("limit", limit)
         return await self._write("expire", lambda c: ops.expire(c, now_ms, limit))
 
+    async def expire_mailbox(self, mailbox_id: bytes, *, now_ms: int) -> int:
+        return await self._write("expire_mailbox",
+                                 lambda c: ops.expire_mailbox(c, mailbox_id, now_ms))
+
     async def get_expiry_notice(self, mailbox_id: bytes) -> ExpiryNotice | None:
         return await self._read("get_expiry_notice",
                                 lambda c: ops.get_expiry_notice(c, mailbox_id))

@@ -361,6 +361,12 @@ class SqliteStore:
             "expire", functools.partial(ops.expire, now_ms=now_ms, limit=limit)
         )
 
+    async def expire_mailbox(self, mailbox_id: bytes, *, now_ms: int) -> int:
+        return await self._engine.write(
+            "expire_mailbox",
+            functools.partial(ops.expire_mailbox, mailbox_id=mailbox_id, now_ms=now_ms),
+        )
+
     async def get_expiry_notice(self, mailbox_id: bytes) -> ExpiryNotice | None:
         return await self._engine.read(
             "get_expiry_notice", functools.partial(ops.get_expiry_notice, mailbox_id=mailbox_id)

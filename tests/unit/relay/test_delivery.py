@@ -12,11 +12,14 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+from protocol import Delivery, Direction, MessagesExpired, decode_frame
 from relay.bus import InProcessBus
 from relay.config import RelayConfig
 from relay.delivery import DeliveryPump
+from relay.metrics import NullMetrics
 from relay.pipeline import delivery_bytes
-from relay.ports import Notification, NotificationKind, StoredMessage
+from relay.ports import Notification, NotificationKind, Recipient, StoredMessage
+from relay.store_memory import MemoryStore
 
 A = b"\xaa" * 16
 T = 1_700_000_000_000
@@ -194,3 +197,75 @@ async def test_a_drop_waiting_on_the_bus_spares_a_subscription_made_meanwhile() 
     assert conn.sink.frames == [frame(1)]
     await pump.close()
     await bus.close()
+
+
+class _StoreConn:
+    """A connection around a real (memory) store; frames decoded as they are sent."""
+
+    def __init__(self, bus: InProcessBus, store: MemoryStore, now_ms: int) -> None:
+        self.node = SimpleNamespace(bus=bus, store=store, subscribers={},
+                                    config=RelayConfig(delivery_window=100),
+                                    clock_ms=lambda: now_ms, metrics=NullMetrics())
+        self.ws = SimpleNamespace(closed=False)
+        self.sink = _Sink()
+        self.sink.paused = True  # everything through the pump's awaited send
+        self.got: list[tuple[str, int, int]] = []
+
+    async def send(self, data: bytes) -> None:
+        if self.ws.closed:  # as Connection.send: dropped on a closed socket
+            return
+        f = decode_frame(data, direction=Direction.TO_CLIENT)
+        if isinstance(f, MessagesExpired):
+            self.got.append(("expired", f.count, f.up_to_seq))
+        elif isinstance(f, Delivery):
+            self.got.append(("delivery", f.seq, 0))
+
+
+async def _mailbox_with_an_unswept_expiry() -> MemoryStore:
+    store = MemoryStore()
+    await store.create_account(account_id=bytes(16), identity_key=b"ik", now_ms=T)
+    capability_hash = bytes(32)
+    await store.create_mailbox(account_id=bytes(16), mailbox_id=A,
+                               capability_hash=capability_hash, now_ms=T)
+    for n, ttl in enumerate((1_000, 10**9)):
+        await store.append(recipients=[Recipient(mailbox_id=A, capability_hash=capability_hash)],
+                           client_msg_id=bytes([n + 1]) * 16, blob=b"m%d" % n, now_ms=T,
+                           ttl_ms=ttl)
+    return store
+
+
+async def _catch_up(store: MemoryStore, interfere: str | None = None) -> _StoreConn:
+    bus = InProcessBus()
+    conn = _StoreConn(bus, store, T + 5_000)  # seq 1 expired; no sweep ran
+    pump: Any = await DeliveryPump.create(conn)  # type: ignore[arg-type]
+    if interfere is not None:
+        sweep = store.expire_mailbox
+
+        async def expire_then_interfere(mailbox_id: bytes, *, now_ms: int) -> int:
+            n = await sweep(mailbox_id, now_ms=now_ms)
+            if interfere == "closed":
+                conn.ws.closed = True  # the peer went away meanwhile
+            else:
+                pump._cursors.pop(A)  # unsubscribed, or taken by another connection
+            return n
+
+        store.expire_mailbox = expire_then_interfere  # type: ignore[method-assign]
+    await pump.subscribe([A])
+    pump.release([A])
+    await settle()
+    await pump.close()
+    await bus.close()
+    if interfere is not None:
+        del store.expire_mailbox
+    return conn
+
+
+async def test_an_unswept_expiry_is_reported_before_what_follows_and_never_lost() -> None:
+    store = await _mailbox_with_an_unswept_expiry()
+    assert (await _catch_up(store)).got == [("expired", 1, 1), ("delivery", 2, 0)]
+    assert await store.get_expiry_notice(A) is None  # cleared once written
+    for interference in ("closed", "dropped"):
+        store = await _mailbox_with_an_unswept_expiry()
+        assert (await _catch_up(store, interference)).got == []
+        # Swept into the stored notice: the next subscription hears of it first.
+        assert (await _catch_up(store)).got == [("expired", 1, 1), ("delivery", 2, 0)]

@@ -625,6 +625,25 @@ async def test_expiry_is_reported_to_the_owner(store: Store) -> None:
     assert not (await send(store, 1, 10, now_ms=T0 + 6000)).duplicate
 
 
+async def test_one_mailbox_swept_into_its_notice(store: Store) -> None:
+    await account(store, 1, 10, 11)
+    await send(store, 1, 10, 11, now_ms=T0, ttl_ms=100)
+    await send(store, 2, 10, now_ms=T0, ttl_ms=1000)
+    await send(store, 3, 10, now_ms=T0 + 10, ttl_ms=100)
+    assert await store.expire_mailbox(mid(10), now_ms=T0 + 99) == 0
+    assert await store.expire_mailbox(mid(10), now_ms=T0 + 110) == 2
+    assert [m.seq for m in await store.fetch(mid(10), now_ms=0)] == [2]
+    notice = await store.get_expiry_notice(mid(10))
+    assert notice is not None and (notice.count, notice.up_to_seq) == (2, 3)
+    assert await store.pending_count(mid(10)) == 1
+    # Only that mailbox: the other's copy waits for the sweeper, which counts it alone.
+    assert await store.get_expiry_notice(mid(11)) is None
+    report = await store.expire(now_ms=T0 + 110)
+    assert [(n.mailbox_id, n.count) for n in report.notices] == [(mid(11), 1)]
+    assert report.messages_removed == 1 and (await store.queue_sizes()).total_blobs == 1
+    assert await store.expire_mailbox(mid(99), now_ms=T0) == 0
+
+
 async def test_dedup_records_outlive_a_short_ttl(store: Store) -> None:
     await account(store, 1, 10)
 
