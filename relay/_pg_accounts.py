@@ -113,20 +113,24 @@ async def rotate_identity(
 ) -> AccountRecord:
     # What the old key signed goes in the same transaction (see
     # relay._sqlite_accounts.rotate_identity); unsigned one-time X25519 prekeys stay.
-    # The UPDATE locks the row first, so concurrent rotations number their records in turn.
-    # Compare and swap on the key (re-checked on the locked row by a concurrent
-    # rotation's UPDATE) and the chain length.
-    found = await conn.fetchval(
-        "UPDATE accounts SET identity_key = $1, identity_updated_at_ms = $2,"
-        " signed_prekey = NULL, last_resort_kem = NULL WHERE id = $3 AND identity_key = $4"
-        " AND (SELECT count(*) FROM identity_rotations WHERE account_id = $3) = $5"
-        " RETURNING 1",
-        identity_key, now_ms, account_id, expect_key, expect_rotations,
+    # Compare and swap. The row lock first, then the key and the chain length read by a
+    # statement of their own: under READ COMMITTED it sees what a rotation that held the
+    # lock committed (a subquery of the locking statement would keep its older snapshot).
+    if await conn.fetchval("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE",
+                           account_id) is None:
+        raise NotFound("account")
+    current = await conn.fetchrow(
+        "SELECT identity_key, (SELECT count(*) FROM identity_rotations WHERE account_id = $1)"
+        " FROM accounts WHERE id = $1", account_id,
     )
-    if found is None:
-        if await conn.fetchval("SELECT 1 FROM accounts WHERE id = $1", account_id) is None:
-            raise NotFound("account")
+    assert current is not None  # locked above
+    if current[0] != expect_key or current[1] != expect_rotations:
         raise StoreConflict("identity rotated meanwhile")
+    await conn.execute(
+        "UPDATE accounts SET identity_key = $1, identity_updated_at_ms = $2,"
+        " signed_prekey = NULL, last_resort_kem = NULL WHERE id = $3",
+        identity_key, now_ms, account_id,
+    )
     await conn.execute(
         "DELETE FROM one_time_prekeys WHERE account_id = $1 AND kind = $2", account_id, _KEM
     )

@@ -21,6 +21,7 @@ import asyncpg
 import pytest
 
 from pigeon_crypto.errors import StoreError
+from relay import _pg_accounts as pg_accounts
 from relay.ports import (
     AppendRequest,
     AppendResult,
@@ -115,6 +116,39 @@ async def nodes(dsn: str, schema: str) -> AsyncIterator[tuple[PostgresStore, Pos
 
 
 # --------------------------------------------------------------------------- two nodes
+
+
+async def test_a_rotation_waiting_on_another_sees_what_it_committed(
+    nodes: tuple[PostgresStore, PostgresStore], dsn: str, schema: str
+) -> None:
+    """Two rotations checked against (K0, 0): the first holds the row and commits K0 ->
+    K0 (the key unchanged); the second, waiting on the lock, must see the chain grow and
+    fail. (A count in the locking statement would keep its snapshot and pass.)"""
+    one, _ = nodes
+    await one.create_account(account_id=aid(1), identity_key=b"K0", now_ms=T0)
+    first = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+    second = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+    try:
+        held = first.transaction()
+        await held.start()
+        await pg_accounts.rotate_identity(first, aid(1), b"K0", b"r1 K0->K0", T0, b"K0", 0)
+
+        async def waiting() -> object:
+            async with second.transaction():
+                return await pg_accounts.rotate_identity(second, aid(1), b"K2", b"r1 K0->K2",
+                                                         T0, b"K0", 0)
+
+        task = asyncio.create_task(waiting())
+        await asyncio.sleep(0.3)
+        assert not task.done()  # on the row lock
+        await held.commit()
+        with pytest.raises(StoreConflict):
+            await task
+    finally:
+        await first.close()
+        await second.close()
+    record = await one.get_account(aid(1))
+    assert record is not None and (record.identity_key, record.rotation_count) == (b"K0", 1)
 
 
 async def test_two_nodes_appending_to_one_mailbox_get_dense_distinct_seqs(
