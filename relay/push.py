@@ -13,8 +13,9 @@ Theory of operation (protocol ``RegisterPush``; docs/protocol.md):
 * Rate: at most one wake-up per URL per ``min_interval_s``; a wake requested inside the
   interval is deferred to its end (one trailing wake-up covers any number of messages), so
   a burst of envelopes costs one POST and the last one is never lost. A wake requested
-  while the POST is in flight (the device may have looked already) gets one more POST
-  after it, at the interval's end.
+  while the POST is in flight (sent, not waiting for a concurrency slot: the device may
+  have looked already) gets one more POST after it, at the interval's end, unless the
+  push service said the URL is gone.
 * Bounded: at most ``concurrency`` POSTs in flight and ``max_pending`` scheduled; beyond
   that a wake-up is dropped and counted. Each POST has a total timeout, follows no
   redirects, and never raises into the caller: failures are counted (``failed``) and
@@ -219,19 +220,14 @@ class PushNotifier:
             while True:
                 if delay > 0:
                     await asyncio.sleep(delay)
-                state.last_sent = self._clock()
-                state.posting = True
-                try:
-                    await self.send_now(url)
-                finally:
-                    state.posting = False
-                if not state.again or self._closed:
+                gone = await self._post(url, state) == "gone"
+                if not state.again or gone or self._closed:
                     break
                 state.again = False
                 delay = max(0.0, state.last_sent + self._interval - self._clock())
         finally:
             state.task = None
-            state.again = False
+            state.posting = state.again = False
             self._forget_idle()
 
     def _forget_idle(self) -> None:
@@ -248,9 +244,17 @@ class PushNotifier:
         Returns:
             True on a 2xx answer. Never raises (except CancelledError on shutdown).
         """
+        return await self._post(url, None) == "sent"
+
+    async def _post(self, url: str, state: _UrlState | None) -> str:
+        """:meth:`send_now`; *state* is marked posting from when the POST leaves (not
+        while it waits for a concurrency slot). Returns its count: sent, failed, gone."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
         async with self._sem:
+            if state is not None:
+                state.last_sent = self._clock()
+                state.posting = True
             try:
                 async with self._session.post(
                     url, data=WAKE_BODY, headers=WAKE_HEADERS, timeout=self._timeout,
@@ -260,10 +264,13 @@ class PushNotifier:
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 _log.info("push wake-up failed: %s", type(exc).__name__)
                 self._count("failed")
-                return False
+                return "failed"
+            finally:
+                if state is not None:
+                    state.posting = False
         if 200 <= status < 300:
             self._count("sent")
-            return True
+            return "sent"
         if status in (404, 410):
             self._count("gone")
             if self._on_gone is not None:
@@ -271,10 +278,10 @@ class PushNotifier:
                     self._on_gone(url)
                 except Exception:
                     _log.exception("push on_gone callback failed")
-            return False
+            return "gone"
         _log.info("push wake-up refused with HTTP %d", status)
         self._count("failed")
-        return False
+        return "failed"
 
     async def drain(self) -> None:
         """Wait until every scheduled wake-up is done (tests, orderly shutdown)."""

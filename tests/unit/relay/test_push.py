@@ -42,7 +42,7 @@ async def receiver() -> AsyncIterator[Receiver]:
         rec.requests.append(Received(request.method, request.path, request.query_string,
                                      dict(request.headers), await request.read()))
         kind = request.path.split("/")[1]
-        if kind == "hold":
+        if kind in ("hold", "hold-gone"):
             rec.in_flight += 1
             rec.max_in_flight = max(rec.max_in_flight, rec.in_flight)
             rec.held.set()
@@ -54,7 +54,7 @@ async def receiver() -> AsyncIterator[Receiver]:
             await asyncio.sleep(2)
         if kind == "redirect":
             raise web.HTTPFound("/ok/elsewhere")
-        status = {"gone": 410, "missing": 404, "fail": 500}.get(kind, 201)
+        status = {"gone": 410, "hold-gone": 410, "missing": 404, "fail": 500}.get(kind, 201)
         return web.Response(status=status)
 
     app = web.Application()
@@ -138,6 +138,36 @@ async def test_a_wake_during_the_post_gets_one_more_after_it(receiver: Receiver)
         await push.close()
     assert len(receiver.requests) == 2
     assert push.stats.sent == 2 and push.stats.coalesced == 3
+
+
+async def test_a_wake_while_the_post_waits_for_a_slot_is_covered_by_it(
+        receiver: Receiver) -> None:
+    push = PushNotifier(allow_insecure=True, concurrency=1, min_interval_s=0.1)
+    try:
+        assert push.wake(receiver.base + "/hold/a") is True  # takes the only slot
+        await asyncio.wait_for(receiver.held.wait(), 5)
+        assert push.wake(receiver.base + "/ok/b") is True  # waits for the slot
+        await asyncio.sleep(0.05)
+        assert push.wake(receiver.base + "/ok/b") is False  # nothing posted yet: covered
+        receiver.release.set()
+        await push.drain()
+    finally:
+        await push.close()
+    assert [r.path for r in receiver.requests].count("/ok/b") == 1
+
+
+async def test_a_gone_url_gets_no_trailing_post(receiver: Receiver) -> None:
+    push = PushNotifier(allow_insecure=True, min_interval_s=0.05)
+    url = receiver.base + "/hold-gone"
+    try:
+        assert push.wake(url) is True
+        await asyncio.wait_for(receiver.held.wait(), 5)
+        assert push.wake(url) is False  # during the POST: would follow it, but it is gone
+        receiver.release.set()
+        await push.drain()
+    finally:
+        await push.close()
+    assert len(receiver.requests) == 1 and push.stats.gone == 1
 
 
 async def test_failures_are_counted_never_raised(receiver: Receiver) -> None:
