@@ -106,6 +106,20 @@ async def list_mailboxes(conn: Conn, account_id: bytes) -> list[MailboxRecord]:
     return [_mailbox(r) for r in rows]
 
 
+async def count_mailboxes(conn: Conn, account_id: bytes) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM mailboxes WHERE account_id = $1",
+                                   account_id))
+
+
+async def owned_mailboxes(conn: Conn, account_id: bytes,
+                          mailbox_ids: Sequence[bytes]) -> set[bytes]:
+    rows = await conn.fetch(
+        "SELECT id FROM mailboxes WHERE account_id = $1 AND id = ANY($2::bytea[])",
+        account_id, list(mailbox_ids),
+    )
+    return {bytes(r[0]) for r in rows}
+
+
 async def rotate_mailbox(
     conn: Conn, account_id: bytes, mailbox_id: bytes, new_mailbox_id: bytes,
     capability_hash: bytes, retire_at_ms: int, now_ms: int,

@@ -135,6 +135,24 @@ def list_mailboxes(conn: sqlite3.Connection, account_id: bytes) -> list[MailboxR
     return [_mailbox(r) for r in rows]
 
 
+def count_mailboxes(conn: sqlite3.Connection, account_id: bytes) -> int:
+    return int(conn.execute("SELECT count(*) FROM mailboxes WHERE account_id = ?",
+                            (account_id,)).fetchone()[0])
+
+
+def owned_mailboxes(
+    conn: sqlite3.Connection, account_id: bytes, mailbox_ids: Sequence[bytes]
+) -> set[bytes]:
+    found: set[bytes] = set()
+    ids = list(dict.fromkeys(mailbox_ids))
+    for at in range(0, len(ids), _MAX_ROWS):
+        chunk = ids[at:at + _MAX_ROWS]
+        found.update(bytes(r[0]) for r in conn.execute(
+            "SELECT id FROM mailboxes WHERE account_id = ? AND id IN"  # noqa: S608
+            f" ({','.join('?' * len(chunk))})", (account_id, *chunk)))
+    return found
+
+
 def rotate_mailbox(
     conn: sqlite3.Connection,
     account_id: bytes,

@@ -131,8 +131,7 @@ class Connection:
     __slots__ = (
         "_slot_free", "account_id", "batch", "challenge", "challenge_used", "connected",
         "credits", "credits_low_sent", "forked", "identity_checked_ms", "identity_key",
-        "inflight", "lookups",
-        "misbehaviour", "node", "owned", "owned_loaded", "pump", "remote", "sink",
+        "inflight", "lookups", "misbehaviour", "node", "owned", "pump", "remote", "sink",
         "subscribed_ms", "tasks", "ws",
     )
 
@@ -161,7 +160,6 @@ class Connection:
         """When the store last confirmed :attr:`identity_key` as the account's."""
         self.owned: set[bytes] = set()
         """Mailboxes known to belong to ``account_id`` (confirmed by the store)."""
-        self.owned_loaded = False
         self.pump: DeliveryPump | None = None
         self.subscribed_ms = 0
         """When this connection last took subscriptions (wall clock): of two connections
@@ -247,15 +245,6 @@ class Connection:
             self.node.close_soon([self], reason=b"identity rotated")
             raise Refuse(ErrorCode.AUTH_FAILED, message="identity rotated: log in again")
         self.identity_checked_ms = self.node.clock_ms()
-
-    async def load_owned(self, *, refresh: bool = False) -> None:
-        """Fill :attr:`owned` from the store: once per connection, or again if *refresh*
-        (the cache keeps mailboxes another connection of the account deleted since)."""
-        if (self.owned_loaded and not refresh) or self.account_id is None:
-            return
-        records = await self.node.store.list_mailboxes(self.account_id)
-        self.owned = {r.mailbox_id for r in records}
-        self.owned_loaded = True
 
     async def require_owner(self, mailbox_id: bytes) -> None:
         """Raise ``Refuse(NO_SUCH_MAILBOX | FORBIDDEN)`` unless the account owns *mailbox_id*."""

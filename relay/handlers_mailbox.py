@@ -96,11 +96,10 @@ async def create_mailbox(ctx: FrameCtx[CreateMailbox]) -> None:
     conn, frame = ctx.conn, ctx.frame
     node = conn.node
     account_id = _account(conn)
-    # Counted from the store, not this connection's cache: the account's other
-    # connections create mailboxes too. Creations in flight at once may each pass; the
-    # overshoot is bounded by the account's connections times their in-flight frames.
-    await conn.load_owned(refresh=True)
-    if len(conn.owned) >= MAX_MAILBOXES_PER_ACCOUNT:
+    # Counted in the store, not this connection's cache: the account's other connections
+    # create mailboxes too. Creations in flight at once may each pass; the overshoot is
+    # bounded by the account's connections times their in-flight frames.
+    if await node.store.count_mailboxes(account_id) >= MAX_MAILBOXES_PER_ACCOUNT:
         raise Refuse(ErrorCode.QUOTA_EXCEEDED, message="too many mailboxes")
     for _ in range(3):  # an id collision is astronomically unlikely; never loop forever
         mailbox_id = secrets.token_bytes(MAILBOX_ID_SIZE)
@@ -191,13 +190,19 @@ async def set_contact_mailbox(ctx: FrameCtx[SetContactMailbox]) -> None:
 
 async def subscribe(ctx: FrameCtx[Subscribe]) -> None:
     conn, frame = ctx.conn, ctx.frame
-    # One read of what the account owns now: mailboxes created, and deleted, on its
+    # One read of which are the account's now: mailboxes created, and deleted, on its
     # other connections (the cache of this one knows neither).
-    await conn.load_owned(refresh=True)
+    requested = list(dict.fromkeys(frame.mailbox_ids))
+    owned = await conn.node.store.owned_mailboxes(_account(conn), requested)
     accepted: list[bytes] = []
     rejected: list[bytes] = []
-    for mailbox_id in dict.fromkeys(frame.mailbox_ids):
-        (accepted if mailbox_id in conn.owned else rejected).append(mailbox_id)
+    for mailbox_id in requested:
+        if mailbox_id in owned:
+            conn.owned.add(mailbox_id)
+            accepted.append(mailbox_id)
+        else:
+            conn.owned.discard(mailbox_id)
+            rejected.append(mailbox_id)
     pump = await _subscribe_here(conn, accepted)
     await conn.send(Subscribed(request_id=ctx.request_id, rejected=tuple(rejected)).encode())
     pump.release(accepted)

@@ -265,6 +265,15 @@ class MailboxStore(Protocol):
         """The account's mailboxes, ordered by creation time then id."""
         ...
 
+    async def count_mailboxes(self, account_id: bytes) -> int:
+        """How many mailboxes the account has (retiring ones included)."""
+        ...
+
+    async def owned_mailboxes(self, account_id: bytes,
+                              mailbox_ids: Sequence[bytes]) -> set[bytes]:
+        """Those of *mailbox_ids* that exist and belong to the account."""
+        ...
+
     async def rotate_mailbox(
         self,
         *,

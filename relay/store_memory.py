@@ -173,6 +173,14 @@ class MemoryStore(MemoryAccounts):
                  if mb.account_id == account_id]
         return [self._record(m, self._mailboxes[m]) for _, m in sorted(owned)]
 
+    async def count_mailboxes(self, account_id: bytes) -> int:
+        return sum(mb.account_id == account_id for mb in self._mailboxes.values())
+
+    async def owned_mailboxes(self, account_id: bytes,
+                              mailbox_ids: Sequence[bytes]) -> set[bytes]:
+        return {m for m in mailbox_ids
+                if (mb := self._mailboxes.get(m)) is not None and mb.account_id == account_id}
+
     async def rotate_mailbox(
         self,
         *,

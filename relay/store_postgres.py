@@ -437,6 +437,15 @@ class PostgresStore:
     async def list_mailboxes(self, account_id: bytes) -> list[MailboxRecord]:
         return await self._read("list_mailboxes", lambda c: ops.list_mailboxes(c, account_id))
 
+    async def count_mailboxes(self, account_id: bytes) -> int:
+        return await self._read("count_mailboxes", lambda c: ops.count_mailboxes(c, account_id))
+
+    async def owned_mailboxes(self, account_id: bytes,
+                              mailbox_ids: Sequence[bytes]) -> set[bytes]:
+        ids = list(mailbox_ids)
+        return await self._read("owned_mailboxes",
+                                lambda c: ops.owned_mailboxes(c, account_id, ids))
+
     async def rotate_mailbox(
         self,
         *,

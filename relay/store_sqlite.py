@@ -220,6 +220,18 @@ class SqliteStore:
             "list_mailboxes", functools.partial(ops.list_mailboxes, account_id=account_id)
         )
 
+    async def count_mailboxes(self, account_id: bytes) -> int:
+        return await self._engine.read(
+            "count_mailboxes", functools.partial(ops.count_mailboxes, account_id=account_id)
+        )
+
+    async def owned_mailboxes(self, account_id: bytes,
+                              mailbox_ids: Sequence[bytes]) -> set[bytes]:
+        return await self._engine.read(
+            "owned_mailboxes", functools.partial(ops.owned_mailboxes, account_id=account_id,
+                                                 mailbox_ids=list(mailbox_ids)),
+        )
+
     async def rotate_mailbox(
         self,
         *,

@@ -294,6 +294,22 @@ async def test_concurrent_rotations_from_one_key_commit_once(store: Store) -> No
 # --------------------------------------------------------------------------- mailboxes
 
 
+async def test_mailbox_counts_and_ownership_of_a_list(store: Store) -> None:
+    await account(store, 1, 10, 11, 12)
+    await account(store, 2, 20)
+    assert (await store.count_mailboxes(aid(1)), await store.count_mailboxes(aid(2)),
+            await store.count_mailboxes(aid(9))) == (3, 1, 0)
+    asked = [mid(10), mid(20), mid(99), mid(12), mid(10)]
+    assert await store.owned_mailboxes(aid(1), asked) == {mid(10), mid(12)}
+    assert await store.owned_mailboxes(aid(2), asked) == {mid(20)}
+    assert await store.owned_mailboxes(aid(1), []) == set()
+    many = [mid(10)] + [mid(1000 + i) for i in range(5000)]  # past one statement's list
+    assert await store.owned_mailboxes(aid(1), many) == {mid(10)}
+    await store.delete_mailbox(account_id=aid(1), mailbox_id=mid(10))
+    assert await store.count_mailboxes(aid(1)) == 2
+    assert await store.owned_mailboxes(aid(1), asked) == {mid(12)}
+
+
 async def test_mailbox_ownership_and_capabilities(store: Store) -> None:
     await account(store, 1, 10, 11)
     await account(store, 2, 20)
