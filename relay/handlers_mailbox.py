@@ -16,8 +16,8 @@ Theory of operation (protocol §9.4 "Mailboxes", §9.5; DESIGN.md "Addresses"):
 * ``RotateMailbox`` creates the new mailbox (subscribed on the connection of this node
   that receives the old one, if any) and retires the old one at ``retire_at_ms``
   (default ``config.rotation_grace_ms`` from now). A repeat (the old mailbox already
-  retired, the same capability hash: a retry after a lost answer) answers the mailbox
-  the first one created and changes nothing.
+  retired: a retry after a lost answer) answers the account's mailbox with the capability
+  hash it names (the one the first created: capabilities are fresh) and changes nothing.
 * ``DeleteMailbox`` deletes the queue with it and tells subscriptions (bus ``CLOSED``).
 * ``RegisterPush`` sets or clears a push URL (``https`` only, no credentials, no private
   addresses unless ``config.push_allow_http``): the relay then POSTs an empty body to it
@@ -138,19 +138,18 @@ async def rotate_mailbox(ctx: FrameCtx[RotateMailbox]) -> None:
                      message="absent, or retired by another rotation") from None
     except StoreConflict:  # pragma: no cover - a 128-bit collision
         raise Refuse(ErrorCode.INTERNAL) from None
-    new_id = record.mailbox_id  # another one if this repeats a rotation that committed
-    if new_id != record_id:
-        old = await node.store.get_mailbox(frame.mailbox_id)
-        if old is None or old.retire_at_ms is None:  # pragma: no cover - deleted meanwhile
-            raise Refuse(ErrorCode.NO_SUCH_MAILBOX)
-        retire_at = old.retire_at_ms
+    new_id = record.mailbox_id
+    if new_id != record_id:  # a repeat of a rotation that committed: it did the rest
+        conn.owned.add(new_id)
+        await conn.send(MailboxCreated(request_id=ctx.request_id, mailbox_id=new_id).encode())
+        return
     conn.owned.add(new_id)
     node.capabilities.put(new_id, frame.capability_hash, now)
     node.capabilities.retire(frame.mailbox_id, retire_at)
     node.set_push_url(new_id, record.push_url)
     await node.mailbox_changed(frame.mailbox_id)  # other nodes learn its retirement
     # The new mailbox inherits the old one's subscription, whichever of the account's
-    # connections on this node holds it (one on another node resubscribes itself).
+    # connections on this node holds it (one on another node of a deployment does not).
     heir = node.subscribers.get(frame.mailbox_id)
     inherit = (heir is not None and heir.pump is not None and frame.mailbox_id in heir.pump
                and new_id not in heir.pump)

@@ -289,13 +289,14 @@ class MailboxStore(Protocol):
         its queue is empty. Returns the new mailbox. A contact-mailbox designation stays
         with the old mailbox (its new capability is unknown here) until it is deleted.
 
-        Idempotent: if *mailbox_id* is already retired, this is a repeat of the rotation
-        that retired it, and the call changes nothing and returns the account's mailbox
-        with *capability_hash* (the one that rotation created; capabilities are fresh).
+        Idempotent: if *mailbox_id* is already retired, this is taken as a repeat of the
+        rotation that retired it: the call changes nothing and returns the account's
+        (latest) mailbox with *capability_hash*, the one that rotation created when the
+        client draws fresh capabilities.
 
         Raises:
-            NotFound: the old mailbox is absent or not owned, or retired by a rotation to
-                another capability.
+            NotFound: the old mailbox is absent or not owned, or retired and the account
+                has no other mailbox with *capability_hash*.
             StoreConflict: the new id is taken.
         """
         ...

@@ -192,6 +192,32 @@ async def test_a_mailbox_rotated_on_another_connection_keeps_its_subscriber(
         await c.close()
 
 
+async def test_a_repeated_rotation_moves_no_subscription(relay: RelayProcess) -> None:
+    """A repeat only answers: even one naming the capability of a mailbox another
+    connection receives (not what a client drawing fresh capabilities sends) leaves it
+    there."""
+    bob, old = await owner_with_mailbox(relay.url)
+    await bob.subscribe(old)
+    assert isinstance(await bob.request(lambda rid: RotateMailbox(
+        request_id=rid, mailbox_id=old.mailbox_id, capability_hash=os.urandom(32))),
+        MailboxCreated)
+    assert bob.identity is not None
+    other = await RelayClient.open(relay.url)
+    await other.auth(bob.identity)
+    elsewhere = await other.create_mailbox()
+    await other.subscribe(elsewhere)
+    again = await bob.expect(MailboxCreated, lambda rid: RotateMailbox(
+        request_id=rid, mailbox_id=old.mailbox_id,
+        capability_hash=hashlib.sha256(elsewhere.capability).digest()))
+    assert again.mailbox_id == elsewhere.mailbox_id
+    alice = await anonymous(relay.url)
+    assert isinstance(await alice.send([elsewhere], b"still there"), Sent)
+    assert (await other.next_delivery(wait_s=5)).blob == b"still there"
+    await bob.no_delivery(0.2)
+    for c in (bob, other, alice):
+        await c.close()
+
+
 async def test_subscribe_sees_mailboxes_made_and_deleted_on_other_connections(
         relay: RelayProcess) -> None:
     first = await connect_user(relay.url)
