@@ -145,8 +145,9 @@ def owned_mailboxes(
 ) -> set[bytes]:
     found: set[bytes] = set()
     ids = list(dict.fromkeys(mailbox_ids))
-    for at in range(0, len(ids), _MAX_ROWS):
-        chunk = ids[at:at + _MAX_ROWS]
+    step = max(1, _chunks(conn, 1) - 1)  # and the account id
+    for at in range(0, len(ids), step):
+        chunk = ids[at:at + step]
         found.update(bytes(r[0]) for r in conn.execute(
             "SELECT id FROM mailboxes WHERE account_id = ? AND id IN"  # noqa: S608
             f" ({','.join('?' * len(chunk))})", (account_id, *chunk)))

@@ -306,7 +306,8 @@ class DeliveryPump:
 
     async def _report_expiry(self, mailbox_id: bytes, cursor: Cursor) -> bool:
         """Send the stored expiry notice if one is pending (``MessagesExpired``), and clear
-        it once written. False if the mailbox was dropped from this pump meanwhile."""
+        it once written. False if the mailbox was dropped from this pump meanwhile (then
+        nothing more of it may be written)."""
         store = self._conn.node.store
         notice = await store.get_expiry_notice(mailbox_id)
         if self._cursors.get(mailbox_id) is not cursor:
@@ -317,4 +318,4 @@ class DeliveryPump:
                 up_to_seq=notice.up_to_seq).encode())
             if not self._conn.ws.closed:  # cleared only once it was written
                 await store.clear_expiry_notice(notice)
-        return True
+        return self._cursors.get(mailbox_id) is cursor  # not dropped while it was written

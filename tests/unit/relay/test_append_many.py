@@ -433,3 +433,20 @@ def test_placeholder_rows_are_cached_only_for_common_batch_sizes() -> None:
     assert ops._rows(big, 4) == ",".join(["(?,?,?,?)"] * big)
     info = ops._cached_rows.cache_info()
     assert (info.misses, info.currsize) == (1, 1)  # the long list was built, not kept
+
+
+@pytest.mark.parametrize("variable_limit", [None, 9])
+async def test_ownership_of_a_long_list_within_the_variable_limit(
+        tmp_path: Path, variable_limit: int | None) -> None:
+    """``owned_mailboxes`` splits a ``Subscribe``'s ids into statements SQLite accepts."""
+    store = await _sqlite(tmp_path / "r.db")  # ACCOUNT owns MAILBOXES
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "r.db")
+    if variable_limit is not None:
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, variable_limit)
+    try:
+        asked = [*MAILBOXES, *(i.to_bytes(16, "big") for i in range(1000))]
+        assert ops.owned_mailboxes(conn, ACCOUNT, asked) == set(MAILBOXES)
+        assert ops.owned_mailboxes(conn, b"\x09" * 16, asked) == set()
+    finally:
+        conn.close()

@@ -9,6 +9,7 @@ pump as before, which reads the store or waits.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -210,6 +211,8 @@ class _StoreConn:
         self.sink = _Sink()
         self.sink.paused = True  # everything through the pump's awaited send
         self.got: list[tuple[str, int, int]] = []
+        self.on_notice: Callable[[], None] | None = None
+        """Called as the ``MessagesExpired`` is written (the pump waits in that write)."""
 
     async def send(self, data: bytes) -> None:
         if self.ws.closed:  # as Connection.send: dropped on a closed socket
@@ -217,6 +220,8 @@ class _StoreConn:
         f = decode_frame(data, direction=Direction.TO_CLIENT)
         if isinstance(f, MessagesExpired):
             self.got.append(("expired", f.count, f.up_to_seq))
+            if self.on_notice is not None:
+                self.on_notice()
         elif isinstance(f, Delivery):
             self.got.append(("delivery", f.seq, 0))
 
@@ -238,7 +243,9 @@ async def _catch_up(store: MemoryStore, interfere: str | None = None) -> _StoreC
     bus = InProcessBus()
     conn = _StoreConn(bus, store, T + 5_000)  # seq 1 expired; no sweep ran
     pump: Any = await DeliveryPump.create(conn)  # type: ignore[arg-type]
-    if interfere is not None:
+    if interfere == "dropped while told":
+        conn.on_notice = lambda: pump._cursors.pop(A)  # unsubscribed while it was written
+    elif interfere is not None:
         sweep = store.expire_mailbox
 
         async def expire_then_interfere(mailbox_id: bytes, *, now_ms: int) -> int:
@@ -255,7 +262,7 @@ async def _catch_up(store: MemoryStore, interfere: str | None = None) -> _StoreC
     await settle()
     await pump.close()
     await bus.close()
-    if interfere is not None:
+    if interfere in ("closed", "dropped"):
         del store.expire_mailbox
     return conn
 
@@ -269,3 +276,6 @@ async def test_an_unswept_expiry_is_reported_before_what_follows_and_never_lost(
         assert (await _catch_up(store, interference)).got == []
         # Swept into the stored notice: the next subscription hears of it first.
         assert (await _catch_up(store)).got == [("expired", 1, 1), ("delivery", 2, 0)]
+    # Dropped while the notice was being written: nothing more of that mailbox goes out.
+    store = await _mailbox_with_an_unswept_expiry()
+    assert (await _catch_up(store, "dropped while told")).got == [("expired", 1, 1)]
