@@ -20,9 +20,7 @@ from pigeon_crypto.signing import Purpose
 from protocol import (
     Auth,
     Bundle,
-    Challenge,
     ClaimUsername,
-    Connect,
     DeleteAccount,
     Error,
     ErrorCode,
@@ -37,8 +35,6 @@ from protocol import (
     Subscribe,
     Subscribed,
     UsernameFound,
-    Welcome,
-    challenge_payload,
     decode_frame,
     username_binding_payload,
 )
@@ -46,7 +42,7 @@ from protocol.limits import MAX_IDENTITY_ROTATIONS
 
 from ._relay_fixtures import db_rows, metric_value
 from .conftest import RelayProcess, launch_relay
-from .wsclient import Identity, RelayClient, anonymous, connect_user
+from .wsclient import Identity, RelayClient, anonymous, connect_user, raw_login
 
 
 @pytest.fixture(scope="module")
@@ -350,15 +346,7 @@ async def test_a_stalled_owner_does_not_stall_those_fetching_its_bundle(
     assert isinstance(await bob.upload_prekeys(one_time=20, one_time_kem=20), Ok)
     async with aiohttp.ClientSession() as session:
         # A second session of Bob's that stops reading, its socket filled by a flood.
-        stalled = await session.ws_connect(relay.url + "/v1/ws", max_msg_size=1 << 22)
-        await stalled.send_bytes(Connect(request_id=1).encode())
-        challenge = decode_frame((await stalled.receive()).data)
-        assert isinstance(challenge, Challenge)
-        sig = me.keys.sign(Purpose.RELAY_CHALLENGE, challenge_payload(
-            challenge.relay_id, challenge.nonce, challenge.server_time_ms, me.account_id))
-        await stalled.send_bytes(Auth(request_id=2, account_id=me.account_id,
-                                      signature=sig).encode())
-        assert isinstance(decode_frame((await stalled.receive()).data), Welcome)
+        stalled = await raw_login(session, relay.url, me, register=False)
         box = await bob.create_mailbox()
         await stalled.send_bytes(Subscribe(request_id=3, mailbox_ids=(box.mailbox_id,)).encode())
         assert isinstance(decode_frame((await stalled.receive()).data), Subscribed)

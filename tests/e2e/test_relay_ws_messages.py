@@ -13,10 +13,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from pigeon_crypto.signing import Purpose
 from protocol import (
-    Challenge,
-    Connect,
     CreateMailbox,
     CreditsLow,
     DeleteMailbox,
@@ -26,14 +23,11 @@ from protocol import (
     MailboxCreated,
     MessagesExpired,
     Ok,
-    Register,
     RotateMailbox,
     SendEphemeral,
     Sent,
     Subscribe,
     Subscribed,
-    Welcome,
-    challenge_payload,
     decode_frame,
 )
 
@@ -47,6 +41,7 @@ from .wsclient import (
     connect_user,
     new_id,
     now_ms,
+    raw_login,
 )
 
 GENEROUS = ["--conn-credit-capacity", "100000", "--conn-credit-refill", "100000",
@@ -407,16 +402,7 @@ async def test_fan_out_stores_the_blob_once(relay: RelayProcess) -> None:
 async def raw_subscriber(url: str, session: aiohttp.ClientSession
                          ) -> tuple[aiohttp.ClientWebSocketResponse, Mailbox]:
     """A subscriber driven by hand, so that the test can stop reading its socket."""
-    ws = await session.ws_connect(url + "/v1/ws", max_msg_size=1 << 22)
-    me = Identity()
-    await ws.send_bytes(Connect(request_id=1).encode())
-    challenge = decode_frame((await ws.receive()).data)
-    assert isinstance(challenge, Challenge)
-    sig = me.keys.sign(Purpose.RELAY_CHALLENGE, challenge_payload(
-        challenge.relay_id, challenge.nonce, challenge.server_time_ms, me.account_id))
-    await ws.send_bytes(Register(request_id=2, account_id=me.account_id,
-                                 identity_key=me.public, signature=sig).encode())
-    assert isinstance(decode_frame((await ws.receive()).data), Welcome)
+    ws = await raw_login(session, url, Identity(), register=True)
     cap = os.urandom(32)
     await ws.send_bytes(CreateMailbox(request_id=3,
                                       capability_hash=hashlib.sha256(cap).digest()).encode())

@@ -329,3 +329,22 @@ async def anonymous(url: str, *, session: aiohttp.ClientSession | None = None,
     client = await RelayClient.open(url, session=session, ssl_context=ssl_context)
     await client.hello()
     return client
+
+
+async def raw_login(session: aiohttp.ClientSession, url: str, identity: Identity, *,
+                    register: bool) -> aiohttp.ClientWebSocketResponse:
+    """A WebSocket driven by hand (no reader task: a test can stop reading it), logged in
+    as *identity* (registered first if *register*); frames 1 and 2 are used."""
+    ws = await session.ws_connect(url + "/v1/ws", max_msg_size=1 << 22)
+    await ws.send_bytes(Connect(request_id=1).encode())
+    challenge = decode_frame((await ws.receive()).data, direction=Direction.TO_CLIENT)
+    assert isinstance(challenge, Challenge)
+    sig = identity.keys.sign(Purpose.RELAY_CHALLENGE, challenge_payload(
+        challenge.relay_id, challenge.nonce, challenge.server_time_ms, identity.account_id))
+    await ws.send_bytes((Register(request_id=2, account_id=identity.account_id,
+                                  identity_key=identity.public, signature=sig) if register
+                         else Auth(request_id=2, account_id=identity.account_id,
+                                   signature=sig)).encode())
+    welcome = decode_frame((await ws.receive()).data, direction=Direction.TO_CLIENT)
+    assert isinstance(welcome, Welcome)
+    return ws
