@@ -628,11 +628,7 @@ def expire(conn: sqlite3.Connection, now_ms: int, limit: int) -> ExpiryReport:
         count, top = per_mailbox.get(bytes(mailbox_id), (0, 0))
         per_mailbox[bytes(mailbox_id)] = (count + 1, max(top, seq))
     for mailbox_id, (count, top) in per_mailbox.items():
-        conn.execute(
-            "UPDATE mailboxes SET expired_count = expired_count + ?,"
-            " expired_up_to_seq = max(expired_up_to_seq, ?) WHERE id = ?",
-            (count, top, mailbox_id),
-        )
+        _add_to_notice(conn, mailbox_id, count, top)
     dedup = conn.execute(
         "DELETE FROM dedup WHERE (mailbox_id, dedup_hash) IN ("
         " SELECT mailbox_id, dedup_hash FROM dedup WHERE keep_until_ms <= ? LIMIT ?)",
@@ -666,12 +662,17 @@ def expire_mailbox(conn: sqlite3.Connection, mailbox_id: bytes, now_ms: int) -> 
         (mailbox_id, now_ms),
     ).fetchall()]
     if seqs:
-        conn.execute(
-            "UPDATE mailboxes SET expired_count = expired_count + ?,"
-            " expired_up_to_seq = max(expired_up_to_seq, ?) WHERE id = ?",
-            (len(seqs), max(seqs), mailbox_id),
-        )
+        _add_to_notice(conn, mailbox_id, len(seqs), max(seqs))
     return len(seqs)
+
+
+def _add_to_notice(conn: sqlite3.Connection, mailbox_id: bytes, count: int, top: int) -> None:
+    """Record *count* envelopes up to seq *top* as expired unread (the stored notice)."""
+    conn.execute(
+        "UPDATE mailboxes SET expired_count = expired_count + ?,"
+        " expired_up_to_seq = max(expired_up_to_seq, ?) WHERE id = ?",
+        (count, top, mailbox_id),
+    )
 
 
 def get_expiry_notice(conn: sqlite3.Connection, mailbox_id: bytes) -> ExpiryNotice | None:

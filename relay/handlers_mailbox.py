@@ -135,15 +135,14 @@ async def rotate_mailbox(ctx: FrameCtx[RotateMailbox]) -> None:
             capability_hash=frame.capability_hash, retire_at_ms=retire_at, now_ms=now)
     except NotFound:
         raise Refuse(ErrorCode.NO_SUCH_MAILBOX,
-                     message="absent, or retired by another rotation") from None
+                     message="absent, or retired to another capability") from None
     except StoreConflict:  # pragma: no cover - a 128-bit collision
         raise Refuse(ErrorCode.INTERNAL) from None
     new_id = record.mailbox_id
+    conn.owned.add(new_id)
     if new_id != record_id:  # a repeat of a rotation that committed: it did the rest
-        conn.owned.add(new_id)
         await conn.send(MailboxCreated(request_id=ctx.request_id, mailbox_id=new_id).encode())
         return
-    conn.owned.add(new_id)
     node.capabilities.put(new_id, frame.capability_hash, now)
     node.capabilities.retire(frame.mailbox_id, retire_at)
     node.set_push_url(new_id, record.push_url)

@@ -227,7 +227,7 @@ class PushNotifier:
                 delay = max(0.0, state.last_sent + self._interval - self._clock())
         finally:
             state.task = None
-            state.posting = state.again = False
+            state.again = False
             self._forget_idle()
 
     def _forget_idle(self) -> None:
