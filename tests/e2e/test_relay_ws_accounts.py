@@ -42,7 +42,7 @@ from protocol.limits import MAX_IDENTITY_ROTATIONS
 
 from ._relay_fixtures import db_rows, metric_value
 from .conftest import RelayProcess, launch_relay
-from .wsclient import Identity, RelayClient, anonymous, connect_user, raw_login
+from .wsclient import Identity, RelayClient, anonymous, connect_user, logged_in, raw_login
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +84,7 @@ async def test_deleting_an_account_removes_everything_it_owns(relay: RelayProces
     name = username()
     assert isinstance(await claim(bob, name), Ok)
     boxes = [await bob.create_mailbox() for _ in range(2)]
-    second = await RelayClient.open(relay.url)  # another device session, subscribed
-    await second.auth(me)
+    second = await logged_in(relay.url, me)  # another device session, subscribed
     await second.subscribe(*boxes)
     alice = await anonymous(relay.url)
     for box in boxes:
@@ -140,8 +139,7 @@ async def test_identity_rotation(relay: RelayProcess) -> None:
                                                      rotation=skipped.to_bytes(),
                                                      signature=by_new))
     assert err.code == ErrorCode.INVALID_FIELD  # serials count from 1
-    thief = await RelayClient.open(relay.url)  # another session that proved the old key
-    await thief.auth(old)
+    thief = await logged_in(relay.url, old)  # another session that proved the old key
     assert isinstance(await bob.request(lambda rid: RotateIdentity(
         request_id=rid, rotation=rotation.to_bytes(), signature=by_new)), Ok)
     # Every other session of the account proved a key that is no longer its own: closed.
@@ -196,8 +194,7 @@ async def test_concurrent_rotations_from_one_key_keep_one_chain(relay: RelayProc
         first = await connect_user(relay.url)
         old = first.identity
         assert old is not None
-        second = await RelayClient.open(relay.url)
-        await second.auth(old)
+        second = await logged_in(relay.url, old)
         news = (Identity(), Identity())
         rotations = [IdentityRotation.create(account_id=old.account_id, serial=1, old=old.keys,
                                              new=n.keys) for n in news]

@@ -39,6 +39,7 @@ from .wsclient import (
     RelayClient,
     anonymous,
     connect_user,
+    logged_in,
     new_id,
     now_ms,
     raw_login,
@@ -81,8 +82,7 @@ async def test_offline_then_live_delivery_acks_and_redelivery(relay: RelayProces
     await bob.no_delivery(0.2)
     await bob.close()
     # Reconnect: exactly the unacked envelopes come again, in order.
-    bob = await RelayClient.open(relay.url)
-    await bob.auth(me)
+    bob = await logged_in(relay.url, me)
     await bob.subscribe(box)
     got = await bob.deliveries_of(2)
     assert [(d.seq, d.blob) for d in got] == [(3, b"offline 2"), (5, b"live 4")]
@@ -140,8 +140,7 @@ async def test_a_rotated_mailbox_takes_over_and_the_old_one_retires(
     assert new.mailbox_id != old.mailbox_id
     assert (await bob.expect(MailboxCreated, rotation)).mailbox_id == new.mailbox_id
     assert bob.identity is not None
-    bob_again = await RelayClient.open(relay.url)
-    await bob_again.auth(bob.identity)
+    bob_again = await logged_in(relay.url, bob.identity)
     assert (await bob_again.expect(MailboxCreated, rotation)).mailbox_id == new.mailbox_id
     await bob_again.close()
     assert db_rows(relay, "SELECT count(*) FROM mailboxes WHERE account_id ="
@@ -171,8 +170,7 @@ async def test_a_mailbox_rotated_on_another_connection_keeps_its_subscriber(
     bob, old = await owner_with_mailbox(relay.url)
     await bob.subscribe(old)
     assert bob.identity is not None
-    other = await RelayClient.open(relay.url)
-    await other.auth(bob.identity)
+    other = await logged_in(relay.url, bob.identity)
     capability = os.urandom(32)
     created = await other.expect(MailboxCreated, lambda rid: RotateMailbox(
         request_id=rid, mailbox_id=old.mailbox_id,
@@ -197,8 +195,7 @@ async def test_a_repeated_rotation_moves_no_subscription(relay: RelayProcess) ->
         request_id=rid, mailbox_id=old.mailbox_id, capability_hash=os.urandom(32))),
         MailboxCreated)
     assert bob.identity is not None
-    other = await RelayClient.open(relay.url)
-    await other.auth(bob.identity)
+    other = await logged_in(relay.url, bob.identity)
     elsewhere = await other.create_mailbox()
     await other.subscribe(elsewhere)
     again = await bob.expect(MailboxCreated, lambda rid: RotateMailbox(
@@ -217,8 +214,7 @@ async def test_subscribe_sees_mailboxes_made_and_deleted_on_other_connections(
         relay: RelayProcess) -> None:
     first = await connect_user(relay.url)
     assert first.identity is not None
-    second = await RelayClient.open(relay.url)
-    await second.auth(first.identity)
+    second = await logged_in(relay.url, first.identity)
     doomed = await first.create_mailbox()
     await first.subscribe(doomed)  # the first connection knows it as its own
     later = await second.create_mailbox()
@@ -324,8 +320,7 @@ async def test_expired_messages_are_reported(relay: RelayProcess) -> None:
     await bob.close()
     me = bob.identity
     assert me is not None
-    bob = await RelayClient.open(relay.url)
-    await bob.auth(me)
+    bob = await logged_in(relay.url, me)
     await bob.subscribe(box)
     await bob.no_delivery(0.3)
     seen = [bob.notices.get_nowait() for _ in range(bob.notices.qsize())]
@@ -362,8 +357,7 @@ async def test_expired_but_unswept_messages_are_reported_before_later_ones(
         me = bob.identity
         assert me is not None
         await bob.close()
-        bob = await RelayClient.open(rp.url)
-        await bob.auth(me)
+        bob = await logged_in(rp.url, me)
         await bob.subscribe(box)
         assert [d.seq for d in await bob.deliveries_of(2)] == [1, 4]
         await bob.no_delivery(0.3)

@@ -323,6 +323,13 @@ async def connect_user(url: str, *, session: aiohttp.ClientSession | None = None
     return client
 
 
+async def logged_in(url: str, identity: Identity) -> RelayClient:
+    """Another session of an existing account: a connection that logged in (``Auth``)."""
+    client = await RelayClient.open(url)
+    await client.auth(identity)
+    return client
+
+
 async def anonymous(url: str, *, session: aiohttp.ClientSession | None = None,
                     ssl_context: ssl.SSLContext | None = None) -> RelayClient:
     """An open connection that said Connect and nothing else."""

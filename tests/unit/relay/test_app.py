@@ -23,7 +23,7 @@ from relay.config import RelayConfig, SyncMode
 from relay.ports import BlobTooLarge, PrekeyCounts
 from relay.store_memory import MemoryStore
 from relay.typedefs import BACKGROUND_TASKS, PUSH, STORE, WEBSOCKETS
-from tests.e2e.wsclient import RelayClient, anonymous, connect_user
+from tests.e2e.wsclient import RelayClient, anonymous, connect_user, logged_in
 
 NOW = 1_790_000_000_000
 
@@ -178,8 +178,7 @@ async def test_a_failure_after_the_answer_adds_no_second_answer(
         first = await connect_user(url)  # Register: a new account is not checked
         assert first.identity is not None
         box = await first.create_mailbox()
-        again = await RelayClient.open(url)
-        await again.auth(first.identity)  # Welcome, then the check fails
+        again = await logged_in(url, first.identity)  # Welcome, then the check fails
         assert await _answer_to_ping(again) == [Pong(request_id=again._next_rid)]
         sender = await anonymous(url)
         assert isinstance(await sender.send([box], b"hello"), Sent)  # then publish fails
@@ -197,9 +196,8 @@ async def test_the_mailbox_cap_counts_every_connection_of_the_account(
         url = str(client.make_url(""))
         first = await connect_user(url)
         assert first.identity is not None
-        second = await RelayClient.open(url)
-        await second.auth(first.identity)
-        await first.create_mailbox()  # both connections have loaded what the account owns
+        second = await logged_in(url, first.identity)
+        await first.create_mailbox()  # each connection has seen some of the three
         await second.create_mailbox()
         await first.create_mailbox()
         refused = await second.error(lambda rid: CreateMailbox(request_id=rid,

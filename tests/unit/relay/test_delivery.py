@@ -239,31 +239,43 @@ async def _mailbox_with_an_unswept_expiry() -> MemoryStore:
     return store
 
 
-async def _catch_up(store: MemoryStore, interfere: str | None = None) -> _StoreConn:
+Hook = Callable[[_StoreConn, Any], None]
+"""Interference with a catch-up: called with the connection and its pump."""
+
+
+def _closed(conn: _StoreConn, pump: Any) -> None:
+    conn.ws.closed = True  # the peer went away
+
+
+def _dropped(conn: _StoreConn, pump: Any) -> None:
+    pump._cursors.pop(A)  # unsubscribed, or taken by another connection
+
+
+async def _catch_up(store: MemoryStore, *, after_sweep: Hook | None = None,
+                    on_notice: Hook | None = None) -> _StoreConn:
+    """A new subscription's catch-up at T + 5 s (seq 1 expired; no sweep ran)."""
     bus = InProcessBus()
-    conn = _StoreConn(bus, store, T + 5_000)  # seq 1 expired; no sweep ran
+    conn = _StoreConn(bus, store, T + 5_000)
     pump: Any = await DeliveryPump.create(conn)  # type: ignore[arg-type]
-    if interfere == "dropped while told":
-        conn.on_notice = lambda: pump._cursors.pop(A)  # unsubscribed while it was written
-    elif interfere is not None:
-        sweep = store.expire_mailbox
+    if on_notice is not None:
+        conn.on_notice = lambda: on_notice(conn, pump)
+    sweep = store.expire_mailbox
 
-        async def expire_then_interfere(mailbox_id: bytes, *, now_ms: int) -> int:
-            n = await sweep(mailbox_id, now_ms=now_ms)
-            if interfere == "closed":
-                conn.ws.closed = True  # the peer went away meanwhile
-            else:
-                pump._cursors.pop(A)  # unsubscribed, or taken by another connection
-            return n
+    async def sweep_then(mailbox_id: bytes, *, now_ms: int) -> int:
+        n = await sweep(mailbox_id, now_ms=now_ms)
+        if after_sweep is not None:
+            after_sweep(conn, pump)
+        return n
 
-        store.expire_mailbox = expire_then_interfere  # type: ignore[method-assign]
-    await pump.subscribe([A])
-    pump.release([A])
-    await settle()
-    await pump.close()
-    await bus.close()
-    if interfere in ("closed", "dropped"):
+    store.expire_mailbox = sweep_then  # type: ignore[method-assign]
+    try:
+        await pump.subscribe([A])
+        pump.release([A])
+        await settle()
+    finally:
         del store.expire_mailbox
+        await pump.close()
+        await bus.close()
     return conn
 
 
@@ -271,11 +283,11 @@ async def test_an_unswept_expiry_is_reported_before_what_follows_and_never_lost(
     store = await _mailbox_with_an_unswept_expiry()
     assert (await _catch_up(store)).got == [("expired", 1, 1), ("delivery", 2, 0)]
     assert await store.get_expiry_notice(A) is None  # cleared once written
-    for interference in ("closed", "dropped"):
+    for interference in (_closed, _dropped):
         store = await _mailbox_with_an_unswept_expiry()
-        assert (await _catch_up(store, interference)).got == []
+        assert (await _catch_up(store, after_sweep=interference)).got == []
         # Swept into the stored notice: the next subscription hears of it first.
         assert (await _catch_up(store)).got == [("expired", 1, 1), ("delivery", 2, 0)]
     # Dropped while the notice was being written: nothing more of that mailbox goes out.
     store = await _mailbox_with_an_unswept_expiry()
-    assert (await _catch_up(store, "dropped while told")).got == [("expired", 1, 1)]
+    assert (await _catch_up(store, on_notice=_dropped)).got == [("expired", 1, 1)]
