@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import os
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -332,6 +333,19 @@ async def test_concurrent_admin_changes_converge(clients: ClientFactory, sealed:
         return seal(*args)
 
     monkeypatch.setattr(_groups, "seal_control", counting)
+    # Each round's two changes are made at one version whatever the machine's load: both
+    # admins enter the change (each on its client's core thread, where the other's change
+    # would be received) before either makes it, so neither can have seen the other's.
+    change = _groups.change
+    barrier: list[threading.Barrier | None] = [None]
+
+    def together(*args: Any, **kwargs: Any) -> Any:
+        held = barrier[0]
+        if held is not None:
+            held.wait(timeout=10)
+        return change(*args, **kwargs)
+
+    monkeypatch.setattr(_groups, "change", together)
     inboxes = [Inbox(x) for x in people]
     gid = (await alice.create_group(
         "Start", [bob.account_id, carol.account_id, *(x.account_id for x in people[4:])],
@@ -349,7 +363,9 @@ async def test_concurrent_admin_changes_converge(clients: ClientFactory, sealed:
          lambda: bob.set_group_avatar(gid, avatar_manifest=_MANIFEST)),
     ]
     for first, second in rounds:
+        barrier[0] = threading.Barrier(2)
         await asyncio.gather(first(), second())
+        barrier[0] = None
         await quiet(alice, bob)
         await _settled(people, gid)
     # Sealed: at least the creation and both renames of round 1 (four members to write
